@@ -1,0 +1,236 @@
+//! Recovery benchmark: time from SIGKILL to running again under this controller and under the
+//! engine's own `--restart always`, side by side on the same image and command in one run,
+//! plus the time from the Docker event to the drift being detected.
+//!
+//! Needs a Docker engine and the local images (`scripts/setup.sh`). Run:
+//!
+//!     cargo bench --bench recovery -- [ROUNDS]        (default 15 rounds)
+//!
+//! Each round SIGKILLs both containers' main process at once and reads the engine's own
+//! `die` and `start` events (one clock for both). Rounds are 11 s apart because the engine
+//! resets its restart backoff only after a container has run for 10 s; the controller's
+//! `stableAfter` is set to the same 10 s so both start every round from a reset backoff.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "operator-local/busybox:latest";
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn pid_of(name: &str) -> Option<u32> {
+    docker(&["inspect", "-f", "{{.State.Pid}}", name])
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+}
+
+fn wait_running(name: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if docker(&["inspect", "-f", "{{.State.Running}}", name]) == "true" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn summary(label: &str, mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let p50 = percentile(&xs, 50.0);
+    println!(
+        "{label:<44} n={:<3} p50={:>9.2} ms  p90={:>9.2} ms  p99={:>9.2} ms  max={:>9.2} ms",
+        xs.len(),
+        p50,
+        percentile(&xs, 90.0),
+        percentile(&xs, 99.0),
+        xs.last().copied().unwrap_or(f64::NAN)
+    );
+    p50
+}
+
+/// Follows `docker events` for die/start of the named containers: (name, action, engine ns).
+fn follow_events(names: &[&str]) -> (Child, mpsc::Receiver<(String, String, u128)>) {
+    let mut args = vec![
+        "events".to_string(),
+        "--format".into(),
+        "{{.Actor.Attributes.name}} {{.Action}} {{.TimeNano}}".into(),
+    ];
+    for n in names {
+        args.push("--filter".into());
+        args.push(format!("container={n}"));
+    }
+    args.extend([
+        "--filter".into(),
+        "event=die".into(),
+        "--filter".into(),
+        "event=start".into(),
+    ]);
+    let mut child = Command::new("docker")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker events");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if let [name, action, nanos] = parts[..]
+                && let Ok(n) = nanos.parse()
+            {
+                let _ = tx.send((name.to_string(), action.to_string(), n));
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(15);
+    let suffix = std::process::id();
+    let cluster = format!("bench-{suffix}");
+    let managed = format!("{cluster}-managed");
+    let engine = format!("{cluster}-engine");
+    let dir = std::env::temp_dir().join(&cluster);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let command = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
+    std::fs::write(
+        dir.join("bench.yaml"),
+        format!(
+            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n    - name: {managed}\n      image: {IMAGE}\n      networkMode: host\n      command: {command}\n      remediation:\n        maxRestarts: 1000\n        stableAfter: 10s\n"
+        ),
+    )
+    .expect("manifest");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &engine,
+        "--label",
+        "operator.test=true",
+        "--network",
+        "host",
+        "--restart",
+        "always",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    let log_path = dir.join("operator.log");
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .arg("run")
+        .arg(&dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "operator=debug,info",
+        ])
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("start operator");
+    assert!(
+        wait_running(&managed, Duration::from_secs(60)),
+        "managed container never ran"
+    );
+    assert!(
+        wait_running(&engine, Duration::from_secs(60)),
+        "engine container never ran"
+    );
+    let (mut events, rx) = follow_events(&[&managed, &engine]);
+    std::thread::sleep(Duration::from_secs(11));
+
+    let mut recovery = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        while rx.try_recv().is_ok() {}
+        // Alternate who is killed first so neither is systematically ahead.
+        let order = if round % 2 == 0 {
+            [&managed, &engine]
+        } else {
+            [&engine, &managed]
+        };
+        for name in order {
+            if let Some(pid) = pid_of(name) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+        let mut die = [None, None];
+        let mut start = [None, None];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (start[0].is_none() || start[1].is_none()) && Instant::now() < deadline {
+            let Ok((name, action, t)) = rx.recv_timeout(Duration::from_millis(200)) else {
+                continue;
+            };
+            let i = usize::from(name == engine);
+            match action.as_str() {
+                "die" => die[i] = Some(t),
+                "start" if die[i].is_some() => start[i] = Some(t),
+                _ => {}
+            }
+        }
+        for i in 0..2 {
+            if let (Some(d), Some(s)) = (die[i], start[i]) {
+                recovery[i].push((s - d) as f64 / 1e6);
+            }
+        }
+        eprintln!("round {}/{rounds} done", round + 1);
+        std::thread::sleep(Duration::from_secs(11));
+    }
+    let _ = events.kill();
+    let _ = operator.kill();
+    let _ = operator.wait();
+
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let detect: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["event_to_drift_us"].as_u64())
+        .map(|us| us as f64 / 1e3)
+        .collect();
+    docker(&["rm", "-f", &managed, &engine]);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "\nrecovery from SIGKILL (engine die event -> start event), {rounds} rounds, same image and command:"
+    );
+    let ours = summary(
+        "operator (restartPolicy no, controller heals)",
+        recovery[0].clone(),
+    );
+    let theirs = summary("docker --restart always", recovery[1].clone());
+    println!("ratio of medians operator / engine: {:.2}", ours / theirs);
+    println!("\ntime from the Docker event to the drift being detected:");
+    summary("event -> drift detected", detect);
+    println!("\nreproduce: cargo bench --bench recovery -- {rounds}");
+}

@@ -1,0 +1,154 @@
+//! `operator run`: the long-running controller (or one pass with `--once`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::manifest;
+use crate::metrics::Metrics;
+use crate::reconcile::{Controller, ControllerConfig, Outcome};
+
+use super::reload::fingerprint;
+use super::{Failure, RunArgs};
+
+/// How long connecting to the engine may take at start-up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the manifest files are checked for edits.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
+
+pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    // Validate everything before touching Docker.
+    let desired = manifest::load(&args.paths.paths)?;
+    let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
+    let metrics = Arc::new(Metrics::new());
+    let config = ControllerConfig::default()
+        .resync(args.resync)
+        .workers(args.workers);
+    let controller = Controller::new(docker, desired, metrics.clone(), config);
+
+    if args.once {
+        return once(&controller, args.json).await;
+    }
+
+    let cancel = CancellationToken::new();
+    let (bound, serve) = crate::server::bind(
+        args.listen,
+        metrics.clone(),
+        controller.cache(),
+        cancel.clone(),
+    )
+    .await?;
+    info!(listen = %bound, "serving /metrics and /healthz");
+    let server = tokio::spawn(serve);
+
+    let signals = tokio::spawn(watch_signals_and_manifests(
+        controller.clone(),
+        args.paths.paths.clone(),
+        cancel.clone(),
+    ));
+    let result = controller.run(cancel.clone()).await;
+    cancel.cancel();
+    let _ = signals.await;
+    if let Ok(Err(e)) = server.await {
+        warn!(error = %e, "http server ended with an error");
+    }
+    result?;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels on SIGINT/SIGTERM; reloads the manifests on SIGHUP and when the files change.
+async fn watch_signals_and_manifests(
+    controller: Controller,
+    paths: Vec<std::path::PathBuf>,
+    cancel: CancellationToken,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers; stop the controller with SIGKILL");
+        return;
+    };
+    let mut seen = fingerprint(&paths);
+    let mut poll = tokio::time::interval(RELOAD_POLL);
+    loop {
+        let forced = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = term.recv() => { info!("SIGTERM received"); cancel.cancel(); return; }
+            _ = int.recv() => { info!("SIGINT received"); cancel.cancel(); return; }
+            _ = hup.recv() => true,
+            _ = poll.tick() => false,
+        };
+        let now = fingerprint(&paths);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        reload(&controller, &paths);
+    }
+}
+
+fn reload(controller: &Controller, paths: &[std::path::PathBuf]) {
+    let metrics = controller.metrics();
+    match manifest::load(paths) {
+        Ok(desired) => {
+            if *controller.desired() == desired {
+                return;
+            }
+            info!("manifests changed: rolling out");
+            metrics.reload("applied");
+            controller.set_desired(desired);
+        }
+        Err(e) => {
+            metrics.reload("rejected");
+            error!(error = %e, "manifest edit rejected; keeping the last good state");
+        }
+    }
+}
+
+async fn once(controller: &Controller, json: bool) -> Result<ExitCode, Failure> {
+    let outcomes = controller.reconcile_once().await?;
+    let ok = outcomes.iter().all(|(_, o)| {
+        matches!(
+            o,
+            Outcome::Clean | Outcome::Acted { .. } | Outcome::Observed
+        )
+    });
+    if json {
+        let rows: Vec<_> = outcomes
+            .iter()
+            .map(|(key, outcome)| {
+                serde_json::json!({
+                    "cluster": key.cluster,
+                    "service": key.service,
+                    "result": outcome,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<16} {:<20} RESULT", "CLUSTER", "SERVICE");
+        for (key, outcome) in &outcomes {
+            let detail = match outcome {
+                Outcome::Acted { action } => format!("repaired: {action}"),
+                Outcome::Failed { action, error } => format!("{action} failed: {error}"),
+                Outcome::Unknown { error } => format!("unknown: {error}"),
+                Outcome::Waiting { dependency } => format!("waiting for {dependency}"),
+                Outcome::BackingOff { retry_in_ms } => format!("backing off ({retry_in_ms} ms)"),
+                other => other.label().to_string(),
+            };
+            println!("{:<16} {:<20} {detail}", key.cluster, key.service);
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

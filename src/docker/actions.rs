@@ -1,0 +1,431 @@
+//! The changes the controller makes to the engine. Each is idempotent where the engine
+//! allows it and bounded by a timeout.
+//!
+//! # Guarantees
+//! - A container id handed to these functions comes from the label-filtered cache, so it is
+//!   owned; a name conflict at create time is checked against the labels and reported as
+//!   [`DockerError::NotOwned`], never resolved by removing the other container.
+//! - [`Actions::recreate`] secures the new image before removing the old container, so a
+//!   typo in an image tag never leaves a service with no container at all.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::EndpointSettings;
+use bollard::models::{ContainerInspectResponse, NetworkConnectRequest, NetworkCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+
+use crate::manifest::{Cluster, Service};
+
+use super::observed::ObservedContainer;
+use super::spec::{create_body, service_network};
+use super::{DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY_VALUE};
+use super::{is_conflict, is_not_found};
+
+/// Time limits for engine calls.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Any single API call other than a pull.
+    pub call: Duration,
+    /// Pulling an image.
+    pub pull: Duration,
+    /// Grace given to a container's process on stop before the engine kills it.
+    pub stop_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call: Duration::from_secs(60),
+            pull: Duration::from_secs(600),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Actions {
+    docker: Docker,
+    limits: Limits,
+}
+
+/// Splits `repo[:tag]` / `repo@digest` for the pull API, which pulls *every* tag when
+/// none is given.
+fn split_image(image: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo, digest);
+    }
+    match image.rsplit_once(':') {
+        // A colon after the last slash is a tag; before it, a registry port.
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+impl Actions {
+    pub fn new(docker: Docker, limits: Limits) -> Self {
+        Actions { docker, limits }
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    async fn bounded<T>(
+        &self,
+        doing: impl Into<String>,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, bollard::errors::Error>>,
+    ) -> Result<T, DockerError> {
+        let doing = doing.into();
+        match tokio::time::timeout(limit, fut).await {
+            Ok(result) => result.map_err(|source| DockerError::api(doing, source)),
+            Err(_) => Err(DockerError::Timeout {
+                doing,
+                seconds: limit.as_secs(),
+            }),
+        }
+    }
+
+    /// Inspects a container by id or name; `None` when it does not exist.
+    pub async fn inspect(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        let doing = format!("inspect container {id_or_name}");
+        match tokio::time::timeout(
+            self.limits.call,
+            self.docker.inspect_container(id_or_name, None),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(Some(c)),
+            Ok(Err(e)) if is_not_found(&e) => Ok(None),
+            Ok(Err(source)) => Err(DockerError::api(doing, source)),
+            Err(_) => Err(DockerError::Timeout {
+                doing,
+                seconds: self.limits.call.as_secs(),
+            }),
+        }
+    }
+
+    /// Re-reads an owned container after a change, so the caller's view is fresh.
+    async fn observe(&self, id: &str) -> Result<Option<ObservedContainer>, DockerError> {
+        Ok(self
+            .inspect(id)
+            .await?
+            .as_ref()
+            .and_then(ObservedContainer::from_inspect))
+    }
+
+    /// Whether a container with this name exists without our labels.
+    pub async fn name_taken_by_unmanaged(&self, name: &str) -> Result<bool, DockerError> {
+        Ok(match self.inspect(name).await? {
+            Some(c) => ObservedContainer::from_inspect(&c).is_none(),
+            None => false,
+        })
+    }
+
+    pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
+        let doing = format!("inspect image {image}");
+        match tokio::time::timeout(self.limits.call, self.docker.inspect_image(image)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if is_not_found(&e) => Ok(false),
+            Ok(Err(source)) => Err(DockerError::api(doing, source)),
+            Err(_) => Err(DockerError::Timeout {
+                doing,
+                seconds: self.limits.call.as_secs(),
+            }),
+        }
+    }
+
+    /// Makes sure the image is present, pulling it when absent.
+    pub async fn ensure_image(&self, image: &str) -> Result<(), DockerError> {
+        if self.image_present(image).await? {
+            return Ok(());
+        }
+        let (repo, tag) = split_image(image);
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                if let Err(e) = item {
+                    return Err(e.to_string());
+                }
+            }
+            Ok(())
+        };
+        let reason = match tokio::time::timeout(self.limits.pull, pull).await {
+            Ok(Ok(())) => None,
+            Ok(Err(reason)) => Some(reason),
+            Err(_) => Some(format!(
+                "pull timed out after {}s",
+                self.limits.pull.as_secs()
+            )),
+        };
+        // Trust the engine's image list, not the pull stream's last word.
+        if self.image_present(image).await? {
+            return Ok(());
+        }
+        Err(DockerError::ImageUnavailable {
+            image: image.to_string(),
+            reason: reason.unwrap_or_else(|| "the pull ended without the image".into()),
+        })
+    }
+
+    /// Makes sure the network a service joins exists; creates the cluster's own network
+    /// (labelled as ours) unless it is declared external.
+    pub async fn ensure_network(
+        &self,
+        cluster: &Cluster,
+        network: &str,
+    ) -> Result<(), DockerError> {
+        match tokio::time::timeout(self.limits.call, self.docker.inspect_network(network, None))
+            .await
+        {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if is_not_found(&e) => {}
+            Ok(Err(source)) => {
+                return Err(DockerError::api(
+                    format!("inspect network {network}"),
+                    source,
+                ));
+            }
+            Err(_) => {
+                return Err(DockerError::Timeout {
+                    doing: format!("inspect network {network}"),
+                    seconds: self.limits.call.as_secs(),
+                });
+            }
+        }
+        let ours = network == cluster.network.name;
+        if !ours || cluster.network.external {
+            return Err(DockerError::ExternalNetworkMissing {
+                network: network.to_string(),
+            });
+        }
+        let request = NetworkCreateRequest {
+            name: network.to_string(),
+            driver: Some("bridge".into()),
+            internal: Some(cluster.network.internal),
+            attachable: Some(true),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+                (LABEL_CLUSTER.to_string(), cluster.name.clone()),
+            ])),
+            ..Default::default()
+        };
+        match tokio::time::timeout(self.limits.call, self.docker.create_network(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            // Someone (another reconcile of the same cluster) created it meanwhile.
+            Ok(Err(e)) if is_conflict(&e) => Ok(()),
+            Ok(Err(source)) => Err(DockerError::api(
+                format!("create network {network}"),
+                source,
+            )),
+            Err(_) => Err(DockerError::Timeout {
+                doing: format!("create network {network}"),
+                seconds: self.limits.call.as_secs(),
+            }),
+        }
+    }
+
+    /// Creates the service's container (network and image first) and starts it.
+    pub async fn create(
+        &self,
+        cluster: &Cluster,
+        service: &Service,
+    ) -> Result<Option<ObservedContainer>, DockerError> {
+        if let Some(network) = service_network(cluster, service) {
+            self.ensure_network(cluster, network).await?;
+        }
+        self.ensure_image(&service.image).await?;
+        self.create_and_start(cluster, service).await
+    }
+
+    async fn create_and_start(
+        &self,
+        cluster: &Cluster,
+        service: &Service,
+    ) -> Result<Option<ObservedContainer>, DockerError> {
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&service.name)
+            .build();
+        let body = create_body(cluster, service);
+        let id = match tokio::time::timeout(
+            self.limits.call,
+            self.docker.create_container(Some(options), body),
+        )
+        .await
+        {
+            Ok(Ok(created)) => created.id,
+            Ok(Err(e)) if is_conflict(&e) => {
+                // The name is taken. Ours (a stale cache): use it. Not ours: hands off.
+                match self.inspect(&service.name).await? {
+                    Some(c) => match ObservedContainer::from_inspect(&c) {
+                        Some(owned) => owned.id,
+                        None => {
+                            return Err(DockerError::NotOwned {
+                                name: service.name.clone(),
+                            });
+                        }
+                    },
+                    None => {
+                        return Err(DockerError::api(
+                            format!("create container {}", service.name),
+                            e,
+                        ));
+                    }
+                }
+            }
+            Ok(Err(source)) => {
+                return Err(DockerError::api(
+                    format!("create container {}", service.name),
+                    source,
+                ));
+            }
+            Err(_) => {
+                return Err(DockerError::Timeout {
+                    doing: format!("create container {}", service.name),
+                    seconds: self.limits.call.as_secs(),
+                });
+            }
+        };
+        self.start(&id).await
+    }
+
+    pub async fn start(&self, id: &str) -> Result<Option<ObservedContainer>, DockerError> {
+        self.bounded(
+            format!("start container {id}"),
+            self.limits.call,
+            self.docker.start_container(id, None),
+        )
+        .await?;
+        self.observe(id).await
+    }
+
+    pub async fn unpause(&self, id: &str) -> Result<Option<ObservedContainer>, DockerError> {
+        self.bounded(
+            format!("unpause container {id}"),
+            self.limits.call,
+            self.docker.unpause_container(id),
+        )
+        .await?;
+        self.observe(id).await
+    }
+
+    pub async fn restart(&self, id: &str) -> Result<Option<ObservedContainer>, DockerError> {
+        let grace = i32::try_from(self.limits.stop_grace.as_secs()).unwrap_or(i32::MAX);
+        let options = RestartContainerOptionsBuilder::default().t(grace).build();
+        self.bounded(
+            format!("restart container {id}"),
+            self.limits.call + self.limits.stop_grace,
+            self.docker.restart_container(id, Some(options)),
+        )
+        .await?;
+        self.observe(id).await
+    }
+
+    /// Stops and removes an owned container (anonymous volumes stay; named volumes always do).
+    pub async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        let grace = i32::try_from(self.limits.stop_grace.as_secs()).unwrap_or(i32::MAX);
+        let stop = StopContainerOptionsBuilder::default().t(grace).build();
+        match tokio::time::timeout(
+            self.limits.call + self.limits.stop_grace,
+            self.docker.stop_container(id, Some(stop)),
+        )
+        .await
+        {
+            // 304 (already stopped) is a success for bollard; 404 means already gone.
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if is_not_found(&e) => return Ok(()),
+            // A stop that fails is followed by a forced remove, which kills.
+            Ok(Err(_)) | Err(_) => {}
+        }
+        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+        match tokio::time::timeout(
+            self.limits.call,
+            self.docker.remove_container(id, Some(remove)),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if is_not_found(&e) => Ok(()),
+            Ok(Err(source)) => Err(DockerError::api(format!("remove container {id}"), source)),
+            Err(_) => Err(DockerError::Timeout {
+                doing: format!("remove container {id}"),
+                seconds: self.limits.call.as_secs(),
+            }),
+        }
+    }
+
+    /// Rolls out a changed spec: secure the image and network, then stop, remove,
+    /// create and start.
+    pub async fn recreate(
+        &self,
+        cluster: &Cluster,
+        service: &Service,
+        old_id: &str,
+    ) -> Result<Option<ObservedContainer>, DockerError> {
+        if let Some(network) = service_network(cluster, service) {
+            self.ensure_network(cluster, network).await?;
+        }
+        self.ensure_image(&service.image).await?;
+        self.remove(old_id).await?;
+        self.create_and_start(cluster, service).await
+    }
+
+    /// Attaches a container to a network, with the service name as its DNS alias.
+    pub async fn connect(
+        &self,
+        cluster: &Cluster,
+        id: &str,
+        network: &str,
+        alias: &str,
+    ) -> Result<Option<ObservedContainer>, DockerError> {
+        self.ensure_network(cluster, network).await?;
+        let request = NetworkConnectRequest {
+            container: id.to_string(),
+            endpoint_config: Some(EndpointSettings {
+                aliases: Some(vec![alias.to_string()]),
+                ..Default::default()
+            }),
+        };
+        self.bounded(
+            format!("connect container {id} to network {network}"),
+            self.limits.call,
+            self.docker.connect_network(network, request),
+        )
+        .await?;
+        self.observe(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_image;
+
+    #[test]
+    fn split_image_defaults_to_latest_and_keeps_registry_ports() {
+        assert_eq!(split_image("busybox"), ("busybox", "latest"));
+        assert_eq!(split_image("pingcap/pd:v8.5.1"), ("pingcap/pd", "v8.5.1"));
+        assert_eq!(
+            split_image("registry:5000/team/app"),
+            ("registry:5000/team/app", "latest")
+        );
+        assert_eq!(
+            split_image("registry:5000/app:1"),
+            ("registry:5000/app", "1")
+        );
+        assert_eq!(split_image("app@sha256:abc"), ("app", "sha256:abc"));
+    }
+}

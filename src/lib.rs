@@ -1,0 +1,15 @@
+//! `operator`: a Kubernetes-style reconciling controller for plain Docker.
+//!
+//! The data flows one way (see `docs/architecture.md`):
+//! manifests → [`manifest::DesiredState`]; Docker list + events → [`docker::Cache`];
+//! both → [`reconcile::diff`] → drifts → [`reconcile::Controller`] → [`docker::actions`].
+//!
+//! The library never prints; the CLI in `main.rs` and [`cli`] does.
+
+pub mod backoff;
+pub mod cli;
+pub mod docker;
+pub mod manifest;
+pub mod metrics;
+pub mod reconcile;
+pub mod server;

@@ -1,0 +1,303 @@
+//! Finding manifest files, reading them, and putting the pieces together.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::lines::{self, DocLines};
+use super::validate::{self, Checked, Source};
+use super::volume::normalize;
+use super::{DesiredState, Diagnostic, ManifestError, parse};
+
+/// Loads and validates every manifest under `paths`.
+///
+/// Each path is a file, or a folder whose `*.yaml` / `*.yml` files are read in name order
+/// (not recursively; names starting with `.` are skipped). A file holds one or more YAML
+/// documents separated by `---`; empty documents are skipped, every other one must be an
+/// `apiVersion: operator/v1`, `kind: Cluster` manifest.
+///
+/// # Errors
+/// - [`ManifestError::Io`] if a path cannot be read;
+/// - [`ManifestError::NoManifests`] if a path holds no manifest at all (or `paths` is empty);
+/// - [`ManifestError::Invalid`] with every problem of every file, each naming its file,
+///   line and field. Nothing is returned unless all files are valid.
+pub fn load(paths: &[PathBuf]) -> Result<DesiredState, ManifestError> {
+    if paths.is_empty() {
+        return Err(ManifestError::NoManifests {
+            path: PathBuf::new(),
+        });
+    }
+    let mut checked = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut files_read = Vec::new();
+    for path in paths {
+        let mut documents = 0;
+        for file in manifest_files(path)? {
+            let text = fs::read_to_string(&file).map_err(|source| ManifestError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            documents += load_file(&file, &text, &mut checked, &mut diagnostics);
+            files_read.push(file);
+        }
+        if documents == 0 {
+            return Err(ManifestError::NoManifests { path: path.clone() });
+        }
+    }
+    validate::across(&checked, &mut diagnostics);
+    if !diagnostics.is_empty() {
+        // File order, then line order: the order in which a reader would fix them.
+        diagnostics.sort_by_key(|d| (files_read.iter().position(|f| *f == d.path), d.line));
+        return Err(ManifestError::Invalid(diagnostics));
+    }
+    Ok(DesiredState {
+        clusters: checked.into_iter().map(|c| c.cluster).collect(),
+    })
+}
+
+/// The files a path stands for: itself, or the YAML files directly inside it, by name.
+fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let io = |source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !fs::metadata(path).map_err(io)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path).map_err(io)? {
+        let file = entry.map_err(io)?.path();
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let yaml = matches!(
+            file.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        if !yaml || name.starts_with('.') {
+            continue;
+        }
+        let is_file = fs::metadata(&file)
+            .map_err(|source| ManifestError::Io {
+                path: file.clone(),
+                source,
+            })?
+            .is_file();
+        if is_file {
+            files.push(file);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every document of one file; returns how many were not empty (valid or not).
+fn load_file(
+    file: &Path,
+    text: &str,
+    checked: &mut Vec<Checked>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> usize {
+    let stream = lines::index(text);
+    let dir = manifest_dir(file);
+    let mut documents = 0;
+    for doc in &stream.docs {
+        match parse::document(&text[doc.text.clone()]) {
+            Ok(None) => {}
+            Ok(Some(raw)) => {
+                documents += 1;
+                let source = Source {
+                    file,
+                    dir: &dir,
+                    lines: doc,
+                };
+                checked.push(validate::document(raw, &source, diagnostics));
+            }
+            Err(e) => {
+                documents += 1;
+                diagnostics.push(Diagnostic {
+                    path: file.to_path_buf(),
+                    line: Some(file_line(doc, e.line, &e.field)),
+                    field: e.field,
+                    message: e.message,
+                });
+            }
+        }
+    }
+    if let Some(e) = stream.error {
+        documents += 1;
+        diagnostics.push(Diagnostic {
+            path: file.to_path_buf(),
+            line: Some(e.line),
+            field: e.field,
+            message: format!("invalid YAML: {}", e.message),
+        });
+    }
+    documents
+}
+
+/// A line of the parser (counted within the document's text) as a line of the file.
+fn file_line(doc: &DocLines, line_in_doc: Option<usize>, field: &str) -> usize {
+    match line_in_doc {
+        Some(line) => doc.start_line + line.saturating_sub(1),
+        None => doc.line_of(field),
+    }
+}
+
+/// The absolute folder of a manifest, for relative bind mounts. Lexical: `..` is resolved
+/// without following symlinks, as a reader of the file would.
+fn manifest_dir(file: &Path) -> PathBuf {
+    let absolute = std::path::absolute(file)
+        .map(|p| normalize(&p))
+        .unwrap_or_else(|_| file.to_path_buf());
+    absolute.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{TempDir, assert_reported, line_of, manifest, service};
+    use super::*;
+
+    fn invalid(result: Result<DesiredState, ManifestError>) -> Vec<Diagnostic> {
+        match result {
+            Err(ManifestError::Invalid(d)) => d,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn multi_document_file_skips_empty_documents() {
+        let dir = TempDir::new();
+        let text = format!(
+            "---\n# nothing here\n---\n{}---\n{}---\n",
+            manifest("one", &service("a", "")),
+            manifest("two", &service("b", ""))
+        );
+        let state = load(&[dir.write("x.yaml", &text)]).expect("valid");
+        let names: Vec<&str> = state.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["one", "two"]);
+    }
+
+    #[test]
+    fn folder_contributes_its_yaml_files_in_name_order_only() {
+        let dir = TempDir::new();
+        dir.write("b.yml", &manifest("bee", &service("b", "")));
+        dir.write("a.yaml", &manifest("ay", &service("a", "")));
+        dir.write("notes.txt", "not yaml");
+        dir.write(".hidden.yaml", "not: a manifest");
+        dir.write("nested/c.yaml", &manifest("nested", &service("c", "")));
+        let state = load(&[dir.path().to_path_buf()]).expect("valid");
+        let names: Vec<&str> = state.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["ay", "bee"]);
+        assert_eq!(state.clusters[0].source, dir.path().join("a.yaml"));
+    }
+
+    #[test]
+    fn path_without_manifests_is_an_error() {
+        let dir = TempDir::new();
+        let err = load(&[dir.path().to_path_buf()]).unwrap_err();
+        assert!(matches!(err, ManifestError::NoManifests { .. }), "{err:?}");
+        let file = dir.write("empty.yaml", "# just a comment\n---\n");
+        let err = load(std::slice::from_ref(&file)).unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::NoManifests { path } if *path == file),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("empty.yaml"), "{err}");
+        assert!(matches!(load(&[]), Err(ManifestError::NoManifests { .. })));
+    }
+
+    #[test]
+    fn missing_path_is_an_io_error_naming_it() {
+        let dir = TempDir::new();
+        let missing = dir.path().join("missing.yaml");
+        let err = load(&[missing]).unwrap_err();
+        assert!(matches!(err, ManifestError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing.yaml"), "{err}");
+    }
+
+    #[test]
+    fn lines_in_later_documents_count_from_the_top_of_the_file() {
+        let dir = TempDir::new();
+        let text = manifest("one", &service("a", ""))
+            + "---\n"
+            + &manifest("two", &service("b", "      imagePullPolicy: always\n"))
+            + "---\n"
+            + &manifest("three", &service("c", "      ports: [\"1:abc\"]\n"));
+        let file = dir.write("x.yaml", &text);
+        let diags = invalid(load(&[file]));
+        // serde's error (unknown field) and a semantic one, both as lines of the file.
+        assert_reported(
+            &diags,
+            line_of(&text, "imagePullPolicy", 0),
+            "spec.services[0].imagePullPolicy",
+            &["unknown field `imagePullPolicy`"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "1:abc", 0),
+            "spec.services[0].ports[0]",
+            &["\"1:abc\""],
+        );
+        assert_eq!(diags.len(), 2, "{diags:#?}");
+    }
+
+    #[test]
+    fn wrong_api_version_kind_and_missing_fields_are_reported() {
+        let dir = TempDir::new();
+        let good = manifest("one", &service("a", ""));
+        let text = good.replace("operator/v1", "apps/v1")
+            + "---\n"
+            + &good.replace("kind: Cluster", "kind: Deployment")
+            + "---\n"
+            + &good.replace("      image: busybox:1.36\n", "");
+        let file = dir.write("x.yaml", &text);
+        let diags = invalid(load(&[file]));
+        assert_reported(&diags, 1, "apiVersion", &["\"apps/v1\"", "operator/v1"]);
+        assert_reported(&diags, 11, "kind", &["\"Deployment\"", "Cluster"]);
+        assert_reported(&diags, 25, "spec.services[0]", &["missing field `image`"]);
+        assert_eq!(diags.len(), 3, "{diags:#?}");
+    }
+
+    #[test]
+    fn errors_of_all_files_are_collected_in_file_then_line_order() {
+        let dir = TempDir::new();
+        let a = dir.write(
+            "a.yaml",
+            &manifest(
+                "one",
+                &service("a", "      ports: [\"x\"]\n      volumes: [\"v\"]\n"),
+            ),
+        );
+        let b = dir.write("b.yaml", "apiVersion: operator/v1\nkind: [\n");
+        let c = dir.write(
+            "c.yaml",
+            &manifest("three", &service("c", "      dependsOn: [nope]\n")),
+        );
+        let diags = invalid(load(&[dir.path().to_path_buf()]));
+        let places: Vec<(PathBuf, Option<usize>)> =
+            diags.iter().map(|d| (d.path.clone(), d.line)).collect();
+        assert_eq!(
+            places,
+            [
+                (a.clone(), Some(9)),
+                (a, Some(10)),
+                (b.clone(), Some(3)),
+                (c, Some(9))
+            ]
+        );
+        let syntax = &diags[2];
+        assert!(syntax.message.starts_with("invalid YAML"), "{syntax}");
+        let all = ManifestError::Invalid(diags).to_string();
+        assert!(all.ends_with("4 errors in the manifests"), "{all}");
+        assert!(all.contains(&format!("{}:3: ", b.display())), "{all}");
+    }
+
+    #[test]
+    fn syntax_error_keeps_earlier_documents_of_the_file_checked() {
+        let dir = TempDir::new();
+        let text =
+            manifest("one", &service("a", "      ports: [\"bad\"]\n")) + "---\nkind: \"open\n";
+        let diags = invalid(load(&[dir.write("x.yaml", &text)]));
+        assert_eq!(diags.len(), 2, "{diags:#?}");
+        assert_eq!(diags[0].field, "spec.services[0].ports[0]", "{diags:#?}");
+        assert!(diags[1].message.starts_with("invalid YAML"), "{}", diags[1]);
+    }
+}

@@ -1,0 +1,368 @@
+//! Desired state: Kubernetes-style YAML manifests, loaded and validated into plain data.
+//!
+//! Everything the rest of the controller knows about "what should exist" comes from the
+//! types in this module. They are produced only by [`load`], which validates every file
+//! completely before anything else runs: an invalid manifest never reaches Docker.
+//!
+//! `serde_yaml` (unmaintained upstream) is used only by `parse.rs`, so swapping it is a
+//! one-file change.
+
+mod duration;
+mod error;
+mod graph;
+mod lines;
+mod load;
+mod parse;
+mod port;
+mod raw;
+#[cfg(test)]
+mod testing;
+mod validate;
+mod volume;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use duration::parse_duration;
+pub use error::{Diagnostic, ManifestError};
+pub use load::load;
+
+/// Everything the manifests declare, across all files given on the command line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DesiredState {
+    pub clusters: Vec<Cluster>,
+}
+
+/// One `kind: Cluster` document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    /// File the cluster was declared in (for messages and for resolving relative bind mounts).
+    pub source: PathBuf,
+    pub network: NetworkSpec,
+    /// Services in declaration order.
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// The network is managed elsewhere: never created, only joined.
+    pub external: bool,
+    /// No route out of the network (`docker network create --internal`).
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    /// Also the container name and its DNS name on the cluster network.
+    pub name: String,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortMapping>,
+    pub volumes: Vec<VolumeMount>,
+    pub network_mode: NetworkMode,
+    pub labels: BTreeMap<String, String>,
+    pub healthcheck: Option<Healthcheck>,
+    pub depends_on: Vec<String>,
+    pub restart_policy: RestartPolicy,
+    pub remediation: Remediation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// `"[ip:]host:container[/proto]"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortMapping {
+    pub host_ip: Option<String>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+/// `"name:/target[:ro]"` (named volume) or `"/abs/or/./relative:/target[:ro]"` (bind mount).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum VolumeMount {
+    Named {
+        name: String,
+        target: String,
+        read_only: bool,
+    },
+    /// `source` is absolute: relative paths are resolved against the manifest's folder.
+    Bind {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum NetworkMode {
+    /// The cluster's own network (the default).
+    Cluster,
+    /// The host's network namespace.
+    Host,
+    /// Another, named, network (must exist; never created by the controller).
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Healthcheck {
+    /// Docker form: `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    pub test: Vec<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    pub start_period: Option<Duration>,
+}
+
+/// The engine's own restart policy. Defaults to `no`: the controller heals, not the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    UnlessStopped,
+    OnFailure,
+}
+
+/// What the controller may do when a service drifts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Built-in actions: create, start, unpause, restart, recreate, connect.
+    Restart,
+    /// Hand the drift to an agent (not built yet: treated as `observe`).
+    Agent,
+    /// Report only; never touch the container.
+    Observe,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Remediation {
+    pub policy: Policy,
+    /// Restart budget: at most this many repairs in `window`; past it the service is escalated.
+    pub max_restarts: u32,
+    pub window: Duration,
+    /// Delay before the second repair attempt; doubles per attempt up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// How long a service must stay healthy before its backoff resets.
+    pub stable_after: Duration,
+}
+
+impl Default for Remediation {
+    fn default() -> Self {
+        Remediation {
+            policy: Policy::Restart,
+            max_restarts: 5,
+            window: Duration::from_secs(600),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            stable_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DesiredState {
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Every service with its cluster, clusters in load order, services in declaration order.
+    pub fn services(&self) -> impl Iterator<Item = (&Cluster, &Service)> {
+        self.clusters
+            .iter()
+            .flat_map(|c| c.services.iter().map(move |s| (c, s)))
+    }
+}
+
+impl Cluster {
+    /// The service called `name` in this cluster.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Services in start order: every service after the services it depends on; services
+    /// that could start at the same time keep their declaration order.
+    ///
+    /// # Guarantees
+    /// Every service appears exactly once (a cycle, which [`load`] refuses, cannot drop one).
+    pub fn topo_order(&self) -> Vec<&Service> {
+        let deps: Vec<Vec<usize>> = self
+            .services
+            .iter()
+            .map(|s| {
+                s.depends_on
+                    .iter()
+                    .filter_map(|d| self.services.iter().position(|t| t.name == *d))
+                    .collect()
+            })
+            .collect();
+        graph::topo_order(&deps)
+            .into_iter()
+            .map(|i| &self.services[i])
+            .collect()
+    }
+}
+
+impl Service {
+    /// A fingerprint of everything that determines the container, stored in its
+    /// `operator.spec-hash` label: a different hash means the container must be recreated.
+    ///
+    /// The first 16 hex digits of the SHA-256 of a canonical JSON form (maps in key order)
+    /// of every field except `remediation` and `depends_on`, which only change what the
+    /// controller does, not the container.
+    ///
+    /// # Caveats
+    /// `NetworkMode::Cluster` is hashed as such: renaming the cluster network does not
+    /// change the hash of its services.
+    pub fn spec_hash(&self) -> String {
+        #[derive(Serialize)]
+        struct Container<'a> {
+            name: &'a str,
+            image: &'a str,
+            command: &'a Option<Vec<String>>,
+            entrypoint: &'a Option<Vec<String>>,
+            env: &'a BTreeMap<String, String>,
+            ports: &'a [PortMapping],
+            volumes: &'a [VolumeMount],
+            network_mode: &'a NetworkMode,
+            labels: &'a BTreeMap<String, String>,
+            healthcheck: &'a Option<Healthcheck>,
+            restart_policy: RestartPolicy,
+        }
+        let container = Container {
+            name: &self.name,
+            image: &self.image,
+            command: &self.command,
+            entrypoint: &self.entrypoint,
+            env: &self.env,
+            ports: &self.ports,
+            volumes: &self.volumes,
+            network_mode: &self.network_mode,
+            labels: &self.labels,
+            healthcheck: &self.healthcheck,
+            restart_policy: self.restart_policy,
+        };
+        // Serialization only fails on non-UTF-8 paths, which `load` refuses; the fallback
+        // keeps the hash total and deterministic all the same.
+        let json =
+            serde_json::to_vec(&container).unwrap_or_else(|_| format!("{self:?}").into_bytes());
+        let digest = Sha256::digest(&json);
+        hex::encode(digest)[..16].to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{load_text, manifest, service};
+    use super::*;
+
+    fn web() -> Service {
+        let state = load_text(&manifest(
+            "demo",
+            &(service(
+                "web",
+                "      env: {A: \"1\", B: \"2\"}\n      dependsOn: [db]\n",
+            ) + &service("db", "")),
+        ))
+        .expect("valid");
+        state.clusters[0].services[0].clone()
+    }
+
+    #[test]
+    fn spec_hash_is_16_hex_digits_and_stable() {
+        let hash = web().spec_hash();
+        assert_eq!(hash.len(), 16);
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()), "{hash}");
+        assert_eq!(hash, web().spec_hash());
+    }
+
+    #[test]
+    fn spec_hash_changes_with_the_container_definition() {
+        let base = web();
+        let mut changed = base.clone();
+        changed.image = "busybox:1.37".into();
+        assert_ne!(changed.spec_hash(), base.spec_hash());
+        let mut changed = base.clone();
+        changed.env.insert("A".into(), "2".into());
+        assert_ne!(changed.spec_hash(), base.spec_hash());
+        let mut changed = base.clone();
+        changed.restart_policy = RestartPolicy::Always;
+        assert_ne!(changed.spec_hash(), base.spec_hash());
+    }
+
+    #[test]
+    fn spec_hash_ignores_remediation_and_dependencies() {
+        let base = web();
+        let mut changed = base.clone();
+        changed.remediation.policy = Policy::Observe;
+        changed.remediation.max_restarts = 99;
+        changed.depends_on.clear();
+        assert_eq!(changed.spec_hash(), base.spec_hash());
+    }
+
+    #[test]
+    fn topo_order_starts_dependencies_first() {
+        let text = manifest(
+            "demo",
+            &(service("web", "      dependsOn: [api]\n")
+                + &service("api", "      dependsOn: [db, cache]\n")
+                + &service("cache", "")
+                + &service("db", "")
+                + &service("docs", "")),
+        );
+        let state = load_text(&text).expect("valid");
+        let order: Vec<&str> = state.clusters[0]
+            .topo_order()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(order, ["cache", "db", "api", "web", "docs"]);
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples");
+        let state = load(&[examples]).unwrap_or_else(|e| panic!("{e}"));
+        let hello = state.cluster("hello").expect("cluster hello");
+        assert!(hello.network.internal && !hello.network.external);
+        let order: Vec<&str> = hello.topo_order().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(order, ["hello-web", "hello-worker"]);
+        let worker = hello.service("hello-worker").expect("worker");
+        let command = worker.command.as_deref().expect("a command");
+        assert_eq!(command.len(), 3, "{command:?}");
+        assert!(command[2].starts_with("while true;"), "{command:?}");
+    }
+
+    #[test]
+    fn lookups_find_clusters_and_services() {
+        let text = manifest("one", &service("a", ""))
+            + "---\n"
+            + &manifest("two", &(service("b", "") + &service("c", "")));
+        let state = load_text(&text).expect("valid");
+        assert_eq!(state.cluster("two").map(|c| c.services.len()), Some(2));
+        assert!(state.cluster("three").is_none());
+        let two = state.cluster("two").expect("two");
+        assert_eq!(two.service("c").map(|s| s.name.as_str()), Some("c"));
+        assert!(two.service("a").is_none());
+        let all: Vec<(&str, &str)> = state
+            .services()
+            .map(|(c, s)| (c.name.as_str(), s.name.as_str()))
+            .collect();
+        assert_eq!(all, [("one", "a"), ("two", "b"), ("two", "c")]);
+    }
+}

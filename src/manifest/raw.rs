@@ -1,0 +1,263 @@
+//! The manifest schema as written: field names, nesting and YAML types, nothing more.
+//!
+//! Every struct refuses unknown fields. Values whose rules are richer than a type (ports,
+//! volumes, durations, names) stay text here and are checked by `validate`, which can report
+//! all of them at once with their lines; a wrong type or unknown field stops the document.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+pub(super) const API_VERSION: &str = "operator/v1";
+pub(super) const KIND: &str = "Cluster";
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a manifest (a mapping with apiVersion, kind, metadata and spec)"
+)]
+pub(super) struct Document {
+    #[serde(deserialize_with = "api_version")]
+    #[allow(dead_code, reason = "checked while deserializing")]
+    pub api_version: (),
+    #[serde(deserialize_with = "kind")]
+    #[allow(dead_code, reason = "checked while deserializing")]
+    pub kind: (),
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with name")]
+pub(super) struct Metadata {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with network and services"
+)]
+pub(super) struct Spec {
+    #[serde(default)]
+    pub network: Option<Network>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with name, external and internal"
+)]
+pub(super) struct Network {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub external: bool,
+    #[serde(default)]
+    pub internal: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a service (a mapping with at least name and image)"
+)]
+pub(super) struct Service {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Option<Args>,
+    #[serde(default)]
+    pub entrypoint: Option<Args>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub network_mode: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub healthcheck: Option<Healthcheck>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub restart_policy: Option<Scalar>,
+    #[serde(default)]
+    pub remediation: Option<Remediation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a healthcheck (a mapping with test, interval, timeout, retries, startPeriod)"
+)]
+pub(super) struct Healthcheck {
+    pub test: Args,
+    #[serde(default)]
+    pub interval: Option<Scalar>,
+    #[serde(default)]
+    pub timeout: Option<Scalar>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub start_period: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with policy, maxRestarts, window, backoff and stableAfter"
+)]
+pub(super) struct Remediation {
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+    #[serde(default)]
+    pub window: Option<Scalar>,
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    #[serde(default)]
+    pub stable_after: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with initial and max")]
+pub(super) struct Backoff {
+    #[serde(default)]
+    pub initial: Option<Scalar>,
+    #[serde(default)]
+    pub max: Option<Scalar>,
+}
+
+/// A command line: a list of words, or one string to be split with shell rules.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Args {
+    Line(String),
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Args {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ArgsVisitor;
+        impl<'de> Visitor<'de> for ArgsVisitor {
+            type Value = Args;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Args, E> {
+                Ok(Args::Line(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Args, A::Error> {
+                let mut words = Vec::new();
+                while let Some(word) = seq.next_element::<String>()? {
+                    words.push(word);
+                }
+                Ok(Args::List(words))
+            }
+        }
+        deserializer.deserialize_any(ArgsVisitor)
+    }
+}
+
+/// Any YAML scalar, kept with its type so that validation can say what it expected
+/// (`env: {PORT: 8080}` is fine, `env: {VERSION: 1.10}` loses a zero and is refused).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Scalar {
+    Str(String),
+    Bool(bool),
+    /// An integer, as decimal digits.
+    Int(String),
+    Float(f64),
+    Null,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v.to_string()))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v.to_string()))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// Accepts exactly one string; anything else is refused at the value's own position.
+struct Literal {
+    field: &'static str,
+    expected: &'static str,
+}
+
+impl Visitor<'_> for Literal {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "\"{}\"", self.expected)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if v == self.expected {
+            Ok(())
+        } else {
+            Err(E::custom(format!(
+                "unsupported {} \"{v}\" (expected \"{}\")",
+                self.field, self.expected
+            )))
+        }
+    }
+}
+
+fn api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    deserializer.deserialize_str(Literal {
+        field: "apiVersion",
+        expected: API_VERSION,
+    })
+}
+
+fn kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    deserializer.deserialize_str(Literal {
+        field: "kind",
+        expected: KIND,
+    })
+}

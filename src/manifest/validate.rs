@@ -1,0 +1,1178 @@
+//! From the raw schema to the validated types, collecting every problem with its line.
+//!
+//! Checks never stop at the first problem: an invalid entry is reported and left out, and
+//! the rest of the document is still checked (and still takes part in the checks across
+//! clusters), so one run of `operator validate` shows everything there is to fix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::duration::parse_duration;
+use super::lines::DocLines;
+use super::port::{PORT_FORMAT, parse_port, ports_clash};
+use super::raw::{self, Args, Scalar};
+use super::volume::{VOLUME_FORMAT, parse_volume};
+use super::{
+    Cluster, Diagnostic, Healthcheck, NetworkMode, NetworkSpec, Policy, PortMapping, Remediation,
+    RestartPolicy, Service, VolumeMount, graph,
+};
+
+/// Label keys under this prefix belong to the controller (`operator.managed-by`, ...).
+const RESERVED_LABEL_PREFIX: &str = "operator.";
+
+/// Where a document came from.
+pub(super) struct Source<'a> {
+    pub file: &'a Path,
+    /// Absolute folder of `file`: relative bind mounts are resolved against it.
+    pub dir: &'a Path,
+    pub lines: &'a DocLines,
+}
+
+impl Source<'_> {
+    fn diagnostic(&self, field: &str, message: String) -> Diagnostic {
+        diagnostic(self.file, self.lines, field, message)
+    }
+}
+
+fn diagnostic(file: &Path, lines: &DocLines, field: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        path: file.to_path_buf(),
+        line: Some(lines.line_of(field)),
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// A cluster that went through [`document`], with what the checks across clusters need.
+pub(super) struct Checked {
+    pub cluster: Cluster,
+    pub file: PathBuf,
+    pub lines: DocLines,
+    /// For each service (same index as in `cluster.services`, which is also its index in
+    /// the YAML list), the YAML index of each of its kept `ports`.
+    port_indices: Vec<Vec<usize>>,
+}
+
+impl Checked {
+    fn diagnostic(&self, field: &str, message: String) -> Diagnostic {
+        diagnostic(&self.file, &self.lines, field, message)
+    }
+
+    /// `file:line` of a field, to point from one half of a conflict at the other.
+    fn location(&self, field: &str) -> String {
+        format!("{}:{}", self.file.display(), self.lines.line_of(field))
+    }
+}
+
+/// Validates one `kind: Cluster` document, pushing every problem to `out`. The cluster is
+/// returned even when invalid (without the invalid entries) so that the checks across
+/// clusters still see it.
+pub(super) fn document(doc: raw::Document, src: &Source, out: &mut Vec<Diagnostic>) -> Checked {
+    let mut v = Validator { src, out };
+    let name = doc.metadata.name;
+    if let Err(why) = dns_label(&name) {
+        v.error(
+            "metadata.name",
+            format!("invalid cluster name \"{name}\": {why}"),
+        );
+    }
+    let network = v.network(&name, doc.spec.network);
+    let mut services = Vec::with_capacity(doc.spec.services.len());
+    let mut port_indices = Vec::with_capacity(doc.spec.services.len());
+    for (i, raw) in doc.spec.services.into_iter().enumerate() {
+        let (service, ports) = v.service(&format!("spec.services[{i}]"), raw, &network);
+        services.push(service);
+        port_indices.push(ports);
+    }
+    v.dependencies(&mut services);
+    Checked {
+        cluster: Cluster {
+            name,
+            source: src.file.to_path_buf(),
+            network,
+            services,
+        },
+        file: src.file.to_path_buf(),
+        lines: src.lines.clone(),
+        port_indices,
+    }
+}
+
+/// Checks that need every loaded cluster: Docker names and host ports are global.
+pub(super) fn across(clusters: &[Checked], out: &mut Vec<Diagnostic>) {
+    let mut cluster_names: HashMap<&str, &Checked> = HashMap::new();
+    for c in clusters {
+        match cluster_names.get(c.cluster.name.as_str()) {
+            Some(first) => out.push(c.diagnostic(
+                "metadata.name",
+                format!(
+                    "duplicate cluster name \"{}\" (already declared at {})",
+                    c.cluster.name,
+                    first.location("metadata.name")
+                ),
+            )),
+            None => {
+                cluster_names.insert(&c.cluster.name, c);
+            }
+        }
+    }
+
+    let mut service_names: HashMap<&str, (&Checked, usize)> = HashMap::new();
+    for c in clusters {
+        for (i, s) in c.cluster.services.iter().enumerate() {
+            let field = format!("spec.services[{i}].name");
+            match service_names.get(s.name.as_str()) {
+                Some(&(first, j)) => out.push(c.diagnostic(
+                    &field,
+                    format!(
+                        "duplicate service name \"{}\": already declared at {} in cluster \"{}\" (it is the container name, which must be unique on the Docker host)",
+                        s.name,
+                        first.location(&format!("spec.services[{j}].name")),
+                        first.cluster.name
+                    ),
+                )),
+                None => {
+                    service_names.insert(&s.name, (c, i));
+                }
+            }
+        }
+    }
+
+    let mut published: Vec<(&Checked, usize, usize, &PortMapping)> = Vec::new();
+    for c in clusters {
+        for (i, s) in c.cluster.services.iter().enumerate() {
+            for (mapping, &j) in s.ports.iter().zip(&c.port_indices[i]) {
+                let field = format!("spec.services[{i}].ports[{j}]");
+                if let Some(&(first, fi, fj, _)) = published
+                    .iter()
+                    .find(|(_, _, _, m)| ports_clash(m, mapping))
+                {
+                    let protocol = match mapping.protocol {
+                        super::Protocol::Tcp => "tcp",
+                        super::Protocol::Udp => "udp",
+                    };
+                    out.push(c.diagnostic(
+                        &field,
+                        format!(
+                            "host port {}/{protocol} is already published by service \"{}\" at {}",
+                            mapping.host_port,
+                            first.cluster.services[fi].name,
+                            first.location(&format!("spec.services[{fi}].ports[{fj}]"))
+                        ),
+                    ));
+                } else {
+                    published.push((c, i, j, mapping));
+                }
+            }
+        }
+    }
+}
+
+struct Validator<'s, 'a> {
+    src: &'s Source<'a>,
+    out: &'s mut Vec<Diagnostic>,
+}
+
+impl Validator<'_, '_> {
+    fn error(&mut self, field: &str, message: String) {
+        self.out.push(self.src.diagnostic(field, message));
+    }
+
+    fn network(&mut self, cluster: &str, raw: Option<raw::Network>) -> NetworkSpec {
+        let raw = raw.unwrap_or(raw::Network {
+            name: None,
+            external: false,
+            internal: false,
+        });
+        let name = match raw.name {
+            Some(name) => {
+                if !is_docker_name(&name) {
+                    self.error(
+                        "spec.network.name",
+                        format!(
+                            "invalid network name \"{name}\": must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+                        ),
+                    );
+                }
+                name
+            }
+            None => format!("{cluster}_default"),
+        };
+        NetworkSpec {
+            name,
+            external: raw.external,
+            internal: raw.internal,
+        }
+    }
+
+    /// One service, and the YAML index of each port kept in it.
+    fn service(
+        &mut self,
+        path: &str,
+        raw: raw::Service,
+        network: &NetworkSpec,
+    ) -> (Service, Vec<usize>) {
+        if let Err(why) = dns_label(&raw.name) {
+            self.error(
+                &format!("{path}.name"),
+                format!(
+                    "invalid service name \"{}\": {why} (it is also the container and DNS name)",
+                    raw.name
+                ),
+            );
+        }
+        if raw.image.trim().is_empty() || raw.image.contains(char::is_whitespace) {
+            self.error(
+                &format!("{path}.image"),
+                format!(
+                    "invalid image \"{}\": expected a reference such as \"busybox:1.36\"",
+                    raw.image
+                ),
+            );
+        }
+        let command = raw
+            .command
+            .and_then(|a| self.command(&format!("{path}.command"), a));
+        let entrypoint = raw
+            .entrypoint
+            .and_then(|a| self.command(&format!("{path}.entrypoint"), a));
+        let env = self.string_map(&format!("{path}.env"), raw.env, |key| {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                Err("an environment variable name must be non-empty and contain no \"=\"".into())
+            } else {
+                Ok(())
+            }
+        });
+        let labels = self.string_map(&format!("{path}.labels"), raw.labels, |key| {
+            if key.is_empty() {
+                Err("a label key must not be empty".into())
+            } else if key.starts_with(RESERVED_LABEL_PREFIX) {
+                Err(format!(
+                    "label keys starting with \"{RESERVED_LABEL_PREFIX}\" are reserved for the controller"
+                ))
+            } else {
+                Ok(())
+            }
+        });
+
+        let mut ports = Vec::new();
+        let mut port_indices = Vec::new();
+        for (j, text) in raw.ports.iter().enumerate() {
+            match parse_port(text) {
+                Ok(mapping) => {
+                    ports.push(mapping);
+                    port_indices.push(j);
+                }
+                Err(why) => self.error(
+                    &format!("{path}.ports[{j}]"),
+                    format!("invalid port \"{text}\": {why} (expected {PORT_FORMAT})"),
+                ),
+            }
+        }
+
+        let mut volumes: Vec<VolumeMount> = Vec::new();
+        let mut targets: HashMap<String, usize> = HashMap::new();
+        for (j, text) in raw.volumes.iter().enumerate() {
+            let field = format!("{path}.volumes[{j}]");
+            match parse_volume(text, self.src.dir) {
+                Ok(mount) => {
+                    let target = match &mount {
+                        VolumeMount::Named { target, .. } | VolumeMount::Bind { target, .. } => {
+                            target.clone()
+                        }
+                    };
+                    if let Some(first) = targets.get(&target) {
+                        self.error(
+                            &field,
+                            format!("invalid volume \"{text}\": {target} is already mounted by volumes[{first}]"),
+                        );
+                    } else {
+                        targets.insert(target, j);
+                        volumes.push(mount);
+                    }
+                }
+                Err(why) => self.error(
+                    &field,
+                    format!("invalid volume \"{text}\": {why} (expected {VOLUME_FORMAT})"),
+                ),
+            }
+        }
+
+        let network_mode = match raw.network_mode {
+            None => NetworkMode::Cluster,
+            Some(mode) if mode == "host" => NetworkMode::Host,
+            Some(mode) if mode == network.name => NetworkMode::Cluster,
+            Some(mode) => {
+                if !is_docker_name(&mode) {
+                    self.error(
+                        &format!("{path}.networkMode"),
+                        format!(
+                            "invalid networkMode \"{mode}\": expected \"host\" or a network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+                        ),
+                    );
+                }
+                NetworkMode::Named(mode)
+            }
+        };
+
+        let healthcheck = raw
+            .healthcheck
+            .and_then(|h| self.healthcheck(&format!("{path}.healthcheck"), h));
+        let restart_policy = match raw.restart_policy {
+            None => RestartPolicy::No,
+            Some(value) => self.restart_policy(&format!("{path}.restartPolicy"), value),
+        };
+        let remediation = match raw.remediation {
+            None => Remediation::default(),
+            Some(r) => self.remediation(&format!("{path}.remediation"), r),
+        };
+
+        let service = Service {
+            name: raw.name,
+            image: raw.image,
+            command,
+            entrypoint,
+            env,
+            ports,
+            volumes,
+            network_mode,
+            labels,
+            healthcheck,
+            // Checked by `dependencies` once every name of the cluster is known.
+            depends_on: raw.depends_on,
+            restart_policy,
+            remediation,
+        };
+        (service, port_indices)
+    }
+
+    fn command(&mut self, field: &str, args: Args) -> Option<Vec<String>> {
+        match args {
+            Args::List(words) => Some(words),
+            Args::Line(line) => match shlex::split(&line) {
+                Some(words) => Some(words),
+                None => {
+                    self.error(
+                        field,
+                        format!("invalid command \"{line}\": unbalanced quotes or a trailing backslash (or write a list: [\"sh\", \"-c\", \"...\"])"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// `env` and `labels`: string values, with numbers and booleans written as in YAML.
+    fn string_map(
+        &mut self,
+        path: &str,
+        raw: BTreeMap<String, Scalar>,
+        check_key: impl Fn(&str) -> Result<(), String>,
+    ) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        for (key, value) in raw {
+            let field = format!("{path}.{key}");
+            if let Err(why) = check_key(&key) {
+                self.error(&field, format!("invalid key \"{key}\": {why}"));
+                continue;
+            }
+            let text = match value {
+                Scalar::Str(s) | Scalar::Int(s) => s,
+                Scalar::Bool(b) => b.to_string(),
+                Scalar::Float(f) => {
+                    self.error(
+                        &field,
+                        format!("value {f} is read by YAML as a floating-point number, which may not keep its digits (1.10 becomes 1.1); quote it"),
+                    );
+                    continue;
+                }
+                Scalar::Null => {
+                    self.error(
+                        &field,
+                        format!("\"{key}\" has no value; write \"\" for an empty string"),
+                    );
+                    continue;
+                }
+            };
+            map.insert(key, text);
+        }
+        map
+    }
+
+    fn healthcheck(&mut self, path: &str, raw: raw::Healthcheck) -> Option<Healthcheck> {
+        let field = format!("{path}.test");
+        let test = match raw.test {
+            Args::Line(line) if line.trim().is_empty() => {
+                self.error(&field, "the test command is empty".into());
+                None
+            }
+            Args::Line(line) => Some(vec!["CMD-SHELL".to_string(), line]),
+            Args::List(words) => {
+                let ok = match words.first().map(String::as_str) {
+                    Some("CMD") => words.len() >= 2,
+                    Some("CMD-SHELL") => words.len() == 2,
+                    Some("NONE") => words.len() == 1,
+                    _ => false,
+                };
+                if ok {
+                    Some(words)
+                } else {
+                    self.error(
+                        &field,
+                        format!(
+                            "invalid test {words:?}: expected [\"CMD\", \"program\", \"args\"...], [\"CMD-SHELL\", \"shell command\"], [\"NONE\"] or a string (run by the shell)"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let interval = self.probe_duration(&format!("{path}.interval"), raw.interval);
+        let timeout = self.probe_duration(&format!("{path}.timeout"), raw.timeout);
+        let start_period = self.probe_duration(&format!("{path}.startPeriod"), raw.start_period);
+        Some(Healthcheck {
+            test: test?,
+            interval,
+            timeout,
+            retries: raw.retries,
+            start_period,
+        })
+    }
+
+    /// Docker refuses healthcheck durations between 0 (its default) and 1ms.
+    fn probe_duration(&mut self, field: &str, raw: Option<Scalar>) -> Option<Duration> {
+        let d = self.duration(field, raw?)?;
+        if !d.is_zero() && d < Duration::from_millis(1) {
+            self.error(
+                field,
+                format!("{d:?} is shorter than 1ms, which Docker refuses"),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    fn duration(&mut self, field: &str, raw: Scalar) -> Option<Duration> {
+        let text = match raw {
+            Scalar::Str(s) | Scalar::Int(s) => s,
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(_) | Scalar::Null => {
+                self.error(
+                    field,
+                    format!(
+                        "expected a duration such as \"30s\", \"500ms\" or \"1m30s\", got {raw:?}"
+                    ),
+                );
+                return None;
+            }
+        };
+        match parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                self.error(field, why);
+                None
+            }
+        }
+    }
+
+    fn restart_policy(&mut self, field: &str, raw: Scalar) -> RestartPolicy {
+        match &raw {
+            // YAML 1.1 parsers read a bare `no` as false.
+            Scalar::Bool(false) => RestartPolicy::No,
+            Scalar::Str(s) if s == "no" => RestartPolicy::No,
+            Scalar::Str(s) if s == "always" => RestartPolicy::Always,
+            Scalar::Str(s) if s == "unless-stopped" => RestartPolicy::UnlessStopped,
+            Scalar::Str(s) if s == "on-failure" => RestartPolicy::OnFailure,
+            _ => {
+                let shown = match raw {
+                    Scalar::Str(s) | Scalar::Int(s) => s,
+                    other => format!("{other:?}"),
+                };
+                self.error(
+                    field,
+                    format!("invalid restartPolicy \"{shown}\": expected no, always, unless-stopped or on-failure"),
+                );
+                RestartPolicy::No
+            }
+        }
+    }
+
+    fn remediation(&mut self, path: &str, raw: raw::Remediation) -> Remediation {
+        let mut r = Remediation::default();
+        if let Some(policy) = raw.policy {
+            match policy.as_str() {
+                "restart" => r.policy = Policy::Restart,
+                "agent" => r.policy = Policy::Agent,
+                "observe" => r.policy = Policy::Observe,
+                _ => self.error(
+                    &format!("{path}.policy"),
+                    format!("invalid policy \"{policy}\": expected restart, agent or observe"),
+                ),
+            }
+        }
+        if let Some(n) = raw.max_restarts {
+            r.max_restarts = n;
+        }
+        let window_field = format!("{path}.window");
+        if let Some(window) = raw.window.and_then(|w| self.duration(&window_field, w)) {
+            if window.is_zero() {
+                self.error(&window_field, "the window must be longer than 0s".into());
+            } else {
+                r.window = window;
+            }
+        }
+        let stable_field = format!("{path}.stableAfter");
+        if let Some(d) = raw
+            .stable_after
+            .and_then(|s| self.duration(&stable_field, s))
+        {
+            r.stable_after = d;
+        }
+        if let Some(backoff) = raw.backoff {
+            let initial_field = format!("{path}.backoff.initial");
+            let max_field = format!("{path}.backoff.max");
+            let initial = backoff
+                .initial
+                .and_then(|d| self.duration(&initial_field, d));
+            let max = backoff.max.and_then(|d| self.duration(&max_field, d));
+            match initial {
+                Some(d) if d.is_zero() => self.error(
+                    &initial_field,
+                    "the initial backoff must be longer than 0s".into(),
+                ),
+                Some(d) => r.backoff_initial = d,
+                None => {}
+            }
+            if let Some(d) = max {
+                r.backoff_max = d;
+            }
+            if r.backoff_max < r.backoff_initial {
+                let (field, explicit) = match max {
+                    Some(_) => (max_field, ""),
+                    None => (initial_field, " (the default max)"),
+                };
+                self.error(
+                    &field,
+                    format!(
+                        "backoff max {:?}{explicit} is shorter than backoff initial {:?}",
+                        r.backoff_max, r.backoff_initial
+                    ),
+                );
+            }
+        }
+        r
+    }
+
+    /// `dependsOn`: known names of the same cluster, not itself, no cycles. Entries that
+    /// fail are reported and dropped.
+    fn dependencies(&mut self, services: &mut [Service]) {
+        let index: HashMap<String, usize> = services
+            .iter()
+            .enumerate()
+            .rev() // the first declaration of a duplicated name wins
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let known = services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut edges: Vec<Vec<usize>> = Vec::with_capacity(services.len());
+        for (i, service) in services.iter_mut().enumerate() {
+            let mut kept = Vec::new();
+            let mut targets = Vec::new();
+            for (j, dep) in std::mem::take(&mut service.depends_on)
+                .into_iter()
+                .enumerate()
+            {
+                let field = format!("spec.services[{i}].dependsOn[{j}]");
+                if dep == service.name {
+                    self.error(&field, format!("service \"{dep}\" depends on itself"));
+                } else if kept.contains(&dep) {
+                    self.error(&field, format!("\"{dep}\" is listed twice"));
+                } else if let Some(&target) = index.get(&dep) {
+                    targets.push(target);
+                    kept.push(dep);
+                } else {
+                    self.error(
+                        &field,
+                        format!("unknown service \"{dep}\" (services in this cluster: {known})"),
+                    );
+                }
+            }
+            service.depends_on = kept;
+            edges.push(targets);
+        }
+        for cycle in graph::cycles(&edges) {
+            let names: Vec<&str> = cycle.iter().map(|&i| services[i].name.as_str()).collect();
+            self.error(
+                &format!("spec.services[{}].dependsOn", cycle[0]),
+                format!("dependency cycle: {}", names.join(" -> ")),
+            );
+        }
+    }
+}
+
+/// Service and cluster names: a DNS label (they become container and host names).
+fn dns_label(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.len() > 63 {
+        return Err(format!("{} characters is longer than 63", name.len()));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !first_ok
+        || !chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(
+            "must match [a-z0-9][a-z0-9_.-]* (lowercase letters, digits, '_', '.', '-')".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Docker's rule for network names.
+fn is_docker_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testing::{
+        TempDir, assert_reported, diagnostics, line_of, load_text, manifest, service,
+    };
+    use super::super::{ManifestError, load};
+    use super::*;
+
+    fn only_service(text: &str) -> Service {
+        let state = load_text(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        state.clusters[0].services[0].clone()
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_written() {
+        let state = load_text(&manifest("demo", &service("web", ""))).expect("valid");
+        let cluster = &state.clusters[0];
+        assert_eq!(
+            cluster.network,
+            NetworkSpec {
+                name: "demo_default".into(),
+                external: false,
+                internal: false
+            }
+        );
+        let web = &cluster.services[0];
+        assert_eq!(web.command, None);
+        assert_eq!(web.entrypoint, None);
+        assert!(web.env.is_empty() && web.labels.is_empty() && web.ports.is_empty());
+        assert_eq!(web.network_mode, NetworkMode::Cluster);
+        assert_eq!(web.restart_policy, RestartPolicy::No);
+        assert_eq!(web.healthcheck, None);
+        assert_eq!(web.remediation, Remediation::default());
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      command: sh -c 'echo \"hi there\"'
+      entrypoint: [\"/bin/tini\", \"--\"]
+      env: {PORT: 8080, DEBUG: true, NAME: web}
+      ports: [\"8080:80\", \"127.0.0.1:5353:53/udp\"]
+      volumes: [\"data:/data\", \"./conf:/etc/conf:ro\"]
+      networkMode: host
+      labels: {team: infra}
+      healthcheck:
+        test: wget -q -O- http://127.0.0.1/
+        interval: 5s
+        timeout: 1s
+        retries: 3
+        startPeriod: 1m30s
+      restartPolicy: unless-stopped
+      remediation:
+        policy: observe
+        maxRestarts: 2
+        window: 1h
+        backoff: {initial: 500ms, max: 1m}
+        stableAfter: 2m
+",
+            ),
+        );
+        let web = only_service(&text);
+        assert_eq!(
+            web.command,
+            Some(vec!["sh".into(), "-c".into(), "echo \"hi there\"".into()])
+        );
+        assert_eq!(web.entrypoint, Some(vec!["/bin/tini".into(), "--".into()]));
+        assert_eq!(web.env["PORT"], "8080");
+        assert_eq!(web.env["DEBUG"], "true");
+        assert_eq!(web.ports.len(), 2);
+        assert_eq!(web.volumes.len(), 2);
+        assert_eq!(web.network_mode, NetworkMode::Host);
+        assert_eq!(web.labels["team"], "infra");
+        assert_eq!(
+            web.healthcheck,
+            Some(Healthcheck {
+                test: vec!["CMD-SHELL".into(), "wget -q -O- http://127.0.0.1/".into()],
+                interval: Some(Duration::from_secs(5)),
+                timeout: Some(Duration::from_secs(1)),
+                retries: Some(3),
+                start_period: Some(Duration::from_secs(90)),
+            })
+        );
+        assert_eq!(web.restart_policy, RestartPolicy::UnlessStopped);
+        assert_eq!(
+            web.remediation,
+            Remediation {
+                policy: Policy::Observe,
+                max_restarts: 2,
+                window: Duration::from_secs(3600),
+                backoff_initial: Duration::from_millis(500),
+                backoff_max: Duration::from_secs(60),
+                stable_after: Duration::from_secs(120),
+            }
+        );
+    }
+
+    #[test]
+    fn partial_remediation_keeps_the_other_defaults() {
+        let text = manifest(
+            "demo",
+            &service("web", "      remediation: {policy: agent}\n"),
+        );
+        let r = only_service(&text).remediation;
+        assert_eq!(r.policy, Policy::Agent);
+        assert_eq!(
+            Remediation {
+                policy: Policy::Restart,
+                ..r
+            },
+            Remediation::default()
+        );
+    }
+
+    #[test]
+    fn network_mode_naming_the_cluster_network_is_the_cluster_network() {
+        let text = manifest("demo", &service("web", "      networkMode: demo_default\n"))
+            + &service("db", "      networkMode: other_net\n");
+        let state = load_text(&text).expect("valid");
+        let services = &state.clusters[0].services;
+        assert_eq!(services[0].network_mode, NetworkMode::Cluster);
+        assert_eq!(
+            services[1].network_mode,
+            NetworkMode::Named("other_net".into())
+        );
+    }
+
+    #[test]
+    fn network_block_is_read_and_external_internal_is_allowed() {
+        let text = "apiVersion: operator/v1\nkind: Cluster\nmetadata: {name: tikv}\nspec:\n  network: {external: true, internal: true}\n  services: []\n";
+        let state = load_text(text).expect("valid");
+        assert_eq!(
+            state.clusters[0].network,
+            NetworkSpec {
+                name: "tikv_default".into(),
+                external: true,
+                internal: true
+            }
+        );
+    }
+
+    #[test]
+    fn restart_policy_accepts_no_written_any_way() {
+        for (written, expected) in [
+            ("no", RestartPolicy::No),
+            ("\"no\"", RestartPolicy::No),
+            ("false", RestartPolicy::No),
+            ("always", RestartPolicy::Always),
+            ("on-failure", RestartPolicy::OnFailure),
+        ] {
+            let text = manifest(
+                "demo",
+                &service("web", &format!("      restartPolicy: {written}\n")),
+            );
+            assert_eq!(only_service(&text).restart_policy, expected, "{written}");
+        }
+    }
+
+    #[test]
+    fn relative_bind_mount_is_resolved_against_the_manifest_folder() {
+        let dir = TempDir::new();
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      volumes: [\"./data:/data\", \"../shared:/shared:ro\"]\n",
+            ),
+        );
+        let file = dir.write("sub/cluster.yaml", &text);
+        let state = load(&[file]).expect("valid");
+        let volumes = &state.clusters[0].services[0].volumes;
+        let root = std::path::absolute(dir.path()).expect("absolute");
+        assert_eq!(
+            volumes[0],
+            VolumeMount::Bind {
+                source: root.join("sub/data"),
+                target: "/data".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            volumes[1],
+            VolumeMount::Bind {
+                source: root.join("shared"),
+                target: "/shared".into(),
+                read_only: true
+            }
+        );
+    }
+
+    #[test]
+    fn bad_service_name_is_reported() {
+        let text = manifest("demo", &service("Web_Server", ""));
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "Web_Server", 0),
+            "spec.services[0].name",
+            &["\"Web_Server\"", "[a-z0-9]"],
+        );
+        let long = "a".repeat(64);
+        let diags = diagnostics(&manifest("demo", &service(&long, "")));
+        assert_reported(&diags, 7, "spec.services[0].name", &["longer than 63"]);
+    }
+
+    #[test]
+    fn bad_cluster_name_is_reported() {
+        let text = manifest("Demo", &service("web", ""));
+        assert_reported(&diagnostics(&text), 4, "metadata.name", &["\"Demo\""]);
+    }
+
+    #[test]
+    fn bad_port_is_reported_with_its_value() {
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      ports:\n        - \"8080:80\"\n        - \"80:abc\"\n",
+            ),
+        );
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "80:abc", 0),
+            "spec.services[0].ports[1]",
+            &[
+                "invalid port \"80:abc\": container port \"abc\" is not a number",
+                "host:container",
+            ],
+        );
+    }
+
+    #[test]
+    fn bad_volume_is_reported_with_its_value() {
+        let text = manifest(
+            "demo",
+            &service("web", "      volumes: [\"relative/only\"]\n"),
+        );
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "volumes", 0),
+            "spec.services[0].volumes[0]",
+            &["invalid volume \"relative/only\""],
+        );
+    }
+
+    #[test]
+    fn two_volumes_on_one_target_are_refused() {
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      volumes:\n        - a:/data\n        - b:/data\n",
+            ),
+        );
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "b:/data", 0),
+            "spec.services[0].volumes[1]",
+            &["/data is already mounted"],
+        );
+    }
+
+    #[test]
+    fn bad_durations_are_reported_with_their_value() {
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      healthcheck:\n        test: [\"CMD\", \"true\"]\n        interval: 30\n      remediation:\n        window: 10 minutes\n        backoff:\n          max: forever\n",
+            ),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "interval", 0),
+            "spec.services[0].healthcheck.interval",
+            &["\"30\"", "\"30s\""],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "window", 0),
+            "spec.services[0].remediation.window",
+            &["10 minutes"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "max:", 0),
+            "spec.services[0].remediation.backoff.max",
+            &["forever"],
+        );
+        assert_eq!(diags.len(), 3, "{diags:#?}");
+    }
+
+    #[test]
+    fn backoff_max_below_initial_is_refused() {
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      remediation:\n        backoff: {initial: 10s, max: 1s}\n",
+            ),
+        );
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "backoff", 0),
+            "spec.services[0].remediation.backoff.max",
+            &["shorter than backoff initial"],
+        );
+    }
+
+    #[test]
+    fn bad_policy_and_restart_policy_are_reported() {
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      restartPolicy: sometimes\n      remediation: {policy: pray}\n",
+            ),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            9,
+            "spec.services[0].restartPolicy",
+            &["\"sometimes\""],
+        );
+        assert_reported(
+            &diags,
+            10,
+            "spec.services[0].remediation.policy",
+            &["\"pray\""],
+        );
+    }
+
+    #[test]
+    fn reserved_labels_are_refused() {
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      labels:\n        team: a\n        operator.cluster: x\n",
+            ),
+        );
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "operator.cluster", 0),
+            "spec.services[0].labels.operator.cluster",
+            &["reserved"],
+        );
+    }
+
+    #[test]
+    fn env_values_that_yaml_mangles_are_refused() {
+        let text = manifest(
+            "demo",
+            &service("web", "      env:\n        VERSION: 1.10\n        EMPTY:\n"),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(&diags, 10, "spec.services[0].env.VERSION", &["quote it"]);
+        assert_reported(&diags, 11, "spec.services[0].env.EMPTY", &["no value"]);
+    }
+
+    #[test]
+    fn bad_healthcheck_test_and_command_are_reported() {
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      command: echo 'unterminated\n      healthcheck:\n        test: [\"curl\", \"x\"]\n",
+            ),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            9,
+            "spec.services[0].command",
+            &["unbalanced quotes"],
+        );
+        assert_reported(
+            &diags,
+            11,
+            "spec.services[0].healthcheck.test",
+            &["CMD-SHELL"],
+        );
+    }
+
+    #[test]
+    fn unknown_and_self_dependencies_are_reported() {
+        let text = manifest(
+            "demo",
+            &(service("web", "      dependsOn: [db, web]\n") + &service("cache", "")),
+        );
+        let diags = diagnostics(&text);
+        let line = line_of(&text, "dependsOn", 0);
+        assert_reported(
+            &diags,
+            line,
+            "spec.services[0].dependsOn[0]",
+            &["unknown service \"db\"", "web, cache"],
+        );
+        assert_reported(
+            &diags,
+            line,
+            "spec.services[0].dependsOn[1]",
+            &["depends on itself"],
+        );
+    }
+
+    #[test]
+    fn dependency_cycle_is_named() {
+        let text = manifest(
+            "demo",
+            &(service("a", "      dependsOn: [b]\n")
+                + &service("b", "      dependsOn:\n        - c\n")
+                + &service("c", "      dependsOn: [a]\n")),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "dependsOn", 0),
+            "spec.services[0].dependsOn",
+            &["dependency cycle: a -> b -> c -> a"],
+        );
+        assert_eq!(diags.len(), 1, "{diags:#?}");
+    }
+
+    #[test]
+    fn duplicate_service_names_in_one_cluster_are_refused() {
+        let text = manifest("demo", &(service("web", "") + &service("web", "")));
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "- name: web", 1),
+            "spec.services[1].name",
+            &["duplicate service name \"web\"", ":7"],
+        );
+    }
+
+    #[test]
+    fn duplicate_names_across_files_are_refused() {
+        let dir = TempDir::new();
+        let a = manifest("one", &service("web", ""));
+        let b =
+            manifest("one", &service("db", "")) + "---\n" + &manifest("two", &service("web", ""));
+        let file_a = dir.write("a.yaml", &a);
+        let file_b = dir.write("b.yaml", &b);
+        let Err(ManifestError::Invalid(diags)) = load(&[file_a.clone(), file_b.clone()]) else {
+            panic!("duplicates were accepted");
+        };
+        let first_name = format!("{}:4", file_a.display());
+        let cluster = diags
+            .iter()
+            .find(|d| d.field == "metadata.name")
+            .expect("cluster dup");
+        assert_eq!(
+            (cluster.path.clone(), cluster.line),
+            (file_b.clone(), Some(4))
+        );
+        assert!(cluster.message.contains(&first_name), "{cluster}");
+        let service = diags.iter().find(|d| {
+            d.field == "spec.services[0].name"
+                && d.path == file_b
+                && d.line == Some(line_of(&b, "name: web", 0))
+        });
+        let service = service.unwrap_or_else(|| panic!("no service dup in {diags:#?}"));
+        assert!(
+            service.message.contains(&format!("{}:7", file_a.display())),
+            "{service}"
+        );
+        assert_eq!(diags.len(), 2, "{diags:#?}");
+    }
+
+    #[test]
+    fn host_port_used_twice_is_refused_across_clusters() {
+        let text = manifest(
+            "one",
+            &service(
+                "a",
+                "      ports: [\"18080:80\", \"127.0.0.1:9000:9000\"]\n",
+            ),
+        ) + "---\n"
+            + &manifest(
+                "two",
+                &service(
+                    "b",
+                    "      ports:\n        - \"127.0.0.2:9000:9000\"\n        - \"0.0.0.0:18080:8080\"\n        - \"18080:80/udp\"\n",
+                ),
+            );
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "0.0.0.0:18080", 0),
+            "spec.services[0].ports[1]",
+            &[
+                "host port 18080/tcp is already published by service \"a\"",
+                ":9",
+            ],
+        );
+        assert_eq!(diags.len(), 1, "{diags:#?}");
+    }
+
+    #[test]
+    fn every_problem_of_a_document_is_reported_at_once() {
+        let text = manifest(
+            "demo",
+            &(service(
+                "web",
+                "      ports: [\"x:1\"]\n      volumes: [\"v:rel\"]\n",
+            ) + &service(
+                "db",
+                "      dependsOn: [nope]\n      labels: {operator.x: y}\n",
+            )),
+        );
+        let diags = diagnostics(&text);
+        let fields: Vec<&str> = diags.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.services[0].ports[0]",
+                "spec.services[0].volumes[0]",
+                "spec.services[1].dependsOn[0]",
+                "spec.services[1].labels.operator.x",
+            ]
+        );
+        let lines: Vec<Option<usize>> = diags.iter().map(|d| d.line).collect();
+        assert_eq!(lines, [Some(9), Some(10), Some(13), Some(14)]);
+    }
+}

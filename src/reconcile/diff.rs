@@ -1,0 +1,488 @@
+//! The diff: a pure function from (desired, observed) to drifts, and from drifts to the one
+//! repair that addresses them. No Docker, no clock: unit-tested on plain data.
+
+use serde::Serialize;
+
+use crate::docker::spec::service_network;
+use crate::docker::{ContainerStatus, HealthState, ObservedContainer};
+use crate::manifest::{Cluster, Service};
+
+/// Repairs within the budget window after which a container that keeps stopping is called
+/// crash-looping rather than merely stopped.
+pub const CRASH_LOOP_REPAIRS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftKind {
+    /// No container realises the service.
+    Missing,
+    /// The container exists but is not running (exited, dead, created).
+    Stopped,
+    Paused,
+    /// Docker's healthcheck says unhealthy.
+    Unhealthy,
+    /// The container keeps stopping despite repairs, or the engine is restarting it.
+    CrashLooping,
+    /// The container was created from a different spec (the spec-hash label differs).
+    SpecChanged,
+    /// The container is not attached to the network the service declares.
+    NetworkDetached,
+    /// The container must be (re)created but its image is not present locally.
+    ImageMissing,
+    /// A container that is not ours holds the service's name.
+    NameConflict,
+}
+
+impl DriftKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::Missing => "missing",
+            DriftKind::Stopped => "stopped",
+            DriftKind::Paused => "paused",
+            DriftKind::Unhealthy => "unhealthy",
+            DriftKind::CrashLooping => "crash-looping",
+            DriftKind::SpecChanged => "spec-changed",
+            DriftKind::NetworkDetached => "network-detached",
+            DriftKind::ImageMissing => "image-missing",
+            DriftKind::NameConflict => "name-conflict",
+        }
+    }
+}
+
+impl std::fmt::Display for DriftKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub kind: DriftKind,
+    /// What was seen, for people.
+    pub detail: String,
+}
+
+impl Drift {
+    fn new(kind: DriftKind, detail: impl Into<String>) -> Self {
+        Drift {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Everything the diff needs to know about one service's current state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub container: Option<ObservedContainer>,
+    /// Whether the service's image is present locally; `None` when not checked (only
+    /// needed when the container has to be created).
+    pub image_present: Option<bool>,
+    /// A container without our labels holds the service's name.
+    pub name_conflict: bool,
+    /// Budgeted repairs of this service within its window.
+    pub recent_repairs: u32,
+}
+
+/// The built-in repairs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum Action {
+    /// Create the container (network and image first) and start it.
+    Create,
+    Start,
+    Unpause,
+    Restart,
+    /// Stop, remove, create and start: rolls out a changed spec.
+    Recreate,
+    /// Attach the container to a network.
+    Connect {
+        network: String,
+    },
+}
+
+impl Action {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Start => "start",
+            Action::Unpause => "unpause",
+            Action::Restart => "restart",
+            Action::Recreate => "recreate",
+            Action::Connect { .. } => "connect",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Connect { network } => write!(f, "connect to network {network}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// Compares one service's desired spec with what was observed. Drifts come in priority
+/// order: the first one decides the repair.
+pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec<Drift> {
+    let mut drifts = Vec::new();
+    let image_missing = observed.image_present == Some(false);
+    let Some(c) = &observed.container else {
+        if observed.name_conflict {
+            drifts.push(Drift::new(
+                DriftKind::NameConflict,
+                format!(
+                    "a container named {:?} exists but is not managed by operator",
+                    service.name
+                ),
+            ));
+        } else if image_missing {
+            drifts.push(Drift::new(
+                DriftKind::ImageMissing,
+                format!(
+                    "no container, and image {:?} is not present locally",
+                    service.image
+                ),
+            ));
+        } else {
+            drifts.push(Drift::new(
+                DriftKind::Missing,
+                format!("no container named {:?}", service.name),
+            ));
+        }
+        return drifts;
+    };
+
+    if c.status == ContainerStatus::Restarting {
+        drifts.push(Drift::new(
+            DriftKind::CrashLooping,
+            "the engine's restart policy is restarting the container",
+        ));
+        return drifts;
+    }
+    let desired_hash = service.spec_hash();
+    if c.spec_hash != desired_hash {
+        drifts.push(Drift::new(
+            DriftKind::SpecChanged,
+            format!(
+                "container built from spec {}, manifest now says {desired_hash}",
+                if c.spec_hash.is_empty() {
+                    "?"
+                } else {
+                    &c.spec_hash
+                }
+            ),
+        ));
+        if image_missing {
+            drifts.push(Drift::new(
+                DriftKind::ImageMissing,
+                format!("image {:?} is not present locally", service.image),
+            ));
+        }
+    }
+    match c.status {
+        ContainerStatus::Exited | ContainerStatus::Dead | ContainerStatus::Created => {
+            let how = match (c.status, c.exit_code) {
+                (ContainerStatus::Created, _) => "created but never started".to_string(),
+                (status, Some(code)) => format!("{} with code {code}", status.as_str()),
+                (status, None) => status.as_str().to_string(),
+            };
+            if observed.recent_repairs >= CRASH_LOOP_REPAIRS {
+                drifts.push(Drift::new(
+                    DriftKind::CrashLooping,
+                    format!(
+                        "{how}, after {} repairs in the window",
+                        observed.recent_repairs
+                    ),
+                ));
+            } else {
+                drifts.push(Drift::new(DriftKind::Stopped, how));
+            }
+        }
+        ContainerStatus::Paused => drifts.push(Drift::new(DriftKind::Paused, "paused")),
+        ContainerStatus::Running => {
+            if c.health == Some(HealthState::Unhealthy) {
+                drifts.push(Drift::new(
+                    DriftKind::Unhealthy,
+                    "running, but its healthcheck fails",
+                ));
+            }
+            if let Some(network) = service_network(cluster, service)
+                && !c.networks.contains(network)
+            {
+                drifts.push(Drift::new(
+                    DriftKind::NetworkDetached,
+                    format!("not attached to network {network}"),
+                ));
+            }
+        }
+        // Transient: the destroy event follows and the next reconcile sees "missing".
+        ContainerStatus::Removing | ContainerStatus::Restarting => {}
+    }
+    drifts
+}
+
+/// The one built-in repair that addresses the drifts, if any can.
+pub fn repair(drifts: &[Drift], observed: &Observation) -> Option<Action> {
+    let first = drifts.first()?;
+    let status = observed.container.as_ref().map(|c| c.status);
+    match first.kind {
+        DriftKind::Missing | DriftKind::ImageMissing => Some(Action::Create),
+        DriftKind::SpecChanged => Some(Action::Recreate),
+        DriftKind::Stopped | DriftKind::CrashLooping => match status {
+            // A dead container cannot be started; only replaced.
+            Some(ContainerStatus::Dead) => Some(Action::Recreate),
+            Some(ContainerStatus::Exited | ContainerStatus::Created) => Some(Action::Start),
+            // The engine is restarting it: its policy, not ours, is in charge.
+            _ => None,
+        },
+        DriftKind::Paused => Some(Action::Unpause),
+        DriftKind::Unhealthy => Some(Action::Restart),
+        DriftKind::NetworkDetached => {
+            first
+                .detail
+                .strip_prefix("not attached to network ")
+                .map(|n| Action::Connect {
+                    network: n.to_string(),
+                })
+        }
+        DriftKind::NameConflict => None,
+    }
+}
+
+/// Whether a repair spends the restart budget. Rolling out a spec change and creating a
+/// service for the first time are deliberate, not repairs of a failure.
+pub fn is_budgeted(action: &Action, drifts: &[Drift], created_before: bool) -> bool {
+    match action {
+        Action::Recreate => !drifts.iter().any(|d| d.kind == DriftKind::SpecChanged),
+        Action::Create => created_before,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::docker::ServiceKey;
+    use crate::manifest::{NetworkMode, NetworkSpec, Remediation, RestartPolicy};
+
+    fn cluster() -> Cluster {
+        Cluster {
+            name: "c".into(),
+            source: PathBuf::from("/m/c.yaml"),
+            network: NetworkSpec {
+                name: "c_net".into(),
+                external: false,
+                internal: true,
+            },
+            services: vec![service()],
+        }
+    }
+
+    fn service() -> Service {
+        Service {
+            name: "web".into(),
+            image: "img:1".into(),
+            command: None,
+            entrypoint: None,
+            env: BTreeMap::new(),
+            ports: vec![],
+            volumes: vec![],
+            network_mode: NetworkMode::Cluster,
+            labels: BTreeMap::new(),
+            healthcheck: None,
+            depends_on: vec![],
+            restart_policy: RestartPolicy::No,
+            remediation: Remediation::default(),
+        }
+    }
+
+    fn running() -> ObservedContainer {
+        ObservedContainer {
+            id: "abc".into(),
+            name: "web".into(),
+            key: ServiceKey::new("c", "web"),
+            spec_hash: service().spec_hash(),
+            image: "img:1".into(),
+            status: ContainerStatus::Running,
+            health: None,
+            networks: BTreeSet::from(["c_net".to_string()]),
+            network_mode: "c_net".into(),
+            exit_code: Some(0),
+            pid: Some(42),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn with(c: ObservedContainer) -> Observation {
+        Observation {
+            container: Some(c),
+            ..Default::default()
+        }
+    }
+
+    fn kinds(obs: &Observation) -> Vec<DriftKind> {
+        diff(&cluster(), &service(), obs)
+            .into_iter()
+            .map(|d| d.kind)
+            .collect()
+    }
+
+    #[test]
+    fn running_container_matching_spec_has_no_drift() {
+        assert!(kinds(&with(running())).is_empty());
+    }
+
+    #[test]
+    fn healthy_or_starting_health_is_not_drift() {
+        for h in [HealthState::Healthy, HealthState::Starting] {
+            let mut c = running();
+            c.health = Some(h);
+            assert!(kinds(&with(c)).is_empty());
+        }
+    }
+
+    #[test]
+    fn absent_container_is_missing_and_created() {
+        let obs = Observation::default();
+        assert_eq!(kinds(&obs), vec![DriftKind::Missing]);
+        assert_eq!(
+            repair(&diff(&cluster(), &service(), &obs), &obs),
+            Some(Action::Create)
+        );
+    }
+
+    #[test]
+    fn absent_container_without_image_is_image_missing() {
+        let obs = Observation {
+            image_present: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(kinds(&obs), vec![DriftKind::ImageMissing]);
+    }
+
+    #[test]
+    fn foreign_container_holding_the_name_is_a_conflict_with_no_repair() {
+        let obs = Observation {
+            name_conflict: true,
+            ..Default::default()
+        };
+        let drifts = diff(&cluster(), &service(), &obs);
+        assert_eq!(drifts[0].kind, DriftKind::NameConflict);
+        assert_eq!(repair(&drifts, &obs), None);
+    }
+
+    #[test]
+    fn exited_created_and_dead_are_stopped() {
+        for (status, action) in [
+            (ContainerStatus::Exited, Action::Start),
+            (ContainerStatus::Created, Action::Start),
+            (ContainerStatus::Dead, Action::Recreate),
+        ] {
+            let mut c = running();
+            c.status = status;
+            let obs = with(c);
+            assert_eq!(kinds(&obs), vec![DriftKind::Stopped]);
+            assert_eq!(
+                repair(&diff(&cluster(), &service(), &obs), &obs),
+                Some(action)
+            );
+        }
+    }
+
+    #[test]
+    fn stopped_after_many_repairs_is_crash_looping_and_still_started() {
+        let mut c = running();
+        c.status = ContainerStatus::Exited;
+        let mut obs = with(c);
+        obs.recent_repairs = CRASH_LOOP_REPAIRS;
+        assert_eq!(kinds(&obs), vec![DriftKind::CrashLooping]);
+        assert_eq!(
+            repair(&diff(&cluster(), &service(), &obs), &obs),
+            Some(Action::Start)
+        );
+    }
+
+    #[test]
+    fn engine_restarting_is_crash_looping_left_to_the_engine() {
+        let mut c = running();
+        c.status = ContainerStatus::Restarting;
+        let obs = with(c);
+        assert_eq!(kinds(&obs), vec![DriftKind::CrashLooping]);
+        assert_eq!(repair(&diff(&cluster(), &service(), &obs), &obs), None);
+    }
+
+    #[test]
+    fn paused_is_unpaused_and_unhealthy_restarted() {
+        let mut c = running();
+        c.status = ContainerStatus::Paused;
+        let obs = with(c);
+        assert_eq!(kinds(&obs), vec![DriftKind::Paused]);
+        assert_eq!(
+            repair(&diff(&cluster(), &service(), &obs), &obs),
+            Some(Action::Unpause)
+        );
+
+        let mut c = running();
+        c.health = Some(HealthState::Unhealthy);
+        let obs = with(c);
+        assert_eq!(kinds(&obs), vec![DriftKind::Unhealthy]);
+        assert_eq!(
+            repair(&diff(&cluster(), &service(), &obs), &obs),
+            Some(Action::Restart)
+        );
+    }
+
+    #[test]
+    fn changed_hash_is_spec_changed_and_recreated_before_anything_else() {
+        let mut c = running();
+        c.spec_hash = "old".into();
+        c.status = ContainerStatus::Exited;
+        let obs = with(c);
+        assert_eq!(
+            kinds(&obs),
+            vec![DriftKind::SpecChanged, DriftKind::Stopped]
+        );
+        let drifts = diff(&cluster(), &service(), &obs);
+        assert_eq!(repair(&drifts, &obs), Some(Action::Recreate));
+        assert!(!is_budgeted(&Action::Recreate, &drifts, true));
+    }
+
+    #[test]
+    fn detached_network_is_reconnected() {
+        let mut c = running();
+        c.networks.clear();
+        let obs = with(c);
+        assert_eq!(kinds(&obs), vec![DriftKind::NetworkDetached]);
+        assert_eq!(
+            repair(&diff(&cluster(), &service(), &obs), &obs),
+            Some(Action::Connect {
+                network: "c_net".into()
+            })
+        );
+    }
+
+    #[test]
+    fn host_networked_service_never_detaches() {
+        let mut svc = service();
+        svc.network_mode = NetworkMode::Host;
+        let mut c = running();
+        c.networks = BTreeSet::from(["host".to_string()]);
+        c.spec_hash = svc.spec_hash();
+        assert!(diff(&cluster(), &svc, &with(c)).is_empty());
+    }
+
+    #[test]
+    fn first_create_and_spec_rollouts_do_not_spend_the_budget() {
+        let missing = vec![Drift::new(DriftKind::Missing, "")];
+        assert!(!is_budgeted(&Action::Create, &missing, false));
+        assert!(is_budgeted(&Action::Create, &missing, true));
+        let stopped = vec![Drift::new(DriftKind::Stopped, "")];
+        assert!(is_budgeted(&Action::Start, &stopped, false));
+    }
+}

@@ -1,0 +1,241 @@
+//! Per-key memory of the reconcile loop: repair attempts, backoff and the restart budget.
+//! Pure bookkeeping over [`tokio::time::Instant`], so it is tested with paused time.
+//!
+//! # Guarantees
+//! - The first repair of an episode happens at once; later ones wait
+//!   `backoff_initial * 2^(n-1)`, capped at `backoff_max`.
+//! - The backoff resets only after the service was seen healthy for `stable_after`.
+//! - Past `max_restarts` budgeted repairs within `window`, the key is escalated and stays so
+//!   until its spec changes or the controller restarts.
+
+use std::collections::VecDeque;
+
+use tokio::time::Instant;
+
+use crate::backoff;
+use crate::manifest::Remediation;
+
+#[derive(Debug, Clone, Default)]
+pub struct KeyState {
+    /// Repairs tried since the service was last stable.
+    pub attempts: u32,
+    /// No repair before this time.
+    pub next_attempt_at: Option<Instant>,
+    /// When budgeted repairs happened, pruned to the window.
+    repairs: VecDeque<Instant>,
+    pub escalated: bool,
+    /// Since when every reconcile found the service healthy.
+    pub healthy_since: Option<Instant>,
+    /// The spec hash this state was built for: a new spec starts afresh.
+    pub spec_hash: Option<String>,
+    /// The controller has created this service's container before.
+    pub created_before: bool,
+    pub last_error: Option<String>,
+}
+
+/// What the budget and backoff allow now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Act,
+    /// Backing off: try again at this time.
+    WaitUntil(Instant),
+    /// The budget is spent.
+    Escalate,
+}
+
+impl KeyState {
+    /// Starts afresh when the desired spec changed (the budget belonged to the old spec).
+    pub fn track_spec(&mut self, hash: &str) {
+        if self.spec_hash.as_deref() != Some(hash) {
+            let created_before = self.created_before;
+            *self = KeyState {
+                spec_hash: Some(hash.to_string()),
+                created_before,
+                ..Default::default()
+            };
+        }
+    }
+
+    /// Budgeted repairs within the window ending now.
+    pub fn recent_repairs(&mut self, now: Instant, r: &Remediation) -> u32 {
+        while let Some(first) = self.repairs.front() {
+            if now.saturating_duration_since(*first) >= r.window {
+                self.repairs.pop_front();
+            } else {
+                break;
+            }
+        }
+        u32::try_from(self.repairs.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The service was seen in its desired state. `verified` is false while a healthcheck
+    /// has not yet passed: that does not count towards stability.
+    /// Returns when the backoff will reset, if it has not yet.
+    pub fn saw_clean(&mut self, now: Instant, verified: bool, r: &Remediation) -> Option<Instant> {
+        if !verified {
+            self.healthy_since = None;
+            return None;
+        }
+        let since = *self.healthy_since.get_or_insert(now);
+        self.maybe_reset(now, r);
+        (self.attempts > 0).then_some(since + r.stable_after)
+    }
+
+    /// The service drifted: a long enough healthy spell before it resets the backoff.
+    pub fn saw_drift(&mut self, now: Instant, r: &Remediation) {
+        self.maybe_reset(now, r);
+        self.healthy_since = None;
+    }
+
+    fn maybe_reset(&mut self, now: Instant, r: &Remediation) {
+        if let Some(since) = self.healthy_since
+            && now.saturating_duration_since(since) >= r.stable_after
+        {
+            self.attempts = 0;
+            self.next_attempt_at = None;
+        }
+    }
+
+    /// Whether a repair may run now.
+    pub fn gate(&mut self, now: Instant, budgeted: bool, r: &Remediation) -> Gate {
+        if self.escalated {
+            return Gate::Escalate;
+        }
+        if budgeted && self.recent_repairs(now, r) >= r.max_restarts {
+            self.escalated = true;
+            return Gate::Escalate;
+        }
+        match self.next_attempt_at {
+            Some(at) if now < at => Gate::WaitUntil(at),
+            _ => Gate::Act,
+        }
+    }
+
+    /// Records a repair about to be made; returns when the next one may happen.
+    pub fn record_attempt(&mut self, now: Instant, budgeted: bool, r: &Remediation) -> Instant {
+        if budgeted {
+            self.repairs.push_back(now);
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        let at = now + backoff::exponential(self.attempts, r.backoff_initial, r.backoff_max);
+        self.next_attempt_at = Some(at);
+        at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn remediation() -> Remediation {
+        Remediation {
+            max_restarts: 3,
+            window: Duration::from_secs(600),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(8),
+            stable_after: Duration::from_secs(60),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_repair_is_immediate_then_delays_double_to_the_cap() {
+        let r = Remediation {
+            max_restarts: 100,
+            ..remediation()
+        };
+        let mut s = KeyState::default();
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            let now = Instant::now();
+            match s.gate(now, true, &r) {
+                Gate::Act => {}
+                Gate::WaitUntil(at) => {
+                    delays.push((at - now).as_secs());
+                    tokio::time::sleep_until(at).await;
+                    assert_eq!(s.gate(Instant::now(), true, &r), Gate::Act);
+                }
+                Gate::Escalate => panic!("escalated too early"),
+            }
+            s.record_attempt(Instant::now(), true, &r);
+        }
+        assert_eq!(delays, vec![1, 2, 4, 8, 8]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_spent_within_window_escalates_and_stays_escalated() {
+        let r = remediation();
+        let mut s = KeyState::default();
+        for _ in 0..3 {
+            if let Gate::WaitUntil(at) = s.gate(Instant::now(), true, &r) {
+                tokio::time::sleep_until(at).await;
+            }
+            assert_eq!(s.gate(Instant::now(), true, &r), Gate::Act);
+            s.record_attempt(Instant::now(), true, &r);
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(s.gate(Instant::now(), true, &r), Gate::Escalate);
+        // Even once the window has passed, a person (or a new spec) must act.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(s.gate(Instant::now(), true, &r), Gate::Escalate);
+        s.track_spec("new-spec");
+        assert_eq!(s.gate(Instant::now(), true, &r), Gate::Act);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repairs_older_than_the_window_leave_the_budget() {
+        let r = Remediation {
+            backoff_max: Duration::from_secs(1),
+            ..remediation()
+        };
+        let mut s = KeyState::default();
+        for _ in 0..2 {
+            s.record_attempt(Instant::now(), true, &r);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(s.recent_repairs(Instant::now(), &r), 0);
+        assert_eq!(s.gate(Instant::now(), true, &r), Gate::Act);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unbudgeted_repairs_never_escalate() {
+        let r = remediation();
+        let mut s = KeyState::default();
+        for _ in 0..10 {
+            s.record_attempt(Instant::now(), false, &r);
+        }
+        s.next_attempt_at = None;
+        assert_eq!(s.gate(Instant::now(), false, &r), Gate::Act);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_resets_only_after_staying_healthy_for_stable_after() {
+        let r = remediation();
+        let mut s = KeyState::default();
+        for _ in 0..2 {
+            s.record_attempt(Instant::now(), false, &r);
+        }
+        assert_eq!(s.attempts, 2);
+        // Healthy for a moment, then drifts again: no reset.
+        s.saw_clean(Instant::now(), true, &r);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        s.saw_drift(Instant::now(), &r);
+        assert_eq!(s.attempts, 2);
+        // Running but not yet verified by its healthcheck: does not count.
+        s.saw_clean(Instant::now(), false, &r);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        s.saw_drift(Instant::now(), &r);
+        assert_eq!(s.attempts, 2);
+        // Verified healthy for the whole stable period: reset.
+        let reset_at = s
+            .saw_clean(Instant::now(), true, &r)
+            .expect("a reset is pending");
+        tokio::time::sleep_until(reset_at).await;
+        assert_eq!(s.saw_clean(Instant::now(), true, &r), None);
+        assert_eq!(s.attempts, 0);
+        assert_eq!(s.next_attempt_at, None);
+    }
+}

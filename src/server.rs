@@ -1,0 +1,97 @@
+//! The small HTTP server for the controller's own observability: `/metrics` and `/healthz`.
+//! Binds to 127.0.0.1 unless told otherwise.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::Cache;
+use crate::metrics::Metrics;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "cannot listen on {addr}: {source} (is another operator running? pick another --listen)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server on {addr} stopped: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    cache: Arc<Cache>,
+}
+
+async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+/// 200 once the first full list is in and the event stream is attached; 503 otherwise,
+/// with the reason.
+async fn serve_healthz(State(state): State<AppState>) -> impl IntoResponse {
+    if !state.cache.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: first list of containers not complete\n",
+        )
+    } else if !state.cache.is_connected() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded: docker event stream disconnected, reconnecting\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+/// Binds now (so a taken port is an error at start-up) and returns the bound address and
+/// the serving future, which ends when `cancel` fires.
+pub async fn bind(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    cache: Arc<Cache>,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, impl Future<Output = Result<(), ServerError>>), ServerError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let app = Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(serve_healthz))
+        .with_state(AppState { metrics, cache });
+    let serve = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await
+            .map_err(|source| ServerError::Serve {
+                addr: bound,
+                source,
+            })
+    };
+    Ok((bound, serve))
+}

@@ -1,0 +1,363 @@
+//! Helpers shared by the integration tests: `mod common;` at the top of a `tests/*.rs` file.
+//!
+//! Everything here drives the real Docker CLI (`std::process::Command`), synchronously, so
+//! it can be used from plain `#[test]`s as well as from `#[tokio::test]`s.
+//!
+//! * [`require_docker`]: call first in every test that needs Docker. It panics when no
+//!   engine answers; tests never pass by skipping. `scripts/setup.sh` installs and starts
+//!   the engine and builds the local images ([`BUSYBOX_IMAGE`], [`EMPTY_IMAGE`]).
+//! * [`unique`]: names for containers, networks and clusters that never collide, also not
+//!   with a parallel test or a second `cargo test`.
+//! * [`docker`] / [`docker_ok`] and [`docker_on`] / [`docker_on_ok`] (another engine via `-H`).
+//! * [`remove_labelled`] and the [`Cleanup`] guard: remove exactly what carries one label.
+//! * [`PrivateDockerd`]: a second, private engine that a test may kill and restart.
+//! * [`operator`]: running the real `operator` binary (manifests, logs, metrics).
+//!
+//! Label every container a test creates with [`TEST_LABEL`] (so `scripts/teardown.sh` can
+//! sweep leftovers) and with a label unique to the test (for its own [`Cleanup`]).
+//! Set `OPERATOR_TEST_KEEP=1` to keep containers and private engines for debugging.
+#![allow(dead_code)]
+
+pub mod operator;
+mod private_dockerd;
+
+#[allow(unused_imports)] // each test file uses only some helpers
+pub use private_dockerd::PrivateDockerd;
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Label carried by every container/network a test creates (`scripts/teardown.sh` removes these).
+pub const TEST_LABEL: &str = "operator.test=true";
+/// Static busybox (sh, sleep, httpd, wget, nc, ...; `PATH=/bin`), built by `scripts/setup.sh`.
+pub const BUSYBOX_IMAGE: &str = "operator-local/busybox:latest";
+/// Empty image for running host binaries with [`host_mount_args`], built by `scripts/setup.sh`.
+pub const EMPTY_IMAGE: &str = "operator-local/empty:latest";
+
+/// Default bound for one docker CLI call (override: `OPERATOR_TEST_DOCKER_TIMEOUT_SECS`).
+pub fn docker_timeout() -> Duration {
+    let secs = std::env::var("OPERATOR_TEST_DOCKER_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+/// `-v` arguments that bind-mount the host's system folders read-only, so that
+/// `docker run ... EMPTY_IMAGE /usr/bin/etcd ...` runs the host's binary.
+pub fn host_mount_args() -> Vec<&'static str> {
+    vec![
+        "-v",
+        "/usr:/usr:ro",
+        "-v",
+        "/lib:/lib:ro",
+        "-v",
+        "/lib64:/lib64:ro",
+        "-v",
+        "/bin:/bin:ro",
+        "-v",
+        "/etc:/etc:ro",
+    ]
+}
+
+/// True when tests run under `scripts/test.sh` / CI (`OPERATOR_TEST_REQUIRE_DOCKER=1`).
+/// [`require_docker`] panics without an engine either way; this is for messages.
+pub fn docker_required_by_env() -> bool {
+    std::env::var("OPERATOR_TEST_REQUIRE_DOCKER").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Panics with a clear message unless a Docker engine answers and the local test images
+/// exist. Call it first in every test that needs Docker.
+pub fn require_docker() {
+    static READY: OnceLock<()> = OnceLock::new();
+    if READY.get().is_some() {
+        return;
+    }
+    let hint = "Run `scripts/setup.sh` as root: it installs docker.io, starts dockerd and builds the \
+                local test images. Tests that need Docker fail instead of skipping.";
+    let out = run_with_timeout(
+        docker_command(None, &["info", "--format", "{{.ServerVersion}}"]),
+        Duration::from_secs(30),
+    );
+    if !out.status.success() {
+        panic!(
+            "a Docker engine is required but `docker info` failed ({}): {}\n{hint}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    for image in [BUSYBOX_IMAGE, EMPTY_IMAGE] {
+        let out = run_with_timeout(
+            docker_command(None, &["image", "inspect", "--format", "{{.Id}}", image]),
+            Duration::from_secs(30),
+        );
+        if !out.status.success() {
+            panic!("the local test image {image} is missing from the Docker engine.\n{hint}");
+        }
+    }
+    let _ = READY.set(());
+}
+
+/// A name no other test, thread or process uses: `<prefix>-<pid>-<counter>-<4 base36 chars>`.
+/// Lower case, valid for container, network and host names and label values if `prefix` is.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64 over time, pid and counter.
+    let mut x = nanos ^ (u64::from(pid) << 32) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let suffix: String = (0..4)
+        .map(|i| DIGITS[((x >> (i * 8)) % 36) as usize] as char)
+        .collect();
+    format!("{prefix}-{pid}-{n}-{suffix}")
+}
+
+/// Runs `cmd` with stdin closed, collecting stdout and stderr; kills it after `timeout`
+/// (the returned status is then the kill's, and stderr says so). Panics only if the
+/// program cannot be started.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().expect("wait for a killed child");
+            }
+            Ok(None) => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+        }
+    };
+    let stdout = out_reader.join().unwrap_or_default();
+    let mut stderr = err_reader.join().unwrap_or_default();
+    if timed_out {
+        stderr.extend_from_slice(format!("\n[tests/common] killed after {timeout:?}").as_bytes());
+    }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A `docker` CLI command, aimed at `host` (`-H`, e.g. `unix:///...`) or, with `None`, at
+/// the default engine (honours `DOCKER_HOST`).
+pub fn docker_command(host: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new("docker");
+    if let Some(host) = host {
+        cmd.env_remove("DOCKER_CONTEXT").arg("-H").arg(host);
+    }
+    cmd.args(args);
+    cmd
+}
+
+fn describe(host: Option<&str>, args: &[&str]) -> String {
+    match host {
+        Some(h) => format!("docker -H {h} {}", args.join(" ")),
+        None => format!("docker {}", args.join(" ")),
+    }
+}
+
+fn ok_or_panic(host: Option<&str>, args: &[&str], out: Output) -> String {
+    if !out.status.success() {
+        panic!(
+            "`{}` failed ({}):\nstderr: {}\nstdout: {}",
+            describe(host, args),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `docker ARGS` against the default engine (bounded by [`docker_timeout`]).
+pub fn docker(args: &[&str]) -> Output {
+    run_with_timeout(docker_command(None, args), docker_timeout())
+}
+
+/// Runs `docker ARGS`; panics with its stderr unless it succeeds; returns stdout, trimmed.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    ok_or_panic(None, args, out)
+}
+
+/// Runs `docker -H HOST ARGS` (bounded by [`docker_timeout`]).
+pub fn docker_on(host: &str, args: &[&str]) -> Output {
+    run_with_timeout(docker_command(Some(host), args), docker_timeout())
+}
+
+/// Runs `docker -H HOST ARGS`; panics with its stderr unless it succeeds; returns stdout, trimmed.
+pub fn docker_on_ok(host: &str, args: &[&str]) -> String {
+    let out = docker_on(host, args);
+    ok_or_panic(Some(host), args, out)
+}
+
+/// True when the engine (`None`: the default one) answers `docker info` within `timeout`.
+pub fn engine_answers(host: Option<&str>, timeout: Duration) -> bool {
+    run_with_timeout(
+        docker_command(host, &["info", "--format", "{{.ServerVersion}}"]),
+        timeout,
+    )
+    .status
+    .success()
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn remove_labelled_impl(host: Option<&str>, label: &str) {
+    let filter = format!("label={label}");
+    let run = |args: &[&str]| run_with_timeout(docker_command(host, args), docker_timeout());
+    let warn = |what: &str, out: &Output| {
+        if !out.status.success() {
+            eprintln!(
+                "[tests/common] cleanup of {label}: `{}` failed: {}",
+                describe(host, &[what]),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    };
+
+    let ids = run(&["ps", "-aq", "--filter", &filter]);
+    warn("ps", &ids);
+    let ids = lines(&ids);
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f", "-v"];
+        args.extend(ids.iter().map(String::as_str));
+        warn("rm -f -v", &run(&args));
+    }
+    let ids = run(&["network", "ls", "-q", "--filter", &filter]);
+    warn("network ls", &ids);
+    for id in lines(&ids) {
+        warn("network rm", &run(&["network", "rm", &id]));
+    }
+    let ids = run(&["volume", "ls", "-q", "--filter", &filter]);
+    warn("volume ls", &ids);
+    let ids = lines(&ids);
+    if !ids.is_empty() {
+        let mut args = vec!["volume", "rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        warn("volume rm", &run(&args));
+    }
+}
+
+fn keep_for_debugging() -> bool {
+    std::env::var("OPERATOR_TEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Removes (best effort, never panics) the containers (with their anonymous volumes),
+/// networks and volumes on the default engine that carry `label`: `key=value` for an exact
+/// label (e.g. `operator.cluster=<unique name>`) or just `key`.
+pub fn remove_labelled(label: &str) {
+    remove_labelled_impl(None, label);
+}
+
+/// [`remove_labelled`] on the engine at `host`.
+pub fn remove_labelled_on(host: &str, label: &str) {
+    remove_labelled_impl(Some(host), label);
+}
+
+/// Guard that runs [`remove_labelled`] for its labels when dropped (also when the test
+/// panics). Create it before the things it cleans up:
+///
+/// ```ignore
+/// let name = common::unique("etcd");
+/// let cleanup = common::Cleanup::new(format!("operator.cluster={name}"));
+/// ```
+#[must_use = "the guard cleans up when it is dropped"]
+pub struct Cleanup {
+    host: Option<String>,
+    labels: Vec<String>,
+}
+
+impl Cleanup {
+    /// Cleans up `label` (`key=value` or `key`) on the default engine.
+    pub fn new(label: impl Into<String>) -> Self {
+        Cleanup {
+            host: None,
+            labels: vec![label.into()],
+        }
+    }
+
+    /// Cleans up `label` on the engine at `host` (e.g. [`PrivateDockerd::host`]).
+    pub fn on(host: impl Into<String>, label: impl Into<String>) -> Self {
+        Cleanup {
+            host: Some(host.into()),
+            labels: vec![label.into()],
+        }
+    }
+
+    /// Also clean up `label`.
+    pub fn also(&mut self, label: impl Into<String>) -> &mut Self {
+        self.labels.push(label.into());
+        self
+    }
+
+    /// The first label, handy as a `--label` argument.
+    pub fn label(&self) -> &str {
+        &self.labels[0]
+    }
+
+    /// Cleans up now (and again on drop, which is then a no-op).
+    pub fn run(&self) {
+        for label in &self.labels {
+            remove_labelled_impl(self.host.as_deref(), label);
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if keep_for_debugging() {
+            eprintln!(
+                "[tests/common] OPERATOR_TEST_KEEP: keeping everything labelled {:?}",
+                self.labels
+            );
+            return;
+        }
+        self.run();
+    }
+}

@@ -1,0 +1,179 @@
+//! Bad manifests of every kind give an error naming the file, the line and the field, exit
+//! non-zero, and leave Docker untouched.
+
+mod common;
+
+use common::operator::{TempDir, operator};
+use common::{BUSYBOX_IMAGE, docker_ok, require_docker, unique};
+
+struct Case {
+    name: &'static str,
+    /// The services list (YAML, indented under `spec:`).
+    services: String,
+    /// Text of the line the error must point at (its first occurrence, or `nth` one).
+    marker: &'static str,
+    nth: usize,
+    /// Must appear in the message (the field path, the value...).
+    expect: &'static [&'static str],
+}
+
+fn service(name: &str, extra: &str) -> String {
+    format!(
+        "    - name: {name}\n      image: {BUSYBOX_IMAGE}\n      command: [\"sleep\", \"1000\"]\n{extra}"
+    )
+}
+
+fn cases(c: &str) -> Vec<Case> {
+    vec![
+        Case {
+            name: "unknown field",
+            services: service(&format!("{c}-a"), "      imagePullPolicy: always\n"),
+            marker: "imagePullPolicy",
+            nth: 0,
+            expect: &["imagePullPolicy"],
+        },
+        Case {
+            name: "duplicate service names",
+            services: service(&format!("{c}-a"), "") + &service(&format!("{c}-a"), ""),
+            marker: "- name:",
+            nth: 1,
+            expect: &["spec.services[1]", "duplicate"],
+        },
+        Case {
+            name: "dependency cycle",
+            services: service(&format!("{c}-a"), &format!("      dependsOn: [{c}-b]\n"))
+                + &service(&format!("{c}-b"), &format!("      dependsOn: [{c}-a]\n")),
+            marker: "dependsOn",
+            nth: 0,
+            expect: &["dependsOn", "cycle"],
+        },
+        Case {
+            name: "bad duration",
+            services: service(
+                &format!("{c}-a"),
+                "      remediation:\n        window: 10 minutes\n",
+            ),
+            marker: "window:",
+            nth: 0,
+            expect: &["spec.services[0].remediation.window", "10 minutes"],
+        },
+        Case {
+            name: "bad port",
+            services: service(&format!("{c}-a"), "      ports: [\"80:abc\"]\n"),
+            marker: "ports:",
+            nth: 0,
+            expect: &["spec.services[0].ports[0]", "80:abc"],
+        },
+        Case {
+            name: "bad volume",
+            services: service(&format!("{c}-a"), "      volumes: [\"relative/only\"]\n"),
+            marker: "volumes:",
+            nth: 0,
+            expect: &["spec.services[0].volumes[0]", "relative/only"],
+        },
+        Case {
+            name: "host port used twice",
+            services: service(&format!("{c}-a"), "      ports: [\"18080:80\"]\n")
+                + &service(&format!("{c}-b"), "      ports: [\"18080:8080\"]\n"),
+            marker: "ports:",
+            nth: 1,
+            expect: &["spec.services[1].ports[0]", "18080"],
+        },
+    ]
+}
+
+fn document(cluster: &str, services: &str) -> String {
+    format!(
+        "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  network:\n    name: {cluster}-net\n    internal: true\n  services:\n{services}"
+    )
+}
+
+#[test]
+fn every_kind_of_bad_manifest_is_refused_with_file_line_and_field() {
+    require_docker();
+    for case in cases(&unique("bad")) {
+        let cluster = unique("bad");
+        let dir = TempDir::new(&cluster);
+        let text = document(&cluster, &case.services);
+        let file = dir.write("cluster.yaml", &text);
+        let line = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(case.marker))
+            .nth(case.nth)
+            .map(|(i, _)| i + 1)
+            .unwrap_or_else(|| panic!("{}: marker {:?} not in the text", case.name, case.marker));
+        let location = format!("{}:{line}", file.display());
+
+        for args in [
+            vec!["validate", file.to_str().unwrap()],
+            vec!["run", file.to_str().unwrap(), "--once"],
+            vec!["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+            vec!["plan", file.to_str().unwrap()],
+        ] {
+            let out = operator(&args, None);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{}: `operator {args:?}` succeeded",
+                case.name
+            );
+            assert!(
+                stderr.contains(&location),
+                "{}: `operator {args:?}` does not point at {location}:\n{stderr}",
+                case.name
+            );
+            for needle in case.expect {
+                assert!(
+                    stderr.contains(needle),
+                    "{}: no {needle:?} in:\n{stderr}",
+                    case.name
+                );
+            }
+        }
+        let left = docker_ok(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=operator.cluster={cluster}"),
+        ]);
+        assert!(
+            left.trim().is_empty(),
+            "{}: containers were created",
+            case.name
+        );
+        let nets = docker_ok(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name={cluster}-net"),
+        ]);
+        assert!(
+            nets.trim().is_empty(),
+            "{}: a network was created",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn a_valid_manifest_validates_without_docker() {
+    let cluster = unique("good");
+    let dir = TempDir::new(&cluster);
+    let file = dir.write(
+        "c.yaml",
+        &document(&cluster, &service(&format!("{cluster}-a"), "")),
+    );
+    // Point at an engine that does not exist: validate must not need one.
+    let out = operator(
+        &["validate", file.to_str().unwrap()],
+        Some("unix:///nonexistent.sock"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&cluster));
+}
