@@ -41,12 +41,33 @@ fn pid_of(name: &str) -> Option<u32> {
 fn wait_running(name: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if docker(&["inspect", "-f", "{{.State.Running}}", name]) == "true" {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", name])
+            .output()
+            .expect("run docker");
+        if String::from_utf8_lossy(&out.stdout).trim() == "true" {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// Stops the controller and removes the bench's containers, also when the bench panics.
+struct Guard {
+    operator: Child,
+    containers: Vec<String>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.operator.kill();
+        let _ = self.operator.wait();
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&self.containers)
+            .output();
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -144,7 +165,7 @@ fn main() {
         "trap 'exit 0' TERM; while true; do sleep 1; done",
     ]);
     let log_path = dir.join("operator.log");
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_operator"))
+    let operator = Command::new(env!("CARGO_BIN_EXE_operator"))
         .arg("run")
         .arg(&dir)
         .args([
@@ -158,6 +179,10 @@ fn main() {
         .stderr(std::fs::File::create(&log_path).expect("log"))
         .spawn()
         .expect("start operator");
+    let mut guard = Guard {
+        operator,
+        containers: vec![managed.clone(), engine.clone()],
+    };
     assert!(
         wait_running(&managed, Duration::from_secs(60)),
         "managed container never ran"
@@ -208,8 +233,8 @@ fn main() {
         std::thread::sleep(Duration::from_secs(11));
     }
     let _ = events.kill();
-    let _ = operator.kill();
-    let _ = operator.wait();
+    let _ = guard.operator.kill();
+    let _ = guard.operator.wait();
 
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let detect: Vec<f64> = log
@@ -218,7 +243,7 @@ fn main() {
         .filter_map(|v| v["event_to_drift_us"].as_u64())
         .map(|us| us as f64 / 1e3)
         .collect();
-    docker(&["rm", "-f", &managed, &engine]);
+    drop(guard);
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(

@@ -321,3 +321,86 @@ fn sigterm_stops_the_controller_cleanly() {
     // Containers stay: stopping the controller is not stopping the cluster.
     assert!(is_running(&f.name("db"), None));
 }
+
+#[test]
+fn an_image_that_cannot_be_had_is_a_clear_drift_not_a_crash() {
+    require_docker();
+    let cluster = unique("noimage");
+    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
+    let dir = TempDir::new(&cluster);
+    // The registry is on loopback (nothing listens there): the pull fails at once and no
+    // traffic leaves the machine.
+    let manifest = manifest(&cluster, "1").replacen(
+        &format!("image: {BUSYBOX_IMAGE}"),
+        "image: 127.0.0.1:9/operator-test/absent:1",
+        1,
+    );
+    dir.write("cluster.yaml", &manifest);
+    let operator = OperatorProcess::start(&[dir.path()], &["--resync", "1s"], None);
+    operator.wait_ready();
+    assert!(
+        operator.wait_for_log("could not be pulled", Duration::from_secs(60)),
+        "log:\n{}",
+        operator.log()
+    );
+    let out = common::operator::operator(&["status", dir.path().to_str().unwrap(), "--json"], None);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let db = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == format!("{cluster}-db"))
+        .unwrap();
+    assert_eq!(db["drifts"][0]["kind"], "image-missing");
+    // The controller is still alive and still serving.
+    let (status, _) = operator.http_get("/healthz");
+    assert!(status.contains("200"), "{status}");
+}
+
+#[test]
+fn unhealthy_container_is_restarted_then_escalated_when_it_stays_unhealthy() {
+    require_docker();
+    let cluster = unique("sick");
+    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
+    let name = format!("{cluster}-sick");
+    let dir = TempDir::new(&cluster);
+    dir.write(
+        "sick.yaml",
+        &format!(
+            r#"apiVersion: operator/v1
+kind: Cluster
+metadata:
+  name: {cluster}
+spec:
+  network: {{name: {cluster}-net, internal: true}}
+  services:
+    - name: {name}
+      image: {BUSYBOX_IMAGE}
+      command: {LOOP}
+      healthcheck:
+        test: ["CMD", "false"]
+        interval: 300ms
+        timeout: 1s
+        retries: 1
+      remediation:
+        maxRestarts: 2
+        backoff: {{initial: 200ms, max: 1s}}
+"#
+        ),
+    );
+    let operator = OperatorProcess::start(&[dir.path()], &["--resync", "1s"], None);
+    operator.wait_ready();
+    assert!(
+        operator.wait_for_log("restart budget spent", Duration::from_secs(60)),
+        "log:\n{}",
+        operator.log()
+    );
+    assert_eq!(
+        operator.count_log(&["repairing", &name, "unhealthy", "restart"]),
+        2,
+        "two restarts (the budget), then escalation; log:\n{}",
+        operator.log()
+    );
+    // Escalated, not killed: the controller leaves the (running, unhealthy) container be.
+    assert!(is_running(&name, None));
+}

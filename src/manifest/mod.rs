@@ -4,6 +4,12 @@
 //! types in this module. They are produced only by [`load`], which validates every file
 //! completely before anything else runs: an invalid manifest never reaches Docker.
 //!
+//! How a file is read: `lines` walks the YAML events once (document boundaries, and the line
+//! of every field path); each document's text goes through `parse` (YAML to the `raw`
+//! schema) and then `validate` (raw to the types below, every problem collected with its
+//! line); `load` finds the files, ties the steps together and runs the checks that span
+//! clusters (names and host ports are global on a Docker host).
+//!
 //! `serde_yaml` (unmaintained upstream) is used only by `parse.rs`, so swapping it is a
 //! one-file change.
 
