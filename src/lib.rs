@@ -13,3 +13,4 @@ pub mod manifest;
 pub mod metrics;
 pub mod reconcile;
 pub mod server;
+pub mod tickets;

@@ -1,0 +1,79 @@
+//! Tickets: every drift episode is one durable SQLite row with a timeline. The ticket store
+//! is the controller's memory: what broke, what was done, whether it helped, and the
+//! per-service repair budget, all surviving a controller crash.
+//!
+//! # Guarantees
+//! - At most one unresolved ticket per fingerprint (cluster, service, drift family),
+//!   enforced by a unique partial index and an upsert in one immediate transaction, so
+//!   concurrent writers (threads or processes) never duplicate a ticket.
+//! - A drift that returns within the cooldown after its ticket resolved reopens that ticket
+//!   and counts a flap.
+//! - Times are UTC, RFC 3339 with microseconds.
+//! - The database and its folder are readable by their owner only; a file that is not an
+//!   operator ticket database (or is from a newer version) is refused and never written.
+
+mod budget;
+mod model;
+mod store;
+
+pub use budget::Budget;
+pub use model::{Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry, fingerprint};
+pub use store::{DEFAULT_DB, DriftSighting, Store, default_path};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error("cannot create the folder {path} for the ticket database: {source}")]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the ticket database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{path} is not an operator ticket database ({reason}); refusing to touch it \
+         (point --db or OPERATOR_DB at another file)"
+    )]
+    Foreign { path: PathBuf, reason: String },
+    #[error(
+        "{path} was written by a newer operator (schema version {found}, this one knows up to \
+         {known}); refusing to touch it: upgrade operator"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot set the permissions of {path}: {source}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ticket database {path}: failed to {doing}: {source}")]
+    Query {
+        path: PathBuf,
+        doing: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("no ticket with id {0} (see `operator tickets list`)")]
+    NotFound(i64),
+    #[error("ticket {id} is {status}; {what}")]
+    WrongState {
+        id: i64,
+        status: Status,
+        what: &'static str,
+    },
+    #[error("the ticket database task stopped unexpectedly: {0}")]
+    Task(String),
+}
+
+#[cfg(test)]
+mod tests;
