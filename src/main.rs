@@ -6,6 +6,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = operator::cli::Cli::parse();
-    operator::cli::init_logging(&cli);
+    if let Err(message) = operator::cli::init_logging(&cli) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     operator::cli::execute(cli)
 }

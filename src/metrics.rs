@@ -31,6 +31,10 @@ pub struct Metrics {
     pub event_to_drift: Histogram,
     pub escalated: Gauge,
     pub manifest_reloads: Family<Labels, Counter>,
+    pub tickets_open: Family<Labels, Gauge>,
+    pub tickets_opened: Counter,
+    pub tickets_resolved: Family<Labels, Counter>,
+    pub ticket_resolve_seconds: Histogram,
     samples: Mutex<VecDeque<Duration>>,
 }
 
@@ -46,7 +50,7 @@ impl Metrics {
         let reconciles = Family::<Labels, Counter>::default();
         registry.register(
             "reconcile",
-            "Reconciles of one service, by result (clean, acted, failed, waiting, backoff, escalated, observed)",
+            "Reconciles of one service, by result (clean, acted, failed, unknown, waiting, backoff, escalated, held, observed, blocked, undeclared)",
             reconciles.clone(),
         );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -97,8 +101,36 @@ impl Metrics {
             "Manifest reloads, by result (applied, rejected)",
             manifest_reloads.clone(),
         );
+        let tickets_open = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tickets_open",
+            "Unresolved tickets (open, remediating, escalated), by drift kind",
+            tickets_open.clone(),
+        );
+        let tickets_opened = Counter::default();
+        registry.register(
+            "tickets_opened",
+            "Drift episodes that opened (or reopened) a ticket",
+            tickets_opened.clone(),
+        );
+        let tickets_resolved = Family::<Labels, Counter>::default();
+        registry.register(
+            "tickets_resolved",
+            "Tickets resolved, by cause (self-healed, controller, agent, human)",
+            tickets_resolved.clone(),
+        );
+        let ticket_resolve_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 20));
+        registry.register(
+            "ticket_resolve_seconds",
+            "Time from a drift episode being detected to its ticket being resolved",
+            ticket_resolve_seconds.clone(),
+        );
         Metrics {
             registry,
+            tickets_open,
+            tickets_opened,
+            tickets_resolved,
+            ticket_resolve_seconds,
             reconciles,
             reconcile_duration,
             queue_depth,
@@ -138,6 +170,23 @@ impl Metrics {
         self.manifest_reloads
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
+    }
+
+    /// Replaces the open-ticket gauges with fresh counts.
+    pub fn set_open_tickets(&self, counts: &[(String, i64)]) {
+        self.tickets_open.clear();
+        for (drift, n) in counts {
+            self.tickets_open
+                .get_or_create(&vec![("drift", drift.clone())])
+                .set(*n);
+        }
+    }
+
+    pub fn ticket_resolved(&self, cause: &str, after: Duration) {
+        self.tickets_resolved
+            .get_or_create(&vec![("cause", cause.to_string())])
+            .inc();
+        self.ticket_resolve_seconds.observe(after.as_secs_f64());
     }
 
     pub fn event_to_drift(&self, latency: Duration) {

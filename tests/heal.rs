@@ -103,7 +103,11 @@ fn sigkilled_container_is_running_again_in_place() {
         id, id_after,
         "a killed container is started again, not replaced"
     );
-    assert!(f.operator.count_log(&["repairing", &name, "start"]) >= 1);
+    assert!(
+        f.operator
+            .count_log(&["repairing", &name, "\"action\":\"start\""])
+            >= 1
+    );
 }
 
 #[test]
@@ -131,7 +135,11 @@ fn paused_container_is_unpaused() {
     let name = f.name("db");
     docker_ok(&["pause", &name]);
     f.wait_running(&name, "docker pause");
-    assert!(f.operator.count_log(&["repairing", &name, "unpause"]) >= 1);
+    assert!(
+        f.operator
+            .count_log(&["repairing", &name, "\"action\":\"unpause\""])
+            >= 1
+    );
 }
 
 #[test]
@@ -396,7 +404,7 @@ spec:
         operator.log()
     );
     assert_eq!(
-        operator.count_log(&["repairing", &name, "unhealthy", "restart"]),
+        operator.count_log(&["repairing", &name, "unhealthy", "\"action\":\"restart\""]),
         2,
         "two restarts (the budget), then escalation; log:\n{}",
         operator.log()

@@ -9,10 +9,18 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+/// `level` (the flag) wins over `RUST_LOG`, which wins over `info`.
+pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+    let filter =
+        match level {
+            Some(level) => EnvFilter::try_new(level)
+                .map_err(|e| format!("invalid --log-level {level:?}: {e}"))?,
+            None => match std::env::var("RUST_LOG") {
+                Ok(env) if !env.is_empty() => EnvFilter::try_new(&env)
+                    .map_err(|e| format!("invalid RUST_LOG {env:?}: {e}"))?,
+                _ => EnvFilter::new("info"),
+            },
+        };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -22,4 +30,5 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    Ok(())
 }

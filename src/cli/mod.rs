@@ -5,6 +5,7 @@ mod logging;
 mod reload;
 mod report;
 mod run;
+mod tickets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ Examples:
   operator run manifests/examples            keep the cluster in its declared state
   operator run manifests/examples --once     one repair pass, then exit
   operator status manifests/examples --json  desired against observed, for scripts
+  operator tickets list --status open        what is broken now, and what was done
+  operator tickets show 12                   one ticket with its timeline
 
 The Docker engine is found through DOCKER_HOST or the default socket.";
 
@@ -34,9 +37,9 @@ pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "OPERATOR_LOG_FORMAT")]
     pub log_format: LogFormat,
-    /// Log filter (tracing syntax, e.g. `info` or `operator=debug`); RUST_LOG also works.
-    #[arg(long, global = true, default_value = "info", env = "OPERATOR_LOG")]
-    pub log_level: String,
+    /// Log filter (tracing syntax, e.g. `info` or `operator=debug`) [default: RUST_LOG, else info].
+    #[arg(long, global = true, env = "OPERATOR_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,7 +59,83 @@ pub enum Command {
     /// Show what a reconcile would do now, changing nothing.
     Plan(ReportArgs),
     /// Show each declared service, desired against observed, one row a service.
-    Status(ReportArgs),
+    Status(StatusArgs),
+    /// Read and act on tickets: one per drift episode, with what was seen and done.
+    #[command(subcommand)]
+    Tickets(TicketsCommand),
+}
+
+/// Where the ticket database is.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// Ticket database file [default: ~/.operator/tickets.db].
+    #[arg(long, env = "OPERATOR_DB", value_name = "FILE", global = true)]
+    pub db: Option<PathBuf>,
+}
+
+impl DbArgs {
+    pub fn path(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(crate::tickets::default_path)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TicketsCommand {
+    /// List tickets, newest first.
+    List {
+        /// Only tickets in this status.
+        #[arg(long, value_parser = ["open", "remediating", "resolved", "escalated"])]
+        status: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show one ticket with its timeline.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Mark a ticket resolved by a person. If the drift is still there, the controller
+    /// reopens it at its next look.
+    Resolve {
+        id: i64,
+        /// A note for the timeline (what was done).
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Hands off: the controller records drift on this ticket but takes no action.
+    Hold {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Let the controller act on a held ticket again.
+    Unhold {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Give an escalated ticket's service a fresh restart budget; the controller tries again.
+    Retry {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Args)]
@@ -83,8 +162,10 @@ pub struct RunArgs {
     #[arg(long, default_value = crate::server::DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
     /// Re-diff every service this often, whatever the events say (e.g. 30s, 5m).
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration, value_name = "DUR")]
     pub resync: Duration,
+    #[command(flatten)]
+    pub db: DbArgs,
     /// Services reconciled in parallel (never the same service twice).
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -96,8 +177,11 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::manifest::parse_duration(s)
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match crate::manifest::parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
 }
 
 /// What main prints and returns when a command fails.
@@ -110,8 +194,9 @@ impl<E: std::error::Error> From<E> for Failure {
     }
 }
 
-pub fn init_logging(cli: &Cli) {
-    logging::init(cli.log_format, &cli.log_level);
+/// Sets up logging; an invalid filter is a usage error.
+pub fn init_logging(cli: &Cli) -> Result<(), String> {
+    logging::init(cli.log_format, cli.log_level.as_deref())
 }
 
 /// Runs a parsed command line; the exit code is what the process should return.
@@ -132,6 +217,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Validate(args) => report::validate(args),
             Command::Plan(args) => report::plan(args).await,
             Command::Status(args) => report::status(args).await,
+            Command::Tickets(command) => tickets::run(command),
         }
     });
     match result {

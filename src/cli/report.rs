@@ -8,9 +8,10 @@ use crate::manifest;
 use crate::metrics::Metrics;
 use crate::reconcile::{Controller, ControllerConfig, ServiceReport};
 
-use super::{Failure, PathArgs, ReportArgs};
+use super::{Failure, PathArgs, ReportArgs, StatusArgs};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long connecting to the engine may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
     let desired = manifest::load(&args.paths)?;
@@ -26,20 +27,30 @@ pub fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reports(args: &ReportArgs) -> Result<Vec<ServiceReport>, Failure> {
+/// Desired against observed; with the ticket store when `db` names an existing file (a
+/// read-only command never creates one).
+async fn reports(
+    args: &ReportArgs,
+    db: Option<&std::path::Path>,
+) -> Result<Vec<ServiceReport>, Failure> {
     let desired = manifest::load(&args.paths.paths)?;
+    let store = match db {
+        Some(path) if path.exists() => Some(Arc::new(crate::tickets::Store::open(path)?)),
+        _ => None,
+    };
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
     let controller = Controller::new(
         docker,
         desired,
         Arc::new(Metrics::new()),
         ControllerConfig::default(),
+        store,
     );
     Ok(controller.report().await?)
 }
 
 pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
-    let reports = reports(&args).await?;
+    let reports = reports(&args, None).await?;
     if args.json {
         let steps: Vec<_> = reports
             .iter()
@@ -58,6 +69,15 @@ pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut any = false;
+    for r in reports.iter().filter(|r| r.error.is_some()) {
+        any = true;
+        println!(
+            "{}/{}: unknown: {} -> nothing decided",
+            r.cluster,
+            r.service,
+            r.error.as_deref().unwrap_or_default()
+        );
+    }
     for r in reports.iter().filter(|r| !r.drifts.is_empty()) {
         any = true;
         let drift = &r.drifts[0];
@@ -79,28 +99,33 @@ pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn status(args: ReportArgs) -> Result<ExitCode, Failure> {
-    let reports = reports(&args).await?;
+pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
+    let db = args.db.path();
+    let args = args.report;
+    let reports = reports(&args, Some(&db)).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:<20} {:<12} {:<10} {:<14} DRIFT",
-        "CLUSTER", "SERVICE", "STATE", "HEALTH", "CONTAINER"
+        "{:<16} {:<20} {:<12} {:<10} {:<14} {:<10} DRIFT",
+        "CLUSTER", "SERVICE", "STATE", "HEALTH", "CONTAINER", "TICKETS"
     );
     for r in &reports {
         let (state, health, id) = match &r.container {
             Some(c) => (
                 c.status.as_str().to_string(),
                 c.health
-                    .map(|h| format!("{h:?}").to_lowercase())
+                    .map(|h| h.as_str().to_string())
                     .unwrap_or_else(|| "-".into()),
                 c.id.chars().take(12).collect::<String>(),
             ),
+            None if r.error.is_some() => ("unknown".into(), "-".into(), "-".into()),
             None => ("absent".into(), "-".into(), "-".into()),
         };
-        let drift = if r.drifts.is_empty() {
+        let drift = if r.error.is_some() {
+            "unknown".to_string()
+        } else if r.drifts.is_empty() {
             "ok".to_string()
         } else {
             r.drifts
@@ -109,12 +134,26 @@ pub async fn status(args: ReportArgs) -> Result<ExitCode, Failure> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let tickets = if r.tickets.is_empty() {
+            "-".to_string()
+        } else {
+            r.tickets
+                .iter()
+                .map(|t| format!("#{t}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let drift = if r.escalated {
+            format!("{drift} (escalated)")
+        } else {
+            drift
+        };
         println!(
-            "{:<16} {:<20} {:<12} {:<10} {:<14} {drift}",
-            r.cluster, r.service, state, health, id
+            "{:<16} {:<20} {:<12} {:<10} {:<14} {:<10} {drift}",
+            r.cluster, r.service, state, health, id, tickets
         );
-        if let Some(e) = &r.last_error {
-            println!("    error: {e}");
+        if let Some(e) = &r.error {
+            println!("    could not observe: {e}");
         }
     }
     Ok(ExitCode::SUCCESS)

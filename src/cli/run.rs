@@ -15,20 +15,21 @@ use crate::reconcile::{Controller, ControllerConfig, Outcome};
 use super::reload::fingerprint;
 use super::{Failure, RunArgs};
 
-/// How long connecting to the engine may take at start-up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+use super::report::CONNECT_TIMEOUT;
 /// How often the manifest files are checked for edits.
 const RELOAD_POLL: Duration = Duration::from_secs(2);
 
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // Validate everything before touching Docker.
     let desired = manifest::load(&args.paths.paths)?;
+    let store = Arc::new(crate::tickets::Store::open(&args.db.path())?);
+    info!(db = %store.path().display(), "ticket store open");
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
     let metrics = Arc::new(Metrics::new());
     let config = ControllerConfig::default()
         .resync(args.resync)
         .workers(args.workers);
-    let controller = Controller::new(docker, desired, metrics.clone(), config);
+    let controller = Controller::new(docker, desired, metrics.clone(), config, Some(store));
 
     if args.once {
         return once(&controller, args.json).await;
@@ -52,9 +53,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     ));
     let result = controller.run(cancel.clone()).await;
     cancel.cancel();
-    let _ = signals.await;
-    if let Ok(Err(e)) = server.await {
-        warn!(error = %e, "http server ended with an error");
+    signals.abort();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "http server ended with an error"),
+        Err(_) => warn!("http server did not stop within 5 s; leaving it"),
+        _ => {}
     }
     result?;
     info!("stopped");
@@ -79,12 +82,14 @@ async fn watch_signals_and_manifests(
     let mut poll = tokio::time::interval(RELOAD_POLL);
     loop {
         let forced = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = term.recv() => { info!("SIGTERM received"); cancel.cancel(); return; }
-            _ = int.recv() => { info!("SIGINT received"); cancel.cancel(); return; }
+            _ = term.recv() => { stop_requested(&cancel, "SIGTERM"); continue; }
+            _ = int.recv() => { stop_requested(&cancel, "SIGINT"); continue; }
             _ = hup.recv() => true,
             _ = poll.tick() => false,
         };
+        if cancel.is_cancelled() {
+            continue;
+        }
         let now = fingerprint(&paths);
         if !forced && now == seen {
             continue;
@@ -94,11 +99,28 @@ async fn watch_signals_and_manifests(
     }
 }
 
+/// The first stop signal lets in-flight repairs finish; a second one exits at once.
+fn stop_requested(cancel: &CancellationToken, signal: &str) {
+    if cancel.is_cancelled() {
+        warn!(
+            signal,
+            "second stop signal: exiting now, in-flight repairs abandoned"
+        );
+        std::process::exit(130);
+    }
+    info!(
+        signal,
+        "stop requested: finishing in-flight repairs (send it again to exit at once)"
+    );
+    cancel.cancel();
+}
+
 fn reload(controller: &Controller, paths: &[std::path::PathBuf]) {
     let metrics = controller.metrics();
     match manifest::load(paths) {
         Ok(desired) => {
             if *controller.desired() == desired {
+                info!("manifests unchanged");
                 return;
             }
             info!("manifests changed: rolling out");

@@ -115,23 +115,6 @@ impl Actions {
         }
     }
 
-    /// Re-reads an owned container after a change, so the caller's view is fresh.
-    async fn observe(&self, id: &str) -> Result<Option<ObservedContainer>, DockerError> {
-        Ok(self
-            .inspect(id)
-            .await?
-            .as_ref()
-            .and_then(ObservedContainer::from_inspect))
-    }
-
-    /// Whether a container with this name exists without our labels.
-    pub async fn name_taken_by_unmanaged(&self, name: &str) -> Result<bool, DockerError> {
-        Ok(match self.inspect(name).await? {
-            Some(c) => ObservedContainer::from_inspect(&c).is_none(),
-            None => false,
-        })
-    }
-
     pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
         let doing = format!("inspect image {image}");
         match tokio::time::timeout(self.limits.call, self.docker.inspect_image(image)).await {
@@ -240,11 +223,7 @@ impl Actions {
     }
 
     /// Creates the service's container (network and image first) and starts it.
-    pub async fn create(
-        &self,
-        cluster: &Cluster,
-        service: &Service,
-    ) -> Result<Option<ObservedContainer>, DockerError> {
+    pub async fn create(&self, cluster: &Cluster, service: &Service) -> Result<(), DockerError> {
         if let Some(network) = service_network(cluster, service) {
             self.ensure_network(cluster, network).await?;
         }
@@ -256,7 +235,7 @@ impl Actions {
         &self,
         cluster: &Cluster,
         service: &Service,
-    ) -> Result<Option<ObservedContainer>, DockerError> {
+    ) -> Result<(), DockerError> {
         let options = CreateContainerOptionsBuilder::default()
             .name(&service.name)
             .build();
@@ -269,11 +248,17 @@ impl Actions {
         {
             Ok(Ok(created)) => created.id,
             Ok(Err(e)) if is_conflict(&e) => {
-                // The name is taken. Ours (a stale cache): use it. Not ours: hands off.
+                // The name is taken. This service's own (created by a racing or crashed
+                // earlier attempt): use it. Anything else: hands off.
                 match self.inspect(&service.name).await? {
                     Some(c) => match ObservedContainer::from_inspect(&c) {
-                        Some(owned) => owned.id,
-                        None => {
+                        Some(owned)
+                            if owned.key.cluster == cluster.name
+                                && owned.key.service == service.name =>
+                        {
+                            owned.id
+                        }
+                        _ => {
                             return Err(DockerError::NotOwned {
                                 name: service.name.clone(),
                             });
@@ -303,27 +288,25 @@ impl Actions {
         self.start(&id).await
     }
 
-    pub async fn start(&self, id: &str) -> Result<Option<ObservedContainer>, DockerError> {
+    pub async fn start(&self, id: &str) -> Result<(), DockerError> {
         self.bounded(
             format!("start container {id}"),
             self.limits.call,
             self.docker.start_container(id, None),
         )
-        .await?;
-        self.observe(id).await
+        .await
     }
 
-    pub async fn unpause(&self, id: &str) -> Result<Option<ObservedContainer>, DockerError> {
+    pub async fn unpause(&self, id: &str) -> Result<(), DockerError> {
         self.bounded(
             format!("unpause container {id}"),
             self.limits.call,
             self.docker.unpause_container(id),
         )
-        .await?;
-        self.observe(id).await
+        .await
     }
 
-    pub async fn restart(&self, id: &str) -> Result<Option<ObservedContainer>, DockerError> {
+    pub async fn restart(&self, id: &str) -> Result<(), DockerError> {
         let grace = i32::try_from(self.limits.stop_grace.as_secs()).unwrap_or(i32::MAX);
         let options = RestartContainerOptionsBuilder::default().t(grace).build();
         self.bounded(
@@ -331,8 +314,7 @@ impl Actions {
             self.limits.call + self.limits.stop_grace,
             self.docker.restart_container(id, Some(options)),
         )
-        .await?;
-        self.observe(id).await
+        .await
     }
 
     /// Stops and removes an owned container (anonymous volumes stay; named volumes always do).
@@ -375,7 +357,7 @@ impl Actions {
         cluster: &Cluster,
         service: &Service,
         old_id: &str,
-    ) -> Result<Option<ObservedContainer>, DockerError> {
+    ) -> Result<(), DockerError> {
         if let Some(network) = service_network(cluster, service) {
             self.ensure_network(cluster, network).await?;
         }
@@ -391,7 +373,7 @@ impl Actions {
         id: &str,
         network: &str,
         alias: &str,
-    ) -> Result<Option<ObservedContainer>, DockerError> {
+    ) -> Result<(), DockerError> {
         self.ensure_network(cluster, network).await?;
         let request = NetworkConnectRequest {
             container: id.to_string(),
@@ -405,8 +387,7 @@ impl Actions {
             self.limits.call,
             self.docker.connect_network(network, request),
         )
-        .await?;
-        self.observe(id).await
+        .await
     }
 }
 

@@ -78,8 +78,8 @@ pub enum DockerError {
     )]
     ImageUnavailable { image: String, reason: String },
     #[error(
-        "a container named {name:?} exists but is not managed by operator \
-         (no label {LABEL_MANAGED_BY}={MANAGED_BY_VALUE}); leaving it alone: rename or remove it yourself"
+        "a container named {name:?} exists but is not this service's (not labelled by operator \
+         for it); leaving it alone: rename or remove it yourself"
     )]
     NotOwned { name: String },
     #[error(

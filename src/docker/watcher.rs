@@ -109,9 +109,10 @@ impl Watcher {
 
     /// One connection: subscribe, list, then apply events until the stream fails.
     async fn session(&self, cancel: &CancellationToken) -> Result<(), DockerError> {
-        // Subscribe from a moment before the list so that nothing between the two is lost.
+        // Subscribe from a moment before the list so that nothing between the two is lost
+        // (the margin also covers an engine clock a little ahead of ours).
         let since = SystemTime::now()
-            .checked_sub(Duration::from_secs(1))
+            .checked_sub(Duration::from_secs(5))
             .unwrap_or(UNIX_EPOCH)
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

@@ -155,6 +155,16 @@ pub enum Policy {
     Observe,
 }
 
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Restart => "restart",
+            Policy::Agent => "agent",
+            Policy::Observe => "observe",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Remediation {
     pub policy: Policy,

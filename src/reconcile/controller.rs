@@ -2,8 +2,10 @@
 //! key at a time, observe, diff and repair.
 //!
 //! # Guarantees
-//! - Level-triggered: a reconcile reads the cache (and asks the engine what the cache cannot
-//!   know, like image presence), never the event that woke it.
+//! - Level-triggered: a reconcile observes the service fresh from the engine, never trusting
+//!   the event that woke it; the cache only says when to look and whether the view is live.
+//! - A drift is recorded on its ticket, and an action on the ticket (with the budget that
+//!   counts it), before the action runs. Tickets resolve only on a fresh, verified observation.
 //! - A key is never reconciled concurrently with itself (see [`WorkQueue`]).
 //! - Nothing is reconciled before the watcher's first full list is in.
 //! - On shutdown, in-flight repairs finish (bounded by `shutdown_grace`); no new ones start.
@@ -14,6 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bollard::Docker;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,10 +31,17 @@ use crate::docker::{
 };
 use crate::manifest::{Cluster, DesiredState, Policy, Service};
 use crate::metrics::Metrics;
+use crate::tickets::{
+    Budget, Cause, DriftSighting, EntryKind, Sighting, Status, Store, Ticket, TicketError,
+    fingerprint,
+};
 
 use super::diff::{Action, Drift, DriftKind, Observation, diff, is_budgeted, repair};
 use super::queue::WorkQueue;
 use super::state::{Gate, KeyState};
+
+/// How often the ticket store is checked for changes made by other processes.
+const STORE_POLL: Duration = Duration::from_secs(1);
 
 /// Settings of the loop, defaults in one place.
 #[derive(Debug, Clone)]
@@ -109,6 +120,8 @@ pub enum Outcome {
     Escalated,
     /// The policy says report only.
     Observed,
+    /// A person holds the ticket: hands off.
+    Held,
     /// Drift that no built-in action can repair (a name held by a foreign container).
     Blocked,
     /// The key is not declared (anymore).
@@ -126,6 +139,7 @@ impl Outcome {
             Outcome::BackingOff { .. } => "backoff",
             Outcome::Escalated => "escalated",
             Outcome::Observed => "observed",
+            Outcome::Held => "held",
             Outcome::Blocked => "blocked",
             Outcome::Undeclared => "undeclared",
         }
@@ -144,8 +158,12 @@ pub struct ServiceReport {
     pub drifts: Vec<Drift>,
     /// The repair a reconcile would make now (ignoring backoff and budget).
     pub action: Option<Action>,
+    /// Past its restart budget (from the ticket store, when given one).
     pub escalated: bool,
-    pub last_error: Option<String>,
+    /// The service's unresolved tickets (from the ticket store, when given one).
+    pub tickets: Vec<i64>,
+    /// Set when the service could not be observed: its state is unknown.
+    pub error: Option<String>,
 }
 
 struct Inner {
@@ -158,6 +176,7 @@ struct Inner {
     pending_events: Mutex<HashMap<ServiceKey, SystemTime>>,
     metrics: Arc<Metrics>,
     config: ControllerConfig,
+    store: Option<Arc<Store>>,
 }
 
 /// Cheap to clone; clones share everything.
@@ -166,29 +185,38 @@ pub struct Controller {
     inner: Arc<Inner>,
 }
 
-/// Reads what the cache cannot know (image presence, a foreign container holding the name)
-/// and assembles the diff's input.
+/// Observes one service fresh from the engine (never from the cache alone, so a repair is
+/// never based on a stale view): its container by name, whether its image is present when it
+/// must be created, and who holds the name if not this service.
 async fn observe(
     actions: &Actions,
-    cache: &Cache,
     cluster: &Cluster,
     service: &Service,
     recent_repairs: u32,
 ) -> Result<Observation, DockerError> {
     let key = ServiceKey::new(&cluster.name, &service.name);
-    let container = cache.get(&key);
-    let needs_create = container
-        .as_ref()
-        .is_none_or(|c| c.spec_hash != service.spec_hash());
+    let (container, name_conflict) = match actions.inspect(&service.name).await? {
+        None => (None, None),
+        Some(raw) => match ObservedContainer::from_inspect(&raw) {
+            None => (
+                None,
+                Some("is not managed by operator (no operator.managed-by label)".to_string()),
+            ),
+            Some(c) if c.key != key => (
+                None,
+                Some(format!("belongs to {} (another cluster or service)", c.key)),
+            ),
+            Some(c) => (Some(c), None),
+        },
+    };
+    let needs_create = name_conflict.is_none()
+        && container
+            .as_ref()
+            .is_none_or(|c| c.spec_hash != service.spec_hash());
     let image_present = if needs_create {
         Some(actions.image_present(&service.image).await?)
     } else {
         None
-    };
-    let name_conflict = if container.is_none() {
-        actions.name_taken_by_unmanaged(&service.name).await?
-    } else {
-        false
     };
     Ok(Observation {
         container,
@@ -198,16 +226,30 @@ async fn observe(
     })
 }
 
+/// Runs a ticket-store call on a blocking thread (SQLite waits on locks).
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, TicketError> + Send + 'static,
+) -> Result<T, TicketError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| TicketError::Task(e.to_string()))?
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Controller {
+    /// `store`: the ticket store; without one (for `plan`), nothing is remembered across
+    /// reconciles but memory.
     pub fn new(
         docker: Docker,
         desired: DesiredState,
         metrics: Arc<Metrics>,
         config: ControllerConfig,
+        store: Option<Arc<Store>>,
     ) -> Self {
         let actions = Actions::new(docker, config.limits.clone());
         Controller {
@@ -220,6 +262,7 @@ impl Controller {
                 pending_events: Mutex::new(HashMap::new()),
                 metrics,
                 config,
+                store,
             }),
         }
     }
@@ -304,6 +347,17 @@ impl Controller {
             return Ok(());
         }
         info!(services = self.keys().len(), "controller ready");
+        if let Some(store) = self.store() {
+            match blocking(store, |s| s.close_interrupted_actions(Utc::now())).await {
+                Ok(0) => {}
+                Ok(n) => warn!(
+                    tickets = n,
+                    "actions interrupted by the last stop were marked so; re-checking"
+                ),
+                Err(e) => error!(error = %e, "cannot close interrupted actions"),
+            }
+            self.refresh_ticket_gauges().await;
+        }
         self.enqueue_all();
 
         let worker_cancel = CancellationToken::new();
@@ -317,6 +371,10 @@ impl Controller {
         let mut resync = tokio::time::interval(self.inner.config.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await; // the first tick is immediate; everything was just enqueued
+        // Another process (a person's `tickets hold|retry|resolve`) changed the store: look
+        // again at once rather than at the next resync.
+        let mut store_poll = tokio::time::interval(STORE_POLL);
+        let mut store_version = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -332,6 +390,16 @@ impl Controller {
                 _ = resync.tick() => {
                     debug!("periodic resync");
                     self.enqueue_all();
+                }
+                _ = store_poll.tick(), if self.store().is_some() => {
+                    let Some(store) = self.store() else { continue };
+                    if let Ok(version) = blocking(store, |s| s.data_version()).await {
+                        if store_version.is_some_and(|v| v != version) {
+                            debug!("ticket store changed by another process");
+                            self.enqueue_all();
+                        }
+                        store_version = Some(version);
+                    }
                 }
             }
         }
@@ -360,8 +428,16 @@ impl Controller {
                 key = self.inner.queue.next() => key,
             };
             let Some(key) = key else { return };
-            // Not raced against `stop`: a repair that started is allowed to finish.
-            self.reconcile(&key).await;
+            // Not raced against `stop`: a repair that started is allowed to finish. A panic
+            // must not leave the key held forever.
+            let run = std::panic::AssertUnwindSafe(self.reconcile(&key)).catch_unwind();
+            if run.await.is_err() {
+                error!(service = %key, "reconcile panicked; the key will be looked at again");
+                self.inner.queue.schedule(
+                    key.clone(),
+                    Instant::now() + self.inner.config.observe_retry,
+                );
+            }
             self.inner.queue.done(&key);
             self.inner
                 .metrics
@@ -377,6 +453,7 @@ impl Controller {
             .await
             .map_err(ControllerError::List)?;
         self.inner.cache.replace_all(listed);
+        self.inner.cache.set_connected(true);
         let desired = self.desired();
         let mut outcomes = Vec::new();
         for cluster in &desired.clusters {
@@ -408,18 +485,175 @@ impl Controller {
         outcome
     }
 
-    fn state(&self, key: &ServiceKey) -> KeyState {
-        lock(&self.inner.states)
-            .get(key)
-            .cloned()
-            .unwrap_or_default()
+    fn store(&self) -> Option<&Arc<Store>> {
+        self.inner.store.as_ref()
     }
 
-    fn put_state(&self, key: &ServiceKey, state: KeyState) {
-        let mut states = lock(&self.inner.states);
-        states.insert(key.clone(), state);
-        let escalated = states.values().filter(|s| s.escalated).count();
-        self.inner.metrics.escalated.set(escalated as i64);
+    /// The key's repair state: from the ticket store when there is one (the truth, which a
+    /// person may have changed with `tickets retry`), else from memory.
+    async fn load_state(
+        &self,
+        key: &ServiceKey,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Result<KeyState, TicketError> {
+        let memory = lock(&self.inner.states)
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
+        let Some(store) = self.store() else {
+            return Ok(memory);
+        };
+        let (cluster, service) = (key.cluster.clone(), key.service.clone());
+        let stored = blocking(store, move |s| s.load_budget(&cluster, &service)).await?;
+        let mut state = stored
+            .map(|b| KeyState::from_budget(&b, now, wall))
+            .unwrap_or_default();
+        state.last_error = memory.last_error;
+        Ok(state)
+    }
+
+    /// Keeps the state in memory and, when it changed, in the store.
+    async fn save_state(
+        &self,
+        key: &ServiceKey,
+        state: &KeyState,
+        before: &Budget,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) {
+        {
+            let mut states = lock(&self.inner.states);
+            states.insert(key.clone(), state.clone());
+            let escalated = states.values().filter(|s| s.escalated).count();
+            self.inner.metrics.escalated.set(escalated as i64);
+        }
+        let Some(store) = self.store() else { return };
+        let budget = state.to_budget(now, wall);
+        if &budget == before {
+            return;
+        }
+        let (cluster, service) = (key.cluster.clone(), key.service.clone());
+        if let Err(e) = blocking(store, move |s| s.save_budget(&cluster, &service, &budget)).await {
+            error!(service = %key, error = %e, "cannot save the repair budget");
+        }
+    }
+
+    async fn refresh_ticket_gauges(&self) {
+        let Some(store) = self.store() else { return };
+        match blocking(store, |s| s.open_counts()).await {
+            Ok(counts) => self.inner.metrics.set_open_tickets(&counts),
+            Err(e) => warn!(error = %e, "cannot count open tickets"),
+        }
+    }
+
+    /// Records every drift on its ticket. Returns the ticket of the first (primary) drift and
+    /// whether this sighting began a new episode (opened or reopened a ticket).
+    async fn record_drifts(
+        &self,
+        key: &ServiceKey,
+        drifts: &[Drift],
+        cooldown: Duration,
+        wall: DateTime<Utc>,
+    ) -> Result<(Option<Ticket>, bool), TicketError> {
+        let Some(store) = self.store() else {
+            return Ok((None, true));
+        };
+        let mut primary = None;
+        let mut new_episode = false;
+        let mut seen = std::collections::HashSet::new();
+        for d in drifts {
+            let fp = fingerprint(&key.cluster, &key.service, d.kind);
+            if !seen.insert(fp.clone()) {
+                continue;
+            }
+            let (cluster, service) = (key.cluster.clone(), key.service.clone());
+            let (kind, detail) = (d.kind.as_str(), d.detail.clone());
+            let (ticket, sighting) = blocking(store, move |s| {
+                s.record_drift(
+                    &DriftSighting {
+                        fingerprint: &fp,
+                        cluster: &cluster,
+                        service: &service,
+                        drift: kind,
+                        detail: &detail,
+                        cooldown,
+                    },
+                    wall,
+                )
+            })
+            .await?;
+            if sighting != Sighting::Seen {
+                self.inner.metrics.tickets_opened.inc();
+                self.inner.metrics.drift(kind);
+                info!(service = %key, ticket = ticket.id, drift = kind, detail = %d.detail, flaps = ticket.flaps,
+                      "ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
+                new_episode = true;
+            }
+            if primary.is_none() {
+                primary = Some(ticket);
+            }
+        }
+        if new_episode {
+            self.refresh_ticket_gauges().await;
+        }
+        Ok((primary, new_episode))
+    }
+
+    /// The service was re-checked and is in its desired state: resolve its tickets.
+    async fn resolve_tickets(
+        &self,
+        key: &ServiceKey,
+        container: Option<&ObservedContainer>,
+        wall: DateTime<Utc>,
+    ) -> Result<(), TicketError> {
+        let Some(store) = self.store() else {
+            return Ok(());
+        };
+        let (cluster, service) = (key.cluster.clone(), key.service.clone());
+        let open = blocking(store, move |s| s.unresolved_for(&cluster, &service)).await?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let seen = serde_json::json!({
+            "result": "desired state",
+            "container": container.map(|c| &c.id),
+            "status": container.map(|c| c.status.as_str()),
+            "health": container.and_then(|c| c.health),
+        });
+        for ticket in open {
+            // The controller's action is what fixed it only if it acted in this episode and
+            // nothing new was seen since; anything else went away by itself (or by a hand
+            // outside operator, which `tickets resolve` would have recorded).
+            let cause = if ticket.status == Status::Remediating {
+                Cause::Controller
+            } else {
+                Cause::SelfHealed
+            };
+            let (id, seen) = (ticket.id, seen.clone());
+            let resolved = blocking(store, move |s| {
+                s.append(id, EntryKind::Recheck, seen, wall)?;
+                s.resolve(id, cause, serde_json::json!({}), wall)
+            })
+            .await?;
+            if resolved {
+                let took = (wall - ticket.episode_at).to_std().unwrap_or_default();
+                self.inner.metrics.ticket_resolved(cause.as_str(), took);
+                info!(service = %key, ticket = ticket.id, cause = cause.as_str(), after_ms = took.as_millis() as u64, "ticket resolved");
+            }
+        }
+        self.refresh_ticket_gauges().await;
+        Ok(())
+    }
+
+    /// Whether a dependency's container is running now (asked fresh from the engine).
+    async fn dependency_running(&self, cluster: &str, dependency: &str) -> bool {
+        let key = ServiceKey::new(cluster, dependency);
+        match self.inner.actions.inspect(dependency).await {
+            Ok(Some(raw)) => ObservedContainer::from_inspect(&raw)
+                .is_some_and(|c| c.key == key && c.status == ContainerStatus::Running),
+            _ => false,
+        }
     }
 
     async fn reconcile_inner(&self, key: &ServiceKey) -> Outcome {
@@ -433,19 +667,37 @@ impl Controller {
             return Outcome::Undeclared;
         };
         let r = &service.remediation;
-
-        let mut state = self.state(key);
-        state.track_spec(&service.spec_hash());
         let now = Instant::now();
+        let wall = Utc::now();
+        let retry_soon = || {
+            inner
+                .queue
+                .schedule(key.clone(), now + inner.config.observe_retry)
+        };
+        if !inner.cache.is_connected() {
+            // Unknown is not healthy: conclude nothing until the watcher has re-listed
+            // (its Relisted event enqueues every key again).
+            return Outcome::Unknown {
+                error: "the Docker event stream is disconnected; waiting to re-list".into(),
+            };
+        }
+
+        let mut state = match self.load_state(key, now, wall).await {
+            Ok(state) => state,
+            Err(e) => {
+                retry_soon();
+                return Outcome::Unknown {
+                    error: e.to_string(),
+                };
+            }
+        };
+        let before = state.to_budget(now, wall);
+        state.track_spec(&service.spec_hash());
         let recent = state.recent_repairs(now, r);
-        let observed = match observe(&inner.actions, &inner.cache, cluster, service, recent).await {
+        let observed = match observe(&inner.actions, cluster, service, recent).await {
             Ok(o) => o,
             Err(e) => {
-                // Unknown is not healthy: conclude nothing, look again soon.
-                inner
-                    .queue
-                    .schedule(key.clone(), now + inner.config.observe_retry);
-                self.put_state(key, state);
+                retry_soon();
                 return Outcome::Unknown {
                     error: e.to_string(),
                 };
@@ -454,59 +706,84 @@ impl Controller {
         let drifts = diff(cluster, service, &observed);
 
         if drifts.is_empty() {
+            // Verified: running, and healthy if any healthcheck (the manifest's or the
+            // image's) is defined. "Starting" is not yet healthy.
             let verified = observed.container.as_ref().is_some_and(|c| {
                 c.status == ContainerStatus::Running
-                    && (service.healthcheck.is_none() || c.health == Some(HealthState::Healthy))
+                    && c.health.is_none_or(|h| h == HealthState::Healthy)
             });
             if let Some(reset_at) = state.saw_clean(now, verified, r) {
                 // Look again when the backoff is due to reset.
                 inner.queue.schedule(key.clone(), reset_at);
             }
             state.last_error = None;
-            self.put_state(key, state);
+            if verified
+                && let Err(e) = self
+                    .resolve_tickets(key, observed.container.as_ref(), wall)
+                    .await
+            {
+                warn!(service = %key, error = %e, "cannot resolve tickets; will re-check");
+                retry_soon();
+            }
+            self.save_state(key, &state, &before, now, wall).await;
             return Outcome::Clean;
         }
 
-        for d in &drifts {
-            inner.metrics.drift(d.kind.as_str());
-        }
         if let Some(at) = event_at {
             let latency = SystemTime::now().duration_since(at).unwrap_or_default();
             inner.metrics.event_to_drift(latency);
             debug!(service = %key, event_to_drift_us = latency.as_micros() as u64, "drift detected after event");
         }
         state.saw_drift(now, r);
+        let (ticket, new_episode) = match self.record_drifts(key, &drifts, r.window, wall).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Never act on what cannot be recorded.
+                retry_soon();
+                self.save_state(key, &state, &before, now, wall).await;
+                return Outcome::Unknown {
+                    error: e.to_string(),
+                };
+            }
+        };
+        let ticket_id = ticket.as_ref().map(|t| t.id);
         let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
-        let detail = &drifts[0].detail;
+        let detail = drifts[0].detail.clone();
 
+        if ticket.as_ref().is_some_and(|t| t.held) {
+            if new_episode {
+                info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift on a held ticket; hands off");
+            }
+            self.save_state(key, &state, &before, now, wall).await;
+            return Outcome::Held;
+        }
         if r.policy != Policy::Restart {
-            info!(service = %key, drifts = ?kinds, %detail, policy = ?r.policy, "drift observed; policy forbids repair");
-            self.put_state(key, state);
+            if new_episode {
+                info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, policy = ?r.policy, "drift observed; policy forbids repair");
+            }
+            self.save_state(key, &state, &before, now, wall).await;
             return Outcome::Observed;
         }
         let Some(action) = repair(&drifts, &observed) else {
-            if drifts[0].kind == DriftKind::NameConflict {
-                warn!(service = %key, %detail, "cannot create: the name is held by a container operator does not own; leaving it alone");
-            } else {
-                info!(service = %key, drifts = ?kinds, %detail, "drift has no built-in repair");
+            if new_episode {
+                if drifts[0].kind == DriftKind::NameConflict {
+                    warn!(service = %key, ticket = ?ticket_id, %detail, "cannot create: the container name is held by a container this service does not own; leaving it alone");
+                } else {
+                    info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift has no built-in repair");
+                }
             }
-            self.put_state(key, state);
+            self.save_state(key, &state, &before, now, wall).await;
             return Outcome::Blocked;
         };
 
         if matches!(action, Action::Create | Action::Start | Action::Recreate) {
             for dependency in &service.depends_on {
-                let dep_key = ServiceKey::new(&cluster.name, dependency);
-                let running = inner
-                    .cache
-                    .get(&dep_key)
-                    .is_some_and(|c| c.status == ContainerStatus::Running);
-                if !running {
-                    info!(service = %key, %dependency, "waiting for dependency to run first");
+                if !self.dependency_running(&cluster.name, dependency).await {
+                    debug!(service = %key, %dependency, "waiting for dependency to run first");
                     inner
                         .queue
                         .schedule(key.clone(), now + inner.config.dependency_poll);
-                    self.put_state(key, state);
+                    self.save_state(key, &state, &before, now, wall).await;
                     return Outcome::Waiting {
                         dependency: dependency.clone(),
                     };
@@ -514,75 +791,79 @@ impl Controller {
             }
         }
 
-        let budgeted = is_budgeted(&action, &drifts, state.created_before);
+        let budgeted = is_budgeted(&action, &drifts, state.created_before, state.attempts);
         match state.gate(now, budgeted, r) {
             Gate::Act => {}
             Gate::WaitUntil(at) => {
                 inner.queue.schedule(key.clone(), at);
-                self.put_state(key, state);
+                self.save_state(key, &state, &before, now, wall).await;
                 return Outcome::BackingOff {
                     retry_in_ms: at.saturating_duration_since(now).as_millis() as u64,
                 };
             }
             Gate::Escalate => {
-                let first_time = !self.state(key).escalated;
-                if first_time {
+                if !before.escalated {
                     error!(
-                        service = %key, drifts = ?kinds, %detail,
+                        service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail,
                         max_restarts = r.max_restarts, window_s = r.window.as_secs(),
                         "restart budget spent: escalated, no more repairs for this service"
                     );
                 }
-                self.put_state(key, state);
+                if let (Some(store), Some(id)) = (self.store(), ticket_id) {
+                    let why = serde_json::json!({
+                        "reason": "restart budget spent",
+                        "max_restarts": r.max_restarts,
+                        "window_s": r.window.as_secs(),
+                        "drift": drifts[0].kind.as_str(),
+                    });
+                    if let Err(e) = blocking(store, move |s| s.escalate(id, why, wall)).await {
+                        error!(service = %key, error = %e, "cannot mark the ticket escalated");
+                    }
+                }
+                self.save_state(key, &state, &before, now, wall).await;
                 return Outcome::Escalated;
             }
         }
 
         let next_at = state.record_attempt(now, budgeted, r);
-        info!(service = %key, drifts = ?kinds, %detail, %action, attempt = state.attempts, "repairing");
-        // Saved before acting, so a concurrent status read sees the attempt.
-        self.put_state(key, state.clone());
-        let result = match &action {
-            Action::Create => inner.actions.create(cluster, service).await,
-            Action::Start
-            | Action::Unpause
-            | Action::Restart
-            | Action::Recreate
-            | Action::Connect { .. } => {
-                let Some(container) = observed.container.as_ref() else {
-                    return Outcome::Blocked;
+        let retry_after_ms = next_at.saturating_duration_since(now).as_millis() as u64;
+        info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, action = action.as_str(), attempt = state.attempts, budgeted, retry_after_ms, "repairing");
+        // Durable before acting: a crash from here on never hands out this attempt again.
+        if let (Some(store), Some(id)) = (self.store(), ticket_id) {
+            let budget = state.to_budget(now, wall);
+            let (cluster_name, service_name) = (key.cluster.clone(), key.service.clone());
+            let what = serde_json::json!({
+                "action": action.as_str(),
+                "attempt": state.attempts,
+                "budgeted": budgeted,
+                "drifts": kinds,
+            });
+            if let Err(e) = blocking(store, move |s| {
+                s.action_started(id, &cluster_name, &service_name, &budget, what, wall)
+            })
+            .await
+            {
+                retry_soon();
+                return Outcome::Unknown {
+                    error: format!("not acting, the attempt could not be recorded: {e}"),
                 };
-                match &action {
-                    Action::Start => inner.actions.start(&container.id).await,
-                    Action::Unpause => inner.actions.unpause(&container.id).await,
-                    Action::Restart => inner.actions.restart(&container.id).await,
-                    Action::Recreate => {
-                        inner
-                            .actions
-                            .recreate(cluster, service, &container.id)
-                            .await
-                    }
-                    Action::Connect { network } => {
-                        inner
-                            .actions
-                            .connect(cluster, &container.id, network, &service.name)
-                            .await
-                    }
-                    Action::Create => unreachable!("handled above"),
-                }
             }
-        };
-        match result {
-            Ok(fresh) => {
-                if let Some(fresh) = fresh {
-                    // Write-through: the next reconcile (and dependants) see the result now.
-                    inner.cache.upsert(fresh);
-                }
+        }
+        let before = state.to_budget(now, wall);
+        let result = self
+            .perform(&action, cluster, service, observed.container.as_ref())
+            .await;
+        let (outcome, entry) = match result {
+            Ok(()) => {
                 inner.metrics.action(action.as_str(), "ok");
                 state.created_before = true;
                 state.last_error = None;
-                self.put_state(key, state);
-                Outcome::Acted { action }
+                (
+                    Outcome::Acted {
+                        action: action.clone(),
+                    },
+                    serde_json::json!({"action": action.as_str(), "result": "ok"}),
+                )
             }
             Err(e) => {
                 inner.metrics.action(action.as_str(), "error");
@@ -593,50 +874,98 @@ impl Controller {
                     // The container may exist now even though the action failed later on.
                     state.created_before = true;
                 }
-                self.put_state(key, state);
                 inner.queue.schedule(key.clone(), next_at);
-                Outcome::Failed {
-                    action,
-                    error: e.to_string(),
-                }
+                let entry = serde_json::json!({"action": action.as_str(), "result": "error", "error": e.to_string()});
+                (
+                    Outcome::Failed {
+                        action: action.clone(),
+                        error: e.to_string(),
+                    },
+                    entry,
+                )
+            }
+        };
+        if let (Some(store), Some(id)) = (self.store(), ticket_id)
+            && let Err(e) = blocking(store, move |s| {
+                s.append(id, EntryKind::ActionResult, entry, Utc::now())
+            })
+            .await
+        {
+            error!(service = %key, error = %e, "cannot record the action's result");
+        }
+        self.save_state(key, &state, &before, now, wall).await;
+        outcome
+    }
+
+    async fn perform(
+        &self,
+        action: &Action,
+        cluster: &Cluster,
+        service: &Service,
+        container: Option<&ObservedContainer>,
+    ) -> Result<(), DockerError> {
+        let actions = &self.inner.actions;
+        let id = || {
+            container
+                .map(|c| c.id.as_str())
+                .ok_or_else(|| DockerError::NotOwned {
+                    name: service.name.clone(),
+                })
+        };
+        match action {
+            Action::Create => actions.create(cluster, service).await,
+            Action::Start => actions.start(id()?).await,
+            Action::Unpause => actions.unpause(id()?).await,
+            Action::Restart => actions.restart(id()?).await,
+            Action::Recreate => actions.recreate(cluster, service, id()?).await,
+            Action::Connect { network } => {
+                actions
+                    .connect(cluster, id()?, network, &service.name)
+                    .await
             }
         }
     }
 
-    /// Desired against observed for every service, from a fresh list. Changes nothing.
+    /// Desired against observed for every service, observed fresh. Changes nothing in Docker
+    /// or in the ticket store.
     pub async fn report(&self) -> Result<Vec<ServiceReport>, ControllerError> {
-        let listed = list_owned(self.inner.actions.docker())
-            .await
-            .map_err(ControllerError::List)?;
-        self.inner.cache.replace_all(listed);
         let desired = self.desired();
+        let now = Instant::now();
+        let wall = Utc::now();
         let mut reports = Vec::new();
         for cluster in &desired.clusters {
             for service in cluster.topo_order() {
                 let key = ServiceKey::new(&cluster.name, &service.name);
-                let mut state = self.state(&key);
-                let recent = state.recent_repairs(Instant::now(), &service.remediation);
-                let (drifts, action, container, last_error) = match observe(
-                    &self.inner.actions,
-                    &self.inner.cache,
-                    cluster,
-                    service,
-                    recent,
-                )
-                .await
-                {
-                    Ok(observed) => {
-                        let drifts = diff(cluster, service, &observed);
-                        let action = repair(&drifts, &observed);
-                        (drifts, action, observed.container, state.last_error.clone())
-                    }
-                    Err(e) => (
-                        Vec::new(),
-                        None,
-                        self.inner.cache.get(&key),
-                        Some(e.to_string()),
-                    ),
+                let (mut state, mut error) = match self.load_state(&key, now, wall).await {
+                    Ok(state) => (state, None),
+                    Err(e) => (KeyState::default(), Some(e.to_string())),
                 };
+                let tickets = match self.store() {
+                    Some(store) => {
+                        let (c, s) = (key.cluster.clone(), key.service.clone());
+                        match blocking(store, move |st| st.unresolved_for(&c, &s)).await {
+                            Ok(ts) => ts.iter().map(|t| t.id).collect(),
+                            Err(e) => {
+                                error.get_or_insert(e.to_string());
+                                Vec::new()
+                            }
+                        }
+                    }
+                    None => Vec::new(),
+                };
+                let recent = state.recent_repairs(now, &service.remediation);
+                let (drifts, action, container) =
+                    match observe(&self.inner.actions, cluster, service, recent).await {
+                        Ok(observed) => {
+                            let drifts = diff(cluster, service, &observed);
+                            let action = repair(&drifts, &observed);
+                            (drifts, action, observed.container)
+                        }
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            (Vec::new(), None, None)
+                        }
+                    };
                 reports.push(ServiceReport {
                     cluster: cluster.name.clone(),
                     service: service.name.clone(),
@@ -647,7 +976,8 @@ impl Controller {
                     drifts,
                     action,
                     escalated: state.escalated,
-                    last_error,
+                    tickets,
+                    error,
                 });
             }
         }

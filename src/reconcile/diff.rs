@@ -60,6 +60,9 @@ pub struct Drift {
     pub kind: DriftKind,
     /// What was seen, for people.
     pub detail: String,
+    /// For `network-detached`: the network to reconnect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 impl Drift {
@@ -67,6 +70,7 @@ impl Drift {
         Drift {
             kind,
             detail: detail.into(),
+            network: None,
         }
     }
 }
@@ -78,8 +82,9 @@ pub struct Observation {
     /// Whether the service's image is present locally; `None` when not checked (only
     /// needed when the container has to be created).
     pub image_present: Option<bool>,
-    /// A container without our labels holds the service's name.
-    pub name_conflict: bool,
+    /// Someone else holds the service's container name: a container without our labels,
+    /// or one of ours that realises another cluster or service. Says who.
+    pub name_conflict: Option<String>,
     /// Budgeted repairs of this service within its window.
     pub recent_repairs: u32,
 }
@@ -129,13 +134,10 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
     let mut drifts = Vec::new();
     let image_missing = observed.image_present == Some(false);
     let Some(c) = &observed.container else {
-        if observed.name_conflict {
+        if let Some(holder) = &observed.name_conflict {
             drifts.push(Drift::new(
                 DriftKind::NameConflict,
-                format!(
-                    "a container named {:?} exists but is not managed by operator",
-                    service.name
-                ),
+                format!("a container named {:?} exists but {holder}", service.name),
             ));
         } else if image_missing {
             drifts.push(Drift::new(
@@ -211,10 +213,13 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
             if let Some(network) = service_network(cluster, service)
                 && !c.networks.contains(network)
             {
-                drifts.push(Drift::new(
-                    DriftKind::NetworkDetached,
-                    format!("not attached to network {network}"),
-                ));
+                drifts.push(Drift {
+                    network: Some(network.to_string()),
+                    ..Drift::new(
+                        DriftKind::NetworkDetached,
+                        format!("not attached to network {network}"),
+                    )
+                });
             }
         }
         // Transient: the destroy event follows and the next reconcile sees "missing".
@@ -251,12 +256,15 @@ pub fn repair(drifts: &[Drift], observed: &Observation) -> Option<Action> {
     }
 }
 
-/// Whether a repair spends the restart budget. Rolling out a spec change and creating a
-/// service for the first time are deliberate, not repairs of a failure.
-pub fn is_budgeted(action: &Action, drifts: &[Drift], created_before: bool) -> bool {
+/// Whether a repair spends the restart budget. The first rollout of a spec and the first
+/// creation of a service are deliberate, not repairs of a failure; retrying either (after it
+/// failed) is a repair, so a rollout that can never succeed still escalates.
+/// `attempts` counts repairs already tried for the current spec.
+pub fn is_budgeted(action: &Action, drifts: &[Drift], created_before: bool, attempts: u32) -> bool {
+    let first_try = attempts == 0;
     match action {
-        Action::Recreate => !drifts.iter().any(|d| d.kind == DriftKind::SpecChanged),
-        Action::Create => created_before,
+        Action::Recreate if drifts.iter().any(|d| d.kind == DriftKind::SpecChanged) => !first_try,
+        Action::Create => created_before || !first_try,
         _ => true,
     }
 }
@@ -369,7 +377,7 @@ mod tests {
     #[test]
     fn foreign_container_holding_the_name_is_a_conflict_with_no_repair() {
         let obs = Observation {
-            name_conflict: true,
+            name_conflict: Some("is not managed by operator".into()),
             ..Default::default()
         };
         let drifts = diff(&cluster(), &service(), &obs);
@@ -450,7 +458,11 @@ mod tests {
         );
         let drifts = diff(&cluster(), &service(), &obs);
         assert_eq!(repair(&drifts, &obs), Some(Action::Recreate));
-        assert!(!is_budgeted(&Action::Recreate, &drifts, true));
+        assert!(!is_budgeted(&Action::Recreate, &drifts, true, 0));
+        assert!(
+            is_budgeted(&Action::Recreate, &drifts, true, 1),
+            "a failed rollout retried is a repair"
+        );
     }
 
     #[test]
@@ -480,9 +492,10 @@ mod tests {
     #[test]
     fn first_create_and_spec_rollouts_do_not_spend_the_budget() {
         let missing = vec![Drift::new(DriftKind::Missing, "")];
-        assert!(!is_budgeted(&Action::Create, &missing, false));
-        assert!(is_budgeted(&Action::Create, &missing, true));
+        assert!(!is_budgeted(&Action::Create, &missing, false, 0));
+        assert!(is_budgeted(&Action::Create, &missing, false, 1));
+        assert!(is_budgeted(&Action::Create, &missing, true, 0));
         let stopped = vec![Drift::new(DriftKind::Stopped, "")];
-        assert!(is_budgeted(&Action::Start, &stopped, false));
+        assert!(is_budgeted(&Action::Start, &stopped, false, 0));
     }
 }

@@ -12,8 +12,28 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
+use chrono::{DateTime, Utc};
+
 use crate::backoff;
 use crate::manifest::Remediation;
+use crate::tickets::Budget;
+
+/// Maps a wall-clock time onto the monotonic clock, given one moment known on both.
+/// `None` when it falls before the monotonic clock's origin.
+fn to_instant(t: DateTime<Utc>, now: Instant, wall: DateTime<Utc>) -> Option<Instant> {
+    match (t - wall).to_std() {
+        Ok(ahead) => Some(now + ahead),
+        Err(_) => now.checked_sub((wall - t).to_std().unwrap_or_default()),
+    }
+}
+
+fn to_wall(t: Instant, now: Instant, wall: DateTime<Utc>) -> DateTime<Utc> {
+    if t >= now {
+        wall + chrono::Duration::from_std(t - now).unwrap_or_default()
+    } else {
+        wall - chrono::Duration::from_std(now - t).unwrap_or_default()
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct KeyState {
@@ -44,6 +64,43 @@ pub enum Gate {
 }
 
 impl KeyState {
+    /// Rebuilds the state from its stored form; `now` and `wall` are the same moment on the
+    /// monotonic and the wall clock.
+    pub fn from_budget(b: &Budget, now: Instant, wall: DateTime<Utc>) -> KeyState {
+        KeyState {
+            attempts: b.attempts,
+            next_attempt_at: b.next_attempt_at.and_then(|t| to_instant(t, now, wall)),
+            // A repair from before the monotonic origin is long outside any window.
+            repairs: b
+                .repairs
+                .iter()
+                .filter_map(|t| to_instant(*t, now, wall))
+                .collect(),
+            escalated: b.escalated,
+            healthy_since: b.healthy_since.and_then(|t| to_instant(t, now, wall)),
+            spec_hash: b.spec_hash.clone(),
+            created_before: b.created_before,
+            last_error: None,
+        }
+    }
+
+    /// The stored form of the state (see [`KeyState::from_budget`]).
+    pub fn to_budget(&self, now: Instant, wall: DateTime<Utc>) -> Budget {
+        Budget {
+            attempts: self.attempts,
+            next_attempt_at: self.next_attempt_at.map(|t| to_wall(t, now, wall)),
+            repairs: self
+                .repairs
+                .iter()
+                .map(|t| to_wall(*t, now, wall))
+                .collect(),
+            escalated: self.escalated,
+            healthy_since: self.healthy_since.map(|t| to_wall(t, now, wall)),
+            spec_hash: self.spec_hash.clone(),
+            created_before: self.created_before,
+        }
+    }
+
     /// Starts afresh when the desired spec changed (the budget belonged to the old spec).
     pub fn track_spec(&mut self, hash: &str) {
         if self.spec_hash.as_deref() != Some(hash) {
@@ -209,6 +266,30 @@ mod tests {
         }
         s.next_attempt_at = None;
         assert_eq!(s.gate(Instant::now(), false, &r), Gate::Act);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stored_budget_round_trips_across_a_restart() {
+        let r = remediation();
+        let mut s = KeyState::default();
+        s.track_spec("h1");
+        s.record_attempt(Instant::now(), true, &r);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.record_attempt(Instant::now(), true, &r);
+        let wall = Utc::now();
+        let stored = s.to_budget(Instant::now(), wall);
+        // "Restart": a later process with its own monotonic clock reading.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let later_wall = wall + chrono::Duration::seconds(1);
+        let mut back = KeyState::from_budget(&stored, Instant::now(), later_wall);
+        assert_eq!(back.attempts, 2);
+        assert_eq!(back.recent_repairs(Instant::now(), &r), 2);
+        assert_eq!(back.spec_hash.as_deref(), Some("h1"));
+        // The backoff deadline (2 s after the second repair) is kept: 1 s left.
+        match back.gate(Instant::now(), true, &r) {
+            Gate::WaitUntil(at) => assert_eq!(at - Instant::now(), Duration::from_secs(1)),
+            other => panic!("expected to wait, got {other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -133,8 +133,10 @@ pub struct Ticket {
     pub last_seen_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolved_by: Option<Cause>,
-    /// Actions the controller started on this ticket.
+    /// Actions the controller started in the current episode.
     pub actions: i64,
+    /// When the current episode began: `opened_at`, or the last reopening.
+    pub episode_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -187,10 +189,20 @@ mod tests {
 
     #[test]
     fn statuses_and_causes_round_trip() {
-        for s in [Status::Open, Status::Remediating, Status::Resolved, Status::Escalated] {
+        for s in [
+            Status::Open,
+            Status::Remediating,
+            Status::Resolved,
+            Status::Escalated,
+        ] {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
-        for c in [Cause::SelfHealed, Cause::Controller, Cause::Agent, Cause::Human] {
+        for c in [
+            Cause::SelfHealed,
+            Cause::Controller,
+            Cause::Agent,
+            Cause::Human,
+        ] {
             assert_eq!(Cause::parse(c.as_str()), Some(c));
         }
     }

@@ -7,11 +7,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 
+use super::TicketError;
 use super::budget::Budget;
 use super::model::{Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
-use super::TicketError;
 
 /// `~/.operator/tickets.db`, relative to the home folder.
 pub const DEFAULT_DB: &str = ".operator/tickets.db";
@@ -37,6 +39,8 @@ const MIGRATIONS: &[&str] = &[
         flaps         INTEGER NOT NULL DEFAULT 0,
         detail        TEXT NOT NULL DEFAULT '',
         opened_at     TEXT NOT NULL,
+        -- When the current episode began: opened_at, or the last reopening.
+        episode_at    TEXT NOT NULL,
         last_seen_at  TEXT NOT NULL,
         resolved_at   TEXT,
         resolved_by   TEXT CHECK (resolved_by IN ('self-healed','controller','agent','human')),
@@ -70,7 +74,9 @@ const MIGRATIONS: &[&str] = &[
 
 /// `$HOME/.operator/tickets.db`.
 pub fn default_path() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(DEFAULT_DB)
 }
 
@@ -89,7 +95,7 @@ fn parse_opt_ts(s: Option<String>) -> Option<DateTime<Utc>> {
 }
 
 const TICKET_COLUMNS: &str = "id, fingerprint, cluster, service, drift, status, held, occurrences, flaps, \
-     detail, opened_at, last_seen_at, resolved_at, resolved_by, actions";
+     detail, opened_at, last_seen_at, resolved_at, resolved_by, actions, episode_at";
 
 fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
     let status: String = row.get(5)?;
@@ -110,6 +116,7 @@ fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
         resolved_at: parse_opt_ts(row.get(12)?),
         resolved_by: resolved_by.as_deref().and_then(Cause::parse),
         actions: row.get(14)?,
+        episode_at: parse_ts(&row.get::<_, String>(15)?),
     })
 }
 
@@ -190,16 +197,19 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-            TicketError::Permissions {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| TicketError::Permissions {
                 path: path.to_path_buf(),
                 source,
-            }
-        })?;
+            },
+        )?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
         let store = Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -260,7 +270,8 @@ impl Store {
                 });
             }
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-                tx.execute_batch(sql).map_err(self.err("apply schema migrations"))?;
+                tx.execute_batch(sql)
+                    .map_err(self.err("apply schema migrations"))?;
                 tx.pragma_update(None, "user_version", (i + 1) as i64)
                     .map_err(self.err("apply schema migrations"))?;
             }
@@ -340,8 +351,8 @@ impl Store {
                 if let Some(id) = recent {
                     tx.execute(
                         "UPDATE tickets SET status = 'open', resolved_at = NULL, resolved_by = NULL, \
-                         occurrences = occurrences + 1, flaps = flaps + 1, last_seen_at = ?2, drift = ?3, detail = ?4 \
-                         WHERE id = ?1",
+                         occurrences = occurrences + 1, flaps = flaps + 1, last_seen_at = ?2, episode_at = ?2, drift = ?3, \
+                         detail = ?4, actions = 0 WHERE id = ?1",
                         params![id, ts(now), s.drift, s.detail],
                     )
                     .map_err(self.err("reopen a ticket"))?;
@@ -358,8 +369,8 @@ impl Store {
                     // the statement correct even if the read above were stale.
                     let id: i64 = tx
                         .query_row(
-                            "INSERT INTO tickets (fingerprint, cluster, service, drift, status, detail, opened_at, last_seen_at) \
-                             VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?6, ?6) \
+                            "INSERT INTO tickets (fingerprint, cluster, service, drift, status, detail, opened_at, episode_at, last_seen_at) \
+                             VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?6, ?6, ?6) \
                              ON CONFLICT (fingerprint) WHERE status != 'resolved' \
                              DO UPDATE SET occurrences = occurrences + 1, last_seen_at = excluded.last_seen_at \
                              RETURNING id",
@@ -407,7 +418,8 @@ impl Store {
         let rows = stmt
             .query_map(params![status.map(Status::as_str)], ticket_from_row)
             .map_err(self.err("list tickets"))?;
-        rows.collect::<Result<_, _>>().map_err(self.err("list tickets"))
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("list tickets"))
     }
 
     /// The unresolved tickets of one service (or check).
@@ -416,7 +428,9 @@ impl Store {
         let sql = format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE cluster = ?1 AND service = ?2 AND status != 'resolved' ORDER BY id"
         );
-        let mut stmt = conn.prepare(&sql).map_err(self.err("list a service's tickets"))?;
+        let mut stmt = conn
+            .prepare(&sql)
+            .map_err(self.err("list a service's tickets"))?;
         let rows = stmt
             .query_map(params![cluster, service], ticket_from_row)
             .map_err(self.err("list a service's tickets"))?;
@@ -436,11 +450,13 @@ impl Store {
                 Ok(TimelineEntry {
                     at: parse_ts(&at),
                     kind: r.get(1)?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+                    detail: serde_json::from_str(&detail)
+                        .unwrap_or(serde_json::Value::String(detail)),
                 })
             })
             .map_err(self.err("read a timeline"))?;
-        rows.collect::<Result<_, _>>().map_err(self.err("read a timeline"))
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("read a timeline"))
     }
 
     /// Appends an entry to a ticket's timeline.
@@ -451,7 +467,9 @@ impl Store {
         detail: serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<(), TicketError> {
-        self.write("append to the timeline", |tx| self.append_tx(tx, id, kind, &detail, now))
+        self.write("append to the timeline", |tx| {
+            self.append_tx(tx, id, kind, &detail, now)
+        })
     }
 
     /// Marks that the controller is starting an action on a ticket, and saves the budget
@@ -538,9 +556,16 @@ impl Store {
                 });
             }
             if ticket.held != held {
-                tx.execute("UPDATE tickets SET held = ?2 WHERE id = ?1", params![id, held as i64])
-                    .map_err(self.err("hold a ticket"))?;
-                let kind = if held { EntryKind::Held } else { EntryKind::Unheld };
+                tx.execute(
+                    "UPDATE tickets SET held = ?2 WHERE id = ?1",
+                    params![id, held as i64],
+                )
+                .map_err(self.err("hold a ticket"))?;
+                let kind = if held {
+                    EntryKind::Held
+                } else {
+                    EntryKind::Unheld
+                };
                 self.append_tx(tx, id, kind, &serde_json::json!({"by": "human"}), now)?;
             }
             self.get_tx(tx, id)?.ok_or(TicketError::NotFound(id))
@@ -655,7 +680,9 @@ impl Store {
     }
 
     pub fn save_budget(&self, cluster: &str, service: &str, b: &Budget) -> Result<(), TicketError> {
-        self.write("save a budget", |tx| self.save_budget_tx(tx, cluster, service, b))
+        self.write("save a budget", |tx| {
+            self.save_budget_tx(tx, cluster, service, b)
+        })
     }
 
     /// Unresolved tickets by drift kind (for the metrics gauge).
@@ -667,7 +694,8 @@ impl Store {
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(self.err("count open tickets"))?;
-        rows.collect::<Result<_, _>>().map_err(self.err("count open tickets"))
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("count open tickets"))
     }
 
     /// After a crash: actions that started and never reported a result get one saying so,

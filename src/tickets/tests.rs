@@ -64,15 +64,26 @@ fn sightings_of_one_drift_bump_one_ticket() {
     let db = TempDb::new();
     let store = Store::open(&db.path()).unwrap();
     let fp = fingerprint("c", "s", DriftKind::Stopped);
-    let (t1, s1) = store.record_drift(&sighting(&fp, "stopped"), Utc::now()).unwrap();
-    let (t2, s2) = store.record_drift(&sighting(&fp, "stopped"), Utc::now()).unwrap();
-    let (t3, _) = store.record_drift(&sighting(&fp, "crash-looping"), Utc::now()).unwrap();
+    let (t1, s1) = store
+        .record_drift(&sighting(&fp, "stopped"), Utc::now())
+        .unwrap();
+    let (t2, s2) = store
+        .record_drift(&sighting(&fp, "stopped"), Utc::now())
+        .unwrap();
+    let (t3, _) = store
+        .record_drift(&sighting(&fp, "crash-looping"), Utc::now())
+        .unwrap();
     assert_eq!((s1, s2), (Sighting::Opened, Sighting::Seen));
     assert_eq!(t1.id, t2.id);
     assert_eq!(t3.id, t1.id);
     assert_eq!(t3.occurrences, 3);
     assert_eq!(t3.drift, "crash-looping");
-    let kinds: Vec<String> = store.timeline(t1.id).unwrap().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<String> = store
+        .timeline(t1.id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, vec!["detected", "drift-changed"]);
 }
 
@@ -83,16 +94,27 @@ fn drift_back_within_cooldown_reopens_and_counts_a_flap() {
     let fp = fingerprint("c", "s", DriftKind::Paused);
     let now = Utc::now();
     let (t, _) = store.record_drift(&sighting(&fp, "paused"), now).unwrap();
-    assert!(store.resolve(t.id, Cause::Controller, serde_json::json!({}), now).unwrap());
+    assert!(
+        store
+            .resolve(t.id, Cause::Controller, serde_json::json!({}), now)
+            .unwrap()
+    );
     let later = now + chrono::Duration::seconds(60);
     let (again, how) = store.record_drift(&sighting(&fp, "paused"), later).unwrap();
     assert_eq!(how, Sighting::Reopened);
     assert_eq!(again.id, t.id);
-    assert_eq!((again.flaps, again.status, again.resolved_at), (1, Status::Open, None));
+    assert_eq!(
+        (again.flaps, again.status, again.resolved_at),
+        (1, Status::Open, None)
+    );
     // Past the cooldown: a new episode, a new ticket.
-    store.resolve(t.id, Cause::SelfHealed, serde_json::json!({}), later).unwrap();
+    store
+        .resolve(t.id, Cause::SelfHealed, serde_json::json!({}), later)
+        .unwrap();
     let much_later = later + chrono::Duration::seconds(601);
-    let (fresh, how) = store.record_drift(&sighting(&fp, "paused"), much_later).unwrap();
+    let (fresh, how) = store
+        .record_drift(&sighting(&fp, "paused"), much_later)
+        .unwrap();
     assert_eq!(how, Sighting::Opened);
     assert_ne!(fresh.id, t.id);
 }
@@ -110,7 +132,9 @@ fn many_connections_racing_on_one_drift_make_exactly_one_ticket() {
             std::thread::spawn(move || {
                 let store = Store::open(&path).unwrap();
                 for _ in 0..50 {
-                    store.record_drift(&sighting(&fp, "missing"), Utc::now()).unwrap();
+                    store
+                        .record_drift(&sighting(&fp, "missing"), Utc::now())
+                        .unwrap();
                 }
             })
         })
@@ -129,18 +153,28 @@ fn foreign_and_corrupt_files_are_refused_and_left_untouched() {
     let db = TempDb::new();
     std::fs::create_dir_all(db.path().parent().unwrap()).unwrap();
     // Not SQLite at all.
-    std::fs::write(db.path(), b"this is not a database, it is a shopping list\n").unwrap();
+    std::fs::write(
+        db.path(),
+        b"this is not a database, it is a shopping list\n",
+    )
+    .unwrap();
     let before = std::fs::read(db.path()).unwrap();
     let err = Store::open(&db.path()).err().expect("refused").to_string();
-    assert!(err.contains(&db.path().display().to_string()) && err.contains("not an operator ticket database"), "{err}");
+    assert!(
+        err.contains(&db.path().display().to_string())
+            && err.contains("not an operator ticket database"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(db.path()).unwrap(), before);
 
     // Someone else's SQLite database.
     std::fs::remove_file(db.path()).unwrap();
     {
         let conn = rusqlite::Connection::open(db.path()).unwrap();
-        conn.execute_batch("CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup');")
-            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup');",
+        )
+        .unwrap();
     }
     let before = std::fs::read(db.path()).unwrap();
     let err = Store::open(&db.path()).err().expect("refused").to_string();
@@ -158,7 +192,10 @@ fn a_database_from_a_newer_version_is_refused() {
         conn.pragma_update(None, "user_version", 99).unwrap();
     }
     let err = Store::open(&db.path()).err().expect("refused").to_string();
-    assert!(err.contains("newer operator") && err.contains("99"), "{err}");
+    assert!(
+        err.contains("newer operator") && err.contains("99"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -175,16 +212,32 @@ fn retry_gives_an_escalated_ticket_a_fresh_budget() {
         ..Default::default()
     };
     store
-        .action_started(t.id, "c", "s", &spent, serde_json::json!({"action": "start"}), now)
+        .action_started(
+            t.id,
+            "c",
+            "s",
+            &spent,
+            serde_json::json!({"action": "start"}),
+            now,
+        )
         .unwrap();
     assert!(store.escalate(t.id, serde_json::json!({}), now).unwrap());
-    assert!(!store.escalate(t.id, serde_json::json!({}), now).unwrap(), "escalated once");
-    assert!(matches!(store.retry(9999, now), Err(TicketError::NotFound(9999))));
+    assert!(
+        !store.escalate(t.id, serde_json::json!({}), now).unwrap(),
+        "escalated once"
+    );
+    assert!(matches!(
+        store.retry(9999, now),
+        Err(TicketError::NotFound(9999))
+    ));
     let t = store.retry(t.id, now).unwrap();
     assert_eq!(t.status, Status::Open);
     let b = store.load_budget("c", "s").unwrap().unwrap();
     assert_eq!((b.attempts, b.repairs.len(), b.escalated), (0, 0, false));
-    assert!(matches!(store.retry(t.id, now), Err(TicketError::WrongState { .. })));
+    assert!(matches!(
+        store.retry(t.id, now),
+        Err(TicketError::WrongState { .. })
+    ));
 }
 
 #[test]
@@ -196,17 +249,45 @@ fn hold_resolve_and_interrupted_actions_are_recorded() {
     let (t, _) = store.record_drift(&sighting(&fp, "stopped"), now).unwrap();
     assert!(store.set_held(t.id, true, now).unwrap().held);
     store
-        .action_started(t.id, "c", "s", &Budget::default(), serde_json::json!({"action": "start"}), now)
+        .action_started(
+            t.id,
+            "c",
+            "s",
+            &Budget::default(),
+            serde_json::json!({"action": "start"}),
+            now,
+        )
         .unwrap();
     assert_eq!(store.close_interrupted_actions(now).unwrap(), 1);
-    assert_eq!(store.close_interrupted_actions(now).unwrap(), 0, "closed once");
-    let t = store.resolve_by_human(t.id, Some("fixed the disk"), now).unwrap();
-    assert_eq!((t.status, t.resolved_by, t.held), (Status::Resolved, Some(Cause::Human), false));
+    assert_eq!(
+        store.close_interrupted_actions(now).unwrap(),
+        0,
+        "closed once"
+    );
+    let t = store
+        .resolve_by_human(t.id, Some("fixed the disk"), now)
+        .unwrap();
+    assert_eq!(
+        (t.status, t.resolved_by, t.held),
+        (Status::Resolved, Some(Cause::Human), false)
+    );
     assert!(store.set_held(t.id, true, now).is_err());
-    let kinds: Vec<String> = store.timeline(t.id).unwrap().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<String> = store
+        .timeline(t.id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(
         kinds,
-        vec!["detected", "held", "action-started", "action-result", "note", "resolved"]
+        vec![
+            "detected",
+            "held",
+            "action-started",
+            "action-result",
+            "note",
+            "resolved"
+        ]
     );
     assert_eq!(store.open_counts().unwrap(), vec![]);
 }

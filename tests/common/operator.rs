@@ -100,11 +100,30 @@ pub fn is_running(name: &str, host: Option<&str>) -> bool {
 pub struct OperatorProcess {
     child: Child,
     log: PathBuf,
+    db: PathBuf,
+    /// The database was made for this process alone: removed on drop.
+    owns_db: bool,
 }
 
 impl OperatorProcess {
-    /// Starts `operator run PATHS --listen 127.0.0.1:0 --log-format json EXTRA...`.
+    /// Starts `operator run PATHS --listen 127.0.0.1:0 --log-format json EXTRA...` with a
+    /// ticket database of its own (unless EXTRA names one with `--db`).
     pub fn start(paths: &[&Path], extra: &[&str], docker_host: Option<&str>) -> Self {
+        let name = super::unique("operator-run");
+        let db = std::env::temp_dir().join(format!("{name}.db"));
+        let mut process = Self::start_with_db(paths, extra, docker_host, &db);
+        process.owns_db = true;
+        process
+    }
+
+    /// Like [`OperatorProcess::start`] with a given ticket database (to restart a controller
+    /// on the same one).
+    pub fn start_with_db(
+        paths: &[&Path],
+        extra: &[&str],
+        docker_host: Option<&str>,
+        db: &Path,
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", super::unique("operator-run")));
         let file = std::fs::File::create(&log).expect("create log file");
         let mut cmd = Command::new(operator_bin());
@@ -119,6 +138,8 @@ impl OperatorProcess {
                 "operator=debug,info",
             ])
             .args(extra)
+            .arg("--db")
+            .arg(db)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
@@ -126,7 +147,43 @@ impl OperatorProcess {
             cmd.env("DOCKER_HOST", host);
         }
         let child = cmd.spawn().expect("start operator run");
-        OperatorProcess { child, log }
+        OperatorProcess {
+            child,
+            log,
+            db: db.to_path_buf(),
+            owns_db: false,
+        }
+    }
+
+    /// The controller's ticket database.
+    pub fn db(&self) -> &Path {
+        &self.db
+    }
+
+    /// `operator tickets ARGS... --db <this controller's db>`.
+    pub fn tickets(&self, args: &[&str]) -> Output {
+        let mut all = vec!["tickets"];
+        all.extend_from_slice(args);
+        all.push("--db");
+        all.push(self.db.to_str().expect("utf-8 path"));
+        operator(&all, None)
+    }
+
+    /// `operator tickets list --json` for this controller's database.
+    pub fn tickets_json(&self) -> Vec<serde_json::Value> {
+        let out = self.tickets(&["list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("tickets list --json")
+    }
+
+    /// SIGKILL, no grace: what a crash looks like.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -228,5 +285,12 @@ impl Drop for OperatorProcess {
         } else {
             let _ = std::fs::remove_file(&self.log);
         }
+    }
+}
+
+/// Removes a ticket database and its WAL side files.
+pub fn remove_db(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }

@@ -1,0 +1,130 @@
+//! `operator tickets ...`: read and act on the ticket store.
+
+use std::process::ExitCode;
+
+use chrono::{SecondsFormat, Utc};
+
+use crate::tickets::{Status, Store, Ticket};
+
+use super::{Failure, TicketsCommand};
+
+fn time(t: chrono::DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn json(ticket: &Ticket) -> serde_json::Value {
+    serde_json::json!({
+        "id": ticket.id,
+        "cluster": ticket.cluster,
+        "service": ticket.service,
+        "drift": ticket.drift,
+        "status": ticket.status,
+        "held": ticket.held,
+        "occurrences": ticket.occurrences,
+        "flaps": ticket.flaps,
+        "actions": ticket.actions,
+        "detail": ticket.detail,
+        "opened_at": ticket.opened_at,
+        "last_seen_at": ticket.last_seen_at,
+        "resolved_at": ticket.resolved_at,
+        "resolved_by": ticket.resolved_by,
+    })
+}
+
+fn print_table(tickets: &[Ticket]) {
+    println!(
+        "{:>5}  {:<12} {:<8} {:<16} {:<20} {:<16} {:>5}  {:<20}  DETAIL",
+        "ID", "STATUS", "HELD", "CLUSTER", "SERVICE", "DRIFT", "SEEN", "OPENED"
+    );
+    for t in tickets {
+        let status = match (t.status, t.resolved_by) {
+            (Status::Resolved, Some(cause)) => format!("resolved:{}", cause.as_str()),
+            (status, _) => status.as_str().to_string(),
+        };
+        println!(
+            "{:>5}  {:<12} {:<8} {:<16} {:<20} {:<16} {:>5}  {:<20}  {}",
+            t.id,
+            status,
+            if t.held { "held" } else { "-" },
+            t.cluster,
+            t.service,
+            t.drift,
+            t.occurrences,
+            time(t.opened_at),
+            t.detail
+        );
+    }
+    if tickets.is_empty() {
+        println!("(no tickets)");
+    }
+}
+
+fn print_one(ticket: &Ticket, json_out: bool) -> Result<(), Failure> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json(ticket))?);
+    } else {
+        print_table(std::slice::from_ref(ticket));
+    }
+    Ok(())
+}
+
+pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
+    let now = Utc::now();
+    match command {
+        TicketsCommand::List {
+            status,
+            json: as_json,
+            db,
+        } => {
+            let store = Store::open(&db.path())?;
+            let status = status.as_deref().and_then(Status::parse);
+            let tickets = store.list(status)?;
+            if as_json {
+                let rows: Vec<_> = tickets.iter().map(json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_table(&tickets);
+            }
+        }
+        TicketsCommand::Show {
+            id,
+            json: as_json,
+            db,
+        } => {
+            let store = Store::open(&db.path())?;
+            let ticket = store
+                .get(id)?
+                .ok_or(crate::tickets::TicketError::NotFound(id))?;
+            let timeline = store.timeline(id)?;
+            if as_json {
+                let mut value = json(&ticket);
+                value["fingerprint"] = ticket.fingerprint.clone().into();
+                value["timeline"] = serde_json::to_value(&timeline)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_table(std::slice::from_ref(&ticket));
+                println!("\nTIMELINE");
+                for e in &timeline {
+                    println!("  {}  {:<16} {}", time(e.at), e.kind, e.detail);
+                }
+            }
+        }
+        TicketsCommand::Resolve { id, note, db } => {
+            let store = Store::open(&db.path())?;
+            print_one(&store.resolve_by_human(id, note.as_deref(), now)?, false)?;
+        }
+        TicketsCommand::Hold { id, db } => {
+            let store = Store::open(&db.path())?;
+            print_one(&store.set_held(id, true, now)?, false)?;
+        }
+        TicketsCommand::Unhold { id, db } => {
+            let store = Store::open(&db.path())?;
+            print_one(&store.set_held(id, false, now)?, false)?;
+        }
+        TicketsCommand::Retry { id, db } => {
+            let store = Store::open(&db.path())?;
+            print_one(&store.retry(id, now)?, false)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
