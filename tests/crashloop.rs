@@ -5,37 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::operator::{OperatorProcess, TempDir};
-use common::{BUSYBOX_IMAGE, Cleanup, docker_ok, require_docker, unique};
-
-/// Engine-clock start times of a container, from the event log.
-fn start_times(name: &str, since: &str) -> Vec<f64> {
-    let until = format!("{}", chrono_now());
-    let out = docker_ok(&[
-        "events",
-        "--since",
-        since,
-        "--until",
-        &until,
-        "--filter",
-        &format!("container={name}"),
-        "--filter",
-        "event=start",
-        "--format",
-        "{{.TimeNano}}",
-    ]);
-    out.lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .map(|nanos| nanos / 1e9)
-        .collect()
-}
-
-fn chrono_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
+use common::operator::{OperatorProcess, TempDir, epoch_now, event_times};
+use common::{BUSYBOX_IMAGE, Cleanup, require_docker, unique};
 
 #[test]
 fn crash_looping_service_backs_off_then_escalates() {
@@ -66,7 +37,7 @@ spec:
 "#
         ),
     );
-    let since = format!("{:.3}", chrono_now() - 1.0);
+    let since = epoch_now() - 1.0;
     let operator = OperatorProcess::start(&[dir.path()], &["--resync", "1s"], None);
     operator.wait_ready();
     assert!(
@@ -76,7 +47,7 @@ spec:
     );
     // Well past the next backoff (3.2 s) and several resyncs: nothing more may happen.
     std::thread::sleep(Duration::from_secs(5));
-    let starts = start_times(&name, &since);
+    let starts = event_times(&name, "start", since);
     assert_eq!(
         starts.len(),
         4,
@@ -109,5 +80,19 @@ spec:
     assert!(
         metrics.contains("operator_escalated_services 1"),
         "{metrics}"
+    );
+    // One drift episode, one ticket: escalated, not one ticket per crash.
+    let tickets = operator.tickets_json();
+    assert_eq!(tickets.len(), 1, "{tickets:#?}");
+    assert_eq!(tickets[0]["status"], "escalated");
+    assert_eq!(tickets[0]["drift"], "crash-looping");
+    assert_eq!(tickets[0]["service"], name.as_str());
+    assert!(
+        tickets[0]["occurrences"].as_i64().unwrap() >= 4,
+        "every crash is counted on it"
+    );
+    assert_eq!(
+        tickets[0]["actions"], 3,
+        "the three budgeted restarts are recorded on it"
     );
 }

@@ -11,7 +11,7 @@
 //! - On shutdown, in-flight repairs finish (bounded by `shutdown_grace`); no new ones start.
 //! - Only containers carrying the controller's labels are acted on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -600,18 +600,21 @@ impl Controller {
         Ok((primary, new_episode))
     }
 
-    /// The service was re-checked and is in its desired state: resolve its tickets.
+    /// A fresh observation shows the drift of these tickets gone: resolves every unresolved
+    /// ticket of the service whose fingerprint is not in `still_drifting`.
     async fn resolve_tickets(
         &self,
         key: &ServiceKey,
         container: Option<&ObservedContainer>,
+        still_drifting: &HashSet<String>,
         wall: DateTime<Utc>,
     ) -> Result<(), TicketError> {
         let Some(store) = self.store() else {
             return Ok(());
         };
         let (cluster, service) = (key.cluster.clone(), key.service.clone());
-        let open = blocking(store, move |s| s.unresolved_for(&cluster, &service)).await?;
+        let mut open = blocking(store, move |s| s.unresolved_for(&cluster, &service)).await?;
+        open.retain(|t| !still_drifting.contains(&t.fingerprint));
         if open.is_empty() {
             return Ok(());
         }
@@ -717,10 +720,19 @@ impl Controller {
                 inner.queue.schedule(key.clone(), reset_at);
             }
             state.last_error = None;
-            if verified
-                && let Err(e) = self
-                    .resolve_tickets(key, observed.container.as_ref(), wall)
-                    .await
+            // Running but not yet healthy: an unhealthy episode is not over yet.
+            let still: HashSet<String> = if verified {
+                HashSet::new()
+            } else {
+                HashSet::from([fingerprint(
+                    &key.cluster,
+                    &key.service,
+                    DriftKind::Unhealthy,
+                )])
+            };
+            if let Err(e) = self
+                .resolve_tickets(key, observed.container.as_ref(), &still, wall)
+                .await
             {
                 warn!(service = %key, error = %e, "cannot resolve tickets; will re-check");
                 retry_soon();
@@ -735,7 +747,20 @@ impl Controller {
             debug!(service = %key, event_to_drift_us = latency.as_micros() as u64, "drift detected after event");
         }
         state.saw_drift(now, r);
-        let (ticket, new_episode) = match self.record_drifts(key, &drifts, r.window, wall).await {
+        // Creating a service for the first time and rolling out an edited spec are
+        // deliberate changes, not incidents: they become tickets only if the first try fails.
+        let deliberate = state.attempts == 0
+            && match repair(&drifts, &observed) {
+                Some(Action::Create) => !state.created_before,
+                Some(Action::Recreate) => drifts.iter().any(|d| d.kind == DriftKind::SpecChanged),
+                _ => false,
+            };
+        let recorded = if deliberate {
+            Ok((None, true))
+        } else {
+            self.record_drifts(key, &drifts, r.window, wall).await
+        };
+        let (ticket, new_episode) = match recorded {
             Ok(t) => t,
             Err(e) => {
                 // Never act on what cannot be recorded.
@@ -746,6 +771,18 @@ impl Controller {
                 };
             }
         };
+        // Episodes of other kinds that this observation shows over (the container exists
+        // again, is no longer paused...) are resolved.
+        let still: HashSet<String> = drifts
+            .iter()
+            .map(|d| fingerprint(&key.cluster, &key.service, d.kind))
+            .collect();
+        if let Err(e) = self
+            .resolve_tickets(key, observed.container.as_ref(), &still, wall)
+            .await
+        {
+            warn!(service = %key, error = %e, "cannot resolve tickets; will re-check");
+        }
         let ticket_id = ticket.as_ref().map(|t| t.id);
         let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
         let detail = drifts[0].detail.clone();
@@ -827,7 +864,6 @@ impl Controller {
 
         let next_at = state.record_attempt(now, budgeted, r);
         let retry_after_ms = next_at.saturating_duration_since(now).as_millis() as u64;
-        info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, action = action.as_str(), attempt = state.attempts, budgeted, retry_after_ms, "repairing");
         // Durable before acting: a crash from here on never hands out this attempt again.
         if let (Some(store), Some(id)) = (self.store(), ticket_id) {
             let budget = state.to_budget(now, wall);
@@ -849,6 +885,7 @@ impl Controller {
                 };
             }
         }
+        info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, action = action.as_str(), attempt = state.attempts, budgeted, retry_after_ms, "repairing");
         let before = state.to_budget(now, wall);
         let result = self
             .perform(&action, cluster, service, observed.container.as_ref())

@@ -294,3 +294,33 @@ pub fn remove_db(db: &Path) {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
+
+/// Seconds since the epoch, for `docker events --since`.
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Engine-clock times (seconds) of one kind of event (`start`, `die`...) for a container,
+/// between `since` and now.
+pub fn event_times(name: &str, event: &str, since: f64) -> Vec<f64> {
+    let out = super::docker_ok(&[
+        "events",
+        "--since",
+        &format!("{since:.3}"),
+        "--until",
+        &format!("{:.3}", epoch_now()),
+        "--filter",
+        &format!("container={name}"),
+        "--filter",
+        &format!("event={event}"),
+        "--format",
+        "{{.TimeNano}}",
+    ]);
+    out.lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .map(|nanos| nanos / 1e9)
+        .collect()
+}
