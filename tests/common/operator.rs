@@ -285,6 +285,9 @@ impl Drop for OperatorProcess {
         } else {
             let _ = std::fs::remove_file(&self.log);
         }
+        if self.owns_db {
+            remove_db(&self.db);
+        }
     }
 }
 
