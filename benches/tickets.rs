@@ -1,0 +1,220 @@
+//! Ticket store benchmark.
+//!
+//! 1. Throughput of drift sightings recorded with dedup (the same drift, so every write is
+//!    the upsert path), in one process: 1 task, and 8 tasks sharing one store the way the
+//!    controller's workers do (one connection, calls on blocking threads).
+//! 2. Time from a Docker `die` event to the ticket row being committed, with the controller
+//!    running against a real engine (needs `scripts/setup.sh`).
+//!
+//!     cargo bench --bench tickets -- [SIGHTINGS] [KILLS]      (defaults 20000 and 30)
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{docker, summary, wait_running};
+use operator::reconcile::DriftKind;
+use operator::tickets::{DriftSighting, Store, fingerprint};
+
+const IMAGE: &str = "operator-local/busybox:latest";
+
+fn remove_db(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
+fn record(store: &Store, fp: &str) {
+    store
+        .record_drift(
+            &DriftSighting {
+                fingerprint: fp,
+                cluster: "bench",
+                service: "svc",
+                drift: "stopped",
+                detail: "exited with code 137",
+                cooldown: Duration::from_secs(600),
+            },
+            chrono::Utc::now(),
+        )
+        .expect("record a sighting");
+}
+
+/// Sightings per second with `tasks` tokio tasks sharing one store.
+fn throughput(tasks: usize, sightings: usize) -> f64 {
+    let db = std::env::temp_dir().join(format!("bench-tickets-{}-{tasks}.db", std::process::id()));
+    remove_db(&db);
+    let store = Arc::new(Store::open(&db).expect("open"));
+    let fp = fingerprint("bench", "svc", DriftKind::Stopped);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    runtime.block_on(async {
+        let per_task = sightings / tasks;
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let store = store.clone();
+                let fp = fp.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        let (store, fp) = (store.clone(), fp.clone());
+                        tokio::task::spawn_blocking(move || record(&store, &fp))
+                            .await
+                            .expect("blocking task");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.expect("task");
+        }
+    });
+    let rate = (sightings / tasks * tasks) as f64 / started.elapsed().as_secs_f64();
+    let tickets = store.list(None).expect("list");
+    assert_eq!(tickets.len(), 1, "dedup failed");
+    remove_db(&db);
+    rate
+}
+
+/// Newest `last_seen_at` among the tickets, as seconds since the epoch.
+fn newest_sighting(store: &Store) -> f64 {
+    store
+        .list(None)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| t.last_seen_at.timestamp_micros() as f64 / 1e6)
+        .fold(0.0, f64::max)
+}
+
+fn epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+struct Guard {
+    operator: Child,
+    container: String,
+    db: PathBuf,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.operator.kill();
+        let _ = self.operator.wait();
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.container])
+            .output();
+        remove_db(&self.db);
+    }
+}
+
+/// Die event (engine clock) to the ticket row committed (seen by polling the database every
+/// millisecond from this process), over `kills` SIGKILLs.
+fn die_to_ticket(kills: usize) -> Vec<f64> {
+    let cluster = format!("benchtk-{}", std::process::id());
+    let name = format!("{cluster}-svc");
+    let dir = std::env::temp_dir().join(&cluster);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(
+        dir.join("m.yaml"),
+        format!(
+            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n    - name: {name}\n      image: {IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n      remediation:\n        maxRestarts: 100000\n        stableAfter: 500ms\n        backoff: {{initial: 100ms, max: 1s}}\n"
+        ),
+    )
+    .expect("manifest");
+    let db = dir.join("tickets.db");
+    let operator = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .arg("run")
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start operator");
+    let _guard = Guard {
+        operator,
+        container: name.clone(),
+        db: db.clone(),
+    };
+    assert!(wait_running(&name, Duration::from_secs(60)), "never ran");
+    std::thread::sleep(Duration::from_secs(1));
+    let store = Store::open(&db).expect("open the controller's database");
+    let mut events = Command::new("docker")
+        .args([
+            "events",
+            "--filter",
+            &format!("container={name}"),
+            "--filter",
+            "event=die",
+            "--format",
+            "{{.TimeNano}}",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker events");
+    let mut lines = BufReader::new(events.stdout.take().expect("stdout")).lines();
+    let mut latencies = Vec::new();
+    for _ in 0..kills {
+        let before = newest_sighting(&store);
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &name]);
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let seen_at = loop {
+            if newest_sighting(&store) > before {
+                break Some(epoch());
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let die = lines
+            .next()
+            .and_then(|l| l.ok())
+            .and_then(|l| l.trim().parse::<f64>().ok())
+            .map(|n| n / 1e9);
+        if let (Some(seen), Some(die)) = (seen_at, die) {
+            latencies.push((seen - die) * 1e3);
+        }
+        assert!(
+            wait_running(&name, Duration::from_secs(30)),
+            "not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies
+}
+
+fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse::<usize>().ok());
+    let sightings = args.next().unwrap_or(20_000);
+    let kills = args.next().unwrap_or(30);
+
+    println!(
+        "drift sightings recorded per second (same drift: dedup upsert), {sightings} each, 3 runs:"
+    );
+    for tasks in [1, 8] {
+        let mut rates: Vec<f64> = (0..3).map(|_| throughput(tasks, sightings)).collect();
+        rates.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "  {tasks} task(s): median {:>8.0}/s  (min {:.0}, max {:.0})",
+            rates[1], rates[0], rates[2]
+        );
+    }
+    println!("\ntime from a Docker die event to the ticket row committed ({kills} SIGKILLs):");
+    summary("die -> ticket committed", die_to_ticket(kills));
+    println!("\nreproduce: cargo bench --bench tickets -- {sightings} {kills}");
+}
