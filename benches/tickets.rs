@@ -38,6 +38,7 @@ fn record(store: &Store, fp: &str) {
                 drift: "stopped",
                 detail: "exited with code 137",
                 cooldown: Duration::from_secs(600),
+                evidence: None,
             },
             chrono::Utc::now(),
         )

@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod docker;
+pub mod health;
 pub mod manifest;
 pub mod metrics;
 pub mod reconcile;

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub tickets_opened: Counter,
     pub tickets_resolved: Family<Labels, Counter>,
     pub ticket_resolve_seconds: Histogram,
+    pub check_failing: Family<Labels, Gauge>,
+    pub check_no_data: Family<Labels, Gauge>,
+    pub observability_up: Family<Labels, Gauge>,
+    pub check_round_seconds: Histogram,
     samples: Mutex<VecDeque<Duration>>,
 }
 
@@ -125,8 +129,36 @@ impl Metrics {
             "Time from a drift episode being detected to its ticket being resolved",
             ticket_resolve_seconds.clone(),
         );
+        let check_failing = Family::<Labels, Gauge>::default();
+        registry.register(
+            "check_failing",
+            "1 while a check fails past its `for` window, per cluster and check",
+            check_failing.clone(),
+        );
+        let check_no_data = Family::<Labels, Gauge>::default();
+        registry.register(
+            "check_no_data",
+            "1 while a check has never returned a series (a misspelled metric or label?)",
+            check_no_data.clone(),
+        );
+        let observability_up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "observability_up",
+            "1 while the cluster's Prometheus answers, 0 while it cannot be asked",
+            observability_up.clone(),
+        );
+        let check_round_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "check_round_seconds",
+            "Time one evaluation round of every check takes",
+            check_round_seconds.clone(),
+        );
         Metrics {
             registry,
+            check_failing,
+            check_no_data,
+            observability_up,
+            check_round_seconds,
             tickets_open,
             tickets_opened,
             tickets_resolved,

@@ -353,7 +353,7 @@ fn an_image_that_cannot_be_had_is_a_clear_drift_not_a_crash() {
     );
     let out = common::operator::operator(&["status", dir.path().to_str().unwrap(), "--json"], None);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
-    let db = rows
+    let db = rows["services"]
         .as_array()
         .unwrap()
         .iter()

@@ -38,6 +38,7 @@ fn write_sightings(db: &Path) {
                                 drift: "stopped",
                                 detail: "exited with code 1",
                                 cooldown: Duration::from_secs(600),
+                                evidence: None,
                             },
                             chrono::Utc::now(),
                         )

@@ -103,8 +103,11 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let db = args.db.path();
     let args = args.report;
     let reports = reports(&args, Some(&db)).await?;
+    let desired = manifest::load(&args.paths.paths)?;
+    let health = crate::health::Monitor::instant().round(&desired).await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        let out = serde_json::json!({"services": reports, "health": health});
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -156,5 +159,52 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             println!("    could not observe: {e}");
         }
     }
+    print_health(&health);
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_health(health: &[crate::health::ClusterHealth]) {
+    use crate::health::{CheckState, Observability};
+    if health.is_empty() {
+        return;
+    }
+    println!(
+        "\n{:<16} {:<28} {:<10} {:<10} DETAIL",
+        "CLUSTER", "CHECK", "SEVERITY", "STATE"
+    );
+    for cluster in health {
+        if let Observability::Lost { reason } = &cluster.observability {
+            println!(
+                "{:<16} {:<28} {:<10} {:<10} Prometheus cannot be asked: {reason}",
+                cluster.cluster, "(observability)", "critical", "lost"
+            );
+        }
+        for c in &cluster.checks {
+            let v = &c.verdict;
+            let state = match v.state {
+                CheckState::Passing => "passing",
+                CheckState::Pending => "pending",
+                CheckState::Failing => "failing",
+                CheckState::NoData => "no-data",
+                CheckState::Invalid => "invalid",
+                CheckState::Unknown => "unknown",
+            };
+            let detail = if v.state == CheckState::NoData {
+                "returns no series at all: misspelled metric or label? it cannot fire".to_string()
+            } else if let Some(e) = &v.error {
+                e.clone()
+            } else {
+                v.failing
+                    .iter()
+                    .map(|f| f.target.clone().unwrap_or_else(|| "cluster".into()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let severity = format!("{:?}", c.severity).to_lowercase();
+            println!(
+                "{:<16} {:<28} {:<10} {:<10} {detail}",
+                cluster.cluster, c.check, severity, state
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::lines::{self, DocLines};
-use super::validate::{self, Checked, Source};
+use super::validate::{self, Checked, Environment, Source};
 use super::volume::normalize;
 use super::{DesiredState, Diagnostic, ManifestError, parse};
 
@@ -20,7 +20,18 @@ use super::{DesiredState, Diagnostic, ManifestError, parse};
 /// - [`ManifestError::NoManifests`] if a path holds no manifest at all (or `paths` is empty);
 /// - [`ManifestError::Invalid`] with every problem of every file, each naming its file,
 ///   line and field. Nothing is returned unless all files are valid.
+///
+/// `$PROMETHEUS_URL` is read once, here: it is the Prometheus of every cluster whose
+/// manifest has no `spec.prometheus.url`.
 pub fn load(paths: &[PathBuf]) -> Result<DesiredState, ManifestError> {
+    load_with(paths, &Environment::from_process())
+}
+
+/// [`load`] with the environment given rather than read from the process.
+pub(super) fn load_with(
+    paths: &[PathBuf],
+    env: &Environment,
+) -> Result<DesiredState, ManifestError> {
     if paths.is_empty() {
         return Err(ManifestError::NoManifests {
             path: PathBuf::new(),
@@ -36,7 +47,7 @@ pub fn load(paths: &[PathBuf]) -> Result<DesiredState, ManifestError> {
                 path: file.clone(),
                 source,
             })?;
-            documents += load_file(&file, &text, &mut checked, &mut diagnostics);
+            documents += load_file(&file, &text, env, &mut checked, &mut diagnostics);
             files_read.push(file);
         }
         if documents == 0 {
@@ -92,6 +103,7 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 fn load_file(
     file: &Path,
     text: &str,
+    env: &Environment,
     checked: &mut Vec<Checked>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> usize {
@@ -107,6 +119,7 @@ fn load_file(
                     file,
                     dir: &dir,
                     lines: doc,
+                    env,
                 };
                 checked.push(validate::document(raw, &source, diagnostics));
             }

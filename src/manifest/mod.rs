@@ -20,6 +20,7 @@ mod lines;
 mod load;
 mod parse;
 mod port;
+mod promql;
 mod raw;
 #[cfg(test)]
 mod testing;
@@ -52,6 +53,102 @@ pub struct Cluster {
     pub network: NetworkSpec,
     /// Services in declaration order.
     pub services: Vec<Service>,
+    /// Where the cluster's Prometheus is, and how checks are evaluated.
+    pub prometheus: PrometheusSpec,
+    /// Health checks beyond the containers' own state, in declaration order.
+    pub checks: Vec<Check>,
+}
+
+/// `spec.prometheus`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrometheusSpec {
+    /// Base URL (`http://host:9090`): `spec.prometheus.url`, else `$PROMETHEUS_URL` at load
+    /// time. `None` only when no check needs Prometheus.
+    pub url: Option<String>,
+    /// How often every check is evaluated (default 5s).
+    pub interval: Duration,
+    /// Bound on one query or probe (default 3s).
+    pub timeout: Duration,
+}
+
+impl Default for PrometheusSpec {
+    fn default() -> Self {
+        PrometheusSpec {
+            url: None,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `spec.checks[]`: something that can be wrong while every container runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// Unique within the cluster; `[a-z0-9][a-z0-9_.-]*`.
+    pub name: String,
+    pub probe: Probe,
+    /// How long the check must keep failing before it is a drift (`for`, default 0s).
+    pub for_duration: Duration,
+    pub severity: Severity,
+    pub blame: Blame,
+    /// Default policy for checks is `observe`: a failing query alone never restarts anything
+    /// unless the manifest says so.
+    pub remediation: Remediation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Probe {
+    /// `expr`: PromQL in the alerting-rule convention: every returned series is a failure.
+    Alert { expr: String },
+    /// `healthy`: PromQL whose series are healthy unless their value is 0; no series at all
+    /// is "no data", never "healthy".
+    Healthy { expr: String },
+    /// `http`: a GET evaluated from the controller.
+    Http(HttpProbe),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpProbe {
+    pub url: String,
+    /// Expected status (default 200).
+    pub status: u16,
+    /// Optional test of one field of a JSON body.
+    pub json: Option<JsonTest>,
+    /// Bound on the request (default: `spec.prometheus.timeout`).
+    pub timeout: Duration,
+}
+
+/// `json: {path: "a.b.0.c", equals: <any YAML value>}`: the field at the dotted path (numbers
+/// index arrays) must equal the value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JsonTest {
+    pub path: String,
+    pub equals: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    Warning,
+    Info,
+}
+
+/// Which service a failing check is held against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Blame {
+    /// No service: a cluster-level drift (`service:` and `serviceLabel:` both absent).
+    Cluster,
+    /// `service: NAME` (a service of the same cluster).
+    Service(String),
+    /// `serviceLabel: LABEL` with optional `services: {label value: service}`: each failing
+    /// series is blamed on the service its label names — through the map, else the label
+    /// value's host part (before the last `:`) when that is a service of the cluster; a
+    /// series that maps to no service is blamed on the cluster.
+    Label {
+        label: String,
+        services: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -209,6 +306,11 @@ impl Cluster {
     /// The service called `name` in this cluster.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The check called `name` in this cluster.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
     }
 
     /// Services in start order: every service after the services it depends on; services

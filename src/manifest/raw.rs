@@ -40,13 +40,85 @@ pub(super) struct Metadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with network and services"
+    expecting = "a mapping with network, services, prometheus and checks"
 )]
 pub(super) struct Spec {
     #[serde(default)]
     pub network: Option<Network>,
     #[serde(default)]
     pub services: Vec<Service>,
+    #[serde(default)]
+    pub prometheus: Option<Prometheus>,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with url, interval and timeout"
+)]
+pub(super) struct Prometheus {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub interval: Option<Scalar>,
+    #[serde(default)]
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a check (a mapping with name and one of expr, healthy or http)"
+)]
+pub(super) struct Check {
+    pub name: String,
+    #[serde(default)]
+    pub expr: Option<String>,
+    #[serde(default)]
+    pub healthy: Option<String>,
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    #[serde(default, rename = "for")]
+    pub for_duration: Option<Scalar>,
+    #[serde(default)]
+    pub severity: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub service_label: Option<String>,
+    #[serde(default)]
+    pub services: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub remediation: Option<Remediation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "an HTTP probe (a mapping with url, status, json and timeout)"
+)]
+pub(super) struct HttpProbe {
+    pub url: String,
+    /// Wider than `u16` so that a wrong status is refused with its value by `validate`.
+    #[serde(default)]
+    pub status: Option<i64>,
+    #[serde(default)]
+    pub json: Option<JsonTest>,
+    #[serde(default)]
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with path and equals")]
+pub(super) struct JsonTest {
+    pub path: String,
+    /// Any YAML value; missing is an error (write `equals: null` to expect null).
+    pub equals: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{DesiredState, Diagnostic, ManifestError, load};
+use super::load::load_with;
+use super::validate::Environment;
+use super::{DesiredState, Diagnostic, ManifestError};
 
 /// A fresh folder under the system temp dir, removed on drop.
 pub(super) struct TempDir(PathBuf);
@@ -59,11 +61,23 @@ pub(super) fn service(name: &str, extra: &str) -> String {
     format!("    - name: {name}\n      image: busybox:1.36\n{extra}")
 }
 
-/// Loads one file holding `text`.
+/// Loads one file holding `text`, as if `$PROMETHEUS_URL` were unset (whatever the real
+/// environment says: tests run in parallel and must not depend on it).
 pub(super) fn load_text(text: &str) -> Result<DesiredState, ManifestError> {
+    load_text_with(text, None)
+}
+
+/// Loads one file holding `text`, as if `$PROMETHEUS_URL` were `prometheus_url`.
+pub(super) fn load_text_with(
+    text: &str,
+    prometheus_url: Option<&str>,
+) -> Result<DesiredState, ManifestError> {
     let dir = TempDir::new();
     let file = dir.write("cluster.yaml", text);
-    load(&[file])
+    load_with(
+        &[file],
+        &Environment::new(prometheus_url.map(str::to_string)),
+    )
 }
 
 /// Loads `text`, which must be invalid, and returns the diagnostics.

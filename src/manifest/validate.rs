@@ -18,8 +18,37 @@ use super::{
     RestartPolicy, Service, VolumeMount, graph,
 };
 
+mod checks;
+
 /// Label keys under this prefix belong to the controller (`operator.managed-by`, ...).
 const RESERVED_LABEL_PREFIX: &str = "operator.";
+
+/// The environment variable that gives the Prometheus URL when a manifest does not.
+pub(super) const PROMETHEUS_URL_VAR: &str = "PROMETHEUS_URL";
+
+/// What the process environment contributes to the manifests, read once per load. Passed
+/// in rather than read here, so that tests never touch the (shared) process environment.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Environment {
+    /// `$PROMETHEUS_URL`, trimmed; unset or blank is `None`.
+    pub prometheus_url: Option<String>,
+}
+
+impl Environment {
+    pub fn from_process() -> Self {
+        Environment::new(
+            std::env::var_os(PROMETHEUS_URL_VAR).map(|v| v.to_string_lossy().into_owned()),
+        )
+    }
+
+    pub fn new(prometheus_url: Option<String>) -> Self {
+        Environment {
+            prometheus_url: prometheus_url
+                .map(|url| url.trim().to_string())
+                .filter(|url| !url.is_empty()),
+        }
+    }
+}
 
 /// Where a document came from.
 pub(super) struct Source<'a> {
@@ -27,6 +56,7 @@ pub(super) struct Source<'a> {
     /// Absolute folder of `file`: relative bind mounts are resolved against it.
     pub dir: &'a Path,
     pub lines: &'a DocLines,
+    pub env: &'a Environment,
 }
 
 impl Source<'_> {
@@ -86,12 +116,21 @@ pub(super) fn document(doc: raw::Document, src: &Source, out: &mut Vec<Diagnosti
         port_indices.push(ports);
     }
     v.dependencies(&mut services);
+    let queries = doc
+        .spec
+        .checks
+        .iter()
+        .any(|c| c.expr.is_some() || c.healthy.is_some());
+    let (prometheus, url_reported) = v.prometheus(doc.spec.prometheus.unwrap_or_default(), queries);
+    let checks = v.checks(doc.spec.checks, &prometheus, url_reported, &services);
     Checked {
         cluster: Cluster {
             name,
             source: src.file.to_path_buf(),
             network,
             services,
+            prometheus,
+            checks,
         },
         file: src.file.to_path_buf(),
         lines: src.lines.clone(),
@@ -325,7 +364,7 @@ impl Validator<'_, '_> {
         };
         let remediation = match raw.remediation {
             None => Remediation::default(),
-            Some(r) => self.remediation(&format!("{path}.remediation"), r),
+            Some(r) => self.remediation(&format!("{path}.remediation"), r, Remediation::default()),
         };
 
         let service = Service {
@@ -498,8 +537,13 @@ impl Validator<'_, '_> {
         }
     }
 
-    fn remediation(&mut self, path: &str, raw: raw::Remediation) -> Remediation {
-        let mut r = Remediation::default();
+    /// `remediation` of a service or a check, over the defaults `r` (which differ in policy).
+    fn remediation(
+        &mut self,
+        path: &str,
+        raw: raw::Remediation,
+        mut r: Remediation,
+    ) -> Remediation {
         if let Some(policy) = raw.policy {
             match policy.as_str() {
                 "restart" => r.policy = Policy::Restart,
@@ -562,6 +606,16 @@ impl Validator<'_, '_> {
             }
         }
         r
+    }
+
+    /// A duration that must be longer than 0s; `None` when missing or invalid (reported).
+    fn positive_duration(&mut self, field: &str, raw: Option<Scalar>) -> Option<Duration> {
+        let d = self.duration(field, raw?)?;
+        if d.is_zero() {
+            self.error(field, "must be longer than 0s".into());
+            return None;
+        }
+        Some(d)
     }
 
     /// `dependsOn`: known names of the same cluster, not itself, no cycles. Entries that

@@ -227,7 +227,7 @@ async fn observe(
 }
 
 /// Runs a ticket-store call on a blocking thread (SQLite waits on locks).
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
     f: impl FnOnce(&Store) -> Result<T, TicketError> + Send + 'static,
 ) -> Result<T, TicketError> {
@@ -360,6 +360,12 @@ impl Controller {
         }
         self.enqueue_all();
 
+        let checks_cancel = cancel.child_token();
+        let checks_task = {
+            let this = self.clone();
+            let stop = checks_cancel.clone();
+            tokio::spawn(async move { this.run_checks(stop).await })
+        };
         let worker_cancel = CancellationToken::new();
         let mut workers = Vec::new();
         for _ in 0..self.inner.config.workers.max(1) {
@@ -415,6 +421,8 @@ impl Controller {
                 "in-flight repairs did not finish in time; leaving them"
             );
         }
+        checks_cancel.cancel();
+        let _ = checks_task.await;
         watch_cancel.cancel();
         let _ = watcher_task.await;
         Ok(())
@@ -485,7 +493,7 @@ impl Controller {
         outcome
     }
 
-    fn store(&self) -> Option<&Arc<Store>> {
+    pub(super) fn store(&self) -> Option<&Arc<Store>> {
         self.inner.store.as_ref()
     }
 
@@ -539,7 +547,7 @@ impl Controller {
         }
     }
 
-    async fn refresh_ticket_gauges(&self) {
+    pub(super) async fn refresh_ticket_gauges(&self) {
         let Some(store) = self.store() else { return };
         match blocking(store, |s| s.open_counts()).await {
             Ok(counts) => self.inner.metrics.set_open_tickets(&counts),
@@ -578,6 +586,7 @@ impl Controller {
                         drift: kind,
                         detail: &detail,
                         cooldown,
+                        evidence: None,
                     },
                     wall,
                 )

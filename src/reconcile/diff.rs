@@ -31,6 +31,10 @@ pub enum DriftKind {
     ImageMissing,
     /// A container that is not ours holds the service's name.
     NameConflict,
+    /// A declared check (PromQL or HTTP) failed for longer than its `for`.
+    CheckFailed,
+    /// The cluster's Prometheus cannot be asked: check verdicts are unknown.
+    ObservabilityLost,
 }
 
 impl DriftKind {
@@ -45,6 +49,8 @@ impl DriftKind {
             DriftKind::NetworkDetached => "network-detached",
             DriftKind::ImageMissing => "image-missing",
             DriftKind::NameConflict => "name-conflict",
+            DriftKind::CheckFailed => "check-failed",
+            DriftKind::ObservabilityLost => "observability-lost",
         }
     }
 }
@@ -252,7 +258,7 @@ pub fn repair(drifts: &[Drift], observed: &Observation) -> Option<Action> {
                     network: n.to_string(),
                 })
         }
-        DriftKind::NameConflict => None,
+        DriftKind::NameConflict | DriftKind::CheckFailed | DriftKind::ObservabilityLost => None,
     }
 }
 
@@ -288,6 +294,8 @@ mod tests {
                 internal: true,
             },
             services: vec![service()],
+            prometheus: Default::default(),
+            checks: vec![],
         }
     }
 

@@ -1,6 +1,7 @@
 //! Reconcile: the pure diff, the work queue, per-key backoff and budget, and the controller
 //! that ties them to the Docker cache and actions.
 
+mod checks;
 pub mod controller;
 pub mod diff;
 pub mod queue;

@@ -17,7 +17,10 @@ mod model;
 mod store;
 
 pub use budget::Budget;
-pub use model::{Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry, fingerprint};
+pub use model::{
+    CLUSTER_TARGET, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry, check_fingerprint,
+    fingerprint, is_container_down,
+};
 pub use store::{DEFAULT_DB, DriftSighting, Store, default_path};
 
 use std::path::PathBuf;

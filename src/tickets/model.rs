@@ -171,6 +171,25 @@ pub fn fingerprint(cluster: &str, service: &str, kind: DriftKind) -> String {
     format!("{cluster}/{service}/{}", family(kind))
 }
 
+/// The `service` column of a cluster-level ticket (no service is blamed).
+pub const CLUSTER_TARGET: &str = "-";
+
+/// The identity of a failing check's episode on one target (a service, or the cluster).
+pub fn check_fingerprint(cluster: &str, target: Option<&str>, check: &str) -> String {
+    format!(
+        "{cluster}/{}/check-failed/{check}",
+        target.unwrap_or(CLUSTER_TARGET)
+    )
+}
+
+/// Whether a ticket's drift means the container is not there or not running.
+pub fn is_container_down(drift: &str) -> bool {
+    matches!(
+        drift,
+        "missing" | "stopped" | "crash-looping" | "paused" | "image-missing"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

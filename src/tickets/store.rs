@@ -130,6 +130,8 @@ pub struct DriftSighting<'a> {
     pub detail: &'a str,
     /// Reopen a ticket resolved less than this long ago instead of opening a new one.
     pub cooldown: Duration,
+    /// What was seen (offending series...), for the timeline of a new or reopened episode.
+    pub evidence: Option<serde_json::Value>,
 }
 
 pub struct Store {
@@ -360,7 +362,7 @@ impl Store {
                         tx,
                         id,
                         EntryKind::Reopened,
-                        &serde_json::json!({"drift": s.drift, "detail": s.detail}),
+                        &serde_json::json!({"drift": s.drift, "detail": s.detail, "evidence": s.evidence}),
                         now,
                     )?;
                     (id, Sighting::Reopened)
@@ -382,7 +384,7 @@ impl Store {
                         tx,
                         id,
                         EntryKind::Detected,
-                        &serde_json::json!({"drift": s.drift, "detail": s.detail}),
+                        &serde_json::json!({"drift": s.drift, "detail": s.detail, "evidence": s.evidence}),
                         now,
                     )?;
                     (id, Sighting::Opened)
@@ -436,6 +438,20 @@ impl Store {
             .map_err(self.err("list a service's tickets"))?;
         rows.collect::<Result<_, _>>()
             .map_err(self.err("list a service's tickets"))
+    }
+
+    /// Unresolved tickets whose fingerprint matches a SQL `LIKE` pattern.
+    pub fn unresolved_like(&self, pattern: &str) -> Result<Vec<Ticket>, TicketError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE fingerprint LIKE ?1 ESCAPE '\\' AND status != 'resolved' ORDER BY id"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(self.err("list tickets"))?;
+        let rows = stmt
+            .query_map(params![pattern], ticket_from_row)
+            .map_err(self.err("list tickets"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("list tickets"))
     }
 
     pub fn timeline(&self, id: i64) -> Result<Vec<TimelineEntry>, TicketError> {

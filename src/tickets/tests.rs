@@ -44,6 +44,7 @@ fn sighting<'a>(fp: &'a str, drift: &'a str) -> DriftSighting<'a> {
         drift,
         detail: "exited with code 1",
         cooldown: Duration::from_secs(600),
+        evidence: None,
     }
 }
 

@@ -1,0 +1,474 @@
+//! Declared checks against a real Prometheus scraping a real three-member etcd (Raft)
+//! cluster run by the controller: check tickets, "no data", inhibition by a down container,
+//! and Prometheus going away.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::operator::{
+    OperatorProcess, TempDir, inspect, is_running, operator, remove_db, wait_until,
+};
+use common::{Cleanup, EMPTY_IMAGE, docker_ok, require_docker, unique};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A Prometheus on the host, scraping the etcd members every second. Killed on drop.
+struct Prom {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prom {
+    fn start(dir: PathBuf, port: u16, targets: &[u16]) -> Prom {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let targets: Vec<String> = targets
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 800ms, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: etcd\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let mut prom = Prom {
+            child: None,
+            port,
+            dir,
+        };
+        prom.spawn();
+        prom
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("prometheus.log")).unwrap();
+        let child = Command::new("/usr/bin/prometheus")
+            .arg(format!(
+                "--config.file={}",
+                self.dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start /usr/bin/prometheus (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(60), || self
+                .query("vector(1)")
+                .is_some()),
+            "prometheus did not start"
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// An instant query's result array, `None` if Prometheus does not answer.
+    fn query(&self, expr: &str) -> Option<Vec<serde_json::Value>> {
+        use std::io::{Read, Write};
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            stream,
+            "GET /api/v1/query?query={encoded} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let body = response.split_once("\r\n\r\n")?.1;
+        // Prometheus may answer chunked; the JSON object is what lies between the braces.
+        let body = &body[body.find('{')?..=body.rfind('}')?];
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["data"]["result"].as_array().cloned()
+    }
+}
+
+impl Drop for Prom {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Fixture {
+    cluster: String,
+    dir: TempDir,
+    db: PathBuf,
+    client: [u16; 3],
+    prom: Prom,
+    controller: OperatorProcess,
+    _cleanup: Cleanup,
+}
+
+impl Fixture {
+    /// Three etcd members (the controller creates them), a Prometheus, and the controller.
+    /// `observe_member`: the member whose container-level policy is `observe`.
+    fn start(prefix: &str, observe_member: Option<usize>) -> Fixture {
+        require_docker();
+        let cluster = unique(prefix);
+        let cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
+        let dir = TempDir::new(&cluster);
+        let client = [free_port(), free_port(), free_port()];
+        let peer = [free_port(), free_port(), free_port()];
+        let prom_port = free_port();
+        let prom = Prom::start(dir.path().join("prom"), prom_port, &client);
+        let db = std::env::temp_dir().join(format!("{cluster}.db"));
+        let write = |observe: Option<usize>| {
+            dir.write(
+                "cluster.yaml",
+                &manifest(&cluster, &client, &peer, prom_port, observe),
+            );
+        };
+        // Create every member first; then (maybe) watch one without repairing it.
+        write(None);
+        let out = operator(
+            &[
+                "run",
+                dir.path().to_str().unwrap(),
+                "--once",
+                "--db",
+                db.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        write(observe_member);
+        let controller =
+            OperatorProcess::start_with_db(&[dir.path()], &["--resync", "2s"], None, &db);
+        controller.wait_ready();
+        let f = Fixture {
+            cluster,
+            dir,
+            db,
+            client,
+            prom,
+            controller,
+            _cleanup: cleanup,
+        };
+        assert!(
+            wait_until(Duration::from_secs(60), || f
+                .prom
+                .query("etcd_server_has_leader == 1")
+                .is_some_and(|r| r.len() == 3)),
+            "the etcd cluster never had a leader on all members"
+        );
+        f
+    }
+
+    fn member(&self, i: usize) -> String {
+        format!("{}-e{i}", self.cluster)
+    }
+
+    fn tickets(&self) -> Vec<serde_json::Value> {
+        self.controller.tickets_json()
+    }
+
+    fn ticket(&self, drift: &str, service: &str) -> Option<serde_json::Value> {
+        self.tickets()
+            .into_iter()
+            .find(|t| t["drift"] == drift && t["service"] == service)
+    }
+
+    fn signal_member(&self, i: usize, signal: &str) {
+        let pid = inspect(&self.member(i), None).unwrap()["State"]["Pid"]
+            .as_i64()
+            .unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        remove_db(&self.db);
+    }
+}
+
+fn manifest(
+    cluster: &str,
+    client: &[u16; 3],
+    peer: &[u16; 3],
+    prom: u16,
+    observe: Option<usize>,
+) -> String {
+    let initial: Vec<String> = (0..3)
+        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
+        .collect();
+    let mut services = String::new();
+    for i in 0..3 {
+        let policy = if observe == Some(i) {
+            "observe"
+        } else {
+            "restart"
+        };
+        services += &format!(
+            r#"    - name: {cluster}-e{i}
+      image: {EMPTY_IMAGE}
+      networkMode: host
+      volumes: ["/usr:/usr:ro", "/lib:/lib:ro", "/lib64:/lib64:ro", "/bin:/bin:ro", "/etc:/etc:ro"]
+      command: ["/usr/bin/etcd", "--name", "e{i}", "--data-dir", "/data",
+                "--listen-client-urls", "http://127.0.0.1:{c}", "--advertise-client-urls", "http://127.0.0.1:{c}",
+                "--listen-peer-urls", "http://127.0.0.1:{p}", "--initial-advertise-peer-urls", "http://127.0.0.1:{p}",
+                "--initial-cluster", "{initial}", "--initial-cluster-state", "new", "--initial-cluster-token", "{cluster}"]
+      remediation:
+        policy: {policy}
+        backoff: {{initial: 200ms, max: 2s}}
+"#,
+            c = client[i],
+            p = peer[i],
+            initial = initial.join(","),
+        );
+    }
+    let map: Vec<String> = (0..3)
+        .map(|i| format!("\"127.0.0.1:{}\": {cluster}-e{i}", client[i]))
+        .collect();
+    let map = map.join(", ");
+    format!(
+        r#"apiVersion: operator/v1
+kind: Cluster
+metadata:
+  name: {cluster}
+spec:
+  prometheus: {{url: "http://127.0.0.1:{prom}", interval: 1s, timeout: 2s}}
+  services:
+{services}  checks:
+    - name: member-up
+      expr: 'up{{job="etcd"}} == 0'
+      for: 2s
+      severity: critical
+      serviceLabel: instance
+      services: {{{map}}}
+    - name: has-leader
+      healthy: 'etcd_server_has_leader'
+      for: 2s
+      serviceLabel: instance
+      services: {{{map}}}
+    - name: typo
+      expr: 'etcd_server_has_leadr == 0'
+      severity: warning
+"#
+    )
+}
+
+#[test]
+fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container() {
+    let f = Fixture::start("checks", Some(2));
+    let c = &f.cluster;
+
+    // A check on a metric that does not exist is reported, not silently passing.
+    assert!(
+        f.controller
+            .wait_for_log("check returns no data at all", Duration::from_secs(30)),
+        "log:\n{}",
+        f.controller.log()
+    );
+    assert_eq!(
+        f.controller
+            .count_log(&["no data at all", "\"check\":\"typo\""]),
+        1
+    );
+    let (_, metrics) = f.controller.http_get("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "operator_check_no_data{{cluster=\"{c}\",check=\"typo\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let status = operator(
+        &[
+            "status",
+            f.dir.path().to_str().unwrap(),
+            "--db",
+            f.db.to_str().unwrap(),
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("typo") && l.contains("no-data")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("member-up") && l.contains("passing")),
+        "{text}"
+    );
+
+    // A member that stops answering (its container still running) fails `member-up`
+    // past `for`: a check-failed ticket under observe policy...
+    let e0 = f.member(0);
+    f.signal_member(0, "STOP");
+    let stopped_at = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .ticket("check-failed", &e0)
+            .is_some()),
+        "no check ticket; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.controller.log()
+    );
+    eprintln!("member stopped -> check ticket: {:?}", stopped_at.elapsed());
+    let t = f.ticket("check-failed", &e0).unwrap();
+    assert_eq!(t["status"], "open");
+    let shown = f
+        .controller
+        .tickets(&["show", &t["id"].to_string(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        shown["timeline"][0]["detail"]["evidence"]["check"],
+        "member-up"
+    );
+    assert!(
+        shown["timeline"][0]["detail"]["evidence"]["series"][0]["labels"]["instance"]
+            .as_str()
+            .is_some_and(|i| i.ends_with(&f.client[0].to_string())),
+        "the offending series is in the timeline: {shown:#}"
+    );
+    // ... which resolves, self-healed, when it answers again.
+    f.signal_member(0, "CONT");
+    assert!(
+        wait_until(Duration::from_secs(30), || f.tickets().iter().any(
+            |t| t["service"] == e0.as_str()
+                && t["status"] == "resolved"
+                && t["resolved_by"] == "self-healed"
+        )),
+        "tickets {:#?}",
+        f.tickets()
+    );
+
+    // A member whose container is stopped: the check failure goes on the container's
+    // ticket, not a ticket of its own.
+    let e2 = f.member(2);
+    docker_ok(&["stop", &e2]);
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .controller
+            .count_log(&["attached to the container", &e2])
+            >= 1),
+        "tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.controller.log()
+    );
+    let container_ticket = f.ticket("stopped", &e2).expect("the container's ticket");
+    assert!(
+        f.ticket("check-failed", &e2).is_none(),
+        "{:#?}",
+        f.tickets()
+    );
+    let shown = f
+        .controller
+        .tickets(&["show", &container_ticket["id"].to_string(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(
+        shown["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "note" && e["detail"]["check-failed"]["check"] == "member-up"),
+        "{shown:#}"
+    );
+    docker_ok(&["start", &e2]);
+    assert!(wait_until(Duration::from_secs(30), || is_running(
+        &e2, None
+    )));
+}
+
+#[test]
+fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() {
+    let mut f = Fixture::start("promdown", None);
+    let e0 = f.member(0);
+    f.signal_member(0, "STOP");
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .ticket("check-failed", &e0)
+            .is_some()),
+        "log:\n{}",
+        f.controller.log()
+    );
+    f.prom.kill();
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .ticket("observability-lost", "-")
+            .is_some()),
+        "tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.controller.log()
+    );
+    // The member recovers while nobody can see it: its ticket must not move.
+    f.signal_member(0, "CONT");
+    let frozen = f.ticket("check-failed", &e0).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let tickets = f.tickets();
+    assert_eq!(
+        tickets
+            .iter()
+            .filter(|t| t["drift"] == "observability-lost")
+            .count(),
+        1,
+        "exactly one observability-lost ticket: {tickets:#?}"
+    );
+    assert_eq!(
+        f.ticket("check-failed", &e0).unwrap(),
+        frozen,
+        "a check ticket changed while Prometheus was down"
+    );
+    assert!(
+        tickets
+            .iter()
+            .filter(|t| t["drift"] == "check-failed")
+            .count()
+            == 1
+    );
+
+    f.prom.spawn();
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .tickets()
+            .iter()
+            .all(|t| t["status"] == "resolved")),
+        "tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.controller.log()
+    );
+    let lost = f.ticket("observability-lost", "-").unwrap();
+    assert_eq!(lost["resolved_by"], "self-healed");
+}
