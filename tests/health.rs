@@ -472,3 +472,57 @@ fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() 
     let lost = f.ticket("observability-lost", "-").unwrap();
     assert_eq!(lost["resolved_by"], "self-healed");
 }
+
+#[test]
+fn invalid_promql_is_an_error_when_prometheus_answers_and_a_note_when_it_does_not() {
+    require_docker();
+    let cluster = unique("badql");
+    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
+    let dir = TempDir::new(&cluster);
+    let port = free_port();
+    let prom = Prom::start(dir.path().join("prom"), port, &[]);
+    let write = |port: u16| {
+        dir.write(
+            "c.yaml",
+            &format!(
+                "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  prometheus: {{url: \"http://127.0.0.1:{port}\"}}\n  services:\n    - name: {cluster}-svc\n      image: {}\n      command: [\"sleep\", \"1000\"]\n  checks:\n    - name: wrong-type\n      expr: 'rate(up) > 0'\n",
+                common::BUSYBOX_IMAGE
+            ),
+        )
+    };
+    let file = write(port);
+    let db = std::env::temp_dir().join(format!("{cluster}.db"));
+    for args in [
+        vec!["validate", file.to_str().unwrap()],
+        vec![
+            "run",
+            file.to_str().unwrap(),
+            "--once",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+    ] {
+        let out = operator(&args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("check wrong-type: invalid PromQL")
+                && stderr.contains(file.to_str().unwrap()),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !is_running(&format!("{cluster}-svc"), None),
+        "nothing may start"
+    );
+    drop(prom);
+    // Nobody answers on that port now: not checkable, so not an error yet.
+    let out = operator(&["validate", file.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PromQL not checked"));
+    remove_db(&db);
+}

@@ -54,7 +54,10 @@ pub enum Command {
     /// runs (checked every 2 s, or at once on SIGHUP); an invalid edit is logged and the last
     /// good state kept. SIGINT/SIGTERM finish in-flight repairs, then exit.
     Run(RunArgs),
-    /// Check manifests: syntax, fields, durations, ports, volumes, dependencies. Never touches Docker.
+    /// Check manifests: syntax, fields, durations, ports, volumes, dependencies, checks.
+    ///
+    /// Never touches Docker. When a cluster's Prometheus answers, its check expressions are
+    /// also evaluated once so that invalid PromQL is an error now, not at 3 a.m.
     Validate(PathArgs),
     /// Show what a reconcile would do now, changing nothing.
     Plan(ReportArgs),
@@ -214,7 +217,7 @@ pub fn execute(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(args).await,
-            Command::Validate(args) => report::validate(args),
+            Command::Validate(args) => report::validate(args).await,
             Command::Plan(args) => report::plan(args).await,
             Command::Status(args) => report::status(args).await,
             Command::Tickets(command) => tickets::run(command),

@@ -13,8 +13,34 @@ use super::{Failure, PathArgs, ReportArgs, StatusArgs};
 /// How long connecting to the engine may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
+/// Fails on PromQL that a reachable Prometheus rejects; says which could not be checked.
+pub async fn check_promql(desired: &manifest::DesiredState) -> Result<(), Failure> {
+    let found = crate::health::check_queries(desired).await;
+    for (cluster, url, reason) in &found.unreachable {
+        eprintln!(
+            "note: cluster {cluster}: PromQL not checked, Prometheus at {url} is unreachable ({reason}); \
+             `operator run` checks it once Prometheus answers"
+        );
+    }
+    if found.invalid.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = found
+        .invalid
+        .iter()
+        .map(|(file, cluster, check, reason)| {
+            format!(
+                "{}: cluster {cluster}: check {check}: invalid PromQL: {reason}",
+                file.display()
+            )
+        })
+        .collect();
+    Err(Failure(lines.join("\n")))
+}
+
+pub async fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
     let desired = manifest::load(&args.paths)?;
+    check_promql(&desired).await?;
     for cluster in &desired.clusters {
         println!(
             "ok: cluster {} ({}): {} services on network {}",

@@ -22,6 +22,7 @@ const RELOAD_POLL: Duration = Duration::from_secs(2);
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // Validate everything before touching Docker.
     let desired = manifest::load(&args.paths.paths)?;
+    super::report::check_promql(&desired).await?;
     let store = Arc::new(crate::tickets::Store::open(&args.db.path())?);
     info!(db = %store.path().display(), "ticket store open");
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;

@@ -15,5 +15,5 @@ pub mod prometheus;
 pub mod promql;
 
 pub use evaluator::{CheckState, FailingTarget, Reading, Target, Verdict};
-pub use monitor::{CheckReport, ClusterHealth, Monitor, Observability};
+pub use monitor::{CheckReport, ClusterHealth, Monitor, Observability, QueryCheck, check_queries};
 pub use prometheus::{Prometheus, QueryError, Series};

@@ -279,3 +279,61 @@ impl Monitor {
         out
     }
 }
+
+/// What checking every PromQL expression against its live Prometheus found.
+#[derive(Debug, Default)]
+pub struct QueryCheck {
+    /// `(file, cluster, check, reason)` for each expression Prometheus rejects.
+    pub invalid: Vec<(std::path::PathBuf, String, String, String)>,
+    /// `(cluster, url, reason)` for each Prometheus that could not be asked.
+    pub unreachable: Vec<(String, String, String)>,
+}
+
+/// Asks each cluster's Prometheus to evaluate each check expression once, to find invalid
+/// PromQL before anything runs. A Prometheus that cannot be reached is listed, not an error.
+pub async fn check_queries(desired: &DesiredState) -> QueryCheck {
+    let mut out = QueryCheck::default();
+    for cluster in &desired.clusters {
+        let exprs: Vec<(&str, &str)> = cluster
+            .checks
+            .iter()
+            .filter_map(|c| match &c.probe {
+                Probe::Alert { expr } | Probe::Healthy { expr } => {
+                    Some((c.name.as_str(), expr.as_str()))
+                }
+                Probe::Http(_) => None,
+            })
+            .collect();
+        let Some(url) = cluster.prometheus.url.as_deref() else {
+            continue;
+        };
+        if exprs.is_empty() {
+            continue;
+        }
+        let prometheus = match Prometheus::new(url, cluster.prometheus.timeout) {
+            Ok(p) => p,
+            Err(e) => {
+                out.unreachable
+                    .push((cluster.name.clone(), url.to_string(), e.to_string()));
+                continue;
+            }
+        };
+        for (check, expr) in exprs {
+            match prometheus.query(expr).await {
+                Ok(_) => {}
+                Err(QueryError::Invalid { reason, .. }) => out.invalid.push((
+                    cluster.source.clone(),
+                    cluster.name.clone(),
+                    check.to_string(),
+                    reason,
+                )),
+                Err(QueryError::Unreachable { reason, .. }) => {
+                    out.unreachable
+                        .push((cluster.name.clone(), url.to_string(), reason));
+                    break;
+                }
+            }
+        }
+    }
+    out
+}

@@ -73,6 +73,8 @@ impl Validator<'_, '_> {
     ) -> Vec<Check> {
         let mut checks = Vec::with_capacity(raw.len());
         let mut names: HashMap<String, usize> = HashMap::new();
+        // A URL problem already reported at spec.prometheus.url is not repeated at each query.
+        let url_known = prometheus.url.is_some() || url_reported;
         for (i, raw) in raw.into_iter().enumerate() {
             let path = format!("spec.checks[{i}]");
             let name_field = format!("{path}.name");
@@ -94,7 +96,6 @@ impl Validator<'_, '_> {
                     names.insert(raw.name.clone(), i);
                 }
             }
-            let url_known = prometheus.url.is_some() || url_reported;
             if let Some(check) = self.check(&path, raw, prometheus, url_known, services) {
                 checks.push(check);
             }
