@@ -113,7 +113,9 @@ async fn read(
             };
         }
         Probe::Alert { expr } => query(expr.clone()).await.map(|series| {
-            let has_data = !series.is_empty();
+            // Empty is "nothing wrong" once the selectors are known to see data; before
+            // that, the selectors are asked below.
+            let has_data = !series.is_empty() || !probe_selectors;
             (group(check, cluster, series), has_data)
         }),
         Probe::Healthy { expr } => query(expr.clone()).await.map(|series| {

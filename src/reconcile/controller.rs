@@ -29,16 +29,34 @@ use crate::docker::watcher::{WatchEvent, Watcher, list_owned};
 use crate::docker::{
     Cache, ContainerStatus, DockerError, HealthState, ObservedContainer, ServiceKey,
 };
-use crate::manifest::{Cluster, DesiredState, Policy, Service};
+use crate::manifest::{Cluster, DesiredState, Policy, Remediation, Service};
 use crate::metrics::Metrics;
 use crate::tickets::{
     Budget, Cause, DriftSighting, EntryKind, Sighting, Status, Store, Ticket, TicketError,
-    fingerprint,
+    fingerprint, is_check_fingerprint,
 };
 
 use super::diff::{Action, Drift, DriftKind, Observation, diff, is_budgeted, repair};
 use super::queue::WorkQueue;
 use super::state::{Gate, KeyState};
+
+/// A repair chosen for a key, with everything needed to gate, record and perform it.
+pub(super) struct Repair<'a> {
+    pub key: &'a ServiceKey,
+    pub cluster: &'a Cluster,
+    pub service: &'a Service,
+    pub action: Action,
+    /// Whether it spends the restart budget.
+    pub budgeted: bool,
+    /// Whose budget window and backoff apply (the service's, or a check's).
+    pub remediation: &'a Remediation,
+    pub ticket_id: Option<i64>,
+    pub kinds: Vec<String>,
+    pub detail: String,
+    pub container: Option<&'a ObservedContainer>,
+    pub now: Instant,
+    pub wall: DateTime<Utc>,
+}
 
 /// How often the ticket store is checked for changes made by other processes.
 const STORE_POLL: Duration = Duration::from_secs(1);
@@ -623,7 +641,11 @@ impl Controller {
         };
         let (cluster, service) = (key.cluster.clone(), key.service.clone());
         let mut open = blocking(store, move |s| s.unresolved_for(&cluster, &service)).await?;
-        open.retain(|t| !still_drifting.contains(&t.fingerprint));
+        // Check tickets are the check evaluations' to resolve: a running container says
+        // nothing about whether its checks pass.
+        open.retain(|t| {
+            !still_drifting.contains(&t.fingerprint) && !is_check_fingerprint(&t.fingerprint)
+        });
         if open.is_empty() {
             return Ok(());
         }
@@ -838,6 +860,55 @@ impl Controller {
         }
 
         let budgeted = is_budgeted(&action, &drifts, state.created_before, state.attempts);
+        self.gate_and_act(
+            Repair {
+                key,
+                cluster,
+                service,
+                action,
+                budgeted,
+                remediation: r,
+                ticket_id,
+                kinds: kinds.iter().map(|k| k.to_string()).collect(),
+                detail,
+                container: observed.container.as_ref(),
+                now,
+                wall,
+            },
+            state,
+            before,
+        )
+        .await
+    }
+
+    /// Applies the budget and backoff to a chosen repair, records it durably, performs it
+    /// and records its result.
+    pub(super) async fn gate_and_act(
+        &self,
+        repair: Repair<'_>,
+        mut state: KeyState,
+        before: Budget,
+    ) -> Outcome {
+        let inner = &self.inner;
+        let Repair {
+            key,
+            cluster,
+            service,
+            action,
+            budgeted,
+            remediation: r,
+            ticket_id,
+            kinds,
+            detail,
+            container,
+            now,
+            wall,
+        } = repair;
+        let retry_soon = || {
+            inner
+                .queue
+                .schedule(key.clone(), now + inner.config.observe_retry)
+        };
         match state.gate(now, budgeted, r) {
             Gate::Act => {}
             Gate::WaitUntil(at) => {
@@ -860,7 +931,7 @@ impl Controller {
                         "reason": "restart budget spent",
                         "max_restarts": r.max_restarts,
                         "window_s": r.window.as_secs(),
-                        "drift": drifts[0].kind.as_str(),
+                        "drift": kinds.first(),
                     });
                     if let Err(e) = blocking(store, move |s| s.escalate(id, why, wall)).await {
                         error!(service = %key, error = %e, "cannot mark the ticket escalated");
@@ -896,9 +967,7 @@ impl Controller {
         }
         info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, action = action.as_str(), attempt = state.attempts, budgeted, retry_after_ms, "repairing");
         let before = state.to_budget(now, wall);
-        let result = self
-            .perform(&action, cluster, service, observed.container.as_ref())
-            .await;
+        let result = self.perform(&action, cluster, service, container).await;
         let (outcome, entry) = match result {
             Ok(()) => {
                 inner.metrics.action(action.as_str(), "ok");

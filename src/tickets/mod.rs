@@ -19,7 +19,7 @@ mod store;
 pub use budget::Budget;
 pub use model::{
     CLUSTER_TARGET, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry, check_fingerprint,
-    fingerprint, is_container_down,
+    fingerprint, is_check_fingerprint, is_container_down,
 };
 pub use store::{DEFAULT_DB, DriftSighting, Store, default_path};
 

@@ -182,6 +182,12 @@ pub fn check_fingerprint(cluster: &str, target: Option<&str>, check: &str) -> St
     )
 }
 
+/// Whether a fingerprint belongs to a check's episode (resolved by check evaluations, never
+/// by a container's reconcile).
+pub fn is_check_fingerprint(fingerprint: &str) -> bool {
+    fingerprint.contains("/check-failed/")
+}
+
 /// Whether a ticket's drift means the container is not there or not running.
 pub fn is_container_down(drift: &str) -> bool {
     matches!(
