@@ -135,6 +135,11 @@ impl Fixture {
     /// Three etcd members (the controller creates them), a Prometheus, and the controller.
     /// `observe_member`: the member whose container-level policy is `observe`.
     fn start(prefix: &str, observe_member: Option<usize>) -> Fixture {
+        Fixture::start_with(prefix, observe_member, "observe")
+    }
+
+    /// `check_policy`: the remediation policy of the `member-up` check.
+    fn start_with(prefix: &str, observe_member: Option<usize>, check_policy: &str) -> Fixture {
         require_docker();
         let cluster = unique(prefix);
         let cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
@@ -147,7 +152,7 @@ impl Fixture {
         let write = |observe: Option<usize>| {
             dir.write(
                 "cluster.yaml",
-                &manifest(&cluster, &client, &peer, prom_port, observe),
+                &manifest(&cluster, &client, &peer, prom_port, observe, check_policy),
             );
         };
         // Create every member first; then (maybe) watch one without repairing it.
@@ -228,6 +233,7 @@ fn manifest(
     peer: &[u16; 3],
     prom: u16,
     observe: Option<usize>,
+    check_policy: &str,
 ) -> String {
     let initial: Vec<String> = (0..3)
         .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
@@ -276,6 +282,7 @@ spec:
       severity: critical
       serviceLabel: instance
       services: {{{map}}}
+      remediation: {{policy: {check_policy}, backoff: {{initial: 1s, max: 10s}}}}
     - name: has-leader
       healthy: 'etcd_server_has_leader'
       for: 2s
@@ -530,4 +537,40 @@ fn invalid_promql_is_an_error_when_prometheus_answers_and_a_note_when_it_does_no
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("PromQL not checked"));
     remove_db(&db);
+}
+
+#[test]
+fn a_failing_check_with_restart_policy_restarts_its_service_and_the_recheck_resolves_it() {
+    let f = Fixture::start_with("ckrestart", None, "restart");
+    let e0 = f.member(0);
+    let id_before = inspect(&e0, None).unwrap()["Id"].clone();
+    f.signal_member(0, "STOP");
+    assert!(
+        wait_until(Duration::from_secs(30), || f.controller.count_log(&[
+            "repairing",
+            &e0,
+            "check-failed:member-up",
+            "\"action\":\"restart\""
+        ]) >= 1),
+        "no restart for the failing check; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.controller.log()
+    );
+    // The stopped etcd only dies at the end of the stop grace; then it rejoins.
+    assert!(
+        wait_until(Duration::from_secs(90), || f
+            .ticket("check-failed", &e0)
+            .is_some_and(|t| t["status"] == "resolved")),
+        "tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.controller.log()
+    );
+    let t = f.ticket("check-failed", &e0).unwrap();
+    assert_eq!(t["resolved_by"], "controller", "{t:#}");
+    assert!(t["actions"].as_i64().unwrap() >= 1);
+    assert_eq!(
+        inspect(&e0, None).unwrap()["Id"],
+        id_before,
+        "restarted in place"
+    );
 }

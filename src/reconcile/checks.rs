@@ -18,13 +18,13 @@ use tracing::{error, info, warn};
 
 use crate::docker::{ContainerStatus, ServiceKey};
 use crate::health::{CheckState, ClusterHealth, Monitor, Observability};
-use crate::manifest::DesiredState;
+use crate::manifest::{DesiredState, Policy};
 use crate::tickets::{
     CLUSTER_TARGET, Cause, DriftSighting, EntryKind, Sighting, Status, Store, TicketError,
     check_fingerprint, fingerprint, is_container_down,
 };
 
-use super::controller::{Controller, blocking};
+use super::controller::{CheckRepair, Controller, blocking};
 use super::diff::DriftKind;
 
 /// The shortest evaluation interval among clusters with checks (default 5 s).
@@ -125,7 +125,9 @@ impl Controller {
                     warn!(cluster, ticket = ticket.id, %reason, "observability lost: check verdicts frozen until Prometheus answers");
                     self.refresh_ticket_gauges().await;
                 }
-                // Frozen: no check ticket changes while nothing can be seen.
+                // Frozen: no check ticket changes while nothing can be seen, and no repair
+                // is made on an unknown.
+                self.withdraw_check_repairs(cluster, None, &HashSet::new());
                 return Ok(());
             }
             Observability::Up => {
@@ -238,7 +240,27 @@ impl Controller {
                     info!(cluster, check = name, target = %ticket.service, ticket = ticket.id, severity = ?check.severity, "check failed: ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
                     self.refresh_ticket_gauges().await;
                 }
+                if check.remediation.policy == Policy::Restart
+                    && let Some(service) = &failing.target
+                {
+                    self.request_check_repair(
+                        ServiceKey::new(cluster, service),
+                        CheckRepair {
+                            check: name.to_string(),
+                            ticket: ticket.id,
+                            remediation: check.remediation.clone(),
+                            detail: ticket.detail.clone(),
+                            settle: check.for_duration + spec.prometheus.interval * 2,
+                        },
+                    );
+                }
             }
+            let failing_services: HashSet<String> = verdict
+                .failing
+                .iter()
+                .filter_map(|f| f.target.clone())
+                .collect();
+            self.withdraw_check_repairs(cluster, Some(name), &failing_services);
             // Targets no longer failing: their tickets resolve (and their notes may be
             // attached afresh next episode).
             memory.attached.retain(|(c, k, service)| {

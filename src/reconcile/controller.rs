@@ -195,6 +195,22 @@ struct Inner {
     metrics: Arc<Metrics>,
     config: ControllerConfig,
     store: Option<Arc<Store>>,
+    /// Restarts asked for by failing checks with `policy: restart`, per service.
+    check_repairs: Mutex<HashMap<ServiceKey, CheckRepair>>,
+    /// When a check last had a service restarted, so the next one waits for a fresh verdict.
+    check_repaired_at: Mutex<HashMap<ServiceKey, Instant>>,
+}
+
+/// A failing check asks for its service to be restarted.
+#[derive(Debug, Clone)]
+pub(super) struct CheckRepair {
+    pub check: String,
+    pub ticket: i64,
+    pub remediation: Remediation,
+    pub detail: String,
+    /// How long after a restart the check needs to give a fresh verdict (`for` plus one
+    /// evaluation interval).
+    pub settle: Duration,
 }
 
 /// Cheap to clone; clones share everything.
@@ -281,6 +297,8 @@ impl Controller {
                 metrics,
                 config,
                 store,
+                check_repairs: Mutex::new(HashMap::new()),
+                check_repaired_at: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -511,6 +529,26 @@ impl Controller {
         outcome
     }
 
+    /// Asks for `key` to be restarted because of a failing check (and looks at it now).
+    pub(super) fn request_check_repair(&self, key: ServiceKey, repair: CheckRepair) {
+        lock(&self.inner.check_repairs).insert(key.clone(), repair);
+        self.inner.queue.add(key);
+    }
+
+    /// Withdraws check repairs of a cluster: all of them, or one check's except on `keep`.
+    pub(super) fn withdraw_check_repairs(
+        &self,
+        cluster: &str,
+        check: Option<&str>,
+        keep: &HashSet<String>,
+    ) {
+        lock(&self.inner.check_repairs).retain(|key, r| {
+            key.cluster != cluster
+                || check.is_some_and(|c| c != r.check)
+                || (check.is_some() && keep.contains(&key.service))
+        });
+    }
+
     pub(super) fn store(&self) -> Option<&Arc<Store>> {
         self.inner.store.as_ref()
     }
@@ -738,6 +776,26 @@ impl Controller {
             }
         };
         let drifts = diff(cluster, service, &observed);
+
+        let check_repair = lock(&inner.check_repairs).get(key).cloned();
+        if drifts.is_empty()
+            && let Some(repair) = check_repair
+            && let Some(outcome) = self
+                .repair_for_check(
+                    key,
+                    cluster,
+                    service,
+                    &observed,
+                    repair,
+                    state.clone(),
+                    &before,
+                    now,
+                    wall,
+                )
+                .await
+        {
+            return outcome;
+        }
 
         if drifts.is_empty() {
             // Verified: running, and healthy if any healthcheck (the manifest's or the
@@ -1010,6 +1068,74 @@ impl Controller {
         }
         self.save_state(key, &state, &before, now, wall).await;
         outcome
+    }
+
+    /// A running container whose check fails with `policy: restart`: restart it under the
+    /// service's budget, recorded on the check's ticket. `None`: nothing to do after all.
+    #[allow(clippy::too_many_arguments)]
+    async fn repair_for_check(
+        &self,
+        key: &ServiceKey,
+        cluster: &Cluster,
+        service: &Service,
+        observed: &Observation,
+        repair: CheckRepair,
+        mut state: KeyState,
+        before: &Budget,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Option<Outcome> {
+        let store = self.store()?;
+        let id = repair.ticket;
+        let ticket = blocking(store, move |s| s.get(id)).await.ok().flatten();
+        match ticket {
+            Some(t) if t.status != Status::Resolved => {
+                if t.held {
+                    return Some(Outcome::Held);
+                }
+            }
+            _ => {
+                lock(&self.inner.check_repairs).remove(key);
+                return None;
+            }
+        }
+        // The last restart for a check must have had time to show in a fresh verdict.
+        if let Some(at) = lock(&self.inner.check_repaired_at).get(key).copied()
+            && now < at + repair.settle
+        {
+            self.inner.queue.schedule(key.clone(), at + repair.settle);
+            return Some(Outcome::BackingOff {
+                retry_in_ms: (at + repair.settle)
+                    .saturating_duration_since(now)
+                    .as_millis() as u64,
+            });
+        }
+        state.saw_drift(now, &repair.remediation);
+        lock(&self.inner.check_repairs).remove(key);
+        let outcome = self
+            .gate_and_act(
+                Repair {
+                    key,
+                    cluster,
+                    service,
+                    action: Action::Restart,
+                    budgeted: true,
+                    remediation: &repair.remediation,
+                    ticket_id: Some(repair.ticket),
+                    kinds: vec![format!("check-failed:{}", repair.check)],
+                    detail: repair.detail.clone(),
+                    container: observed.container.as_ref(),
+                    now,
+                    wall,
+                },
+                state,
+                before.clone(),
+            )
+            .await;
+        if matches!(outcome, Outcome::Acted { .. } | Outcome::Failed { .. }) {
+            lock(&self.inner.check_repaired_at).insert(key.clone(), now);
+        }
+        Some(outcome)
     }
 
     async fn perform(
