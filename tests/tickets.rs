@@ -142,10 +142,12 @@ fn a_crash_looping_service_keeps_its_budget_across_a_controller_crash() {
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
     drop(second);
     remove_db(&db);
-    assert_eq!(
-        starts.len(),
-        1 + 4,
-        "the create and exactly maxRestarts restarts across both controllers: {starts:?}"
+    // The create and maxRestarts restarts across both controllers; one fewer if the crash
+    // fell between recording an attempt and the engine starting the container (the attempt
+    // still counts: a crash never hands out a free one).
+    assert!(
+        (4..=5).contains(&starts.len()),
+        "the create and at most maxRestarts restarts across both controllers: {starts:?}"
     );
     assert_eq!(tickets.len(), 1, "one episode, one ticket: {tickets:#?}");
     assert_eq!(tickets[0]["status"], "escalated");
@@ -442,8 +444,22 @@ fn a_person_can_hold_retry_and_release_an_escalated_ticket() {
     assert!(controller.tickets(&["hold", &id]).status.success());
     let since = epoch_now();
     assert!(controller.tickets(&["retry", &id]).status.success());
-    // Held: a fresh budget, but hands off.
-    std::thread::sleep(Duration::from_secs(3));
+    // Held: a fresh budget, but hands off. Wait until the controller has looked at it
+    // (`held` reconciles), then check it did nothing.
+    let held_reconciles = || {
+        controller
+            .http_get("/metrics")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix("operator_reconcile_total{result=\"held\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || held_reconciles() >= 2.0),
+        "the controller never looked at the held ticket; log:\n{}",
+        controller.log()
+    );
     assert!(
         event_times(&name, "start", since).is_empty(),
         "acted on a held ticket"

@@ -42,12 +42,21 @@ pub async fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
     let desired = manifest::load(&args.paths)?;
     check_promql(&desired).await?;
     for cluster in &desired.clusters {
+        let on_network = cluster
+            .services
+            .iter()
+            .any(|s| s.network_mode == manifest::NetworkMode::Cluster);
+        let network = if on_network {
+            format!("on network {}", cluster.network.name)
+        } else {
+            "(no cluster network: host or other networks)".to_string()
+        };
         println!(
-            "ok: cluster {} ({}): {} services on network {}",
+            "ok: cluster {} ({}): {} services {network}, {} checks",
             cluster.name,
             cluster.source.display(),
             cluster.services.len(),
-            cluster.network.name
+            cluster.checks.len()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -61,7 +70,7 @@ async fn reports(
 ) -> Result<Vec<ServiceReport>, Failure> {
     let desired = manifest::load(&args.paths.paths)?;
     let store = match db {
-        Some(path) if path.exists() => Some(Arc::new(crate::tickets::Store::open(path)?)),
+        Some(path) if path.exists() => Some(Arc::new(crate::tickets::Store::open_existing(path)?)),
         _ => None,
     };
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;

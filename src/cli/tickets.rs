@@ -68,6 +68,16 @@ fn print_one(ticket: &Ticket, json_out: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Opens an existing database to change it; a mistyped `--db` is an error, not a new file.
+fn open_to_change(path: &std::path::Path) -> Result<Store, crate::tickets::TicketError> {
+    if !path.exists() {
+        return Err(crate::tickets::TicketError::Missing {
+            path: path.to_path_buf(),
+        });
+    }
+    Store::open(path)
+}
+
 pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
     let now = Utc::now();
     match command {
@@ -76,7 +86,7 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             json: as_json,
             db,
         } => {
-            let store = Store::open(&db.path())?;
+            let store = open_to_change(&db.path())?;
             let status = status.as_deref().and_then(Status::parse);
             let tickets = store.list(status)?;
             if as_json {
@@ -91,7 +101,7 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             json: as_json,
             db,
         } => {
-            let store = Store::open(&db.path())?;
+            let store = open_to_change(&db.path())?;
             let ticket = store
                 .get(id)?
                 .ok_or(crate::tickets::TicketError::NotFound(id))?;
@@ -110,19 +120,19 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             }
         }
         TicketsCommand::Resolve { id, note, db } => {
-            let store = Store::open(&db.path())?;
+            let store = open_to_change(&db.path())?;
             print_one(&store.resolve_by_human(id, note.as_deref(), now)?, false)?;
         }
         TicketsCommand::Hold { id, db } => {
-            let store = Store::open(&db.path())?;
+            let store = open_to_change(&db.path())?;
             print_one(&store.set_held(id, true, now)?, false)?;
         }
         TicketsCommand::Unhold { id, db } => {
-            let store = Store::open(&db.path())?;
+            let store = open_to_change(&db.path())?;
             print_one(&store.set_held(id, false, now)?, false)?;
         }
         TicketsCommand::Retry { id, db } => {
-            let store = Store::open(&db.path())?;
+            let store = open_to_change(&db.path())?;
             print_one(&store.retry(id, now)?, false)?;
         }
     }

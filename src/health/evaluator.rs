@@ -1,7 +1,7 @@
 //! Per-check memory across evaluation rounds: the `for` window of each failing target and
 //! whether the check has ever seen data. Pure state over [`tokio::time::Instant`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,6 +20,9 @@ pub enum Reading {
     Evaluated {
         failing: BTreeMap<Target, Vec<Series>>,
         has_data: bool,
+        /// The targets positively seen healthy (a `healthy` query's non-zero series); `None`
+        /// when every target not failing is healthy (an alert query, a probe).
+        healthy: Option<BTreeSet<Target>>,
     },
     /// Prometheus could not be asked: nothing is concluded.
     Unreachable(String),
@@ -62,6 +65,8 @@ pub struct Verdict {
     /// probably a misspelled metric or label.
     pub no_data: bool,
     pub error: Option<String>,
+    /// See [`Reading::Evaluated`]: the targets known healthy, when only some are.
+    pub healthy: Option<BTreeSet<Target>>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +110,7 @@ impl Tracker {
                 pending: Vec::new(),
                 no_data: false,
                 error: Some(reason.clone()),
+                healthy: None,
             },
             Reading::Invalid(reason) => Verdict {
                 state: CheckState::Invalid,
@@ -112,8 +118,13 @@ impl Tracker {
                 pending: Vec::new(),
                 no_data: false,
                 error: Some(reason.clone()),
+                healthy: None,
             },
-            Reading::Evaluated { failing, has_data } => {
+            Reading::Evaluated {
+                failing,
+                has_data,
+                healthy,
+            } => {
                 self.data_seen |= *has_data;
                 self.failing_since
                     .retain(|target, _| failing.contains_key(target));
@@ -146,6 +157,7 @@ impl Tracker {
                     pending,
                     no_data: no_data(self.data_seen),
                     error: None,
+                    healthy: healthy.clone(),
                 }
             }
         }
@@ -171,6 +183,7 @@ mod tests {
                 })
                 .collect(),
             has_data: true,
+            healthy: None,
         }
     }
 
@@ -178,6 +191,7 @@ mod tests {
         Reading::Evaluated {
             failing: BTreeMap::new(),
             has_data: true,
+            healthy: None,
         }
     }
 
@@ -250,6 +264,7 @@ mod tests {
         let nothing = Reading::Evaluated {
             failing: BTreeMap::new(),
             has_data: false,
+            healthy: None,
         };
         let v = t.observe(Instant::now(), FOR, GRACE, &nothing);
         assert_eq!((v.state, v.no_data), (CheckState::NoData, false));

@@ -3,8 +3,9 @@
 //! "unknown" when Prometheus cannot be asked.
 //!
 //! # Guarantees
-//! - Unknown is neither healthy nor broken: while Prometheus is unreachable, no check
-//!   window advances or resets and no check verdict is produced.
+//! - Unknown is neither healthy nor broken: a check whose query cannot reach Prometheus gets
+//!   no verdict; its `for` window is neither reset nor concluded (it keeps running from the
+//!   first failure, so a failure that outlasts an outage is judged at once afterwards).
 //! - A check that has never returned a series is reported (`no_data`), never silently
 //!   treated as passing.
 

@@ -1,6 +1,6 @@
 //! One evaluation round over every cluster's checks, with bounded concurrency.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -110,24 +110,32 @@ async fn read(
             return Reading::Evaluated {
                 failing,
                 has_data: true,
+                healthy: None,
             };
         }
         Probe::Alert { expr } => query(expr.clone()).await.map(|series| {
             // Empty is "nothing wrong" once the selectors are known to see data; before
             // that, the selectors are asked below.
             let has_data = !series.is_empty() || !probe_selectors;
-            (group(check, cluster, series), has_data)
+            (group(check, cluster, series), has_data, None)
         }),
         Probe::Healthy { expr } => query(expr.clone()).await.map(|series| {
             let has_data = !series.is_empty();
+            // Only a target with a non-zero series is known healthy: one whose series went
+            // missing is not (a hung member stops being scraped).
+            let healthy: BTreeSet<Target> = series
+                .iter()
+                .filter(|s| s.value != 0.0)
+                .map(|s| blame(check, cluster, s))
+                .collect();
             let bad: Vec<Series> = series.into_iter().filter(|s| s.value == 0.0).collect();
-            (group(check, cluster, bad), has_data)
+            (group(check, cluster, bad), has_data, Some(healthy))
         }),
     };
     match result {
         Err(QueryError::Unreachable { reason, .. }) => Reading::Unreachable(reason),
         Err(QueryError::Invalid { reason, .. }) => Reading::Invalid(reason),
-        Ok((failing, mut has_data)) => {
+        Ok((failing, mut has_data, healthy)) => {
             // An alert query is empty when all is well; it is "no data" only if none of
             // its selectors sees any series (a misspelled metric or label value).
             if let (Probe::Alert { expr }, false, true) = (&check.probe, has_data, probe_selectors)
@@ -150,9 +158,21 @@ async fn read(
                     }
                 }
             }
-            Reading::Evaluated { failing, has_data }
+            Reading::Evaluated {
+                failing,
+                has_data,
+                healthy,
+            }
         }
     }
+}
+
+fn tracker_key(cluster: &Cluster, check: &Check) -> (String, String, String) {
+    (
+        cluster.name.clone(),
+        check.name.clone(),
+        format!("{:?}", check.probe),
+    )
 }
 
 /// Evaluates checks round after round, remembering each check's windows.
@@ -160,7 +180,8 @@ pub struct Monitor {
     /// Judge each round on its own (no `for` window, no grace): for one-shot `status`.
     instant: bool,
     http: reqwest::Client,
-    trackers: HashMap<(String, String), Tracker>,
+    /// Per (cluster, check, probe as written): an edited expression starts afresh.
+    trackers: HashMap<(String, String, String), Tracker>,
     clients: HashMap<String, (String, Duration, Prometheus)>,
 }
 
@@ -209,11 +230,15 @@ impl Monitor {
     pub async fn round(&mut self, desired: &DesiredState) -> Vec<ClusterHealth> {
         let now = Instant::now();
         // Forget checks that are no longer declared.
-        self.trackers.retain(|(cluster, check), _| {
-            desired
-                .cluster(cluster)
-                .is_some_and(|c| c.checks.iter().any(|k| &k.name == check))
+        self.trackers.retain(|(cluster, check, probe), _| {
+            desired.cluster(cluster).is_some_and(|c| {
+                c.checks
+                    .iter()
+                    .any(|k| &k.name == check && &format!("{:?}", k.probe) == probe)
+            })
         });
+        self.clients
+            .retain(|cluster, _| desired.cluster(cluster).is_some());
         let mut out = Vec::new();
         for cluster in desired.clusters.iter().filter(|c| !c.checks.is_empty()) {
             let prometheus = self.prometheus(cluster);
@@ -228,7 +253,7 @@ impl Monitor {
                 .map(|check| {
                     let probe_selectors = self
                         .trackers
-                        .get(&(cluster.name.clone(), check.name.clone()))
+                        .get(&tracker_key(cluster, check))
                         .is_none_or(|t| !t.data_seen());
                     let (prometheus, http) = (prometheus.clone(), http.clone());
                     async move {
@@ -258,7 +283,7 @@ impl Monitor {
             for (check, reading) in readings {
                 let tracker = self
                     .trackers
-                    .entry((cluster.name.clone(), check.name.clone()))
+                    .entry(tracker_key(cluster, check))
                     .or_insert_with(|| Tracker::new(now));
                 let (for_duration, grace) = if self.instant {
                     (Duration::ZERO, Duration::ZERO)

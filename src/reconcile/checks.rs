@@ -21,7 +21,7 @@ use crate::health::{CheckState, ClusterHealth, Monitor, Observability};
 use crate::manifest::{DesiredState, Policy};
 use crate::tickets::{
     CLUSTER_TARGET, Cause, DriftSighting, EntryKind, Sighting, Status, Store, TicketError,
-    check_fingerprint, fingerprint, is_container_down,
+    check_fingerprint, fingerprint, is_container_down, like_escape,
 };
 
 use super::controller::{CheckRepair, Controller, blocking};
@@ -40,6 +40,18 @@ fn round_interval(desired: &DesiredState) -> Duration {
 
 fn labels(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// Which unresolved tickets a resolution is about.
+enum Lookup {
+    Exact(String),
+    /// Fingerprints matching `pattern`, except those in `keep`, and (if given) only those in
+    /// `only`.
+    Like {
+        pattern: String,
+        keep: HashSet<String>,
+        only: Option<HashSet<String>>,
+    },
 }
 
 /// Memory between rounds, for logging transitions once.
@@ -135,10 +147,39 @@ impl Controller {
                     .observability_up
                     .get_or_create(&labels(&[("cluster", cluster)]))
                     .set(1);
-                self.resolve_like(&store, &lost_fp, None, "Prometheus answers again")
+                self.resolve_matching(&store, Lookup::Exact(lost_fp), "Prometheus answers again")
                     .await?;
             }
-            Observability::NotNeeded => {}
+            // No check needs Prometheus any more: a lost observation is moot.
+            Observability::NotNeeded => {
+                self.resolve_matching(
+                    &store,
+                    Lookup::Exact(lost_fp),
+                    "no check needs Prometheus now",
+                )
+                .await?;
+            }
+        }
+        // Tickets of checks no longer declared can never be re-checked: they close.
+        let declared: HashSet<&str> = spec.checks.iter().map(|c| c.name.as_str()).collect();
+        let all_checks = format!("{}/%/check-failed/%", like_escape(cluster));
+        let removed: Vec<String> = {
+            let p = all_checks.clone();
+            blocking(&store, move |s| s.unresolved_like(&p))
+                .await?
+                .into_iter()
+                .filter(|t| {
+                    t.fingerprint
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|check| !declared.contains(check))
+                })
+                .map(|t| t.fingerprint)
+                .collect()
+        };
+        for fp in removed {
+            self.resolve_matching(&store, Lookup::Exact(fp), "the check is no longer declared")
+                .await?;
         }
 
         for report in &health.checks {
@@ -168,6 +209,7 @@ impl Controller {
                 info!(cluster, check = name, "check sees data now");
             }
             if verdict.state == CheckState::Invalid {
+                self.withdraw_check_repairs(cluster, Some(name), &HashSet::new());
                 if memory.invalid.insert(id.clone()) {
                     error!(cluster, check = name, error = ?verdict.error, "check query is invalid; fix the manifest");
                 }
@@ -177,7 +219,9 @@ impl Controller {
             if matches!(verdict.state, CheckState::Unknown | CheckState::NoData)
                 && verdict.failing.is_empty()
             {
-                // Neither healthy nor broken: leave its tickets as they are.
+                // Neither healthy nor broken: leave its tickets as they are, and repair
+                // nothing on it.
+                self.withdraw_check_repairs(cluster, Some(name), &HashSet::new());
                 continue;
             }
 
@@ -248,18 +292,24 @@ impl Controller {
                         CheckRepair {
                             check: name.to_string(),
                             ticket: ticket.id,
-                            remediation: check.remediation.clone(),
                             detail: ticket.detail.clone(),
                             settle: check.for_duration + spec.prometheus.interval * 2,
                         },
                     );
                 }
             }
-            let failing_services: HashSet<String> = verdict
-                .failing
-                .iter()
-                .filter_map(|f| f.target.clone())
-                .collect();
+            // Only failing targets of a check that (still) says restart, with their container
+            // up, keep their repair request.
+            let failing_services: HashSet<String> = if check.remediation.policy == Policy::Restart {
+                verdict
+                    .failing
+                    .iter()
+                    .filter_map(|f| f.target.clone())
+                    .filter(|service| !self.container_down(cluster, service))
+                    .collect()
+            } else {
+                HashSet::new()
+            };
             self.withdraw_check_repairs(cluster, Some(name), &failing_services);
             // Targets no longer failing: their tickets resolve (and their notes may be
             // attached afresh next episode).
@@ -271,10 +321,29 @@ impl Controller {
                         .iter()
                         .any(|f| f.target.as_deref() == Some(service.as_str())))
             });
-            // Every target of this check (LIKE: `_` is a wildcard, so it is escaped).
-            let pattern = check_fingerprint(cluster, Some("%"), name).replace('_', "\\_");
-            self.resolve_like(&store, &pattern, Some(&still), "check passes")
-                .await?;
+            // Every target of this check; for a `healthy` check only the targets positively
+            // seen healthy may resolve (a target whose series vanished is not healthy).
+            let pattern = format!(
+                "{}/%/check-failed/{}",
+                like_escape(cluster),
+                like_escape(name)
+            );
+            let healthy: Option<HashSet<String>> = verdict.healthy.as_ref().map(|targets| {
+                targets
+                    .iter()
+                    .map(|t| check_fingerprint(cluster, t.as_deref(), name))
+                    .collect()
+            });
+            self.resolve_matching(
+                &store,
+                Lookup::Like {
+                    pattern,
+                    keep: still,
+                    only: healthy,
+                },
+                "check passes",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -324,18 +393,30 @@ impl Controller {
         Ok(())
     }
 
-    /// Resolves unresolved tickets matching `pattern` whose fingerprint is not in `keep`.
-    async fn resolve_like(
+    /// Resolves the unresolved tickets a lookup selects (after a fresh, successful check).
+    async fn resolve_matching(
         &self,
         store: &Arc<Store>,
-        pattern: &str,
-        keep: Option<&HashSet<String>>,
+        lookup: Lookup,
         why: &'static str,
     ) -> Result<(), TicketError> {
-        let p = pattern.to_string();
-        let mut open = blocking(store, move |s| s.unresolved_like(&p)).await?;
-        if let Some(keep) = keep {
-            open.retain(|t| !keep.contains(&t.fingerprint));
+        let open = match lookup {
+            Lookup::Exact(fp) => blocking(store, move |s| s.unresolved_by_fingerprint(&fp)).await?,
+            Lookup::Like {
+                pattern,
+                keep,
+                only,
+            } => {
+                let mut open = blocking(store, move |s| s.unresolved_like(&pattern)).await?;
+                open.retain(|t| {
+                    !keep.contains(&t.fingerprint)
+                        && only.as_ref().is_none_or(|o| o.contains(&t.fingerprint))
+                });
+                open
+            }
+        };
+        if open.is_empty() {
+            return Ok(());
         }
         let wall = Utc::now();
         for ticket in open {

@@ -206,7 +206,6 @@ struct Inner {
 pub(super) struct CheckRepair {
     pub check: String,
     pub ticket: i64,
-    pub remediation: Remediation,
     pub detail: String,
     /// How long after a restart the check needs to give a fresh verdict (`for` plus one
     /// evaluation interval).
@@ -321,6 +320,14 @@ impl Controller {
 
     /// Swaps in a new desired state (already validated) and looks at every key again.
     pub fn set_desired(&self, desired: DesiredState) {
+        let declared = |k: &ServiceKey| {
+            desired
+                .cluster(&k.cluster)
+                .is_some_and(|c| c.service(&k.service).is_some())
+        };
+        lock(&self.inner.states).retain(|k, _| declared(k));
+        lock(&self.inner.check_repairs).retain(|k, _| declared(k));
+        lock(&self.inner.check_repaired_at).retain(|k, _| declared(k));
         *self
             .inner
             .desired
@@ -681,8 +688,14 @@ impl Controller {
         let mut open = blocking(store, move |s| s.unresolved_for(&cluster, &service)).await?;
         // Check tickets are the check evaluations' to resolve: a running container says
         // nothing about whether its checks pass.
+        // A held ticket is a person's: while the service still drifts in any way it stays
+        // open (and held), even if its own kind of drift changed.
+        let service_drifts = !still_drifting.is_empty();
         open.retain(|t| {
-            !still_drifting.contains(&t.fingerprint) && !is_check_fingerprint(&t.fingerprint)
+            let keep_open = still_drifting.contains(&t.fingerprint)
+                || is_check_fingerprint(&t.fingerprint)
+                || (service_drifts && t.held);
+            !keep_open
         });
         if open.is_empty() {
             return Ok(());
@@ -876,7 +889,17 @@ impl Controller {
         let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
         let detail = drifts[0].detail.clone();
 
-        if ticket.as_ref().is_some_and(|t| t.held) {
+        let any_held = match self.store() {
+            Some(store) => {
+                let (c, sv) = (key.cluster.clone(), key.service.clone());
+                blocking(store, move |s| s.unresolved_for(&c, &sv))
+                    .await
+                    .map(|ts| ts.iter().any(|t| t.held))
+                    .unwrap_or(true) // cannot tell: hands off
+            }
+            None => false,
+        };
+        if any_held {
             if new_episode {
                 info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift on a held ticket; hands off");
             }
@@ -1012,15 +1035,20 @@ impl Controller {
                 "budgeted": budgeted,
                 "drifts": kinds,
             });
-            if let Err(e) = blocking(store, move |s| {
+            match blocking(store, move |s| {
                 s.action_started(id, &cluster_name, &service_name, &budget, what, wall)
             })
             .await
             {
-                retry_soon();
-                return Outcome::Unknown {
-                    error: format!("not acting, the attempt could not be recorded: {e}"),
-                };
+                Ok(true) => {}
+                // Held or resolved since this reconcile began: hands off.
+                Ok(false) => return Outcome::Held,
+                Err(e) => {
+                    retry_soon();
+                    return Outcome::Unknown {
+                        error: format!("not acting, the attempt could not be recorded: {e}"),
+                    };
+                }
             }
         }
         info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, action = action.as_str(), attempt = state.attempts, budgeted, retry_after_ms, "repairing");
@@ -1058,11 +1086,10 @@ impl Controller {
                 )
             }
         };
+        let ok = matches!(outcome, Outcome::Acted { .. });
         if let (Some(store), Some(id)) = (self.store(), ticket_id)
-            && let Err(e) = blocking(store, move |s| {
-                s.append(id, EntryKind::ActionResult, entry, Utc::now())
-            })
-            .await
+            && let Err(e) =
+                blocking(store, move |s| s.action_finished(id, ok, entry, Utc::now())).await
         {
             error!(service = %key, error = %e, "cannot record the action's result");
         }
@@ -1071,7 +1098,8 @@ impl Controller {
     }
 
     /// A running container whose check fails with `policy: restart`: restart it under the
-    /// service's budget, recorded on the check's ticket. `None`: nothing to do after all.
+    /// service's budget, recorded on the check's ticket. `None`: nothing to do for the check
+    /// now, so the service's normal path runs.
     #[allow(clippy::too_many_arguments)]
     async fn repair_for_check(
         &self,
@@ -1085,33 +1113,32 @@ impl Controller {
         now: Instant,
         wall: DateTime<Utc>,
     ) -> Option<Outcome> {
+        // The manifest may have changed since the verdict: only a declared check that still
+        // says `restart` may act.
+        let still_restart = cluster
+            .check(&repair.check)
+            .is_some_and(|c| c.remediation.policy == Policy::Restart);
         let store = self.store()?;
         let id = repair.ticket;
         let ticket = blocking(store, move |s| s.get(id)).await.ok().flatten();
-        match ticket {
-            Some(t) if t.status != Status::Resolved => {
-                if t.held {
-                    return Some(Outcome::Held);
-                }
-            }
-            _ => {
-                lock(&self.inner.check_repairs).remove(key);
-                return None;
-            }
+        let live = ticket
+            .as_ref()
+            .is_some_and(|t| t.status != Status::Resolved && !t.held);
+        if !still_restart || !live {
+            lock(&self.inner.check_repairs).remove(key);
+            return None;
         }
         // The last restart for a check must have had time to show in a fresh verdict.
         if let Some(at) = lock(&self.inner.check_repaired_at).get(key).copied()
             && now < at + repair.settle
         {
             self.inner.queue.schedule(key.clone(), at + repair.settle);
-            return Some(Outcome::BackingOff {
-                retry_in_ms: (at + repair.settle)
-                    .saturating_duration_since(now)
-                    .as_millis() as u64,
-            });
+            return None;
         }
-        state.saw_drift(now, &repair.remediation);
-        lock(&self.inner.check_repairs).remove(key);
+        // Withdrawn by the monitor meanwhile (the check passes, Prometheus is gone...)?
+        lock(&self.inner.check_repairs).remove(key)?;
+        let r = &service.remediation;
+        state.saw_drift(now, r);
         let outcome = self
             .gate_and_act(
                 Repair {
@@ -1120,7 +1147,7 @@ impl Controller {
                     service,
                     action: Action::Restart,
                     budgeted: true,
-                    remediation: &repair.remediation,
+                    remediation: r,
                     ticket_id: Some(repair.ticket),
                     kinds: vec![format!("check-failed:{}", repair.check)],
                     detail: repair.detail.clone(),
@@ -1133,7 +1160,8 @@ impl Controller {
             )
             .await;
         if matches!(outcome, Outcome::Acted { .. } | Outcome::Failed { .. }) {
-            lock(&self.inner.check_repaired_at).insert(key.clone(), now);
+            // From when the restart finished: a restart may take the whole stop grace.
+            lock(&self.inner.check_repaired_at).insert(key.clone(), Instant::now());
         }
         Some(outcome)
     }

@@ -6,7 +6,7 @@
 //!   `backoff_initial * 2^(n-1)`, capped at `backoff_max`.
 //! - The backoff resets only after the service was seen healthy for `stable_after`.
 //! - Past `max_restarts` budgeted repairs within `window`, the key is escalated and stays so
-//!   until its spec changes or the controller restarts.
+//!   until its spec changes or a person resets the stored budget (`tickets retry`).
 
 use std::collections::VecDeque;
 

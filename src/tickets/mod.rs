@@ -21,7 +21,7 @@ pub use model::{
     CLUSTER_TARGET, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry, check_fingerprint,
     fingerprint, is_check_fingerprint, is_container_down,
 };
-pub use store::{DEFAULT_DB, DriftSighting, Store, default_path};
+pub use store::{DEFAULT_DB, DriftSighting, Store, default_path, like_escape};
 
 use std::path::PathBuf;
 
@@ -66,6 +66,10 @@ pub enum TicketError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "no ticket database at {path} (the controller creates it: `operator run`; or point --db / OPERATOR_DB at it)"
+    )]
+    Missing { path: PathBuf },
     #[error("no ticket with id {0} (see `operator tickets list`)")]
     NotFound(i64),
     #[error("ticket {id} is {status}; {what}")]

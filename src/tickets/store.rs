@@ -1,7 +1,7 @@
 //! The SQLite store. One connection per process, used from blocking threads; WAL and a busy
 //! timeout let the daemon, the CLI and (later) the agent share one file.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -78,6 +78,18 @@ pub fn default_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(DEFAULT_DB)
+}
+
+/// Escapes `\`, `%` and `_` so a text matches itself in a `LIKE ... ESCAPE '\'` pattern.
+pub fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 pub fn ts(t: DateTime<Utc>) -> String {
@@ -194,6 +206,18 @@ impl Store {
                 })?;
         }
         check_existing(path)?;
+        if !path.exists() {
+            // Created private from the start, not chmod-ed after SQLite made it.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| TicketError::Permissions {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
         let open_err = |source| TicketError::Open {
             path: path.to_path_buf(),
             source,
@@ -225,6 +249,40 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Opens an existing ticket database for reading only: never creates, migrates or
+    /// changes it (for `tickets list|show` and `status`).
+    pub fn open_existing(path: &Path) -> Result<Store, TicketError> {
+        if !path.exists() {
+            return Err(TicketError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        check_existing(path)?;
+        let open_err = |source| TicketError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(TicketError::Foreign {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "schema version {version}, this operator reads {}; run `operator run` once to migrate it",
+                    MIGRATIONS.len()
+                ),
+            });
+        }
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -440,7 +498,22 @@ impl Store {
             .map_err(self.err("list a service's tickets"))
     }
 
-    /// Unresolved tickets whose fingerprint matches a SQL `LIKE` pattern.
+    /// The unresolved ticket of one fingerprint, if any.
+    pub fn unresolved_by_fingerprint(&self, fingerprint: &str) -> Result<Vec<Ticket>, TicketError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE fingerprint = ?1 AND status != 'resolved'"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(self.err("look up a ticket"))?;
+        let rows = stmt
+            .query_map(params![fingerprint], ticket_from_row)
+            .map_err(self.err("look up a ticket"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("look up a ticket"))
+    }
+
+    /// Unresolved tickets whose fingerprint matches a SQL `LIKE` pattern (escape literal
+    /// parts with [`like_escape`]; `\` is the escape character).
     pub fn unresolved_like(&self, pattern: &str) -> Result<Vec<Ticket>, TicketError> {
         let conn = self.conn();
         let sql = format!(
@@ -490,7 +563,8 @@ impl Store {
 
     /// Marks that the controller is starting an action on a ticket, and saves the budget
     /// that counts it, in one transaction: a crash after this never repeats the attempt
-    /// for free.
+    /// for free. Returns false (and records nothing) if the ticket was resolved or held
+    /// meanwhile: then the action must not run.
     pub fn action_started(
         &self,
         id: i64,
@@ -499,15 +573,42 @@ impl Store {
         budget: &Budget,
         detail: serde_json::Value,
         now: DateTime<Utc>,
-    ) -> Result<(), TicketError> {
+    ) -> Result<bool, TicketError> {
         self.write("record an action", |tx| {
-            tx.execute(
-                "UPDATE tickets SET status = 'remediating', actions = actions + 1 WHERE id = ?1 AND status != 'resolved'",
-                params![id],
-            )
-            .map_err(self.err("record an action"))?;
+            let changed = tx
+                .execute(
+                    "UPDATE tickets SET status = 'remediating', actions = actions + 1 \
+                     WHERE id = ?1 AND status != 'resolved' AND held = 0",
+                    params![id],
+                )
+                .map_err(self.err("record an action"))?;
+            if changed == 0 {
+                return Ok(false);
+            }
             self.append_tx(tx, id, EntryKind::ActionStarted, &detail, now)?;
-            self.save_budget_tx(tx, cluster, service, budget)
+            self.save_budget_tx(tx, cluster, service, budget)?;
+            Ok(true)
+        })
+    }
+
+    /// Records an action's result. A failed action puts the ticket back to `open`: only a
+    /// successful one can later be credited with the resolution.
+    pub fn action_finished(
+        &self,
+        id: i64,
+        ok: bool,
+        detail: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), TicketError> {
+        self.write("record an action's result", |tx| {
+            if !ok {
+                tx.execute(
+                    "UPDATE tickets SET status = 'open' WHERE id = ?1 AND status = 'remediating'",
+                    params![id],
+                )
+                .map_err(self.err("record an action's result"))?;
+            }
+            self.append_tx(tx, id, EntryKind::ActionResult, &detail, now)
         })
     }
 
@@ -522,7 +623,7 @@ impl Store {
         self.write("resolve a ticket", |tx| {
             let changed = tx
                 .execute(
-                    "UPDATE tickets SET status = 'resolved', resolved_at = ?2, resolved_by = ?3 \
+                    "UPDATE tickets SET status = 'resolved', resolved_at = ?2, resolved_by = ?3, held = 0 \
                      WHERE id = ?1 AND status != 'resolved'",
                     params![id, ts(now), cause.as_str()],
                 )
@@ -720,8 +821,9 @@ impl Store {
         self.write("close interrupted actions", |tx| {
             let mut stmt = tx
                 .prepare(
-                    "SELECT t.id FROM tickets t WHERE t.status != 'resolved' AND \
-                     (SELECT kind FROM timeline WHERE ticket_id = t.id ORDER BY id DESC LIMIT 1) = 'action-started'",
+                    "SELECT DISTINCT s.ticket_id FROM timeline s JOIN tickets t ON t.id = s.ticket_id \
+                     WHERE t.status != 'resolved' AND s.kind = 'action-started' AND NOT EXISTS \
+                     (SELECT 1 FROM timeline r WHERE r.ticket_id = s.ticket_id AND r.kind = 'action-result' AND r.id > s.id)",
                 )
                 .map_err(self.err("find interrupted actions"))?;
             let ids: Vec<i64> = stmt

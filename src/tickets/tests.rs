@@ -192,10 +192,16 @@ fn a_database_from_a_newer_version_is_refused() {
         let conn = rusqlite::Connection::open(db.path()).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
     }
+    let before = std::fs::read(db.path()).unwrap();
     let err = Store::open(&db.path()).err().expect("refused").to_string();
     assert!(
         err.contains("newer operator") && err.contains("99"),
         "{err}"
+    );
+    assert_eq!(
+        std::fs::read(db.path()).unwrap(),
+        before,
+        "a newer database was altered"
     );
 }
 
@@ -248,17 +254,19 @@ fn hold_resolve_and_interrupted_actions_are_recorded() {
     let fp = fingerprint("c", "s", DriftKind::Stopped);
     let now = Utc::now();
     let (t, _) = store.record_drift(&sighting(&fp, "stopped"), now).unwrap();
+    assert!(
+        store
+            .action_started(
+                t.id,
+                "c",
+                "s",
+                &Budget::default(),
+                serde_json::json!({"action": "start"}),
+                now,
+            )
+            .unwrap()
+    );
     assert!(store.set_held(t.id, true, now).unwrap().held);
-    store
-        .action_started(
-            t.id,
-            "c",
-            "s",
-            &Budget::default(),
-            serde_json::json!({"action": "start"}),
-            now,
-        )
-        .unwrap();
     assert_eq!(store.close_interrupted_actions(now).unwrap(), 1);
     assert_eq!(
         store.close_interrupted_actions(now).unwrap(),
@@ -283,12 +291,96 @@ fn hold_resolve_and_interrupted_actions_are_recorded() {
         kinds,
         vec![
             "detected",
-            "held",
             "action-started",
+            "held",
             "action-result",
             "note",
             "resolved"
         ]
     );
     assert_eq!(store.open_counts().unwrap(), vec![]);
+}
+
+#[test]
+fn like_patterns_match_literal_underscores_only() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let now = Utc::now();
+    for cluster in ["a_b", "axb"] {
+        let fp = format!("{cluster}/-/observability-lost");
+        store
+            .record_drift(
+                &DriftSighting {
+                    fingerprint: &fp,
+                    cluster,
+                    service: "-",
+                    drift: "observability-lost",
+                    detail: "down",
+                    cooldown: Duration::from_secs(600),
+                    evidence: None,
+                },
+                now,
+            )
+            .unwrap();
+    }
+    let pattern = format!("{}/%", like_escape("a_b"));
+    let found = store.unresolved_like(&pattern).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].cluster, "a_b");
+    assert_eq!(
+        store
+            .unresolved_by_fingerprint("axb/-/observability-lost")
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_failed_action_returns_the_ticket_to_open_and_a_held_one_refuses_actions() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let fp = fingerprint("c", "s", DriftKind::Stopped);
+    let now = Utc::now();
+    let (t, _) = store.record_drift(&sighting(&fp, "stopped"), now).unwrap();
+    assert!(
+        store
+            .action_started(
+                t.id,
+                "c",
+                "s",
+                &Budget::default(),
+                serde_json::json!({}),
+                now
+            )
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(t.id).unwrap().unwrap().status,
+        Status::Remediating
+    );
+    store
+        .action_finished(t.id, false, serde_json::json!({"result": "error"}), now)
+        .unwrap();
+    assert_eq!(store.get(t.id).unwrap().unwrap().status, Status::Open);
+    store.set_held(t.id, true, now).unwrap();
+    assert!(
+        !store
+            .action_started(
+                t.id,
+                "c",
+                "s",
+                &Budget::default(),
+                serde_json::json!({}),
+                now
+            )
+            .unwrap()
+    );
+    store
+        .resolve(t.id, Cause::SelfHealed, serde_json::json!({}), now)
+        .unwrap();
+    assert!(
+        !store.get(t.id).unwrap().unwrap().held,
+        "a hold ends with its episode"
+    );
 }
