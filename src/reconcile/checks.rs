@@ -61,6 +61,14 @@ pub(super) struct CheckMemory {
     invalid: HashSet<(String, String)>,
     /// (cluster, check, service) already noted on the service's container ticket.
     attached: HashSet<(String, String, String)>,
+    /// Since when each cluster's Prometheus has been unreachable.
+    lost_since: std::collections::HashMap<String, tokio::time::Instant>,
+}
+
+/// How long Prometheus must stay unreachable before it is a ticket (verdicts freeze at
+/// once): a Prometheus that is still starting up, or one slow round, is not an incident.
+fn lost_grace(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(5))
 }
 
 impl Controller {
@@ -114,6 +122,16 @@ impl Controller {
                     .observability_up
                     .get_or_create(&labels(&[("cluster", cluster)]))
                     .set(0);
+                // Frozen: no check ticket changes while nothing can be seen, and no repair
+                // is made on an unknown.
+                self.withdraw_check_repairs(cluster, None, &HashSet::new());
+                let since = *memory
+                    .lost_since
+                    .entry(cluster.to_string())
+                    .or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() < lost_grace(spec.prometheus.interval) {
+                    return Ok(());
+                }
                 let (c, fp, detail) = (cluster.to_string(), lost_fp, reason.clone());
                 let url = spec.prometheus.url.clone();
                 let (ticket, sighting) = blocking(&store, move |s| {
@@ -137,12 +155,10 @@ impl Controller {
                     warn!(cluster, ticket = ticket.id, %reason, "observability lost: check verdicts frozen until Prometheus answers");
                     self.refresh_ticket_gauges().await;
                 }
-                // Frozen: no check ticket changes while nothing can be seen, and no repair
-                // is made on an unknown.
-                self.withdraw_check_repairs(cluster, None, &HashSet::new());
                 return Ok(());
             }
             Observability::Up => {
+                memory.lost_since.remove(cluster);
                 metrics
                     .observability_up
                     .get_or_create(&labels(&[("cluster", cluster)]))
@@ -152,6 +168,7 @@ impl Controller {
             }
             // No check needs Prometheus any more: a lost observation is moot.
             Observability::NotNeeded => {
+                memory.lost_since.remove(cluster);
                 self.resolve_matching(
                     &store,
                     Lookup::Exact(lost_fp),
