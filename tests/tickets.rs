@@ -365,15 +365,12 @@ fn a_corrupt_or_foreign_database_is_refused_by_name_and_never_written() {
     let dir = TempDir::new(&unique("foreigndb"));
     let corrupt = dir.write("corrupt.db", "definitely not sqlite\n");
     let foreign = dir.path().join("foreign.db");
-    let made = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table notes(x)'); c.commit()",
-            foreign.to_str().unwrap(),
-        ])
-        .status()
-        .expect("python3 makes a foreign sqlite file");
-    assert!(made.success());
+    {
+        // Another program's SQLite database.
+        let conn = rusqlite::Connection::open(&foreign).expect("make a foreign sqlite file");
+        conn.execute_batch("CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('mine');")
+            .expect("write the foreign file");
+    }
     let manifest = dir.write(
         "m.yaml",
         "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: never\nspec:\n  services: []\n",
