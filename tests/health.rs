@@ -14,11 +14,24 @@ use common::operator::{
 };
 use common::{Cleanup, EMPTY_IMAGE, docker_ok, require_docker, unique};
 
+/// A free loopback port below the kernel's ephemeral range (32768 and up), so that no
+/// outgoing connection of another test can take it between now and the listener's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 /// A Prometheus on the host, scraping the etcd members every second. Killed on drop.
@@ -190,7 +203,14 @@ impl Fixture {
                 .prom
                 .query("etcd_server_has_leader == 1")
                 .is_some_and(|r| r.len() == 3)),
-            "the etcd cluster never had a leader on all members"
+            "the etcd cluster never had a leader on all members; member logs:\n{}",
+            (0..3)
+                .map(|i| {
+                    let out = common::docker(&["logs", "--tail", "5", &f.member(i)]);
+                    format!("{}: {}", f.member(i), String::from_utf8_lossy(&out.stderr))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         f
     }
