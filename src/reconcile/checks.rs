@@ -463,3 +463,291 @@ impl Controller {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rules of `apply_health` on a real SQLite store, with no Docker and no
+    //! Prometheus: verdicts are made by hand, the cache is filled by hand.
+
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::docker::{ContainerStatus, ObservedContainer};
+    use crate::health::{CheckReport, FailingTarget, Verdict};
+    use crate::manifest::Severity;
+    use crate::metrics::Metrics;
+    use crate::reconcile::ControllerConfig;
+
+    struct Setup {
+        dir: PathBuf,
+        controller: Controller,
+        store: Arc<Store>,
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn setup() -> Setup {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "operator-checks-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("c.yaml"),
+            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  prometheus: {url: \"http://127.0.0.1:1\", interval: 1s}\n  services:\n    - name: svc\n      image: x\n  checks:\n    - name: up\n      expr: 'up == 0'\n      service: svc\n",
+        )
+        .unwrap();
+        let desired = crate::manifest::load(std::slice::from_ref(&dir)).unwrap();
+        let store = Arc::new(Store::open(&dir.join("t.db")).unwrap());
+        // Never connects: these rules touch only the cache and the store.
+        let docker = bollard::Docker::connect_with_http_defaults().unwrap();
+        let controller = Controller::new(
+            docker,
+            desired,
+            Arc::new(Metrics::new()),
+            ControllerConfig::default(),
+            Some(store.clone()),
+        );
+        let setup = Setup {
+            dir,
+            controller,
+            store,
+        };
+        setup.container(ContainerStatus::Running);
+        setup
+    }
+
+    impl Setup {
+        fn container(&self, status: ContainerStatus) {
+            let cache = self.controller.cache();
+            cache.replace_all(vec![ObservedContainer {
+                id: "id".into(),
+                name: "svc".into(),
+                key: ServiceKey::new("c", "svc"),
+                spec_hash: String::new(),
+                image: "x".into(),
+                status,
+                health: None,
+                networks: Default::default(),
+                network_mode: String::new(),
+                exit_code: None,
+                pid: None,
+                started_at: None,
+                finished_at: None,
+            }]);
+            cache.set_connected(true);
+        }
+
+        async fn apply(
+            &self,
+            observability: Observability,
+            verdict: Verdict,
+            memory: &mut CheckMemory,
+        ) {
+            let health = ClusterHealth {
+                cluster: "c".into(),
+                observability,
+                checks: vec![CheckReport {
+                    check: "up".into(),
+                    severity: Severity::Warning,
+                    verdict,
+                }],
+            };
+            self.controller.apply_health(&health, memory).await.unwrap();
+        }
+
+        fn tickets(&self) -> Vec<crate::tickets::Ticket> {
+            self.store.list(None).unwrap()
+        }
+    }
+
+    fn verdict(state: CheckState, failing: &[&str]) -> Verdict {
+        Verdict {
+            state,
+            failing: failing
+                .iter()
+                .map(|t| FailingTarget {
+                    target: Some(t.to_string()),
+                    since: tokio::time::Instant::now(),
+                    series: vec![],
+                })
+                .collect(),
+            pending: vec![],
+            no_data: false,
+            error: None,
+            healthy: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_check_opens_one_ticket_and_a_pass_resolves_it_self_healed() {
+        let s = setup();
+        let mut m = CheckMemory::default();
+        for _ in 0..3 {
+            s.apply(
+                Observability::Up,
+                verdict(CheckState::Failing, &["svc"]),
+                &mut m,
+            )
+            .await;
+        }
+        let t = s.tickets();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].drift.as_str(), t[0].occurrences), ("check-failed", 3));
+        s.apply(Observability::Up, verdict(CheckState::Passing, &[]), &mut m)
+            .await;
+        let t = s.tickets();
+        assert_eq!(
+            (t[0].status, t[0].resolved_by),
+            (Status::Resolved, Some(Cause::SelfHealed))
+        );
+    }
+
+    #[tokio::test]
+    async fn no_data_and_unknown_verdicts_change_no_ticket() {
+        let s = setup();
+        let mut m = CheckMemory::default();
+        s.apply(
+            Observability::Up,
+            verdict(CheckState::Failing, &["svc"]),
+            &mut m,
+        )
+        .await;
+        let before = s.tickets();
+        for state in [CheckState::NoData, CheckState::Unknown, CheckState::Invalid] {
+            s.apply(Observability::Up, verdict(state, &[]), &mut m)
+                .await;
+        }
+        assert_eq!(s.tickets(), before);
+    }
+
+    #[tokio::test]
+    async fn a_healthy_check_resolves_only_targets_seen_healthy() {
+        let s = setup();
+        let mut m = CheckMemory::default();
+        s.apply(
+            Observability::Up,
+            verdict(CheckState::Failing, &["svc"]),
+            &mut m,
+        )
+        .await;
+        // The target's series vanished: not seen healthy, so not resolved.
+        let mut v = verdict(CheckState::Passing, &[]);
+        v.healthy = Some(BTreeSet::new());
+        s.apply(Observability::Up, v.clone(), &mut m).await;
+        assert_eq!(s.tickets()[0].status, Status::Open);
+        v.healthy = Some(BTreeSet::from([Some("svc".to_string())]));
+        s.apply(Observability::Up, v, &mut m).await;
+        assert_eq!(s.tickets()[0].status, Status::Resolved);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_prometheus_freezes_check_tickets_and_opens_one_ticket_after_its_grace() {
+        let s = setup();
+        let mut m = CheckMemory::default();
+        s.apply(
+            Observability::Up,
+            verdict(CheckState::Failing, &["svc"]),
+            &mut m,
+        )
+        .await;
+        let check_ticket = s.tickets()[0].clone();
+        let lost = || Observability::Lost {
+            reason: "refused".into(),
+        };
+        // Within the grace: frozen, and no ticket yet.
+        s.apply(lost(), verdict(CheckState::Unknown, &[]), &mut m)
+            .await;
+        assert_eq!(s.tickets().len(), 1);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        for _ in 0..3 {
+            s.apply(lost(), verdict(CheckState::Passing, &[]), &mut m)
+                .await;
+        }
+        let t = s.tickets();
+        assert_eq!(t.len(), 2, "{t:#?}");
+        assert_eq!(
+            t.iter().filter(|t| t.drift == "observability-lost").count(),
+            1
+        );
+        let still = t.iter().find(|t| t.id == check_ticket.id).unwrap();
+        assert_eq!(
+            still, &check_ticket,
+            "a check ticket moved while Prometheus was lost"
+        );
+        // Back: the lost ticket resolves, and verdicts count again.
+        s.apply(Observability::Up, verdict(CheckState::Passing, &[]), &mut m)
+            .await;
+        assert!(s.tickets().iter().all(|t| t.status == Status::Resolved));
+    }
+
+    #[tokio::test]
+    async fn a_check_failing_on_a_down_container_goes_on_the_container_ticket() {
+        let s = setup();
+        let mut m = CheckMemory::default();
+        s.container(ContainerStatus::Exited);
+        let fp = fingerprint("c", "svc", DriftKind::Stopped);
+        let (container_ticket, _) = s
+            .store
+            .record_drift(
+                &DriftSighting {
+                    fingerprint: &fp,
+                    cluster: "c",
+                    service: "svc",
+                    drift: "stopped",
+                    detail: "exited",
+                    cooldown: Duration::from_secs(600),
+                    evidence: None,
+                },
+                Utc::now(),
+            )
+            .unwrap();
+        for _ in 0..3 {
+            s.apply(
+                Observability::Up,
+                verdict(CheckState::Failing, &["svc"]),
+                &mut m,
+            )
+            .await;
+        }
+        assert_eq!(s.tickets().len(), 1, "no check ticket of its own");
+        let notes = s
+            .store
+            .timeline(container_ticket.id)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "note")
+            .count();
+        assert_eq!(notes, 1, "noted once per episode");
+    }
+
+    #[tokio::test]
+    async fn a_check_removed_from_the_manifest_has_its_tickets_closed() {
+        let s = setup();
+        let mut m = CheckMemory::default();
+        s.apply(
+            Observability::Up,
+            verdict(CheckState::Failing, &["svc"]),
+            &mut m,
+        )
+        .await;
+        let mut desired = (*s.controller.desired()).clone();
+        desired.clusters[0].checks[0].name = "renamed".into();
+        s.controller.set_desired(desired);
+        let health = ClusterHealth {
+            cluster: "c".into(),
+            observability: Observability::Up,
+            checks: vec![],
+        };
+        s.controller.apply_health(&health, &mut m).await.unwrap();
+        assert_eq!(s.tickets()[0].status, Status::Resolved);
+    }
+}
