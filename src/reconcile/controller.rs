@@ -116,6 +116,10 @@ pub enum ControllerError {
     NotReady(Duration),
     #[error("could not list the owned containers: {0}")]
     List(#[source] DockerError),
+    #[error(
+        "the Docker watcher stopped unexpectedly (see the log); the controller cannot see changes"
+    )]
+    WatcherStopped,
 }
 
 /// What one reconcile of a key did.
@@ -424,6 +428,7 @@ impl Controller {
         // again at once rather than at the next resync.
         let mut store_poll = tokio::time::interval(STORE_POLL);
         let mut store_version = None;
+        let mut watcher_died = false;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -434,7 +439,13 @@ impl Controller {
                         self.inner.queue.add(key);
                         self.inner.metrics.queue_depth.set(self.inner.queue.len() as i64);
                     }
-                    None => break,
+                    // The watcher only ends when cancelled; anything else is a bug to surface,
+                    // not a quiet exit 0.
+                    None => {
+                        error!("the Docker watcher stopped unexpectedly; shutting down");
+                        watcher_died = true;
+                        break;
+                    }
                 },
                 _ = resync.tick() => {
                     debug!("periodic resync");
@@ -468,6 +479,9 @@ impl Controller {
         let _ = checks_task.await;
         watch_cancel.cancel();
         let _ = watcher_task.await;
+        if watcher_died {
+            return Err(ControllerError::WatcherStopped);
+        }
         Ok(())
     }
 

@@ -750,7 +750,10 @@ impl Store {
             params![cluster, service],
             |r| {
                 let repairs: String = r.get(2)?;
-                let repairs: Vec<String> = serde_json::from_str(&repairs).unwrap_or_default();
+                // A budget that cannot be read must not silently become a fresh one.
+                let repairs: Vec<String> = serde_json::from_str(&repairs).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+                })?;
                 Ok(Budget {
                     attempts: r.get::<_, i64>(0)?.clamp(0, i64::from(u32::MAX)) as u32,
                     next_attempt_at: parse_opt_ts(r.get(1)?),
