@@ -4,8 +4,6 @@
 //! `operator_reconcile_total{result}`, `operator_reconcile_duration_seconds`,
 //! `operator_workqueue_depth`, plus drift, action and watch counters.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -16,9 +14,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
-
-/// How many recent event-to-drift samples are kept for benchmarks and `status`.
-const SAMPLE_CAPACITY: usize = 4096;
 
 pub struct Metrics {
     registry: Registry,
@@ -39,7 +34,6 @@ pub struct Metrics {
     pub check_no_data: Family<Labels, Gauge>,
     pub observability_up: Family<Labels, Gauge>,
     pub check_round_seconds: Histogram,
-    samples: Mutex<VecDeque<Duration>>,
 }
 
 impl Default for Metrics {
@@ -172,7 +166,6 @@ impl Metrics {
             event_to_drift,
             escalated,
             manifest_reloads,
-            samples: Mutex::new(VecDeque::with_capacity(SAMPLE_CAPACITY)),
         }
     }
 
@@ -223,21 +216,6 @@ impl Metrics {
 
     pub fn event_to_drift(&self, latency: Duration) {
         self.event_to_drift.observe(latency.as_secs_f64());
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        if samples.len() == SAMPLE_CAPACITY {
-            samples.pop_front();
-        }
-        samples.push_back(latency);
-    }
-
-    /// The most recent event-to-drift latencies, oldest first (for benchmarks).
-    pub fn event_to_drift_samples(&self) -> Vec<Duration> {
-        self.samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -272,6 +250,5 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
-        assert_eq!(m.event_to_drift_samples(), vec![Duration::from_millis(2)]);
     }
 }

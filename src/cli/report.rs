@@ -65,10 +65,9 @@ pub async fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
 /// Desired against observed; with the ticket store when `db` names an existing file (a
 /// read-only command never creates one).
 async fn reports(
-    args: &ReportArgs,
+    desired: manifest::DesiredState,
     db: Option<&std::path::Path>,
 ) -> Result<Vec<ServiceReport>, Failure> {
-    let desired = manifest::load(&args.paths.paths)?;
     let store = match db {
         Some(path) if path.exists() => Some(Arc::new(crate::tickets::Store::open_existing(path)?)),
         _ => None,
@@ -85,7 +84,7 @@ async fn reports(
 }
 
 pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
-    let reports = reports(&args, None).await?;
+    let reports = reports(manifest::load(&args.paths.paths)?, None).await?;
     if args.json {
         let steps: Vec<_> = reports
             .iter()
@@ -137,8 +136,8 @@ pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
 pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let db = args.db.path();
     let args = args.report;
-    let reports = reports(&args, Some(&db)).await?;
     let desired = manifest::load(&args.paths.paths)?;
+    let reports = reports(desired.clone(), Some(&db)).await?;
     let health = crate::health::Monitor::instant().round(&desired).await;
     if args.json {
         let out = serde_json::json!({"services": reports, "health": health});

@@ -73,12 +73,6 @@ impl Cache {
         found.cloned()
     }
 
-    pub fn snapshot(&self) -> Vec<ObservedContainer> {
-        let mut all: Vec<_> = self.read().values().cloned().collect();
-        all.sort_by(|a, b| a.key.cmp(&b.key).then(a.id.cmp(&b.id)));
-        all
-    }
-
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }

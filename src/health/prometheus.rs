@@ -53,10 +53,6 @@ impl Prometheus {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Runs an instant query now. A scalar result is one series without labels.
     pub async fn query(&self, expr: &str) -> Result<Vec<Series>, QueryError> {
         let millis = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);

@@ -20,8 +20,8 @@ use crate::docker::{ContainerStatus, ServiceKey};
 use crate::health::{CheckState, ClusterHealth, Monitor, Observability};
 use crate::manifest::{DesiredState, Policy};
 use crate::tickets::{
-    CLUSTER_TARGET, Cause, DriftSighting, EntryKind, Sighting, Status, Store, TicketError,
-    check_fingerprint, fingerprint, is_container_down, like_escape,
+    CLUSTER_TARGET, DriftSighting, EntryKind, Sighting, Store, TicketError, check_fingerprint,
+    fingerprint, is_container_down, like_escape,
 };
 
 use super::controller::{CheckRepair, Controller, blocking};
@@ -63,6 +63,8 @@ pub(super) struct CheckMemory {
     attached: HashSet<(String, String, String)>,
     /// Since when each cluster's Prometheus has been unreachable.
     lost_since: std::collections::HashMap<String, tokio::time::Instant>,
+    /// The checks each cluster declared when its stale tickets were last looked for.
+    declared: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// How long Prometheus must stay unreachable before it is a ticket (verdicts freeze at
@@ -177,26 +179,30 @@ impl Controller {
                 .await?;
             }
         }
-        // Tickets of checks no longer declared can never be re-checked: they close.
-        let declared: HashSet<&str> = spec.checks.iter().map(|c| c.name.as_str()).collect();
-        let all_checks = format!("{}/%/check-failed/%", like_escape(cluster));
-        let removed: Vec<String> = {
-            let p = all_checks.clone();
-            blocking(&store, move |s| s.unresolved_like(&p))
+        // Tickets of checks no longer declared can never be re-checked: they close. Looked
+        // for when the declared checks change (and at the first round), not every round.
+        let declared: Vec<String> = spec.checks.iter().map(|c| c.name.clone()).collect();
+        if memory.declared.get(cluster) != Some(&declared) {
+            let pattern = format!("{}/%/check-failed/%", like_escape(cluster));
+            let removed: Vec<String> = blocking(&store, move |s| s.unresolved_like(&pattern))
                 .await?
                 .into_iter()
                 .filter(|t| {
                     t.fingerprint
                         .rsplit('/')
                         .next()
-                        .is_some_and(|check| !declared.contains(check))
+                        .is_some_and(|check| !declared.iter().any(|d| d == check))
                 })
                 .map(|t| t.fingerprint)
-                .collect()
-        };
-        for fp in removed {
-            self.resolve_matching(&store, Lookup::Exact(fp), "the check is no longer declared")
-                .await?;
+                .collect();
+            for fp in removed {
+                self.resolve_matching(&store, Lookup::Exact(fp), "the check is no longer declared")
+                    .await?;
+            }
+            memory.declared.insert(
+                cluster.to_string(),
+                spec.checks.iter().map(|c| c.name.clone()).collect(),
+            );
         }
 
         for report in &health.checks {
@@ -432,35 +438,8 @@ impl Controller {
                 open
             }
         };
-        if open.is_empty() {
-            return Ok(());
-        }
-        let wall = Utc::now();
-        for ticket in open {
-            let cause = if ticket.status == Status::Remediating {
-                Cause::Controller
-            } else {
-                Cause::SelfHealed
-            };
-            let id = ticket.id;
-            let resolved = blocking(store, move |s| {
-                s.append(
-                    id,
-                    EntryKind::Recheck,
-                    serde_json::json!({"result": why}),
-                    wall,
-                )?;
-                s.resolve(id, cause, serde_json::json!({}), wall)
-            })
-            .await?;
-            if resolved {
-                let took = (wall - ticket.episode_at).to_std().unwrap_or_default();
-                self.metrics().ticket_resolved(cause.as_str(), took);
-                info!(cluster = %ticket.cluster, target = %ticket.service, ticket = id, drift = %ticket.drift, cause = cause.as_str(), "ticket resolved");
-            }
-        }
-        self.refresh_ticket_gauges().await;
-        Ok(())
+        self.resolve_after_recheck(store, open, serde_json::json!({"result": why}), Utc::now())
+            .await
     }
 }
 
@@ -479,6 +458,7 @@ mod tests {
     use crate::manifest::Severity;
     use crate::metrics::Metrics;
     use crate::reconcile::ControllerConfig;
+    use crate::tickets::{Cause, Status};
 
     struct Setup {
         dir: PathBuf,

@@ -74,8 +74,6 @@ pub struct ControllerConfig {
     pub observe_retry: Duration,
     /// The most a shutdown waits for in-flight repairs.
     pub shutdown_grace: Duration,
-    /// How long `run` waits for the first full list before giving up (`None`: forever).
-    pub ready_timeout: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -87,7 +85,6 @@ impl Default for ControllerConfig {
             dependency_poll: Duration::from_secs(1),
             observe_retry: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(60),
-            ready_timeout: None,
             limits: Limits::default(),
         }
     }
@@ -103,17 +100,10 @@ impl ControllerConfig {
         self.workers = workers.max(1);
         self
     }
-
-    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = Some(timeout);
-        self
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("the first list of containers did not complete within {0:?}; is the Docker engine up?")]
-    NotReady(Duration),
     #[error("could not list the owned containers: {0}")]
     List(#[source] DockerError),
     #[error(
@@ -370,23 +360,11 @@ impl Controller {
         let watch_cancel = cancel.child_token();
         let watcher_task = tokio::spawn(watcher.run(watch_cancel.clone()));
 
-        let ready = self.inner.cache.wait_ready();
-        let became_ready = match self.inner.config.ready_timeout {
-            Some(limit) => tokio::select! {
-                _ = cancel.cancelled() => false,
-                r = tokio::time::timeout(limit, ready) => {
-                    if r.is_err() {
-                        watch_cancel.cancel();
-                        let _ = watcher_task.await;
-                        return Err(ControllerError::NotReady(limit));
-                    }
-                    true
-                }
-            },
-            None => tokio::select! {
-                _ = cancel.cancelled() => false,
-                _ = ready => true,
-            },
+        // Until the first full list is in, nothing is reconciled; the watcher retries the
+        // engine with backoff meanwhile and /healthz says "not ready". Bounded only by a stop.
+        let became_ready = tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = self.inner.cache.wait_ready() => true,
         };
         if !became_ready {
             watch_cancel.cancel();
@@ -686,50 +664,26 @@ impl Controller {
         Ok((primary, new_episode))
     }
 
-    /// A fresh observation shows the drift of these tickets gone: resolves every unresolved
-    /// ticket of the service whose fingerprint is not in `still_drifting`.
-    async fn resolve_tickets(
+    /// Resolves tickets a fresh re-check showed over, recording `recheck` on each. The
+    /// cause: `controller` if a successful action of this episode left it `remediating`,
+    /// else `self-healed` (a person's hand outside operator is what `tickets resolve` is for).
+    pub(super) async fn resolve_after_recheck(
         &self,
-        key: &ServiceKey,
-        container: Option<&ObservedContainer>,
-        still_drifting: &HashSet<String>,
+        store: &Arc<Store>,
+        tickets: Vec<Ticket>,
+        recheck: serde_json::Value,
         wall: DateTime<Utc>,
     ) -> Result<(), TicketError> {
-        let Some(store) = self.store() else {
-            return Ok(());
-        };
-        let (cluster, service) = (key.cluster.clone(), key.service.clone());
-        let mut open = blocking(store, move |s| s.unresolved_for(&cluster, &service)).await?;
-        // Check tickets are the check evaluations' to resolve: a running container says
-        // nothing about whether its checks pass.
-        // A held ticket is a person's: while the service still drifts in any way it stays
-        // open (and held), even if its own kind of drift changed.
-        let service_drifts = !still_drifting.is_empty();
-        open.retain(|t| {
-            let keep_open = still_drifting.contains(&t.fingerprint)
-                || is_check_fingerprint(&t.fingerprint)
-                || (service_drifts && t.held);
-            !keep_open
-        });
-        if open.is_empty() {
+        if tickets.is_empty() {
             return Ok(());
         }
-        let seen = serde_json::json!({
-            "result": "desired state",
-            "container": container.map(|c| &c.id),
-            "status": container.map(|c| c.status.as_str()),
-            "health": container.and_then(|c| c.health),
-        });
-        for ticket in open {
-            // The controller's action is what fixed it only if it acted in this episode and
-            // nothing new was seen since; anything else went away by itself (or by a hand
-            // outside operator, which `tickets resolve` would have recorded).
+        for ticket in tickets {
             let cause = if ticket.status == Status::Remediating {
                 Cause::Controller
             } else {
                 Cause::SelfHealed
             };
-            let (id, seen) = (ticket.id, seen.clone());
+            let (id, seen) = (ticket.id, recheck.clone());
             let resolved = blocking(store, move |s| {
                 s.append(id, EntryKind::Recheck, seen, wall)?;
                 s.resolve(id, cause, serde_json::json!({}), wall)
@@ -738,11 +692,46 @@ impl Controller {
             if resolved {
                 let took = (wall - ticket.episode_at).to_std().unwrap_or_default();
                 self.inner.metrics.ticket_resolved(cause.as_str(), took);
-                info!(service = %key, ticket = ticket.id, cause = cause.as_str(), after_ms = took.as_millis() as u64, "ticket resolved");
+                info!(cluster = %ticket.cluster, target = %ticket.service, ticket = id, drift = %ticket.drift, cause = cause.as_str(), after_ms = took.as_millis() as u64, "ticket resolved");
             }
         }
         self.refresh_ticket_gauges().await;
         Ok(())
+    }
+
+    /// A fresh observation shows the drift of these tickets gone: resolves every unresolved
+    /// container ticket of the service whose fingerprint is not in `still_drifting`, and
+    /// returns the service's tickets that stay unresolved.
+    async fn resolve_tickets(
+        &self,
+        key: &ServiceKey,
+        container: Option<&ObservedContainer>,
+        still_drifting: &HashSet<String>,
+        wall: DateTime<Utc>,
+    ) -> Result<Vec<Ticket>, TicketError> {
+        let Some(store) = self.store() else {
+            return Ok(Vec::new());
+        };
+        let (cluster, service) = (key.cluster.clone(), key.service.clone());
+        let open = blocking(store, move |s| s.unresolved_for(&cluster, &service)).await?;
+        // Check tickets are the check evaluations' to resolve: a running container says
+        // nothing about whether its checks pass.
+        // A held ticket is a person's: while the service still drifts in any way it stays
+        // open (and held), even if its own kind of drift changed.
+        let service_drifts = !still_drifting.is_empty();
+        let (remaining, over): (Vec<Ticket>, Vec<Ticket>) = open.into_iter().partition(|t| {
+            still_drifting.contains(&t.fingerprint)
+                || is_check_fingerprint(&t.fingerprint)
+                || (service_drifts && t.held)
+        });
+        let seen = serde_json::json!({
+            "result": "desired state",
+            "container": container.map(|c| &c.id),
+            "status": container.map(|c| c.status.as_str()),
+            "health": container.and_then(|c| c.health),
+        });
+        self.resolve_after_recheck(store, over, seen, wall).await?;
+        Ok(remaining)
     }
 
     /// Whether a dependency's container is running now (asked fresh from the engine).
@@ -893,26 +882,19 @@ impl Controller {
             .iter()
             .map(|d| fingerprint(&key.cluster, &key.service, d.kind))
             .collect();
-        if let Err(e) = self
+        let remaining = self
             .resolve_tickets(key, observed.container.as_ref(), &still, wall)
-            .await
-        {
+            .await;
+        if let Err(e) = &remaining {
             warn!(service = %key, error = %e, "cannot resolve tickets; will re-check");
         }
         let ticket_id = ticket.as_ref().map(|t| t.id);
         let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
         let detail = drifts[0].detail.clone();
 
-        let any_held = match self.store() {
-            Some(store) => {
-                let (c, sv) = (key.cluster.clone(), key.service.clone());
-                blocking(store, move |s| s.unresolved_for(&c, &sv))
-                    .await
-                    .map(|ts| ts.iter().any(|t| t.held))
-                    .unwrap_or(true) // cannot tell: hands off
-            }
-            None => false,
-        };
+        // Hands off while a person holds any ticket of the service (and when that cannot
+        // be read).
+        let any_held = remaining.map_or(true, |ts| ts.iter().any(|t| t.held));
         if any_held {
             if new_episode {
                 info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift on a held ticket; hands off");
