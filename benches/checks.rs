@@ -201,7 +201,7 @@ fn main() {
             .list(None)
             .unwrap_or_default()
             .iter()
-            .filter(|t| t.service == e0 && t.drift == "check-failed")
+            .filter(|t| t.service == e0 && t.drift == operator::drift::DriftKind::CheckFailed)
             .map(|t| (t.id, t.episode_at))
             .max();
         let _ = Command::new("kill").args(["-STOP", &pid]).status();
@@ -215,7 +215,7 @@ fn main() {
                 .iter()
                 .filter(|t| {
                     t.service == e0
-                        && t.drift == "check-failed"
+                        && t.drift == operator::drift::DriftKind::CheckFailed
                         && t.status != operator::tickets::Status::Resolved
                 })
                 .map(|t| (t.id, t.episode_at))

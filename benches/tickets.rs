@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{docker, summary, wait_running};
-use operator::reconcile::DriftKind;
-use operator::tickets::{DriftSighting, Store, fingerprint};
+use operator::drift::{DriftKind, Fingerprint};
+use operator::tickets::{DriftSighting, Store};
 
 const IMAGE: &str = "operator-local/busybox:latest";
 
@@ -28,15 +28,13 @@ fn remove_db(db: &Path) {
     }
 }
 
-fn record(store: &Store, fp: &str) {
+fn record(store: &Store, fp: &Fingerprint) {
     store
         .record_drift(
             &DriftSighting {
-                fingerprint: fp,
-                cluster: "bench",
-                service: "svc",
-                drift: "stopped",
-                detail: "exited with code 137",
+                fingerprint: fp.clone(),
+                drift: DriftKind::Stopped,
+                detail: "exited with code 137".into(),
                 cooldown: Duration::from_secs(600),
                 evidence: None,
             },
@@ -50,7 +48,7 @@ fn throughput(tasks: usize, sightings: usize) -> f64 {
     let db = std::env::temp_dir().join(format!("bench-tickets-{}-{tasks}.db", std::process::id()));
     remove_db(&db);
     let store = Arc::new(Store::open(&db).expect("open"));
-    let fp = fingerprint("bench", "svc", DriftKind::Stopped);
+    let fp = Fingerprint::service("bench", "svc", DriftKind::Stopped);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

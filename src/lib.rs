@@ -9,9 +9,11 @@
 pub mod backoff;
 pub mod cli;
 pub mod docker;
+pub mod drift;
 pub mod health;
 pub mod manifest;
 pub mod metrics;
 pub mod reconcile;
+pub mod remediation;
 pub mod server;
 pub mod tickets;

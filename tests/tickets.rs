@@ -13,8 +13,8 @@ use common::operator::{
     wait_until,
 };
 use common::{BUSYBOX_IMAGE, Cleanup, PrivateDockerd, docker_ok, require_docker, unique};
-use operator::reconcile::DriftKind;
-use operator::tickets::{DriftSighting, Store, fingerprint};
+use operator::drift::{DriftKind, Fingerprint};
+use operator::tickets::{DriftSighting, Store};
 
 const CHILD_DB: &str = "OPERATOR_TEST_CHILD_DB";
 const SIGHTINGS_PER_TASK: usize = 100;
@@ -27,16 +27,14 @@ fn write_sightings(db: &Path) {
             let db = db.to_path_buf();
             std::thread::spawn(move || {
                 let store = Store::open(&db).expect("open the shared database");
-                let fp = fingerprint("race", "svc", DriftKind::Stopped);
+                let fp = Fingerprint::service("race", "svc", DriftKind::Stopped);
                 for _ in 0..SIGHTINGS_PER_TASK {
                     store
                         .record_drift(
                             &DriftSighting {
-                                fingerprint: &fp,
-                                cluster: "race",
-                                service: "svc",
-                                drift: "stopped",
-                                detail: "exited with code 1",
+                                fingerprint: fp.clone(),
+                                drift: DriftKind::Stopped,
+                                detail: "exited with code 1".into(),
                                 cooldown: Duration::from_secs(600),
                                 evidence: None,
                             },

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use crate::manifest;
 use crate::metrics::Metrics;
-use crate::reconcile::{Controller, ControllerConfig, ServiceReport};
+use crate::reconcile::ServiceReport;
+use crate::tickets::{Journal, Store};
 
 use super::{Failure, PathArgs, ReportArgs, StatusArgs};
 
@@ -68,19 +69,15 @@ async fn reports(
     desired: manifest::DesiredState,
     db: Option<&std::path::Path>,
 ) -> Result<Vec<ServiceReport>, Failure> {
-    let store = match db {
-        Some(path) if path.exists() => Some(Arc::new(crate::tickets::Store::open_existing(path)?)),
+    let journal = match db {
+        Some(path) if path.exists() => Some(Journal::new(
+            Arc::new(Store::open_read_only(path)?),
+            Arc::new(Metrics::new()),
+        )),
         _ => None,
     };
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
-    let controller = Controller::new(
-        docker,
-        desired,
-        Arc::new(Metrics::new()),
-        ControllerConfig::default(),
-        store,
-    );
-    Ok(controller.report().await?)
+    Ok(crate::reconcile::report(docker, &desired, journal.as_ref()).await)
 }
 
 pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {

@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 use crate::manifest;
 use crate::metrics::Metrics;
 use crate::reconcile::{Controller, ControllerConfig, Outcome};
+use crate::tickets::Journal;
 
 use super::reload::fingerprint;
 use super::{Failure, RunArgs};
@@ -30,7 +31,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let config = ControllerConfig::default()
         .resync(args.resync)
         .workers(args.workers);
-    let controller = Controller::new(docker, desired, metrics.clone(), config, Some(store));
+    let controller = Controller::builder(docker, desired)
+        .metrics(metrics.clone())
+        .config(config)
+        .journal(Journal::new(store, metrics.clone()))
+        .build();
 
     if args.once {
         return once(&controller, args.json).await;

@@ -108,7 +108,7 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             let timeline = store.timeline(id)?;
             if as_json {
                 let mut value = json(&ticket);
-                value["fingerprint"] = ticket.fingerprint.clone().into();
+                value["fingerprint"] = ticket.fingerprint.to_string().into();
                 value["timeline"] = serde_json::to_value(&timeline)?;
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {

@@ -8,24 +8,24 @@
 //! - A check ticket resolves only when a fresh, successful evaluation shows its target no
 //!   longer failing (not merely "no data").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::docker::{ContainerStatus, ServiceKey};
+use crate::docker::{Cache, ContainerStatus, ServiceKey};
+use crate::drift::{DriftKind, Fingerprint, Target};
 use crate::health::{CheckState, ClusterHealth, Monitor, Observability};
 use crate::manifest::{DesiredState, Policy};
-use crate::tickets::{
-    CLUSTER_TARGET, DriftSighting, EntryKind, Sighting, Store, TicketError, check_fingerprint,
-    fingerprint, is_container_down, like_escape,
-};
+use crate::metrics::Metrics;
+use crate::tickets::{DriftSighting, EntryKind, Journal, Selector, Sighting, Ticket, TicketError};
 
-use super::controller::{CheckRepair, Controller, blocking};
-use super::diff::DriftKind;
+use super::controller::CheckRepair;
 
 /// The shortest evaluation interval among clusters with checks (default 5 s).
 fn round_interval(desired: &DesiredState) -> Duration {
@@ -42,15 +42,20 @@ fn labels(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
-/// Which unresolved tickets a resolution is about.
-enum Lookup {
-    Exact(String),
-    /// Fingerprints matching `pattern`, except those in `keep`, and (if given) only those in
-    /// `only`.
-    Like {
-        pattern: String,
+/// A check's restart requests, as messages to the controller loop (which owns the queue).
+#[derive(Debug)]
+pub(super) enum CheckRepairMessage {
+    /// Restart this service for this check (under the service's budget).
+    Request {
+        key: ServiceKey,
+        repair: CheckRepair,
+    },
+    /// Withdraw the requests of a cluster: all of them (`check` none), or one check's except
+    /// on the services in `keep`.
+    Withdraw {
+        cluster: String,
+        check: Option<String>,
         keep: HashSet<String>,
-        only: Option<HashSet<String>>,
     },
 }
 
@@ -62,9 +67,20 @@ pub(super) struct CheckMemory {
     /// (cluster, check, service) already noted on the service's container ticket.
     attached: HashSet<(String, String, String)>,
     /// Since when each cluster's Prometheus has been unreachable.
-    lost_since: std::collections::HashMap<String, tokio::time::Instant>,
+    lost_since: HashMap<String, Instant>,
     /// The checks each cluster declared when its stale tickets were last looked for.
-    declared: std::collections::HashMap<String, Vec<String>>,
+    declared: HashMap<String, Vec<String>>,
+}
+
+/// Turns each evaluation round into tickets, and asks for the restarts that failing checks
+/// with `policy: restart` call for. Owns its memory; shares only the journal, the metrics
+/// and a read of the container cache with the controller.
+pub(super) struct CheckRecorder {
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    cache: Arc<Cache>,
+    repairs: mpsc::UnboundedSender<CheckRepairMessage>,
+    memory: CheckMemory,
 }
 
 /// How long Prometheus must stay unreachable before it is a ticket (verdicts freeze at
@@ -73,24 +89,42 @@ fn lost_grace(interval: Duration) -> Duration {
     (interval * 3).max(Duration::from_secs(5))
 }
 
-impl Controller {
+impl CheckRecorder {
+    pub(super) fn new(
+        journal: Journal,
+        metrics: Arc<Metrics>,
+        cache: Arc<Cache>,
+        repairs: mpsc::UnboundedSender<CheckRepairMessage>,
+    ) -> Self {
+        CheckRecorder {
+            journal,
+            metrics,
+            cache,
+            repairs,
+            memory: CheckMemory::default(),
+        }
+    }
+
     /// Evaluates every check on its interval until cancelled, recording the verdicts.
-    pub(super) async fn run_checks(&self, cancel: CancellationToken) {
+    pub(super) async fn run(
+        mut self,
+        desired: impl Fn() -> Arc<DesiredState>,
+        cancel: CancellationToken,
+    ) {
         let mut monitor = Monitor::new();
-        let mut memory = CheckMemory::default();
         loop {
-            let desired = self.desired();
+            let desired = desired();
             if desired.clusters.iter().any(|c| !c.checks.is_empty()) {
                 let started = std::time::Instant::now();
                 let health = tokio::select! {
                     _ = cancel.cancelled() => return,
                     h = monitor.round(&desired) => h,
                 };
-                self.metrics()
+                self.metrics
                     .check_round_seconds
                     .observe(started.elapsed().as_secs_f64());
                 for cluster in health {
-                    if let Err(e) = self.apply_health(&cluster, &mut memory).await {
+                    if let Err(e) = self.apply(&desired, &cluster).await {
                         error!(cluster = %cluster.cluster, error = %e, "cannot record check verdicts; will try next round");
                     }
                 }
@@ -102,22 +136,34 @@ impl Controller {
         }
     }
 
-    async fn apply_health(
-        &self,
+    fn withdraw(&self, cluster: &str, check: Option<&str>, keep: HashSet<String>) {
+        // The loop is gone only on shutdown, when nothing is repaired any more.
+        let _ = self.repairs.send(CheckRepairMessage::Withdraw {
+            cluster: cluster.to_string(),
+            check: check.map(str::to_string),
+            keep,
+        });
+    }
+
+    fn request(&self, key: ServiceKey, repair: CheckRepair) {
+        let _ = self
+            .repairs
+            .send(CheckRepairMessage::Request { key, repair });
+    }
+
+    /// Records one cluster's round.
+    pub(super) async fn apply(
+        &mut self,
+        desired: &DesiredState,
         health: &ClusterHealth,
-        memory: &mut CheckMemory,
     ) -> Result<(), TicketError> {
-        let metrics = self.metrics();
+        let metrics = self.metrics.clone();
         let cluster = health.cluster.as_str();
-        let desired = self.desired();
         let Some(spec) = desired.cluster(cluster) else {
             return Ok(());
         };
-        let Some(store) = self.store().cloned() else {
-            return Ok(());
-        };
         let wall = Utc::now();
-        let lost_fp = fingerprint(cluster, CLUSTER_TARGET, DriftKind::ObservabilityLost);
+        let lost_fp = Fingerprint::drift(cluster, Target::Cluster, DriftKind::ObservabilityLost);
         match &health.observability {
             Observability::Lost { reason } => {
                 metrics
@@ -126,54 +172,52 @@ impl Controller {
                     .set(0);
                 // Frozen: no check ticket changes while nothing can be seen, and no repair
                 // is made on an unknown.
-                self.withdraw_check_repairs(cluster, None, &HashSet::new());
-                let since = *memory
+                self.withdraw(cluster, None, HashSet::new());
+                let since = *self
+                    .memory
                     .lost_since
                     .entry(cluster.to_string())
-                    .or_insert_with(tokio::time::Instant::now);
+                    .or_insert_with(Instant::now);
                 if since.elapsed() < lost_grace(spec.prometheus.interval) {
                     return Ok(());
                 }
-                let (c, fp, detail) = (cluster.to_string(), lost_fp, reason.clone());
-                let url = spec.prometheus.url.clone();
-                let (ticket, sighting) = blocking(&store, move |s| {
-                    s.record_drift(
-                        &DriftSighting {
-                            fingerprint: &fp,
-                            cluster: &c,
-                            service: CLUSTER_TARGET,
-                            drift: DriftKind::ObservabilityLost.as_str(),
-                            detail: &detail,
+                let (ticket, sighting) = self
+                    .journal
+                    .sighting(
+                        DriftSighting {
+                            fingerprint: lost_fp,
+                            drift: DriftKind::ObservabilityLost,
+                            detail: reason.clone(),
                             cooldown: Duration::from_secs(600),
-                            evidence: Some(serde_json::json!({"prometheus": url})),
+                            evidence: Some(serde_json::json!({"prometheus": spec.prometheus.url})),
                         },
                         wall,
                     )
-                })
-                .await?;
+                    .await?;
                 if sighting != Sighting::Seen {
-                    metrics.tickets_opened.inc();
-                    metrics.drift(DriftKind::ObservabilityLost.as_str());
                     warn!(cluster, ticket = ticket.id, %reason, "observability lost: check verdicts frozen until Prometheus answers");
-                    self.refresh_ticket_gauges().await;
                 }
                 return Ok(());
             }
             Observability::Up => {
-                memory.lost_since.remove(cluster);
+                self.memory.lost_since.remove(cluster);
                 metrics
                     .observability_up
                     .get_or_create(&labels(&[("cluster", cluster)]))
                     .set(1);
-                self.resolve_matching(&store, Lookup::Exact(lost_fp), "Prometheus answers again")
-                    .await?;
+                self.resolve(
+                    Selector::Exact(lost_fp),
+                    |_| true,
+                    "Prometheus answers again",
+                )
+                .await?;
             }
             // No check needs Prometheus any more: a lost observation is moot.
             Observability::NotNeeded => {
-                memory.lost_since.remove(cluster);
-                self.resolve_matching(
-                    &store,
-                    Lookup::Exact(lost_fp),
+                self.memory.lost_since.remove(cluster);
+                self.resolve(
+                    Selector::Exact(lost_fp),
+                    |_| true,
                     "no check needs Prometheus now",
                 )
                 .await?;
@@ -182,27 +226,22 @@ impl Controller {
         // Tickets of checks no longer declared can never be re-checked: they close. Looked
         // for when the declared checks change (and at the first round), not every round.
         let declared: Vec<String> = spec.checks.iter().map(|c| c.name.clone()).collect();
-        if memory.declared.get(cluster) != Some(&declared) {
-            let pattern = format!("{}/%/check-failed/%", like_escape(cluster));
-            let removed: Vec<String> = blocking(&store, move |s| s.unresolved_like(&pattern))
-                .await?
-                .into_iter()
-                .filter(|t| {
+        if self.memory.declared.get(cluster) != Some(&declared) {
+            let all = Selector::Checks {
+                cluster: cluster.to_string(),
+                check: None,
+            };
+            self.resolve(
+                all,
+                |t| {
                     t.fingerprint
-                        .rsplit('/')
-                        .next()
+                        .check_name()
                         .is_some_and(|check| !declared.iter().any(|d| d == check))
-                })
-                .map(|t| t.fingerprint)
-                .collect();
-            for fp in removed {
-                self.resolve_matching(&store, Lookup::Exact(fp), "the check is no longer declared")
-                    .await?;
-            }
-            memory.declared.insert(
-                cluster.to_string(),
-                spec.checks.iter().map(|c| c.name.clone()).collect(),
-            );
+                },
+                "the check is no longer declared",
+            )
+            .await?;
+            self.memory.declared.insert(cluster.to_string(), declared);
         }
 
         for report in &health.checks {
@@ -221,39 +260,44 @@ impl Controller {
                 .get_or_create(&labels(&[("cluster", cluster), ("check", name)]))
                 .set(i64::from(verdict.state == CheckState::Failing));
             if verdict.no_data {
-                if memory.no_data.insert(id.clone()) {
+                if self.memory.no_data.insert(id.clone()) {
                     warn!(
                         cluster,
                         check = name,
                         "check returns no data at all: a misspelled metric or label? it cannot fire until it sees a series"
                     );
                 }
-            } else if memory.no_data.remove(&id) {
+            } else if self.memory.no_data.remove(&id) {
                 info!(cluster, check = name, "check sees data now");
             }
             if verdict.state == CheckState::Invalid {
-                self.withdraw_check_repairs(cluster, Some(name), &HashSet::new());
-                if memory.invalid.insert(id.clone()) {
+                self.withdraw(cluster, Some(name), HashSet::new());
+                if self.memory.invalid.insert(id.clone()) {
                     error!(cluster, check = name, error = ?verdict.error, "check query is invalid; fix the manifest");
                 }
                 continue;
             }
-            memory.invalid.remove(&id);
+            self.memory.invalid.remove(&id);
             if matches!(verdict.state, CheckState::Unknown | CheckState::NoData)
                 && verdict.failing.is_empty()
             {
                 // Neither healthy nor broken: leave its tickets as they are, and repair
                 // nothing on it.
-                self.withdraw_check_repairs(cluster, Some(name), &HashSet::new());
+                self.withdraw(cluster, Some(name), HashSet::new());
                 continue;
             }
 
-            let mut still: HashSet<String> = HashSet::new();
+            let mut still: HashSet<Fingerprint> = HashSet::new();
             for target in verdict.pending.iter() {
-                still.insert(check_fingerprint(cluster, target.as_deref(), name));
+                still.insert(Fingerprint::check(
+                    cluster,
+                    Target::from_option(target.as_deref()),
+                    name,
+                ));
             }
             for failing in &verdict.failing {
-                let fp = check_fingerprint(cluster, failing.target.as_deref(), name);
+                let target = Target::from_option(failing.target.as_deref());
+                let fp = Fingerprint::check(cluster, target, name);
                 still.insert(fp.clone());
                 let evidence = serde_json::json!({
                     "check": name,
@@ -263,10 +307,8 @@ impl Controller {
                 if let Some(service) = &failing.target
                     && self.container_down(cluster, service)
                 {
-                    self.attach_to_container_ticket(
-                        &store, cluster, service, name, evidence, memory,
-                    )
-                    .await?;
+                    self.attach_to_container_ticket(cluster, service, name, evidence)
+                        .await?;
                     continue;
                 }
                 let detail = format!(
@@ -278,39 +320,26 @@ impl Controller {
                         .map(|s| format!("{:?} = {}", s.labels, s.value))
                         .unwrap_or_default()
                 );
-                let (c, target) = (
-                    cluster.to_string(),
-                    failing
-                        .target
-                        .clone()
-                        .unwrap_or_else(|| CLUSTER_TARGET.to_string()),
-                );
-                let cooldown = check.remediation.window;
-                let (ticket, sighting) = blocking(&store, move |s| {
-                    s.record_drift(
-                        &DriftSighting {
-                            fingerprint: &fp,
-                            cluster: &c,
-                            service: &target,
-                            drift: DriftKind::CheckFailed.as_str(),
-                            detail: &detail,
-                            cooldown,
+                let (ticket, sighting) = self
+                    .journal
+                    .sighting(
+                        DriftSighting {
+                            fingerprint: fp,
+                            drift: DriftKind::CheckFailed,
+                            detail,
+                            cooldown: check.remediation.window,
                             evidence: Some(evidence),
                         },
                         wall,
                     )
-                })
-                .await?;
+                    .await?;
                 if sighting != Sighting::Seen {
-                    metrics.tickets_opened.inc();
-                    metrics.drift(DriftKind::CheckFailed.as_str());
                     info!(cluster, check = name, target = %ticket.service, ticket = ticket.id, severity = ?check.severity, "check failed: ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
-                    self.refresh_ticket_gauges().await;
                 }
                 if check.remediation.policy == Policy::Restart
                     && let Some(service) = &failing.target
                 {
-                    self.request_check_repair(
+                    self.request(
                         ServiceKey::new(cluster, service),
                         CheckRepair {
                             check: name.to_string(),
@@ -333,10 +362,10 @@ impl Controller {
             } else {
                 HashSet::new()
             };
-            self.withdraw_check_repairs(cluster, Some(name), &failing_services);
+            self.withdraw(cluster, Some(name), failing_services);
             // Targets no longer failing: their tickets resolve (and their notes may be
             // attached afresh next episode).
-            memory.attached.retain(|(c, k, service)| {
+            self.memory.attached.retain(|(c, k, service)| {
                 !(c == cluster
                     && k == name
                     && !verdict
@@ -346,23 +375,20 @@ impl Controller {
             });
             // Every target of this check; for a `healthy` check only the targets positively
             // seen healthy may resolve (a target whose series vanished is not healthy).
-            let pattern = format!(
-                "{}/%/check-failed/{}",
-                like_escape(cluster),
-                like_escape(name)
-            );
-            let healthy: Option<HashSet<String>> = verdict.healthy.as_ref().map(|targets| {
+            let healthy: Option<HashSet<Target>> = verdict.healthy.as_ref().map(|targets| {
                 targets
                     .iter()
-                    .map(|t| check_fingerprint(cluster, t.as_deref(), name))
+                    .map(|t| Target::from_option(t.as_deref()))
                     .collect()
             });
-            self.resolve_matching(
-                &store,
-                Lookup::Like {
-                    pattern,
-                    keep: still,
-                    only: healthy,
+            self.resolve(
+                Selector::Checks {
+                    cluster: cluster.to_string(),
+                    check: Some(name.to_string()),
+                },
+                |t| {
+                    !still.contains(&t.fingerprint)
+                        && healthy.as_ref().is_none_or(|h| h.contains(t.target()))
                 },
                 "check passes",
             )
@@ -373,79 +399,67 @@ impl Controller {
 
     /// Whether the cache says the service's container is not running (or absent).
     fn container_down(&self, cluster: &str, service: &str) -> bool {
-        let cache = self.cache();
-        cache.is_connected()
-            && cache
+        self.cache.is_connected()
+            && self
+                .cache
                 .get(&ServiceKey::new(cluster, service))
                 .is_none_or(|c| c.status != ContainerStatus::Running)
     }
 
     async fn attach_to_container_ticket(
-        &self,
-        store: &Arc<Store>,
+        &mut self,
         cluster: &str,
         service: &str,
         check: &str,
         evidence: serde_json::Value,
-        memory: &mut CheckMemory,
     ) -> Result<(), TicketError> {
         let key = (cluster.to_string(), check.to_string(), service.to_string());
-        if memory.attached.contains(&key) {
+        if self.memory.attached.contains(&key) {
             return Ok(());
         }
-        let (c, s) = (cluster.to_string(), service.to_string());
-        let tickets = blocking(store, move |st| st.unresolved_for(&c, &s)).await?;
+        let tickets = self
+            .journal
+            .unresolved(Selector::Target {
+                cluster: cluster.to_string(),
+                target: service.to_string(),
+            })
+            .await?;
         // No container ticket yet (the reconcile has not recorded it): wait, open nothing.
-        let Some(ticket) = tickets.into_iter().find(|t| is_container_down(&t.drift)) else {
+        let Some(ticket) = tickets.into_iter().find(|t| t.drift.is_container_down()) else {
             return Ok(());
         };
-        let id = ticket.id;
         let note = serde_json::json!({"check-failed": evidence, "note": "the service's container is down: the check is attached here, not ticketed separately"});
-        blocking(store, move |st| {
-            st.append(id, EntryKind::Note, note, Utc::now())
-        })
-        .await?;
+        self.journal.note(ticket.id, EntryKind::Note, note).await?;
         info!(
             cluster,
             service,
             check,
-            ticket = id,
+            ticket = ticket.id,
             "failing check attached to the container's ticket"
         );
-        memory.attached.insert(key);
+        self.memory.attached.insert(key);
         Ok(())
     }
 
-    /// Resolves the unresolved tickets a lookup selects (after a fresh, successful check).
-    async fn resolve_matching(
+    /// Resolves the unresolved tickets a selector picks and `keep` accepts (after a fresh,
+    /// successful check).
+    async fn resolve(
         &self,
-        store: &Arc<Store>,
-        lookup: Lookup,
+        selector: Selector,
+        keep: impl Fn(&Ticket) -> bool,
         why: &'static str,
     ) -> Result<(), TicketError> {
-        let open = match lookup {
-            Lookup::Exact(fp) => blocking(store, move |s| s.unresolved_by_fingerprint(&fp)).await?,
-            Lookup::Like {
-                pattern,
-                keep,
-                only,
-            } => {
-                let mut open = blocking(store, move |s| s.unresolved_like(&pattern)).await?;
-                open.retain(|t| {
-                    !keep.contains(&t.fingerprint)
-                        && only.as_ref().is_none_or(|o| o.contains(&t.fingerprint))
-                });
-                open
-            }
-        };
-        self.resolve_after_recheck(store, open, serde_json::json!({"result": why}), Utc::now())
+        let mut open = self.journal.unresolved(selector).await?;
+        open.retain(|t| keep(t));
+        self.journal
+            .resolve_rechecked(open, serde_json::json!({"result": why}), Utc::now())
             .await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! The rules of `apply_health` on a real SQLite store, with no Docker and no
+    //! The rules of the check recorder on a real SQLite store, with no Docker and no
     //! Prometheus: verdicts are made by hand, the cache is filled by hand.
 
     use std::collections::BTreeSet;
@@ -456,14 +470,15 @@ mod tests {
     use crate::docker::{ContainerStatus, ObservedContainer};
     use crate::health::{CheckReport, FailingTarget, Verdict};
     use crate::manifest::Severity;
-    use crate::metrics::Metrics;
-    use crate::reconcile::ControllerConfig;
-    use crate::tickets::{Cause, Status};
+    use crate::tickets::{Cause, Status, Store};
 
     struct Setup {
         dir: PathBuf,
-        controller: Controller,
+        desired: DesiredState,
+        recorder: CheckRecorder,
+        cache: Arc<Cache>,
         store: Arc<Store>,
+        repairs: mpsc::UnboundedReceiver<CheckRepairMessage>,
     }
 
     impl Drop for Setup {
@@ -473,6 +488,11 @@ mod tests {
     }
 
     fn setup() -> Setup {
+        setup_with("")
+    }
+
+    /// `check_extra`: more keys for the check `up` (indented for its mapping).
+    fn setup_with(check_extra: &str) -> Setup {
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "operator-checks-{}-{}",
@@ -482,24 +502,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("c.yaml"),
-            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  prometheus: {url: \"http://127.0.0.1:1\", interval: 1s}\n  services:\n    - name: svc\n      image: x\n  checks:\n    - name: up\n      expr: 'up == 0'\n      service: svc\n",
-        )
+            format!("apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  prometheus: {{url: \"http://127.0.0.1:1\", interval: 1s}}\n  services:\n    - name: svc\n      image: x\n  checks:\n    - name: up\n      expr: 'up == 0'\n      service: svc\n{check_extra}",
+        ))
         .unwrap();
         let desired = crate::manifest::load(std::slice::from_ref(&dir)).unwrap();
         let store = Arc::new(Store::open(&dir.join("t.db")).unwrap());
-        // Never connects: these rules touch only the cache and the store.
-        let docker = bollard::Docker::connect_with_http_defaults().unwrap();
-        let controller = Controller::new(
-            docker,
-            desired,
-            Arc::new(Metrics::new()),
-            ControllerConfig::default(),
-            Some(store.clone()),
-        );
+        let cache = Arc::new(Cache::new());
+        let (tx, repairs) = mpsc::unbounded_channel();
+        let journal = Journal::new(store.clone(), Arc::new(Metrics::new()));
+        let recorder = CheckRecorder::new(journal, Arc::new(Metrics::new()), cache.clone(), tx);
         let setup = Setup {
             dir,
-            controller,
+            desired,
+            recorder,
+            cache,
             store,
+            repairs,
         };
         setup.container(ContainerStatus::Running);
         setup
@@ -507,7 +525,7 @@ mod tests {
 
     impl Setup {
         fn container(&self, status: ContainerStatus) {
-            let cache = self.controller.cache();
+            let cache = &self.cache;
             cache.replace_all(vec![ObservedContainer {
                 id: "id".into(),
                 name: "svc".into(),
@@ -526,12 +544,7 @@ mod tests {
             cache.set_connected(true);
         }
 
-        async fn apply(
-            &self,
-            observability: Observability,
-            verdict: Verdict,
-            memory: &mut CheckMemory,
-        ) {
+        async fn apply(&mut self, observability: Observability, verdict: Verdict) {
             let health = ClusterHealth {
                 cluster: "c".into(),
                 observability,
@@ -541,11 +554,19 @@ mod tests {
                     verdict,
                 }],
             };
-            self.controller.apply_health(&health, memory).await.unwrap();
+            self.recorder.apply(&self.desired, &health).await.unwrap();
         }
 
         fn tickets(&self) -> Vec<crate::tickets::Ticket> {
             self.store.list(None).unwrap()
+        }
+
+        fn messages(&mut self) -> Vec<CheckRepairMessage> {
+            let mut out = Vec::new();
+            while let Ok(m) = self.repairs.try_recv() {
+                out.push(m);
+            }
+            out
         }
     }
 
@@ -569,20 +590,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_check_opens_one_ticket_and_a_pass_resolves_it_self_healed() {
-        let s = setup();
-        let mut m = CheckMemory::default();
+        let mut s = setup();
         for _ in 0..3 {
-            s.apply(
-                Observability::Up,
-                verdict(CheckState::Failing, &["svc"]),
-                &mut m,
-            )
-            .await;
+            s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+                .await;
         }
         let t = s.tickets();
         assert_eq!(t.len(), 1);
-        assert_eq!((t[0].drift.as_str(), t[0].occurrences), ("check-failed", 3));
-        s.apply(Observability::Up, verdict(CheckState::Passing, &[]), &mut m)
+        assert_eq!((t[0].drift, t[0].occurrences), (DriftKind::CheckFailed, 3));
+        s.apply(Observability::Up, verdict(CheckState::Passing, &[]))
             .await;
         let t = s.tickets();
         assert_eq!(
@@ -593,69 +609,53 @@ mod tests {
 
     #[tokio::test]
     async fn no_data_and_unknown_verdicts_change_no_ticket() {
-        let s = setup();
-        let mut m = CheckMemory::default();
-        s.apply(
-            Observability::Up,
-            verdict(CheckState::Failing, &["svc"]),
-            &mut m,
-        )
-        .await;
+        let mut s = setup();
+        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+            .await;
         let before = s.tickets();
         for state in [CheckState::NoData, CheckState::Unknown, CheckState::Invalid] {
-            s.apply(Observability::Up, verdict(state, &[]), &mut m)
-                .await;
+            s.apply(Observability::Up, verdict(state, &[])).await;
         }
         assert_eq!(s.tickets(), before);
     }
 
     #[tokio::test]
     async fn a_healthy_check_resolves_only_targets_seen_healthy() {
-        let s = setup();
-        let mut m = CheckMemory::default();
-        s.apply(
-            Observability::Up,
-            verdict(CheckState::Failing, &["svc"]),
-            &mut m,
-        )
-        .await;
+        let mut s = setup();
+        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+            .await;
         // The target's series vanished: not seen healthy, so not resolved.
         let mut v = verdict(CheckState::Passing, &[]);
         v.healthy = Some(BTreeSet::new());
-        s.apply(Observability::Up, v.clone(), &mut m).await;
+        s.apply(Observability::Up, v.clone()).await;
         assert_eq!(s.tickets()[0].status, Status::Open);
         v.healthy = Some(BTreeSet::from([Some("svc".to_string())]));
-        s.apply(Observability::Up, v, &mut m).await;
+        s.apply(Observability::Up, v).await;
         assert_eq!(s.tickets()[0].status, Status::Resolved);
     }
 
     #[tokio::test(start_paused = true)]
     async fn lost_prometheus_freezes_check_tickets_and_opens_one_ticket_after_its_grace() {
-        let s = setup();
-        let mut m = CheckMemory::default();
-        s.apply(
-            Observability::Up,
-            verdict(CheckState::Failing, &["svc"]),
-            &mut m,
-        )
-        .await;
+        let mut s = setup();
+        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+            .await;
         let check_ticket = s.tickets()[0].clone();
         let lost = || Observability::Lost {
             reason: "refused".into(),
         };
         // Within the grace: frozen, and no ticket yet.
-        s.apply(lost(), verdict(CheckState::Unknown, &[]), &mut m)
-            .await;
+        s.apply(lost(), verdict(CheckState::Unknown, &[])).await;
         assert_eq!(s.tickets().len(), 1);
         tokio::time::advance(Duration::from_secs(6)).await;
         for _ in 0..3 {
-            s.apply(lost(), verdict(CheckState::Passing, &[]), &mut m)
-                .await;
+            s.apply(lost(), verdict(CheckState::Passing, &[])).await;
         }
         let t = s.tickets();
         assert_eq!(t.len(), 2, "{t:#?}");
         assert_eq!(
-            t.iter().filter(|t| t.drift == "observability-lost").count(),
+            t.iter()
+                .filter(|t| t.drift == DriftKind::ObservabilityLost)
+                .count(),
             1
         );
         let still = t.iter().find(|t| t.id == check_ticket.id).unwrap();
@@ -664,26 +664,22 @@ mod tests {
             "a check ticket moved while Prometheus was lost"
         );
         // Back: the lost ticket resolves, and verdicts count again.
-        s.apply(Observability::Up, verdict(CheckState::Passing, &[]), &mut m)
+        s.apply(Observability::Up, verdict(CheckState::Passing, &[]))
             .await;
         assert!(s.tickets().iter().all(|t| t.status == Status::Resolved));
     }
 
     #[tokio::test]
     async fn a_check_failing_on_a_down_container_goes_on_the_container_ticket() {
-        let s = setup();
-        let mut m = CheckMemory::default();
+        let mut s = setup();
         s.container(ContainerStatus::Exited);
-        let fp = fingerprint("c", "svc", DriftKind::Stopped);
         let (container_ticket, _) = s
             .store
             .record_drift(
                 &DriftSighting {
-                    fingerprint: &fp,
-                    cluster: "c",
-                    service: "svc",
-                    drift: "stopped",
-                    detail: "exited",
+                    fingerprint: Fingerprint::service("c", "svc", DriftKind::Stopped),
+                    drift: DriftKind::Stopped,
+                    detail: "exited".into(),
                     cooldown: Duration::from_secs(600),
                     evidence: None,
                 },
@@ -691,12 +687,8 @@ mod tests {
             )
             .unwrap();
         for _ in 0..3 {
-            s.apply(
-                Observability::Up,
-                verdict(CheckState::Failing, &["svc"]),
-                &mut m,
-            )
-            .await;
+            s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+                .await;
         }
         assert_eq!(s.tickets().len(), 1, "no check ticket of its own");
         let notes = s
@@ -704,30 +696,67 @@ mod tests {
             .timeline(container_ticket.id)
             .unwrap()
             .into_iter()
-            .filter(|e| e.kind == "note")
+            .filter(|e| e.kind == EntryKind::Note)
             .count();
         assert_eq!(notes, 1, "noted once per episode");
     }
 
     #[tokio::test]
     async fn a_check_removed_from_the_manifest_has_its_tickets_closed() {
-        let s = setup();
-        let mut m = CheckMemory::default();
-        s.apply(
-            Observability::Up,
-            verdict(CheckState::Failing, &["svc"]),
-            &mut m,
-        )
-        .await;
-        let mut desired = (*s.controller.desired()).clone();
-        desired.clusters[0].checks[0].name = "renamed".into();
-        s.controller.set_desired(desired);
+        let mut s = setup();
+        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+            .await;
+        s.desired.clusters[0].checks[0].name = "renamed".into();
         let health = ClusterHealth {
             cluster: "c".into(),
             observability: Observability::Up,
             checks: vec![],
         };
-        s.controller.apply_health(&health, &mut m).await.unwrap();
+        s.recorder.apply(&s.desired, &health).await.unwrap();
         assert_eq!(s.tickets()[0].status, Status::Resolved);
+    }
+
+    #[tokio::test]
+    async fn a_failing_restart_check_asks_for_a_restart_and_a_pass_withdraws_it() {
+        let mut s = setup_with("      remediation: {policy: restart}\n");
+        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+            .await;
+        let ticket = s.tickets()[0].id;
+        let messages = s.messages();
+        assert!(
+            messages.iter().any(|m| matches!(m,
+                CheckRepairMessage::Request { key, repair }
+                    if *key == ServiceKey::new("c", "svc") && repair.check == "up" && repair.ticket == ticket)),
+            "{messages:?}"
+        );
+        s.apply(Observability::Up, verdict(CheckState::Passing, &[]))
+            .await;
+        let messages = s.messages();
+        assert!(
+            messages.iter().any(|m| matches!(m,
+                CheckRepairMessage::Withdraw { cluster, check: Some(check), keep }
+                    if cluster == "c" && check == "up" && keep.is_empty())),
+            "{messages:?}"
+        );
+        assert!(
+            !messages
+                .iter()
+                .any(|m| matches!(m, CheckRepairMessage::Request { .. })),
+            "a passing check asks for nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_observe_check_never_asks_for_a_restart() {
+        let mut s = setup();
+        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+            .await;
+        let messages = s.messages();
+        assert!(
+            !messages
+                .iter()
+                .any(|m| matches!(m, CheckRepairMessage::Request { .. })),
+            "{messages:?}"
+        );
     }
 }

@@ -1,85 +1,15 @@
 //! The diff: a pure function from (desired, observed) to drifts, and from drifts to the one
 //! repair that addresses them. No Docker, no clock: unit-tested on plain data.
 
-use serde::Serialize;
-
 use crate::docker::spec::service_network;
 use crate::docker::{ContainerStatus, HealthState, ObservedContainer};
+use crate::drift::{Drift, DriftKind};
 use crate::manifest::{Cluster, Service};
+use crate::remediation::Action;
 
 /// Repairs within the budget window after which a container that keeps stopping is called
 /// crash-looping rather than merely stopped.
 pub const CRASH_LOOP_REPAIRS: u32 = 3;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DriftKind {
-    /// No container realises the service.
-    Missing,
-    /// The container exists but is not running (exited, dead, created).
-    Stopped,
-    Paused,
-    /// Docker's healthcheck says unhealthy.
-    Unhealthy,
-    /// The container keeps stopping despite repairs, or the engine is restarting it.
-    CrashLooping,
-    /// The container was created from a different spec (the spec-hash label differs).
-    SpecChanged,
-    /// The container is not attached to the network the service declares.
-    NetworkDetached,
-    /// The container must be (re)created but its image is not present locally.
-    ImageMissing,
-    /// A container that is not ours holds the service's name.
-    NameConflict,
-    /// A declared check (PromQL or HTTP) failed for longer than its `for`.
-    CheckFailed,
-    /// The cluster's Prometheus cannot be asked: check verdicts are unknown.
-    ObservabilityLost,
-}
-
-impl DriftKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriftKind::Missing => "missing",
-            DriftKind::Stopped => "stopped",
-            DriftKind::Paused => "paused",
-            DriftKind::Unhealthy => "unhealthy",
-            DriftKind::CrashLooping => "crash-looping",
-            DriftKind::SpecChanged => "spec-changed",
-            DriftKind::NetworkDetached => "network-detached",
-            DriftKind::ImageMissing => "image-missing",
-            DriftKind::NameConflict => "name-conflict",
-            DriftKind::CheckFailed => "check-failed",
-            DriftKind::ObservabilityLost => "observability-lost",
-        }
-    }
-}
-
-impl std::fmt::Display for DriftKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Drift {
-    pub kind: DriftKind,
-    /// What was seen, for people.
-    pub detail: String,
-    /// For `network-detached`: the network to reconnect.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
-}
-
-impl Drift {
-    fn new(kind: DriftKind, detail: impl Into<String>) -> Self {
-        Drift {
-            kind,
-            detail: detail.into(),
-            network: None,
-        }
-    }
-}
 
 /// Everything the diff needs to know about one service's current state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -93,45 +23,6 @@ pub struct Observation {
     pub name_conflict: Option<String>,
     /// Budgeted repairs of this service within its window.
     pub recent_repairs: u32,
-}
-
-/// The built-in repairs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "action")]
-pub enum Action {
-    /// Create the container (network and image first) and start it.
-    Create,
-    Start,
-    Unpause,
-    Restart,
-    /// Stop, remove, create and start: rolls out a changed spec.
-    Recreate,
-    /// Attach the container to a network.
-    Connect {
-        network: String,
-    },
-}
-
-impl Action {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Action::Create => "create",
-            Action::Start => "start",
-            Action::Unpause => "unpause",
-            Action::Restart => "restart",
-            Action::Recreate => "recreate",
-            Action::Connect { .. } => "connect",
-        }
-    }
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Action::Connect { network } => write!(f, "connect to network {network}"),
-            other => f.write_str(other.as_str()),
-        }
-    }
 }
 
 /// Compares one service's desired spec with what was observed. Drifts come in priority
@@ -250,29 +141,31 @@ pub fn repair(drifts: &[Drift], observed: &Observation) -> Option<Action> {
         },
         DriftKind::Paused => Some(Action::Unpause),
         DriftKind::Unhealthy => Some(Action::Restart),
-        DriftKind::NetworkDetached => {
-            first
-                .detail
-                .strip_prefix("not attached to network ")
-                .map(|n| Action::Connect {
-                    network: n.to_string(),
-                })
-        }
+        DriftKind::NetworkDetached => first
+            .network
+            .clone()
+            .map(|network| Action::Connect { network }),
         DriftKind::NameConflict | DriftKind::CheckFailed | DriftKind::ObservabilityLost => None,
     }
 }
 
-/// Whether a repair spends the restart budget. The first rollout of a spec and the first
-/// creation of a service are deliberate, not repairs of a failure; retrying either (after it
-/// failed) is a repair, so a rollout that can never succeed still escalates.
-/// `attempts` counts repairs already tried for the current spec.
-pub fn is_budgeted(action: &Action, drifts: &[Drift], created_before: bool, attempts: u32) -> bool {
-    let first_try = attempts == 0;
-    match action {
-        Action::Recreate if drifts.iter().any(|d| d.kind == DriftKind::SpecChanged) => !first_try,
-        Action::Create => created_before || !first_try,
-        _ => true,
-    }
+/// Whether a repair is a deliberate change rather than the repair of a failure: the first
+/// creation of a service, and the first rollout of an edited spec. A deliberate change opens
+/// no ticket unless it fails, and spends no budget; retrying it (after it failed) is a repair,
+/// so a rollout that can never succeed still escalates. `attempts` counts repairs already
+/// tried for the current spec.
+pub fn is_deliberate(
+    action: &Action,
+    drifts: &[Drift],
+    created_before: bool,
+    attempts: u32,
+) -> bool {
+    attempts == 0
+        && match action {
+            Action::Create => !created_before,
+            Action::Recreate => drifts.iter().any(|d| d.kind == DriftKind::SpecChanged),
+            _ => false,
+        }
 }
 
 #[cfg(test)]
@@ -466,9 +359,9 @@ mod tests {
         );
         let drifts = diff(&cluster(), &service(), &obs);
         assert_eq!(repair(&drifts, &obs), Some(Action::Recreate));
-        assert!(!is_budgeted(&Action::Recreate, &drifts, true, 0));
+        assert!(is_deliberate(&Action::Recreate, &drifts, true, 0));
         assert!(
-            is_budgeted(&Action::Recreate, &drifts, true, 1),
+            !is_deliberate(&Action::Recreate, &drifts, true, 1),
             "a failed rollout retried is a repair"
         );
     }
@@ -500,10 +393,10 @@ mod tests {
     #[test]
     fn first_create_and_spec_rollouts_do_not_spend_the_budget() {
         let missing = vec![Drift::new(DriftKind::Missing, "")];
-        assert!(!is_budgeted(&Action::Create, &missing, false, 0));
-        assert!(is_budgeted(&Action::Create, &missing, false, 1));
-        assert!(is_budgeted(&Action::Create, &missing, true, 0));
+        assert!(is_deliberate(&Action::Create, &missing, false, 0));
+        assert!(!is_deliberate(&Action::Create, &missing, false, 1));
+        assert!(!is_deliberate(&Action::Create, &missing, true, 0));
         let stopped = vec![Drift::new(DriftKind::Stopped, "")];
-        assert!(is_budgeted(&Action::Start, &stopped, false, 0));
+        assert!(!is_deliberate(&Action::Start, &stopped, false, 0));
     }
 }

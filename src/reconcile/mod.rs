@@ -1,12 +1,26 @@
-//! Reconcile: the pure diff, the work queue, per-key backoff and budget, and the controller
-//! that ties them to the Docker cache and actions.
+//! Reconcile: the pure diff and decision, the work queue, per-key backoff and budget, one
+//! key's reconcile, the built-in remediator, check verdicts turned into tickets, and the
+//! controller loop that ties them to the Docker cache.
+//!
+//! Nothing outside this module imports it but the CLI: the drift vocabulary is
+//! [`crate::drift`], the seam for remediators [`crate::remediation`], the tickets
+//! [`crate::tickets`].
 
+mod builtin;
 mod checks;
 pub mod controller;
+pub mod decide;
 pub mod diff;
 pub mod queue;
+pub mod report;
+mod service;
 pub mod state;
 
-pub use controller::{Controller, ControllerConfig, ControllerError, Outcome, ServiceReport};
-pub use diff::{Action, Drift, DriftKind, Observation, diff, repair};
+pub use controller::{Controller, ControllerBuilder, ControllerConfig, ControllerError, Outcome};
+pub use decide::{Decision, Holds, decide};
+pub use diff::{Observation, diff, repair};
 pub use queue::WorkQueue;
+pub use report::{ServiceReport, report};
+
+pub use crate::drift::{Drift, DriftKind};
+pub use crate::remediation::Action;

@@ -18,6 +18,23 @@ use crate::backoff;
 use crate::manifest::Remediation;
 use crate::tickets::Budget;
 
+/// One moment on both clocks: the monotonic one that backoff runs on, and the wall clock the
+/// database stores. Taken once per reconcile so every time it writes agrees.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub now: Instant,
+    pub wall: DateTime<Utc>,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            now: Instant::now(),
+            wall: Utc::now(),
+        }
+    }
+}
+
 /// Maps a wall-clock time onto the monotonic clock, given one moment known on both.
 /// `None` when it falls before the monotonic clock's origin.
 fn to_instant(t: DateTime<Utc>, now: Instant, wall: DateTime<Utc>) -> Option<Instant> {
@@ -36,7 +53,7 @@ fn to_wall(t: Instant, now: Instant, wall: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct KeyState {
+pub struct RepairBudget {
     /// Repairs tried since the service was last stable.
     pub attempts: u32,
     /// No repair before this time.
@@ -50,7 +67,6 @@ pub struct KeyState {
     pub spec_hash: Option<String>,
     /// The controller has created this service's container before.
     pub created_before: bool,
-    pub last_error: Option<String>,
 }
 
 /// What the budget and backoff allow now.
@@ -63,11 +79,11 @@ pub enum Gate {
     Escalate,
 }
 
-impl KeyState {
-    /// Rebuilds the state from its stored form; `now` and `wall` are the same moment on the
-    /// monotonic and the wall clock.
-    pub fn from_budget(b: &Budget, now: Instant, wall: DateTime<Utc>) -> KeyState {
-        KeyState {
+impl RepairBudget {
+    /// Rebuilds the state from its stored form.
+    pub fn from_stored(b: &Budget, clock: Clock) -> RepairBudget {
+        let Clock { now, wall } = clock;
+        RepairBudget {
             attempts: b.attempts,
             next_attempt_at: b.next_attempt_at.and_then(|t| to_instant(t, now, wall)),
             // A repair from before the monotonic origin is long outside any window.
@@ -80,12 +96,12 @@ impl KeyState {
             healthy_since: b.healthy_since.and_then(|t| to_instant(t, now, wall)),
             spec_hash: b.spec_hash.clone(),
             created_before: b.created_before,
-            last_error: None,
         }
     }
 
-    /// The stored form of the state (see [`KeyState::from_budget`]).
-    pub fn to_budget(&self, now: Instant, wall: DateTime<Utc>) -> Budget {
+    /// The stored form of the state (see [`RepairBudget::from_stored`]).
+    pub fn to_stored(&self, clock: Clock) -> Budget {
+        let Clock { now, wall } = clock;
         Budget {
             attempts: self.attempts,
             next_attempt_at: self.next_attempt_at.map(|t| to_wall(t, now, wall)),
@@ -105,7 +121,7 @@ impl KeyState {
     pub fn track_spec(&mut self, hash: &str) {
         if self.spec_hash.as_deref() != Some(hash) {
             let created_before = self.created_before;
-            *self = KeyState {
+            *self = RepairBudget {
                 spec_hash: Some(hash.to_string()),
                 created_before,
                 ..Default::default()
@@ -203,7 +219,7 @@ mod tests {
             max_restarts: 100,
             ..remediation()
         };
-        let mut s = KeyState::default();
+        let mut s = RepairBudget::default();
         let mut delays = Vec::new();
         for _ in 0..6 {
             let now = Instant::now();
@@ -224,7 +240,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn budget_spent_within_window_escalates_and_stays_escalated() {
         let r = remediation();
-        let mut s = KeyState::default();
+        let mut s = RepairBudget::default();
         for _ in 0..3 {
             if let Gate::WaitUntil(at) = s.gate(Instant::now(), true, &r) {
                 tokio::time::sleep_until(at).await;
@@ -247,7 +263,7 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             ..remediation()
         };
-        let mut s = KeyState::default();
+        let mut s = RepairBudget::default();
         for _ in 0..2 {
             s.record_attempt(Instant::now(), true, &r);
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -260,7 +276,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unbudgeted_repairs_never_escalate() {
         let r = remediation();
-        let mut s = KeyState::default();
+        let mut s = RepairBudget::default();
         for _ in 0..10 {
             s.record_attempt(Instant::now(), false, &r);
         }
@@ -271,17 +287,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stored_budget_round_trips_across_a_restart() {
         let r = remediation();
-        let mut s = KeyState::default();
+        let mut s = RepairBudget::default();
         s.track_spec("h1");
         s.record_attempt(Instant::now(), true, &r);
         tokio::time::sleep(Duration::from_secs(1)).await;
         s.record_attempt(Instant::now(), true, &r);
         let wall = Utc::now();
-        let stored = s.to_budget(Instant::now(), wall);
+        let stored = s.to_stored(Clock {
+            now: Instant::now(),
+            wall,
+        });
         // "Restart": a later process with its own monotonic clock reading.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let later_wall = wall + chrono::Duration::seconds(1);
-        let mut back = KeyState::from_budget(&stored, Instant::now(), later_wall);
+        let mut back = RepairBudget::from_stored(
+            &stored,
+            Clock {
+                now: Instant::now(),
+                wall: later_wall,
+            },
+        );
         assert_eq!(back.attempts, 2);
         assert_eq!(back.recent_repairs(Instant::now(), &r), 2);
         assert_eq!(back.spec_hash.as_deref(), Some("h1"));
@@ -295,7 +320,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn backoff_resets_only_after_staying_healthy_for_stable_after() {
         let r = remediation();
-        let mut s = KeyState::default();
+        let mut s = RepairBudget::default();
         for _ in 0..2 {
             s.record_attempt(Instant::now(), false, &r);
         }

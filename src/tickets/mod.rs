@@ -12,16 +12,24 @@
 //! - The database and its folder are readable by their owner only; a file that is not an
 //!   operator ticket database (or is from a newer version) is refused and never written.
 
+//!
+//! # Layout
+//! `db` opens the file and owns the migrations; `store` is the blocking SQL; `journal` is
+//! the async facade everyone else uses; `query` the read-only episode views.
+
 mod budget;
+mod db;
+mod journal;
 mod model;
+mod query;
 mod store;
 
 pub use budget::Budget;
-pub use model::{
-    CLUSTER_TARGET, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry, check_fingerprint,
-    fingerprint, is_check_fingerprint, is_container_down,
-};
-pub use store::{DEFAULT_DB, DriftSighting, Store, default_path, like_escape};
+pub use db::{DEFAULT_DB, MIGRATIONS, Migration, default_path};
+pub use journal::{Journal, Recheck};
+pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
+pub use query::{Episode, TicketQuery};
+pub use store::{DriftSighting, Selector, Store};
 
 use std::path::PathBuf;
 
@@ -77,6 +85,18 @@ pub enum TicketError {
         id: i64,
         status: Status,
         what: &'static str,
+    },
+    #[error(
+        "ticket database {path}: {table} row {row} has an unreadable {column} {value:?}; \
+         the file was edited by hand or is damaged (restore it, or move it aside and let \
+         `operator run` start a new one)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        table: &'static str,
+        row: i64,
+        column: &'static str,
+        value: String,
     },
     #[error("the ticket database task stopped unexpectedly: {0}")]
     Task(String),

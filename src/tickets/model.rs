@@ -1,9 +1,10 @@
-//! The ticket model: plain data, and the fingerprint that identifies a drift episode.
+//! The ticket model: plain data. What a ticket is about ([`Fingerprint`], [`DriftKind`]) is
+//! the drift vocabulary's; this module adds what happened to it.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::reconcile::DriftKind;
+use crate::drift::{DriftKind, Fingerprint, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +77,51 @@ impl Cause {
     }
 }
 
+impl From<Actor> for Cause {
+    fn from(actor: Actor) -> Cause {
+        match actor {
+            Actor::Controller => Cause::Controller,
+            Actor::Agent => Cause::Agent,
+            Actor::Human => Cause::Human,
+        }
+    }
+}
+
+/// Who acted: recorded on every action entry of a timeline. The resolve cause of a ticket is
+/// the actor of its last action that did not fail, never inferred from its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Actor {
+    /// A built-in action of the controller.
+    Controller,
+    /// An agent session.
+    Agent,
+    /// A person, through the CLI.
+    Human,
+}
+
+impl Actor {
+    pub const ALL: [Actor; 3] = [Actor::Controller, Actor::Agent, Actor::Human];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Controller => "controller",
+            Actor::Agent => "agent",
+            Actor::Human => "human",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Actor> {
+        Actor::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Kinds of timeline entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -97,6 +143,26 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    pub const ALL: [EntryKind; 13] = [
+        EntryKind::Detected,
+        EntryKind::Reopened,
+        EntryKind::DriftChanged,
+        EntryKind::ActionStarted,
+        EntryKind::ActionResult,
+        EntryKind::AgentDispatched,
+        EntryKind::Recheck,
+        EntryKind::Resolved,
+        EntryKind::Escalated,
+        EntryKind::Held,
+        EntryKind::Unheld,
+        EntryKind::Retried,
+        EntryKind::Note,
+    ];
+
+    pub fn parse(s: &str) -> Option<EntryKind> {
+        EntryKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EntryKind::Detected => "detected",
@@ -116,14 +182,20 @@ impl EntryKind {
     }
 }
 
+impl std::fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ticket {
     pub id: i64,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub cluster: String,
     pub service: String,
     /// The latest drift kind seen in this episode.
-    pub drift: String,
+    pub drift: DriftKind,
     pub status: Status,
     pub held: bool,
     pub occurrences: i64,
@@ -139,10 +211,20 @@ pub struct Ticket {
     pub episode_at: DateTime<Utc>,
 }
 
+impl Ticket {
+    /// What the ticket is about: a service, or the cluster.
+    pub fn target(&self) -> &Target {
+        &self.fingerprint.target
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TimelineEntry {
     pub at: DateTime<Utc>,
-    pub kind: String,
+    pub kind: EntryKind,
+    /// Who acted, on action entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
     pub detail: serde_json::Value,
 }
 
@@ -157,60 +239,9 @@ pub enum Sighting {
     Reopened,
 }
 
-/// The drift family a kind belongs to for ticketing: a stopped container that keeps
-/// stopping is crash-looping, but it is the same episode, so the same ticket.
-fn family(kind: DriftKind) -> &'static str {
-    match kind {
-        DriftKind::Stopped | DriftKind::CrashLooping => "stopped",
-        other => other.as_str(),
-    }
-}
-
-/// The identity of a drift episode: cluster, service (or check), drift family.
-pub fn fingerprint(cluster: &str, service: &str, kind: DriftKind) -> String {
-    format!("{cluster}/{service}/{}", family(kind))
-}
-
-/// The `service` column of a cluster-level ticket (no service is blamed).
-pub const CLUSTER_TARGET: &str = "-";
-
-/// The identity of a failing check's episode on one target (a service, or the cluster).
-pub fn check_fingerprint(cluster: &str, target: Option<&str>, check: &str) -> String {
-    format!(
-        "{cluster}/{}/check-failed/{check}",
-        target.unwrap_or(CLUSTER_TARGET)
-    )
-}
-
-/// Whether a fingerprint belongs to a check's episode (resolved by check evaluations, never
-/// by a container's reconcile).
-pub fn is_check_fingerprint(fingerprint: &str) -> bool {
-    fingerprint.contains("/check-failed/")
-}
-
-/// Whether a ticket's drift means the container is not there or not running.
-pub fn is_container_down(drift: &str) -> bool {
-    matches!(
-        drift,
-        "missing" | "stopped" | "crash-looping" | "paused" | "image-missing"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crash_looping_shares_the_stopped_fingerprint() {
-        assert_eq!(
-            fingerprint("c", "s", DriftKind::Stopped),
-            fingerprint("c", "s", DriftKind::CrashLooping)
-        );
-        assert_ne!(
-            fingerprint("c", "s", DriftKind::Stopped),
-            fingerprint("c", "s", DriftKind::Paused)
-        );
-    }
 
     #[test]
     fn statuses_and_causes_round_trip() {
@@ -229,6 +260,16 @@ mod tests {
             Cause::Human,
         ] {
             assert_eq!(Cause::parse(c.as_str()), Some(c));
+        }
+        for a in Actor::ALL {
+            assert_eq!(Actor::parse(a.as_str()), Some(a));
+        }
+        for k in EntryKind::ALL {
+            assert_eq!(EntryKind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::Value::String(k.as_str().into())
+            );
         }
     }
 }

@@ -1,344 +1,211 @@
-//! The SQLite store. One connection per process, used from blocking threads; WAL and a busy
-//! timeout let the daemon, the CLI and (later) the agent share one file.
+//! The ticket SQL: tickets, their timeline and the per-service budgets, run on the calling
+//! (blocking) thread. One connection per process; WAL and a busy timeout let the daemon, the
+//! CLI and a dispatcher share one file. The async way in is [`super::Journal`].
+//!
+//! Everything read back is parsed strictly: a timestamp, status, drift, fingerprint or actor
+//! that cannot be read is an error naming the row, never a default.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::TicketError;
 use super::budget::Budget;
-use super::model::{Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
+use super::db::Db;
+use super::model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
+use crate::drift::{DriftKind, Fingerprint};
 
-/// `~/.operator/tickets.db`, relative to the home folder.
-pub const DEFAULT_DB: &str = ".operator/tickets.db";
-
-/// Marks the file as ours (`PRAGMA application_id`): "OPTK".
-const APPLICATION_ID: i64 = 0x4F50_544B;
-/// Writers wait this long for each other before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Schema migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[
-    // 1: tickets, their timeline, per-service budgets.
-    r#"
-    CREATE TABLE tickets (
-        id            INTEGER PRIMARY KEY,
-        fingerprint   TEXT NOT NULL,
-        cluster       TEXT NOT NULL,
-        service       TEXT NOT NULL,
-        drift         TEXT NOT NULL,
-        status        TEXT NOT NULL CHECK (status IN ('open','remediating','resolved','escalated')),
-        held          INTEGER NOT NULL DEFAULT 0,
-        occurrences   INTEGER NOT NULL DEFAULT 1,
-        flaps         INTEGER NOT NULL DEFAULT 0,
-        detail        TEXT NOT NULL DEFAULT '',
-        opened_at     TEXT NOT NULL,
-        -- When the current episode began: opened_at, or the last reopening.
-        episode_at    TEXT NOT NULL,
-        last_seen_at  TEXT NOT NULL,
-        resolved_at   TEXT,
-        resolved_by   TEXT CHECK (resolved_by IN ('self-healed','controller','agent','human')),
-        actions       INTEGER NOT NULL DEFAULT 0
-    );
-    -- At most one unresolved ticket per drift episode.
-    CREATE UNIQUE INDEX tickets_one_unresolved ON tickets (fingerprint) WHERE status != 'resolved';
-    CREATE INDEX tickets_by_service ON tickets (cluster, service, status);
-    CREATE TABLE timeline (
-        id        INTEGER PRIMARY KEY,
-        ticket_id INTEGER NOT NULL REFERENCES tickets (id),
-        at        TEXT NOT NULL,
-        kind      TEXT NOT NULL,
-        detail    TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX timeline_by_ticket ON timeline (ticket_id, id);
-    CREATE TABLE budgets (
-        cluster          TEXT NOT NULL,
-        service          TEXT NOT NULL,
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at  TEXT,
-        repairs          TEXT NOT NULL DEFAULT '[]',
-        escalated        INTEGER NOT NULL DEFAULT 0,
-        healthy_since    TEXT,
-        spec_hash        TEXT,
-        created_before   INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (cluster, service)
-    );
-    "#,
-];
-
-/// `$HOME/.operator/tickets.db`.
-pub fn default_path() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(DEFAULT_DB)
-}
-
-/// Escapes `\`, `%` and `_` so a text matches itself in a `LIKE ... ESCAPE '\'` pattern.
-pub fn like_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
+/// A time as stored: UTC, RFC 3339 with microseconds.
 pub fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn parse_ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+/// Where a stored value sits, for the error that says it cannot be read.
+struct At<'a> {
+    path: &'a Path,
+    table: &'static str,
+    row: i64,
 }
 
-fn parse_opt_ts(s: Option<String>) -> Option<DateTime<Utc>> {
-    s.as_deref().map(parse_ts)
+impl At<'_> {
+    fn corrupt(&self, column: &'static str, value: &str) -> TicketError {
+        TicketError::Corrupt {
+            path: self.path.to_path_buf(),
+            table: self.table,
+            row: self.row,
+            column,
+            value: value.to_string(),
+        }
+    }
+
+    fn time(&self, column: &'static str, text: &str) -> Result<DateTime<Utc>, TicketError> {
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| self.corrupt(column, text))
+    }
+
+    fn opt_time(
+        &self,
+        column: &'static str,
+        text: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, TicketError> {
+        text.map(|t| self.time(column, t)).transpose()
+    }
 }
 
-const TICKET_COLUMNS: &str = "id, fingerprint, cluster, service, drift, status, held, occurrences, flaps, \
+pub(super) const TICKET_COLUMNS: &str = "id, fingerprint, cluster, service, drift, status, held, occurrences, flaps, \
      detail, opened_at, last_seen_at, resolved_at, resolved_by, actions, episode_at";
 
-fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
-    let status: String = row.get(5)?;
-    let resolved_by: Option<String> = row.get(13)?;
-    Ok(Ticket {
+/// A ticket row as SQLite holds it; [`RawTicket::parse`] makes it a [`Ticket`] or says which
+/// column of which row cannot be read.
+struct RawTicket {
+    id: i64,
+    fingerprint: String,
+    cluster: String,
+    service: String,
+    drift: String,
+    status: String,
+    held: bool,
+    occurrences: i64,
+    flaps: i64,
+    detail: String,
+    opened_at: String,
+    last_seen_at: String,
+    resolved_at: Option<String>,
+    resolved_by: Option<String>,
+    actions: i64,
+    episode_at: String,
+}
+
+fn ticket_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawTicket> {
+    Ok(RawTicket {
         id: row.get(0)?,
         fingerprint: row.get(1)?,
         cluster: row.get(2)?,
         service: row.get(3)?,
         drift: row.get(4)?,
-        status: Status::parse(&status).unwrap_or(Status::Open),
+        status: row.get(5)?,
         held: row.get::<_, i64>(6)? != 0,
         occurrences: row.get(7)?,
         flaps: row.get(8)?,
         detail: row.get(9)?,
-        opened_at: parse_ts(&row.get::<_, String>(10)?),
-        last_seen_at: parse_ts(&row.get::<_, String>(11)?),
-        resolved_at: parse_opt_ts(row.get(12)?),
-        resolved_by: resolved_by.as_deref().and_then(Cause::parse),
+        opened_at: row.get(10)?,
+        last_seen_at: row.get(11)?,
+        resolved_at: row.get(12)?,
+        resolved_by: row.get(13)?,
         actions: row.get(14)?,
-        episode_at: parse_ts(&row.get::<_, String>(15)?),
+        episode_at: row.get(15)?,
     })
 }
 
-/// What is recorded about one drift sighting.
+impl RawTicket {
+    fn parse(self, path: &Path) -> Result<Ticket, TicketError> {
+        let at = At {
+            path,
+            table: "tickets",
+            row: self.id,
+        };
+        let fingerprint = Fingerprint::parse(&self.fingerprint)
+            .filter(|f| f.cluster == self.cluster && f.target.as_str() == self.service)
+            .ok_or_else(|| at.corrupt("fingerprint", &self.fingerprint))?;
+        Ok(Ticket {
+            id: self.id,
+            drift: DriftKind::parse(&self.drift).ok_or_else(|| at.corrupt("drift", &self.drift))?,
+            status: Status::parse(&self.status)
+                .ok_or_else(|| at.corrupt("status", &self.status))?,
+            resolved_by: match self.resolved_by.as_deref() {
+                None => None,
+                Some(c) => Some(Cause::parse(c).ok_or_else(|| at.corrupt("resolved_by", c))?),
+            },
+            opened_at: at.time("opened_at", &self.opened_at)?,
+            last_seen_at: at.time("last_seen_at", &self.last_seen_at)?,
+            resolved_at: at.opt_time("resolved_at", self.resolved_at.as_deref())?,
+            episode_at: at.time("episode_at", &self.episode_at)?,
+            fingerprint,
+            cluster: self.cluster,
+            service: self.service,
+            held: self.held,
+            occurrences: self.occurrences,
+            flaps: self.flaps,
+            detail: self.detail,
+            actions: self.actions,
+        })
+    }
+}
+
+/// What is recorded about one drift sighting. The cluster and target are the fingerprint's.
 #[derive(Debug, Clone)]
-pub struct DriftSighting<'a> {
-    pub fingerprint: &'a str,
-    pub cluster: &'a str,
-    pub service: &'a str,
-    pub drift: &'a str,
-    pub detail: &'a str,
+pub struct DriftSighting {
+    pub fingerprint: Fingerprint,
+    /// The kind seen now (within the fingerprint's family, or `check-failed`).
+    pub drift: DriftKind,
+    pub detail: String,
     /// Reopen a ticket resolved less than this long ago instead of opening a new one.
     pub cooldown: Duration,
     /// What was seen (offending series...), for the timeline of a new or reopened episode.
     pub evidence: Option<serde_json::Value>,
 }
 
-pub struct Store {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+/// Which unresolved tickets to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The one episode of a fingerprint.
+    Exact(Fingerprint),
+    /// Every ticket of one service (or the cluster), whatever its drift or check.
+    Target { cluster: String, target: String },
+    /// The tickets of a cluster's checks: of one check, or of all of them.
+    Checks {
+        cluster: String,
+        check: Option<String>,
+    },
 }
 
-/// Checks, without writing anything, that an existing file is ours or empty.
-fn check_existing(path: &Path) -> Result<(), TicketError> {
-    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if len == 0 {
-        return Ok(());
-    }
-    let foreign = |reason: String| TicketError::Foreign {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| foreign(format!("not a readable SQLite file: {e}")))?;
-    let read = |sql: &str| -> Result<i64, TicketError> {
-        conn.query_row(sql, [], |r| r.get(0))
-            .map_err(|e| foreign(format!("not a SQLite database: {e}")))
-    };
-    let app_id = read("PRAGMA application_id")?;
-    let version = read("PRAGMA user_version")?;
-    let objects = read("SELECT count(*) FROM sqlite_master")?;
-    if app_id == APPLICATION_ID {
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(TicketError::TooNew {
-                path: path.to_path_buf(),
-                found: version,
-                known,
-            });
-        }
-        return Ok(());
-    }
-    if app_id == 0 && version == 0 && objects == 0 {
-        return Ok(()); // an empty SQLite database: ours to initialise
-    }
-    Err(foreign(format!(
-        "application_id {app_id:#x}, {objects} schema objects"
-    )))
+/// The ticket database: blocking calls.
+pub struct Store {
+    db: Db,
 }
 
 impl Store {
     /// Opens (creating if missing) the ticket database at `path`, applying migrations.
     /// The folder is created with mode 0700 and the file set to 0600.
     pub fn open(path: &Path) -> Result<Store, TicketError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| TicketError::Folder {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-        }
-        check_existing(path)?;
-        if !path.exists() {
-            // Created private from the start, not chmod-ed after SQLite made it.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|source| TicketError::Permissions {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-        }
-        let open_err = |source| TicketError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| TicketError::Permissions {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        let store = Store {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-        };
-        store.migrate()?;
-        // WAL side files inherit the process umask; keep them private too.
-        for suffix in ["-wal", "-shm"] {
-            let side = PathBuf::from(format!("{}{suffix}", path.display()));
-            if side.exists() {
-                let _ = std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600));
-            }
-        }
-        Ok(store)
+        Ok(Store {
+            db: Db::open(path)?,
+        })
     }
 
     /// Opens an existing ticket database for reading only: never creates, migrates or
-    /// changes it (for `tickets list|show` and `status`).
-    pub fn open_existing(path: &Path) -> Result<Store, TicketError> {
-        if !path.exists() {
-            return Err(TicketError::Missing {
-                path: path.to_path_buf(),
-            });
-        }
-        check_existing(path)?;
-        let open_err = |source| TicketError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if version != MIGRATIONS.len() as i64 {
-            return Err(TicketError::Foreign {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "schema version {version}, this operator reads {}; run `operator run` once to migrate it",
-                    MIGRATIONS.len()
-                ),
-            });
-        }
+    /// changes it (for `status`, observers and the drills). Writes through it fail.
+    pub fn open_read_only(path: &Path) -> Result<Store, TicketError> {
         Ok(Store {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
+            db: Db::open_read_only(path)?,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.db.is_read_only()
     }
 
     fn err(&self, doing: &'static str) -> impl FnOnce(rusqlite::Error) -> TicketError + '_ {
-        move |source| TicketError::Query {
-            path: self.path.clone(),
-            doing,
-            source,
-        }
+        self.db.err(doing)
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.read()
     }
 
-    /// Runs `f` in an immediate (write-locked) transaction.
     fn write<T>(
         &self,
         doing: &'static str,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, TicketError>,
     ) -> Result<T, TicketError> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(self.err(doing))?;
-        let out = f(&tx)?;
-        tx.commit().map_err(self.err(doing))?;
-        Ok(out)
-    }
-
-    fn migrate(&self) -> Result<(), TicketError> {
-        self.write("apply schema migrations", |tx| {
-            let version: i64 = tx
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(self.err("read the schema version"))?;
-            let known = MIGRATIONS.len() as i64;
-            if version > known {
-                return Err(TicketError::TooNew {
-                    path: self.path.clone(),
-                    found: version,
-                    known,
-                });
-            }
-            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-                tx.execute_batch(sql)
-                    .map_err(self.err("apply schema migrations"))?;
-                tx.pragma_update(None, "user_version", (i + 1) as i64)
-                    .map_err(self.err("apply schema migrations"))?;
-            }
-            tx.pragma_update(None, "application_id", APPLICATION_ID)
-                .map_err(self.err("apply schema migrations"))?;
-            Ok(())
-        })
+        self.db.write(doing, f)
     }
 
     /// A number that changes whenever another connection commits (cheap change detection).
@@ -353,12 +220,19 @@ impl Store {
         tx: &Transaction<'_>,
         id: i64,
         kind: EntryKind,
+        actor: Option<Actor>,
         detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<(), TicketError> {
         tx.execute(
-            "INSERT INTO timeline (ticket_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![id, ts(now), kind.as_str(), detail.to_string()],
+            "INSERT INTO timeline (ticket_id, at, kind, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                id,
+                ts(now),
+                kind.as_str(),
+                actor.map(Actor::as_str),
+                detail.to_string()
+            ],
         )
         .map_err(self.err("append to the timeline"))?;
         Ok(())
@@ -369,30 +243,33 @@ impl Store {
     /// by the unique index: concurrent callers never create two tickets.
     pub fn record_drift(
         &self,
-        s: &DriftSighting<'_>,
+        s: &DriftSighting,
         now: DateTime<Utc>,
     ) -> Result<(Ticket, Sighting), TicketError> {
+        let fingerprint = s.fingerprint.to_string();
+        let (drift, detail) = (s.drift.as_str(), s.detail.as_str());
         self.write("record a drift", |tx| {
             let unresolved: Option<(i64, String)> = tx
                 .query_row(
                     "SELECT id, drift FROM tickets WHERE fingerprint = ?1 AND status != 'resolved'",
-                    params![s.fingerprint],
+                    params![fingerprint],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(self.err("look up a ticket"))?;
-            let (id, sighting) = if let Some((id, drift)) = unresolved {
+            let (id, sighting) = if let Some((id, before)) = unresolved {
                 tx.execute(
                     "UPDATE tickets SET occurrences = occurrences + 1, last_seen_at = ?2, drift = ?3, detail = ?4 WHERE id = ?1",
-                    params![id, ts(now), s.drift, s.detail],
+                    params![id, ts(now), drift, detail],
                 )
                 .map_err(self.err("bump a ticket"))?;
-                if drift != s.drift {
+                if before != drift {
                     self.append_tx(
                         tx,
                         id,
                         EntryKind::DriftChanged,
-                        &serde_json::json!({"from": drift, "to": s.drift, "detail": s.detail}),
+                        None,
+                        &serde_json::json!({"from": before, "to": drift, "detail": detail}),
                         now,
                     )?;
                 }
@@ -403,7 +280,7 @@ impl Store {
                     .query_row(
                         "SELECT id FROM tickets WHERE fingerprint = ?1 AND status = 'resolved' AND resolved_at >= ?2 \
                          ORDER BY resolved_at DESC LIMIT 1",
-                        params![s.fingerprint, ts(cutoff)],
+                        params![fingerprint, ts(cutoff)],
                         |r| r.get(0),
                     )
                     .optional()
@@ -413,14 +290,15 @@ impl Store {
                         "UPDATE tickets SET status = 'open', resolved_at = NULL, resolved_by = NULL, \
                          occurrences = occurrences + 1, flaps = flaps + 1, last_seen_at = ?2, episode_at = ?2, drift = ?3, \
                          detail = ?4, actions = 0 WHERE id = ?1",
-                        params![id, ts(now), s.drift, s.detail],
+                        params![id, ts(now), drift, detail],
                     )
                     .map_err(self.err("reopen a ticket"))?;
                     self.append_tx(
                         tx,
                         id,
                         EntryKind::Reopened,
-                        &serde_json::json!({"drift": s.drift, "detail": s.detail, "evidence": s.evidence}),
+                        None,
+                        &serde_json::json!({"drift": drift, "detail": detail, "evidence": s.evidence}),
                         now,
                     )?;
                     (id, Sighting::Reopened)
@@ -434,7 +312,14 @@ impl Store {
                              ON CONFLICT (fingerprint) WHERE status != 'resolved' \
                              DO UPDATE SET occurrences = occurrences + 1, last_seen_at = excluded.last_seen_at \
                              RETURNING id",
-                            params![s.fingerprint, s.cluster, s.service, s.drift, s.detail, ts(now)],
+                            params![
+                                fingerprint,
+                                s.fingerprint.cluster,
+                                s.fingerprint.target.as_str(),
+                                drift,
+                                detail,
+                                ts(now)
+                            ],
                             |r| r.get(0),
                         )
                         .map_err(self.err("open a ticket"))?;
@@ -442,7 +327,8 @@ impl Store {
                         tx,
                         id,
                         EntryKind::Detected,
-                        &serde_json::json!({"drift": s.drift, "detail": s.detail, "evidence": s.evidence}),
+                        None,
+                        &serde_json::json!({"drift": drift, "detail": detail, "evidence": s.evidence}),
                         now,
                     )?;
                     (id, Sighting::Opened)
@@ -453,14 +339,29 @@ impl Store {
         })
     }
 
-    fn get_tx(&self, tx: &Connection, id: i64) -> Result<Option<Ticket>, TicketError> {
-        tx.query_row(
-            &format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = ?1"),
-            params![id],
-            ticket_from_row,
-        )
-        .optional()
-        .map_err(self.err("read a ticket"))
+    /// Runs a ticket query and parses every row strictly.
+    pub(super) fn tickets(
+        &self,
+        conn: &Connection,
+        doing: &'static str,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Ticket>, TicketError> {
+        let mut stmt = conn.prepare(sql).map_err(self.err(doing))?;
+        let raw: Vec<RawTicket> = stmt
+            .query_map(params, ticket_row)
+            .map_err(self.err(doing))?
+            .collect::<Result<_, _>>()
+            .map_err(self.err(doing))?;
+        raw.into_iter().map(|r| r.parse(self.path())).collect()
+    }
+
+    fn get_tx(&self, conn: &Connection, id: i64) -> Result<Option<Ticket>, TicketError> {
+        let sql = format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = ?1");
+        Ok(self
+            .tickets(conn, "read a ticket", &sql, params![id])?
+            .into_iter()
+            .next())
     }
 
     pub fn get(&self, id: i64) -> Result<Option<Ticket>, TicketError> {
@@ -470,82 +371,105 @@ impl Store {
 
     /// Tickets, newest first, optionally of one status.
     pub fn list(&self, status: Option<Status>) -> Result<Vec<Ticket>, TicketError> {
-        let conn = self.conn();
         let sql = format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC"
         );
-        let mut stmt = conn.prepare(&sql).map_err(self.err("list tickets"))?;
-        let rows = stmt
-            .query_map(params![status.map(Status::as_str)], ticket_from_row)
-            .map_err(self.err("list tickets"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("list tickets"))
+        let conn = self.conn();
+        self.tickets(
+            &conn,
+            "list tickets",
+            &sql,
+            params![status.map(Status::as_str)],
+        )
     }
 
-    /// The unresolved tickets of one service (or check).
+    /// The unresolved tickets of one service (or of the cluster, with `-`).
     pub fn unresolved_for(&self, cluster: &str, service: &str) -> Result<Vec<Ticket>, TicketError> {
-        let conn = self.conn();
-        let sql = format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE cluster = ?1 AND service = ?2 AND status != 'resolved' ORDER BY id"
-        );
-        let mut stmt = conn
-            .prepare(&sql)
-            .map_err(self.err("list a service's tickets"))?;
-        let rows = stmt
-            .query_map(params![cluster, service], ticket_from_row)
-            .map_err(self.err("list a service's tickets"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("list a service's tickets"))
+        self.unresolved(&Selector::Target {
+            cluster: cluster.to_string(),
+            target: service.to_string(),
+        })
     }
 
-    /// The unresolved ticket of one fingerprint, if any.
-    pub fn unresolved_by_fingerprint(&self, fingerprint: &str) -> Result<Vec<Ticket>, TicketError> {
+    /// The unresolved tickets a selector picks, oldest first.
+    pub fn unresolved(&self, selector: &Selector) -> Result<Vec<Ticket>, TicketError> {
         let conn = self.conn();
-        let sql = format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE fingerprint = ?1 AND status != 'resolved'"
-        );
-        let mut stmt = conn.prepare(&sql).map_err(self.err("look up a ticket"))?;
-        let rows = stmt
-            .query_map(params![fingerprint], ticket_from_row)
-            .map_err(self.err("look up a ticket"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("look up a ticket"))
-    }
-
-    /// Unresolved tickets whose fingerprint matches a SQL `LIKE` pattern (escape literal
-    /// parts with [`like_escape`]; `\` is the escape character).
-    pub fn unresolved_like(&self, pattern: &str) -> Result<Vec<Ticket>, TicketError> {
-        let conn = self.conn();
-        let sql = format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE fingerprint LIKE ?1 ESCAPE '\\' AND status != 'resolved' ORDER BY id"
-        );
-        let mut stmt = conn.prepare(&sql).map_err(self.err("list tickets"))?;
-        let rows = stmt
-            .query_map(params![pattern], ticket_from_row)
-            .map_err(self.err("list tickets"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("list tickets"))
+        match selector {
+            Selector::Exact(fp) => {
+                let sql = format!(
+                    "SELECT {TICKET_COLUMNS} FROM tickets WHERE fingerprint = ?1 AND status != 'resolved'"
+                );
+                self.tickets(&conn, "look up a ticket", &sql, params![fp.to_string()])
+            }
+            Selector::Target { cluster, target } => {
+                let sql = format!(
+                    "SELECT {TICKET_COLUMNS} FROM tickets WHERE cluster = ?1 AND service = ?2 AND status != 'resolved' ORDER BY id"
+                );
+                self.tickets(
+                    &conn,
+                    "list a service's tickets",
+                    &sql,
+                    params![cluster, target],
+                )
+            }
+            Selector::Checks { cluster, check } => {
+                // A cluster has few unresolved tickets: filter the typed fingerprints here
+                // rather than pattern-match their text in SQL.
+                let sql = format!(
+                    "SELECT {TICKET_COLUMNS} FROM tickets WHERE cluster = ?1 AND status != 'resolved' ORDER BY id"
+                );
+                let mut all = self.tickets(
+                    &conn,
+                    "list a cluster's check tickets",
+                    &sql,
+                    params![cluster],
+                )?;
+                all.retain(|t| match (t.fingerprint.check_name(), check) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(name), Some(check)) => name == check,
+                });
+                Ok(all)
+            }
+        }
     }
 
     pub fn timeline(&self, id: i64) -> Result<Vec<TimelineEntry>, TicketError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT at, kind, detail FROM timeline WHERE ticket_id = ?1 ORDER BY id")
+            .prepare(
+                "SELECT id, at, kind, actor, detail FROM timeline WHERE ticket_id = ?1 ORDER BY id",
+            )
             .map_err(self.err("read a timeline"))?;
-        let rows = stmt
+        type Raw = (i64, String, String, Option<String>, String);
+        let raw: Vec<Raw> = stmt
             .query_map(params![id], |r| {
-                let at: String = r.get(0)?;
-                let detail: String = r.get(2)?;
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(self.err("read a timeline"))?
+            .collect::<Result<_, _>>()
+            .map_err(self.err("read a timeline"))?;
+        raw.into_iter()
+            .map(|(row, at, kind, actor, detail)| {
+                let here = At {
+                    path: self.path(),
+                    table: "timeline",
+                    row,
+                };
                 Ok(TimelineEntry {
-                    at: parse_ts(&at),
-                    kind: r.get(1)?,
+                    at: here.time("at", &at)?,
+                    kind: EntryKind::parse(&kind).ok_or_else(|| here.corrupt("kind", &kind))?,
+                    actor: match actor.as_deref() {
+                        None => None,
+                        Some(a) => Some(Actor::parse(a).ok_or_else(|| here.corrupt("actor", a))?),
+                    },
+                    // Details are free JSON written by this program; a hand-edited one is
+                    // shown as the text it is.
                     detail: serde_json::from_str(&detail)
                         .unwrap_or(serde_json::Value::String(detail)),
                 })
             })
-            .map_err(self.err("read a timeline"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("read a timeline"))
+            .collect()
     }
 
     /// Appends an entry to a ticket's timeline.
@@ -557,20 +481,19 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), TicketError> {
         self.write("append to the timeline", |tx| {
-            self.append_tx(tx, id, kind, &detail, now)
+            self.append_tx(tx, id, kind, None, &detail, now)
         })
     }
 
-    /// Marks that the controller is starting an action on a ticket, and saves the budget
-    /// that counts it, in one transaction: a crash after this never repeats the attempt
+    /// Marks that `actor` is starting an action on a ticket, and saves the budget that
+    /// counts it (if any), in one transaction: a crash after this never repeats the attempt
     /// for free. Returns false (and records nothing) if the ticket was resolved or held
     /// meanwhile: then the action must not run.
     pub fn action_started(
         &self,
         id: i64,
-        cluster: &str,
-        service: &str,
-        budget: &Budget,
+        actor: Actor,
+        budget: Option<(&str, &str, &Budget)>,
         detail: serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<bool, TicketError> {
@@ -585,8 +508,10 @@ impl Store {
             if changed == 0 {
                 return Ok(false);
             }
-            self.append_tx(tx, id, EntryKind::ActionStarted, &detail, now)?;
-            self.save_budget_tx(tx, cluster, service, budget)?;
+            self.append_tx(tx, id, EntryKind::ActionStarted, Some(actor), &detail, now)?;
+            if let Some((cluster, service, budget)) = budget {
+                self.save_budget_tx(tx, cluster, service, budget)?;
+            }
             Ok(true)
         })
     }
@@ -596,6 +521,7 @@ impl Store {
     pub fn action_finished(
         &self,
         id: i64,
+        actor: Actor,
         ok: bool,
         detail: serde_json::Value,
         now: DateTime<Utc>,
@@ -608,19 +534,58 @@ impl Store {
                 )
                 .map_err(self.err("record an action's result"))?;
             }
-            self.append_tx(tx, id, EntryKind::ActionResult, &detail, now)
+            self.append_tx(tx, id, EntryKind::ActionResult, Some(actor), &detail, now)
         })
     }
 
-    /// Resolves an unresolved ticket; false if it was already resolved.
-    pub fn resolve(
+    /// Who made the desired state come back, as the timeline tells it: the actor of the
+    /// last action, unless that action failed or the episode moved on since (escalated,
+    /// retried, reopened); then nobody did and the drift healed by itself.
+    fn cause_tx(&self, tx: &Transaction<'_>, id: i64) -> Result<Cause, TicketError> {
+        let last: Option<(i64, String, Option<String>, Option<String>)> = tx
+            .query_row(
+                "SELECT id, kind, actor, json_extract(detail, '$.result') FROM timeline \
+                 WHERE ticket_id = ?1 AND kind IN ('action-started','action-result','escalated','retried','reopened') \
+                 ORDER BY id DESC LIMIT 1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(self.err("find who acted"))?;
+        let Some((row, kind, actor, result)) = last else {
+            return Ok(Cause::SelfHealed);
+        };
+        let acted = match kind.as_str() {
+            "action-started" => true,
+            // An interrupted action may well have done its work before the stop.
+            "action-result" => result.as_deref() != Some("error"),
+            _ => false,
+        };
+        if !acted {
+            return Ok(Cause::SelfHealed);
+        }
+        let here = At {
+            path: self.path(),
+            table: "timeline",
+            row,
+        };
+        let actor = actor.as_deref().unwrap_or("");
+        Ok(Actor::parse(actor)
+            .ok_or_else(|| here.corrupt("actor", actor))?
+            .into())
+    }
+
+    /// Resolves an unresolved ticket after the controller's own re-check showed the desired
+    /// state, recording what the re-check saw; the cause comes from the timeline, never from
+    /// the ticket's status. Returns the cause, or `None` if it was already resolved.
+    pub fn resolve_rechecked(
         &self,
         id: i64,
-        cause: Cause,
-        detail: serde_json::Value,
+        recheck: &serde_json::Value,
         now: DateTime<Utc>,
-    ) -> Result<bool, TicketError> {
+    ) -> Result<Option<Cause>, TicketError> {
         self.write("resolve a ticket", |tx| {
+            let cause = self.cause_tx(tx, id)?;
             let changed = tx
                 .execute(
                     "UPDATE tickets SET status = 'resolved', resolved_at = ?2, resolved_by = ?3, held = 0 \
@@ -629,14 +594,18 @@ impl Store {
                 )
                 .map_err(self.err("resolve a ticket"))?;
             if changed == 0 {
-                return Ok(false);
+                return Ok(None);
             }
-            let mut detail = detail;
-            if let Some(map) = detail.as_object_mut() {
-                map.insert("cause".into(), cause.as_str().into());
-            }
-            self.append_tx(tx, id, EntryKind::Resolved, &detail, now)?;
-            Ok(true)
+            self.append_tx(tx, id, EntryKind::Recheck, None, recheck, now)?;
+            self.append_tx(
+                tx,
+                id,
+                EntryKind::Resolved,
+                None,
+                &serde_json::json!({"cause": cause.as_str()}),
+                now,
+            )?;
+            Ok(Some(cause))
         })
     }
 
@@ -655,7 +624,7 @@ impl Store {
                 )
                 .map_err(self.err("escalate a ticket"))?;
             if changed > 0 {
-                self.append_tx(tx, id, EntryKind::Escalated, &detail, now)?;
+                self.append_tx(tx, id, EntryKind::Escalated, None, &detail, now)?;
             }
             Ok(changed > 0)
         })
@@ -683,7 +652,7 @@ impl Store {
                 } else {
                     EntryKind::Unheld
                 };
-                self.append_tx(tx, id, kind, &serde_json::json!({"by": "human"}), now)?;
+                self.append_tx(tx, id, kind, None, &serde_json::json!({"by": "human"}), now)?;
             }
             self.get_tx(tx, id)?.ok_or(TicketError::NotFound(id))
         })
@@ -711,9 +680,9 @@ impl Store {
             )
             .map_err(self.err("resolve a ticket"))?;
             if let Some(note) = note {
-                self.append_tx(tx, id, EntryKind::Note, &serde_json::json!({"note": note}), now)?;
+                self.append_tx(tx, id, EntryKind::Note, None, &serde_json::json!({"note": note}), now)?;
             }
-            self.append_tx(tx, id, EntryKind::Resolved, &serde_json::json!({"cause": "human"}), now)?;
+            self.append_tx(tx, id, EntryKind::Resolved, None, &serde_json::json!({"cause": "human"}), now)?;
             self.get_tx(tx, id)?.ok_or(TicketError::NotFound(id))
         })
     }
@@ -737,36 +706,68 @@ impl Store {
             .map_err(self.err("reset a budget"))?;
             tx.execute("UPDATE tickets SET status = 'open' WHERE id = ?1", params![id])
                 .map_err(self.err("retry a ticket"))?;
-            self.append_tx(tx, id, EntryKind::Retried, &serde_json::json!({"by": "human", "budget": "fresh"}), now)?;
+            self.append_tx(tx, id, EntryKind::Retried, None, &serde_json::json!({"by": "human", "budget": "fresh"}), now)?;
             self.get_tx(tx, id)?.ok_or(TicketError::NotFound(id))
         })
     }
 
     pub fn load_budget(&self, cluster: &str, service: &str) -> Result<Option<Budget>, TicketError> {
-        let conn = self.conn();
-        conn.query_row(
-            "SELECT attempts, next_attempt_at, repairs, escalated, healthy_since, spec_hash, created_before \
-             FROM budgets WHERE cluster = ?1 AND service = ?2",
-            params![cluster, service],
-            |r| {
-                let repairs: String = r.get(2)?;
-                // A budget that cannot be read must not silently become a fresh one.
-                let repairs: Vec<String> = serde_json::from_str(&repairs).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-                })?;
-                Ok(Budget {
-                    attempts: r.get::<_, i64>(0)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    next_attempt_at: parse_opt_ts(r.get(1)?),
-                    repairs: repairs.iter().map(|s| parse_ts(s)).collect(),
-                    escalated: r.get::<_, i64>(3)? != 0,
-                    healthy_since: parse_opt_ts(r.get(4)?),
-                    spec_hash: r.get(5)?,
-                    created_before: r.get::<_, i64>(6)? != 0,
-                })
-            },
-        )
-        .optional()
-        .map_err(self.err("read a budget"))
+        type Raw = (
+            i64,
+            i64,
+            Option<String>,
+            String,
+            bool,
+            Option<String>,
+            Option<String>,
+            bool,
+        );
+        let raw: Option<Raw> = self
+            .conn()
+            .query_row(
+                "SELECT rowid, attempts, next_attempt_at, repairs, escalated, healthy_since, spec_hash, created_before \
+                 FROM budgets WHERE cluster = ?1 AND service = ?2",
+                params![cluster, service],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get::<_, i64>(4)? != 0,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get::<_, i64>(7)? != 0,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.err("read a budget"))?;
+        let Some((row, attempts, next, repairs, escalated, healthy, spec_hash, created_before)) =
+            raw
+        else {
+            return Ok(None);
+        };
+        // A budget that cannot be read must never silently become a fresh one.
+        let here = At {
+            path: self.path(),
+            table: "budgets",
+            row,
+        };
+        let texts: Vec<String> =
+            serde_json::from_str(&repairs).map_err(|_| here.corrupt("repairs", &repairs))?;
+        Ok(Some(Budget {
+            attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
+            next_attempt_at: here.opt_time("next_attempt_at", next.as_deref())?,
+            repairs: texts
+                .iter()
+                .map(|t| here.time("repairs", t))
+                .collect::<Result<_, _>>()?,
+            escalated,
+            healthy_since: here.opt_time("healthy_since", healthy.as_deref())?,
+            spec_hash,
+            created_before,
+        }))
     }
 
     fn save_budget_tx(
@@ -818,33 +819,45 @@ impl Store {
             .map_err(self.err("count open tickets"))
     }
 
-    /// After a crash: actions that started and never reported a result get one saying so,
-    /// so every timeline reads to its end.
+    /// After a crash: actions that started and never reported a result (a built-in action
+    /// cut short, an agent session whose process is gone) get one saying so, in the name of
+    /// the actor that started them, so every timeline reads to its end.
     pub fn close_interrupted_actions(&self, now: DateTime<Utc>) -> Result<usize, TicketError> {
         self.write("close interrupted actions", |tx| {
             let mut stmt = tx
                 .prepare(
-                    "SELECT DISTINCT s.ticket_id FROM timeline s JOIN tickets t ON t.id = s.ticket_id \
+                    "SELECT s.ticket_id, s.actor FROM timeline s JOIN tickets t ON t.id = s.ticket_id \
                      WHERE t.status != 'resolved' AND s.kind = 'action-started' AND NOT EXISTS \
-                     (SELECT 1 FROM timeline r WHERE r.ticket_id = s.ticket_id AND r.kind = 'action-result' AND r.id > s.id)",
+                     (SELECT 1 FROM timeline r WHERE r.ticket_id = s.ticket_id AND r.kind = 'action-result' AND r.id > s.id) \
+                     ORDER BY s.id",
                 )
                 .map_err(self.err("find interrupted actions"))?;
-            let ids: Vec<i64> = stmt
-                .query_map([], |r| r.get(0))
+            let rows: Vec<(i64, Option<String>)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(self.err("find interrupted actions"))?
                 .collect::<Result<_, _>>()
                 .map_err(self.err("find interrupted actions"))?;
             drop(stmt);
-            for id in &ids {
+            // The last unanswered start of each ticket is the one that was cut short.
+            let mut last: Vec<(i64, Option<Actor>)> = Vec::new();
+            for (id, actor) in rows {
+                let actor = actor.as_deref().and_then(Actor::parse);
+                match last.iter_mut().find(|(t, _)| *t == id) {
+                    Some(entry) => entry.1 = actor,
+                    None => last.push((id, actor)),
+                }
+            }
+            for (id, actor) in &last {
                 self.append_tx(
                     tx,
                     *id,
                     EntryKind::ActionResult,
+                    Some(actor.unwrap_or(Actor::Controller)),
                     &serde_json::json!({"result": "interrupted", "error": "the controller stopped before the action reported back; the next reconcile re-checks"}),
                     now,
                 )?;
             }
-            Ok(ids.len())
+            Ok(last.len())
         })
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::*;
-use crate::reconcile::DriftKind;
+use crate::drift::{DriftKind, Fingerprint, Target};
 
 struct TempDb(PathBuf);
 
@@ -36,13 +36,11 @@ impl Drop for TempDb {
     }
 }
 
-fn sighting<'a>(fp: &'a str, drift: &'a str) -> DriftSighting<'a> {
+fn sighting(fp: &Fingerprint, drift: &str) -> DriftSighting {
     DriftSighting {
-        fingerprint: fp,
-        cluster: "c",
-        service: "s",
-        drift,
-        detail: "exited with code 1",
+        fingerprint: fp.clone(),
+        drift: DriftKind::parse(drift).unwrap(),
+        detail: "exited with code 1".into(),
         cooldown: Duration::from_secs(600),
         evidence: None,
     }
@@ -64,7 +62,7 @@ fn open_creates_a_private_folder_and_file() {
 fn sightings_of_one_drift_bump_one_ticket() {
     let db = TempDb::new();
     let store = Store::open(&db.path()).unwrap();
-    let fp = fingerprint("c", "s", DriftKind::Stopped);
+    let fp = Fingerprint::service("c", "s", DriftKind::Stopped);
     let (t1, s1) = store
         .record_drift(&sighting(&fp, "stopped"), Utc::now())
         .unwrap();
@@ -78,12 +76,12 @@ fn sightings_of_one_drift_bump_one_ticket() {
     assert_eq!(t1.id, t2.id);
     assert_eq!(t3.id, t1.id);
     assert_eq!(t3.occurrences, 3);
-    assert_eq!(t3.drift, "crash-looping");
-    let kinds: Vec<String> = store
+    assert_eq!(t3.drift, DriftKind::CrashLooping);
+    let kinds: Vec<&str> = store
         .timeline(t1.id)
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.as_str())
         .collect();
     assert_eq!(kinds, vec!["detected", "drift-changed"]);
 }
@@ -92,13 +90,14 @@ fn sightings_of_one_drift_bump_one_ticket() {
 fn drift_back_within_cooldown_reopens_and_counts_a_flap() {
     let db = TempDb::new();
     let store = Store::open(&db.path()).unwrap();
-    let fp = fingerprint("c", "s", DriftKind::Paused);
+    let fp = Fingerprint::service("c", "s", DriftKind::Paused);
     let now = Utc::now();
     let (t, _) = store.record_drift(&sighting(&fp, "paused"), now).unwrap();
-    assert!(
+    assert_eq!(
         store
-            .resolve(t.id, Cause::Controller, serde_json::json!({}), now)
-            .unwrap()
+            .resolve_rechecked(t.id, &serde_json::json!({}), now)
+            .unwrap(),
+        Some(Cause::SelfHealed)
     );
     let later = now + chrono::Duration::seconds(60);
     let (again, how) = store.record_drift(&sighting(&fp, "paused"), later).unwrap();
@@ -110,7 +109,7 @@ fn drift_back_within_cooldown_reopens_and_counts_a_flap() {
     );
     // Past the cooldown: a new episode, a new ticket.
     store
-        .resolve(t.id, Cause::SelfHealed, serde_json::json!({}), later)
+        .resolve_rechecked(t.id, &serde_json::json!({}), later)
         .unwrap();
     let much_later = later + chrono::Duration::seconds(601);
     let (fresh, how) = store
@@ -125,7 +124,7 @@ fn many_connections_racing_on_one_drift_make_exactly_one_ticket() {
     let db = TempDb::new();
     Store::open(&db.path()).unwrap();
     let path = Arc::new(db.path());
-    let fp = fingerprint("c", "s", DriftKind::Missing);
+    let fp = Fingerprint::service("c", "s", DriftKind::Missing);
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let path = path.clone();
@@ -209,7 +208,7 @@ fn a_database_from_a_newer_version_is_refused() {
 fn retry_gives_an_escalated_ticket_a_fresh_budget() {
     let db = TempDb::new();
     let store = Store::open(&db.path()).unwrap();
-    let fp = fingerprint("c", "s", DriftKind::Stopped);
+    let fp = Fingerprint::service("c", "s", DriftKind::Stopped);
     let now = Utc::now();
     let (t, _) = store.record_drift(&sighting(&fp, "stopped"), now).unwrap();
     let spent = Budget {
@@ -221,9 +220,8 @@ fn retry_gives_an_escalated_ticket_a_fresh_budget() {
     store
         .action_started(
             t.id,
-            "c",
-            "s",
-            &spent,
+            Actor::Controller,
+            Some(("c", "s", &spent)),
             serde_json::json!({"action": "start"}),
             now,
         )
@@ -251,16 +249,15 @@ fn retry_gives_an_escalated_ticket_a_fresh_budget() {
 fn hold_resolve_and_interrupted_actions_are_recorded() {
     let db = TempDb::new();
     let store = Store::open(&db.path()).unwrap();
-    let fp = fingerprint("c", "s", DriftKind::Stopped);
+    let fp = Fingerprint::service("c", "s", DriftKind::Stopped);
     let now = Utc::now();
     let (t, _) = store.record_drift(&sighting(&fp, "stopped"), now).unwrap();
     assert!(
         store
             .action_started(
                 t.id,
-                "c",
-                "s",
-                &Budget::default(),
+                Actor::Controller,
+                Some(("c", "s", &Budget::default())),
                 serde_json::json!({"action": "start"}),
                 now,
             )
@@ -281,11 +278,11 @@ fn hold_resolve_and_interrupted_actions_are_recorded() {
         (Status::Resolved, Some(Cause::Human), false)
     );
     assert!(store.set_held(t.id, true, now).is_err());
-    let kinds: Vec<String> = store
+    let kinds: Vec<&str> = store
         .timeline(t.id)
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.as_str())
         .collect();
     assert_eq!(
         kinds,
@@ -302,37 +299,351 @@ fn hold_resolve_and_interrupted_actions_are_recorded() {
 }
 
 #[test]
-fn like_patterns_match_literal_underscores_only() {
+fn selectors_pick_by_typed_fingerprint_not_by_pattern() {
     let db = TempDb::new();
     let store = Store::open(&db.path()).unwrap();
     let now = Utc::now();
+    // An underscore would have been a wildcard in a LIKE pattern.
     for cluster in ["a_b", "axb"] {
-        let fp = format!("{cluster}/-/observability-lost");
         store
             .record_drift(
                 &DriftSighting {
-                    fingerprint: &fp,
-                    cluster,
-                    service: "-",
-                    drift: "observability-lost",
-                    detail: "down",
+                    fingerprint: Fingerprint::drift(
+                        cluster,
+                        Target::Cluster,
+                        DriftKind::ObservabilityLost,
+                    ),
+                    drift: DriftKind::ObservabilityLost,
+                    detail: "down".into(),
                     cooldown: Duration::from_secs(600),
                     evidence: None,
                 },
                 now,
             )
             .unwrap();
+        for (target, check) in [
+            (Target::Cluster, "up"),
+            (Target::Service("s".into()), "up_x"),
+        ] {
+            store
+                .record_drift(
+                    &DriftSighting {
+                        fingerprint: Fingerprint::check(cluster, target, check),
+                        drift: DriftKind::CheckFailed,
+                        detail: "failing".into(),
+                        cooldown: Duration::from_secs(600),
+                        evidence: None,
+                    },
+                    now,
+                )
+                .unwrap();
+        }
     }
-    let pattern = format!("{}/%", like_escape("a_b"));
-    let found = store.unresolved_like(&pattern).unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].cluster, "a_b");
+    let exact = Selector::Exact(Fingerprint::drift(
+        "axb",
+        Target::Cluster,
+        DriftKind::ObservabilityLost,
+    ));
+    assert_eq!(store.unresolved(&exact).unwrap().len(), 1);
+    let checks = |check: Option<&str>| Selector::Checks {
+        cluster: "a_b".into(),
+        check: check.map(str::to_string),
+    };
+    let all = store.unresolved(&checks(None)).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|t| t.cluster == "a_b" && t.fingerprint.is_check())
+    );
+    let up = store.unresolved(&checks(Some("up"))).unwrap();
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].target(), &Target::Cluster);
+    assert_eq!(store.unresolved_for("a_b", "-").unwrap().len(), 2);
+}
+
+#[test]
+fn the_resolve_cause_is_the_actor_of_the_last_action_that_did_not_fail() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let now = Utc::now();
+    let open = |service: &str| {
+        store
+            .record_drift(
+                &sighting(
+                    &Fingerprint::service("c", service, DriftKind::Stopped),
+                    "stopped",
+                ),
+                now,
+            )
+            .unwrap()
+            .0
+            .id
+    };
+    let act = |id: i64, actor: Actor, ok: Option<bool>| {
+        assert!(
+            store
+                .action_started(id, actor, None, serde_json::json!({}), now)
+                .unwrap()
+        );
+        if let Some(ok) = ok {
+            let result = if ok { "ok" } else { "error" };
+            store
+                .action_finished(id, actor, ok, serde_json::json!({"result": result}), now)
+                .unwrap();
+        }
+    };
+    let resolve = |id| {
+        store
+            .resolve_rechecked(id, &serde_json::json!({"result": "desired state"}), now)
+            .unwrap()
+    };
+    let nothing = open("a");
+    assert_eq!(resolve(nothing), Some(Cause::SelfHealed));
+    assert_eq!(resolve(nothing), None, "resolved once");
+
+    let agent = open("b");
+    act(agent, Actor::Controller, Some(false));
+    act(agent, Actor::Agent, Some(true));
+    assert_eq!(resolve(agent), Some(Cause::Agent));
+
+    let failed_last = open("c");
+    act(failed_last, Actor::Controller, Some(true));
+    act(failed_last, Actor::Agent, Some(false));
+    assert_eq!(resolve(failed_last), Some(Cause::SelfHealed));
+
+    // Still running when the re-check came (a check's restart): credited to who started it.
+    let in_flight = open("d");
+    act(in_flight, Actor::Controller, None);
+    assert_eq!(resolve(in_flight), Some(Cause::Controller));
+
+    // Escalated after a successful action: the action did not fix it.
+    let escalated = open("e");
+    act(escalated, Actor::Controller, Some(true));
+    store
+        .escalate(escalated, serde_json::json!({}), now)
+        .unwrap();
+    assert_eq!(resolve(escalated), Some(Cause::SelfHealed));
+
+    let actors: Vec<Option<Actor>> = store
+        .timeline(agent)
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.kind, EntryKind::ActionStarted | EntryKind::ActionResult))
+        .map(|e| e.actor)
+        .collect();
+    assert_eq!(
+        actors,
+        vec![
+            Some(Actor::Controller),
+            Some(Actor::Controller),
+            Some(Actor::Agent),
+            Some(Actor::Agent)
+        ]
+    );
+}
+
+#[test]
+fn unreadable_rows_are_errors_that_name_the_row_never_defaults() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let fp = Fingerprint::service("c", "s", DriftKind::Stopped);
+    let (t, _) = store
+        .record_drift(&sighting(&fp, "stopped"), Utc::now())
+        .unwrap();
+    store.save_budget("c", "s", &Budget::default()).unwrap();
+    let raw = rusqlite::Connection::open(db.path()).unwrap();
+    // As a hand edit or a damaged file would: past the schema's own CHECKs.
+    raw.pragma_update(None, "ignore_check_constraints", true)
+        .unwrap();
+    let corrupt = |sql: &str| raw.execute(sql, []).unwrap();
+    let expect = |what: Result<(), TicketError>, column: &str| match what {
+        Err(TicketError::Corrupt { row, column: c, .. }) => {
+            assert_eq!((row, c), (t.id, column));
+        }
+        other => panic!("expected a corrupt {column}, got {other:?}"),
+    };
+
+    corrupt("UPDATE tickets SET opened_at = 'yesterday'");
+    expect(store.get(t.id).map(|_| ()), "opened_at");
+    let message = store.list(None).unwrap_err().to_string();
+    assert!(
+        message.contains("tickets row 1")
+            && message.contains("opened_at")
+            && message.contains("yesterday"),
+        "{message}"
+    );
+    corrupt("UPDATE tickets SET opened_at = episode_at, status = 'fixed'");
+    expect(store.get(t.id).map(|_| ()), "status");
+    corrupt("UPDATE tickets SET status = 'open', drift = 'sad'");
+    expect(store.get(t.id).map(|_| ()), "drift");
+    corrupt("UPDATE tickets SET drift = 'stopped', fingerprint = 'c/other/stopped'");
+    expect(store.get(t.id).map(|_| ()), "fingerprint");
+    corrupt("UPDATE tickets SET fingerprint = 'c/s/stopped'");
+    store.get(t.id).unwrap().unwrap();
+
+    corrupt("UPDATE timeline SET at = '1970' WHERE ticket_id = 1");
+    assert!(matches!(
+        store.timeline(t.id),
+        Err(TicketError::Corrupt {
+            table: "timeline",
+            column: "at",
+            ..
+        })
+    ));
+    corrupt("UPDATE budgets SET next_attempt_at = 'soon'");
+    assert!(matches!(
+        store.load_budget("c", "s"),
+        Err(TicketError::Corrupt {
+            table: "budgets",
+            column: "next_attempt_at",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_database_of_the_first_schema_is_migrated_and_old_actions_are_the_controllers() {
+    let db = TempDb::new();
+    std::fs::create_dir_all(db.path().parent().unwrap()).unwrap();
+    {
+        // What an operator of schema 1 left behind.
+        let raw = rusqlite::Connection::open(db.path()).unwrap();
+        raw.execute_batch(crate::tickets::MIGRATIONS[0].sql)
+            .unwrap();
+        raw.execute_batch(
+            "PRAGMA user_version = 1; PRAGMA application_id = 1330664523;
+             INSERT INTO tickets (fingerprint, cluster, service, drift, status, opened_at, episode_at, last_seen_at)
+               VALUES ('c/s/stopped', 'c', 's', 'stopped', 'remediating', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z');
+             INSERT INTO timeline (ticket_id, at, kind, detail) VALUES
+               (1, '2026-01-01T00:00:00.000000Z', 'detected', '{}'),
+               (1, '2026-01-01T00:00:01.000000Z', 'action-started', '{}'),
+               (1, '2026-01-01T00:00:02.000000Z', 'action-result', '{\"result\":\"ok\"}');",
+        )
+        .unwrap();
+    }
+    assert!(
+        matches!(
+            Store::open_read_only(&db.path()),
+            Err(TicketError::Foreign { .. })
+        ),
+        "a read-only open never migrates"
+    );
+    let store = Store::open(&db.path()).unwrap();
+    let actors: Vec<Option<Actor>> = store.timeline(1).unwrap().iter().map(|e| e.actor).collect();
+    assert_eq!(
+        actors,
+        vec![None, Some(Actor::Controller), Some(Actor::Controller)]
+    );
     assert_eq!(
         store
-            .unresolved_by_fingerprint("axb/-/observability-lost")
+            .resolve_rechecked(1, &serde_json::json!({}), Utc::now())
+            .unwrap(),
+        Some(Cause::Controller)
+    );
+    let reader = Store::open_read_only(&db.path()).unwrap();
+    assert!(reader.is_read_only());
+    assert_eq!(reader.get(1).unwrap().unwrap().status, Status::Resolved);
+    assert!(
+        reader
+            .append(1, EntryKind::Note, serde_json::json!({}), Utc::now())
+            .is_err(),
+        "a read-only store refuses writes"
+    );
+}
+
+#[test]
+fn episodes_report_detection_first_action_and_resolution_per_episode() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let t0 = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let at = |s: i64| t0 + chrono::Duration::seconds(s);
+    let fp = Fingerprint::service("c", "s", DriftKind::Stopped);
+    let (t, _) = store
+        .record_drift(&sighting(&fp, "stopped"), at(0))
+        .unwrap();
+    store
+        .action_started(t.id, Actor::Controller, None, serde_json::json!({}), at(1))
+        .unwrap();
+    store
+        .action_finished(
+            t.id,
+            Actor::Controller,
+            true,
+            serde_json::json!({"result": "ok"}),
+            at(2),
+        )
+        .unwrap();
+    store
+        .resolve_rechecked(t.id, &serde_json::json!({}), at(3))
+        .unwrap();
+    // Back within the cooldown: the same ticket, a second episode, healed by itself.
+    store
+        .record_drift(&sighting(&fp, "crash-looping"), at(10))
+        .unwrap();
+    store
+        .resolve_rechecked(t.id, &serde_json::json!({}), at(12))
+        .unwrap();
+    // Another service, still open.
+    let other = Fingerprint::service("c", "o", DriftKind::Paused);
+    store
+        .record_drift(&sighting(&other, "paused"), at(20))
+        .unwrap();
+
+    let all = store.episodes(&TicketQuery::since(at(0))).unwrap();
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_eq!(
+        (
+            all[0].detected_at,
+            all[0].first_action_at,
+            all[0].first_actor,
+            all[0].resolved_at,
+            all[0].resolved_by
+        ),
+        (
+            at(0),
+            Some(at(1)),
+            Some(Actor::Controller),
+            Some(at(3)),
+            Some(Cause::Controller)
+        )
+    );
+    assert_eq!(
+        (
+            all[1].ticket,
+            all[1].drift,
+            all[1].detected_at,
+            all[1].first_action_at,
+            all[1].resolved_by
+        ),
+        (
+            t.id,
+            DriftKind::CrashLooping,
+            at(10),
+            None,
+            Some(Cause::SelfHealed)
+        )
+    );
+    assert_eq!((all[2].resolved_at, all[2].resolved_by), (None, None));
+
+    let later = store.episodes(&TicketQuery::since(at(5))).unwrap();
+    assert_eq!(later.len(), 2);
+    let stopped = store
+        .episodes(&TicketQuery::since(at(0)).family(DriftKind::CrashLooping.family()))
+        .unwrap();
+    assert_eq!(stopped.len(), 2, "crash-looping is the stopped family");
+    let of_o = store
+        .episodes(
+            &TicketQuery::since(at(0))
+                .cluster("c")
+                .target(Target::Service("o".into())),
+        )
+        .unwrap();
+    assert_eq!(of_o.len(), 1);
+    assert!(
+        store
+            .episodes(&TicketQuery::since(at(0)).cluster("x"))
             .unwrap()
-            .len(),
-        1
+            .is_empty()
     );
 }
 
@@ -340,16 +651,15 @@ fn like_patterns_match_literal_underscores_only() {
 fn a_failed_action_returns_the_ticket_to_open_and_a_held_one_refuses_actions() {
     let db = TempDb::new();
     let store = Store::open(&db.path()).unwrap();
-    let fp = fingerprint("c", "s", DriftKind::Stopped);
+    let fp = Fingerprint::service("c", "s", DriftKind::Stopped);
     let now = Utc::now();
     let (t, _) = store.record_drift(&sighting(&fp, "stopped"), now).unwrap();
     assert!(
         store
             .action_started(
                 t.id,
-                "c",
-                "s",
-                &Budget::default(),
+                Actor::Controller,
+                Some(("c", "s", &Budget::default())),
                 serde_json::json!({}),
                 now
             )
@@ -360,7 +670,13 @@ fn a_failed_action_returns_the_ticket_to_open_and_a_held_one_refuses_actions() {
         Status::Remediating
     );
     store
-        .action_finished(t.id, false, serde_json::json!({"result": "error"}), now)
+        .action_finished(
+            t.id,
+            Actor::Controller,
+            false,
+            serde_json::json!({"result": "error"}),
+            now,
+        )
         .unwrap();
     assert_eq!(store.get(t.id).unwrap().unwrap().status, Status::Open);
     store.set_held(t.id, true, now).unwrap();
@@ -368,16 +684,15 @@ fn a_failed_action_returns_the_ticket_to_open_and_a_held_one_refuses_actions() {
         !store
             .action_started(
                 t.id,
-                "c",
-                "s",
-                &Budget::default(),
+                Actor::Controller,
+                Some(("c", "s", &Budget::default())),
                 serde_json::json!({}),
                 now
             )
             .unwrap()
     );
     store
-        .resolve(t.id, Cause::SelfHealed, serde_json::json!({}), now)
+        .resolve_rechecked(t.id, &serde_json::json!({}), now)
         .unwrap();
     assert!(
         !store.get(t.id).unwrap().unwrap().held,

@@ -1,0 +1,103 @@
+//! Desired against observed for `plan` and `status`: the same observation and diff a
+//! reconcile makes, changing nothing in Docker or in the ticket store.
+
+use serde::Serialize;
+
+use crate::docker::actions::{Actions, Limits};
+use crate::docker::{ObservedContainer, ServiceKey};
+use crate::drift::Drift;
+use crate::manifest::{DesiredState, Policy};
+use crate::remediation::Action;
+use crate::tickets::{Journal, Selector};
+
+use super::diff::{diff, repair};
+use super::service::observe;
+use super::state::{Clock, RepairBudget};
+
+/// One service, desired against observed (for `plan` and `status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    pub cluster: String,
+    pub service: String,
+    pub image: String,
+    pub policy: Policy,
+    pub desired_hash: String,
+    pub container: Option<ObservedContainer>,
+    pub drifts: Vec<Drift>,
+    /// The repair a reconcile would make now (ignoring backoff and budget).
+    pub action: Option<Action>,
+    /// Past its restart budget (from the ticket store, when given one).
+    pub escalated: bool,
+    /// The service's unresolved tickets (from the ticket store, when given one).
+    pub tickets: Vec<i64>,
+    /// Set when the service could not be observed: its state is unknown.
+    pub error: Option<String>,
+}
+
+/// Every service, observed fresh, in dependency order. `journal` adds what the ticket store
+/// remembers (escalation, unresolved tickets); a service whose store or engine could not be
+/// read says so in `error` rather than guessing.
+pub async fn report(
+    docker: bollard::Docker,
+    desired: &DesiredState,
+    journal: Option<&Journal>,
+) -> Vec<ServiceReport> {
+    let actions = Actions::new(docker, Limits::default());
+    let clock = Clock::now();
+    let mut reports = Vec::new();
+    for cluster in &desired.clusters {
+        for service in cluster.topo_order() {
+            let key = ServiceKey::new(&cluster.name, &service.name);
+            let mut error = None;
+            let mut budget = RepairBudget::default();
+            let mut tickets = Vec::new();
+            if let Some(journal) = journal {
+                match journal.load_budget(&key.cluster, &key.service).await {
+                    Ok(stored) => {
+                        if let Some(b) = stored {
+                            budget = RepairBudget::from_stored(&b, clock);
+                        }
+                    }
+                    Err(e) => error = Some(e.to_string()),
+                }
+                let selector = Selector::Target {
+                    cluster: key.cluster.clone(),
+                    target: key.service.clone(),
+                };
+                match journal.unresolved(selector).await {
+                    Ok(ts) => tickets = ts.iter().map(|t| t.id).collect(),
+                    Err(e) => {
+                        error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            let recent = budget.recent_repairs(clock.now, &service.remediation);
+            let (drifts, action, container) =
+                match observe(&actions, cluster, service, recent).await {
+                    Ok(observed) => {
+                        let drifts = diff(cluster, service, &observed);
+                        let action = repair(&drifts, &observed);
+                        (drifts, action, observed.container)
+                    }
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        (Vec::new(), None, None)
+                    }
+                };
+            reports.push(ServiceReport {
+                cluster: cluster.name.clone(),
+                service: service.name.clone(),
+                image: service.image.clone(),
+                policy: service.remediation.policy,
+                desired_hash: service.spec_hash(),
+                container,
+                drifts,
+                action,
+                escalated: budget.escalated,
+                tickets,
+                error,
+            });
+        }
+    }
+    reports
+}

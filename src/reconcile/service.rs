@@ -1,0 +1,696 @@
+//! One key's reconcile: observe the service fresh, diff, [`decide`], carry the decision out,
+//! and save the key's repair budget once at the end.
+//!
+//! # Guarantees
+//! - Level-triggered: the service is observed fresh from the engine, never from the event
+//!   that woke the reconcile; while the event stream is down nothing is concluded.
+//! - A drift is recorded on its ticket, and an attempt on the ticket with the budget that
+//!   counts it, before any remediator runs. Nothing is done that could not be recorded.
+//! - Every remediator passes the same budget-and-backoff gate.
+//! - Tickets resolve only on this fresh observation, in the name of whoever acted last.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use tracing::{debug, error, info, warn};
+
+use crate::docker::actions::Actions;
+use crate::docker::{ContainerStatus, DockerError, ObservedContainer, ServiceKey};
+use crate::drift::{Drift, DriftKind, Fingerprint};
+use crate::manifest::{Cluster, Policy, Remediation, Service};
+use crate::remediation::{Action, Actor, Dispatch, RemediationError, RemediationRequest};
+use crate::tickets::{DriftSighting, EntryKind, Journal, Selector, Sighting, Status, Ticket};
+
+use super::controller::{CheckRepair, Lease, Outcome, Shared, lock};
+use super::decide::{Decision, Holds, decide};
+use super::diff::{Observation, diff};
+use super::state::{Clock, Gate, RepairBudget};
+
+/// Observes one service fresh from the engine (never from the cache alone, so a repair is
+/// never based on a stale view): its container by name, whether its image is present when it
+/// must be created, and who holds the name if not this service.
+pub(super) async fn observe(
+    actions: &Actions,
+    cluster: &Cluster,
+    service: &Service,
+    recent_repairs: u32,
+) -> Result<Observation, DockerError> {
+    let key = ServiceKey::new(&cluster.name, &service.name);
+    let (container, name_conflict) = match actions.inspect(&service.name).await? {
+        None => (None, None),
+        Some(raw) => match ObservedContainer::from_inspect(&raw) {
+            None => (
+                None,
+                Some("is not managed by operator (no operator.managed-by label)".to_string()),
+            ),
+            Some(c) if c.key != key => (
+                None,
+                Some(format!("belongs to {} (another cluster or service)", c.key)),
+            ),
+            Some(c) => (Some(c), None),
+        },
+    };
+    let needs_create = name_conflict.is_none()
+        && container
+            .as_ref()
+            .is_none_or(|c| c.spec_hash != service.spec_hash());
+    let image_present = if needs_create {
+        Some(actions.image_present(&service.image).await?)
+    } else {
+        None
+    };
+    Ok(Observation {
+        container,
+        image_present,
+        name_conflict,
+        recent_repairs,
+    })
+}
+
+/// Why an attempt is made, as recorded on its ticket.
+enum Reason<'a> {
+    Drifts(&'a [Drift]),
+    /// A failing check with `policy: restart`.
+    Check(&'a str),
+}
+
+impl Reason<'_> {
+    /// The `drifts` field of an `action-started` entry (its text is part of the timeline's
+    /// documented shape).
+    fn labels(&self) -> Vec<String> {
+        match self {
+            Reason::Drifts(drifts) => drifts.iter().map(|d| d.kind.to_string()).collect(),
+            Reason::Check(check) => vec![format!("{}:{check}", DriftKind::CheckFailed)],
+        }
+    }
+
+    fn drifts(&self) -> &[Drift] {
+        match self {
+            Reason::Drifts(d) => d,
+            Reason::Check(_) => &[],
+        }
+    }
+}
+
+/// One gated try of a remediation.
+struct Attempt<'a> {
+    cluster: &'a Cluster,
+    service: &'a Service,
+    policy: Policy,
+    action: Option<Action>,
+    budgeted: bool,
+    /// Whose budget window and backoff apply (the service's).
+    remediation: &'a Remediation,
+    ticket: Option<i64>,
+    reason: Reason<'a>,
+    detail: String,
+    container: Option<&'a ObservedContainer>,
+}
+
+/// The key being reconciled, with what every step needs.
+struct KeyRun<'a> {
+    shared: &'a Shared,
+    key: &'a ServiceKey,
+    clock: Clock,
+    /// The budget was already escalated when this reconcile began (log escalation once).
+    escalated_before: bool,
+}
+
+/// Reconciles one key: observe, diff, decide, and (policy, budget and backoff permitting)
+/// remediate.
+pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
+    let event_at = lock(&shared.pending_events).remove(key);
+    let desired = shared.desired();
+    let Some(cluster) = desired.cluster(&key.cluster) else {
+        return Outcome::Undeclared;
+    };
+    let Some(service) = cluster.service(&key.service) else {
+        return Outcome::Undeclared;
+    };
+    if !shared.cache.is_connected() {
+        // Unknown is not healthy: conclude nothing until the watcher has re-listed (its
+        // Relisted event enqueues every key again).
+        return Outcome::Unknown {
+            error: "the Docker event stream is disconnected; waiting to re-list".into(),
+        };
+    }
+    let mut run = KeyRun {
+        shared,
+        key,
+        clock: Clock::now(),
+        escalated_before: false,
+    };
+    let mut budget = match run.load_budget().await {
+        Ok(budget) => budget,
+        Err(e) => {
+            run.retry_soon();
+            return Outcome::Unknown { error: e };
+        }
+    };
+    let before = budget.to_stored(run.clock);
+    run.escalated_before = before.escalated;
+    let outcome = run.reconcile(cluster, service, &mut budget, event_at).await;
+    run.save_budget(&budget, &before).await;
+    outcome
+}
+
+impl KeyRun<'_> {
+    fn retry_soon(&self) {
+        self.shared.queue.schedule(
+            self.key.clone(),
+            self.clock.now + self.shared.config.observe_retry,
+        );
+    }
+
+    fn journal(&self) -> Option<&Journal> {
+        self.shared.journal.as_ref()
+    }
+
+    async fn reconcile(
+        &self,
+        cluster: &Cluster,
+        service: &Service,
+        budget: &mut RepairBudget,
+        event_at: Option<SystemTime>,
+    ) -> Outcome {
+        let (shared, key, now) = (self.shared, self.key, self.clock.now);
+        let r = &service.remediation;
+        budget.track_spec(&service.spec_hash());
+        let recent = budget.recent_repairs(now, r);
+        let observed = match observe(&shared.actions, cluster, service, recent).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.retry_soon();
+                return Outcome::Unknown {
+                    error: e.to_string(),
+                };
+            }
+        };
+        let drifts = diff(cluster, service, &observed);
+        // The service's tickets, read once: who holds them, and which this look shows over.
+        let tickets = match self.journal() {
+            None => Vec::new(),
+            Some(journal) => match journal
+                .unresolved(Selector::Target {
+                    cluster: key.cluster.clone(),
+                    target: key.service.clone(),
+                })
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    // Never act on (or resolve) what cannot be read.
+                    self.retry_soon();
+                    return Outcome::Unknown {
+                        error: e.to_string(),
+                    };
+                }
+            },
+        };
+        let holds = Holds {
+            held: tickets.iter().any(|t| t.held),
+            leased: lock(&shared.leases).get(key).map(|l| l.session.clone()),
+        };
+        let decision = decide(&drifts, &observed, budget, r, &holds, |p| {
+            shared.remediator(p).is_some()
+        });
+
+        match decision {
+            Decision::Leased { session } => return Outcome::Leased { session },
+            Decision::Clean { verified } => {
+                let check_repair = lock(&shared.check_repairs).get(key).cloned();
+                if let Some(repair) = check_repair
+                    && let Some(outcome) = self
+                        .repair_for_check(cluster, service, &observed, repair, budget)
+                        .await
+                {
+                    return outcome;
+                }
+                if let Some(reset_at) = budget.saw_clean(now, verified, r) {
+                    // Look again when the backoff is due to reset.
+                    shared.queue.schedule(key.clone(), reset_at);
+                }
+                // Running but not yet healthy: an unhealthy episode is not over yet.
+                let still: HashSet<Fingerprint> = if verified {
+                    HashSet::new()
+                } else {
+                    HashSet::from([Fingerprint::service(
+                        &key.cluster,
+                        &key.service,
+                        DriftKind::Unhealthy,
+                    )])
+                };
+                self.resolve_over(tickets, &still, false, observed.container.as_ref())
+                    .await;
+                return Outcome::Clean;
+            }
+            _ => {}
+        }
+
+        if let Some(at) = event_at {
+            let latency = SystemTime::now().duration_since(at).unwrap_or_default();
+            shared.metrics.event_to_drift(latency);
+            debug!(service = %key, event_to_drift_us = latency.as_micros() as u64, "drift detected after event");
+        }
+        budget.saw_drift(now, r);
+        let (ticket, new_episode) = if decision.records_ticket() {
+            match self.record_drifts(&drifts, r.window).await {
+                Ok(t) => t,
+                Err(e) => {
+                    // Never act on what cannot be recorded.
+                    self.retry_soon();
+                    return Outcome::Unknown { error: e };
+                }
+            }
+        } else {
+            (None, true)
+        };
+        // Episodes of other kinds that this observation shows over (the container exists
+        // again, is no longer paused...) are resolved.
+        let still: HashSet<Fingerprint> = drifts
+            .iter()
+            .map(|d| Fingerprint::service(&key.cluster, &key.service, d.kind))
+            .collect();
+        self.resolve_over(tickets, &still, true, observed.container.as_ref())
+            .await;
+
+        let ticket_id = ticket.as_ref().map(|t| t.id);
+        let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
+        let detail = drifts[0].detail.clone();
+        match decision {
+            Decision::Leased { .. } | Decision::Clean { .. } => unreachable!("handled above"),
+            Decision::Held { .. } => {
+                if new_episode {
+                    info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift on a held ticket; hands off");
+                }
+                Outcome::Held
+            }
+            Decision::Observe { .. } => {
+                if new_episode {
+                    info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, policy = ?r.policy, "drift observed; policy forbids repair");
+                }
+                Outcome::Observed
+            }
+            Decision::Blocked { name_conflict } => {
+                if new_episode {
+                    if name_conflict {
+                        warn!(service = %key, ticket = ?ticket_id, %detail, "cannot create: the container name is held by a container this service does not own; leaving it alone");
+                    } else {
+                        info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift has no built-in repair");
+                    }
+                }
+                Outcome::Blocked
+            }
+            Decision::Remediate {
+                policy,
+                action,
+                deliberate,
+            } => {
+                if action.as_ref().is_some_and(Action::starts_container) {
+                    for dependency in &service.depends_on {
+                        if !self.dependency_running(dependency).await {
+                            debug!(service = %key, %dependency, "waiting for dependency to run first");
+                            shared
+                                .queue
+                                .schedule(key.clone(), now + shared.config.dependency_poll);
+                            return Outcome::Waiting {
+                                dependency: dependency.clone(),
+                            };
+                        }
+                    }
+                }
+                self.attempt(
+                    Attempt {
+                        cluster,
+                        service,
+                        policy,
+                        action,
+                        budgeted: !deliberate,
+                        remediation: r,
+                        ticket: ticket_id,
+                        reason: Reason::Drifts(&drifts),
+                        detail,
+                        container: observed.container.as_ref(),
+                    },
+                    budget,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Applies the budget and backoff to an attempt, records it durably in the remediator's
+    /// name, hands it to the remediator and records what came of it.
+    async fn attempt(&self, a: Attempt<'_>, budget: &mut RepairBudget) -> Outcome {
+        let (shared, key, clock) = (self.shared, self.key, self.clock);
+        let now = clock.now;
+        let Some(remediator) = shared.remediator(a.policy) else {
+            return Outcome::Observed;
+        };
+        let labels = a.reason.labels();
+        match budget.gate(now, a.budgeted, a.remediation) {
+            Gate::Act => {}
+            Gate::WaitUntil(at) => {
+                shared.queue.schedule(key.clone(), at);
+                return Outcome::BackingOff {
+                    retry_in_ms: at.saturating_duration_since(now).as_millis() as u64,
+                };
+            }
+            Gate::Escalate => {
+                if !self.escalated_before {
+                    error!(
+                        service = %key, ticket = ?a.ticket, drifts = ?labels, detail = %a.detail,
+                        max_restarts = a.remediation.max_restarts, window_s = a.remediation.window.as_secs(),
+                        "restart budget spent: escalated, no more repairs for this service"
+                    );
+                }
+                if let (Some(journal), Some(id)) = (self.journal(), a.ticket) {
+                    let why = serde_json::json!({
+                        "reason": "restart budget spent",
+                        "max_restarts": a.remediation.max_restarts,
+                        "window_s": a.remediation.window.as_secs(),
+                        "drift": labels.first(),
+                    });
+                    if let Err(e) = journal.escalate(id, why, clock.wall).await {
+                        error!(service = %key, error = %e, "cannot mark the ticket escalated");
+                    }
+                }
+                return Outcome::Escalated;
+            }
+        }
+
+        let next_at = budget.record_attempt(now, a.budgeted, a.remediation);
+        let retry_after_ms = next_at.saturating_duration_since(now).as_millis() as u64;
+        let actor = remediator.actor();
+        let kind = a.action.as_ref().map_or(actor.as_str(), Action::as_str);
+        // Durable before acting: a crash from here on never hands out this attempt again.
+        if let (Some(journal), Some(id)) = (self.journal(), a.ticket) {
+            let what = serde_json::json!({
+                "action": kind,
+                "attempt": budget.attempts,
+                "budgeted": a.budgeted,
+                "drifts": labels,
+            });
+            let counted = (
+                key.cluster.clone(),
+                key.service.clone(),
+                budget.to_stored(clock),
+            );
+            match journal
+                .start_action(id, actor, what, Some(counted), clock.wall)
+                .await
+            {
+                Ok(true) => {}
+                // Held or resolved since this reconcile began: hands off.
+                Ok(false) => return Outcome::Held,
+                Err(e) => {
+                    self.retry_soon();
+                    return Outcome::Unknown {
+                        error: format!("not acting, the attempt could not be recorded: {e}"),
+                    };
+                }
+            }
+        }
+        info!(service = %key, ticket = ?a.ticket, drifts = ?labels, detail = %a.detail, action = kind, %actor, attempt = budget.attempts, budgeted = a.budgeted, retry_after_ms, "repairing");
+        let dispatch = remediator
+            .remediate(RemediationRequest {
+                ticket: a.ticket,
+                key,
+                cluster: a.cluster,
+                service: a.service,
+                drifts: a.reason.drifts(),
+                action: a.action.as_ref(),
+                container: a.container,
+                attempt: budget.attempts,
+                completions: &shared.completions,
+            })
+            .await;
+        let result = match dispatch {
+            Dispatch::Started { session } => {
+                // Leased until the session reports back; this worker and key are free now.
+                lock(&shared.leases).insert(
+                    key.clone(),
+                    Lease {
+                        session: session.clone(),
+                        ticket: a.ticket,
+                        actor,
+                        kind: kind.to_string(),
+                    },
+                );
+                if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
+                    && let Err(e) = journal
+                        .note(
+                            id,
+                            EntryKind::AgentDispatched,
+                            serde_json::json!({"session": session, "actor": actor}),
+                        )
+                        .await
+                {
+                    error!(service = %key, error = %e, "cannot record the dispatch");
+                }
+                info!(service = %key, ticket = ?a.ticket, %session, %actor, "remediation dispatched; the service is leased until it reports back");
+                return Outcome::Dispatched { session };
+            }
+            Dispatch::Done(result) => result,
+        };
+        let (outcome, ok, entry) = match result {
+            Ok(()) => {
+                shared.metrics.action(kind, "ok");
+                budget.created_before = true;
+                let outcome = match &a.action {
+                    Some(action) if actor == Actor::Controller => Outcome::Acted {
+                        action: action.clone(),
+                    },
+                    _ => Outcome::Remediated { actor },
+                };
+                (
+                    outcome,
+                    true,
+                    serde_json::json!({"action": kind, "result": "ok"}),
+                )
+            }
+            Err(e) => {
+                shared.metrics.action(kind, "error");
+                if matches!(a.action, Some(Action::Create | Action::Recreate))
+                    && !matches!(e, RemediationError::Docker(DockerError::NotOwned { .. }))
+                {
+                    // The container may exist now even though the action failed later on.
+                    budget.created_before = true;
+                }
+                shared.queue.schedule(key.clone(), next_at);
+                let entry =
+                    serde_json::json!({"action": kind, "result": "error", "error": e.to_string()});
+                let outcome = match &a.action {
+                    Some(action) if actor == Actor::Controller => Outcome::Failed {
+                        action: action.clone(),
+                        error: e.to_string(),
+                    },
+                    _ => Outcome::RemediationFailed {
+                        actor,
+                        error: e.to_string(),
+                    },
+                };
+                (outcome, false, entry)
+            }
+        };
+        if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
+            && let Err(e) = journal.finish_action(id, actor, ok, entry).await
+        {
+            error!(service = %key, error = %e, "cannot record the action's result");
+        }
+        outcome
+    }
+
+    /// A running container whose check fails with `policy: restart`: restart it under the
+    /// service's budget, recorded on the check's ticket. `None`: nothing to do for the check
+    /// now, so the service's normal path runs.
+    async fn repair_for_check(
+        &self,
+        cluster: &Cluster,
+        service: &Service,
+        observed: &Observation,
+        repair: CheckRepair,
+        budget: &mut RepairBudget,
+    ) -> Option<Outcome> {
+        let (shared, key, now) = (self.shared, self.key, self.clock.now);
+        // The manifest may have changed since the verdict: only a declared check that still
+        // says `restart` may act.
+        let still_restart = cluster
+            .check(&repair.check)
+            .is_some_and(|c| c.remediation.policy == Policy::Restart);
+        let journal = self.journal()?;
+        let ticket = journal.get(repair.ticket).await.ok().flatten();
+        let live = ticket
+            .as_ref()
+            .is_some_and(|t| t.status != Status::Resolved && !t.held);
+        if !still_restart || !live {
+            lock(&shared.check_repairs).remove(key);
+            return None;
+        }
+        // The last restart for a check must have had time to show in a fresh verdict.
+        if let Some(at) = lock(&shared.check_repaired_at).get(key).copied()
+            && now < at + repair.settle
+        {
+            shared.queue.schedule(key.clone(), at + repair.settle);
+            return None;
+        }
+        // Withdrawn by the check recorder meanwhile (the check passes, Prometheus is gone...)?
+        lock(&shared.check_repairs).remove(key)?;
+        let r = &service.remediation;
+        budget.saw_drift(now, r);
+        let outcome = self
+            .attempt(
+                Attempt {
+                    cluster,
+                    service,
+                    policy: Policy::Restart,
+                    action: Some(Action::Restart),
+                    budgeted: true,
+                    remediation: r,
+                    ticket: Some(repair.ticket),
+                    reason: Reason::Check(&repair.check),
+                    detail: repair.detail.clone(),
+                    container: observed.container.as_ref(),
+                },
+                budget,
+            )
+            .await;
+        if matches!(outcome, Outcome::Acted { .. } | Outcome::Failed { .. }) {
+            // From when the restart finished: a restart may take the whole stop grace.
+            lock(&shared.check_repaired_at).insert(key.clone(), tokio::time::Instant::now());
+        }
+        Some(outcome)
+    }
+
+    /// The key's repair budget: from the ticket store when there is one (the truth, which a
+    /// person may have changed with `tickets retry`), else from memory.
+    async fn load_budget(&self) -> Result<RepairBudget, String> {
+        let Some(journal) = self.journal() else {
+            return Ok(lock(&self.shared.budgets)
+                .get(self.key)
+                .cloned()
+                .unwrap_or_default());
+        };
+        let stored = journal
+            .load_budget(&self.key.cluster, &self.key.service)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stored
+            .map(|b| RepairBudget::from_stored(&b, self.clock))
+            .unwrap_or_default())
+    }
+
+    /// Keeps the budget in memory and, when it changed, in the store.
+    async fn save_budget(&self, budget: &RepairBudget, before: &crate::tickets::Budget) {
+        {
+            let mut budgets = lock(&self.shared.budgets);
+            budgets.insert(self.key.clone(), budget.clone());
+            let escalated = budgets.values().filter(|s| s.escalated).count();
+            self.shared.metrics.escalated.set(escalated as i64);
+        }
+        let Some(journal) = self.journal() else {
+            return;
+        };
+        let stored = budget.to_stored(self.clock);
+        if &stored == before {
+            return;
+        }
+        if let Err(e) = journal
+            .save_budget(&self.key.cluster, &self.key.service, stored)
+            .await
+        {
+            error!(service = %self.key, error = %e, "cannot save the repair budget");
+        }
+    }
+
+    /// Records every drift on its ticket. Returns the ticket of the first (primary) drift and
+    /// whether this sighting began a new episode (opened or reopened a ticket).
+    async fn record_drifts(
+        &self,
+        drifts: &[Drift],
+        cooldown: std::time::Duration,
+    ) -> Result<(Option<Ticket>, bool), String> {
+        let Some(journal) = self.journal() else {
+            return Ok((None, true));
+        };
+        let key = self.key;
+        let mut primary = None;
+        let mut new_episode = false;
+        let mut seen = HashSet::new();
+        for d in drifts {
+            let fingerprint = Fingerprint::service(&key.cluster, &key.service, d.kind);
+            if !seen.insert(fingerprint.clone()) {
+                continue;
+            }
+            let (ticket, sighting) = journal
+                .sighting(
+                    DriftSighting {
+                        fingerprint,
+                        drift: d.kind,
+                        detail: d.detail.clone(),
+                        cooldown,
+                        evidence: None,
+                    },
+                    self.clock.wall,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if sighting != Sighting::Seen {
+                info!(service = %key, ticket = ticket.id, drift = %d.kind, detail = %d.detail, flaps = ticket.flaps,
+                      "ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
+                new_episode = true;
+            }
+            primary.get_or_insert(ticket);
+        }
+        Ok((primary, new_episode))
+    }
+
+    /// A fresh observation shows the drift of these tickets gone: resolves every unresolved
+    /// container ticket of the service whose fingerprint is not in `still`.
+    async fn resolve_over(
+        &self,
+        tickets: Vec<Ticket>,
+        still: &HashSet<Fingerprint>,
+        service_drifts: bool,
+        container: Option<&ObservedContainer>,
+    ) {
+        let Some(journal) = self.journal() else {
+            return;
+        };
+        // Check tickets are the check evaluations' to resolve: a running container says
+        // nothing about whether its checks pass. A held ticket is a person's: while the
+        // service still drifts in any way it stays open (and held), even if its own kind of
+        // drift changed.
+        let over: Vec<Ticket> = tickets
+            .into_iter()
+            .filter(|t| {
+                !(still.contains(&t.fingerprint)
+                    || t.fingerprint.is_check()
+                    || (service_drifts && t.held))
+            })
+            .collect();
+        if over.is_empty() {
+            return;
+        }
+        let seen = serde_json::json!({
+            "result": "desired state",
+            "container": container.map(|c| &c.id),
+            "status": container.map(|c| c.status.as_str()),
+            "health": container.and_then(|c| c.health),
+        });
+        if let Err(e) = journal.resolve_rechecked(over, seen, self.clock.wall).await {
+            warn!(service = %self.key, error = %e, "cannot resolve tickets; will re-check");
+            self.retry_soon();
+        }
+    }
+
+    /// Whether a dependency's container is running now (asked fresh from the engine).
+    async fn dependency_running(&self, dependency: &str) -> bool {
+        let key = ServiceKey::new(&self.key.cluster, dependency);
+        match self.shared.actions.inspect(dependency).await {
+            Ok(Some(raw)) => ObservedContainer::from_inspect(&raw)
+                .is_some_and(|c| c.key == key && c.status == ContainerStatus::Running),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The ticket database file: where it lives, opening it (read-write with migrations, or
+//! read-only), its permissions, and the schema migrations, which later modules extend.
+//!
+//! # Guarantees
+//! - The folder is created 0700 and the file (and its WAL side files) 0600.
+//! - A file that is not an operator ticket database, or one from a newer operator, is
+//!   refused and never written.
+//! - Migrations are add-only and applied in one transaction each, in order; `PRAGMA
+//!   user_version` is the number applied.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use super::TicketError;
+
+/// `~/.operator/tickets.db`, relative to the home folder.
+pub const DEFAULT_DB: &str = ".operator/tickets.db";
+
+/// Marks the file as ours (`PRAGMA application_id`): "OPTK".
+const APPLICATION_ID: i64 = 0x4F50_544B;
+/// Writers wait this long for each other before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One schema step. Steps are never edited once released, only appended: a database is
+/// always migrated by running the steps it has not seen.
+pub struct Migration {
+    /// What the step adds, for people reading the list.
+    pub adds: &'static str,
+    pub sql: &'static str,
+}
+
+/// The schema, in order. The agent's audit tables are appended here when they land.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        adds: "tickets, their timeline, per-service budgets",
+        sql: r#"
+    CREATE TABLE tickets (
+        id            INTEGER PRIMARY KEY,
+        fingerprint   TEXT NOT NULL,
+        cluster       TEXT NOT NULL,
+        service       TEXT NOT NULL,
+        drift         TEXT NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN ('open','remediating','resolved','escalated')),
+        held          INTEGER NOT NULL DEFAULT 0,
+        occurrences   INTEGER NOT NULL DEFAULT 1,
+        flaps         INTEGER NOT NULL DEFAULT 0,
+        detail        TEXT NOT NULL DEFAULT '',
+        opened_at     TEXT NOT NULL,
+        -- When the current episode began: opened_at, or the last reopening.
+        episode_at    TEXT NOT NULL,
+        last_seen_at  TEXT NOT NULL,
+        resolved_at   TEXT,
+        resolved_by   TEXT CHECK (resolved_by IN ('self-healed','controller','agent','human')),
+        actions       INTEGER NOT NULL DEFAULT 0
+    );
+    -- At most one unresolved ticket per drift episode.
+    CREATE UNIQUE INDEX tickets_one_unresolved ON tickets (fingerprint) WHERE status != 'resolved';
+    CREATE INDEX tickets_by_service ON tickets (cluster, service, status);
+    CREATE TABLE timeline (
+        id        INTEGER PRIMARY KEY,
+        ticket_id INTEGER NOT NULL REFERENCES tickets (id),
+        at        TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        detail    TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX timeline_by_ticket ON timeline (ticket_id, id);
+    CREATE TABLE budgets (
+        cluster          TEXT NOT NULL,
+        service          TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  TEXT,
+        repairs          TEXT NOT NULL DEFAULT '[]',
+        escalated        INTEGER NOT NULL DEFAULT 0,
+        healthy_since    TEXT,
+        spec_hash        TEXT,
+        created_before   INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (cluster, service)
+    );
+    "#,
+    },
+    Migration {
+        adds: "who acted, on every action entry (the resolve cause is taken from it)",
+        // Before this step only the controller ever acted.
+        sql: r#"
+    ALTER TABLE timeline ADD COLUMN actor TEXT CHECK (actor IN ('controller','agent','human'));
+    UPDATE timeline SET actor = 'controller' WHERE kind IN ('action-started','action-result');
+    "#,
+    },
+];
+
+/// `$HOME/.operator/tickets.db`.
+pub fn default_path() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(DEFAULT_DB)
+}
+
+/// One connection to the ticket database, used from blocking threads.
+pub(crate) struct Db {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    read_only: bool,
+}
+
+/// Checks, without writing anything, that an existing file is ours or empty.
+fn check_existing(path: &Path) -> Result<(), TicketError> {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        return Ok(());
+    }
+    let foreign = |reason: String| TicketError::Foreign {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| foreign(format!("not a readable SQLite file: {e}")))?;
+    let read = |sql: &str| -> Result<i64, TicketError> {
+        conn.query_row(sql, [], |r| r.get(0))
+            .map_err(|e| foreign(format!("not a SQLite database: {e}")))
+    };
+    let app_id = read("PRAGMA application_id")?;
+    let version = read("PRAGMA user_version")?;
+    let objects = read("SELECT count(*) FROM sqlite_master")?;
+    if app_id == APPLICATION_ID {
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(TicketError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known,
+            });
+        }
+        return Ok(());
+    }
+    if app_id == 0 && version == 0 && objects == 0 {
+        return Ok(()); // an empty SQLite database: ours to initialise
+    }
+    Err(foreign(format!(
+        "application_id {app_id:#x}, {objects} schema objects"
+    )))
+}
+
+impl Db {
+    /// Opens (creating if missing) the database at `path`, applying migrations.
+    pub(crate) fn open(path: &Path) -> Result<Db, TicketError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| TicketError::Folder {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        check_existing(path)?;
+        if !path.exists() {
+            // Created private from the start, not chmod-ed after SQLite made it.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| TicketError::Permissions {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+        let open_err = |source| TicketError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| TicketError::Permissions {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        let db = Db {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            read_only: false,
+        };
+        db.migrate()?;
+        // WAL side files inherit the process umask; keep them private too.
+        for suffix in ["-wal", "-shm"] {
+            let side = PathBuf::from(format!("{}{suffix}", path.display()));
+            if side.exists() {
+                let _ = std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+        Ok(db)
+    }
+
+    /// Opens an existing database for reading only: never creates, migrates or changes it.
+    /// A database not yet migrated to this operator's schema is refused with the fix.
+    pub(crate) fn open_read_only(path: &Path) -> Result<Db, TicketError> {
+        if !path.exists() {
+            return Err(TicketError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        check_existing(path)?;
+        let open_err = |source| TicketError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(TicketError::Foreign {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "schema version {version}, this operator reads {}; run `operator run` once to migrate it",
+                    MIGRATIONS.len()
+                ),
+            });
+        }
+        Ok(Db {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            read_only: true,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Maps a SQLite error to one naming the file and what was being done.
+    pub(crate) fn err(
+        &self,
+        doing: &'static str,
+    ) -> impl FnOnce(rusqlite::Error) -> TicketError + '_ {
+        move |source| TicketError::Query {
+            path: self.path.clone(),
+            doing,
+            source,
+        }
+    }
+
+    /// The connection, for reads.
+    pub(crate) fn read(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` in an immediate (write-locked) transaction.
+    pub(crate) fn write<T>(
+        &self,
+        doing: &'static str,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, TicketError>,
+    ) -> Result<T, TicketError> {
+        let mut conn = self.read();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err(doing))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(self.err(doing))?;
+        Ok(out)
+    }
+
+    fn migrate(&self) -> Result<(), TicketError> {
+        self.write("apply schema migrations", |tx| {
+            let version: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(self.err("read the schema version"))?;
+            let known = MIGRATIONS.len() as i64;
+            if version > known {
+                return Err(TicketError::TooNew {
+                    path: self.path.clone(),
+                    found: version,
+                    known,
+                });
+            }
+            for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                tx.execute_batch(step.sql)
+                    .map_err(self.err("apply schema migrations"))?;
+                tx.pragma_update(None, "user_version", (i + 1) as i64)
+                    .map_err(self.err("apply schema migrations"))?;
+            }
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(self.err("apply schema migrations"))?;
+            Ok(())
+        })
+    }
+}

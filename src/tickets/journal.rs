@@ -1,0 +1,193 @@
+//! The journal: the one async way into the ticket store. Every call runs on a blocking
+//! thread (SQLite waits on locks), so the controller, an agent dispatcher and the drills can
+//! record and read tickets without stalling their runtime, and without knowing the SQL.
+//!
+//! It also keeps the ticket metrics (opened, resolved, open by drift) in step with what it
+//! writes, so no caller has to remember to.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use super::model::{Actor, Cause, Sighting, Ticket, TimelineEntry};
+use super::query::{Episode, TicketQuery};
+use super::store::{DriftSighting, Selector, Store};
+use super::{Budget, EntryKind, TicketError};
+use crate::metrics::Metrics;
+
+/// What a re-check saw, recorded on every ticket it resolves.
+pub type Recheck = serde_json::Value;
+
+/// Cheap to clone; clones share the store.
+#[derive(Clone)]
+pub struct Journal {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Journal {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Journal { store, metrics }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Runs a store call on a blocking thread.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, TicketError> + Send + 'static,
+    ) -> Result<T, TicketError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| TicketError::Task(e.to_string()))?
+    }
+
+    /// Records one sighting; a new or reopened episode is counted and the gauges refreshed.
+    pub async fn sighting(
+        &self,
+        sighting: DriftSighting,
+        now: DateTime<Utc>,
+    ) -> Result<(Ticket, Sighting), TicketError> {
+        let drift = sighting.drift;
+        let (ticket, seen) = self.call(move |s| s.record_drift(&sighting, now)).await?;
+        if seen != Sighting::Seen {
+            self.metrics.tickets_opened.inc();
+            self.metrics.drift(drift.as_str());
+            self.refresh_gauges().await;
+        }
+        Ok((ticket, seen))
+    }
+
+    /// The unresolved tickets a selector picks.
+    pub async fn unresolved(&self, selector: Selector) -> Result<Vec<Ticket>, TicketError> {
+        self.call(move |s| s.unresolved(&selector)).await
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<Ticket>, TicketError> {
+        self.call(move |s| s.get(id)).await
+    }
+
+    pub async fn timeline(&self, id: i64) -> Result<Vec<TimelineEntry>, TicketError> {
+        self.call(move |s| s.timeline(id)).await
+    }
+
+    pub async fn episodes(&self, query: TicketQuery) -> Result<Vec<Episode>, TicketError> {
+        self.call(move |s| s.episodes(&query)).await
+    }
+
+    pub async fn note(
+        &self,
+        id: i64,
+        kind: EntryKind,
+        detail: serde_json::Value,
+    ) -> Result<(), TicketError> {
+        self.call(move |s| s.append(id, kind, detail, Utc::now()))
+            .await
+    }
+
+    /// Records that `actor` starts an action, with the budget that counts it, durably and
+    /// before the action runs. False: the ticket was held or resolved meanwhile, hands off.
+    pub async fn start_action(
+        &self,
+        id: i64,
+        actor: Actor,
+        what: serde_json::Value,
+        budget: Option<(String, String, Budget)>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, TicketError> {
+        self.call(move |s| {
+            let budget = budget
+                .as_ref()
+                .map(|(c, sv, b)| (c.as_str(), sv.as_str(), b));
+            s.action_started(id, actor, budget, what, now)
+        })
+        .await
+    }
+
+    /// Records an action's result in the name of the actor that started it.
+    pub async fn finish_action(
+        &self,
+        id: i64,
+        actor: Actor,
+        ok: bool,
+        result: serde_json::Value,
+    ) -> Result<(), TicketError> {
+        self.call(move |s| s.action_finished(id, actor, ok, result, Utc::now()))
+            .await
+    }
+
+    pub async fn escalate(
+        &self,
+        id: i64,
+        why: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<bool, TicketError> {
+        self.call(move |s| s.escalate(id, why, now)).await
+    }
+
+    /// Resolves tickets that a fresh re-check showed over, recording what it saw on each.
+    /// The cause is the actor of each ticket's last successful action, or self-healed.
+    pub async fn resolve_rechecked(
+        &self,
+        tickets: Vec<Ticket>,
+        recheck: Recheck,
+        now: DateTime<Utc>,
+    ) -> Result<(), TicketError> {
+        if tickets.is_empty() {
+            return Ok(());
+        }
+        for ticket in tickets {
+            let (id, seen) = (ticket.id, recheck.clone());
+            let resolved: Option<Cause> = self
+                .call(move |s| s.resolve_rechecked(id, &seen, now))
+                .await?;
+            if let Some(cause) = resolved {
+                let took = (now - ticket.episode_at).to_std().unwrap_or_default();
+                self.metrics.ticket_resolved(cause.as_str(), took);
+                info!(cluster = %ticket.cluster, target = %ticket.service, ticket = id, drift = %ticket.drift, cause = cause.as_str(), after_ms = took.as_millis() as u64, "ticket resolved");
+            }
+        }
+        self.refresh_gauges().await;
+        Ok(())
+    }
+
+    pub async fn load_budget(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<Option<Budget>, TicketError> {
+        let (c, s) = (cluster.to_string(), service.to_string());
+        self.call(move |st| st.load_budget(&c, &s)).await
+    }
+
+    pub async fn save_budget(
+        &self,
+        cluster: &str,
+        service: &str,
+        budget: Budget,
+    ) -> Result<(), TicketError> {
+        let (c, s) = (cluster.to_string(), service.to_string());
+        self.call(move |st| st.save_budget(&c, &s, &budget)).await
+    }
+
+    /// A number that changes when another process commits to the store.
+    pub async fn data_version(&self) -> Result<i64, TicketError> {
+        self.call(|s| s.data_version()).await
+    }
+
+    pub async fn close_interrupted_actions(&self) -> Result<usize, TicketError> {
+        self.call(|s| s.close_interrupted_actions(Utc::now())).await
+    }
+
+    /// Sets the open-tickets gauge from the store.
+    pub async fn refresh_gauges(&self) {
+        match self.call(|s| s.open_counts()).await {
+            Ok(counts) => self.metrics.set_open_tickets(&counts),
+            Err(e) => warn!(error = %e, "cannot count open tickets"),
+        }
+    }
+}
