@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod reconcile;
 pub mod server;
 pub mod tickets;
+pub mod yamldoc;
