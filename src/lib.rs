@@ -12,6 +12,7 @@ pub mod docker;
 pub mod health;
 pub mod manifest;
 pub mod metrics;
+pub mod promql;
 pub mod reconcile;
 pub mod server;
 pub mod tickets;

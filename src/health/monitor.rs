@@ -12,7 +12,7 @@ use crate::manifest::{Blame, Check, Cluster, DesiredState, Probe, Severity};
 use super::evaluator::{Reading, Target, Tracker, Verdict};
 use super::probe;
 use super::prometheus::{Prometheus, QueryError, Series};
-use super::promql::selectors;
+use crate::promql::selectors;
 
 /// Checks evaluated at once, per cluster.
 const CONCURRENCY: usize = 8;

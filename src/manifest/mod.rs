@@ -14,7 +14,6 @@ mod error;
 mod graph;
 mod load;
 mod port;
-mod promql;
 mod raw;
 #[cfg(test)]
 mod testing;
