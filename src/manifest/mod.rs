@@ -476,4 +476,12 @@ mod tests {
             .collect();
         assert_eq!(all, [("one", "a"), ("two", "b"), ("two", "c")]);
     }
+
+    /// `as_str` is what logs and the CLI print and serde what `--json` prints: they must agree.
+    #[test]
+    fn policy_as_str_is_the_serde_name() {
+        for policy in [Policy::Restart, Policy::Agent, Policy::Observe] {
+            assert_eq!(serde_json::json!(policy), policy.as_str());
+        }
+    }
 }
