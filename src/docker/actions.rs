@@ -9,7 +9,6 @@
 //!   typo in an image tag never leaves a service with no container at all.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -23,10 +22,10 @@ use futures::StreamExt;
 
 use crate::manifest::{Cluster, Service};
 
+use super::call::{Answer, call};
 use super::observed::ObservedContainer;
 use super::spec::{create_body, service_network};
 use super::{DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY_VALUE};
-use super::{is_conflict, is_not_found};
 
 /// Time limits for engine calls.
 #[derive(Debug, Clone)]
@@ -77,55 +76,29 @@ impl Actions {
         &self.docker
     }
 
-    async fn bounded<T>(
-        &self,
-        doing: impl Into<String>,
-        limit: Duration,
-        fut: impl Future<Output = Result<T, bollard::errors::Error>>,
-    ) -> Result<T, DockerError> {
-        let doing = doing.into();
-        match tokio::time::timeout(limit, fut).await {
-            Ok(result) => result.map_err(|source| DockerError::api(doing, source)),
-            Err(_) => Err(DockerError::Timeout {
-                doing,
-                seconds: limit.as_secs(),
-            }),
-        }
-    }
-
     /// Inspects a container by id or name; `None` when it does not exist.
     pub async fn inspect(
         &self,
         id_or_name: &str,
     ) -> Result<Option<ContainerInspectResponse>, DockerError> {
-        let doing = format!("inspect container {id_or_name}");
-        match tokio::time::timeout(
+        call(
+            format!("inspect container {id_or_name}"),
             self.limits.call,
             self.docker.inspect_container(id_or_name, None),
         )
-        .await
-        {
-            Ok(Ok(c)) => Ok(Some(c)),
-            Ok(Err(e)) if is_not_found(&e) => Ok(None),
-            Ok(Err(source)) => Err(DockerError::api(doing, source)),
-            Err(_) => Err(DockerError::Timeout {
-                doing,
-                seconds: self.limits.call.as_secs(),
-            }),
-        }
+        .await?
+        .found()
     }
 
     pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
-        let doing = format!("inspect image {image}");
-        match tokio::time::timeout(self.limits.call, self.docker.inspect_image(image)).await {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) if is_not_found(&e) => Ok(false),
-            Ok(Err(source)) => Err(DockerError::api(doing, source)),
-            Err(_) => Err(DockerError::Timeout {
-                doing,
-                seconds: self.limits.call.as_secs(),
-            }),
-        }
+        let found = call(
+            format!("inspect image {image}"),
+            self.limits.call,
+            self.docker.inspect_image(image),
+        )
+        .await?
+        .found()?;
+        Ok(found.is_some())
     }
 
     /// Makes sure the image is present, pulling it when absent.
@@ -172,23 +145,15 @@ impl Actions {
         cluster: &Cluster,
         network: &str,
     ) -> Result<(), DockerError> {
-        match tokio::time::timeout(self.limits.call, self.docker.inspect_network(network, None))
-            .await
-        {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) if is_not_found(&e) => {}
-            Ok(Err(source)) => {
-                return Err(DockerError::api(
-                    format!("inspect network {network}"),
-                    source,
-                ));
-            }
-            Err(_) => {
-                return Err(DockerError::Timeout {
-                    doing: format!("inspect network {network}"),
-                    seconds: self.limits.call.as_secs(),
-                });
-            }
+        let existing = call(
+            format!("inspect network {network}"),
+            self.limits.call,
+            self.docker.inspect_network(network, None),
+        )
+        .await?
+        .found()?;
+        if existing.is_some() {
+            return Ok(());
         }
         let ours = network == cluster.network.name;
         if !ours || cluster.network.external {
@@ -207,18 +172,16 @@ impl Actions {
             ])),
             ..Default::default()
         };
-        match tokio::time::timeout(self.limits.call, self.docker.create_network(request)).await {
-            Ok(Ok(_)) => Ok(()),
+        match call(
+            format!("create network {network}"),
+            self.limits.call,
+            self.docker.create_network(request),
+        )
+        .await?
+        {
             // Someone (another reconcile of the same cluster) created it meanwhile.
-            Ok(Err(e)) if is_conflict(&e) => Ok(()),
-            Ok(Err(source)) => Err(DockerError::api(
-                format!("create network {network}"),
-                source,
-            )),
-            Err(_) => Err(DockerError::Timeout {
-                doing: format!("create network {network}"),
-                seconds: self.limits.call.as_secs(),
-            }),
+            Answer::Ok(_) | Answer::Conflict(_) => Ok(()),
+            Answer::NotFound(e) => Err(e),
         }
     }
 
@@ -240,14 +203,15 @@ impl Actions {
             .name(&service.name)
             .build();
         let body = create_body(cluster, service);
-        let id = match tokio::time::timeout(
+        let id = match call(
+            format!("create container {}", service.name),
             self.limits.call,
             self.docker.create_container(Some(options), body),
         )
-        .await
+        .await?
         {
-            Ok(Ok(created)) => created.id,
-            Ok(Err(e)) if is_conflict(&e) => {
+            Answer::Ok(created) => created.id,
+            Answer::Conflict(e) => {
                 // The name is taken. This service's own (created by a racing or crashed
                 // earlier attempt): use it. Anything else: hands off.
                 match self.inspect(&service.name).await? {
@@ -264,90 +228,70 @@ impl Actions {
                             });
                         }
                     },
-                    None => {
-                        return Err(DockerError::api(
-                            format!("create container {}", service.name),
-                            e,
-                        ));
-                    }
+                    None => return Err(e),
                 }
             }
-            Ok(Err(source)) => {
-                return Err(DockerError::api(
-                    format!("create container {}", service.name),
-                    source,
-                ));
-            }
-            Err(_) => {
-                return Err(DockerError::Timeout {
-                    doing: format!("create container {}", service.name),
-                    seconds: self.limits.call.as_secs(),
-                });
-            }
+            Answer::NotFound(e) => return Err(e),
         };
         self.start(&id).await
     }
 
     pub async fn start(&self, id: &str) -> Result<(), DockerError> {
-        self.bounded(
+        call(
             format!("start container {id}"),
             self.limits.call,
             self.docker.start_container(id, None),
         )
-        .await
+        .await?
+        .required()
     }
 
     pub async fn unpause(&self, id: &str) -> Result<(), DockerError> {
-        self.bounded(
+        call(
             format!("unpause container {id}"),
             self.limits.call,
             self.docker.unpause_container(id),
         )
-        .await
+        .await?
+        .required()
     }
 
     pub async fn restart(&self, id: &str) -> Result<(), DockerError> {
         let grace = i32::try_from(self.limits.stop_grace.as_secs()).unwrap_or(i32::MAX);
         let options = RestartContainerOptionsBuilder::default().t(grace).build();
-        self.bounded(
+        call(
             format!("restart container {id}"),
             self.limits.call + self.limits.stop_grace,
             self.docker.restart_container(id, Some(options)),
         )
-        .await
+        .await?
+        .required()
     }
 
     /// Stops and removes an owned container (anonymous volumes stay; named volumes always do).
     pub async fn remove(&self, id: &str) -> Result<(), DockerError> {
         let grace = i32::try_from(self.limits.stop_grace.as_secs()).unwrap_or(i32::MAX);
         let stop = StopContainerOptionsBuilder::default().t(grace).build();
-        match tokio::time::timeout(
+        let stopped = call(
+            format!("stop container {id}"),
             self.limits.call + self.limits.stop_grace,
             self.docker.stop_container(id, Some(stop)),
         )
-        .await
-        {
-            // 304 (already stopped) is a success for bollard; 404 means already gone.
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if is_not_found(&e) => return Ok(()),
-            // A stop that fails is followed by a forced remove, which kills.
-            Ok(Err(_)) | Err(_) => {}
+        .await;
+        // 304 (already stopped) is a success for bollard; 404 means already gone. A stop
+        // that fails or times out is followed by a forced remove, which kills.
+        if let Ok(Answer::NotFound(_)) = stopped {
+            return Ok(());
         }
         let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-        match tokio::time::timeout(
+        call(
+            format!("remove container {id}"),
             self.limits.call,
             self.docker.remove_container(id, Some(remove)),
         )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if is_not_found(&e) => Ok(()),
-            Ok(Err(source)) => Err(DockerError::api(format!("remove container {id}"), source)),
-            Err(_) => Err(DockerError::Timeout {
-                doing: format!("remove container {id}"),
-                seconds: self.limits.call.as_secs(),
-            }),
-        }
+        .await?
+        .found()
+        .map(|_| ())
     }
 
     /// Rolls out a changed spec: secure the image and network, then stop, remove,
@@ -382,12 +326,13 @@ impl Actions {
                 ..Default::default()
             }),
         };
-        self.bounded(
+        call(
             format!("connect container {id} to network {network}"),
             self.limits.call,
             self.docker.connect_network(network, request),
         )
-        .await
+        .await?
+        .required()
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod actions;
 pub mod cache;
+mod call;
 pub mod observed;
 pub mod spec;
 pub mod watcher;
@@ -17,6 +18,7 @@ use std::fmt;
 use bollard::Docker;
 
 pub use cache::Cache;
+pub(crate) use call::is_not_found;
 pub use observed::{ContainerStatus, HealthState, ObservedContainer};
 
 /// Marks a container (or network) as created and owned by this controller.
@@ -98,28 +100,6 @@ impl DockerError {
             source,
         }
     }
-}
-
-/// True when the engine answered 404 (no such container/image/network).
-pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
-}
-
-/// True when the engine answered 409 (name conflict, or the container is in the wrong state).
-pub(crate) fn is_conflict(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 409,
-            ..
-        }
-    )
 }
 
 /// Where the engine is, for messages: `DOCKER_HOST` or the default socket.

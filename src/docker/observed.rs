@@ -161,3 +161,215 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     let t = DateTime::parse_from_rfc3339(s?).ok()?.with_timezone(&Utc);
     (t.timestamp() > 0).then_some(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bollard::models::{
+        ContainerConfig, ContainerState, EndpointSettings, Health, HostConfig, NetworkSettings,
+    };
+
+    use super::*;
+
+    fn owned_labels() -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+            (LABEL_CLUSTER.to_string(), "demo".to_string()),
+            (LABEL_SERVICE.to_string(), "web".to_string()),
+            (LABEL_SPEC_HASH.to_string(), "0123456789abcdef".to_string()),
+            ("team".to_string(), "infra".to_string()),
+        ])
+    }
+
+    fn inspect(labels: HashMap<String, String>, state: ContainerState) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            id: Some("c0ffee".into()),
+            name: Some("/web".into()),
+            config: Some(ContainerConfig {
+                image: Some("busybox:1.36".into()),
+                labels: Some(labels),
+                ..Default::default()
+            }),
+            state: Some(state),
+            network_settings: Some(NetworkSettings {
+                networks: Some(HashMap::from([
+                    ("demo".to_string(), EndpointSettings::default()),
+                    ("extra".to_string(), EndpointSettings::default()),
+                ])),
+                ..Default::default()
+            }),
+            host_config: Some(HostConfig {
+                network_mode: Some("demo".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn running() -> ContainerState {
+        ContainerState {
+            status: Some(ContainerStateStatusEnum::RUNNING),
+            pid: Some(4242),
+            exit_code: Some(0),
+            started_at: Some("2025-01-02T03:04:05.123456789Z".into()),
+            finished_at: Some("0001-01-01T00:00:00Z".into()),
+            ..Default::default()
+        }
+    }
+
+    fn with_status(status: Option<ContainerStateStatusEnum>) -> ContainerStatus {
+        let state = ContainerState {
+            status,
+            ..Default::default()
+        };
+        ObservedContainer::from_inspect(&inspect(owned_labels(), state))
+            .expect("owned")
+            .status
+    }
+
+    fn with_health(status: Option<HealthStatusEnum>) -> Option<HealthState> {
+        let state = ContainerState {
+            health: Some(Health {
+                status,
+                ..Default::default()
+            }),
+            ..running()
+        };
+        ObservedContainer::from_inspect(&inspect(owned_labels(), state))
+            .expect("owned")
+            .health
+    }
+
+    #[test]
+    fn owned_container_is_reduced_to_plain_data() {
+        let c =
+            ObservedContainer::from_inspect(&inspect(owned_labels(), running())).expect("owned");
+        assert_eq!(c.id, "c0ffee");
+        assert_eq!(c.name, "web", "Docker's leading / is dropped");
+        assert_eq!(c.key, ServiceKey::new("demo", "web"));
+        assert_eq!(c.spec_hash, "0123456789abcdef");
+        assert_eq!(c.image, "busybox:1.36");
+        assert_eq!(c.status, ContainerStatus::Running);
+        assert_eq!(c.health, None, "no healthcheck, no health");
+        assert_eq!(
+            c.networks,
+            BTreeSet::from(["demo".to_string(), "extra".to_string()])
+        );
+        assert_eq!(c.network_mode, "demo");
+        assert_eq!(c.exit_code, Some(0));
+        assert_eq!(c.pid, Some(4242));
+        assert_eq!(
+            c.started_at.map(|t| t.to_rfc3339()),
+            Some("2025-01-02T03:04:05.123456789+00:00".to_string())
+        );
+        assert_eq!(c.finished_at, None, "Docker's year 1 means never");
+    }
+
+    #[test]
+    fn foreign_containers_are_none() {
+        let mut foreign = owned_labels();
+        foreign.remove(LABEL_MANAGED_BY);
+        assert!(ObservedContainer::from_inspect(&inspect(foreign, running())).is_none());
+
+        let mut someone_else = owned_labels();
+        someone_else.insert(LABEL_MANAGED_BY.into(), "compose".into());
+        assert!(ObservedContainer::from_inspect(&inspect(someone_else, running())).is_none());
+
+        for missing in [LABEL_CLUSTER, LABEL_SERVICE] {
+            let mut labels = owned_labels();
+            labels.remove(missing);
+            assert!(
+                ObservedContainer::from_inspect(&inspect(labels, running())).is_none(),
+                "without {missing}"
+            );
+        }
+
+        let no_config = ContainerInspectResponse {
+            config: None,
+            ..inspect(owned_labels(), running())
+        };
+        assert!(ObservedContainer::from_inspect(&no_config).is_none());
+    }
+
+    #[test]
+    fn a_missing_spec_hash_is_empty_so_the_diff_sees_a_changed_spec() {
+        let mut labels = owned_labels();
+        labels.remove(LABEL_SPEC_HASH);
+        let c = ObservedContainer::from_inspect(&inspect(labels, running())).expect("owned");
+        assert_eq!(c.spec_hash, "");
+    }
+
+    #[test]
+    fn engine_states_map_to_statuses() {
+        use ContainerStateStatusEnum as E;
+        for (engine, status) in [
+            (Some(E::CREATED), ContainerStatus::Created),
+            (Some(E::RUNNING), ContainerStatus::Running),
+            (Some(E::PAUSED), ContainerStatus::Paused),
+            (Some(E::RESTARTING), ContainerStatus::Restarting),
+            (Some(E::REMOVING), ContainerStatus::Removing),
+            (Some(E::EXITED), ContainerStatus::Exited),
+            (Some(E::DEAD), ContainerStatus::Dead),
+            (Some(E::STOPPING), ContainerStatus::Exited),
+            (Some(E::EMPTY), ContainerStatus::Created),
+            (None, ContainerStatus::Created),
+        ] {
+            assert_eq!(with_status(engine), status, "{engine:?}");
+        }
+    }
+
+    #[test]
+    fn engine_health_maps_to_health_state() {
+        use HealthStatusEnum as E;
+        assert_eq!(with_health(Some(E::STARTING)), Some(HealthState::Starting));
+        assert_eq!(with_health(Some(E::HEALTHY)), Some(HealthState::Healthy));
+        assert_eq!(
+            with_health(Some(E::UNHEALTHY)),
+            Some(HealthState::Unhealthy)
+        );
+        assert_eq!(with_health(Some(E::NONE)), None);
+        assert_eq!(with_health(Some(E::EMPTY)), None);
+        assert_eq!(with_health(None), None);
+    }
+
+    #[test]
+    fn a_stopped_container_has_no_pid_and_its_times() {
+        let state = ContainerState {
+            status: Some(ContainerStateStatusEnum::EXITED),
+            pid: Some(0),
+            exit_code: Some(137),
+            started_at: Some("2025-01-02T03:04:05Z".into()),
+            finished_at: Some("2025-01-02T03:05:00Z".into()),
+            ..Default::default()
+        };
+        let c = ObservedContainer::from_inspect(&inspect(owned_labels(), state)).expect("owned");
+        assert_eq!(c.pid, None, "pid 0 is no process");
+        assert_eq!(c.exit_code, Some(137));
+        assert!(c.finished_at > c.started_at);
+    }
+
+    /// `as_str` is what `status` prints and serde what `--json` prints: they must agree.
+    #[test]
+    fn as_str_is_the_serde_name() {
+        use ContainerStatus as S;
+        for status in [
+            S::Created,
+            S::Running,
+            S::Paused,
+            S::Restarting,
+            S::Removing,
+            S::Exited,
+            S::Dead,
+        ] {
+            assert_eq!(serde_json::json!(status), status.as_str());
+        }
+        for health in [
+            HealthState::Starting,
+            HealthState::Healthy,
+            HealthState::Unhealthy,
+        ] {
+            assert_eq!(serde_json::json!(health), health.as_str());
+        }
+    }
+}

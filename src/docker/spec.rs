@@ -138,3 +138,270 @@ pub fn create_body(cluster: &Cluster, service: &Service) -> ContainerCreateBody 
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::manifest::{Healthcheck, NetworkSpec, PortMapping, PrometheusSpec, Remediation};
+
+    fn cluster(services: Vec<Service>) -> Cluster {
+        Cluster {
+            name: "demo".into(),
+            source: PathBuf::from("/m/demo.yaml"),
+            network: NetworkSpec {
+                name: "demo-net".into(),
+                external: false,
+                internal: false,
+            },
+            services,
+            prometheus: PrometheusSpec::default(),
+            checks: Vec::new(),
+        }
+    }
+
+    fn service(name: &str) -> Service {
+        Service {
+            name: name.into(),
+            image: "busybox:1.36".into(),
+            command: None,
+            entrypoint: None,
+            env: BTreeMap::new(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            network_mode: NetworkMode::Cluster,
+            labels: BTreeMap::new(),
+            healthcheck: None,
+            depends_on: Vec::new(),
+            restart_policy: RestartPolicy::No,
+            remediation: Remediation::default(),
+        }
+    }
+
+    fn web() -> Service {
+        Service {
+            command: Some(vec!["sleep".into(), "3600".into()]),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            env: BTreeMap::from([("B".into(), "2".into()), ("A".into(), "x=y".into())]),
+            ports: vec![
+                PortMapping {
+                    host_ip: None,
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                },
+                PortMapping {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: 8081,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                },
+                PortMapping {
+                    host_ip: None,
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: Protocol::Udp,
+                },
+            ],
+            volumes: vec![
+                VolumeMount::Named {
+                    name: "data".into(),
+                    target: "/data".into(),
+                    read_only: false,
+                },
+                VolumeMount::Bind {
+                    source: PathBuf::from("/m/conf"),
+                    target: "/etc/app".into(),
+                    read_only: true,
+                },
+            ],
+            labels: BTreeMap::from([
+                ("team".into(), "infra".into()),
+                // A user label cannot claim someone else's container for us.
+                (LABEL_SERVICE.into(), "impostor".into()),
+            ]),
+            healthcheck: Some(Healthcheck {
+                test: vec!["CMD".into(), "true".into()],
+                interval: Some(Duration::from_secs(5)),
+                timeout: Some(Duration::from_millis(1500)),
+                retries: Some(3),
+                start_period: None,
+            }),
+            restart_policy: RestartPolicy::UnlessStopped,
+            ..service("web")
+        }
+    }
+
+    #[test]
+    fn labels_mark_the_container_as_ours_over_user_labels() {
+        let web = web();
+        let body = create_body(&cluster(vec![web.clone()]), &web);
+        let labels = body.labels.expect("labels");
+        assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY_VALUE);
+        assert_eq!(labels[LABEL_CLUSTER], "demo");
+        assert_eq!(labels[LABEL_SERVICE], "web");
+        assert_eq!(labels[LABEL_SPEC_HASH], web.spec_hash());
+        assert_eq!(labels["team"], "infra");
+    }
+
+    #[test]
+    fn image_command_entrypoint_and_env_are_passed_as_written() {
+        let web = web();
+        let body = create_body(&cluster(vec![web.clone()]), &web);
+        assert_eq!(body.image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(body.cmd, web.command);
+        assert_eq!(body.entrypoint, web.entrypoint);
+        // In key order, `KEY=value`, values kept whole.
+        assert_eq!(body.env, Some(vec!["A=x=y".to_string(), "B=2".to_string()]));
+    }
+
+    #[test]
+    fn ports_are_exposed_and_bound_per_mapping() {
+        let web = web();
+        let body = create_body(&cluster(vec![web.clone()]), &web);
+        // One exposed entry per mapping, repeats included: the engine keeps a set.
+        assert_eq!(
+            body.exposed_ports,
+            Some(vec!["80/tcp".to_string(), "80/tcp".into(), "53/udp".into()])
+        );
+        let bindings = body
+            .host_config
+            .as_ref()
+            .and_then(|h| h.port_bindings.clone())
+            .expect("bindings");
+        assert_eq!(bindings.len(), 2);
+        assert_eq!(
+            bindings["80/tcp"],
+            Some(vec![
+                PortBinding {
+                    host_ip: None,
+                    host_port: Some("8080".into()),
+                },
+                PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some("8081".into()),
+                },
+            ])
+        );
+        assert_eq!(
+            bindings["53/udp"],
+            Some(vec![PortBinding {
+                host_ip: None,
+                host_port: Some("5353".into()),
+            }])
+        );
+    }
+
+    #[test]
+    fn volumes_become_binds_with_ro_when_read_only() {
+        let web = web();
+        let host = create_body(&cluster(vec![web.clone()]), &web)
+            .host_config
+            .expect("host config");
+        assert_eq!(
+            host.binds,
+            Some(vec!["data:/data".to_string(), "/m/conf:/etc/app:ro".into()])
+        );
+    }
+
+    #[test]
+    fn healthcheck_durations_are_nanoseconds() {
+        let web = web();
+        let health = create_body(&cluster(vec![web.clone()]), &web)
+            .healthcheck
+            .expect("healthcheck");
+        assert_eq!(health.test, Some(vec!["CMD".to_string(), "true".into()]));
+        assert_eq!(health.interval, Some(5_000_000_000));
+        assert_eq!(health.timeout, Some(1_500_000_000));
+        assert_eq!(health.retries, Some(3));
+        assert_eq!(health.start_period, None);
+    }
+
+    #[test]
+    fn restart_policy_is_the_engines_own() {
+        for (ours, engine) in [
+            (RestartPolicy::No, RestartPolicyNameEnum::NO),
+            (RestartPolicy::Always, RestartPolicyNameEnum::ALWAYS),
+            (
+                RestartPolicy::UnlessStopped,
+                RestartPolicyNameEnum::UNLESS_STOPPED,
+            ),
+            (RestartPolicy::OnFailure, RestartPolicyNameEnum::ON_FAILURE),
+        ] {
+            let s = Service {
+                restart_policy: ours,
+                ..service("s")
+            };
+            let policy = create_body(&cluster(vec![s.clone()]), &s)
+                .host_config
+                .and_then(|h| h.restart_policy)
+                .expect("restart policy");
+            assert_eq!(policy.name, Some(engine), "{ours:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_network_gives_the_service_its_dns_name() {
+        let s = service("db");
+        let body = create_body(&cluster(vec![s.clone()]), &s);
+        assert_eq!(body.hostname.as_deref(), Some("db"));
+        assert_eq!(
+            body.host_config.and_then(|h| h.network_mode).as_deref(),
+            Some("demo-net")
+        );
+        let endpoints = body
+            .networking_config
+            .and_then(|n| n.endpoints_config)
+            .expect("endpoints");
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints["demo-net"].aliases, Some(vec!["db".to_string()]));
+    }
+
+    #[test]
+    fn named_network_is_joined_under_its_own_name() {
+        let s = Service {
+            network_mode: NetworkMode::Named("shared".into()),
+            ..service("db")
+        };
+        let body = create_body(&cluster(vec![s.clone()]), &s);
+        assert_eq!(
+            body.host_config.and_then(|h| h.network_mode).as_deref(),
+            Some("shared")
+        );
+        let endpoints = body
+            .networking_config
+            .and_then(|n| n.endpoints_config)
+            .expect("endpoints");
+        assert_eq!(endpoints["shared"].aliases, Some(vec!["db".to_string()]));
+    }
+
+    #[test]
+    fn host_network_has_no_hostname_and_no_endpoints() {
+        let s = Service {
+            network_mode: NetworkMode::Host,
+            ..service("probe")
+        };
+        let body = create_body(&cluster(vec![s.clone()]), &s);
+        assert_eq!(body.hostname, None);
+        assert!(body.networking_config.is_none());
+        assert_eq!(
+            body.host_config.and_then(|h| h.network_mode).as_deref(),
+            Some("host")
+        );
+    }
+
+    #[test]
+    fn a_bare_service_sends_no_empty_lists() {
+        let s = service("bare");
+        let body = create_body(&cluster(vec![s.clone()]), &s);
+        assert_eq!(body.exposed_ports, None);
+        assert_eq!(body.env, Some(Vec::new()));
+        assert!(body.healthcheck.is_none());
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.binds, None);
+        assert_eq!(host.port_bindings, None);
+    }
+}

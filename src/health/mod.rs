@@ -13,7 +13,6 @@ pub mod evaluator;
 pub mod monitor;
 pub mod probe;
 pub mod prometheus;
-pub mod promql;
 
 pub use evaluator::{CheckState, FailingTarget, Reading, Target, Verdict};
 pub use monitor::{CheckReport, ClusterHealth, Monitor, Observability, QueryCheck, check_queries};

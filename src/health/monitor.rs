@@ -12,7 +12,7 @@ use crate::manifest::{Blame, Check, Cluster, DesiredState, Probe, Severity};
 use super::evaluator::{Reading, Target, Tracker, Verdict};
 use super::probe;
 use super::prometheus::{Prometheus, QueryError, Series};
-use super::promql::selectors;
+use crate::promql::selectors;
 
 /// Checks evaluated at once, per cluster.
 const CONCURRENCY: usize = 8;
@@ -70,29 +70,27 @@ fn group(check: &Check, cluster: &Cluster, series: Vec<Series>) -> BTreeMap<Targ
     failing
 }
 
-/// Evaluates one check once. `probe_selectors`: also ask whether the query's selectors see
-/// any series (needed until the check has seen data once).
+/// Evaluates one check once. `prometheus` is the cluster's client, or why there is none;
+/// `probe_selectors`: also ask whether the query's selectors see any series (needed until
+/// the check has seen data once).
 async fn read(
     check: &Check,
     cluster: &Cluster,
-    prometheus: Option<&Prometheus>,
+    prometheus: Result<&Prometheus, &QueryError>,
     http: &reqwest::Client,
     probe_selectors: bool,
 ) -> Reading {
     let query = |expr: String| async move {
         match prometheus {
-            Some(p) => p.query(&expr).await,
-            None => Err(QueryError::Unreachable {
-                url: "(none)".into(),
-                reason: "no Prometheus URL: set spec.prometheus.url or PROMETHEUS_URL".into(),
-            }),
+            Ok(p) => p.query(&expr).await,
+            Err(why) => Err(why.clone()),
         }
     };
     let result = match &check.probe {
         Probe::Http(p) => {
             let failing = match probe::run(http, p).await {
                 Ok(()) => BTreeMap::new(),
-                Err(reason) => {
+                Err(error) => {
                     let target = match &check.blame {
                         Blame::Service(s) => Some(s.clone()),
                         _ => None,
@@ -100,7 +98,7 @@ async fn read(
                     let series = Series {
                         labels: BTreeMap::from([
                             ("url".to_string(), p.url.clone()),
-                            ("error".to_string(), reason),
+                            ("error".to_string(), error.to_string()),
                         ]),
                         value: 0.0,
                     };
@@ -167,12 +165,27 @@ async fn read(
     }
 }
 
-fn tracker_key(cluster: &Cluster, check: &Check) -> (String, String, String) {
-    (
-        cluster.name.clone(),
-        check.name.clone(),
-        format!("{:?}", check.probe),
-    )
+/// Which declared check a tracker belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CheckKey {
+    cluster: String,
+    check: String,
+}
+
+impl CheckKey {
+    fn of(cluster: &Cluster, check: &Check) -> CheckKey {
+        CheckKey {
+            cluster: cluster.name.clone(),
+            check: check.name.clone(),
+        }
+    }
+}
+
+/// A check's memory, with the probe it was built for: an edited probe under the same name
+/// is a different check and starts afresh.
+struct Tracked {
+    probe: Probe,
+    tracker: Tracker,
 }
 
 /// Evaluates checks round after round, remembering each check's windows.
@@ -180,8 +193,8 @@ pub struct Monitor {
     /// Judge each round on its own (no `for` window, no grace): for one-shot `status`.
     instant: bool,
     http: reqwest::Client,
-    /// Per (cluster, check, probe as written): an edited expression starts afresh.
-    trackers: HashMap<(String, String, String), Tracker>,
+    /// Per declared check; see [`Tracked`].
+    trackers: HashMap<CheckKey, Tracked>,
     clients: HashMap<String, (String, Duration, Prometheus)>,
 }
 
@@ -210,32 +223,42 @@ impl Monitor {
         }
     }
 
-    /// The Prometheus client for a cluster (rebuilt when its URL or timeout changes).
-    fn prometheus(&mut self, cluster: &Cluster) -> Option<Prometheus> {
-        let url = cluster.prometheus.url.clone()?;
+    /// The Prometheus client for a cluster (rebuilt when its URL or timeout changes), or
+    /// why there is none, to be reported by every check that needs it.
+    fn prometheus(&mut self, cluster: &Cluster) -> Result<Prometheus, QueryError> {
+        let Some(url) = cluster.prometheus.url.clone() else {
+            return Err(QueryError::Unreachable {
+                url: "(none)".into(),
+                reason: "no Prometheus URL: set spec.prometheus.url or PROMETHEUS_URL".into(),
+            });
+        };
         let timeout = cluster.prometheus.timeout;
         if let Some((u, t, p)) = self.clients.get(&cluster.name)
             && *u == url
             && *t == timeout
         {
-            return Some(p.clone());
+            return Ok(p.clone());
         }
-        let p = Prometheus::new(&url, timeout).ok()?;
+        let p = Prometheus::new(&url, timeout).map_err(|e| match e {
+            // A client that cannot be built cannot ask anything: like a Prometheus that is
+            // down, its checks are unknown and observability is lost, for the real reason.
+            QueryError::Invalid { url, reason } => QueryError::Unreachable { url, reason },
+            unreachable => unreachable,
+        })?;
         self.clients
             .insert(cluster.name.clone(), (url, timeout, p.clone()));
-        Some(p)
+        Ok(p)
     }
 
     /// One round over every cluster that declares checks.
     pub async fn round(&mut self, desired: &DesiredState) -> Vec<ClusterHealth> {
         let now = Instant::now();
         // Forget checks that are no longer declared.
-        self.trackers.retain(|(cluster, check, probe), _| {
-            desired.cluster(cluster).is_some_and(|c| {
-                c.checks
-                    .iter()
-                    .any(|k| &k.name == check && &format!("{:?}", k.probe) == probe)
-            })
+        self.trackers.retain(|key, tracked| {
+            desired
+                .cluster(&key.cluster)
+                .and_then(|c| c.check(&key.check))
+                .is_some_and(|k| k.probe == tracked.probe)
         });
         self.clients
             .retain(|cluster, _| desired.cluster(cluster).is_some());
@@ -253,8 +276,8 @@ impl Monitor {
                 .map(|check| {
                     let probe_selectors = self
                         .trackers
-                        .get(&tracker_key(cluster, check))
-                        .is_none_or(|t| !t.data_seen());
+                        .get(&CheckKey::of(cluster, check))
+                        .is_none_or(|t| !t.tracker.data_seen());
                     let (prometheus, http) = (prometheus.clone(), http.clone());
                     async move {
                         let reading =
@@ -281,10 +304,14 @@ impl Monitor {
             let no_data_after = cluster.prometheus.interval;
             let mut checks = Vec::new();
             for (check, reading) in readings {
-                let tracker = self
+                let tracker = &mut self
                     .trackers
-                    .entry(tracker_key(cluster, check))
-                    .or_insert_with(|| Tracker::new(now));
+                    .entry(CheckKey::of(cluster, check))
+                    .or_insert_with(|| Tracked {
+                        probe: check.probe.clone(),
+                        tracker: Tracker::new(now),
+                    })
+                    .tracker;
                 let (for_duration, grace) = if self.instant {
                     (Duration::ZERO, Duration::ZERO)
                 } else {
@@ -363,4 +390,98 @@ pub async fn check_queries(desired: &DesiredState) -> QueryCheck {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::health::CheckState;
+    use crate::manifest::{NetworkSpec, PrometheusSpec, Remediation};
+
+    fn alert(name: &str, expr: &str) -> Check {
+        Check {
+            name: name.into(),
+            probe: Probe::Alert { expr: expr.into() },
+            for_duration: Duration::ZERO,
+            severity: Severity::Warning,
+            blame: Blame::Cluster,
+            remediation: Remediation::default(),
+        }
+    }
+
+    fn desired(url: Option<&str>, checks: Vec<Check>) -> DesiredState {
+        DesiredState {
+            clusters: vec![Cluster {
+                name: "demo".into(),
+                source: PathBuf::from("demo.yaml"),
+                network: NetworkSpec {
+                    name: "demo".into(),
+                    external: false,
+                    internal: false,
+                },
+                services: Vec::new(),
+                prometheus: PrometheusSpec {
+                    url: url.map(str::to_string),
+                    ..PrometheusSpec::default()
+                },
+                checks,
+            }],
+        }
+    }
+
+    fn lost_reason(health: &[ClusterHealth]) -> String {
+        match &health[0].observability {
+            Observability::Lost { reason } => reason.clone(),
+            other => panic!("expected lost observability, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_url_is_reported_as_such() {
+        let health = Monitor::instant()
+            .round(&desired(None, vec![alert("down", "up == 0")]))
+            .await;
+        assert!(lost_reason(&health).starts_with("no Prometheus URL"));
+        assert_eq!(health[0].checks[0].verdict.state, CheckState::Unknown);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_url_is_reported_with_its_own_reason() {
+        let health = Monitor::instant()
+            .round(&desired(Some("not a url"), vec![alert("down", "up == 0")]))
+            .await;
+        let reason = lost_reason(&health);
+        assert!(reason.starts_with("not a usable URL"), "{reason}");
+        let verdict = &health[0].checks[0].verdict;
+        assert_eq!(verdict.state, CheckState::Unknown);
+        assert_eq!(verdict.error.as_deref(), Some(reason.as_str()));
+    }
+
+    #[tokio::test]
+    async fn trackers_follow_the_declared_checks_and_their_probes() {
+        let mut monitor = Monitor::instant();
+        let key = CheckKey {
+            cluster: "demo".into(),
+            check: "down".into(),
+        };
+        monitor
+            .round(&desired(None, vec![alert("down", "up == 0")]))
+            .await;
+        assert_eq!(monitor.trackers[&key].probe, alert("down", "up == 0").probe);
+
+        // Same name, edited expression: a new tracker for the new probe.
+        monitor
+            .round(&desired(None, vec![alert("down", "up < 1")]))
+            .await;
+        assert_eq!(monitor.trackers.len(), 1);
+        assert_eq!(monitor.trackers[&key].probe, alert("down", "up < 1").probe);
+
+        // No longer declared: forgotten.
+        monitor
+            .round(&desired(None, vec![alert("other", "up < 1")]))
+            .await;
+        assert!(!monitor.trackers.contains_key(&key));
+    }
 }

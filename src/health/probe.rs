@@ -25,26 +25,56 @@ pub fn json_test(body: &str, test: &JsonTest) -> Result<(), String> {
     }
 }
 
-/// Runs the probe. `Err` is a failure of the *endpoint* (refused, timed out, wrong status or
-/// body): for a probe, that is the health signal itself, not a lost observation.
-pub async fn run(client: &reqwest::Client, probe: &HttpProbe) -> Result<(), String> {
+/// Why an HTTP probe failed. For a probe, that is the health signal itself (the endpoint
+/// is broken), not a lost observation; the message becomes the failing series' `error`
+/// label, so it names the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Refused, timed out, or otherwise no answer.
+    #[error("GET {url} failed: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("GET {url} answered {status}, expected {expected}")]
+    Status {
+        url: String,
+        status: u16,
+        expected: u16,
+    },
+    #[error("GET {url}: reading the body failed: {source}")]
+    Body {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The body is not JSON, or the tested field is absent or different.
+    #[error("GET {url}: {reason}")]
+    Json { url: String, reason: String },
+}
+
+/// Runs the probe, bounded by its timeout.
+pub async fn run(client: &reqwest::Client, probe: &HttpProbe) -> Result<(), ProbeError> {
+    let url = || probe.url.clone();
     let request = client.get(&probe.url).timeout(probe.timeout).send();
     let response = request
         .await
-        .map_err(|e| format!("GET {} failed: {e}", probe.url))?;
+        .map_err(|source| ProbeError::Request { url: url(), source })?;
     let status = response.status().as_u16();
     if status != probe.status {
-        return Err(format!(
-            "GET {} answered {status}, expected {}",
-            probe.url, probe.status
-        ));
+        return Err(ProbeError::Status {
+            url: url(),
+            status,
+            expected: probe.status,
+        });
     }
     if let Some(test) = &probe.json {
         let body = response
             .text()
             .await
-            .map_err(|e| format!("GET {}: reading the body failed: {e}", probe.url))?;
-        json_test(&body, test).map_err(|reason| format!("GET {}: {reason}", probe.url))?;
+            .map_err(|source| ProbeError::Body { url: url(), source })?;
+        json_test(&body, test).map_err(|reason| ProbeError::Json { url: url(), reason })?;
     }
     Ok(())
 }
@@ -77,6 +107,27 @@ mod tests {
             json_test("<html>", &test("a", serde_json::json!(1)))
                 .unwrap_err()
                 .contains("not JSON")
+        );
+    }
+
+    #[test]
+    fn probe_errors_name_the_url_and_what_was_expected() {
+        let err = ProbeError::Status {
+            url: "http://127.0.0.1:2379/health".into(),
+            status: 503,
+            expected: 200,
+        };
+        assert_eq!(
+            err.to_string(),
+            "GET http://127.0.0.1:2379/health answered 503, expected 200"
+        );
+        let err = ProbeError::Json {
+            url: "http://pd/health".into(),
+            reason: "0.health is false, expected true".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "GET http://pd/health: 0.health is false, expected true"
         );
     }
 }

@@ -1,35 +1,8 @@
 //! What can go wrong while loading manifests.
 
-use std::fmt;
 use std::path::PathBuf;
 
-/// One problem in one manifest, located precisely enough to fix it:
-/// `manifests/x.yaml:14: spec.services[1].ports[0]: invalid port "80:abc": ...`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// The manifest file, as given or found in a given folder.
-    pub path: PathBuf,
-    /// 1-based line in that file.
-    pub line: Option<usize>,
-    /// Field path from the document root, e.g. `spec.services[2].ports[0]`; empty when the
-    /// problem is the document as a whole.
-    pub field: String,
-    /// What is wrong, quoting the bad value, and what would be accepted.
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+use crate::yamldoc::Diagnostic;
 
 /// The error of [`load`](super::load).
 #[derive(Debug, thiserror::Error)]
@@ -85,18 +58,6 @@ mod tests {
             field: field.into(),
             message: "invalid port \"80:abc\"".into(),
         }
-    }
-
-    #[test]
-    fn diagnostic_reads_file_line_field_message() {
-        assert_eq!(
-            diagnostic(Some(14), "spec.services[1].ports[0]").to_string(),
-            "manifests/x.yaml:14: spec.services[1].ports[0]: invalid port \"80:abc\""
-        );
-        assert_eq!(
-            diagnostic(None, "").to_string(),
-            "manifests/x.yaml: invalid port \"80:abc\""
-        );
     }
 
     #[test]

@@ -3,10 +3,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::lines::{self, DocLines};
+use super::raw;
 use super::validate::{self, Checked, Environment, Source};
 use super::volume::normalize;
-use super::{DesiredState, Diagnostic, ManifestError, parse};
+use super::{DesiredState, Diagnostic, ManifestError};
+use crate::yamldoc;
 
 /// Loads and validates every manifest under `paths`.
 ///
@@ -107,51 +108,24 @@ fn load_file(
     checked: &mut Vec<Checked>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> usize {
-    let stream = lines::index(text);
     let dir = manifest_dir(file);
     let mut documents = 0;
-    for doc in &stream.docs {
-        match parse::document(&text[doc.text.clone()]) {
-            Ok(None) => {}
-            Ok(Some(raw)) => {
-                documents += 1;
+    for doc in yamldoc::read::<raw::Document>(file, text) {
+        documents += 1;
+        match doc {
+            Ok(doc) => {
                 let source = Source {
                     file,
                     dir: &dir,
-                    lines: doc,
+                    lines: &doc.lines,
                     env,
                 };
-                checked.push(validate::document(raw, &source, diagnostics));
+                checked.push(validate::document(doc.value, &source, diagnostics));
             }
-            Err(e) => {
-                documents += 1;
-                diagnostics.push(Diagnostic {
-                    path: file.to_path_buf(),
-                    line: Some(file_line(doc, e.line, &e.field)),
-                    field: e.field,
-                    message: e.message,
-                });
-            }
+            Err(diagnostic) => diagnostics.push(diagnostic),
         }
     }
-    if let Some(e) = stream.error {
-        documents += 1;
-        diagnostics.push(Diagnostic {
-            path: file.to_path_buf(),
-            line: Some(e.line),
-            field: e.field,
-            message: format!("invalid YAML: {}", e.message),
-        });
-    }
     documents
-}
-
-/// A line of the parser (counted within the document's text) as a line of the file.
-fn file_line(doc: &DocLines, line_in_doc: Option<usize>, field: &str) -> usize {
-    match line_in_doc {
-        Some(line) => doc.start_line + line.saturating_sub(1),
-        None => doc.line_of(field),
-    }
 }
 
 /// The absolute folder of a manifest, for relative bind mounts. Lexical: `..` is resolved

@@ -4,23 +4,16 @@
 //! types in this module. They are produced only by [`load`], which validates every file
 //! completely before anything else runs: an invalid manifest never reaches Docker.
 //!
-//! How a file is read: `lines` walks the YAML events once (document boundaries, and the line
-//! of every field path); each document's text goes through `parse` (YAML to the `raw`
-//! schema) and then `validate` (raw to the types below, every problem collected with its
-//! line); `load` finds the files, ties the steps together and runs the checks that span
-//! clusters (names and host ports are global on a Docker host).
-//!
-//! `serde_yaml` (unmaintained upstream) is used only by `parse.rs`, so swapping it is a
-//! one-file change.
+//! How a file is read: [`crate::yamldoc`] splits it into documents, reads each into the `raw`
+//! schema and remembers the line of every field; `validate` then turns raw into the types
+//! below, every problem collected with its line; `load` finds the files, ties the steps
+//! together and runs the checks that span clusters (names and host ports are global on a
+//! Docker host).
 
-mod duration;
 mod error;
 mod graph;
-mod lines;
 mod load;
-mod parse;
 mod port;
-mod promql;
 mod raw;
 #[cfg(test)]
 mod testing;
@@ -34,8 +27,8 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use duration::parse_duration;
-pub use error::{Diagnostic, ManifestError};
+pub use crate::yamldoc::{Diagnostic, parse_duration};
+pub use error::ManifestError;
 pub use load::load;
 
 /// Everything the manifests declare, across all files given on the command line.
@@ -482,5 +475,13 @@ mod tests {
             .map(|(c, s)| (c.name.as_str(), s.name.as_str()))
             .collect();
         assert_eq!(all, [("one", "a"), ("two", "b"), ("two", "c")]);
+    }
+
+    /// `as_str` is what logs and the CLI print and serde what `--json` prints: they must agree.
+    #[test]
+    fn policy_as_str_is_the_serde_name() {
+        for policy in [Policy::Restart, Policy::Agent, Policy::Observe] {
+            assert_eq!(serde_json::json!(policy), policy.as_str());
+        }
     }
 }

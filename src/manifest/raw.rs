@@ -333,3 +333,74 @@ fn kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
         expected: KIND,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::yamldoc::{self, Diagnostic};
+
+    const GOOD: &str = "\
+apiVersion: operator/v1
+kind: Cluster
+metadata:
+  name: demo
+spec:
+  services:
+    - name: web
+      image: busybox
+      command: sleep 10
+      env: {A: 1, B: true, C: x, D: 1.5, E: ~}
+";
+
+    fn read(text: &str) -> Result<Document, Diagnostic> {
+        let mut docs = yamldoc::read::<Document>(Path::new("x.yaml"), text);
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        docs.remove(0).map(|d| d.value)
+    }
+
+    #[test]
+    fn valid_document_is_read() {
+        let doc = read(GOOD).expect("valid");
+        assert_eq!(doc.metadata.name, "demo");
+        let web = &doc.spec.services[0];
+        assert_eq!(web.command, Some(Args::Line("sleep 10".into())));
+        assert_eq!(web.env["A"], Scalar::Int("1".into()));
+        assert_eq!(web.env["B"], Scalar::Bool(true));
+        assert_eq!(web.env["C"], Scalar::Str("x".into()));
+        assert_eq!(web.env["D"], Scalar::Float(1.5));
+        assert_eq!(web.env["E"], Scalar::Null);
+    }
+
+    #[test]
+    fn command_of_the_wrong_type_says_what_is_accepted() {
+        let err = read(&GOOD.replace("command: sleep 10", "command: {a: b}")).unwrap_err();
+        assert_eq!(err.line, Some(9));
+        assert_eq!(err.field, "spec.services[0].command");
+        assert!(
+            err.message.contains("a string or a list of strings"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_api_version_and_kind_point_at_their_value() {
+        let err = read(&GOOD.replace("operator/v1", "v2")).unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (Some(1), "apiVersion"));
+        assert!(err.message.contains("\"v2\""), "{err:?}");
+        let err = read(&GOOD.replace("kind: Cluster", "kind: Pod")).unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (Some(2), "kind"));
+        assert!(err.message.contains("\"Pod\""), "{err:?}");
+    }
+
+    #[test]
+    fn missing_image_is_reported_on_its_service() {
+        let err = read(&GOOD.replace("      image: busybox\n", "")).unwrap_err();
+        assert_eq!(
+            (err.line, err.field.as_str()),
+            (Some(7), "spec.services[0]")
+        );
+        assert!(err.message.contains("missing field `image`"), "{err:?}");
+    }
+}

@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::duration::parse_duration;
-use super::lines::DocLines;
 use super::port::{PORT_FORMAT, parse_port, ports_clash};
 use super::raw::{self, Args, Scalar};
 use super::volume::{VOLUME_FORMAT, parse_volume};
@@ -17,6 +15,7 @@ use super::{
     Cluster, Diagnostic, Healthcheck, NetworkMode, NetworkSpec, Policy, PortMapping, Remediation,
     RestartPolicy, Service, VolumeMount, graph,
 };
+use crate::yamldoc::{DocLines, parse_duration};
 
 mod checks;
 

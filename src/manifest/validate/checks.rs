@@ -6,13 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use super::super::promql;
 use super::super::raw;
 use super::super::{
     Blame, Check, HttpProbe, JsonTest, Policy, Probe, PrometheusSpec, Remediation, Service,
     Severity,
 };
 use super::{PROMETHEUS_URL_VAR, Validator, dns_label};
+use crate::promql;
 
 impl Validator<'_, '_> {
     /// `spec.prometheus`, with the URL from the environment when the manifest has none.

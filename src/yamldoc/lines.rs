@@ -13,11 +13,11 @@ use yaml_rust2::scanner::Marker;
 
 /// One document of a stream.
 #[derive(Debug, Clone, Default)]
-pub(super) struct DocLines {
+pub struct DocLines {
     /// First line (1-based) of the document's text: its `---`, or line 1 for the first one.
-    pub start_line: usize,
+    pub(super) start_line: usize,
     /// Byte range of the document's text in the file, whole lines.
-    pub text: Range<usize>,
+    pub(super) text: Range<usize>,
     /// Field path → line (1-based). A mapping entry maps to its key's line, a list item to
     /// the line where the item starts, the document root to `""`.
     lines: HashMap<String, usize>,
@@ -51,17 +51,17 @@ fn parent(path: &str) -> &str {
 /// A syntax error that ends the index: the documents before it are complete.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct SyntaxError {
-    pub line: usize,
+    pub(super) line: usize,
     /// The field being read when the parser gave up (may be empty).
-    pub field: String,
-    pub message: String,
+    pub(super) field: String,
+    pub(super) message: String,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Stream {
     /// Complete documents, in order (including empty ones).
-    pub docs: Vec<DocLines>,
-    pub error: Option<SyntaxError>,
+    pub(super) docs: Vec<DocLines>,
+    pub(super) error: Option<SyntaxError>,
 }
 
 /// Indexes every document of `text`.
