@@ -180,20 +180,25 @@ mod tests {
         Holds::default()
     }
 
+    /// The decision for a container that exited, under a policy.
+    fn exited_under(p: Policy, holds: &Holds, agent_serves: bool) -> Decision {
+        decide(
+            &stopped(),
+            &observed(ContainerStatus::Exited),
+            &RepairBudget::default(),
+            &policy(p),
+            holds,
+            |q| agent_serves && q == Policy::Agent,
+        )
+    }
+
     #[test]
     fn a_lease_wins_over_everything() {
         let holds = Holds {
             held: true,
             leased: Some(SessionId("s1".into())),
         };
-        let d = decide(
-            &stopped(),
-            &observed(ContainerStatus::Exited),
-            &RepairBudget::default(),
-            &policy(Policy::Restart),
-            &holds,
-            no_agent,
-        );
+        let d = exited_under(Policy::Restart, &holds, false);
         assert_eq!(
             d,
             Decision::Leased {
@@ -247,42 +252,21 @@ mod tests {
             held: true,
             leased: None,
         };
-        let d = decide(
-            &stopped(),
-            &observed(ContainerStatus::Exited),
-            &RepairBudget::default(),
-            &policy(Policy::Restart),
-            &holds,
-            no_agent,
-        );
+        let d = exited_under(Policy::Restart, &holds, false);
         assert_eq!(d, Decision::Held { deliberate: false });
         assert!(d.records_ticket());
     }
 
     #[test]
     fn observe_policy_never_remediates() {
-        let d = decide(
-            &stopped(),
-            &observed(ContainerStatus::Exited),
-            &RepairBudget::default(),
-            &policy(Policy::Observe),
-            &free(),
-            |_| true,
-        );
+        let d = exited_under(Policy::Observe, &free(), true);
         assert_eq!(d, Decision::Observe { deliberate: false });
         assert!(d.records_ticket());
     }
 
     #[test]
     fn restart_policy_remediates_with_the_built_in_action() {
-        let d = decide(
-            &stopped(),
-            &observed(ContainerStatus::Exited),
-            &RepairBudget::default(),
-            &policy(Policy::Restart),
-            &free(),
-            no_agent,
-        );
+        let d = exited_under(Policy::Restart, &free(), false);
         assert_eq!(
             d,
             Decision::Remediate {
@@ -413,14 +397,7 @@ mod tests {
 
     #[test]
     fn agent_policy_goes_to_the_agent_when_one_serves_it() {
-        let d = decide(
-            &stopped(),
-            &observed(ContainerStatus::Exited),
-            &RepairBudget::default(),
-            &policy(Policy::Agent),
-            &free(),
-            |p| p == Policy::Agent,
-        );
+        let d = exited_under(Policy::Agent, &free(), true);
         assert_eq!(
             d,
             Decision::Remediate {
@@ -433,14 +410,7 @@ mod tests {
 
     #[test]
     fn agent_policy_without_an_agent_only_observes() {
-        let d = decide(
-            &stopped(),
-            &observed(ContainerStatus::Exited),
-            &RepairBudget::default(),
-            &policy(Policy::Agent),
-            &free(),
-            no_agent,
-        );
+        let d = exited_under(Policy::Agent, &free(), false);
         assert_eq!(d, Decision::Observe { deliberate: false });
     }
 }

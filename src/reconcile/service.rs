@@ -379,6 +379,9 @@ impl KeyRun<'_> {
             }
         }
 
+        // Kept to undo the attempt if it cannot be recorded: an attempt that never ran must
+        // not be saved as spent.
+        let unspent = budget.clone();
         let next_at = budget.record_attempt(now, a.budgeted, a.remediation);
         let retry_after_ms = next_at.saturating_duration_since(now).as_millis() as u64;
         let actor = remediator.actor();
@@ -402,8 +405,12 @@ impl KeyRun<'_> {
             {
                 Ok(true) => {}
                 // Held or resolved since this reconcile began: hands off.
-                Ok(false) => return Outcome::Held,
+                Ok(false) => {
+                    *budget = unspent;
+                    return Outcome::Held;
+                }
                 Err(e) => {
+                    *budget = unspent;
                     self.retry_soon();
                     return Outcome::Unknown {
                         error: format!("not acting, the attempt could not be recorded: {e}"),
