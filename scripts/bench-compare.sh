@@ -10,8 +10,10 @@
 #   REPEATS  how many times each side runs (default 2: base, new, base, new)
 #
 # Needs what the bench needs (a Docker engine and the local images: scripts/setup.sh). REV is
-# checked out in a temporary worktree and built there with its own target folder; both are
-# removed at the end. Output: each run's figures, labelled `base` or `new`.
+# checked out in a temporary worktree (removed at the end) and built in its own target folder,
+# kept between runs so a second comparison only rebuilds the crate
+# (BENCH_COMPARE_BASE_TARGET, default /tmp/operator-bench-base-target). The working tree builds
+# in CARGO_TARGET_DIR (default ./target). Output: each run's figures, labelled base or new.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,14 +34,14 @@ git worktree add --detach "$worktree" "$base_sha" >/dev/null
 
 # The bench binary cargo built, from its "Executable" line.
 build() {
-  local dir=$1
-  (cd "$dir" && CARGO_TARGET_DIR="$dir/target" cargo bench --bench "$bench" --no-run 2>&1) |
+  local dir=$1 target=$2
+  (cd "$dir" && CARGO_TARGET_DIR="$target" cargo bench --bench "$bench" --no-run 2>&1) |
     sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1 |
-    { read -r exe; [[ $exe = /* ]] || exe="$dir/$exe"; echo "$exe"; }
+    { read -r exe; [[ $exe = /* ]] || exe="$target/${exe#target/}"; echo "$exe"; }
 }
 echo "[bench-compare] building $bench at $base_rev ($base_sha) and in the working tree" >&2
-base_exe=$(build "$worktree")
-new_exe=$(build "$PWD")
+base_exe=$(build "$worktree" "${BENCH_COMPARE_BASE_TARGET:-/tmp/operator-bench-base-target}")
+new_exe=$(build "$PWD" "${CARGO_TARGET_DIR:-$PWD/target}")
 [[ -x $base_exe && -x $new_exe ]] || { echo "could not build both benches" >&2; exit 1; }
 
 for ((i = 1; i <= repeats; i++)); do
