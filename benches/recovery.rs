@@ -16,34 +16,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod stats;
 
-use common::{docker, summary, wait_running};
-
-const IMAGE: &str = "operator-local/busybox:latest";
+use common::{BUSYBOX_IMAGE as IMAGE, Fixture, TEST_LABEL, docker_ok};
+use stats::summary;
 
 fn pid_of(name: &str) -> Option<u32> {
-    docker(&["inspect", "-f", "{{.State.Pid}}", name])
+    docker_ok(&["inspect", "-f", "{{.State.Pid}}", name])
         .parse()
         .ok()
         .filter(|p| *p > 0)
-}
-
-/// Stops the controller and removes the bench's containers, also when the bench panics.
-struct Guard {
-    operator: Child,
-    containers: Vec<String>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.operator.kill();
-        let _ = self.operator.wait();
-        let _ = Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&self.containers)
-            .output();
-    }
 }
 
 /// Follows `docker events` for die/start of the named containers: (name, action, engine ns).
@@ -88,27 +72,22 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(15);
-    let suffix = std::process::id();
-    let cluster = format!("bench-{suffix}");
-    let managed = format!("{cluster}-managed");
-    let engine = format!("{cluster}-engine");
-    let dir = std::env::temp_dir().join(&cluster);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    // The managed container is the controller's; the engine-restarted one is labelled for
+    // this run alone. The fixture removes both (and stops the controller), also on panic.
+    let fixture = Fixture::builder("bench");
+    let engine_label = format!("operator.test.bench={}", fixture.cluster());
+    let fixture = fixture.also_clean(engine_label.clone());
     let command = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
-    std::fs::write(
-        dir.join("bench.yaml"),
-        format!(
-            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n    - name: {managed}\n      image: {IMAGE}\n      networkMode: host\n      command: {command}\n      remediation:\n        maxRestarts: 1000\n        stableAfter: 10s\n"
-        ),
-    )
-    .expect("manifest");
-    docker(&[
+    let engine = format!("{}-engine", fixture.cluster());
+    docker_ok(&[
         "run",
         "-d",
         "--name",
         &engine,
         "--label",
-        "operator.test=true",
+        TEST_LABEL,
+        "--label",
+        &engine_label,
         "--network",
         "host",
         "--restart",
@@ -118,33 +97,16 @@ fn main() {
         "-c",
         "trap 'exit 0' TERM; while true; do sleep 1; done",
     ]);
-    let log_path = dir.join("operator.log");
-    let operator = Command::new(env!("CARGO_BIN_EXE_operator"))
-        .arg("run")
-        .arg(&dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "operator=debug,info",
-        ])
-        .stderr(std::fs::File::create(&log_path).expect("log"))
-        .spawn()
-        .expect("start operator");
-    let mut guard = Guard {
-        operator,
-        containers: vec![managed.clone(), engine.clone()],
-    };
-    assert!(
-        wait_running(&managed, Duration::from_secs(60)),
-        "managed container never ran"
-    );
-    assert!(
-        wait_running(&engine, Duration::from_secs(60)),
-        "engine container never ran"
-    );
+    let mut f = fixture
+        .manifest("bench.yaml", |cluster| {
+            format!(
+                "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n    - name: {cluster}-managed\n      image: {IMAGE}\n      networkMode: host\n      command: {command}\n      remediation:\n        maxRestarts: 1000\n        stableAfter: 10s\n"
+            )
+        })
+        .start();
+    let managed = f.name("managed");
+    f.wait_running(&managed, "the start (managed container)");
+    f.wait_running(&engine, "the start (engine container)");
     let (mut events, rx) = follow_events(&[&managed, &engine]);
     std::thread::sleep(Duration::from_secs(11));
 
@@ -187,18 +149,18 @@ fn main() {
         std::thread::sleep(Duration::from_secs(11));
     }
     let _ = events.kill();
-    let _ = guard.operator.kill();
-    let _ = guard.operator.wait();
+    let _ = events.wait();
+    f.operator.crash();
 
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    // No product output carries this figure: it is the controller's debug log.
+    let log = f.operator.log();
     let detect: Vec<f64> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["event_to_drift_us"].as_u64())
         .map(|us| us as f64 / 1e3)
         .collect();
-    drop(guard);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(f);
 
     println!(
         "\nrecovery from SIGKILL (engine die event -> start event), {rounds} rounds, same image and command:"

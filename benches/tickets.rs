@@ -8,25 +8,20 @@
 //!
 //!     cargo bench --bench tickets -- [SIGHTINGS] [KILLS]      (defaults 20000 and 30)
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod stats;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{docker, summary, wait_running};
+use common::operator::{epoch_now, remove_db};
+use common::{BUSYBOX_IMAGE as IMAGE, Fixture, docker_ok};
 use operator::drift::{DriftKind, Fingerprint};
 use operator::tickets::{DriftSighting, Store};
-
-const IMAGE: &str = "operator-local/busybox:latest";
-
-fn remove_db(db: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-}
+use stats::summary;
 
 fn record(store: &Store, fp: &Fingerprint) {
     store
@@ -91,61 +86,21 @@ fn newest_sighting(store: &Store) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn epoch() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
-struct Guard {
-    operator: Child,
-    container: String,
-    db: PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.operator.kill();
-        let _ = self.operator.wait();
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.container])
-            .output();
-        remove_db(&self.db);
-    }
-}
-
 /// Die event (engine clock) to the ticket row committed (seen by polling the database every
 /// millisecond from this process), over `kills` SIGKILLs.
 fn die_to_ticket(kills: usize) -> Vec<f64> {
-    let cluster = format!("benchtk-{}", std::process::id());
-    let name = format!("{cluster}-svc");
-    let dir = std::env::temp_dir().join(&cluster);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    std::fs::write(
-        dir.join("m.yaml"),
-        format!(
-            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n    - name: {name}\n      image: {IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n      remediation:\n        maxRestarts: 100000\n        stableAfter: 500ms\n        backoff: {{initial: 100ms, max: 1s}}\n"
-        ),
-    )
-    .expect("manifest");
-    let db = dir.join("tickets.db");
-    let operator = Command::new(env!("CARGO_BIN_EXE_operator"))
-        .arg("run")
-        .arg(&dir)
-        .args(["--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start operator");
-    let _guard = Guard {
-        operator,
-        container: name.clone(),
-        db: db.clone(),
-    };
-    assert!(wait_running(&name, Duration::from_secs(60)), "never ran");
+    // Stopped, and its container and database removed, on return and on panic.
+    let f = Fixture::builder("benchtk")
+        .manifest("m.yaml", |cluster| {
+            format!(
+                "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n    - name: {cluster}-svc\n      image: {IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n      remediation:\n        maxRestarts: 100000\n        stableAfter: 500ms\n        backoff: {{initial: 100ms, max: 1s}}\n"
+            )
+        })
+        .start();
+    let name = f.name("svc");
+    f.wait_running(&name, "the start");
     std::thread::sleep(Duration::from_secs(1));
-    let store = Store::open(&db).expect("open the controller's database");
+    let store = Store::open(f.db()).expect("open the controller's database");
     let mut events = Command::new("docker")
         .args([
             "events",
@@ -163,12 +118,12 @@ fn die_to_ticket(kills: usize) -> Vec<f64> {
     let mut latencies = Vec::new();
     for _ in 0..kills {
         let before = newest_sighting(&store);
-        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &name]);
+        let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
         let _ = Command::new("kill").args(["-KILL", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         let seen_at = loop {
             if newest_sighting(&store) > before {
-                break Some(epoch());
+                break Some(epoch_now());
             }
             if Instant::now() > deadline {
                 break None;
@@ -183,15 +138,11 @@ fn die_to_ticket(kills: usize) -> Vec<f64> {
         if let (Some(seen), Some(die)) = (seen_at, die) {
             latencies.push((seen - die) * 1e3);
         }
-        assert!(
-            wait_running(&name, Duration::from_secs(30)),
-            "not restarted"
-        );
+        f.wait_running(&name, "a SIGKILL");
         std::thread::sleep(Duration::from_millis(1200));
     }
     let _ = events.kill();
     let _ = events.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     latencies
 }
 

@@ -5,20 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::operator::{OperatorProcess, TempDir, epoch_now, event_times};
-use common::{BUSYBOX_IMAGE, Cleanup, require_docker, unique};
+use common::operator::{entry_time, epoch_now, event_times, wait_until};
+use common::{BUSYBOX_IMAGE, Fixture};
 
 #[test]
 fn crash_looping_service_backs_off_then_escalates() {
-    require_docker();
-    let cluster = unique("crash");
-    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
-    let name = format!("{cluster}-fail");
-    let dir = TempDir::new(&cluster);
-    dir.write(
-        "crash.yaml",
-        &format!(
-            r#"apiVersion: operator/v1
+    let since = epoch_now() - 1.0;
+    let f = Fixture::builder("crash")
+        .manifest("crash.yaml", |cluster| {
+            format!(
+                r#"apiVersion: operator/v1
 kind: Cluster
 metadata:
   name: {cluster}
@@ -27,7 +23,7 @@ spec:
     name: {cluster}-net
     internal: true
   services:
-    - name: {name}
+    - name: {cluster}-fail
       image: {BUSYBOX_IMAGE}
       command: ["sh", "-c", "exit 3"]
       remediation:
@@ -35,14 +31,17 @@ spec:
         window: 10m
         backoff: {{initial: 400ms, max: 10s}}
 "#
-        ),
-    );
-    let since = epoch_now() - 1.0;
-    let operator = OperatorProcess::start(&[dir.path()], &["--resync", "1s"], None);
-    operator.wait_ready();
+            )
+        })
+        .resync("1s")
+        .start();
+    let (name, operator) = (f.name("fail"), &f.operator);
     assert!(
-        operator.wait_for_log("restart budget spent", Duration::from_secs(60)),
-        "never escalated; log:\n{}",
+        wait_until(Duration::from_secs(60), || f
+            .ticket("crash-looping", &name)
+            .is_some_and(|t| t["status"] == "escalated")),
+        "never escalated; tickets {:#?}; log:\n{}",
+        f.tickets(),
         operator.log()
     );
     // Well past the next backoff (3.2 s) and several resyncs: nothing more may happen.
@@ -54,33 +53,46 @@ spec:
         "one create + 3 budgeted restarts, then nothing; starts at {starts:?}; log:\n{}",
         operator.log()
     );
-    // The delays the controller chose (its decision, not wall-clock measurements).
-    let delays: Vec<u64> = operator
-        .log()
-        .lines()
-        .filter(|l| l.contains("repairing") && l.contains(&name))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["retry_after_ms"].as_u64())
-        .collect();
-    assert_eq!(
-        delays,
-        vec![400, 800, 1600, 3200],
-        "the create, then 3 restarts, each waiting twice as long"
-    );
-    assert_eq!(
-        operator.count_log(&["restart budget spent", &name]),
-        1,
-        "escalation is logged once"
-    );
-    assert!(
-        operator.count_log(&["crash-looping", &name]) >= 1,
-        "the drift is called crash-looping"
-    );
-    let (_, metrics) = operator.http_get("/metrics");
-    assert!(
-        metrics.contains("operator_escalated_services 1"),
-        "{metrics}"
-    );
+    // The delays the controller chose: the create (400 ms, before the ticket: a first
+    // create is no incident), then each budgeted restart waits twice as long as the one
+    // before. An attempt is committed to the timeline with the time its reconcile began, and
+    // that reconcile is no sooner than the backoff allowed (5 ms: clock reading slack).
+    // Whether a reconcile caught the container running between two crashes (which resolves
+    // the ticket and reopens it as a flap) is timing; either way, all three restarts are on
+    // this one ticket's timeline.
+    let id = f.ticket("crash-looping", &name).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let attempts = operator.timeline(id, "action-started");
+    let at: Vec<_> = attempts.iter().map(entry_time).collect();
+    assert_eq!(at.len(), 3, "three budgeted restarts: {attempts:#?}");
+    for (gap, (earlier, later)) in [800, 1600].into_iter().zip(at.iter().zip(&at[1..])) {
+        let waited = (*later - *earlier).num_milliseconds();
+        assert!(
+            waited >= gap - 5,
+            "a restart {waited} ms after the one before, not after {gap} ms: {attempts:#?}"
+        );
+        assert!(
+            waited < gap + 5_000,
+            "a restart {waited} ms after the one before, far past {gap} ms: {attempts:#?}"
+        );
+    }
+    for (n, e) in attempts.iter().enumerate() {
+        assert_eq!(
+            e["detail"]["action"], "start",
+            "an exited container is started: {e:#}"
+        );
+        assert_eq!(e["detail"]["budgeted"], true, "{e:#}");
+        assert_eq!(
+            e["detail"]["attempt"],
+            n as u64 + 2,
+            "after the create: {e:#}"
+        );
+    }
+    let escalated = operator.timeline(id, "escalated");
+    assert_eq!(escalated.len(), 1, "escalated once: {escalated:#?}");
+    assert_eq!(escalated[0]["detail"]["max_restarts"], 3);
+    assert_eq!(operator.metric("operator_escalated_services"), Some(1.0));
     // One drift episode, one ticket: escalated, not one ticket per crash.
     let tickets = operator.tickets_json();
     assert_eq!(tickets.len(), 1, "{tickets:#?}");
@@ -90,21 +102,5 @@ spec:
     assert!(
         tickets[0]["occurrences"].as_i64().unwrap() >= 4,
         "every crash is counted on it"
-    );
-    // Whether a reconcile caught the container running between two crashes (which resolves
-    // the ticket and reopens it as a flap) is timing; either way, all three restarts are on
-    // this one ticket's timeline.
-    let id = tickets[0]["id"].to_string();
-    let shown = operator.tickets(&["show", &id, "--json"]);
-    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
-    let started = shown["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "action-started")
-        .count();
-    assert_eq!(
-        started, 3,
-        "the three budgeted restarts are recorded on it: {shown:#}"
     );
 }

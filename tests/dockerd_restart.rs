@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::operator::{OperatorProcess, TempDir, is_running, state, wait_until};
-use common::{BUSYBOX_IMAGE, PrivateDockerd, require_docker, unique};
+use common::operator::{is_running, state, wait_until};
+use common::{BUSYBOX_IMAGE, Fixture, PrivateDockerd, require_docker};
 
 #[test]
 fn controller_survives_a_dockerd_restart_and_repairs_what_is_missing() {
@@ -14,30 +14,29 @@ fn controller_survives_a_dockerd_restart_and_repairs_what_is_missing() {
     let mut engine = PrivateDockerd::new();
     engine.import_busybox();
     let host = engine.host();
-    let cluster = unique("restart");
-    let name = format!("{cluster}-svc");
-    let dir = TempDir::new(&cluster);
     // The private engine has no bridge: host networking only.
-    dir.write(
-        "svc.yaml",
-        &format!(
-            r#"apiVersion: operator/v1
+    let f = Fixture::builder("restart")
+        .docker_host(&host)
+        .manifest("svc.yaml", |cluster| {
+            format!(
+                r#"apiVersion: operator/v1
 kind: Cluster
 metadata:
   name: {cluster}
 spec:
   services:
-    - name: {name}
+    - name: {cluster}-svc
       image: {BUSYBOX_IMAGE}
       networkMode: host
       command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
       remediation:
         backoff: {{initial: 200ms, max: 2s}}
 "#
-        ),
-    );
-    let operator = OperatorProcess::start(&[dir.path()], &["--resync", "3s"], Some(&host));
-    operator.wait_ready();
+            )
+        })
+        .resync("3s")
+        .start();
+    let (name, operator) = (f.name("svc"), &f.operator);
     assert!(
         wait_until(Duration::from_secs(60), || is_running(&name, Some(&host))),
         "not created; log:\n{}",
@@ -47,8 +46,12 @@ spec:
 
     engine.kill();
     assert!(
-        operator.wait_for_log("docker watch lost", Duration::from_secs(30)),
-        "the lost stream was not noticed; log:\n{}",
+        wait_until(Duration::from_secs(30), || operator
+            .http_get("/healthz")
+            .1
+            .contains("event stream disconnected")),
+        "the lost stream was not noticed: healthz {:?}; log:\n{}",
+        operator.http_get("/healthz"),
         operator.log()
     );
     let (status, _) = operator.http_get("/healthz");
@@ -71,11 +74,11 @@ spec:
         operator.count_log(&["docker list complete"]) >= 2,
         "re-listed after reconnecting"
     );
-    let (status, metrics) = operator.http_get("/metrics");
-    assert!(status.contains("200"));
+    let restarts = operator.metric("operator_watch_restarts_total");
     assert!(
-        !metrics.contains("operator_watch_restarts_total 0"),
-        "{metrics}"
+        restarts.is_some_and(|n| n >= 1.0),
+        "operator_watch_restarts_total is {restarts:?}, not >= 1; metrics:\n{}",
+        operator.http_get("/metrics").1
     );
     assert!(wait_until(Duration::from_secs(30), || operator
         .http_get("/healthz")

@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use common::operator::{OperatorProcess, TempDir, inspect, is_running, state, wait_until};
-use common::{BUSYBOX_IMAGE, Cleanup, TEST_LABEL, docker, docker_ok, require_docker, unique};
+use common::operator::{inspect, is_running, state, tcp_listeners, wait_until};
+use common::{BUSYBOX_IMAGE, Fixture, TEST_LABEL, docker, docker_ok};
 
 /// A process that exits promptly on SIGTERM (busybox `sleep` as PID 1 would ignore it).
 const LOOP: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
@@ -43,57 +44,55 @@ spec:
     )
 }
 
-struct Fixture {
-    cluster: String,
-    dir: TempDir,
-    operator: OperatorProcess,
-    // Dropped last: the controller is gone before cleanup, so nothing is recreated.
-    _cleanup: Cleanup,
+/// Two services (`db`, and `app` depending on it) on an internal network, both running.
+fn start(prefix: &str) -> Fixture {
+    let f = Fixture::builder(prefix)
+        .manifest("cluster.yaml", |c| manifest(c, "1"))
+        .resync("5s")
+        .start();
+    for service in ["db", "app"] {
+        f.wait_running(&f.name(service), "the start");
+    }
+    f
 }
 
-impl Fixture {
-    fn start(prefix: &str) -> Fixture {
-        require_docker();
-        let cluster = unique(prefix);
-        let cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
-        let dir = TempDir::new(&cluster);
-        dir.write("cluster.yaml", &manifest(&cluster, "1"));
-        let operator = OperatorProcess::start(&[dir.path()], &["--resync", "5s"], None);
-        operator.wait_ready();
-        let fixture = Fixture {
-            cluster,
-            dir,
-            operator,
-            _cleanup: cleanup,
-        };
-        for service in ["db", "app"] {
-            let name = fixture.name(service);
-            assert!(
-                wait_until(Duration::from_secs(60), || is_running(&name, None)),
-                "{name} never ran; log:\n{}",
-                fixture.operator.log()
-            );
-        }
-        fixture
-    }
-
-    fn name(&self, service: &str) -> String {
-        format!("{}-{service}", self.cluster)
-    }
-
-    fn wait_running(&self, name: &str, what: &str) {
-        assert!(
-            wait_until(Duration::from_secs(60), || is_running(name, None)),
-            "{name} was not repaired after {what}; state {:?}; log:\n{}",
-            state(name, None),
-            self.operator.log()
-        );
-    }
+/// Waits (30 s) until the ticket of `service` with drift `drift` is resolved by the
+/// controller; its `action-started` entries must all name `action` (at least one), and one
+/// of them must have succeeded.
+fn assert_repaired_by(f: &Fixture, service: &str, drift: &str, action: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .ticket(drift, service)
+            .is_some_and(|t| t["status"] == "resolved")),
+        "no resolved {drift} ticket for {service}: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    let ticket = f.ticket(drift, service).unwrap();
+    assert_eq!(ticket["resolved_by"], "controller", "{ticket:#}");
+    let id = ticket["id"].as_i64().unwrap();
+    let shown = f.operator.ticket_json(id);
+    let timeline = shown["timeline"].as_array().unwrap();
+    let started: Vec<&serde_json::Value> = timeline
+        .iter()
+        .filter(|e| e["kind"] == "action-started")
+        .collect();
+    assert!(!started.is_empty(), "no action on the ticket: {shown:#}");
+    assert!(
+        started.iter().all(|e| e["detail"]["action"] == action),
+        "every action is a {action}: {shown:#}"
+    );
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e["kind"] == "action-result" && e["detail"]["result"] == "ok"),
+        "the {action} succeeded: {shown:#}"
+    );
 }
 
 #[test]
 fn sigkilled_container_is_running_again_in_place() {
-    let f = Fixture::start("kill");
+    let f = start("kill");
     let name = f.name("db");
     let (_, id) = state(&name, None).unwrap();
     docker_ok(&["kill", "--signal", "KILL", &name]);
@@ -103,16 +102,12 @@ fn sigkilled_container_is_running_again_in_place() {
         id, id_after,
         "a killed container is started again, not replaced"
     );
-    assert!(
-        f.operator
-            .count_log(&["repairing", &name, "\"action\":\"start\""])
-            >= 1
-    );
+    assert_repaired_by(&f, &name, "stopped", "start");
 }
 
 #[test]
 fn removed_container_is_recreated() {
-    let f = Fixture::start("rm");
+    let f = start("rm");
     let name = f.name("app");
     let (_, id) = state(&name, None).unwrap();
     docker_ok(&["rm", "-f", &name]);
@@ -131,20 +126,16 @@ fn removed_container_is_recreated() {
 
 #[test]
 fn paused_container_is_unpaused() {
-    let f = Fixture::start("pause");
+    let f = start("pause");
     let name = f.name("db");
     docker_ok(&["pause", &name]);
     f.wait_running(&name, "docker pause");
-    assert!(
-        f.operator
-            .count_log(&["repairing", &name, "\"action\":\"unpause\""])
-            >= 1
-    );
+    assert_repaired_by(&f, &name, "paused", "unpause");
 }
 
 #[test]
 fn detached_network_is_reconnected() {
-    let f = Fixture::start("net");
+    let f = start("net");
     let name = f.name("db");
     let network = format!("{}-net", f.cluster);
     docker_ok(&["network", "disconnect", &network, &name]);
@@ -160,9 +151,10 @@ fn detached_network_is_reconnected() {
 
 #[test]
 fn spec_change_in_the_manifest_is_rolled_out_by_recreating() {
-    let f = Fixture::start("spec");
+    let f = start("spec");
     let name = f.name("app");
     let (_, id) = state(&name, None).unwrap();
+    let (_, db_id) = state(&f.name("db"), None).unwrap();
     f.dir.write("cluster.yaml", &manifest(&f.cluster, "2"));
     let has_new_env = || {
         inspect(&name, None).is_some_and(|c| {
@@ -179,17 +171,33 @@ fn spec_change_in_the_manifest_is_rolled_out_by_recreating() {
     );
     let (_, id_after) = state(&name, None).unwrap();
     assert_ne!(id, id_after, "a spec change recreates the container");
-    // The other service's spec did not change: it keeps its container.
+    // Exactly one recreate (the app's): the other service's spec did not change, so it
+    // keeps its container.
+    let recreates = "operator_actions_total{kind=\"recreate\",result=\"ok\"}";
     assert!(
+        wait_until(Duration::from_secs(10), || f.operator.metric(recreates)
+            == Some(1.0)),
+        "{recreates} is {:?}, not 1; log:\n{}",
+        f.operator.metric(recreates),
+        f.operator.log()
+    );
+    assert_eq!(
+        state(&f.name("db"), None).unwrap().1,
+        db_id,
+        "the unchanged service was replaced"
+    );
+    assert_eq!(f.operator.metric(recreates), Some(1.0));
+    assert_eq!(
         f.operator
-            .count_log(&["repairing", &f.name("db"), "recreate"])
-            == 0
+            .metric("operator_actions_total{kind=\"recreate\",result=\"error\"}"),
+        None,
+        "no recreate failed"
     );
 }
 
 #[test]
 fn invalid_edit_is_rejected_and_the_last_good_state_kept() {
-    let f = Fixture::start("badedit");
+    let f = start("badedit");
     let name = f.name("db");
     let (_, id) = state(&name, None).unwrap();
     f.dir.write(
@@ -198,9 +206,11 @@ fn invalid_edit_is_rejected_and_the_last_good_state_kept() {
             .replace("maxRestarts: 20", "maxRestarts: 20\n        bogusField: 1"),
     );
     assert!(
-        f.operator
-            .wait_for_log("manifest edit rejected", Duration::from_secs(30)),
-        "log:\n{}",
+        wait_until(Duration::from_secs(30), || f
+            .operator
+            .metric("operator_manifest_reloads_total{result=\"rejected\"}")
+            .is_some_and(|n| n >= 1.0)),
+        "the edit was not rejected; log:\n{}",
         f.operator.log()
     );
     // Still managed: a kill is still repaired, and the container was not replaced.
@@ -211,11 +221,10 @@ fn invalid_edit_is_rejected_and_the_last_good_state_kept() {
 
 #[test]
 fn unmanaged_containers_are_left_alone() {
-    require_docker();
-    let cluster = unique("foreign");
-    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
+    let fixture = Fixture::builder("foreign");
+    let cluster = fixture.cluster().to_string();
     let foreign_label = format!("operator.test.foreign={cluster}");
-    let _foreign_cleanup = Cleanup::new(foreign_label.clone());
+    let fixture = fixture.also_clean(foreign_label.clone());
     // A foreign container already holds the name of a declared service.
     let squatter = format!("{cluster}-db");
     docker_ok(&[
@@ -252,14 +261,17 @@ fn unmanaged_containers_are_left_alone() {
     ]);
     let (_, squatter_id) = state(&squatter, None).unwrap();
 
-    let dir = TempDir::new(&cluster);
-    dir.write("cluster.yaml", &manifest(&cluster, "1"));
-    let operator = OperatorProcess::start(&[dir.path()], &["--resync", "1s"], None);
-    operator.wait_ready();
+    let f = fixture
+        .manifest("cluster.yaml", |c| manifest(c, "1"))
+        .resync("1s")
+        .start();
     assert!(
-        operator.wait_for_log("not managed by operator", Duration::from_secs(30)),
-        "the name conflict was not reported; log:\n{}",
-        operator.log()
+        wait_until(Duration::from_secs(30), || f
+            .ticket("name-conflict", &squatter)
+            .is_some()),
+        "the name conflict was not reported; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
     );
     docker_ok(&["kill", "--signal", "KILL", &bystander]);
     // Give the controller several resyncs to misbehave.
@@ -295,7 +307,7 @@ fn unmanaged_containers_are_left_alone() {
 
 #[test]
 fn metrics_and_healthz_are_served_on_loopback() {
-    let f = Fixture::start("metrics");
+    let f = start("metrics");
     let (status, body) = f.operator.http_get("/healthz");
     assert!(status.contains("200"), "{status} {body}");
     docker_ok(&["kill", "--signal", "KILL", &f.name("db")]);
@@ -317,8 +329,53 @@ fn metrics_and_healthz_are_served_on_loopback() {
 }
 
 #[test]
+fn without_listen_it_serves_on_loopback_port_9464_only() {
+    const DEFAULT: &str = "127.0.0.1:9464";
+    let port = 9464;
+    // The default port must be free, or this test would measure someone else's server.
+    let taken: Vec<SocketAddr> = tcp_listeners()
+        .into_iter()
+        .map(|(addr, _)| addr)
+        .filter(|addr| addr.port() == port)
+        .collect();
+    assert!(
+        taken.is_empty(),
+        "port {port} is already taken on this machine ({taken:?}), so the default listen \
+         address cannot be tested: stop whatever listens there (`ss -ltnp 'sport = :{port}'`)"
+    );
+    if let Err(e) = TcpListener::bind(DEFAULT) {
+        panic!("cannot bind {DEFAULT} ({e}): the default listen address cannot be tested");
+    }
+
+    let f = Fixture::builder("listen")
+        .manifest("cluster.yaml", |c| {
+            format!("apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {c}\nspec:\n  services: []\n")
+        })
+        .default_listen()
+        .start();
+    assert_eq!(f.operator.listen_addr().as_deref(), Some(DEFAULT));
+    let mine = f.operator.listening_sockets();
+    assert_eq!(
+        mine,
+        vec![DEFAULT.parse::<SocketAddr>().unwrap()],
+        "the controller listens on exactly {DEFAULT}"
+    );
+    let wildcard: Vec<SocketAddr> = tcp_listeners()
+        .into_iter()
+        .map(|(addr, _)| addr)
+        .filter(|addr| addr.port() == port && addr.ip().is_unspecified())
+        .collect();
+    assert!(
+        wildcard.is_empty(),
+        "a wildcard socket on {port}: {wildcard:?}"
+    );
+    let (status, body) = f.operator.http_get("/healthz");
+    assert!(status.contains("200"), "{status} {body}");
+}
+
+#[test]
 fn sigterm_stops_the_controller_cleanly() {
-    let mut f = Fixture::start("term");
+    let mut f = start("term");
     let status = f.operator.stop().expect("operator exits on SIGTERM");
     assert!(
         status.success(),
@@ -332,26 +389,27 @@ fn sigterm_stops_the_controller_cleanly() {
 
 #[test]
 fn an_image_that_cannot_be_had_is_a_clear_drift_not_a_crash() {
-    require_docker();
-    let cluster = unique("noimage");
-    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
-    let dir = TempDir::new(&cluster);
     // The registry is on loopback (nothing listens there): the pull fails at once and no
     // traffic leaves the machine.
-    let manifest = manifest(&cluster, "1").replacen(
-        &format!("image: {BUSYBOX_IMAGE}"),
-        "image: 127.0.0.1:9/operator-test/absent:1",
-        1,
-    );
-    dir.write("cluster.yaml", &manifest);
-    let operator = OperatorProcess::start(&[dir.path()], &["--resync", "1s"], None);
-    operator.wait_ready();
+    let f = Fixture::builder("noimage")
+        .manifest("cluster.yaml", |c| {
+            manifest(c, "1").replacen(
+                &format!("image: {BUSYBOX_IMAGE}"),
+                "image: 127.0.0.1:9/operator-test/absent:1",
+                1,
+            )
+        })
+        .resync("1s")
+        .start();
+    let (cluster, operator) = (&f.cluster, &f.operator);
+    // The user-facing error message is the point here.
     assert!(
         operator.wait_for_log("could not be pulled", Duration::from_secs(60)),
         "log:\n{}",
         operator.log()
     );
-    let out = common::operator::operator(&["status", dir.path().to_str().unwrap(), "--json"], None);
+    let out =
+        common::operator::operator(&["status", f.dir.path().to_str().unwrap(), "--json"], None);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     let db = rows["services"]
         .as_array()
@@ -367,15 +425,11 @@ fn an_image_that_cannot_be_had_is_a_clear_drift_not_a_crash() {
 
 #[test]
 fn unhealthy_container_is_restarted_then_escalated_when_it_stays_unhealthy() {
-    require_docker();
-    let cluster = unique("sick");
-    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
-    let name = format!("{cluster}-sick");
-    let dir = TempDir::new(&cluster);
-    dir.write(
-        "sick.yaml",
-        &format!(
-            r#"apiVersion: operator/v1
+    let f = Fixture::builder("sick")
+        .manifest("sick.yaml", |cluster| {
+            let name = format!("{cluster}-sick");
+            format!(
+                r#"apiVersion: operator/v1
 kind: Cluster
 metadata:
   name: {cluster}
@@ -394,20 +448,33 @@ spec:
         maxRestarts: 2
         backoff: {{initial: 200ms, max: 1s}}
 "#
-        ),
-    );
-    let operator = OperatorProcess::start(&[dir.path()], &["--resync", "1s"], None);
-    operator.wait_ready();
+            )
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("sick");
     assert!(
-        operator.wait_for_log("restart budget spent", Duration::from_secs(60)),
-        "log:\n{}",
-        operator.log()
+        wait_until(Duration::from_secs(60), || f
+            .ticket("unhealthy", &name)
+            .is_some_and(|t| t["status"] == "escalated")),
+        "not escalated; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
     );
+    let id = f.ticket("unhealthy", &name).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let restarts = f.operator.timeline(id, "action-started");
     assert_eq!(
-        operator.count_log(&["repairing", &name, "unhealthy", "\"action\":\"restart\""]),
+        restarts.len(),
         2,
-        "two restarts (the budget), then escalation; log:\n{}",
-        operator.log()
+        "two restarts (the budget), then escalation: {restarts:#?}"
+    );
+    assert!(
+        restarts
+            .iter()
+            .all(|e| e["detail"]["action"] == "restart" && e["detail"]["budgeted"] == true),
+        "{restarts:#?}"
     );
     // Escalated, not killed: the controller leaves the (running, unhealthy) container be.
     assert!(is_running(&name, None));

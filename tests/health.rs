@@ -4,229 +4,80 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::operator::{
-    OperatorProcess, TempDir, inspect, is_running, operator, remove_db, wait_until,
-};
-use common::{Cleanup, EMPTY_IMAGE, docker_ok, require_docker, unique};
+use common::operator::{TempDir, inspect, is_running, operator, remove_db, wait_until};
+use common::prometheus::Prometheus;
+use common::{Cleanup, EMPTY_IMAGE, Fixture, docker_ok, free_port, require_docker, unique};
 
-/// A free loopback port below the kernel's ephemeral range (32768 and up), so that no
-/// outgoing connection of another test can take it between now and the listener's bind.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(7919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port between 20000 and 32000");
-}
-
-/// A Prometheus on the host, scraping the etcd members every second. Killed on drop.
-struct Prom {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Prom {
-    fn start(dir: PathBuf, port: u16, targets: &[u16]) -> Prom {
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let targets: Vec<String> = targets
-            .iter()
-            .map(|p| format!("\"127.0.0.1:{p}\""))
-            .collect();
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global: {{scrape_interval: 1s, scrape_timeout: 800ms, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: etcd\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
-        let mut prom = Prom {
-            child: None,
-            port,
-            dir,
-        };
-        prom.spawn();
-        prom
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("prometheus.log")).unwrap();
-        let child = Command::new("/usr/bin/prometheus")
-            .arg(format!(
-                "--config.file={}",
-                self.dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                self.dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start /usr/bin/prometheus (scripts/setup.sh installs it)");
-        self.child = Some(child);
-        assert!(
-            wait_until(Duration::from_secs(60), || self
-                .query("vector(1)")
-                .is_some()),
-            "prometheus did not start"
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// An instant query's result array, `None` if Prometheus does not answer.
-    fn query(&self, expr: &str) -> Option<Vec<serde_json::Value>> {
-        use std::io::{Read, Write};
-        let encoded: String = expr
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(
-            stream,
-            "GET /api/v1/query?query={encoded} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let body = response.split_once("\r\n\r\n")?.1;
-        // Prometheus may answer chunked; the JSON object is what lies between the braces.
-        let body = &body[body.find('{')?..=body.rfind('}')?];
-        let v: serde_json::Value = serde_json::from_str(body).ok()?;
-        v["data"]["result"].as_array().cloned()
-    }
-}
-
-impl Drop for Prom {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Fixture {
-    cluster: String,
-    dir: TempDir,
-    db: PathBuf,
+/// Three etcd members (the controller creates them), a Prometheus scraping them, and the
+/// controller.
+struct Etcd {
+    f: Fixture,
     client: [u16; 3],
-    prom: Prom,
-    controller: OperatorProcess,
-    _cleanup: Cleanup,
+    // Dropped after the controller.
+    prom: Prometheus,
 }
 
-impl Fixture {
-    /// Three etcd members (the controller creates them), a Prometheus, and the controller.
+/// The fixture's controller, cluster, folder and tickets.
+impl std::ops::Deref for Etcd {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.f
+    }
+}
+
+impl Etcd {
     /// `observe_member`: the member whose container-level policy is `observe`.
-    fn start(prefix: &str, observe_member: Option<usize>) -> Fixture {
-        Fixture::start_with(prefix, observe_member, "observe")
+    fn start(prefix: &str, observe_member: Option<usize>) -> Etcd {
+        Etcd::start_with(prefix, observe_member, "observe")
     }
 
     /// `check_policy`: the remediation policy of the `member-up` check.
-    fn start_with(prefix: &str, observe_member: Option<usize>, check_policy: &str) -> Fixture {
-        require_docker();
-        let cluster = unique(prefix);
-        let cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
-        let dir = TempDir::new(&cluster);
+    fn start_with(prefix: &str, observe_member: Option<usize>, check_policy: &str) -> Etcd {
+        let fixture = Fixture::builder(prefix);
         let client = [free_port(), free_port(), free_port()];
         let peer = [free_port(), free_port(), free_port()];
-        let prom_port = free_port();
-        let prom = Prom::start(dir.path().join("prom"), prom_port, &client);
-        let db = std::env::temp_dir().join(format!("{cluster}.db"));
-        let write = |observe: Option<usize>| {
-            dir.write(
-                "cluster.yaml",
-                &manifest(&cluster, &client, &peer, prom_port, observe, check_policy),
-            );
-        };
+        let prom = Prometheus::start(
+            fixture.dir().path().join("prom"),
+            free_port(),
+            "etcd",
+            &client,
+        );
+        let port = prom.port();
         // Create every member first; then (maybe) watch one without repairing it.
-        write(None);
-        let out = operator(
-            &[
-                "run",
-                dir.path().to_str().unwrap(),
-                "--once",
-                "--db",
-                db.to_str().unwrap(),
-            ],
-            None,
-        );
+        let f = fixture
+            .manifest("cluster.yaml", |c| {
+                manifest(c, &client, &peer, port, None, check_policy)
+            })
+            .run_once()
+            .manifest("cluster.yaml", |c| {
+                manifest(c, &client, &peer, port, observe_member, check_policy)
+            })
+            .resync("2s")
+            .start();
+        let e = Etcd { f, client, prom };
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        write(observe_member);
-        let controller =
-            OperatorProcess::start_with_db(&[dir.path()], &["--resync", "2s"], None, &db);
-        controller.wait_ready();
-        let f = Fixture {
-            cluster,
-            dir,
-            db,
-            client,
-            prom,
-            controller,
-            _cleanup: cleanup,
-        };
-        assert!(
-            wait_until(Duration::from_secs(60), || f
+            wait_until(Duration::from_secs(60), || e
                 .prom
                 .query("etcd_server_has_leader == 1")
                 .is_some_and(|r| r.len() == 3)),
             "the etcd cluster never had a leader on all members; member logs:\n{}",
             (0..3)
                 .map(|i| {
-                    let out = common::docker(&["logs", "--tail", "5", &f.member(i)]);
-                    format!("{}: {}", f.member(i), String::from_utf8_lossy(&out.stderr))
+                    let out = common::docker(&["logs", "--tail", "5", &e.member(i)]);
+                    format!("{}: {}", e.member(i), String::from_utf8_lossy(&out.stderr))
                 })
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        f
+        e
     }
 
     fn member(&self, i: usize) -> String {
-        format!("{}-e{i}", self.cluster)
-    }
-
-    fn tickets(&self) -> Vec<serde_json::Value> {
-        self.controller.tickets_json()
-    }
-
-    fn ticket(&self, drift: &str, service: &str) -> Option<serde_json::Value> {
-        self.tickets()
-            .into_iter()
-            .find(|t| t["drift"] == drift && t["service"] == service)
+        self.f.name(&format!("e{i}"))
     }
 
     fn signal_member(&self, i: usize, signal: &str) {
@@ -238,12 +89,6 @@ impl Fixture {
             .status()
             .unwrap();
         assert!(ok.success());
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        remove_db(&self.db);
     }
 }
 
@@ -317,22 +162,22 @@ spec:
 
 #[test]
 fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container() {
-    let f = Fixture::start("checks", Some(2));
+    let f = Etcd::start("checks", Some(2));
     let c = &f.cluster;
 
     // A check on a metric that does not exist is reported, not silently passing.
     assert!(
-        f.controller
+        f.operator
             .wait_for_log("check returns no data at all", Duration::from_secs(30)),
         "log:\n{}",
-        f.controller.log()
+        f.operator.log()
     );
     assert_eq!(
-        f.controller
+        f.operator
             .count_log(&["no data at all", "\"check\":\"typo\""]),
         1
     );
-    let (_, metrics) = f.controller.http_get("/metrics");
+    let (_, metrics) = f.operator.http_get("/metrics");
     assert!(
         metrics.contains(&format!(
             "operator_check_no_data{{cluster=\"{c}\",check=\"typo\"}} 1"
@@ -344,7 +189,7 @@ fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container(
             "status",
             f.dir.path().to_str().unwrap(),
             "--db",
-            f.db.to_str().unwrap(),
+            f.db().to_str().unwrap(),
         ],
         None,
     );
@@ -371,7 +216,7 @@ fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container(
             .is_some()),
         "no check ticket; tickets {:#?}; log:\n{}",
         f.tickets(),
-        f.controller.log()
+        f.operator.log()
     );
     eprintln!("member stopped -> check ticket: {:?}", stopped_at.elapsed());
     // Several container resyncs (every 2 s) pass: a running container does not resolve a
@@ -381,7 +226,7 @@ fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container(
     assert_eq!(t["status"], "open", "{t:#}");
     assert_eq!(t["flaps"], 0, "{t:#}");
     let shown = f
-        .controller
+        .operator
         .tickets(&["show", &t["id"].to_string(), "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(
@@ -411,32 +256,24 @@ fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container(
     // ticket, not a ticket of its own.
     let e2 = f.member(2);
     docker_ok(&["stop", &e2]);
+    let check_noted = || {
+        f.ticket("stopped", &e2).is_some_and(|t| {
+            f.operator
+                .timeline(t["id"].as_i64().unwrap(), "note")
+                .iter()
+                .any(|e| e["detail"]["check-failed"]["check"] == "member-up")
+        })
+    };
     assert!(
-        wait_until(Duration::from_secs(30), || f
-            .controller
-            .count_log(&["attached to the container", &e2])
-            >= 1),
-        "tickets {:#?}; log:\n{}",
+        wait_until(Duration::from_secs(30), check_noted),
+        "the failing check is not noted on the container's ticket; tickets {:#?}; log:\n{}",
         f.tickets(),
-        f.controller.log()
+        f.operator.log()
     );
-    let container_ticket = f.ticket("stopped", &e2).expect("the container's ticket");
     assert!(
         f.ticket("check-failed", &e2).is_none(),
         "{:#?}",
         f.tickets()
-    );
-    let shown = f
-        .controller
-        .tickets(&["show", &container_ticket["id"].to_string(), "--json"]);
-    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert!(
-        shown["timeline"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "note" && e["detail"]["check-failed"]["check"] == "member-up"),
-        "{shown:#}"
     );
     docker_ok(&["start", &e2]);
     assert!(wait_until(Duration::from_secs(30), || is_running(
@@ -446,7 +283,7 @@ fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container(
 
 #[test]
 fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() {
-    let mut f = Fixture::start("promdown", None);
+    let mut f = Etcd::start("promdown", None);
     let e0 = f.member(0);
     f.signal_member(0, "STOP");
     assert!(
@@ -454,7 +291,7 @@ fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() 
             .ticket("check-failed", &e0)
             .is_some()),
         "log:\n{}",
-        f.controller.log()
+        f.operator.log()
     );
     f.prom.kill();
     assert!(
@@ -463,7 +300,7 @@ fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() 
             .is_some()),
         "tickets {:#?}; log:\n{}",
         f.tickets(),
-        f.controller.log()
+        f.operator.log()
     );
     // The member recovers while nobody can see it: its ticket must not move.
     f.signal_member(0, "CONT");
@@ -499,7 +336,7 @@ fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() 
             .all(|t| t["status"] == "resolved")),
         "tickets {:#?}; log:\n{}",
         f.tickets(),
-        f.controller.log()
+        f.operator.log()
     );
     let lost = f.ticket("observability-lost", "-").unwrap();
     assert_eq!(lost["resolved_by"], "self-healed");
@@ -512,7 +349,7 @@ fn invalid_promql_is_an_error_when_prometheus_answers_and_a_note_when_it_does_no
     let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
     let dir = TempDir::new(&cluster);
     let port = free_port();
-    let prom = Prom::start(dir.path().join("prom"), port, &[]);
+    let prom = Prometheus::start(dir.path().join("prom"), port, "etcd", &[]);
     let write = |port: u16| {
         dir.write(
             "c.yaml",
@@ -561,20 +398,29 @@ fn invalid_promql_is_an_error_when_prometheus_answers_and_a_note_when_it_does_no
 
 #[test]
 fn a_failing_check_with_restart_policy_restarts_its_service_and_the_recheck_resolves_it() {
-    let f = Fixture::start_with("ckrestart", None, "restart");
+    let f = Etcd::start_with("ckrestart", None, "restart");
     let e0 = f.member(0);
     let id_before = inspect(&e0, None).unwrap()["Id"].clone();
     f.signal_member(0, "STOP");
+    // The restart is committed to the check's ticket before it is made.
+    let restarted_for_check = || {
+        f.ticket("check-failed", &e0).is_some_and(|t| {
+            f.operator
+                .timeline(t["id"].as_i64().unwrap(), "action-started")
+                .iter()
+                .any(|e| {
+                    e["detail"]["action"] == "restart"
+                        && e["detail"]["drifts"]
+                            .as_array()
+                            .is_some_and(|d| d.iter().any(|d| d == "check-failed:member-up"))
+                })
+        })
+    };
     assert!(
-        wait_until(Duration::from_secs(30), || f.controller.count_log(&[
-            "repairing",
-            &e0,
-            "check-failed:member-up",
-            "\"action\":\"restart\""
-        ]) >= 1),
+        wait_until(Duration::from_secs(30), restarted_for_check),
         "no restart for the failing check; tickets {:#?}; log:\n{}",
         f.tickets(),
-        f.controller.log()
+        f.operator.log()
     );
     // The stopped etcd only dies at the end of the stop grace; then it rejoins.
     assert!(
@@ -583,7 +429,7 @@ fn a_failing_check_with_restart_policy_restarts_its_service_and_the_recheck_reso
             .is_some_and(|t| t["status"] == "resolved")),
         "tickets {:#?}; log:\n{}",
         f.tickets(),
-        f.controller.log()
+        f.operator.log()
     );
     let t = f.ticket("check-failed", &e0).unwrap();
     assert_eq!(t["resolved_by"], "controller", "{t:#}");

@@ -9,10 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::operator::{
-    OperatorProcess, TempDir, epoch_now, event_times, inspect, is_running, operator, remove_db,
-    wait_until,
+    TempDir, epoch_now, event_times, inspect, is_running, operator, remove_db, wait_until,
 };
-use common::{BUSYBOX_IMAGE, Cleanup, PrivateDockerd, docker_ok, require_docker, unique};
+use common::{BUSYBOX_IMAGE, Fixture, PrivateDockerd, docker_ok, require_docker, unique};
 use operator::drift::{DriftKind, Fingerprint};
 use operator::tickets::{DriftSighting, Store};
 
@@ -91,57 +90,58 @@ fn two_processes_and_many_tasks_make_exactly_one_ticket() {
     );
 }
 
-fn write_manifest(dir: &TempDir, cluster: &str, services: &str) {
-    dir.write(
-        "cluster.yaml",
-        &format!(
-            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n{services}"
-        ),
-    );
+fn cluster_yaml(cluster: &str, services: &str) -> String {
+    format!(
+        "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n{services}"
+    )
+}
+
+/// The newest ticket of `service`, if any.
+fn ticket_of(f: &Fixture, service: &str) -> Option<serde_json::Value> {
+    f.tickets().into_iter().find(|t| t["service"] == service)
+}
+
+/// The `action-started` entries on the newest ticket of `service`.
+fn attempts_on(f: &Fixture, service: &str) -> usize {
+    ticket_of(f, service).map_or(0, |t| {
+        f.operator
+            .timeline(t["id"].as_i64().unwrap(), "action-started")
+            .len()
+    })
 }
 
 #[test]
 fn a_crash_looping_service_keeps_its_budget_across_a_controller_crash() {
-    require_docker();
-    let cluster = unique("budget");
-    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
-    let name = format!("{cluster}-fail");
-    let dir = TempDir::new(&cluster);
-    write_manifest(
-        &dir,
-        &cluster,
-        &format!(
-            "    - name: {name}\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"exit 3\"]\n      remediation:\n        maxRestarts: 4\n        backoff: {{initial: 500ms, max: 10s}}\n"
-        ),
-    );
-    let db = std::env::temp_dir().join(format!("{cluster}.db"));
     let since = epoch_now() - 1.0;
-    let mut first = OperatorProcess::start_with_db(&[dir.path()], &["--resync", "1s"], None, &db);
-    first.wait_ready();
+    let mut f = Fixture::builder("budget")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(c, &format!(
+                "    - name: {c}-fail\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"exit 3\"]\n      remediation:\n        maxRestarts: 4\n        backoff: {{initial: 500ms, max: 10s}}\n"
+            ))
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("fail");
     // The create and two budgeted restarts, then a crash.
     assert!(
-        wait_until(Duration::from_secs(60), || first
-            .count_log(&["repairing", &name])
-            >= 3),
-        "log:\n{}",
-        first.log()
+        wait_until(Duration::from_secs(60), || attempts_on(&f, &name) >= 2),
+        "tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
     );
-    first.crash();
-    let second = OperatorProcess::start_with_db(&[dir.path()], &["--resync", "1s"], None, &db);
-    second.wait_ready();
+    f.restart_operator();
     assert!(
-        second.wait_for_log("restart budget spent", Duration::from_secs(60)),
-        "log:\n{}",
-        second.log()
+        wait_until(Duration::from_secs(60), || ticket_of(&f, &name)
+            .is_some_and(|t| t["status"] == "escalated")),
+        "not escalated; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
     );
     std::thread::sleep(Duration::from_secs(2));
     let starts = event_times(&name, "start", since);
-    let tickets = second.tickets_json();
-    let id = tickets[0]["id"].as_i64().unwrap().to_string();
-    let shown = second.tickets(&["show", &id, "--json"]);
-    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
-    drop(second);
-    remove_db(&db);
+    let tickets = f.tickets();
+    let shown = f.operator.ticket_json(tickets[0]["id"].as_i64().unwrap());
+    drop(f);
     // The create and maxRestarts restarts across both controllers; one fewer if the crash
     // fell between recording an attempt and the engine starting the container (the attempt
     // still counts: a crash never hands out a free one).
@@ -166,64 +166,45 @@ fn a_crash_looping_service_keeps_its_budget_across_a_controller_crash() {
 
 #[test]
 fn a_controller_killed_mid_repair_resumes_and_the_ticket_closes_with_a_complete_timeline() {
-    require_docker();
-    let cluster = unique("midfix");
-    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
-    let name = format!("{cluster}-svc");
-    let dir = TempDir::new(&cluster);
     // `sh` as PID 1 ignores SIGTERM, so a restart waits out the 10 s stop grace: a wide
     // window to crash the controller in. The marker lives in /dev/shm, which a restart
     // empties, so one restart really repairs.
-    write_manifest(
-        &dir,
-        &cluster,
-        &format!(
-            "    - name: {name}\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"while true; do sleep 1; done\"]\n      healthcheck:\n        test: [\"CMD-SHELL\", \"test ! -e /dev/shm/sick\"]\n        interval: 300ms\n        retries: 1\n      remediation:\n        backoff: {{initial: 200ms, max: 2s}}\n"
-        ),
-    );
-    let db = std::env::temp_dir().join(format!("{cluster}.db"));
-    let mut first = OperatorProcess::start_with_db(&[dir.path()], &["--resync", "1s"], None, &db);
-    first.wait_ready();
+    let mut f = Fixture::builder("midfix")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(c, &format!(
+                "    - name: {c}-svc\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"while true; do sleep 1; done\"]\n      healthcheck:\n        test: [\"CMD-SHELL\", \"test ! -e /dev/shm/sick\"]\n        interval: 300ms\n        retries: 1\n      remediation:\n        backoff: {{initial: 200ms, max: 2s}}\n"
+            ))
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("svc");
     let healthy =
         || inspect(&name, None).is_some_and(|c| c["State"]["Health"]["Status"] == "healthy");
     assert!(
         wait_until(Duration::from_secs(60), healthy),
         "log:\n{}",
-        first.log()
+        f.operator.log()
     );
     docker_ok(&["exec", &name, "touch", "/dev/shm/sick"]);
     assert!(
-        wait_until(Duration::from_secs(30), || first.count_log(&[
-            "repairing",
-            &name,
-            "\"action\":\"restart\""
-        ]) >= 1),
-        "log:\n{}",
-        first.log()
+        wait_until(Duration::from_secs(30), || attempts_on(&f, &name) >= 1),
+        "no restart began; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
     );
     std::thread::sleep(Duration::from_secs(1));
-    first.crash();
-
-    let second = OperatorProcess::start_with_db(&[dir.path()], &["--resync", "1s"], None, &db);
-    second.wait_ready();
-    let resolved = || {
-        second
-            .tickets_json()
-            .first()
-            .is_some_and(|t| t["status"] == "resolved")
-    };
+    f.restart_operator();
+    let resolved = || ticket_of(&f, &name).is_some_and(|t| t["status"] == "resolved");
     assert!(
         wait_until(Duration::from_secs(90), resolved),
         "not resolved; tickets {:#?}; log:\n{}",
-        second.tickets_json(),
-        second.log()
+        f.tickets(),
+        f.operator.log()
     );
     assert!(healthy(), "the service is healthy again");
-    let tickets = second.tickets_json();
-    let shown = second.tickets(&["show", &tickets[0]["id"].to_string(), "--json"]);
-    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
-    drop(second);
-    remove_db(&db);
+    let tickets = f.tickets();
+    let shown = f.operator.ticket_json(tickets[0]["id"].as_i64().unwrap());
+    drop(f);
     assert_eq!(tickets.len(), 1, "{tickets:#?}");
     assert_eq!(tickets[0]["drift"], "unhealthy");
     assert_eq!(tickets[0]["resolved_by"], "controller");
@@ -252,45 +233,32 @@ fn while_docker_is_unreachable_no_ticket_changes_and_the_recheck_resolves_after(
     let mut engine = PrivateDockerd::with_args(&["--live-restore"]);
     engine.import_busybox();
     let host = engine.host();
-    let cluster = unique("outage");
-    let calm = format!("{cluster}-calm");
-    let watched = format!("{cluster}-watched");
-    let dir = TempDir::new(&cluster);
     let service = |name: &str, policy: &str| {
         format!(
             "    - name: {name}\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n      remediation:\n        policy: {policy}\n        backoff: {{initial: 200ms, max: 1s}}\n"
         )
     };
     // Create both, then watch one of them without repairing it.
-    write_manifest(
-        &dir,
-        &cluster,
-        &(service(&calm, "restart") + &service(&watched, "restart")),
-    );
-    let db = std::env::temp_dir().join(format!("{cluster}.db"));
-    let out = operator(
-        &[
-            "run",
-            dir.path().to_str().unwrap(),
-            "--once",
-            "--db",
-            db.to_str().unwrap(),
-        ],
-        Some(&host),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    write_manifest(
-        &dir,
-        &cluster,
-        &(service(&calm, "restart") + &service(&watched, "observe")),
-    );
-    let controller =
-        OperatorProcess::start_with_db(&[dir.path()], &["--resync", "1s"], Some(&host), &db);
-    controller.wait_ready();
+    let f = Fixture::builder("outage")
+        .docker_host(&host)
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(
+                c,
+                &(service(&format!("{c}-calm"), "restart")
+                    + &service(&format!("{c}-watched"), "restart")),
+            )
+        })
+        .run_once()
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(
+                c,
+                &(service(&format!("{c}-calm"), "restart")
+                    + &service(&format!("{c}-watched"), "observe")),
+            )
+        })
+        .resync("1s")
+        .start();
+    let (calm, watched, controller) = (f.name("calm"), f.name("watched"), &f.operator);
     engine.docker_ok(&["pause", &watched]);
     assert!(
         wait_until(Duration::from_secs(30), || controller
@@ -305,25 +273,40 @@ fn while_docker_is_unreachable_no_ticket_changes_and_the_recheck_resolves_after(
     let calm_pid = inspect(&calm, Some(&host)).and_then(|c| c["State"]["Pid"].as_i64());
     engine.kill();
     assert!(
-        controller.wait_for_log("docker watch lost", Duration::from_secs(30)),
-        "log:\n{}",
+        wait_until(Duration::from_secs(30), || controller
+            .http_get("/healthz")
+            .1
+            .contains("event stream disconnected")),
+        "the lost stream was not noticed: healthz {:?}; log:\n{}",
+        controller.http_get("/healthz"),
         controller.log()
     );
+    let unknown = || {
+        controller
+            .metric("operator_reconcile_total{result=\"unknown\"}")
+            .unwrap_or(0.0)
+    };
+    let unknown_before = unknown();
     // The calm service dies while nobody can see it.
     if let Some(pid) = calm_pid {
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
     }
-    // Several resyncs while the engine is down: nothing may change.
-    std::thread::sleep(Duration::from_secs(4));
+    // Several resyncs (both services, at least twice each) while the engine is down, each
+    // concluding "unknown": nothing may change.
+    assert!(
+        wait_until(Duration::from_secs(30), || unknown()
+            >= unknown_before + 4.0),
+        "the controller did not look while Docker was unreachable (unknown reconciles {} -> {}); log:\n{}",
+        unknown_before,
+        unknown(),
+        controller.log()
+    );
     let during = controller.tickets_json();
     assert_eq!(
         during, before,
         "tickets changed while Docker was unreachable"
-    );
-    assert!(
-        controller.log().contains("disconnected") || controller.log().contains("docker watch lost")
     );
 
     engine.start();
@@ -356,8 +339,6 @@ fn while_docker_is_unreachable_no_ticket_changes_and_the_recheck_resolves_after(
         controller.tickets_json(),
         controller.log()
     );
-    drop(controller);
-    remove_db(&db);
 }
 
 #[test]
@@ -412,25 +393,24 @@ fn a_corrupt_or_foreign_database_is_refused_by_name_and_never_written() {
 
 #[test]
 fn a_person_can_hold_retry_and_release_an_escalated_ticket() {
-    require_docker();
-    let cluster = unique("human");
-    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
-    let name = format!("{cluster}-fail");
-    let dir = TempDir::new(&cluster);
-    write_manifest(
-        &dir,
-        &cluster,
-        &format!(
-            "    - name: {name}\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"exit 3\"]\n      remediation:\n        maxRestarts: 1\n        backoff: {{initial: 200ms, max: 1s}}\n"
-        ),
+    let f = Fixture::builder("human")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(c, &format!(
+                "    - name: {c}-fail\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sh\", \"-c\", \"exit 3\"]\n      remediation:\n        maxRestarts: 1\n        backoff: {{initial: 200ms, max: 1s}}\n"
+            ))
+        })
+        .resync("1s")
+        .start();
+    let (name, controller) = (f.name("fail"), &f.operator);
+    assert!(
+        wait_until(Duration::from_secs(60), || ticket_of(&f, &name)
+            .is_some_and(|t| t["status"] == "escalated")),
+        "not escalated; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        controller.log()
     );
-    let controller = OperatorProcess::start(&[dir.path()], &["--resync", "1s"], None);
-    controller.wait_ready();
-    assert!(controller.wait_for_log("restart budget spent", Duration::from_secs(60)));
-    let id = controller.tickets_json()[0]["id"]
-        .as_i64()
-        .unwrap()
-        .to_string();
+    let ticket_id = ticket_of(&f, &name).unwrap()["id"].as_i64().unwrap();
+    let id = ticket_id.to_string();
 
     let missing = controller.tickets(&["show", "987654"]);
     assert_eq!(missing.status.code(), Some(1));
@@ -489,13 +469,55 @@ fn a_person_can_hold_retry_and_release_an_escalated_ticket() {
     ] {
         assert!(text.contains(kind), "no {kind} in:\n{text}");
     }
+    let flaps_before = controller.ticket_json(ticket_id)["flaps"].as_i64().unwrap();
     let resolved = controller.tickets(&["resolve", &id, "--note", "gave up on it"]);
     assert!(
         resolved.status.success(),
         "{}",
         String::from_utf8_lossy(&resolved.stderr)
     );
-    // The drift is still there, so the controller reopens it at its next look; the
-    // person's resolution stays in the timeline.
     assert!(String::from_utf8_lossy(&resolved.stdout).contains("resolved:human"));
+    // The drift is still there, so the controller reopens the same ticket (a flap: the
+    // drift is back within the window) at its next look; the person's resolution stays
+    // in the timeline.
+    let reopened = || {
+        let shown = controller.ticket_json(ticket_id);
+        let kinds: Vec<&str> = shown["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        let by_human = kinds.iter().rposition(|k| *k == "resolved");
+        let again = kinds.iter().rposition(|k| *k == "reopened");
+        shown["status"] != "resolved" && by_human.is_some() && again > by_human
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), reopened),
+        "not reopened after the person's resolve: {:#}; log:\n{}",
+        controller.ticket_json(ticket_id),
+        controller.log()
+    );
+    let shown = controller.ticket_json(ticket_id);
+    assert!(shown["resolved_by"].is_null(), "{shown:#}");
+    assert_eq!(shown["flaps"], flaps_before + 1, "one flap more: {shown:#}");
+    let timeline = shown["timeline"].as_array().unwrap();
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e["kind"] == "resolved" && e["detail"]["cause"] == "human"),
+        "{shown:#}"
+    );
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e["kind"] == "note" && e["detail"]["note"] == "gave up on it"),
+        "{shown:#}"
+    );
+    let tickets = f.tickets();
+    assert_eq!(
+        tickets.len(),
+        1,
+        "the same episode, not a new ticket: {tickets:#?}"
+    );
 }

@@ -1,30 +1,43 @@
-//! Helpers shared by the integration tests: `mod common;` at the top of a `tests/*.rs` file.
+//! Helpers shared by the integration tests and the benchmarks: `mod common;` at the top of
+//! a `tests/*.rs` file, `#[path = "../tests/common/mod.rs"] mod common;` in a `benches/*.rs`
+//! file. There is one copy of each fixture; chaos runs will use the same ones.
 //!
 //! Everything here drives the real Docker CLI (`std::process::Command`), synchronously, so
 //! it can be used from plain `#[test]`s as well as from `#[tokio::test]`s.
 //!
-//! * [`require_docker`]: call first in every test that needs Docker. It panics when no
-//!   engine answers; tests never pass by skipping. `scripts/setup.sh` installs and starts
-//!   the engine and builds the local images ([`BUSYBOX_IMAGE`], [`EMPTY_IMAGE`]).
+//! * [`Fixture`]: the usual arrangement in one builder: require Docker, a unique cluster
+//!   name, a cleanup guard for its label, a temporary folder with the manifests, the
+//!   `operator run` child process on a ticket database of its own, ready.
+//! * [`require_docker`]: call first in every test that needs Docker (the [`Fixture`] does).
+//!   It panics when no engine answers; tests never pass by skipping. `scripts/setup.sh`
+//!   installs and starts the engine and builds the local images ([`BUSYBOX_IMAGE`],
+//!   [`EMPTY_IMAGE`]).
 //! * [`unique`]: names for containers, networks and clusters that never collide, also not
 //!   with a parallel test or a second `cargo test`.
+//! * [`free_port`]: a free loopback port below the ephemeral range.
 //! * [`docker`] / [`docker_ok`] and [`docker_on`] / [`docker_on_ok`] (another engine via `-H`).
 //! * [`remove_labelled`] and the [`Cleanup`] guard: remove exactly what carries one label.
 //! * [`PrivateDockerd`]: a second, private engine that a test may kill and restart.
-//! * [`operator`]: running the real `operator` binary (manifests, logs, metrics).
+//! * [`operator`]: running the real `operator` binary (manifests, logs, metrics, tickets).
+//! * [`prometheus::Prometheus`]: Debian's Prometheus on the host, scraping loopback targets.
 //!
 //! Label every container a test creates with [`TEST_LABEL`] (so `scripts/teardown.sh` can
 //! sweep leftovers) and with a label unique to the test (for its own [`Cleanup`]).
 //! Set `OPERATOR_TEST_KEEP=1` to keep containers and private engines for debugging.
 #![allow(dead_code)]
 
+mod fixture;
 pub mod operator;
 mod private_dockerd;
+pub mod prometheus;
 
 #[allow(unused_imports)] // each test file uses only some helpers
+pub use fixture::{Fixture, FixtureBuilder};
+#[allow(unused_imports)]
 pub use private_dockerd::PrivateDockerd;
 
 use std::io::Read;
+use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,6 +113,28 @@ pub fn require_docker() {
         }
     }
     let _ = READY.set(());
+}
+
+/// A free loopback port below the kernel's ephemeral range (32768 and up), so that no
+/// outgoing connection of another test can take it between now and the listener's bind.
+/// Ports are handed out in a scattered order (per process and call), so parallel tests and
+/// processes rarely try the same one.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 /// A name no other test, thread or process uses: `<prefix>-<pid>-<counter>-<4 base36 chars>`.

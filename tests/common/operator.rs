@@ -2,7 +2,7 @@
 //! child process, read its JSON logs and its /metrics, stop it with a signal.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
@@ -107,7 +107,7 @@ pub struct OperatorProcess {
 
 impl OperatorProcess {
     /// Starts `operator run PATHS --listen 127.0.0.1:0 --log-format json EXTRA...` with a
-    /// ticket database of its own (unless EXTRA names one with `--db`).
+    /// ticket database of its own, removed on drop.
     pub fn start(paths: &[&Path], extra: &[&str], docker_host: Option<&str>) -> Self {
         let name = super::unique("operator-run");
         let db = std::env::temp_dir().join(format!("{name}.db"));
@@ -124,19 +124,26 @@ impl OperatorProcess {
         docker_host: Option<&str>,
         db: &Path,
     ) -> Self {
+        Self::spawn(paths, extra, docker_host, db, Some("127.0.0.1:0"))
+    }
+
+    /// Starts `operator run PATHS [--listen LISTEN] --log-format json EXTRA... --db DB`.
+    /// `listen: None` leaves `--listen` out, so the controller binds its default address.
+    pub fn spawn(
+        paths: &[&Path],
+        extra: &[&str],
+        docker_host: Option<&str>,
+        db: &Path,
+        listen: Option<&str>,
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", super::unique("operator-run")));
         let file = std::fs::File::create(&log).expect("create log file");
         let mut cmd = Command::new(operator_bin());
-        cmd.arg("run")
-            .args(paths)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--log-level",
-                "operator=debug,info",
-            ])
+        cmd.arg("run").args(paths);
+        if let Some(listen) = listen {
+            cmd.args(["--listen", listen]);
+        }
+        cmd.args(["--log-format", "json", "--log-level", "operator=debug,info"])
             .args(extra)
             .arg("--db")
             .arg(db)
@@ -178,6 +185,37 @@ impl OperatorProcess {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("tickets list --json")
+    }
+
+    /// `operator tickets show ID --json` for this controller's database: the ticket with its
+    /// `timeline` (entries `{at, kind, detail}`, oldest first).
+    pub fn ticket_json(&self, id: i64) -> serde_json::Value {
+        let out = self.tickets(&["show", &id.to_string(), "--json"]);
+        assert!(
+            out.status.success(),
+            "tickets show {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("tickets show --json")
+    }
+
+    /// The timeline entries of ticket `id` of one `kind` (`detected`, `action-started`...).
+    pub fn timeline(&self, id: i64, kind: &str) -> Vec<serde_json::Value> {
+        self.ticket_json(id)["timeline"]
+            .as_array()
+            .expect("a timeline array")
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// The value of one series on /metrics, e.g.
+    /// `operator_actions_total{kind="start",result="ok"}`; `None` if it is not exposed.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, body) = self.http_get("/metrics");
+        assert!(status.contains("200"), "GET /metrics: {status}");
+        metric_value(&body, series)
     }
 
     /// SIGKILL, no grace: what a crash looks like.
@@ -247,6 +285,28 @@ impl OperatorProcess {
         )
     }
 
+    /// The TCP addresses this process listens on, from `/proc/PID/fd` and `/proc/net/tcp{,6}`.
+    pub fn listening_sockets(&self) -> Vec<SocketAddr> {
+        let fd_dir = format!("/proc/{}/fd", self.child.id());
+        let inodes: Vec<u64> = std::fs::read_dir(&fd_dir)
+            .unwrap_or_else(|e| panic!("read {fd_dir}: {e}"))
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_str()?;
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        tcp_listeners()
+            .into_iter()
+            .filter(|(_, inode)| inodes.contains(inode))
+            .map(|(addr, _)| addr)
+            .collect()
+    }
+
     /// Sends a signal (e.g. "TERM", "HUP", "KILL") to the controller.
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
@@ -289,6 +349,69 @@ impl Drop for OperatorProcess {
             remove_db(&self.db);
         }
     }
+}
+
+/// The value of `series` (a metric name with its labels exactly as exposed, e.g.
+/// `operator_watch_restarts_total` or `operator_reconcile_total{result="held"}`) in a
+/// Prometheus text exposition; `None` if no sample has that name and those labels.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        let value = value.split_whitespace().next()?;
+        value.parse().ok()
+    })
+}
+
+/// Every listening TCP socket of this network namespace (`/proc/net/tcp` and `tcp6`), with
+/// its socket inode.
+pub fn tcp_listeners() -> Vec<(SocketAddr, u64)> {
+    const LISTEN: &str = "0A";
+    let mut all = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_else(|e| panic!("read {table}: {e}"));
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 10 || fields[3] != LISTEN {
+                continue;
+            }
+            let addr = parse_proc_addr(fields[1])
+                .unwrap_or_else(|| panic!("{table}: cannot read the address {:?}", fields[1]));
+            let inode = fields[9].parse().unwrap_or(0);
+            all.push((addr, inode));
+        }
+    }
+    all
+}
+
+/// `0100007F:24F8` (IPv4) or 32 hex digits `:PORT` (IPv6), as the kernel prints them: the
+/// address in 32-bit words of host byte order, the port in hex.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<[u8; 4]> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::to_ne_bytes))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip = match words.as_slice() {
+        [w] => IpAddr::from(*w),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (i, w) in [a, b, c, d].into_iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(w);
+            }
+            IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// A timeline entry's time (`at`, RFC 3339).
+pub fn entry_time(entry: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    let at = entry["at"].as_str().expect("an entry with `at`");
+    chrono::DateTime::parse_from_rfc3339(at)
+        .unwrap_or_else(|e| panic!("timeline time {at:?}: {e}"))
+        .with_timezone(&chrono::Utc)
 }
 
 /// Removes a ticket database and its WAL side files.
