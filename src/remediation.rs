@@ -8,8 +8,9 @@
 //! agent); an *attempt* is one try that passed the gate and was recorded before it ran.
 //!
 //! # Guarantees (kept by the controller, relied on by every remediator)
-//! - A remediator is only called after the gate allowed the attempt and the ticket recorded
-//!   `action-started` in the remediator's [`Actor`]'s name.
+//! - A remediator is only called after the gate allowed the attempt and, when the drift is
+//!   an incident (it has a ticket; a first creation or rollout has none), the ticket recorded
+//!   `action-started` in the remediator's [`Actor`]'s name with the budget that counts it.
 //! - A remediator that finishes inside the call returns [`Dispatch::Done`]. One that starts
 //!   something long-running returns [`Dispatch::Started`] at once: the key is then *leased*
 //!   (not reconciled, not acted on, like a held ticket) until a [`Completed`] for that

@@ -25,7 +25,7 @@ use crate::manifest::{DesiredState, Policy};
 use crate::metrics::Metrics;
 use crate::tickets::{DriftSighting, EntryKind, Journal, Selector, Sighting, Ticket, TicketError};
 
-use super::controller::CheckRepair;
+use super::controller::CheckRestart;
 
 /// The shortest evaluation interval among clusters with checks (default 5 s).
 fn round_interval(desired: &DesiredState) -> Duration {
@@ -44,11 +44,11 @@ fn labels(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
 
 /// A check's restart requests, as messages to the controller loop (which owns the queue).
 #[derive(Debug)]
-pub(super) enum CheckRepairMessage {
+pub(super) enum CheckRestartMessage {
     /// Restart this service for this check (under the service's budget).
     Request {
         key: ServiceKey,
-        repair: CheckRepair,
+        repair: CheckRestart,
     },
     /// Withdraw the requests of a cluster: all of them (`check` none), or one check's except
     /// on the services in `keep`.
@@ -79,7 +79,7 @@ pub(super) struct CheckRecorder {
     journal: Journal,
     metrics: Arc<Metrics>,
     cache: Arc<Cache>,
-    repairs: mpsc::UnboundedSender<CheckRepairMessage>,
+    repairs: mpsc::UnboundedSender<CheckRestartMessage>,
     memory: CheckMemory,
 }
 
@@ -94,7 +94,7 @@ impl CheckRecorder {
         journal: Journal,
         metrics: Arc<Metrics>,
         cache: Arc<Cache>,
-        repairs: mpsc::UnboundedSender<CheckRepairMessage>,
+        repairs: mpsc::UnboundedSender<CheckRestartMessage>,
     ) -> Self {
         CheckRecorder {
             journal,
@@ -108,12 +108,12 @@ impl CheckRecorder {
     /// Evaluates every check on its interval until cancelled, recording the verdicts.
     pub(super) async fn run(
         mut self,
-        desired: impl Fn() -> Arc<DesiredState>,
+        desired_now: impl Fn() -> Arc<DesiredState>,
         cancel: CancellationToken,
     ) {
         let mut monitor = Monitor::new();
         loop {
-            let desired = desired();
+            let desired = desired_now();
             if desired.clusters.iter().any(|c| !c.checks.is_empty()) {
                 let started = std::time::Instant::now();
                 let health = tokio::select! {
@@ -123,6 +123,9 @@ impl CheckRecorder {
                 self.metrics
                     .check_round_seconds
                     .observe(started.elapsed().as_secs_f64());
+                // The manifests may have been edited during the round: record against the
+                // checks declared now.
+                let desired = desired_now();
                 for cluster in health {
                     if let Err(e) = self.apply(&desired, &cluster).await {
                         error!(cluster = %cluster.cluster, error = %e, "cannot record check verdicts; will try next round");
@@ -138,17 +141,17 @@ impl CheckRecorder {
 
     fn withdraw(&self, cluster: &str, check: Option<&str>, keep: HashSet<String>) {
         // The loop is gone only on shutdown, when nothing is repaired any more.
-        let _ = self.repairs.send(CheckRepairMessage::Withdraw {
+        let _ = self.repairs.send(CheckRestartMessage::Withdraw {
             cluster: cluster.to_string(),
             check: check.map(str::to_string),
             keep,
         });
     }
 
-    fn request(&self, key: ServiceKey, repair: CheckRepair) {
+    fn request(&self, key: ServiceKey, repair: CheckRestart) {
         let _ = self
             .repairs
-            .send(CheckRepairMessage::Request { key, repair });
+            .send(CheckRestartMessage::Request { key, repair });
     }
 
     /// Records one cluster's round.
@@ -341,7 +344,7 @@ impl CheckRecorder {
                 {
                     self.request(
                         ServiceKey::new(cluster, service),
-                        CheckRepair {
+                        CheckRestart {
                             check: name.to_string(),
                             ticket: ticket.id,
                             detail: ticket.detail.clone(),
@@ -478,7 +481,7 @@ mod tests {
         recorder: CheckRecorder,
         cache: Arc<Cache>,
         store: Arc<Store>,
-        repairs: mpsc::UnboundedReceiver<CheckRepairMessage>,
+        repairs: mpsc::UnboundedReceiver<CheckRestartMessage>,
     }
 
     impl Drop for Setup {
@@ -561,7 +564,7 @@ mod tests {
             self.store.list(None).unwrap()
         }
 
-        fn messages(&mut self) -> Vec<CheckRepairMessage> {
+        fn messages(&mut self) -> Vec<CheckRestartMessage> {
             let mut out = Vec::new();
             while let Ok(m) = self.repairs.try_recv() {
                 out.push(m);
@@ -725,7 +728,7 @@ mod tests {
         let messages = s.messages();
         assert!(
             messages.iter().any(|m| matches!(m,
-                CheckRepairMessage::Request { key, repair }
+                CheckRestartMessage::Request { key, repair }
                     if *key == ServiceKey::new("c", "svc") && repair.check == "up" && repair.ticket == ticket)),
             "{messages:?}"
         );
@@ -734,14 +737,14 @@ mod tests {
         let messages = s.messages();
         assert!(
             messages.iter().any(|m| matches!(m,
-                CheckRepairMessage::Withdraw { cluster, check: Some(check), keep }
+                CheckRestartMessage::Withdraw { cluster, check: Some(check), keep }
                     if cluster == "c" && check == "up" && keep.is_empty())),
             "{messages:?}"
         );
         assert!(
             !messages
                 .iter()
-                .any(|m| matches!(m, CheckRepairMessage::Request { .. })),
+                .any(|m| matches!(m, CheckRestartMessage::Request { .. })),
             "a passing check asks for nothing"
         );
     }
@@ -755,7 +758,7 @@ mod tests {
         assert!(
             !messages
                 .iter()
-                .any(|m| matches!(m, CheckRepairMessage::Request { .. })),
+                .any(|m| matches!(m, CheckRestartMessage::Request { .. })),
             "{messages:?}"
         );
     }

@@ -30,11 +30,13 @@ use crate::docker::watcher::{WatchEvent, Watcher, list_owned};
 use crate::docker::{Cache, DockerError, ServiceKey};
 use crate::manifest::{DesiredState, Policy};
 use crate::metrics::Metrics;
-use crate::remediation::{Action, Actor, Completed, Completions, Remediator, SessionId};
+use crate::remediation::{
+    Action, Actor, Completed, Completions, RemediationError, Remediator, SessionId,
+};
 use crate::tickets::Journal;
 
 use super::builtin::BuiltIn;
-use super::checks::{CheckRecorder, CheckRepairMessage};
+use super::checks::{CheckRecorder, CheckRestartMessage};
 use super::queue::WorkQueue;
 use super::state::RepairBudget;
 
@@ -55,6 +57,9 @@ pub struct ControllerConfig {
     pub observe_retry: Duration,
     /// The most a shutdown waits for in-flight repairs.
     pub shutdown_grace: Duration,
+    /// The most a long-running remediator may hold a key without reporting back; past it
+    /// the attempt is recorded as failed and the key looked at again.
+    pub lease_timeout: Duration,
     pub limits: Limits,
 }
 
@@ -66,6 +71,7 @@ impl Default for ControllerConfig {
             dependency_poll: Duration::from_secs(1),
             observe_retry: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(60),
+            lease_timeout: Duration::from_secs(30 * 60),
             limits: Limits::default(),
         }
     }
@@ -79,6 +85,11 @@ impl ControllerConfig {
 
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
+        self
+    }
+
+    pub fn lease_timeout(mut self, timeout: Duration) -> Self {
+        self.lease_timeout = timeout;
         self
     }
 }
@@ -155,7 +166,7 @@ impl Outcome {
 
 /// A failing check asks for its service to be restarted.
 #[derive(Debug, Clone)]
-pub(super) struct CheckRepair {
+pub(super) struct CheckRestart {
     pub check: String,
     pub ticket: i64,
     pub detail: String,
@@ -172,6 +183,67 @@ pub(super) struct Lease {
     pub actor: Actor,
     /// What was started (the action, or the actor's name), for the metrics.
     pub kind: String,
+    pub since: Instant,
+}
+
+/// Completions kept for a lease not yet recorded: at most this many.
+const EARLY_COMPLETIONS: usize = 64;
+
+/// The keys long-running remediators are at work on.
+#[derive(Debug, Default)]
+pub(super) struct Leases {
+    active: HashMap<ServiceKey, Lease>,
+    /// Completions that arrived before their lease was recorded (a session that finished
+    /// before its remediator returned), kept until it is.
+    early: Vec<Completed>,
+}
+
+impl Leases {
+    pub fn session(&self, key: &ServiceKey) -> Option<SessionId> {
+        self.active.get(key).map(|l| l.session.clone())
+    }
+
+    /// Records a lease; returns its completion if it already arrived.
+    pub fn grant(&mut self, key: ServiceKey, lease: Lease) -> Option<Completed> {
+        let early = self
+            .early
+            .iter()
+            .position(|c| c.key == key && c.session == lease.session)
+            .map(|i| self.early.remove(i));
+        self.active.insert(key, lease);
+        early
+    }
+
+    /// Ends the lease a completion is for; keeps the completion if its lease is not recorded
+    /// yet. `None`: nothing to do now.
+    fn release(&mut self, done: Completed) -> Option<(Completed, Lease)> {
+        match self.active.get(&done.key) {
+            Some(l) if l.session == done.session => {
+                let lease = self.active.remove(&done.key)?;
+                Some((done, lease))
+            }
+            _ => {
+                if self.early.len() >= EARLY_COMPLETIONS {
+                    self.early.remove(0);
+                }
+                self.early.push(done);
+                None
+            }
+        }
+    }
+
+    /// Removes and returns the leases held longer than `timeout`.
+    fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<(ServiceKey, Lease)> {
+        let over: Vec<ServiceKey> = self
+            .active
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.since) >= timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        over.into_iter()
+            .filter_map(|k| self.active.remove(&k).map(|l| (k, l)))
+            .collect()
+    }
 }
 
 /// What the loop, the workers and the check recorder share.
@@ -188,11 +260,11 @@ pub(super) struct Shared {
     pub config: ControllerConfig,
     pub journal: Option<Journal>,
     /// Restarts asked for by failing checks with `policy: restart`, per service.
-    pub check_repairs: Mutex<HashMap<ServiceKey, CheckRepair>>,
+    pub check_restarts: Mutex<HashMap<ServiceKey, CheckRestart>>,
     /// When a check last had a service restarted, so the next one waits for a fresh verdict.
-    pub check_repaired_at: Mutex<HashMap<ServiceKey, Instant>>,
+    pub check_restarted_at: Mutex<HashMap<ServiceKey, Instant>>,
     /// Keys a long-running remediator is at work on.
-    pub leases: Mutex<HashMap<ServiceKey, Lease>>,
+    pub leases: Mutex<Leases>,
     builtin: Arc<BuiltIn>,
     /// Remediators for policies other than `restart` (the agent).
     remediators: Vec<(Policy, Arc<dyn Remediator>)>,
@@ -279,9 +351,9 @@ impl ControllerBuilder {
                 metrics: self.metrics,
                 config: self.config,
                 journal: self.journal,
-                check_repairs: Mutex::new(HashMap::new()),
-                check_repaired_at: Mutex::new(HashMap::new()),
-                leases: Mutex::new(HashMap::new()),
+                check_restarts: Mutex::new(HashMap::new()),
+                check_restarted_at: Mutex::new(HashMap::new()),
+                leases: Mutex::new(Leases::default()),
                 remediators: self.remediators,
                 completions,
                 completions_rx: Mutex::new(Some(completions_rx)),
@@ -329,8 +401,9 @@ impl Controller {
         };
         let shared = &self.shared;
         lock(&shared.budgets).retain(|k, _| declared(k));
-        lock(&shared.check_repairs).retain(|k, _| declared(k));
-        lock(&shared.check_repaired_at).retain(|k, _| declared(k));
+        lock(&shared.check_restarts).retain(|k, _| declared(k));
+        lock(&shared.check_restarted_at).retain(|k, _| declared(k));
+        lock(&shared.leases).active.retain(|k, _| declared(k));
         *shared.desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(desired);
         self.enqueue_all();
     }
@@ -364,6 +437,9 @@ impl Controller {
     /// Runs the loop until `cancel` fires, then finishes in-flight reconciles.
     pub async fn run(&self, cancel: CancellationToken) -> Result<(), ControllerError> {
         let shared = &self.shared;
+        let mut completions = lock(&shared.completions_rx)
+            .take()
+            .ok_or(ControllerError::AlreadyRunning)?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let watcher = Watcher::new(
             shared.actions.docker().clone(),
@@ -373,9 +449,6 @@ impl Controller {
         );
         let watch_cancel = cancel.child_token();
         let watcher_task = tokio::spawn(watcher.run(watch_cancel.clone()));
-        let mut completions = lock(&shared.completions_rx)
-            .take()
-            .ok_or(ControllerError::AlreadyRunning)?;
 
         // Until the first full list is in, nothing is reconciled; the watcher retries the
         // engine with backoff meanwhile and /healthz says "not ready". Bounded only by a stop.
@@ -454,9 +527,10 @@ impl Controller {
                     }
                 },
                 Some(done) = completions.recv() => self.complete(done).await,
-                Some(message) = repairs_rx.recv() => self.check_repair_message(message),
+                Some(message) = repairs_rx.recv() => self.check_restart_message(message),
                 _ = resync.tick() => {
                     debug!("periodic resync");
+                    self.expire_leases().await;
                     self.enqueue_all();
                 }
                 _ = store_poll.tick(), if shared.journal.is_some() => {
@@ -521,58 +595,79 @@ impl Controller {
     /// A long-running remediation reported back: record its result in its actor's name,
     /// release the lease, and re-check the key (only that re-check may resolve its ticket).
     async fn complete(&self, done: Completed) {
-        let shared = &self.shared;
-        let lease = {
-            let mut leases = lock(&shared.leases);
-            match leases.get(&done.key) {
-                Some(l) if l.session == done.session => leases.remove(&done.key),
-                _ => None,
-            }
-        };
-        let Some(lease) = lease else {
-            warn!(service = %done.key, session = %done.session, "a completion for a session that holds no lease; ignored");
+        let Some((done, lease)) = lock(&self.shared.leases).release(done) else {
+            debug!("a completion arrived before its lease was recorded; kept until it is");
             return;
         };
-        let ok = done.result.is_ok();
+        self.finish_lease(done.key, lease, done.session, done.result)
+            .await;
+    }
+
+    /// Leases held past `lease_timeout` end as failed: the remediator is expected to stop its
+    /// own session by then; the controller stops waiting and looks again.
+    async fn expire_leases(&self) {
+        let timeout = self.shared.config.lease_timeout;
+        let expired = lock(&self.shared.leases).expire(Instant::now(), timeout);
+        for (key, lease) in expired {
+            let session = lease.session.clone();
+            let reason = format!(
+                "did not report back within the lease timeout ({} s)",
+                timeout.as_secs()
+            );
+            let result = Err(RemediationError::Session {
+                session: session.clone(),
+                reason,
+            });
+            self.finish_lease(key, lease, session, result).await;
+        }
+    }
+
+    async fn finish_lease(
+        &self,
+        key: ServiceKey,
+        lease: Lease,
+        session: SessionId,
+        result: Result<(), RemediationError>,
+    ) {
+        let shared = &self.shared;
+        let ok = result.is_ok();
         shared
             .metrics
             .action(&lease.kind, if ok { "ok" } else { "error" });
-        let entry = match &done.result {
-            Ok(()) => {
-                serde_json::json!({"action": lease.kind, "result": "ok", "session": done.session})
-            }
+        let entry = match &result {
+            Ok(()) => serde_json::json!({"action": lease.kind, "result": "ok", "session": session}),
             Err(e) => {
-                serde_json::json!({"action": lease.kind, "result": "error", "error": e.to_string(), "session": done.session})
+                serde_json::json!({"action": lease.kind, "result": "error", "error": e.to_string(), "session": session})
             }
         };
-        match &done.result {
+        match &result {
             Ok(()) => {
-                info!(service = %done.key, session = %done.session, actor = %lease.actor, "remediation reported done; re-checking")
+                info!(service = %key, %session, actor = %lease.actor, "remediation reported done; re-checking")
             }
             Err(e) => {
-                warn!(service = %done.key, session = %done.session, actor = %lease.actor, error = %e, "remediation failed; re-checking")
+                warn!(service = %key, %session, actor = %lease.actor, error = %e, "remediation failed; re-checking")
             }
         }
-        if let (Some(journal), Some(id)) = (&shared.journal, lease.ticket.or(done.ticket))
+        if let (Some(journal), Some(id)) = (&shared.journal, lease.ticket)
             && let Err(e) = journal.finish_action(id, lease.actor, ok, entry).await
         {
-            error!(service = %done.key, error = %e, "cannot record the remediation's result");
+            error!(service = %key, error = %e, "cannot record the remediation's result");
         }
-        self.enqueue(done.key);
+        self.enqueue(key);
     }
 
-    fn check_repair_message(&self, message: CheckRepairMessage) {
+    fn check_restart_message(&self, message: CheckRestartMessage) {
         let shared = &self.shared;
         match message {
-            CheckRepairMessage::Request { key, repair } => {
-                lock(&shared.check_repairs).insert(key.clone(), repair);
+            CheckRestartMessage::Request { key, repair } => {
+                lock(&shared.check_restarts).insert(key.clone(), repair);
                 self.enqueue(key);
             }
-            CheckRepairMessage::Withdraw {
+            CheckRestartMessage::Withdraw {
                 cluster,
                 check,
                 keep,
-            } => withdraw(&shared.check_repairs, &cluster, check.as_deref(), &keep),
+            } => withdraw(&shared.check_restarts, &cluster, check.as_deref(), &keep),
         }
     }
 
@@ -623,7 +718,7 @@ impl Controller {
 /// Withdraws check repairs of a cluster: all of them (`check` none), or one check's except
 /// on the services in `keep`.
 fn withdraw(
-    repairs: &Mutex<HashMap<ServiceKey, CheckRepair>>,
+    repairs: &Mutex<HashMap<ServiceKey, CheckRestart>>,
     cluster: &str,
     check: Option<&str>,
     keep: &HashSet<String>,
@@ -633,4 +728,68 @@ fn withdraw(
             || check.is_some_and(|c| c != r.check)
             || (check.is_some() && keep.contains(&key.service))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(session: &str) -> Lease {
+        Lease {
+            session: SessionId(session.into()),
+            ticket: Some(1),
+            actor: Actor::Agent,
+            kind: "agent".into(),
+            since: Instant::now(),
+        }
+    }
+
+    fn done(key: &ServiceKey, session: &str) -> Completed {
+        Completed {
+            key: key.clone(),
+            ticket: Some(1),
+            session: SessionId(session.into()),
+            result: Ok(()),
+        }
+    }
+
+    #[test]
+    fn a_completion_ends_only_its_own_sessions_lease() {
+        let key = ServiceKey::new("c", "s");
+        let mut leases = Leases::default();
+        assert!(leases.grant(key.clone(), lease("s1")).is_none());
+        assert!(leases.release(done(&key, "other")).is_none());
+        assert_eq!(leases.session(&key), Some(SessionId("s1".into())));
+        let (_, ended) = leases.release(done(&key, "s1")).expect("its lease");
+        assert_eq!(ended.session, SessionId("s1".into()));
+        assert_eq!(leases.session(&key), None);
+    }
+
+    #[test]
+    fn a_completion_that_beats_its_lease_is_handed_back_when_the_lease_is_granted() {
+        let key = ServiceKey::new("c", "s");
+        let mut leases = Leases::default();
+        assert!(leases.release(done(&key, "fast")).is_none(), "no lease yet");
+        let early = leases.grant(key.clone(), lease("fast")).expect("kept");
+        assert_eq!(early.session, SessionId("fast".into()));
+        assert!(leases.early.is_empty());
+        for i in 0..(EARLY_COMPLETIONS + 10) {
+            leases.release(done(&ServiceKey::new("c", "x"), &format!("stray-{i}")));
+        }
+        assert_eq!(leases.early.len(), EARLY_COMPLETIONS, "bounded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_expire_after_their_timeout() {
+        let key = ServiceKey::new("c", "s");
+        let mut leases = Leases::default();
+        leases.grant(key.clone(), lease("s1"));
+        let timeout = Duration::from_secs(60);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(leases.expire(Instant::now(), timeout).is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let expired = leases.expire(Instant::now(), timeout);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(leases.session(&key), None);
+    }
 }

@@ -13,14 +13,13 @@ use crate::drift::{Drift, DriftKind};
 use crate::manifest::{Policy, Remediation};
 use crate::remediation::{Action, SessionId};
 
-use super::diff::{Observation, is_deliberate, repair};
+use super::diff::{Observation, action_for, is_deliberate};
 use super::state::RepairBudget;
 
 /// Who else has hands on the service right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Holds {
-    /// A person holds one of its tickets (or its tickets could not be read: then nobody
-    /// may act either).
+    /// A person holds one of its tickets.
     pub held: bool,
     /// A long-running remediator (an agent session) is at work on it.
     pub leased: Option<SessionId>,
@@ -89,7 +88,7 @@ pub fn decide(
         });
         return Decision::Clean { verified };
     }
-    let action = repair(drifts, observed);
+    let action = action_for(drifts, observed);
     // The one place the rule is applied: deliberate changes open no ticket and spend no
     // budget, whatever happens to them next.
     let deliberate = action
@@ -110,22 +109,17 @@ pub fn decide(
                 name_conflict: drifts[0].kind == DriftKind::NameConflict,
             },
         },
-        policy => {
-            if drifts[0].kind == DriftKind::NameConflict {
-                // Nobody may touch a container that is not ours.
-                Decision::Blocked {
-                    name_conflict: true,
-                }
-            } else if has_remediator(policy) {
-                Decision::Remediate {
-                    policy,
-                    action,
-                    deliberate,
-                }
-            } else {
-                Decision::Observe { deliberate }
-            }
-        }
+        // Nobody serves the policy: it only observes, as `observe` does.
+        policy if !has_remediator(policy) => Decision::Observe { deliberate },
+        // Nobody may touch a container that is not ours.
+        _ if drifts[0].kind == DriftKind::NameConflict => Decision::Blocked {
+            name_conflict: true,
+        },
+        policy => Decision::Remediate {
+            policy,
+            action,
+            deliberate,
+        },
     }
 }
 
@@ -411,6 +405,20 @@ mod tests {
     #[test]
     fn agent_policy_without_an_agent_only_observes() {
         let d = exited_under(Policy::Agent, &free(), false);
+        assert_eq!(d, Decision::Observe { deliberate: false });
+    }
+
+    #[test]
+    fn agent_policy_without_an_agent_observes_even_a_name_conflict() {
+        let drifts = vec![Drift::new(DriftKind::NameConflict, "held by someone else")];
+        let d = decide(
+            &drifts,
+            &Observation::default(),
+            &RepairBudget::default(),
+            &policy(Policy::Agent),
+            &free(),
+            no_agent,
+        );
         assert_eq!(d, Decision::Observe { deliberate: false });
     }
 }

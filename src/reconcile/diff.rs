@@ -126,7 +126,7 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
 }
 
 /// The one built-in repair that addresses the drifts, if any can.
-pub fn repair(drifts: &[Drift], observed: &Observation) -> Option<Action> {
+pub fn action_for(drifts: &[Drift], observed: &Observation) -> Option<Action> {
     let first = drifts.first()?;
     let status = observed.container.as_ref().map(|c| c.status);
     match first.kind {
@@ -261,7 +261,7 @@ mod tests {
         let obs = Observation::default();
         assert_eq!(kinds(&obs), vec![DriftKind::Missing]);
         assert_eq!(
-            repair(&diff(&cluster(), &service(), &obs), &obs),
+            action_for(&diff(&cluster(), &service(), &obs), &obs),
             Some(Action::Create)
         );
     }
@@ -283,7 +283,7 @@ mod tests {
         };
         let drifts = diff(&cluster(), &service(), &obs);
         assert_eq!(drifts[0].kind, DriftKind::NameConflict);
-        assert_eq!(repair(&drifts, &obs), None);
+        assert_eq!(action_for(&drifts, &obs), None);
     }
 
     #[test]
@@ -298,7 +298,7 @@ mod tests {
             let obs = with(c);
             assert_eq!(kinds(&obs), vec![DriftKind::Stopped]);
             assert_eq!(
-                repair(&diff(&cluster(), &service(), &obs), &obs),
+                action_for(&diff(&cluster(), &service(), &obs), &obs),
                 Some(action)
             );
         }
@@ -312,7 +312,7 @@ mod tests {
         obs.recent_repairs = CRASH_LOOP_REPAIRS;
         assert_eq!(kinds(&obs), vec![DriftKind::CrashLooping]);
         assert_eq!(
-            repair(&diff(&cluster(), &service(), &obs), &obs),
+            action_for(&diff(&cluster(), &service(), &obs), &obs),
             Some(Action::Start)
         );
     }
@@ -323,7 +323,7 @@ mod tests {
         c.status = ContainerStatus::Restarting;
         let obs = with(c);
         assert_eq!(kinds(&obs), vec![DriftKind::CrashLooping]);
-        assert_eq!(repair(&diff(&cluster(), &service(), &obs), &obs), None);
+        assert_eq!(action_for(&diff(&cluster(), &service(), &obs), &obs), None);
     }
 
     #[test]
@@ -333,7 +333,7 @@ mod tests {
         let obs = with(c);
         assert_eq!(kinds(&obs), vec![DriftKind::Paused]);
         assert_eq!(
-            repair(&diff(&cluster(), &service(), &obs), &obs),
+            action_for(&diff(&cluster(), &service(), &obs), &obs),
             Some(Action::Unpause)
         );
 
@@ -342,7 +342,7 @@ mod tests {
         let obs = with(c);
         assert_eq!(kinds(&obs), vec![DriftKind::Unhealthy]);
         assert_eq!(
-            repair(&diff(&cluster(), &service(), &obs), &obs),
+            action_for(&diff(&cluster(), &service(), &obs), &obs),
             Some(Action::Restart)
         );
     }
@@ -358,7 +358,7 @@ mod tests {
             vec![DriftKind::SpecChanged, DriftKind::Stopped]
         );
         let drifts = diff(&cluster(), &service(), &obs);
-        assert_eq!(repair(&drifts, &obs), Some(Action::Recreate));
+        assert_eq!(action_for(&drifts, &obs), Some(Action::Recreate));
         assert!(is_deliberate(&Action::Recreate, &drifts, true, 0));
         assert!(
             !is_deliberate(&Action::Recreate, &drifts, true, 1),
@@ -373,7 +373,7 @@ mod tests {
         let obs = with(c);
         assert_eq!(kinds(&obs), vec![DriftKind::NetworkDetached]);
         assert_eq!(
-            repair(&diff(&cluster(), &service(), &obs), &obs),
+            action_for(&diff(&cluster(), &service(), &obs), &obs),
             Some(Action::Connect {
                 network: "c_net".into()
             })

@@ -18,7 +18,7 @@ pub mod state;
 
 pub use controller::{Controller, ControllerBuilder, ControllerConfig, ControllerError, Outcome};
 pub use decide::{Decision, Holds, decide};
-pub use diff::{Observation, diff, repair};
+pub use diff::{Observation, action_for, diff};
 pub use queue::WorkQueue;
 pub use report::{ServiceReport, report};
 

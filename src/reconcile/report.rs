@@ -10,7 +10,7 @@ use crate::manifest::{DesiredState, Policy};
 use crate::remediation::Action;
 use crate::tickets::{Journal, Selector};
 
-use super::diff::{diff, repair};
+use super::diff::{action_for, diff};
 use super::service::observe;
 use super::state::{Clock, RepairBudget};
 
@@ -76,7 +76,7 @@ pub async fn report(
                 match observe(&actions, cluster, service, recent).await {
                     Ok(observed) => {
                         let drifts = diff(cluster, service, &observed);
-                        let action = repair(&drifts, &observed);
+                        let action = action_for(&drifts, &observed);
                         (drifts, action, observed.container)
                     }
                     Err(e) => {

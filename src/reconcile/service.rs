@@ -21,7 +21,7 @@ use crate::manifest::{Cluster, Policy, Remediation, Service};
 use crate::remediation::{Action, Actor, Dispatch, RemediationError, RemediationRequest};
 use crate::tickets::{DriftSighting, EntryKind, Journal, Selector, Sighting, Status, Ticket};
 
-use super::controller::{CheckRepair, Lease, Outcome, Shared, lock};
+use super::controller::{CheckRestart, Lease, Outcome, Shared, lock};
 use super::decide::{Decision, Holds, decide};
 use super::diff::{Observation, diff};
 use super::state::{Clock, Gate, RepairBudget};
@@ -114,6 +114,10 @@ struct KeyRun<'a> {
     clock: Clock,
     /// The budget was already escalated when this reconcile began (log escalation once).
     escalated_before: bool,
+    /// The budget as the store holds it now: as loaded, or as an attempt's record wrote it
+    /// (so a `tickets retry` made while the action ran is not overwritten by an unchanged
+    /// budget).
+    stored: std::sync::Mutex<Option<crate::tickets::Budget>>,
 }
 
 /// Reconciles one key: observe, diff, decide, and (policy, budget and backoff permitting)
@@ -139,6 +143,7 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
         key,
         clock: Clock::now(),
         escalated_before: false,
+        stored: std::sync::Mutex::new(None),
     };
     let mut budget = match run.load_budget().await {
         Ok(budget) => budget,
@@ -149,8 +154,9 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
     };
     let before = budget.to_stored(run.clock);
     run.escalated_before = before.escalated;
+    *lock(&run.stored) = Some(before);
     let outcome = run.reconcile(cluster, service, &mut budget, event_at).await;
-    run.save_budget(&budget, &before).await;
+    run.save_budget(&budget).await;
     outcome
 }
 
@@ -209,8 +215,13 @@ impl KeyRun<'_> {
         };
         let holds = Holds {
             held: tickets.iter().any(|t| t.held),
-            leased: lock(&shared.leases).get(key).map(|l| l.session.clone()),
+            leased: lock(&shared.leases).session(key),
         };
+        if !drifts.is_empty() {
+            // A long enough healthy spell before this drift resets the backoff first: the
+            // decision (is this a first try?) must see the reset.
+            budget.saw_drift(now, r);
+        }
         let decision = decide(&drifts, &observed, budget, r, &holds, |p| {
             shared.remediator(p).is_some()
         });
@@ -218,10 +229,10 @@ impl KeyRun<'_> {
         match decision {
             Decision::Leased { session } => return Outcome::Leased { session },
             Decision::Clean { verified } => {
-                let check_repair = lock(&shared.check_repairs).get(key).cloned();
-                if let Some(repair) = check_repair
+                let check_restart = lock(&shared.check_restarts).get(key).cloned();
+                if let Some(repair) = check_restart
                     && let Some(outcome) = self
-                        .repair_for_check(cluster, service, &observed, repair, budget)
+                        .restart_for_check(cluster, service, &observed, repair, budget)
                         .await
                 {
                     return outcome;
@@ -252,7 +263,6 @@ impl KeyRun<'_> {
             shared.metrics.event_to_drift(latency);
             debug!(service = %key, event_to_drift_us = latency.as_micros() as u64, "drift detected after event");
         }
-        budget.saw_drift(now, r);
         let (ticket, new_episode) = if decision.records_ticket() {
             match self.record_drifts(&drifts, r.window).await {
                 Ok(t) => t,
@@ -394,16 +404,18 @@ impl KeyRun<'_> {
                 "budgeted": a.budgeted,
                 "drifts": labels,
             });
-            let counted = (
-                key.cluster.clone(),
-                key.service.clone(),
-                budget.to_stored(clock),
-            );
+            let counted = budget.to_stored(clock);
             match journal
-                .start_action(id, actor, what, Some(counted), clock.wall)
+                .start_action(
+                    id,
+                    actor,
+                    what,
+                    Some((key.cluster.clone(), key.service.clone(), counted.clone())),
+                    clock.wall,
+                )
                 .await
             {
-                Ok(true) => {}
+                Ok(true) => *lock(&self.stored) = Some(counted),
                 // Held or resolved since this reconcile began: hands off.
                 Ok(false) => {
                     *budget = unspent;
@@ -435,13 +447,14 @@ impl KeyRun<'_> {
         let result = match dispatch {
             Dispatch::Started { session } => {
                 // Leased until the session reports back; this worker and key are free now.
-                lock(&shared.leases).insert(
+                let early = lock(&shared.leases).grant(
                     key.clone(),
                     Lease {
                         session: session.clone(),
                         ticket: a.ticket,
                         actor,
                         kind: kind.to_string(),
+                        since: tokio::time::Instant::now(),
                     },
                 );
                 if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
@@ -454,6 +467,10 @@ impl KeyRun<'_> {
                         .await
                 {
                     error!(service = %key, error = %e, "cannot record the dispatch");
+                }
+                if let Some(done) = early {
+                    // It finished before its lease was recorded: deliver it again now.
+                    let _ = shared.completions.send(done);
                 }
                 info!(service = %key, ticket = ?a.ticket, %session, %actor, "remediation dispatched; the service is leased until it reports back");
                 return Outcome::Dispatched { session };
@@ -511,12 +528,12 @@ impl KeyRun<'_> {
     /// A running container whose check fails with `policy: restart`: restart it under the
     /// service's budget, recorded on the check's ticket. `None`: nothing to do for the check
     /// now, so the service's normal path runs.
-    async fn repair_for_check(
+    async fn restart_for_check(
         &self,
         cluster: &Cluster,
         service: &Service,
         observed: &Observation,
-        repair: CheckRepair,
+        repair: CheckRestart,
         budget: &mut RepairBudget,
     ) -> Option<Outcome> {
         let (shared, key, now) = (self.shared, self.key, self.clock.now);
@@ -531,18 +548,18 @@ impl KeyRun<'_> {
             .as_ref()
             .is_some_and(|t| t.status != Status::Resolved && !t.held);
         if !still_restart || !live {
-            lock(&shared.check_repairs).remove(key);
+            lock(&shared.check_restarts).remove(key);
             return None;
         }
         // The last restart for a check must have had time to show in a fresh verdict.
-        if let Some(at) = lock(&shared.check_repaired_at).get(key).copied()
+        if let Some(at) = lock(&shared.check_restarted_at).get(key).copied()
             && now < at + repair.settle
         {
             shared.queue.schedule(key.clone(), at + repair.settle);
             return None;
         }
         // Withdrawn by the check recorder meanwhile (the check passes, Prometheus is gone...)?
-        lock(&shared.check_repairs).remove(key)?;
+        lock(&shared.check_restarts).remove(key)?;
         let r = &service.remediation;
         budget.saw_drift(now, r);
         let outcome = self
@@ -564,7 +581,7 @@ impl KeyRun<'_> {
             .await;
         if matches!(outcome, Outcome::Acted { .. } | Outcome::Failed { .. }) {
             // From when the restart finished: a restart may take the whole stop grace.
-            lock(&shared.check_repaired_at).insert(key.clone(), tokio::time::Instant::now());
+            lock(&shared.check_restarted_at).insert(key.clone(), tokio::time::Instant::now());
         }
         Some(outcome)
     }
@@ -587,8 +604,9 @@ impl KeyRun<'_> {
             .unwrap_or_default())
     }
 
-    /// Keeps the budget in memory and, when it changed, in the store.
-    async fn save_budget(&self, budget: &RepairBudget, before: &crate::tickets::Budget) {
+    /// Keeps the budget in memory and, when it differs from what the store holds, in the
+    /// store.
+    async fn save_budget(&self, budget: &RepairBudget) {
         {
             let mut budgets = lock(&self.shared.budgets);
             budgets.insert(self.key.clone(), budget.clone());
@@ -599,7 +617,7 @@ impl KeyRun<'_> {
             return;
         };
         let stored = budget.to_stored(self.clock);
-        if &stored == before {
+        if lock(&self.stored).as_ref() == Some(&stored) {
             return;
         }
         if let Err(e) = journal

@@ -226,13 +226,19 @@ impl Db {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(open_err)?;
-        if version != MIGRATIONS.len() as i64 {
-            return Err(TicketError::Foreign {
+        let known = MIGRATIONS.len() as i64;
+        if version < known {
+            return Err(TicketError::NotMigrated {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "schema version {version}, this operator reads {}; run `operator run` once to migrate it",
-                    MIGRATIONS.len()
-                ),
+                found: version,
+                known,
+            });
+        }
+        if version > known {
+            return Err(TicketError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known,
             });
         }
         Ok(Db {

@@ -31,10 +31,6 @@ impl Journal {
         Journal { store, metrics }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// Runs a store call on a blocking thread.
     pub async fn call<T: Send + 'static>(
         &self,

@@ -61,6 +61,16 @@ pub enum TicketError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "{path} has schema version {found}, written by an older operator; this one reads {known}. \
+         It is migrated by `operator run` or any `operator tickets` command (a read-only \
+         command never changes it); an older operator cannot read it afterwards"
+    )]
+    NotMigrated {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("cannot set the permissions of {path}: {source}")]
     Permissions {
         path: PathBuf,

@@ -383,14 +383,6 @@ impl Store {
         )
     }
 
-    /// The unresolved tickets of one service (or of the cluster, with `-`).
-    pub fn unresolved_for(&self, cluster: &str, service: &str) -> Result<Vec<Ticket>, TicketError> {
-        self.unresolved(&Selector::Target {
-            cluster: cluster.to_string(),
-            target: service.to_string(),
-        })
-    }
-
     /// The unresolved tickets a selector picks, oldest first.
     pub fn unresolved(&self, selector: &Selector) -> Result<Vec<Ticket>, TicketError> {
         let conn = self.conn();
@@ -569,9 +561,13 @@ impl Store {
             table: "timeline",
             row,
         };
-        let actor = actor.as_deref().unwrap_or("");
-        Ok(Actor::parse(actor)
-            .ok_or_else(|| here.corrupt("actor", actor))?
+        // No actor: written by an operator of schema 1 (after a newer CLI migrated the file
+        // under it), when only the controller ever acted.
+        let Some(actor) = actor else {
+            return Ok(Cause::Controller);
+        };
+        Ok(Actor::parse(&actor)
+            .ok_or_else(|| here.corrupt("actor", &actor))?
             .into())
     }
 

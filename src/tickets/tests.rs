@@ -358,7 +358,11 @@ fn selectors_pick_by_typed_fingerprint_not_by_pattern() {
     let up = store.unresolved(&checks(Some("up"))).unwrap();
     assert_eq!(up.len(), 1);
     assert_eq!(up[0].target(), &Target::Cluster);
-    assert_eq!(store.unresolved_for("a_b", "-").unwrap().len(), 2);
+    let cluster_wide = Selector::Target {
+        cluster: "a_b".into(),
+        target: "-".into(),
+    };
+    assert_eq!(store.unresolved(&cluster_wide).unwrap().len(), 2);
 }
 
 #[test]
@@ -524,7 +528,7 @@ fn a_database_of_the_first_schema_is_migrated_and_old_actions_are_the_controller
     assert!(
         matches!(
             Store::open_read_only(&db.path()),
-            Err(TicketError::Foreign { .. })
+            Err(TicketError::NotMigrated { found: 1, .. })
         ),
         "a read-only open never migrates"
     );
@@ -537,6 +541,30 @@ fn a_database_of_the_first_schema_is_migrated_and_old_actions_are_the_controller
     assert_eq!(
         store
             .resolve_rechecked(1, &serde_json::json!({}), Utc::now())
+            .unwrap(),
+        Some(Cause::Controller)
+    );
+    // An old daemon still running after a newer CLI migrated its file writes no actor.
+    let old = store
+        .record_drift(
+            &sighting(
+                &Fingerprint::service("c", "t", DriftKind::Stopped),
+                "stopped",
+            ),
+            Utc::now(),
+        )
+        .unwrap()
+        .0;
+    rusqlite::Connection::open(db.path())
+        .unwrap()
+        .execute(
+            "INSERT INTO timeline (ticket_id, at, kind, detail) VALUES (?1, '2026-01-01T00:00:03.000000Z', 'action-started', '{}')",
+            [old.id],
+        )
+        .unwrap();
+    assert_eq!(
+        store
+            .resolve_rechecked(old.id, &serde_json::json!({}), Utc::now())
             .unwrap(),
         Some(Cause::Controller)
     );
