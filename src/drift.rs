@@ -100,7 +100,7 @@ impl DriftKind {
 
 impl fmt::Display for DriftKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -122,7 +122,7 @@ impl Family {
 
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -167,7 +167,7 @@ impl Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -379,5 +379,12 @@ mod tests {
         assert!(DriftKind::CrashLooping.is_container_down());
         assert!(!DriftKind::Unhealthy.is_container_down());
         assert!(!DriftKind::CheckFailed.is_container_down());
+    }
+
+    #[test]
+    fn names_pad_like_the_strings_they_replace() {
+        // `tickets list` prints them in padded columns.
+        assert_eq!(format!("{:<10}|", DriftKind::Paused), "paused    |");
+        assert_eq!(format!("{:<4}|", Target::Cluster), "-   |");
     }
 }

@@ -66,7 +66,7 @@ impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Action::Connect { network } => write!(f, "connect to network {network}"),
-            other => f.write_str(other.as_str()),
+            other => f.pad(other.as_str()),
         }
     }
 }
@@ -78,7 +78,7 @@ pub struct SessionId(pub String);
 
 impl std::fmt::Display for SessionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
