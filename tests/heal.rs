@@ -408,8 +408,17 @@ fn an_image_that_cannot_be_had_is_a_clear_drift_not_a_crash() {
         "log:\n{}",
         operator.log()
     );
-    let out =
-        common::operator::operator(&["status", f.dir.path().to_str().unwrap(), "--json"], None);
+    // Its own database: a test never reads the machine's default one.
+    let out = common::operator::operator(
+        &[
+            "status",
+            f.dir.path().to_str().unwrap(),
+            "--db",
+            f.db().to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     let db = rows["services"]
         .as_array()

@@ -521,3 +521,54 @@ fn a_person_can_hold_retry_and_release_an_escalated_ticket() {
         "the same episode, not a new ticket: {tickets:#?}"
     );
 }
+
+#[test]
+fn status_on_a_database_an_older_operator_wrote_shows_the_cluster_and_says_why_not_the_tickets() {
+    require_docker();
+    let cluster = unique("oldschema");
+    let dir = TempDir::new(&cluster);
+    dir.write(
+        "cluster.yaml",
+        &cluster_yaml(
+            &cluster,
+            &format!(
+                "    - name: {cluster}-app\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n"
+            ),
+        ),
+    );
+    let db = dir.path().join("old.db");
+    {
+        let raw = rusqlite::Connection::open(&db).expect("make a schema-1 file");
+        raw.execute_batch(operator::tickets::MIGRATIONS[0].sql)
+            .expect("schema 1");
+        raw.execute_batch("PRAGMA user_version = 1; PRAGMA application_id = 1330664523;")
+            .expect("mark it");
+    }
+    let out = operator(
+        &[
+            "status",
+            dir.path().to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tickets and escalations not shown") && stderr.contains("schema version 1"),
+        "{stderr}"
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(
+        rows["services"][0]["drifts"][0]["kind"], "missing",
+        "{rows:#}"
+    );
+    // Read-only: the file is still schema 1.
+    let version: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::manifest;
 use crate::metrics::Metrics;
 use crate::reconcile::ServiceReport;
-use crate::tickets::{Journal, Store};
+use crate::tickets::{Journal, Store, TicketError};
 
 use super::{Failure, PathArgs, ReportArgs, StatusArgs};
 
@@ -70,10 +70,16 @@ async fn reports(
     db: Option<&std::path::Path>,
 ) -> Result<Vec<ServiceReport>, Failure> {
     let journal = match db {
-        Some(path) if path.exists() => Some(Journal::new(
-            Arc::new(Store::open_read_only(path)?),
-            Arc::new(Metrics::new()),
-        )),
+        Some(path) if path.exists() => match Store::open_read_only(path) {
+            Ok(store) => Some(Journal::new(Arc::new(store), Arc::new(Metrics::new()))),
+            // Just after an upgrade, before the controller migrated it: the containers and
+            // checks can still be shown, without what the tickets remember.
+            Err(e @ TicketError::NotMigrated { .. }) => {
+                eprintln!("note: tickets and escalations not shown: {e}");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
         _ => None,
     };
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
