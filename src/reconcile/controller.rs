@@ -511,6 +511,9 @@ impl Controller {
         let mut watcher_died = false;
         loop {
             tokio::select! {
+                // A requested stop wins over everything ready at the same time, in particular
+                // over the watcher's channel closing because the stop cancelled it too.
+                biased;
                 _ = cancel.cancelled() => break,
                 event = rx.recv() => match event {
                     Some(WatchEvent::Relisted) => self.enqueue_all(),
@@ -520,6 +523,7 @@ impl Controller {
                     }
                     // The watcher only ends when cancelled; anything else is a bug to surface,
                     // not a quiet exit 0.
+                    None if cancel.is_cancelled() => break,
                     None => {
                         error!("the Docker watcher stopped unexpectedly; shutting down");
                         watcher_died = true;
