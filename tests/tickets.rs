@@ -572,3 +572,46 @@ fn status_on_a_database_an_older_operator_wrote_shows_the_cluster_and_says_why_n
         .unwrap();
     assert_eq!(version, 1);
 }
+
+#[test]
+fn a_second_controller_on_one_database_is_refused_and_a_dead_holder_frees_it() {
+    let mut f = Fixture::builder("owner")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(
+                c,
+                &format!("    - name: {c}-app\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sleep\", \"3600\"]\n"),
+            )
+        })
+        .start();
+    let (dir, db) = (
+        f.dir.path().to_str().unwrap().to_string(),
+        f.db().to_str().unwrap().to_string(),
+    );
+    let holder = f.operator.pid();
+    for once in [false, true] {
+        let mut args = vec!["run", &dir, "--db", &db, "--listen", "127.0.0.1:0"];
+        if once {
+            args.push("--once");
+        }
+        let second = operator(&args, None);
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(1), "once={once}: {stderr}");
+        assert!(
+            stderr.contains("in use by another controller")
+                && stderr.contains(&format!("pid {holder} on "))
+                && stderr.contains(" since "),
+            "once={once}: {stderr}"
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "one line naming the holder: {stderr}"
+        );
+    }
+    // Beside it, people's commands keep working.
+    let listed = operator(&["tickets", "list", "--db", &db], None);
+    assert!(listed.status.success(), "{listed:?}");
+    // A holder that died frees the database for the next controller.
+    f.restart_operator();
+    assert_ne!(f.operator.pid(), holder);
+}

@@ -24,7 +24,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // Validate everything before touching Docker.
     let desired = manifest::load(&args.paths.paths)?;
     super::report::check_promql(&desired).await?;
-    let store = Arc::new(crate::tickets::Store::open(&args.db.path())?);
+    // One controller per database, taken before anything is opened or migrated; held until
+    // this function returns.
+    let db = args.db.path();
+    let ownership = crate::tickets::Ownership::acquire(&db)?;
+    info!(lock = %ownership.path().display(), "this controller owns the ticket database");
+    let store = Arc::new(crate::tickets::Store::open(&db)?);
     info!(db = %store.path().display(), "ticket store open");
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
     let metrics = Arc::new(Metrics::new());

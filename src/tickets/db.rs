@@ -100,6 +100,23 @@ pub fn default_path() -> PathBuf {
     home.join(DEFAULT_DB)
 }
 
+/// Creates the folder of `path` (mode 0700) if it is missing.
+pub(crate) fn private_folder_of(path: &Path) -> Result<(), TicketError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| TicketError::Folder {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
 /// One connection to the ticket database, used from blocking threads.
 pub(crate) struct Db {
     path: PathBuf,
@@ -148,18 +165,7 @@ fn check_existing(path: &Path) -> Result<(), TicketError> {
 impl Db {
     /// Opens (creating if missing) the database at `path`, applying migrations.
     pub(crate) fn open(path: &Path) -> Result<Db, TicketError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| TicketError::Folder {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-        }
+        private_folder_of(path)?;
         check_existing(path)?;
         if !path.exists() {
             // Created private from the start, not chmod-ed after SQLite made it.

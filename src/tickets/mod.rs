@@ -21,6 +21,7 @@ mod budget;
 mod db;
 mod journal;
 mod model;
+mod owner;
 mod query;
 mod store;
 
@@ -28,6 +29,7 @@ pub use budget::Budget;
 pub use db::{DEFAULT_DB, MIGRATIONS, Migration, default_path};
 pub use journal::{Journal, Recheck};
 pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
+pub use owner::{Ownership, lock_path};
 pub use query::{Episode, TicketQuery};
 pub use store::{DriftSighting, Selector, Store};
 
@@ -70,6 +72,17 @@ pub enum TicketError {
         path: PathBuf,
         found: i64,
         known: i64,
+    },
+    #[error(
+        "{db} is in use by another controller ({holder}); one controller may act on a ticket \
+         database at a time: stop that one, or point --db / OPERATOR_DB at another file"
+    )]
+    Owned { db: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot set the permissions of {path}: {source}")]
     Permissions {

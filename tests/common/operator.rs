@@ -414,9 +414,9 @@ pub fn entry_time(entry: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
         .with_timezone(&chrono::Utc)
 }
 
-/// Removes a ticket database and its WAL side files.
+/// Removes a ticket database and its side files (WAL, shared memory, owner lock).
 pub fn remove_db(db: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["", "-wal", "-shm", ".lock"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
