@@ -615,3 +615,54 @@ fn a_second_controller_on_one_database_is_refused_and_a_dead_holder_frees_it() {
     f.restart_operator();
     assert_ne!(f.operator.pid(), holder);
 }
+
+#[test]
+fn output_cut_short_by_its_reader_ends_quietly_with_success() {
+    let dir = TempDir::new(&unique("pipe"));
+    let db = dir.path().join("many.db");
+    let store = Store::open(&db).expect("ticket store");
+    // Far more than a pipe buffer (64 KiB) of table.
+    for i in 0..1500 {
+        store
+            .record_drift(
+                &DriftSighting {
+                    fingerprint: Fingerprint::service(
+                        "pipe",
+                        &format!("svc{i}"),
+                        DriftKind::Stopped,
+                    ),
+                    drift: DriftKind::Stopped,
+                    detail: "exited with code 1".into(),
+                    cooldown: Duration::from_secs(600),
+                    evidence: None,
+                },
+                chrono::Utc::now(),
+            )
+            .expect("record");
+    }
+    drop(store);
+    for json in [false, true] {
+        let mut args = vec!["tickets", "list", "--db", db.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let mut child = Command::new(common::operator::operator_bin())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn operator");
+        // Like `| head -c 10`: read a little, then close the pipe.
+        let mut first = [0u8; 10];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).expect("some output");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("operator exits");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "json={json}: {:?}: {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "json={json}: quietly, not: {stderr}");
+    }
+}

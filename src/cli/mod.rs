@@ -189,13 +189,47 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 
 /// What main prints and returns when a command fails.
 #[derive(Debug)]
-pub struct Failure(pub String);
+pub struct Failure {
+    message: String,
+    /// Standard output was closed by its reader (`operator ... | head`): not a failure, so
+    /// the command exits quietly with success, as other Unix tools do.
+    broken_pipe: bool,
+}
 
-impl<E: std::error::Error> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure(e.to_string())
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            broken_pipe: false,
+        }
     }
 }
+
+impl<E: std::error::Error + 'static> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let broken_pipe = (&e as &dyn std::error::Error)
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+        Failure {
+            message: e.to_string(),
+            broken_pipe,
+        }
+    }
+}
+
+/// `println!` for command output: a closed standard output is an error the caller returns
+/// (and `execute` turns into a quiet exit), never a panic.
+macro_rules! outln {
+    () => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock())?;
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+pub(crate) use outln;
 
 /// Sets up logging; an invalid filter is a usage error.
 pub fn init_logging(cli: &Cli) -> Result<(), String> {
@@ -225,7 +259,10 @@ pub fn execute(cli: Cli) -> ExitCode {
     });
     match result {
         Ok(code) => code,
-        Err(Failure(message)) => {
+        Err(Failure {
+            broken_pipe: true, ..
+        }) => ExitCode::SUCCESS,
+        Err(Failure { message, .. }) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }

@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::ServiceReport;
 use crate::tickets::{Journal, Store, TicketError};
 
-use super::{Failure, PathArgs, ReportArgs, StatusArgs};
+use super::{Failure, PathArgs, ReportArgs, StatusArgs, outln};
 
 /// How long connecting to the engine may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -36,7 +36,7 @@ pub async fn check_promql(desired: &manifest::DesiredState) -> Result<(), Failur
             )
         })
         .collect();
-    Err(Failure(lines.join("\n")))
+    Err(Failure::new(lines.join("\n")))
 }
 
 pub async fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
@@ -52,7 +52,7 @@ pub async fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
         } else {
             "(no cluster network: host or other networks)".to_string()
         };
-        println!(
+        outln!(
             "ok: cluster {} ({}): {} services {network}, {} checks",
             cluster.name,
             cluster.source.display(),
@@ -102,13 +102,13 @@ pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&steps)?);
+        outln!("{}", serde_json::to_string_pretty(&steps)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut any = false;
     for r in reports.iter().filter(|r| r.error.is_some()) {
         any = true;
-        println!(
+        outln!(
             "{}/{}: unknown: {} -> nothing decided",
             r.cluster,
             r.service,
@@ -125,13 +125,16 @@ pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
             }
             (None, _) => "no built-in repair".to_string(),
         };
-        println!(
+        outln!(
             "{}/{}: {}: {} -> {what}",
-            r.cluster, r.service, drift.kind, drift.detail
+            r.cluster,
+            r.service,
+            drift.kind,
+            drift.detail
         );
     }
     if !any {
-        println!("nothing to do: every service is in its desired state");
+        outln!("nothing to do: every service is in its desired state");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -144,12 +147,17 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let health = crate::health::Monitor::instant().round(&desired).await;
     if args.json {
         let out = serde_json::json!({"services": reports, "health": health});
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<16} {:<20} {:<12} {:<10} {:<14} {:<10} DRIFT",
-        "CLUSTER", "SERVICE", "STATE", "HEALTH", "CONTAINER", "TICKETS"
+        "CLUSTER",
+        "SERVICE",
+        "STATE",
+        "HEALTH",
+        "CONTAINER",
+        "TICKETS"
     );
     for r in &reports {
         let (state, health, id) = match &r.container {
@@ -188,32 +196,43 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         } else {
             drift
         };
-        println!(
+        outln!(
             "{:<16} {:<20} {:<12} {:<10} {:<14} {:<10} {drift}",
-            r.cluster, r.service, state, health, id, tickets
+            r.cluster,
+            r.service,
+            state,
+            health,
+            id,
+            tickets
         );
         if let Some(e) = &r.error {
-            println!("    could not observe: {e}");
+            outln!("    could not observe: {e}");
         }
     }
-    print_health(&health);
+    print_health(&health)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_health(health: &[crate::health::ClusterHealth]) {
+fn print_health(health: &[crate::health::ClusterHealth]) -> Result<(), Failure> {
     use crate::health::{CheckState, Observability};
     if health.is_empty() {
-        return;
+        return Ok(());
     }
-    println!(
+    outln!(
         "\n{:<16} {:<28} {:<10} {:<10} DETAIL",
-        "CLUSTER", "CHECK", "SEVERITY", "STATE"
+        "CLUSTER",
+        "CHECK",
+        "SEVERITY",
+        "STATE"
     );
     for cluster in health {
         if let Observability::Lost { reason } = &cluster.observability {
-            println!(
+            outln!(
                 "{:<16} {:<28} {:<10} {:<10} Prometheus cannot be asked: {reason}",
-                cluster.cluster, "(observability)", "critical", "lost"
+                cluster.cluster,
+                "(observability)",
+                "critical",
+                "lost"
             );
         }
         for c in &cluster.checks {
@@ -238,10 +257,14 @@ fn print_health(health: &[crate::health::ClusterHealth]) {
                     .join(", ")
             };
             let severity = format!("{:?}", c.severity).to_lowercase();
-            println!(
+            outln!(
                 "{:<16} {:<28} {:<10} {:<10} {detail}",
-                cluster.cluster, c.check, severity, state
+                cluster.cluster,
+                c.check,
+                severity,
+                state
             );
         }
     }
+    Ok(())
 }

@@ -14,7 +14,7 @@ use crate::reconcile::{Controller, ControllerConfig, Outcome};
 use crate::tickets::Journal;
 
 use super::reload::fingerprint;
-use super::{Failure, RunArgs};
+use super::{Failure, RunArgs, outln};
 
 use super::report::CONNECT_TIMEOUT;
 /// How often the manifest files are checked for edits.
@@ -164,9 +164,9 @@ async fn once(controller: &Controller, json: bool) -> Result<ExitCode, Failure> 
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<16} {:<20} RESULT", "CLUSTER", "SERVICE");
+        outln!("{:<16} {:<20} RESULT", "CLUSTER", "SERVICE");
         for (key, outcome) in &outcomes {
             let detail = match outcome {
                 Outcome::Acted { action } => format!("repaired: {action}"),
@@ -176,7 +176,7 @@ async fn once(controller: &Controller, json: bool) -> Result<ExitCode, Failure> 
                 Outcome::BackingOff { retry_in_ms } => format!("backing off ({retry_in_ms} ms)"),
                 other => other.label().to_string(),
             };
-            println!("{:<16} {:<20} {detail}", key.cluster, key.service);
+            outln!("{:<16} {:<20} {detail}", key.cluster, key.service);
         }
     }
     Ok(if ok {

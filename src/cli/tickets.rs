@@ -6,7 +6,7 @@ use chrono::{SecondsFormat, Utc};
 
 use crate::tickets::{Status, Store, Ticket};
 
-use super::{Failure, TicketsCommand};
+use super::{Failure, TicketsCommand, outln};
 
 fn time(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -31,17 +31,24 @@ fn json(ticket: &Ticket) -> serde_json::Value {
     })
 }
 
-fn print_table(tickets: &[Ticket]) {
-    println!(
+fn print_table(tickets: &[Ticket]) -> Result<(), Failure> {
+    outln!(
         "{:>5}  {:<12} {:<8} {:<16} {:<20} {:<16} {:>5}  {:<20}  DETAIL",
-        "ID", "STATUS", "HELD", "CLUSTER", "SERVICE", "DRIFT", "SEEN", "OPENED"
+        "ID",
+        "STATUS",
+        "HELD",
+        "CLUSTER",
+        "SERVICE",
+        "DRIFT",
+        "SEEN",
+        "OPENED"
     );
     for t in tickets {
         let status = match (t.status, t.resolved_by) {
             (Status::Resolved, Some(cause)) => format!("resolved:{}", cause.as_str()),
             (status, _) => status.as_str().to_string(),
         };
-        println!(
+        outln!(
             "{:>5}  {:<12} {:<8} {:<16} {:<20} {:<16} {:>5}  {:<20}  {}",
             t.id,
             status,
@@ -55,15 +62,16 @@ fn print_table(tickets: &[Ticket]) {
         );
     }
     if tickets.is_empty() {
-        println!("(no tickets)");
+        outln!("(no tickets)");
     }
+    Ok(())
 }
 
 fn print_one(ticket: &Ticket, json_out: bool) -> Result<(), Failure> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json(ticket))?);
+        outln!("{}", serde_json::to_string_pretty(&json(ticket))?);
     } else {
-        print_table(std::slice::from_ref(ticket));
+        print_table(std::slice::from_ref(ticket))?;
     }
     Ok(())
 }
@@ -91,9 +99,9 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             let tickets = store.list(status)?;
             if as_json {
                 let rows: Vec<_> = tickets.iter().map(json).collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print_table(&tickets);
+                print_table(&tickets)?;
             }
         }
         TicketsCommand::Show {
@@ -110,12 +118,12 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
                 let mut value = json(&ticket);
                 value["fingerprint"] = ticket.fingerprint.to_string().into();
                 value["timeline"] = serde_json::to_value(&timeline)?;
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                outln!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                print_table(std::slice::from_ref(&ticket));
-                println!("\nTIMELINE");
+                print_table(std::slice::from_ref(&ticket))?;
+                outln!("\nTIMELINE");
                 for e in &timeline {
-                    println!("  {}  {:<16} {}", time(e.at), e.kind, e.detail);
+                    outln!("  {}  {:<16} {}", time(e.at), e.kind, e.detail);
                 }
             }
         }
