@@ -548,9 +548,11 @@ impl Store {
             return Ok(Cause::SelfHealed);
         };
         let acted = match kind.as_str() {
+            // Still running when the re-check came (a check's restart, a session).
             "action-started" => true,
-            // An interrupted action may well have done its work before the stop.
-            "action-result" => result.as_deref() != Some("error"),
+            // Only an action known to have completed is credited: one that failed, or was
+            // cut short by a stop, did not (knowingly) make the desired state come back.
+            "action-result" => result.as_deref() == Some("ok"),
             _ => false,
         };
         if !acted {
@@ -637,7 +639,19 @@ impl Store {
                     what: "only unresolved tickets can be held or released",
                 });
             }
-            if ticket.held != held {
+            if ticket.held == held {
+                // Saying so: a person who typed the wrong id must not read success.
+                return Err(TicketError::WrongState {
+                    id,
+                    status: ticket.status,
+                    what: if held {
+                        "it is already held"
+                    } else {
+                        "it is not held, so there is nothing to release"
+                    },
+                });
+            }
+            {
                 tx.execute(
                     "UPDATE tickets SET held = ?2 WHERE id = ?1",
                     params![id, held as i64],
@@ -667,7 +681,7 @@ impl Store {
                 return Err(TicketError::WrongState {
                     id,
                     status: ticket.status,
-                    what: "it is already resolved",
+                    what: "there is nothing left to resolve",
                 });
             }
             tx.execute(

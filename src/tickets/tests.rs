@@ -263,7 +263,19 @@ fn hold_resolve_and_interrupted_actions_are_recorded() {
             )
             .unwrap()
     );
+    let message = store.set_held(t.id, false, now).unwrap_err().to_string();
+    assert!(
+        message.contains("not held"),
+        "releasing a ticket nobody holds says so: {message}"
+    );
     assert!(store.set_held(t.id, true, now).unwrap().held);
+    assert!(
+        matches!(
+            store.set_held(t.id, true, now),
+            Err(TicketError::WrongState { .. })
+        ),
+        "holding a held ticket says so"
+    );
     assert_eq!(store.close_interrupted_actions(now).unwrap(), 1);
     assert_eq!(
         store.close_interrupted_actions(now).unwrap(),
@@ -419,6 +431,12 @@ fn the_resolve_cause_is_the_actor_of_the_last_action_that_did_not_fail() {
     let in_flight = open("d");
     act(in_flight, Actor::Controller, None);
     assert_eq!(resolve(in_flight), Some(Cause::Controller));
+
+    // Cut short by a stop: nobody knows it completed, so it is not credited.
+    let interrupted = open("f");
+    act(interrupted, Actor::Controller, None);
+    store.close_interrupted_actions(now).unwrap();
+    assert_eq!(resolve(interrupted), Some(Cause::SelfHealed));
 
     // Escalated after a successful action: the action did not fix it.
     let escalated = open("e");
