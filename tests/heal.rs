@@ -134,6 +134,70 @@ fn paused_container_is_unpaused() {
 }
 
 #[test]
+fn a_pause_is_undone_by_an_unpause_never_by_a_restart() {
+    // The engine reports a paused container `unhealthy` until its first probe after the
+    // unpause: that stale verdict must not make the controller restart a healthy process.
+    let f = Fixture::builder("pausehc")
+        .manifest("cluster.yaml", |c| {
+            format!(
+                r#"apiVersion: operator/v1
+kind: Cluster
+metadata:
+  name: {c}
+spec:
+  services:
+    - name: {c}-web
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      command: {LOOP}
+      healthcheck:
+        test: ["CMD", "true"]
+        interval: 1s
+        timeout: 1s
+        retries: 1
+      remediation:
+        backoff: {{initial: 200ms, max: 1s}}
+"#
+            )
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("web");
+    let healthy =
+        || inspect(&name, None).is_some_and(|c| c["State"]["Health"]["Status"] == "healthy");
+    assert!(
+        wait_until(Duration::from_secs(30), healthy),
+        "never healthy"
+    );
+    for round in 0..4 {
+        docker_ok(&["pause", &name]);
+        // The controller unpauses at once; a probe that ran around the pause leaves the
+        // engine saying `unhealthy` until the next one.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            wait_until(Duration::from_secs(30), || is_running(&name, None)
+                && healthy()),
+            "round {round}: not running and healthy again; log:\n{}",
+            f.operator.log()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let restarts = f
+        .operator
+        .metric(r#"operator_actions_total{kind="restart",result="ok"}"#)
+        .unwrap_or(0.0);
+    let tickets = f.tickets();
+    assert_eq!(
+        restarts, 0.0,
+        "a pause cost a restart; tickets {tickets:#?}"
+    );
+    assert!(
+        tickets.iter().all(|t| t["drift"] == "paused"),
+        "only paused episodes: {tickets:#?}"
+    );
+}
+
+#[test]
 fn detached_network_is_reconnected() {
     let f = start("net");
     let name = f.name("db");

@@ -72,6 +72,8 @@ pub struct ObservedContainer {
     pub pid: Option<i64>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When the newest healthcheck probe began: `health` is no fresher than this.
+    pub health_probed_at: Option<DateTime<Utc>>,
 }
 
 /// Whether a label set marks a container as ours.
@@ -118,6 +120,15 @@ impl ObservedContainer {
                 HealthStatusEnum::UNHEALTHY => Some(HealthState::Unhealthy),
                 HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => None,
             });
+        let health_probed_at = state
+            .health
+            .as_ref()
+            .and_then(|h| h.log.as_ref())
+            .and_then(|log| {
+                log.iter()
+                    .filter_map(|r| parse_time(r.start.as_deref()))
+                    .max()
+            });
         let networks = c
             .network_settings
             .as_ref()
@@ -152,6 +163,7 @@ impl ObservedContainer {
             pid: state.pid.filter(|p| *p > 0),
             started_at: parse_time(state.started_at.as_deref()),
             finished_at: parse_time(state.finished_at.as_deref()),
+            health_probed_at,
         })
     }
 }

@@ -543,6 +543,7 @@ mod tests {
                 pid: None,
                 started_at: None,
                 finished_at: None,
+                health_probed_at: None,
             }]);
             cache.set_connected(true);
         }

@@ -265,6 +265,9 @@ pub(super) struct Shared {
     pub check_restarted_at: Mutex<HashMap<ServiceKey, Instant>>,
     /// Keys a long-running remediator is at work on.
     pub leases: Mutex<Leases>,
+    /// When each service was last seen paused or unpaused by the controller: healthcheck
+    /// verdicts from probes begun before then are stale.
+    pub paused_at: Mutex<HashMap<ServiceKey, chrono::DateTime<chrono::Utc>>>,
     builtin: Arc<BuiltIn>,
     /// Remediators for policies other than `restart` (the agent).
     remediators: Vec<(Policy, Arc<dyn Remediator>)>,
@@ -354,6 +357,7 @@ impl ControllerBuilder {
                 check_restarts: Mutex::new(HashMap::new()),
                 check_restarted_at: Mutex::new(HashMap::new()),
                 leases: Mutex::new(Leases::default()),
+                paused_at: Mutex::new(HashMap::new()),
                 remediators: self.remediators,
                 completions,
                 completions_rx: Mutex::new(Some(completions_rx)),
@@ -404,6 +408,7 @@ impl Controller {
         lock(&shared.check_restarts).retain(|k, _| declared(k));
         lock(&shared.check_restarted_at).retain(|k, _| declared(k));
         lock(&shared.leases).active.retain(|k, _| declared(k));
+        lock(&shared.paused_at).retain(|k, _| declared(k));
         *shared.desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(desired);
         self.enqueue_all();
     }

@@ -145,6 +145,7 @@ mod tests {
             pid: None,
             started_at: None,
             finished_at: None,
+            health_probed_at: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The diff: a pure function from (desired, observed) to drifts, and from drifts to the one
 //! repair that addresses them. No Docker, no clock: unit-tested on plain data.
 
+use chrono::{DateTime, Utc};
+
 use crate::docker::spec::service_network;
 use crate::docker::{ContainerStatus, HealthState, ObservedContainer};
 use crate::drift::{Drift, DriftKind};
@@ -23,6 +25,23 @@ pub struct Observation {
     pub name_conflict: Option<String>,
     /// Budgeted repairs of this service within its window.
     pub recent_repairs: u32,
+    /// Healthcheck verdicts from probes that began before this moment are stale: the
+    /// container was paused then (the engine reports a paused container `unhealthy` until its
+    /// first probe after the unpause).
+    pub health_trusted_after: Option<DateTime<Utc>>,
+}
+
+impl Observation {
+    /// Whether the container's `unhealthy` is a verdict on it as it runs now.
+    pub fn unhealthy_is_current(&self) -> bool {
+        let Some(c) = &self.container else {
+            return false;
+        };
+        c.health == Some(HealthState::Unhealthy)
+            && self
+                .health_trusted_after
+                .is_none_or(|after| c.health_probed_at.is_some_and(|probed| probed > after))
+    }
 }
 
 /// Compares one service's desired spec with what was observed. Drifts come in priority
@@ -101,7 +120,7 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
         }
         ContainerStatus::Paused => drifts.push(Drift::new(DriftKind::Paused, "paused")),
         ContainerStatus::Running => {
-            if c.health == Some(HealthState::Unhealthy) {
+            if observed.unhealthy_is_current() {
                 drifts.push(Drift::new(
                     DriftKind::Unhealthy,
                     "running, but its healthcheck fails",
@@ -225,6 +244,7 @@ mod tests {
             pid: Some(42),
             started_at: None,
             finished_at: None,
+            health_probed_at: None,
         }
     }
 
@@ -398,5 +418,26 @@ mod tests {
         assert!(!is_deliberate(&Action::Create, &missing, true, 0));
         let stopped = vec![Drift::new(DriftKind::Stopped, "")];
         assert!(!is_deliberate(&Action::Start, &stopped, false, 0));
+    }
+
+    #[test]
+    fn an_unhealthy_verdict_from_before_an_unpause_is_not_a_drift() {
+        let paused_at = chrono::Utc::now();
+        let mut c = running();
+        c.health = Some(HealthState::Unhealthy);
+        c.health_probed_at = Some(paused_at - chrono::Duration::seconds(1));
+        let mut obs = with(c.clone());
+        obs.health_trusted_after = Some(paused_at);
+        assert!(
+            diff(&cluster(), &service(), &obs).is_empty(),
+            "stale verdict"
+        );
+        // A probe that began after the unpause counts again.
+        c.health_probed_at = Some(paused_at + chrono::Duration::milliseconds(1));
+        obs.container = Some(c.clone());
+        assert_eq!(kinds(&obs), vec![DriftKind::Unhealthy]);
+        // Without a pause to distrust, the verdict stands.
+        c.health_probed_at = None;
+        assert_eq!(kinds(&with(c)), vec![DriftKind::Unhealthy]);
     }
 }

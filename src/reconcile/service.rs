@@ -64,6 +64,8 @@ pub(super) async fn observe(
         image_present,
         name_conflict,
         recent_repairs,
+        // The caller knows when the service was last paused.
+        health_trusted_after: None,
     })
 }
 
@@ -183,7 +185,7 @@ impl KeyRun<'_> {
         let r = &service.remediation;
         budget.track_spec(&service.spec_hash());
         let recent = budget.recent_repairs(now, r);
-        let observed = match observe(&shared.actions, cluster, service, recent).await {
+        let mut observed = match observe(&shared.actions, cluster, service, recent).await {
             Ok(o) => o,
             Err(e) => {
                 self.retry_soon();
@@ -192,6 +194,29 @@ impl KeyRun<'_> {
                 };
             }
         };
+        observed.health_trusted_after = {
+            let mut paused_at = lock(&shared.paused_at);
+            if observed
+                .container
+                .as_ref()
+                .is_some_and(|c| c.status == ContainerStatus::Paused)
+            {
+                paused_at.insert(key.clone(), self.clock.wall);
+            }
+            paused_at.get(key).copied()
+        };
+        if observed
+            .container
+            .as_ref()
+            .is_some_and(|c| c.health == Some(crate::docker::HealthState::Unhealthy))
+            && !observed.unhealthy_is_current()
+        {
+            // A verdict from before the pause: look again once a fresh probe may have run
+            // (its result may come without an event the watcher passes on).
+            shared
+                .queue
+                .schedule(key.clone(), now + shared.config.dependency_poll);
+        }
         let drifts = diff(cluster, service, &observed);
         // The service's tickets, read once: who holds them, and which this look shows over.
         let tickets = match self.journal() {
@@ -481,6 +506,10 @@ impl KeyRun<'_> {
             Ok(()) => {
                 shared.metrics.action(kind, "ok");
                 budget.created_before = true;
+                if a.action == Some(Action::Unpause) {
+                    // Its health verdicts so far were drawn while it was frozen.
+                    lock(&shared.paused_at).insert(key.clone(), chrono::Utc::now());
+                }
                 let outcome = match &a.action {
                     Some(action) if actor == Actor::Controller => Outcome::Acted {
                         action: action.clone(),
