@@ -103,4 +103,12 @@ spec:
         tickets[0]["occurrences"].as_i64().unwrap() >= 4,
         "every crash is counted on it"
     );
+    // A start is believed only after the settle time: the ticket never resolved between
+    // crashes, so it never reopened either.
+    assert_eq!(tickets[0]["flaps"], 0, "{:#}", tickets[0]);
+    assert_eq!(
+        operator.timeline(id, "resolved").len(),
+        0,
+        "resolved between crashes"
+    );
 }

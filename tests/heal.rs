@@ -198,6 +198,69 @@ spec:
 }
 
 #[test]
+fn run_once_believes_a_repair_only_after_it_settled() {
+    let cluster = common::unique("oncesettle");
+    let _cleanup = common::Cleanup::new(format!("operator.cluster={cluster}"));
+    let dir = common::operator::TempDir::new(&cluster);
+    let db = dir.path().join("t.db");
+    dir.write(
+        "cluster.yaml",
+        &format!(
+            r#"apiVersion: operator/v1
+kind: Cluster
+metadata:
+  name: {cluster}
+spec:
+  services:
+    - name: {cluster}-good
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      command: {LOOP}
+    - name: {cluster}-bad
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      command: ["sh", "-c", "sleep 0.3; exit 3"]
+"#
+        ),
+    );
+    let out = common::operator::operator(
+        &[
+            "run",
+            dir.path().to_str().unwrap(),
+            "--once",
+            "--json",
+            "--settle",
+            "1s",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a crashing service is not repaired: {stderr}"
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--once --json");
+    let result = |service: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["service"] == format!("{cluster}-{service}"))
+            .map(|r| r["result"].clone())
+            .unwrap()
+    };
+    assert_eq!(result("good")["outcome"], "acted", "{rows:#}");
+    let bad = result("bad");
+    assert_eq!(bad["outcome"], "not-repaired", "{rows:#}");
+    assert_eq!(bad["drift"], "stopped", "{rows:#}");
+    common::operator::remove_db(&db);
+}
+
+#[test]
 fn detached_network_is_reconnected() {
     let f = start("net");
     let name = f.name("db");

@@ -172,6 +172,10 @@ pub struct RunArgs {
     /// Services reconciled in parallel (never the same service twice).
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// A repaired container must stay running this long (and healthy, if it has a
+    /// healthcheck) before its ticket resolves; `--once` waits for it before its last look.
+    #[arg(long, default_value = "3s", value_parser = crate::manifest::parse_duration, value_name = "DUR")]
+    pub settle: Duration,
     /// One repair pass in dependency order, then exit (status 1 if anything is left broken).
     #[arg(long)]
     pub once: bool,

@@ -35,7 +35,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let metrics = Arc::new(Metrics::new());
     let config = ControllerConfig::default()
         .resync(args.resync)
-        .workers(args.workers);
+        .workers(args.workers)
+        .settle(args.settle);
     let controller = Controller::builder(docker, desired)
         .metrics(metrics.clone())
         .config(config)
@@ -174,6 +175,12 @@ async fn once(controller: &Controller, json: bool) -> Result<ExitCode, Failure> 
                 Outcome::Unknown { error } => format!("unknown: {error}"),
                 Outcome::Waiting { dependency } => format!("waiting for {dependency}"),
                 Outcome::BackingOff { retry_in_ms } => format!("backing off ({retry_in_ms} ms)"),
+                Outcome::NotRepaired { drift, detail } => {
+                    format!("not repaired: {drift}: {detail}")
+                }
+                Outcome::Settling => {
+                    "not settled: running less than the settle time, or not yet healthy".into()
+                }
                 other => other.label().to_string(),
             };
             outln!("{:<16} {:<20} {detail}", key.cluster, key.service);

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::docker::actions::{Actions, Limits};
 use crate::docker::watcher::{WatchEvent, Watcher, list_owned};
 use crate::docker::{Cache, DockerError, ServiceKey};
+use crate::drift::DriftKind;
 use crate::manifest::{DesiredState, Policy};
 use crate::metrics::Metrics;
 use crate::remediation::{
@@ -39,6 +40,9 @@ use super::builtin::BuiltIn;
 use super::checks::{CheckRecorder, CheckRestartMessage};
 use super::queue::WorkQueue;
 use super::state::RepairBudget;
+
+/// How long `--once` waits past the settle time for a repaired service's healthcheck.
+const ONCE_HEALTH_WAIT: Duration = Duration::from_secs(30);
 
 /// How often the ticket store is checked for changes made by other processes.
 const STORE_POLL: Duration = Duration::from_secs(1);
@@ -60,6 +64,9 @@ pub struct ControllerConfig {
     /// The most a long-running remediator may hold a key without reporting back; past it
     /// the attempt is recorded as failed and the key looked at again.
     pub lease_timeout: Duration,
+    /// How long a (re)started container must stay running before the controller believes
+    /// it is repaired: a crash-looping process is up for a moment after every start.
+    pub settle: Duration,
     pub limits: Limits,
 }
 
@@ -72,6 +79,7 @@ impl Default for ControllerConfig {
             observe_retry: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(60),
             lease_timeout: Duration::from_secs(30 * 60),
+            settle: Duration::from_secs(3),
             limits: Limits::default(),
         }
     }
@@ -85,6 +93,11 @@ impl ControllerConfig {
 
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
+        self
+    }
+
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
         self
     }
 
@@ -120,6 +133,10 @@ pub enum Outcome {
     Remediated { actor: Actor },
     /// Another remediator finished inside the reconcile and failed.
     RemediationFailed { actor: Actor, error: String },
+    /// Running, but not for the settle time yet (or not yet healthy): not called repaired.
+    Settling,
+    /// The last look of `--once` still found the service drifting.
+    NotRepaired { drift: DriftKind, detail: String },
     /// A long-running remediator started a session; the key is leased until it reports.
     Dispatched { session: SessionId },
     /// A session is at work on the key: hands off.
@@ -151,6 +168,8 @@ impl Outcome {
             Outcome::Remediated { .. } => "remediated",
             Outcome::RemediationFailed { .. } => "remediation-failed",
             Outcome::Dispatched { .. } => "dispatched",
+            Outcome::Settling => "settling",
+            Outcome::NotRepaired { .. } => "not-repaired",
             Outcome::Leased { .. } => "leased",
             Outcome::Unknown { .. } => "unknown",
             Outcome::Waiting { .. } => "waiting",
@@ -696,6 +715,28 @@ impl Controller {
                 let key = ServiceKey::new(&cluster.name, &service.name);
                 let outcome = self.reconcile(&key).await;
                 outcomes.push((key, outcome));
+            }
+        }
+        // A repair is believed only after it settled: wait (bounded by the settle time and
+        // a few healthcheck rounds) and take a last look, acting on nothing.
+        let pending = |o: &Outcome| matches!(o, Outcome::Acted { .. } | Outcome::Settling);
+        if outcomes.iter().any(|(_, o)| pending(o)) {
+            let deadline = Instant::now() + shared.config.settle + ONCE_HEALTH_WAIT;
+            tokio::time::sleep(shared.config.settle).await;
+            for (key, outcome) in outcomes.iter_mut().filter(|(_, o)| pending(o)) {
+                let last = loop {
+                    let look = super::service::last_look(shared, key).await;
+                    if look != Outcome::Settling || Instant::now() >= deadline {
+                        break look;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                };
+                // Keep "repaired: X" for a repair that held; anything else is the truth now.
+                if last != Outcome::Clean {
+                    *outcome = last;
+                } else if *outcome == Outcome::Settling {
+                    *outcome = Outcome::Clean;
+                }
             }
         }
         Ok(outcomes)

@@ -34,6 +34,9 @@ pub enum Decision {
     /// No drift. `verified`: running, and healthy if a healthcheck exists ("starting" is
     /// not yet healthy, so an unhealthy episode is not over).
     Clean { verified: bool },
+    /// No drift, but the container started less than the settle time ago: nothing is
+    /// resolved yet (a crash-looping process is up for a moment after every start).
+    Settling,
     /// A person holds a ticket of the service: record, but hands off.
     Held { deliberate: bool },
     /// The policy says report only (or no remediator serves the policy).
@@ -56,7 +59,7 @@ impl Decision {
     /// Whether the drift is an incident to ticket (not a deliberate change, not clean).
     pub fn records_ticket(&self) -> bool {
         match self {
-            Decision::Leased { .. } | Decision::Clean { .. } => false,
+            Decision::Leased { .. } | Decision::Clean { .. } | Decision::Settling => false,
             Decision::Held { deliberate }
             | Decision::Observe { deliberate }
             | Decision::Remediate { deliberate, .. } => !deliberate,
@@ -79,6 +82,9 @@ pub fn decide(
         return Decision::Leased {
             session: session.clone(),
         };
+    }
+    if drifts.is_empty() && observed.settling {
+        return Decision::Settling;
     }
     if drifts.is_empty() {
         let verified = observed.container.as_ref().is_some_and(|c| {
@@ -421,5 +427,24 @@ mod tests {
             no_agent,
         );
         assert_eq!(d, Decision::Observe { deliberate: false });
+    }
+
+    #[test]
+    fn a_container_up_for_less_than_the_settle_time_is_settling_not_clean() {
+        let obs = Observation {
+            container: Some(container(ContainerStatus::Running, None)),
+            settling: true,
+            ..Default::default()
+        };
+        let d = decide(
+            &[],
+            &obs,
+            &RepairBudget::default(),
+            &policy(Policy::Restart),
+            &free(),
+            no_agent,
+        );
+        assert_eq!(d, Decision::Settling);
+        assert!(!d.records_ticket());
     }
 }

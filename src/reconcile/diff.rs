@@ -29,6 +29,8 @@ pub struct Observation {
     /// container was paused then (the engine reports a paused container `unhealthy` until its
     /// first probe after the unpause).
     pub health_trusted_after: Option<DateTime<Utc>>,
+    /// The container started less than the settle time ago: running, but not yet believed.
+    pub settling: bool,
 }
 
 impl Observation {

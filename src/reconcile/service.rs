@@ -12,6 +12,8 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+use chrono::{DateTime, Utc};
+
 use tracing::{debug, error, info, warn};
 
 use crate::docker::actions::Actions;
@@ -64,9 +66,60 @@ pub(super) async fn observe(
         image_present,
         name_conflict,
         recent_repairs,
-        // The caller knows when the service was last paused.
+        // The caller knows when the service was last paused, and how long it must settle.
         health_trusted_after: None,
+        settling: false,
     })
+}
+
+/// Whether a running container started less than `settle` ago (by the engine's clock, which
+/// is this host's).
+fn settling(observed: &Observation, wall: DateTime<Utc>, settle: std::time::Duration) -> bool {
+    observed.container.as_ref().is_some_and(|c| {
+        c.status == ContainerStatus::Running
+            && c.started_at.is_some_and(|started| {
+                (wall - started)
+                    .to_std()
+                    .map_or(true, |running| running < settle)
+            })
+    })
+}
+
+/// The last look of `run --once`: observe and judge, acting on nothing and recording nothing.
+/// `Clean` only for a container that runs, settled, and is healthy when it has a healthcheck.
+pub(super) async fn last_look(shared: &Shared, key: &ServiceKey) -> Outcome {
+    let desired = shared.desired();
+    let Some(cluster) = desired.cluster(&key.cluster) else {
+        return Outcome::Undeclared;
+    };
+    let Some(service) = cluster.service(&key.service) else {
+        return Outcome::Undeclared;
+    };
+    let mut observed = match observe(&shared.actions, cluster, service, 0).await {
+        Ok(o) => o,
+        Err(e) => {
+            return Outcome::Unknown {
+                error: e.to_string(),
+            };
+        }
+    };
+    observed.settling = settling(&observed, Utc::now(), shared.config.settle);
+    let drifts = diff(cluster, service, &observed);
+    if let Some(first) = drifts.first() {
+        return Outcome::NotRepaired {
+            drift: first.kind,
+            detail: first.detail.clone(),
+        };
+    }
+    let healthy = observed.container.as_ref().is_some_and(|c| {
+        c.health
+            .is_none_or(|h| h == crate::docker::HealthState::Healthy)
+    });
+    if observed.settling || !healthy {
+        Outcome::Settling
+    } else {
+        Outcome::Clean
+    }
 }
 
 /// Why an attempt is made, as recorded on its ticket.
@@ -217,6 +270,7 @@ impl KeyRun<'_> {
                 .queue
                 .schedule(key.clone(), now + shared.config.dependency_poll);
         }
+        observed.settling = settling(&observed, self.clock.wall, shared.config.settle);
         let drifts = diff(cluster, service, &observed);
         // The service's tickets, read once: who holds them, and which this look shows over.
         let tickets = match self.journal() {
@@ -253,6 +307,24 @@ impl KeyRun<'_> {
 
         match decision {
             Decision::Leased { session } => return Outcome::Leased { session },
+            Decision::Settling => {
+                // Not yet believed: no resolution, no stability; look again when it would
+                // have settled (a crash before then is the same episode, not a flap).
+                budget.saw_clean(now, false, r);
+                let left = observed
+                    .container
+                    .as_ref()
+                    .and_then(|c| c.started_at)
+                    .and_then(|started| (self.clock.wall - started).to_std().ok())
+                    .map_or(shared.config.settle, |since| {
+                        shared.config.settle.saturating_sub(since)
+                    });
+                shared.queue.schedule(
+                    key.clone(),
+                    now + left + std::time::Duration::from_millis(50),
+                );
+                return Outcome::Settling;
+            }
             Decision::Clean { verified } => {
                 let check_restart = lock(&shared.check_restarts).get(key).cloned();
                 if let Some(repair) = check_restart
@@ -313,7 +385,9 @@ impl KeyRun<'_> {
         let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
         let detail = drifts[0].detail.clone();
         match decision {
-            Decision::Leased { .. } | Decision::Clean { .. } => unreachable!("handled above"),
+            Decision::Leased { .. } | Decision::Clean { .. } | Decision::Settling => {
+                unreachable!("handled above")
+            }
             Decision::Held { .. } => {
                 if new_episode {
                     info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift on a held ticket; hands off");
