@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::operator::{entry_time, epoch_now, event_times, wait_until};
-use common::{BUSYBOX_IMAGE, Fixture};
+use common::{BUSYBOX_IMAGE, Fixture, docker_ok};
 
 #[test]
 fn crash_looping_service_backs_off_then_escalates() {
@@ -37,9 +37,9 @@ spec:
         .start();
     let (name, operator) = (f.name("fail"), &f.operator);
     assert!(
-        wait_until(Duration::from_secs(60), || f
-            .ticket("crash-looping", &name)
-            .is_some_and(|t| t["status"] == "escalated")),
+        wait_until(Duration::from_secs(60), || f.tickets().iter().any(
+            |t| t["service"] == name.as_str() && t["status"] == "escalated"
+        )),
         "never escalated; tickets {:#?}; log:\n{}",
         f.tickets(),
         operator.log()
@@ -111,4 +111,84 @@ spec:
         0,
         "resolved between crashes"
     );
+}
+
+#[test]
+fn an_escalation_ends_with_its_ticket_and_the_next_single_crash_is_repaired_as_a_stop() {
+    let builder = Fixture::builder("escend");
+    let flag = builder.dir().path().join("flag");
+    std::fs::create_dir_all(&flag).expect("flag folder");
+    let f = builder
+        .manifest("cluster.yaml", |c| {
+            format!(
+                r#"apiVersion: operator/v1
+kind: Cluster
+metadata:
+  name: {c}
+spec:
+  services:
+    - name: {c}-svc
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      volumes: ["./flag:/flag"]
+      command: ["sh", "-c", "if [ -e /flag/crash ]; then exit 3; fi; exec sleep 3600"]
+      remediation:
+        maxRestarts: 2
+        window: 10m
+        backoff: {{initial: 200ms, max: 400ms}}
+"#
+            )
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("svc");
+    f.wait_running(&name, "the start");
+    let operator = &f.operator;
+    // Crash-loop it into escalation.
+    std::fs::write(flag.join("crash"), "").expect("crash flag");
+    docker_ok(&["kill", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || f.tickets().iter().any(
+            |t| t["service"] == name.as_str() && t["status"] == "escalated"
+        )),
+        "never escalated; tickets {:#?}",
+        f.tickets()
+    );
+    // A person fixes the cause and starts it by hand: the episode ends, and so does the
+    // escalation.
+    std::fs::remove_file(flag.join("crash")).expect("remove the flag");
+    docker_ok(&["start", &name]);
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .tickets()
+            .iter()
+            .all(|t| t["status"] == "resolved")),
+        "the escalated ticket did not end; tickets {:#?}",
+        f.tickets()
+    );
+    assert_eq!(operator.metric("operator_escalated_services"), Some(0.0));
+    let escalated = operator.tickets(&["list", "--status", "escalated", "--json"]);
+    let escalated: Vec<serde_json::Value> =
+        serde_json::from_slice(&escalated.stdout).expect("tickets list --json");
+    assert!(escalated.is_empty(), "{escalated:#?}");
+    // One more crash: an ordinary stop, repaired at once (within the window it reopens the
+    // same ticket as a flap).
+    docker_ok(&["kill", &name]);
+    f.wait_running(&name, "the single crash after the escalation ended");
+    let repaired = || {
+        f.tickets().into_iter().find(|t| {
+            t["service"] == name.as_str()
+                && t["flaps"] == 1
+                && t["status"] == "resolved"
+                && t["resolved_by"] == "controller"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || repaired().is_some()),
+        "the crash was not repaired and re-checked; tickets {:#?}",
+        f.tickets()
+    );
+    let ticket = repaired().unwrap();
+    assert_eq!(ticket["drift"], "stopped", "{ticket:#}");
+    assert_eq!(operator.metric("operator_escalated_services"), Some(0.0));
 }

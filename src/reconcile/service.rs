@@ -348,8 +348,12 @@ impl KeyRun<'_> {
                         DriftKind::Unhealthy,
                     )])
                 };
-                self.resolve_over(tickets, &still, false, observed.container.as_ref())
-                    .await;
+                if self
+                    .resolve_over(tickets, &still, false, observed.container.as_ref())
+                    .await
+                {
+                    budget.end_escalation();
+                }
                 return Outcome::Clean;
             }
             _ => {}
@@ -378,8 +382,12 @@ impl KeyRun<'_> {
             .iter()
             .map(|d| Fingerprint::service(&key.cluster, &key.service, d.kind))
             .collect();
-        self.resolve_over(tickets, &still, true, observed.container.as_ref())
-            .await;
+        if self
+            .resolve_over(tickets, &still, true, observed.container.as_ref())
+            .await
+        {
+            budget.end_escalation();
+        }
 
         let ticket_id = ticket.as_ref().map(|t| t.id);
         let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
@@ -774,41 +782,43 @@ impl KeyRun<'_> {
     }
 
     /// A fresh observation shows the drift of these tickets gone: resolves every unresolved
-    /// container ticket of the service whose fingerprint is not in `still`.
+    /// container ticket of the service whose fingerprint is not in `still`. True when an
+    /// escalated one was among them (the service's escalation ends with it).
     async fn resolve_over(
         &self,
         tickets: Vec<Ticket>,
         still: &HashSet<Fingerprint>,
         service_drifts: bool,
         container: Option<&ObservedContainer>,
-    ) {
+    ) -> bool {
         let Some(journal) = self.journal() else {
-            return;
+            return false;
         };
         // Check tickets are the check evaluations' to resolve: a running container says
         // nothing about whether its checks pass. A held ticket is a person's: while the
         // service still drifts in any way it stays open (and held), even if its own kind of
         // drift changed.
-        let over: Vec<Ticket> = tickets
-            .into_iter()
-            .filter(|t| {
-                !(still.contains(&t.fingerprint)
-                    || t.fingerprint.is_check()
-                    || (service_drifts && t.held))
-            })
-            .collect();
+        let (kept, over): (Vec<Ticket>, Vec<Ticket>) = tickets.into_iter().partition(|t| {
+            still.contains(&t.fingerprint) || t.fingerprint.is_check() || (service_drifts && t.held)
+        });
         if over.is_empty() {
-            return;
+            return false;
         }
+        let escalated = |ts: &[Ticket]| ts.iter().any(|t| t.status == Status::Escalated);
+        let ends_escalation = escalated(&over) && !escalated(&kept);
         let seen = serde_json::json!({
             "result": "desired state",
             "container": container.map(|c| &c.id),
             "status": container.map(|c| c.status.as_str()),
             "health": container.and_then(|c| c.health),
         });
-        if let Err(e) = journal.resolve_rechecked(over, seen, self.clock.wall).await {
-            warn!(service = %self.key, error = %e, "cannot resolve tickets; will re-check");
-            self.retry_soon();
+        match journal.resolve_rechecked(over, seen, self.clock.wall).await {
+            Ok(()) => ends_escalation,
+            Err(e) => {
+                warn!(service = %self.key, error = %e, "cannot resolve tickets; will re-check");
+                self.retry_soon();
+                false
+            }
         }
     }
 

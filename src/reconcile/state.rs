@@ -129,6 +129,15 @@ impl RepairBudget {
         }
     }
 
+    /// The service's escalated ticket ended (it came back, or a person resolved it): its
+    /// budget starts afresh, as the store's does (see `Store::resolve_rechecked`).
+    pub fn end_escalation(&mut self) {
+        self.escalated = false;
+        self.attempts = 0;
+        self.next_attempt_at = None;
+        self.repairs.clear();
+    }
+
     /// Budgeted repairs within the window ending now.
     pub fn recent_repairs(&mut self, now: Instant, r: &Remediation) -> u32 {
         while let Some(first) = self.repairs.front() {

@@ -583,6 +583,9 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Cause>, TicketError> {
         self.write("resolve a ticket", |tx| {
+            let Some(before) = self.get_tx(tx, id)? else {
+                return Err(TicketError::NotFound(id));
+            };
             let cause = self.cause_tx(tx, id)?;
             let changed = tx
                 .execute(
@@ -594,6 +597,7 @@ impl Store {
             if changed == 0 {
                 return Ok(None);
             }
+            self.end_escalation_tx(tx, &before)?;
             self.append_tx(tx, id, EntryKind::Recheck, None, recheck, now)?;
             self.append_tx(
                 tx,
@@ -605,6 +609,31 @@ impl Store {
             )?;
             Ok(Some(cause))
         })
+    }
+
+    /// A service is escalated exactly while it has an escalated ticket: when its last one
+    /// ends (re-checked healthy, or resolved by a person), its budget starts afresh, so the
+    /// next drift is repaired and is not called crash-looping after repairs of an old episode.
+    fn end_escalation_tx(&self, tx: &Transaction<'_>, ended: &Ticket) -> Result<(), TicketError> {
+        if ended.status != Status::Escalated {
+            return Ok(());
+        }
+        let others: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM tickets WHERE cluster = ?1 AND service = ?2 AND status = 'escalated' AND id != ?3",
+                params![ended.cluster, ended.service, ended.id],
+                |r| r.get(0),
+            )
+            .map_err(self.err("look for escalated tickets"))?;
+        if others == 0 {
+            tx.execute(
+                "UPDATE budgets SET attempts = 0, next_attempt_at = NULL, repairs = '[]', escalated = 0 \
+                 WHERE cluster = ?1 AND service = ?2",
+                params![ended.cluster, ended.service],
+            )
+            .map_err(self.err("reset a budget"))?;
+        }
+        Ok(())
     }
 
     /// Marks a ticket escalated (once).
@@ -689,6 +718,7 @@ impl Store {
                 params![id, ts(now)],
             )
             .map_err(self.err("resolve a ticket"))?;
+            self.end_escalation_tx(tx, &ticket)?;
             if let Some(note) = note {
                 self.append_tx(tx, id, EntryKind::Note, None, &serde_json::json!({"note": note}), now)?;
             }

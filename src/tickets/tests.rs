@@ -598,6 +598,64 @@ fn a_database_of_the_first_schema_is_migrated_and_old_actions_are_the_controller
 }
 
 #[test]
+fn a_service_is_escalated_exactly_while_it_has_an_escalated_ticket() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let now = Utc::now();
+    let spent = Budget {
+        attempts: 3,
+        repairs: vec![now, now, now],
+        escalated: true,
+        ..Default::default()
+    };
+    for (service, by_human) in [("came-back", false), ("resolved-by-hand", true)] {
+        let fp = Fingerprint::service("c", service, DriftKind::Stopped);
+        let (t, _) = store.record_drift(&sighting(&fp, "stopped"), now).unwrap();
+        store.save_budget("c", service, &spent).unwrap();
+        store.escalate(t.id, serde_json::json!({}), now).unwrap();
+        if by_human {
+            store.resolve_by_human(t.id, None, now).unwrap();
+        } else {
+            store
+                .resolve_rechecked(t.id, &serde_json::json!({}), now)
+                .unwrap();
+        }
+        let b = store.load_budget("c", service).unwrap().unwrap();
+        assert_eq!(
+            (b.escalated, b.attempts, b.repairs.len()),
+            (false, 0, 0),
+            "{service}: a fresh budget once its escalated ticket ended"
+        );
+    }
+    // Another escalated ticket of the service keeps it escalated.
+    let (a, _) = store
+        .record_drift(
+            &sighting(
+                &Fingerprint::service("c", "two", DriftKind::Stopped),
+                "stopped",
+            ),
+            now,
+        )
+        .unwrap();
+    let (b, _) = store
+        .record_drift(
+            &sighting(
+                &Fingerprint::service("c", "two", DriftKind::Paused),
+                "paused",
+            ),
+            now,
+        )
+        .unwrap();
+    store.save_budget("c", "two", &spent).unwrap();
+    store.escalate(a.id, serde_json::json!({}), now).unwrap();
+    store.escalate(b.id, serde_json::json!({}), now).unwrap();
+    store
+        .resolve_rechecked(a.id, &serde_json::json!({}), now)
+        .unwrap();
+    assert!(store.load_budget("c", "two").unwrap().unwrap().escalated);
+}
+
+#[test]
 fn episodes_report_detection_first_action_and_resolution_per_episode() {
     let db = TempDb::new();
     let store = Store::open(&db.path()).unwrap();
