@@ -256,7 +256,7 @@ fn print_health(health: &[crate::health::ClusterHealth]) -> Result<(), Failure> 
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let severity = format!("{:?}", c.severity).to_lowercase();
+            let severity = c.severity.as_str();
             outln!(
                 "{:<16} {:<28} {:<10} {:<10} {detail}",
                 cluster.cluster,

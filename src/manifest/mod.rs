@@ -127,6 +127,16 @@ pub enum Severity {
     Info,
 }
 
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
 /// Which service a failing check is held against.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Blame {
@@ -482,6 +492,9 @@ mod tests {
     fn policy_as_str_is_the_serde_name() {
         for policy in [Policy::Restart, Policy::Agent, Policy::Observe] {
             assert_eq!(serde_json::json!(policy), policy.as_str());
+        }
+        for severity in [Severity::Critical, Severity::Warning, Severity::Info] {
+            assert_eq!(serde_json::json!(severity), severity.as_str());
         }
     }
 }

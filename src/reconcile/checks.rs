@@ -276,7 +276,12 @@ impl CheckRecorder {
             if verdict.state == CheckState::Invalid {
                 self.withdraw(cluster, Some(name), HashSet::new());
                 if self.memory.invalid.insert(id.clone()) {
-                    error!(cluster, check = name, error = ?verdict.error, "check query is invalid; fix the manifest");
+                    error!(
+                        cluster,
+                        check = name,
+                        error = verdict.error.as_deref(),
+                        "check query is invalid; fix the manifest"
+                    );
                 }
                 continue;
             }
@@ -337,7 +342,7 @@ impl CheckRecorder {
                     )
                     .await?;
                 if sighting != Sighting::Seen {
-                    info!(cluster, check = name, target = %ticket.service, ticket = ticket.id, severity = ?check.severity, "check failed: ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
+                    info!(cluster, check = name, target = %ticket.service, ticket = ticket.id, severity = check.severity.as_str(), "check failed: ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
                 }
                 if check.remediation.policy == Policy::Restart
                     && let Some(service) = &failing.target

@@ -398,22 +398,22 @@ impl KeyRun<'_> {
             }
             Decision::Held { .. } => {
                 if new_episode {
-                    info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift on a held ticket; hands off");
+                    info!(service = %key, ticket = ticket_id, drifts = %kinds.join(","), %detail, "drift on a held ticket; hands off");
                 }
                 Outcome::Held
             }
             Decision::Observe { .. } => {
                 if new_episode {
-                    info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, policy = ?r.policy, "drift observed; policy forbids repair");
+                    info!(service = %key, ticket = ticket_id, drifts = %kinds.join(","), %detail, policy = r.policy.as_str(), "drift observed; policy forbids repair");
                 }
                 Outcome::Observed
             }
             Decision::Blocked { name_conflict } => {
                 if new_episode {
                     if name_conflict {
-                        warn!(service = %key, ticket = ?ticket_id, %detail, "cannot create: the container name is held by a container this service does not own; leaving it alone");
+                        warn!(service = %key, ticket = ticket_id, %detail, "cannot create: the container name is held by a container this service does not own; leaving it alone");
                     } else {
-                        info!(service = %key, ticket = ?ticket_id, drifts = ?kinds, %detail, "drift has no built-in repair");
+                        info!(service = %key, ticket = ticket_id, drifts = %kinds.join(","), %detail, "drift has no built-in repair");
                     }
                 }
                 Outcome::Blocked
@@ -476,7 +476,7 @@ impl KeyRun<'_> {
             Gate::Escalate => {
                 if !self.escalated_before {
                     error!(
-                        service = %key, ticket = ?a.ticket, drifts = ?labels, detail = %a.detail,
+                        service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail,
                         max_restarts = a.remediation.max_restarts, window_s = a.remediation.window.as_secs(),
                         "restart budget spent: escalated, no more repairs for this service"
                     );
@@ -537,7 +537,13 @@ impl KeyRun<'_> {
                 }
             }
         }
-        info!(service = %key, ticket = ?a.ticket, drifts = ?labels, detail = %a.detail, action = kind, %actor, attempt = budget.attempts, budgeted = a.budgeted, retry_after_ms, "repairing");
+        // A first creation or rollout is a deliberate change, not a repair.
+        let doing = if a.ticket.is_none() && !a.budgeted {
+            "applying a deliberate change"
+        } else {
+            "repairing"
+        };
+        info!(service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail, action = kind, %actor, attempt = budget.attempts, budgeted = a.budgeted, retry_after_ms, "{doing}");
         let dispatch = remediator
             .remediate(RemediationRequest {
                 ticket: a.ticket,
@@ -579,7 +585,7 @@ impl KeyRun<'_> {
                     // It finished before its lease was recorded: deliver it again now.
                     let _ = shared.completions.send(done);
                 }
-                info!(service = %key, ticket = ?a.ticket, %session, %actor, "remediation dispatched; the service is leased until it reports back");
+                info!(service = %key, ticket = a.ticket, %session, %actor, "remediation dispatched; the service is leased until it reports back");
                 return Outcome::Dispatched { session };
             }
             Dispatch::Done(result) => result,
