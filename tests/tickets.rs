@@ -441,7 +441,18 @@ fn a_person_can_hold_retry_and_release_an_escalated_ticket() {
         event_times(&name, "start", since).is_empty(),
         "acted on a held ticket"
     );
+    let held: Vec<serde_json::Value> = serde_json::from_slice(
+        &controller
+            .tickets(&["list", "--status", "held", "--json"])
+            .stdout,
+    )
+    .expect("list --status held --json");
+    assert_eq!(held.len(), 1, "{held:#?}");
+    assert_eq!(held[0]["id"].to_string(), id);
     assert!(controller.tickets(&["unhold", &id]).status.success());
+    let again = controller.tickets(&["unhold", &id]);
+    assert_eq!(again.status.code(), Some(1), "releasing it twice says so");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not held"));
     assert!(
         wait_until(Duration::from_secs(30), || !event_times(
             &name, "start", since

@@ -86,8 +86,8 @@ impl DbArgs {
 pub enum TicketsCommand {
     /// List tickets, newest first.
     List {
-        /// Only tickets in this status.
-        #[arg(long, value_parser = ["open", "remediating", "resolved", "escalated"])]
+        /// Only tickets in this status (`held`: unresolved tickets a person holds).
+        #[arg(long, value_parser = ["open", "remediating", "resolved", "escalated", "held"])]
         status: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]

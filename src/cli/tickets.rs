@@ -95,8 +95,14 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             db,
         } => {
             let store = open_to_change(&db.path())?;
-            let status = status.as_deref().and_then(Status::parse);
-            let tickets = store.list(status)?;
+            let tickets = match status.as_deref() {
+                Some("held") => {
+                    let mut all = store.list(None)?;
+                    all.retain(|t| t.held);
+                    all
+                }
+                other => store.list(other.and_then(Status::parse))?,
+            };
             if as_json {
                 let rows: Vec<_> = tickets.iter().map(json).collect();
                 outln!("{}", serde_json::to_string_pretty(&rows)?);
