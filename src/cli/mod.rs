@@ -5,6 +5,7 @@ mod logging;
 mod reload;
 mod report;
 mod run;
+mod table;
 mod tickets;
 
 use std::path::PathBuf;

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::ServiceReport;
 use crate::tickets::{Journal, Store, TicketError};
 
+use super::table::Table;
 use super::{Failure, PathArgs, ReportArgs, StatusArgs, outln};
 
 /// How long connecting to the engine may take.
@@ -150,15 +151,15 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    outln!(
-        "{:<16} {:<20} {:<12} {:<10} {:<14} {:<10} DRIFT",
+    let mut table = Table::new(&[
         "CLUSTER",
         "SERVICE",
         "STATE",
         "HEALTH",
         "CONTAINER",
-        "TICKETS"
-    );
+        "TICKETS",
+        "DRIFT",
+    ]);
     for r in &reports {
         let (state, health, id) = match &r.container {
             Some(c) => (
@@ -196,19 +197,20 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         } else {
             drift
         };
-        outln!(
-            "{:<16} {:<20} {:<12} {:<10} {:<14} {:<10} {drift}",
-            r.cluster,
-            r.service,
+        table.row(vec![
+            r.cluster.clone(),
+            r.service.clone(),
             state,
             health,
             id,
-            tickets
-        );
+            tickets,
+            drift,
+        ]);
         if let Some(e) = &r.error {
-            outln!("    could not observe: {e}");
+            table.note(format!("    could not observe: {e}"));
         }
     }
+    table.print()?;
     print_health(&health)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -218,22 +220,17 @@ fn print_health(health: &[crate::health::ClusterHealth]) -> Result<(), Failure> 
     if health.is_empty() {
         return Ok(());
     }
-    outln!(
-        "\n{:<16} {:<28} {:<10} {:<10} DETAIL",
-        "CLUSTER",
-        "CHECK",
-        "SEVERITY",
-        "STATE"
-    );
+    outln!();
+    let mut table = Table::new(&["CLUSTER", "CHECK", "SEVERITY", "STATE", "DETAIL"]);
     for cluster in health {
         if let Observability::Lost { reason } = &cluster.observability {
-            outln!(
-                "{:<16} {:<28} {:<10} {:<10} Prometheus cannot be asked: {reason}",
-                cluster.cluster,
-                "(observability)",
-                "critical",
-                "lost"
-            );
+            table.row(vec![
+                cluster.cluster.clone(),
+                "(observability)".into(),
+                "critical".into(),
+                "lost".into(),
+                format!("Prometheus cannot be asked: {reason}"),
+            ]);
         }
         for c in &cluster.checks {
             let v = &c.verdict;
@@ -256,15 +253,14 @@ fn print_health(health: &[crate::health::ClusterHealth]) -> Result<(), Failure> 
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let severity = c.severity.as_str();
-            outln!(
-                "{:<16} {:<28} {:<10} {:<10} {detail}",
-                cluster.cluster,
-                c.check,
-                severity,
-                state
-            );
+            table.row(vec![
+                cluster.cluster.clone(),
+                c.check.clone(),
+                c.severity.as_str().into(),
+                state.into(),
+                detail,
+            ]);
         }
     }
-    Ok(())
+    table.print()
 }

@@ -14,6 +14,7 @@ use crate::reconcile::{Controller, ControllerConfig, Outcome};
 use crate::tickets::Journal;
 
 use super::reload::fingerprint;
+use super::table::Table;
 use super::{Failure, RunArgs, outln};
 
 use super::report::CONNECT_TIMEOUT;
@@ -167,7 +168,7 @@ async fn once(controller: &Controller, json: bool) -> Result<ExitCode, Failure> 
             .collect();
         outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        outln!("{:<16} {:<20} RESULT", "CLUSTER", "SERVICE");
+        let mut table = Table::new(&["CLUSTER", "SERVICE", "RESULT"]);
         for (key, outcome) in &outcomes {
             let detail = match outcome {
                 Outcome::Acted { action } => format!("repaired: {action}"),
@@ -183,8 +184,9 @@ async fn once(controller: &Controller, json: bool) -> Result<ExitCode, Failure> 
                 }
                 other => other.label().to_string(),
             };
-            outln!("{:<16} {:<20} {detail}", key.cluster, key.service);
+            table.row(vec![key.cluster.clone(), key.service.clone(), detail]);
         }
+        table.print()?;
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -6,6 +6,7 @@ use chrono::{SecondsFormat, Utc};
 
 use crate::tickets::{Status, Store, Ticket};
 
+use super::table::Table;
 use super::{Failure, TicketsCommand, outln};
 
 fn time(t: chrono::DateTime<Utc>) -> String {
@@ -32,35 +33,27 @@ fn json(ticket: &Ticket) -> serde_json::Value {
 }
 
 fn print_table(tickets: &[Ticket]) -> Result<(), Failure> {
-    outln!(
-        "{:>5}  {:<12} {:<8} {:<16} {:<20} {:<16} {:>5}  {:<20}  DETAIL",
-        "ID",
-        "STATUS",
-        "HELD",
-        "CLUSTER",
-        "SERVICE",
-        "DRIFT",
-        "SEEN",
-        "OPENED"
-    );
+    let mut table = Table::new(&[
+        "ID", "STATUS", "HELD", "CLUSTER", "SERVICE", "DRIFT", "SEEN", "OPENED", "DETAIL",
+    ]);
     for t in tickets {
         let status = match (t.status, t.resolved_by) {
             (Status::Resolved, Some(cause)) => format!("resolved:{}", cause.as_str()),
             (status, _) => status.as_str().to_string(),
         };
-        outln!(
-            "{:>5}  {:<12} {:<8} {:<16} {:<20} {:<16} {:>5}  {:<20}  {}",
-            t.id,
+        table.row(vec![
+            t.id.to_string(),
             status,
-            if t.held { "held" } else { "-" },
-            t.cluster,
-            t.service,
-            t.drift,
-            t.occurrences,
+            if t.held { "held" } else { "-" }.to_string(),
+            t.cluster.clone(),
+            t.service.clone(),
+            t.drift.to_string(),
+            t.occurrences.to_string(),
             time(t.opened_at),
-            t.detail
-        );
+            t.detail.clone(),
+        ]);
     }
+    table.print()?;
     if tickets.is_empty() {
         outln!("(no tickets)");
     }
