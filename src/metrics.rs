@@ -34,6 +34,9 @@ pub struct Metrics {
     pub check_no_data: Family<Labels, Gauge>,
     pub observability_up: Family<Labels, Gauge>,
     pub check_round_seconds: Histogram,
+    /// 1 while the last write to the ticket store succeeded; 0 once one failed (a full disk,
+    /// a read-only or locked file): the controller does not act on what it cannot record.
+    pub store_writable: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +95,13 @@ impl Metrics {
             "escalated_services",
             "Services past their restart budget, on which the controller no longer acts",
             escalated.clone(),
+        );
+        let store_writable = Gauge::default();
+        store_writable.set(1);
+        registry.register(
+            "store_writable",
+            "1 while the ticket store accepts writes; 0 after a write failed (no repairs are made until one succeeds)",
+            store_writable.clone(),
         );
         let manifest_reloads = Family::<Labels, Counter>::default();
         registry.register(
@@ -165,6 +175,7 @@ impl Metrics {
             watch_restarts,
             event_to_drift,
             escalated,
+            store_writable,
             manifest_reloads,
         }
     }

@@ -63,6 +63,11 @@ async fn serve_healthz(State(state): State<AppState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "degraded: docker event stream disconnected, reconnecting\n",
         )
+    } else if state.metrics.store_writable.get() == 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded: the ticket store cannot be written; no repairs until it can\n",
+        )
     } else {
         (StatusCode::OK, "ok\n")
     }
@@ -94,4 +99,35 @@ pub async fn bind(
             })
     };
     Ok((bound, serve))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn healthz(metrics: &Arc<Metrics>, cache: &Arc<Cache>) -> (StatusCode, String) {
+        let response = serve_healthz(State(AppState {
+            metrics: metrics.clone(),
+            cache: cache.clone(),
+        }))
+        .await
+        .into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn healthz_is_degraded_while_the_ticket_store_cannot_be_written() {
+        let (metrics, cache) = (Arc::new(Metrics::new()), Arc::new(Cache::new()));
+        cache.replace_all(Vec::new());
+        cache.set_connected(true);
+        assert_eq!(healthz(&metrics, &cache).await.0, StatusCode::OK);
+        metrics.store_writable.set(0);
+        let (status, body) = healthz(&metrics, &cache).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("ticket store cannot be written"), "{body}");
+    }
 }

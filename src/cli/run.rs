@@ -174,6 +174,7 @@ async fn once(controller: &Controller, json: bool) -> Result<ExitCode, Failure> 
                 Outcome::Acted { action } => format!("repaired: {action}"),
                 Outcome::Failed { action, error } => format!("{action} failed: {error}"),
                 Outcome::Unknown { error } => format!("unknown: {error}"),
+                Outcome::Unrecorded { error } => format!("not acting, cannot record: {error}"),
                 Outcome::Waiting { dependency } => format!("waiting for {dependency}"),
                 Outcome::BackingOff { retry_in_ms } => format!("backing off ({retry_in_ms} ms)"),
                 Outcome::NotRepaired { drift, detail } => {

@@ -143,6 +143,8 @@ pub enum Outcome {
     Leased { session: SessionId },
     /// The engine could not be asked; nothing was concluded.
     Unknown { error: String },
+    /// The ticket store cannot be written: nothing is done that cannot be recorded.
+    Unrecorded { error: String },
     /// A dependency is not running yet.
     Waiting { dependency: String },
     /// Backing off; the next attempt is due later.
@@ -172,6 +174,7 @@ impl Outcome {
             Outcome::NotRepaired { .. } => "not-repaired",
             Outcome::Leased { .. } => "leased",
             Outcome::Unknown { .. } => "unknown",
+            Outcome::Unrecorded { .. } => "unrecorded",
             Outcome::Waiting { .. } => "waiting",
             Outcome::BackingOff { .. } => "backoff",
             Outcome::Escalated => "escalated",
@@ -758,6 +761,9 @@ impl Controller {
             }
             Outcome::Unknown { error } => {
                 warn!(service = %key, %error, "could not observe; nothing concluded");
+            }
+            Outcome::Unrecorded { error } => {
+                warn!(service = %key, %error, "cannot record in the ticket store; not acting");
             }
             other => debug!(service = %key, outcome = other.label(), "reconciled"),
         }

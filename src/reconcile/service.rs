@@ -370,7 +370,7 @@ impl KeyRun<'_> {
                 Err(e) => {
                     // Never act on what cannot be recorded.
                     self.retry_soon();
-                    return Outcome::Unknown { error: e };
+                    return Outcome::Unrecorded { error: e };
                 }
             }
         } else {
@@ -531,8 +531,8 @@ impl KeyRun<'_> {
                 Err(e) => {
                     *budget = unspent;
                     self.retry_soon();
-                    return Outcome::Unknown {
-                        error: format!("not acting, the attempt could not be recorded: {e}"),
+                    return Outcome::Unrecorded {
+                        error: format!("the attempt could not be recorded: {e}"),
                     };
                 }
             }

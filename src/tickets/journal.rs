@@ -42,6 +42,28 @@ impl Journal {
             .map_err(|e| TicketError::Task(e.to_string()))?
     }
 
+    /// Runs a store write; keeps `operator_store_writable` saying whether writes succeed.
+    /// Only a failure of the database itself counts (a refused change, such as a ticket held
+    /// meanwhile, is an answer, not a failure).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, TicketError> + Send + 'static,
+    ) -> Result<T, TicketError> {
+        let result = self.call(f).await;
+        match &result {
+            Ok(_) => {
+                self.metrics.store_writable.set(1);
+            }
+            Err(TicketError::Query { .. } | TicketError::Task(_)) => {
+                if self.metrics.store_writable.set(0) != 0 {
+                    warn!("the ticket store cannot be written: no repairs until it can");
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
     /// Records one sighting; a new or reopened episode is counted and the gauges refreshed.
     pub async fn sighting(
         &self,
@@ -49,7 +71,7 @@ impl Journal {
         now: DateTime<Utc>,
     ) -> Result<(Ticket, Sighting), TicketError> {
         let drift = sighting.drift;
-        let (ticket, seen) = self.call(move |s| s.record_drift(&sighting, now)).await?;
+        let (ticket, seen) = self.write(move |s| s.record_drift(&sighting, now)).await?;
         if seen != Sighting::Seen {
             self.metrics.tickets_opened.inc();
             self.metrics.drift(drift.as_str());
@@ -81,7 +103,7 @@ impl Journal {
         kind: EntryKind,
         detail: serde_json::Value,
     ) -> Result<(), TicketError> {
-        self.call(move |s| s.append(id, kind, detail, Utc::now()))
+        self.write(move |s| s.append(id, kind, detail, Utc::now()))
             .await
     }
 
@@ -95,7 +117,7 @@ impl Journal {
         budget: Option<(String, String, Budget)>,
         now: DateTime<Utc>,
     ) -> Result<bool, TicketError> {
-        self.call(move |s| {
+        self.write(move |s| {
             let budget = budget
                 .as_ref()
                 .map(|(c, sv, b)| (c.as_str(), sv.as_str(), b));
@@ -112,7 +134,7 @@ impl Journal {
         ok: bool,
         result: serde_json::Value,
     ) -> Result<(), TicketError> {
-        self.call(move |s| s.action_finished(id, actor, ok, result, Utc::now()))
+        self.write(move |s| s.action_finished(id, actor, ok, result, Utc::now()))
             .await
     }
 
@@ -122,7 +144,7 @@ impl Journal {
         why: serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<bool, TicketError> {
-        self.call(move |s| s.escalate(id, why, now)).await
+        self.write(move |s| s.escalate(id, why, now)).await
     }
 
     /// Resolves tickets that a fresh re-check showed over, recording what it saw on each.
@@ -139,7 +161,7 @@ impl Journal {
         for ticket in tickets {
             let (id, seen) = (ticket.id, recheck.clone());
             let resolved: Option<Cause> = self
-                .call(move |s| s.resolve_rechecked(id, &seen, now))
+                .write(move |s| s.resolve_rechecked(id, &seen, now))
                 .await?;
             if let Some(cause) = resolved {
                 let took = (now - ticket.episode_at).to_std().unwrap_or_default();
@@ -167,7 +189,7 @@ impl Journal {
         budget: Budget,
     ) -> Result<(), TicketError> {
         let (c, s) = (cluster.to_string(), service.to_string());
-        self.call(move |st| st.save_budget(&c, &s, &budget)).await
+        self.write(move |st| st.save_budget(&c, &s, &budget)).await
     }
 
     /// A number that changes when another process commits to the store.
@@ -176,7 +198,8 @@ impl Journal {
     }
 
     pub async fn close_interrupted_actions(&self) -> Result<usize, TicketError> {
-        self.call(|s| s.close_interrupted_actions(Utc::now())).await
+        self.write(|s| s.close_interrupted_actions(Utc::now()))
+            .await
     }
 
     /// Sets the open-tickets gauge from the store.

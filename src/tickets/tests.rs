@@ -803,3 +803,54 @@ fn a_failed_action_returns_the_ticket_to_open_and_a_held_one_refuses_actions() {
         "a hold ends with its episode"
     );
 }
+
+#[tokio::test]
+async fn a_store_that_refuses_writes_is_reported_until_one_succeeds() {
+    let db = TempDb::new();
+    let writable = Arc::new(Store::open(&db.path()).unwrap());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    assert_eq!(metrics.store_writable.get(), 1);
+    let sighting = || {
+        sighting(
+            &Fingerprint::service("c", "s", DriftKind::Stopped),
+            "stopped",
+        )
+    };
+    // Read-only: what a full disk or a read-only file looks like to a writer.
+    let refusing = Journal::new(
+        Arc::new(Store::open_read_only(&db.path()).unwrap()),
+        metrics.clone(),
+    );
+    assert!(matches!(
+        refusing.sighting(sighting(), Utc::now()).await,
+        Err(TicketError::Query { .. })
+    ));
+    assert_eq!(metrics.store_writable.get(), 0);
+    // A refused change (not a failure of the store) leaves it as it is...
+    let journal = Journal::new(writable, metrics.clone());
+    assert!(
+        journal
+            .escalate(9999, serde_json::json!({}), Utc::now())
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        metrics.store_writable.get(),
+        1,
+        "a write that succeeds clears it"
+    );
+    assert!(
+        refusing
+            .unresolved(Selector::Checks {
+                cluster: "c".into(),
+                check: None
+            })
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        metrics.store_writable.get(),
+        1,
+        "reads say nothing about writes"
+    );
+}
