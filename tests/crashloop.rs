@@ -103,6 +103,21 @@ spec:
         tickets[0]["occurrences"].as_i64().unwrap() >= 4,
         "every crash is counted on it"
     );
+    // plan and status say what the controller will (not) do, from its database.
+    let dir = f.dir.path().to_str().unwrap();
+    let plan = common::operator::operator(&["plan", dir, "--db", f.db().to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.status.success() && text.contains("would not act: escalated"),
+        "{text}{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let typo = common::operator::operator(&["plan", dir, "--db", "/nonexistent/t.db"], None);
+    assert_eq!(
+        typo.status.code(),
+        Some(1),
+        "a --db that does not exist is an error"
+    );
     // A start is believed only after the settle time: the ticket never resolved between
     // crashes, so it never reopened either.
     assert_eq!(tickets[0]["flaps"], 0, "{:#}", tickets[0]);

@@ -61,7 +61,7 @@ pub enum Command {
     /// also evaluated once so that invalid PromQL is an error now, not at 3 a.m.
     Validate(PathArgs),
     /// Show what a reconcile would do now, changing nothing.
-    Plan(ReportArgs),
+    Plan(StatusArgs),
     /// Show each declared service, desired against observed, one row a service.
     Status(StatusArgs),
     /// Read and act on tickets: one per drift episode, with what was seen and done.

@@ -10,7 +10,7 @@ use crate::reconcile::ServiceReport;
 use crate::tickets::{Journal, Store, TicketError};
 
 use super::table::Table;
-use super::{Failure, PathArgs, ReportArgs, StatusArgs, outln};
+use super::{Failure, PathArgs, StatusArgs, outln};
 
 /// How long connecting to the engine may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -64,14 +64,19 @@ pub async fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Desired against observed; with the ticket store when `db` names an existing file (a
-/// read-only command never creates one).
+/// Desired against observed, with what the ticket store remembers (escalation, holds) when
+/// its database exists. A read-only command never creates one: a missing default database is
+/// a fresh machine, a missing `--db` a typo and an error.
 async fn reports(
     desired: manifest::DesiredState,
-    db: Option<&std::path::Path>,
+    db: &super::DbArgs,
 ) -> Result<Vec<ServiceReport>, Failure> {
-    let journal = match db {
-        Some(path) if path.exists() => match Store::open_read_only(path) {
+    let path = db.path();
+    if db.db.is_some() && !path.exists() {
+        return Err(TicketError::Missing { path }.into());
+    }
+    let journal = if path.exists() {
+        match Store::open_read_only(&path) {
             Ok(store) => Some(Journal::new(Arc::new(store), Arc::new(Metrics::new()))),
             // Just after an upgrade, before the controller migrated it: the containers and
             // checks can still be shown, without what the tickets remember.
@@ -80,15 +85,18 @@ async fn reports(
                 None
             }
             Err(e) => return Err(e.into()),
-        },
-        _ => None,
+        }
+    } else {
+        None
     };
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
     Ok(crate::reconcile::report(docker, &desired, journal.as_ref()).await)
 }
 
-pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
-    let reports = reports(manifest::load(&args.paths.paths)?, None).await?;
+pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
+    let db = args.db;
+    let args = args.report;
+    let reports = reports(manifest::load(&args.paths.paths)?, &db).await?;
     if args.json {
         let steps: Vec<_> = reports
             .iter()
@@ -100,6 +108,10 @@ pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
                     "drifts": r.drifts,
                     "action": r.action,
                     "policy": r.policy,
+                    "escalated": r.escalated,
+                    "held": r.held,
+                    "waiting_for": r.waiting_for,
+                    "tickets": r.tickets,
                 })
             })
             .collect();
@@ -119,8 +131,21 @@ pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
     for r in reports.iter().filter(|r| !r.drifts.is_empty()) {
         any = true;
         let drift = &r.drifts[0];
+        let tickets = r
+            .tickets
+            .iter()
+            .map(|t| format!("#{t}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let what = match (&r.action, r.policy) {
-            (Some(action), manifest::Policy::Restart) => format!("would {action}"),
+            _ if r.escalated => format!(
+                "would not act: escalated (restart budget spent; `operator tickets retry` on {tickets} to try again)"
+            ),
+            _ if r.held => format!("would not act: a person holds {tickets}"),
+            (Some(action), manifest::Policy::Restart) => match &r.waiting_for {
+                Some(dep) => format!("would {action} once {dep} runs"),
+                None => format!("would {action}"),
+            },
             (Some(action), policy) => {
                 format!("would not act (policy {policy:?}; a repair would {action})")
             }
@@ -141,10 +166,10 @@ pub async fn plan(args: ReportArgs) -> Result<ExitCode, Failure> {
 }
 
 pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
-    let db = args.db.path();
+    let db = args.db;
     let args = args.report;
     let desired = manifest::load(&args.paths.paths)?;
-    let reports = reports(desired.clone(), Some(&db)).await?;
+    let reports = reports(desired.clone(), &db).await?;
     let health = crate::health::Monitor::instant().round(&desired).await;
     if args.json {
         let out = serde_json::json!({"services": reports, "health": health});
@@ -192,10 +217,11 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let drift = if r.escalated {
-            format!("{drift} (escalated)")
-        } else {
-            drift
+        let drift = match (&r.waiting_for, r.escalated, r.held) {
+            (_, true, _) => format!("{drift} (escalated)"),
+            (_, _, true) => format!("{drift} (held)"),
+            (Some(dep), _, _) if !r.drifts.is_empty() => format!("{drift} (waiting for {dep})"),
+            _ => drift,
         };
         table.row(vec![
             r.cluster.clone(),

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::docker::actions::{Actions, Limits};
-use crate::docker::{ObservedContainer, ServiceKey};
+use crate::docker::{ContainerStatus, ObservedContainer, ServiceKey};
 use crate::drift::Drift;
 use crate::manifest::{DesiredState, Policy};
 use crate::remediation::Action;
@@ -30,6 +30,10 @@ pub struct ServiceReport {
     pub escalated: bool,
     /// The service's unresolved tickets (from the ticket store, when given one).
     pub tickets: Vec<i64>,
+    /// A person holds one of them: the controller keeps its hands off.
+    pub held: bool,
+    /// The repair would wait for this dependency, which is not running.
+    pub waiting_for: Option<String>,
     /// Set when the service could not be observed: its state is unknown.
     pub error: Option<String>,
 }
@@ -51,6 +55,7 @@ pub async fn report(
             let mut error = None;
             let mut budget = RepairBudget::default();
             let mut tickets = Vec::new();
+            let mut held = false;
             if let Some(journal) = journal {
                 match journal.load_budget(&key.cluster, &key.service).await {
                     Ok(stored) => {
@@ -65,7 +70,10 @@ pub async fn report(
                     target: key.service.clone(),
                 };
                 match journal.unresolved(selector).await {
-                    Ok(ts) => tickets = ts.iter().map(|t| t.id).collect(),
+                    Ok(ts) => {
+                        held = ts.iter().any(|t| t.held);
+                        tickets = ts.iter().map(|t| t.id).collect();
+                    }
                     Err(e) => {
                         error.get_or_insert(e.to_string());
                     }
@@ -84,6 +92,22 @@ pub async fn report(
                         (Vec::new(), None, None)
                     }
                 };
+            // Dependencies come first in this order: their reports say whether they run.
+            let waiting_for = action
+                .as_ref()
+                .filter(|a| a.starts_container())
+                .and_then(|_| {
+                    service.depends_on.iter().find(|dep| {
+                        !reports.iter().any(|r: &ServiceReport| {
+                            r.cluster == cluster.name
+                                && &r.service == *dep
+                                && r.container
+                                    .as_ref()
+                                    .is_some_and(|c| c.status == ContainerStatus::Running)
+                        })
+                    })
+                })
+                .cloned();
             reports.push(ServiceReport {
                 cluster: cluster.name.clone(),
                 service: service.name.clone(),
@@ -95,6 +119,8 @@ pub async fn report(
                 action,
                 escalated: budget.escalated,
                 tickets,
+                held,
+                waiting_for,
                 error,
             });
         }

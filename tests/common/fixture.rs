@@ -201,7 +201,8 @@ impl FixtureBuilder {
         );
         assert!(
             out.status.success(),
-            "operator run --once failed: {}",
+            "operator run --once failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         self

@@ -120,16 +120,24 @@ pub fn require_docker() {
 /// Ports are handed out in a scattered order (per process and call), so parallel tests and
 /// processes rarely try the same one.
 pub fn free_port() -> u16 {
+    use std::sync::OnceLock;
     use std::sync::atomic::AtomicU32;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(7919)
-        ^ SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+    // One seed per process: with a fixed seed the step (104729 ≡ 8729 mod 12000, coprime to
+    // 12000) visits every port of the range once, so two tests of one binary never pick the
+    // same port. A seed drawn per call let parallel tests collide (an etcd member then
+    // failed to bind and exited, about one run in thirty).
+    static SEED: OnceLock<u32> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        std::process::id().wrapping_mul(7919)
+            ^ SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+    });
     for _ in 0..1000 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12000) as u16;
+        let port = 20000 + ((u64::from(seed) + u64::from(n) * 104_729) % 12000) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
