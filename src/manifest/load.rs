@@ -154,8 +154,8 @@ mod tests {
         let dir = TempDir::new();
         let text = format!(
             "---\n# nothing here\n---\n{}---\n{}---\n",
-            manifest("one", &service("a", "")),
-            manifest("two", &service("b", ""))
+            manifest("one", &service("aa", "")),
+            manifest("two", &service("bb", ""))
         );
         let state = load(&[dir.write("x.yaml", &text)]).expect("valid");
         let names: Vec<&str> = state.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -165,11 +165,11 @@ mod tests {
     #[test]
     fn folder_contributes_its_yaml_files_in_name_order_only() {
         let dir = TempDir::new();
-        dir.write("b.yml", &manifest("bee", &service("b", "")));
-        dir.write("a.yaml", &manifest("ay", &service("a", "")));
+        dir.write("b.yml", &manifest("bee", &service("bb", "")));
+        dir.write("a.yaml", &manifest("ay", &service("aa", "")));
         dir.write("notes.txt", "not yaml");
         dir.write(".hidden.yaml", "not: a manifest");
-        dir.write("nested/c.yaml", &manifest("nested", &service("c", "")));
+        dir.write("nested/c.yaml", &manifest("nested", &service("cc", "")));
         let state = load(&[dir.path().to_path_buf()]).expect("valid");
         let names: Vec<&str> = state.clusters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["ay", "bee"]);
@@ -203,11 +203,11 @@ mod tests {
     #[test]
     fn lines_in_later_documents_count_from_the_top_of_the_file() {
         let dir = TempDir::new();
-        let text = manifest("one", &service("a", ""))
+        let text = manifest("one", &service("aa", ""))
             + "---\n"
-            + &manifest("two", &service("b", "      imagePullPolicy: always\n"))
+            + &manifest("two", &service("bb", "      imagePullPolicy: always\n"))
             + "---\n"
-            + &manifest("three", &service("c", "      ports: [\"1:abc\"]\n"));
+            + &manifest("three", &service("cc", "      ports: [\"1:abc\"]\n"));
         let file = dir.write("x.yaml", &text);
         let diags = invalid(load(&[file]));
         // serde's error (unknown field) and a semantic one, both as lines of the file.
@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn wrong_api_version_kind_and_missing_fields_are_reported() {
         let dir = TempDir::new();
-        let good = manifest("one", &service("a", ""));
+        let good = manifest("one", &service("aa", ""));
         let text = good.replace("operator/v1", "apps/v1")
             + "---\n"
             + &good.replace("kind: Cluster", "kind: Deployment")
@@ -250,13 +250,13 @@ mod tests {
             "a.yaml",
             &manifest(
                 "one",
-                &service("a", "      ports: [\"x\"]\n      volumes: [\"v\"]\n"),
+                &service("aa", "      ports: [\"x\"]\n      volumes: [\"v\"]\n"),
             ),
         );
         let b = dir.write("b.yaml", "apiVersion: operator/v1\nkind: [\n");
         let c = dir.write(
             "c.yaml",
-            &manifest("three", &service("c", "      dependsOn: [nope]\n")),
+            &manifest("three", &service("cc", "      dependsOn: [nope]\n")),
         );
         let diags = invalid(load(&[dir.path().to_path_buf()]));
         let places: Vec<(PathBuf, Option<usize>)> =
@@ -281,7 +281,7 @@ mod tests {
     fn syntax_error_keeps_earlier_documents_of_the_file_checked() {
         let dir = TempDir::new();
         let text =
-            manifest("one", &service("a", "      ports: [\"bad\"]\n")) + "---\nkind: \"open\n";
+            manifest("one", &service("aa", "      ports: [\"bad\"]\n")) + "---\nkind: \"open\n";
         let diags = invalid(load(&[dir.write("x.yaml", &text)]));
         assert_eq!(diags.len(), 2, "{diags:#?}");
         assert_eq!(diags[0].field, "spec.services[0].ports[0]", "{diags:#?}");

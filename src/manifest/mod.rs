@@ -471,20 +471,20 @@ mod tests {
 
     #[test]
     fn lookups_find_clusters_and_services() {
-        let text = manifest("one", &service("a", ""))
+        let text = manifest("one", &service("aa", ""))
             + "---\n"
-            + &manifest("two", &(service("b", "") + &service("c", "")));
+            + &manifest("two", &(service("bb", "") + &service("cc", "")));
         let state = load_text(&text).expect("valid");
         assert_eq!(state.cluster("two").map(|c| c.services.len()), Some(2));
         assert!(state.cluster("three").is_none());
         let two = state.cluster("two").expect("two");
-        assert_eq!(two.service("c").map(|s| s.name.as_str()), Some("c"));
-        assert!(two.service("a").is_none());
+        assert_eq!(two.service("cc").map(|s| s.name.as_str()), Some("cc"));
+        assert!(two.service("aa").is_none());
         let all: Vec<(&str, &str)> = state
             .services()
             .map(|(c, s)| (c.name.as_str(), s.name.as_str()))
             .collect();
-        assert_eq!(all, [("one", "a"), ("two", "b"), ("two", "c")]);
+        assert_eq!(all, [("one", "aa"), ("two", "bb"), ("two", "cc")]);
     }
 
     /// `as_str` is what logs and the CLI print and serde what `--json` prints: they must agree.

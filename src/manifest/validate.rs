@@ -259,6 +259,15 @@ impl Validator<'_, '_> {
                     raw.name
                 ),
             );
+        } else if raw.name.chars().count() < 2 {
+            // Caught here, not by the engine halfway through creating the cluster.
+            self.error(
+                &format!("{path}.name"),
+                format!(
+                    "invalid service name \"{}\": Docker refuses container names shorter than 2 characters",
+                    raw.name
+                ),
+            );
         }
         if raw.image.trim().is_empty() || raw.image.contains(char::is_whitespace) {
             self.error(
@@ -556,6 +565,14 @@ impl Validator<'_, '_> {
         }
         if let Some(n) = raw.max_restarts {
             r.max_restarts = n;
+        }
+        if r.policy == Policy::Restart && r.max_restarts == 0 {
+            self.error(
+                &format!("{path}.maxRestarts"),
+                "maxRestarts: 0 with policy restart would escalate on the first drift without a \
+                 single repair; write policy: observe to only report, or allow at least 1"
+                    .into(),
+            );
         }
         let window_field = format!("{path}.window");
         if let Some(window) = raw.window.and_then(|w| self.duration(&window_field, w)) {
@@ -908,6 +925,42 @@ mod tests {
     }
 
     #[test]
+    fn a_service_name_docker_would_refuse_is_reported() {
+        let text = manifest("demo", &service("w", ""));
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "name: w", 0),
+            "spec.services[0].name",
+            &["\"w\"", "shorter than 2"],
+        );
+    }
+
+    #[test]
+    fn max_restarts_zero_with_restart_is_reported() {
+        let text = manifest(
+            "demo",
+            &service("web", "      remediation:\n        maxRestarts: 0\n"),
+        );
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "maxRestarts", 0),
+            "spec.services[0].remediation.maxRestarts",
+            &["maxRestarts: 0", "policy: observe"],
+        );
+        let observing = manifest(
+            "demo",
+            &service(
+                "web",
+                "      remediation:\n        policy: observe\n        maxRestarts: 0\n",
+            ),
+        );
+        assert!(
+            load_text(&observing).is_ok(),
+            "observe never repairs: 0 is fine"
+        );
+    }
+
+    #[test]
     fn bad_cluster_name_is_reported() {
         let text = manifest("Demo", &service("web", ""));
         assert_reported(&diagnostics(&text), 4, "metadata.name", &["\"Demo\""]);
@@ -1114,16 +1167,16 @@ mod tests {
     fn dependency_cycle_is_named() {
         let text = manifest(
             "demo",
-            &(service("a", "      dependsOn: [b]\n")
-                + &service("b", "      dependsOn:\n        - c\n")
-                + &service("c", "      dependsOn: [a]\n")),
+            &(service("aa", "      dependsOn: [bb]\n")
+                + &service("bb", "      dependsOn:\n        - cc\n")
+                + &service("cc", "      dependsOn: [aa]\n")),
         );
         let diags = diagnostics(&text);
         assert_reported(
             &diags,
             line_of(&text, "dependsOn", 0),
             "spec.services[0].dependsOn",
-            &["dependency cycle: a -> b -> c -> a"],
+            &["dependency cycle: aa -> bb -> cc -> aa"],
         );
         assert_eq!(diags.len(), 1, "{diags:#?}");
     }
@@ -1178,14 +1231,14 @@ mod tests {
         let text = manifest(
             "one",
             &service(
-                "a",
+                "aa",
                 "      ports: [\"18080:80\", \"127.0.0.1:9000:9000\"]\n",
             ),
         ) + "---\n"
             + &manifest(
                 "two",
                 &service(
-                    "b",
+                    "bb",
                     "      ports:\n        - \"127.0.0.2:9000:9000\"\n        - \"0.0.0.0:18080:8080\"\n        - \"18080:80/udp\"\n",
                 ),
             );
@@ -1195,7 +1248,7 @@ mod tests {
             line_of(&text, "0.0.0.0:18080", 0),
             "spec.services[0].ports[1]",
             &[
-                "host port 18080/tcp is already published by service \"a\"",
+                "host port 18080/tcp is already published by service \"aa\"",
                 ":9",
             ],
         );
