@@ -677,3 +677,38 @@ fn output_cut_short_by_its_reader_ends_quietly_with_success() {
         assert!(stderr.is_empty(), "json={json}: quietly, not: {stderr}");
     }
 }
+
+#[test]
+fn a_taken_listen_address_fails_before_any_database_is_made() {
+    let dir = TempDir::new(&unique("busyport"));
+    dir.write(
+        "cluster.yaml",
+        &cluster_yaml(
+            "busyport",
+            &format!(
+                "    - name: busyport-app\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n"
+            ),
+        ),
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let addr = taken.local_addr().unwrap().to_string();
+    let db = dir.path().join("never.db");
+    let out = operator(
+        &[
+            "run",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &addr,
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&addr), "names the address: {stderr}");
+    assert!(
+        !db.exists(),
+        "no database was created for a controller that never ran"
+    );
+}

@@ -30,33 +30,36 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let db = args.db.path();
     let ownership = crate::tickets::Ownership::acquire(&db)?;
     info!(lock = %ownership.path().display(), "this controller owns the ticket database");
+    // The listener next, so a taken port fails before a database is created or migrated.
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(crate::docker::Cache::new());
+    let cancel = CancellationToken::new();
+    let server = if args.once {
+        None
+    } else {
+        let (bound, serve) =
+            crate::server::bind(args.listen, metrics.clone(), cache.clone(), cancel.clone())
+                .await?;
+        info!(listen = %bound, "serving /metrics and /healthz");
+        Some(serve)
+    };
     let store = Arc::new(crate::tickets::Store::open(&db)?);
     info!(db = %store.path().display(), "ticket store open");
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
-    let metrics = Arc::new(Metrics::new());
     let config = ControllerConfig::default()
         .resync(args.resync)
         .workers(args.workers)
         .settle(args.settle);
     let controller = Controller::builder(docker, desired)
         .metrics(metrics.clone())
+        .cache(cache)
         .config(config)
         .journal(Journal::new(store, metrics.clone()))
         .build();
 
-    if args.once {
+    let Some(serve) = server else {
         return once(&controller, args.json).await;
-    }
-
-    let cancel = CancellationToken::new();
-    let (bound, serve) = crate::server::bind(
-        args.listen,
-        metrics.clone(),
-        controller.cache(),
-        cancel.clone(),
-    )
-    .await?;
-    info!(listen = %bound, "serving /metrics and /healthz");
+    };
     let server = tokio::spawn(serve);
 
     let signals = tokio::spawn(watch_signals_and_manifests(

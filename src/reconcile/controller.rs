@@ -333,6 +333,7 @@ pub struct ControllerBuilder {
     config: ControllerConfig,
     journal: Option<Journal>,
     remediators: Vec<(Policy, Arc<dyn Remediator>)>,
+    cache: Option<Arc<Cache>>,
 }
 
 impl ControllerBuilder {
@@ -343,6 +344,13 @@ impl ControllerBuilder {
 
     pub fn config(mut self, config: ControllerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// The cache the watcher fills (shared with `/healthz`, which may be serving before the
+    /// controller is built).
+    pub fn cache(mut self, cache: Arc<Cache>) -> Self {
+        self.cache = Some(cache);
         self
     }
 
@@ -368,7 +376,7 @@ impl ControllerBuilder {
             shared: Arc::new(Shared {
                 builtin: Arc::new(BuiltIn::new(actions.clone())),
                 actions,
-                cache: Arc::new(Cache::new()),
+                cache: self.cache.unwrap_or_else(|| Arc::new(Cache::new())),
                 desired: RwLock::new(Arc::new(self.desired)),
                 queue: WorkQueue::new(),
                 budgets: Mutex::new(HashMap::new()),
@@ -403,6 +411,7 @@ impl Controller {
             config: ControllerConfig::default(),
             journal: None,
             remediators: Vec::new(),
+            cache: None,
         }
     }
 
