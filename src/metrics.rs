@@ -51,7 +51,7 @@ impl Metrics {
         let reconciles = Family::<Labels, Counter>::default();
         registry.register(
             "reconcile",
-            "Reconciles of one service, by result (clean, acted, failed, unknown, waiting, backoff, escalated, held, observed, blocked, undeclared)",
+            "Reconciles of one service, by result (clean, acted, failed, unknown, unrecorded, waiting, backoff, escalated, held, observed, blocked, undeclared, settling, leased, dispatched, remediated, remediation-failed)",
             reconciles.clone(),
         );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
