@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::operator::{entry_time, epoch_now, event_times, wait_until};
-use common::{BUSYBOX_IMAGE, Fixture, docker_ok};
+use common::{BUSYBOX_IMAGE, Fixture, cluster_yaml, docker_ok};
 
 #[test]
 fn crash_looping_service_backs_off_then_escalates() {
@@ -135,14 +135,10 @@ fn an_escalation_ends_with_its_ticket_and_the_next_single_crash_is_repaired_as_a
     std::fs::create_dir_all(&flag).expect("flag folder");
     let f = builder
         .manifest("cluster.yaml", |c| {
-            format!(
-                r#"apiVersion: operator/v1
-kind: Cluster
-metadata:
-  name: {c}
-spec:
-  services:
-    - name: {c}-svc
+            cluster_yaml(
+                c,
+                &format!(
+                    r#"    - name: {c}-svc
       image: {BUSYBOX_IMAGE}
       networkMode: host
       volumes: ["./flag:/flag"]
@@ -152,6 +148,7 @@ spec:
         window: 10m
         backoff: {{initial: 200ms, max: 400ms}}
 "#
+                ),
             )
         })
         .resync("1s")

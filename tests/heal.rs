@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use common::operator::{inspect, is_running, state, tcp_listeners, wait_until};
-use common::{BUSYBOX_IMAGE, Fixture, TEST_LABEL, docker, docker_ok};
+use common::{BUSYBOX_IMAGE, Fixture, TEST_LABEL, cluster_yaml, docker, docker_ok};
 
 /// A process that exits promptly on SIGTERM (busybox `sleep` as PID 1 would ignore it).
 const LOOP: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
@@ -139,14 +139,10 @@ fn a_pause_is_undone_by_an_unpause_never_by_a_restart() {
     // unpause: that stale verdict must not make the controller restart a healthy process.
     let f = Fixture::builder("pausehc")
         .manifest("cluster.yaml", |c| {
-            format!(
-                r#"apiVersion: operator/v1
-kind: Cluster
-metadata:
-  name: {c}
-spec:
-  services:
-    - name: {c}-web
+            cluster_yaml(
+                c,
+                &format!(
+                    r#"    - name: {c}-web
       image: {BUSYBOX_IMAGE}
       networkMode: host
       command: {LOOP}
@@ -158,6 +154,7 @@ spec:
       remediation:
         backoff: {{initial: 200ms, max: 1s}}
 "#
+                ),
             )
         })
         .resync("1s")
@@ -205,14 +202,10 @@ fn run_once_believes_a_repair_only_after_it_settled() {
     let db = dir.path().join("t.db");
     dir.write(
         "cluster.yaml",
-        &format!(
-            r#"apiVersion: operator/v1
-kind: Cluster
-metadata:
-  name: {cluster}
-spec:
-  services:
-    - name: {cluster}-good
+        &cluster_yaml(
+            &cluster,
+            &format!(
+                r#"    - name: {cluster}-good
       image: {BUSYBOX_IMAGE}
       networkMode: host
       command: {LOOP}
@@ -221,6 +214,7 @@ spec:
       networkMode: host
       command: ["sh", "-c", "sleep 0.3; exit 3"]
 "#
+            ),
         ),
     );
     let out = common::operator::operator(

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use common::operator::TempDir;
-use common::{BUSYBOX_IMAGE, Cleanup, docker_ok, require_docker, unique};
+use common::{BUSYBOX_IMAGE, Cleanup, cluster_yaml, docker_ok, require_docker, unique};
 use operator::manifest::Policy;
 use operator::reconcile::{Controller, ControllerConfig, Outcome};
 use operator::remediation::{
@@ -62,14 +62,10 @@ impl Remediator for OnCall {
 }
 
 fn manifest(cluster: &str, name: &str, policy: &str) -> String {
-    format!(
-        r#"apiVersion: operator/v1
-kind: Cluster
-metadata:
-  name: {cluster}
-spec:
-  services:
-    - name: {name}
+    cluster_yaml(
+        cluster,
+        &format!(
+            r#"    - name: {name}
       image: {BUSYBOX_IMAGE}
       networkMode: host
       command: ["sleep", "3600"]
@@ -77,6 +73,7 @@ spec:
         policy: {policy}
         backoff: {{initial: 100ms, max: 200ms}}
 "#
+        ),
     )
 }
 

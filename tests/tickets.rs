@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::operator::{
     TempDir, epoch_now, event_times, inspect, is_running, operator, remove_db, wait_until,
 };
-use common::{BUSYBOX_IMAGE, Fixture, PrivateDockerd, docker_ok, require_docker, unique};
+use common::{
+    BUSYBOX_IMAGE, Fixture, PrivateDockerd, cluster_yaml, docker_ok, require_docker, unique,
+};
 use operator::drift::{DriftKind, Fingerprint};
 use operator::tickets::{DriftSighting, Store};
 
@@ -88,12 +90,6 @@ fn two_processes_and_many_tasks_make_exactly_one_ticket() {
         3 * TASKS * SIGHTINGS_PER_TASK,
         "every sighting counted on the one ticket"
     );
-}
-
-fn cluster_yaml(cluster: &str, services: &str) -> String {
-    format!(
-        "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n{services}"
-    )
 }
 
 /// The newest ticket of `service`, if any.

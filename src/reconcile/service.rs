@@ -21,7 +21,9 @@ use crate::docker::{ContainerStatus, DockerError, ObservedContainer, ServiceKey}
 use crate::drift::{Drift, DriftKind, Fingerprint};
 use crate::manifest::{Cluster, Policy, Remediation, Service};
 use crate::remediation::{Action, Actor, Dispatch, RemediationError, RemediationRequest};
-use crate::tickets::{DriftSighting, EntryKind, Journal, Selector, Sighting, Status, Ticket};
+use crate::tickets::{
+    DriftSighting, EntryKind, Journal, Selector, Sighting, Status, Ticket, TicketError,
+};
 
 use super::controller::{CheckRestart, Lease, Outcome, Shared, lock};
 use super::decide::{Decision, Holds, decide};
@@ -111,14 +113,20 @@ pub(super) async fn last_look(shared: &Shared, key: &ServiceKey) -> Outcome {
             detail: first.detail.clone(),
         };
     }
-    let healthy = observed.container.as_ref().is_some_and(|c| {
-        c.health
-            .is_none_or(|h| h == crate::docker::HealthState::Healthy)
-    });
-    if observed.settling || !healthy {
-        Outcome::Settling
-    } else {
+    // No drift: whether it is believed repaired is `decide`'s rule (settled, and healthy
+    // when it has a healthcheck), not a second copy of it.
+    let verdict = decide(
+        &[],
+        &observed,
+        &RepairBudget::default(),
+        &service.remediation,
+        &Holds::default(),
+        |_| false,
+    );
+    if verdict == (Decision::Clean { verified: true }) {
         Outcome::Clean
+    } else {
+        Outcome::Settling
     }
 }
 
@@ -204,7 +212,9 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
         Ok(budget) => budget,
         Err(e) => {
             run.retry_soon();
-            return Outcome::Unknown { error: e };
+            return Outcome::Unknown {
+                error: e.to_string(),
+            };
         }
     };
     let before = budget.to_stored(run.clock);
@@ -370,7 +380,9 @@ impl KeyRun<'_> {
                 Err(e) => {
                     // Never act on what cannot be recorded.
                     self.retry_soon();
-                    return Outcome::Unrecorded { error: e };
+                    return Outcome::Unrecorded {
+                        error: e.to_string(),
+                    };
                 }
             }
         } else {
@@ -705,7 +717,7 @@ impl KeyRun<'_> {
 
     /// The key's repair budget: from the ticket store when there is one (the truth, which a
     /// person may have changed with `tickets retry`), else from memory.
-    async fn load_budget(&self) -> Result<RepairBudget, String> {
+    async fn load_budget(&self) -> Result<RepairBudget, TicketError> {
         let Some(journal) = self.journal() else {
             return Ok(lock(&self.shared.budgets)
                 .get(self.key)
@@ -714,8 +726,7 @@ impl KeyRun<'_> {
         };
         let stored = journal
             .load_budget(&self.key.cluster, &self.key.service)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(stored
             .map(|b| RepairBudget::from_stored(&b, self.clock))
             .unwrap_or_default())
@@ -751,7 +762,7 @@ impl KeyRun<'_> {
         &self,
         drifts: &[Drift],
         cooldown: std::time::Duration,
-    ) -> Result<(Option<Ticket>, bool), String> {
+    ) -> Result<(Option<Ticket>, bool), TicketError> {
         let Some(journal) = self.journal() else {
             return Ok((None, true));
         };
@@ -775,8 +786,7 @@ impl KeyRun<'_> {
                     },
                     self.clock.wall,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             if sighting != Sighting::Seen {
                 info!(service = %key, ticket = ticket.id, drift = %d.kind, detail = %d.detail, flaps = ticket.flaps,
                       "ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });

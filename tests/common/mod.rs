@@ -48,6 +48,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const TEST_LABEL: &str = "operator.test=true";
 /// Static busybox (sh, sleep, httpd, wget, nc, ...; `PATH=/bin`), built by `scripts/setup.sh`.
 pub const BUSYBOX_IMAGE: &str = "operator-local/busybox:latest";
+
+/// A one-cluster manifest: the header, then `services` (list items indented by 4 spaces).
+pub fn cluster_yaml(cluster: &str, services: &str) -> String {
+    format!(
+        "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  services:\n{services}"
+    )
+}
 /// Empty image for running host binaries with [`host_mount_args`], built by `scripts/setup.sh`.
 pub const EMPTY_IMAGE: &str = "operator-local/empty:latest";
 
