@@ -657,7 +657,9 @@ impl Store {
         })
     }
 
-    /// Sets or clears the `held` flag (a person's "hands off").
+    /// Sets or clears the `held` flag (a person's "hands off"). Holding a `remediating`
+    /// ticket puts it back to `open`: nobody remediates a held ticket, and its status must
+    /// not say otherwise (an action already running still records its result).
     pub fn set_held(&self, id: i64, held: bool, now: DateTime<Utc>) -> Result<Ticket, TicketError> {
         self.write("hold a ticket", |tx| {
             let ticket = self.get_tx(tx, id)?.ok_or(TicketError::NotFound(id))?;
@@ -682,7 +684,9 @@ impl Store {
             }
             {
                 tx.execute(
-                    "UPDATE tickets SET held = ?2 WHERE id = ?1",
+                    "UPDATE tickets SET held = ?2, \
+                     status = CASE WHEN ?2 = 1 AND status = 'remediating' THEN 'open' ELSE status END \
+                     WHERE id = ?1",
                     params![id, held as i64],
                 )
                 .map_err(self.err("hold a ticket"))?;

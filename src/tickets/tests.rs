@@ -268,7 +268,12 @@ fn hold_resolve_and_interrupted_actions_are_recorded() {
         message.contains("not held"),
         "releasing a ticket nobody holds says so: {message}"
     );
-    assert!(store.set_held(t.id, true, now).unwrap().held);
+    let held = store.set_held(t.id, true, now).unwrap();
+    assert_eq!(
+        (held.held, held.status),
+        (true, Status::Open),
+        "a held ticket is not remediating: nobody acts on it"
+    );
     assert!(
         matches!(
             store.set_held(t.id, true, now),
