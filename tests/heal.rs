@@ -625,3 +625,127 @@ spec:
     // Escalated, not killed: the controller leaves the (running, unhealthy) container be.
     assert!(is_running(&name, None));
 }
+
+/// `keep` and `gone` (which exits at once and escalates after one restart) and, with
+/// `probe`, an HTTP check that fails (nobody listens on `port`).
+fn removal_manifest(cluster: &str, port: u16, gone: bool, probe: bool) -> String {
+    let mut services = format!(
+        "    - name: {cluster}-keep\n      image: {BUSYBOX_IMAGE}\n      command: {LOOP}\n"
+    );
+    if gone {
+        services.push_str(&format!(
+            "    - name: {cluster}-gone\n      image: {BUSYBOX_IMAGE}\n      command: [\"sh\", \"-c\", \"exit 3\"]\n      remediation: {{maxRestarts: 1, backoff: {{initial: 100ms, max: 200ms}}}}\n"
+        ));
+    }
+    let mut yaml = cluster_yaml(cluster, &services);
+    if probe {
+        yaml.push_str(&format!(
+            "  prometheus: {{interval: 1s}}\n  checks:\n    - name: probe\n      http: {{url: \"http://127.0.0.1:{port}/\", timeout: 1s}}\n"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn removed_services_and_checks_close_their_tickets_as_removed_and_stay_visible() {
+    let port = common::free_port();
+    let f = Fixture::builder("removal")
+        .manifest("cluster.yaml", |c| removal_manifest(c, port, true, true))
+        .resync("5s")
+        .start();
+    let (keep, gone) = (f.name("keep"), f.name("gone"));
+    f.wait_running(&keep, "the start");
+    // Both services were created at once: one cluster network, not one each (an engine
+    // before API 1.44 accepts two of one name, and then every start fails as "ambiguous").
+    let networks = docker_ok(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=operator.cluster={}", f.cluster),
+    ]);
+    assert_eq!(networks.lines().count(), 1, "{networks}");
+    let failing = format!(
+        "operator_check_failing{{cluster=\"{}\",check=\"probe\"}}",
+        f.cluster
+    );
+    let escalated = "operator_escalated_services";
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            f.ticket("stopped", &gone)
+                .is_some_and(|t| t["status"] == "escalated")
+                && f.ticket("check-failed", "-")
+                    .is_some_and(|t| t["status"] == "open")
+                && f.operator.metric(&failing) == Some(1.0)
+                && f.operator.metric(escalated) == Some(1.0)
+        }),
+        "no escalated and check tickets: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+
+    // The service and the cluster's last check leave the manifests.
+    f.dir.write(
+        "cluster.yaml",
+        &removal_manifest(&f.cluster, port, false, false),
+    );
+    let closed_as_removed = |drift: &str, service: &str| {
+        f.ticket(drift, service)
+            .is_some_and(|t| t["status"] == "resolved" && t["resolved_by"] == "removed")
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            closed_as_removed("stopped", &gone) && closed_as_removed("check-failed", "-")
+        }),
+        "tickets of removed things are not closed as removed: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert_eq!(
+        f.operator.metric(&failing),
+        None,
+        "the check's series is gone"
+    );
+    assert_eq!(f.operator.metric(escalated), Some(0.0));
+    assert_eq!(
+        f.operator
+            .metric("operator_tickets_resolved_total{cause=\"removed\"}"),
+        Some(2.0)
+    );
+    assert!(
+        f.tickets().iter().all(|t| t["status"] == "resolved"),
+        "{:#?}",
+        f.tickets()
+    );
+
+    // The controller leaves the undeclared container alone, and `status` shows it.
+    assert_eq!(
+        state(&gone, None).map(|(s, _)| s).as_deref(),
+        Some("exited")
+    );
+    let dir = f.dir.path().to_str().unwrap().to_string();
+    let db = f.db().to_str().unwrap().to_string();
+    let out = common::operator::operator(&["status", &dir, "--db", &db], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let row = text
+        .lines()
+        .find(|l| l.contains(&gone))
+        .unwrap_or_else(|| panic!("no row for {gone}:\n{text}"));
+    assert!(
+        row.contains("undeclared") && row.contains("exited"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("docker rm -f {gone}")), "{text}");
+    let out = common::operator::operator(&["status", &dir, "--db", &db, "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let undeclared: Vec<&str> = json["undeclared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        // Other tests' clusters on the same engine are undeclared here too.
+        .filter(|c| c["key"]["cluster"] == f.cluster.as_str())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(undeclared, vec![gone.as_str()], "{json:#}");
+}

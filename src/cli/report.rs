@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::docker::ObservedContainer;
 use crate::manifest;
 use crate::metrics::Metrics;
 use crate::reconcile::ServiceReport;
@@ -67,10 +68,7 @@ pub async fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
 /// Desired against observed, with what the ticket store remembers (escalation, holds) when
 /// its database exists. A read-only command never creates one: a missing default database is
 /// a fresh machine, a missing `--db` a typo and an error.
-async fn reports(
-    desired: manifest::DesiredState,
-    db: &super::DbArgs,
-) -> Result<Vec<ServiceReport>, Failure> {
+async fn reports(desired: manifest::DesiredState, db: &super::DbArgs) -> Result<Reports, Failure> {
     let path = db.path();
     if db.db.is_some() && !path.exists() {
         return Err(TicketError::Missing { path }.into());
@@ -90,15 +88,38 @@ async fn reports(
         None
     };
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
-    Ok(crate::reconcile::report(docker, &desired, journal.as_ref()).await)
+    let undeclared = crate::reconcile::undeclared(&docker, &desired).await?;
+    let services = crate::reconcile::report(docker, &desired, journal.as_ref()).await;
+    Ok(Reports {
+        services,
+        undeclared,
+    })
+}
+
+/// What `plan` and `status` show.
+struct Reports {
+    services: Vec<ServiceReport>,
+    /// Owned containers no manifest declares (left alone by the controller).
+    undeclared: Vec<ObservedContainer>,
+}
+
+/// How a person removes a container the controller no longer manages.
+fn removal_hint(c: &ObservedContainer) -> String {
+    format!(
+        "not in the manifests: the controller leaves it alone; `docker rm -f {}` removes it",
+        c.name
+    )
 }
 
 pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
     let db = args.db;
     let args = args.report;
-    let reports = reports(manifest::load(&args.paths.paths)?, &db).await?;
+    let Reports {
+        services: reports,
+        undeclared,
+    } = reports(manifest::load(&args.paths.paths)?, &db).await?;
     if args.json {
-        let steps: Vec<_> = reports
+        let mut steps: Vec<_> = reports
             .iter()
             .filter(|r| !r.drifts.is_empty())
             .map(|r| {
@@ -115,6 +136,15 @@ pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
                 })
             })
             .collect();
+        steps.extend(undeclared.iter().map(|c| {
+            serde_json::json!({
+                "cluster": c.key.cluster,
+                "service": c.key.service,
+                "undeclared": true,
+                "container": c.name,
+                "action": null,
+            })
+        }));
         outln!("{}", serde_json::to_string_pretty(&steps)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -159,6 +189,16 @@ pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
             drift.detail
         );
     }
+    for c in &undeclared {
+        any = true;
+        outln!(
+            "{}/{}: undeclared: container {} -> would not act ({})",
+            c.key.cluster,
+            c.key.service,
+            c.name,
+            removal_hint(c)
+        );
+    }
     if !any {
         outln!("nothing to do: every service is in its desired state");
     }
@@ -169,10 +209,14 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let db = args.db;
     let args = args.report;
     let desired = manifest::load(&args.paths.paths)?;
-    let reports = reports(desired.clone(), &db).await?;
+    let Reports {
+        services: reports,
+        undeclared,
+    } = reports(desired.clone(), &db).await?;
     let health = crate::health::Monitor::instant().round(&desired).await;
     if args.json {
-        let out = serde_json::json!({"services": reports, "health": health});
+        let out =
+            serde_json::json!({"services": reports, "undeclared": undeclared, "health": health});
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -235,6 +279,20 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         if let Some(e) = &r.error {
             table.note(format!("    could not observe: {e}"));
         }
+    }
+    for c in &undeclared {
+        table.row(vec![
+            c.key.cluster.clone(),
+            c.key.service.clone(),
+            c.status.as_str().to_string(),
+            c.health
+                .map(|h| h.as_str().to_string())
+                .unwrap_or_else(|| "-".into()),
+            c.id.chars().take(12).collect(),
+            "-".into(),
+            "undeclared".into(),
+        ]);
+        table.note(format!("    {}", removal_hint(c)));
     }
     table.print()?;
     print_health(&health)?;

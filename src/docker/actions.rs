@@ -9,6 +9,7 @@
 //!   typo in an image tag never leaves a service with no container at all.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -52,6 +53,10 @@ impl Default for Limits {
 pub struct Actions {
     docker: Docker,
     limits: Limits,
+    /// Held while a missing network is created: engines before API 1.44 accept two networks
+    /// of one name, and two services of a cluster created at once would each make one (then
+    /// every start fails with "network ... is ambiguous").
+    network_creation: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Splits `repo[:tag]` / `repo@digest` for the pull API, which pulls *every* tag when
@@ -69,7 +74,11 @@ fn split_image(image: &str) -> (&str, &str) {
 
 impl Actions {
     pub fn new(docker: Docker, limits: Limits) -> Self {
-        Actions { docker, limits }
+        Actions {
+            docker,
+            limits,
+            network_creation: Arc::default(),
+        }
     }
 
     pub fn docker(&self) -> &Docker {
@@ -145,14 +154,22 @@ impl Actions {
         cluster: &Cluster,
         network: &str,
     ) -> Result<(), DockerError> {
-        let existing = call(
-            format!("inspect network {network}"),
-            self.limits.call,
-            self.docker.inspect_network(network, None),
-        )
-        .await?
-        .found()?;
-        if existing.is_some() {
+        let exists = || async {
+            call(
+                format!("inspect network {network}"),
+                self.limits.call,
+                self.docker.inspect_network(network, None),
+            )
+            .await?
+            .found()
+            .map(|n| n.is_some())
+        };
+        if exists().await? {
+            return Ok(());
+        }
+        // Looked at again under the lock: another reconcile may have just created it.
+        let _creating = self.network_creation.lock().await;
+        if exists().await? {
             return Ok(());
         }
         let ours = network == cluster.network.name;

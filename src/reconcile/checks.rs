@@ -68,8 +68,6 @@ pub(super) struct CheckMemory {
     attached: HashSet<(String, String, String)>,
     /// Since when each cluster's Prometheus has been unreachable.
     lost_since: HashMap<String, Instant>,
-    /// The checks each cluster declared when its stale tickets were last looked for.
-    declared: HashMap<String, Vec<String>>,
 }
 
 /// Turns each evaluation round into tickets, and asks for the restarts that failing checks
@@ -226,27 +224,6 @@ impl CheckRecorder {
                 .await?;
             }
         }
-        // Tickets of checks no longer declared can never be re-checked: they close. Looked
-        // for when the declared checks change (and at the first round), not every round.
-        let declared: Vec<String> = spec.checks.iter().map(|c| c.name.clone()).collect();
-        if self.memory.declared.get(cluster) != Some(&declared) {
-            let all = Selector::Checks {
-                cluster: cluster.to_string(),
-                check: None,
-            };
-            self.resolve(
-                all,
-                |t| {
-                    t.fingerprint
-                        .check_name()
-                        .is_some_and(|check| !declared.iter().any(|d| d == check))
-                },
-                "the check is no longer declared",
-            )
-            .await?;
-            self.memory.declared.insert(cluster.to_string(), declared);
-        }
-
         for report in &health.checks {
             let Some(check) = spec.check(&report.check) else {
                 continue;
@@ -708,21 +685,6 @@ mod tests {
             .filter(|e| e.kind == EntryKind::Note)
             .count();
         assert_eq!(notes, 1, "noted once per episode");
-    }
-
-    #[tokio::test]
-    async fn a_check_removed_from_the_manifest_has_its_tickets_closed() {
-        let mut s = setup();
-        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
-            .await;
-        s.desired.clusters[0].checks[0].name = "renamed".into();
-        let health = ClusterHealth {
-            cluster: "c".into(),
-            observability: Observability::Up,
-            checks: vec![],
-        };
-        s.recorder.apply(&s.desired, &health).await.unwrap();
-        assert_eq!(s.tickets()[0].status, Status::Resolved);
     }
 
     #[tokio::test]

@@ -295,6 +295,32 @@ pub(super) struct Shared {
     remediators: Vec<(Policy, Arc<dyn Remediator>)>,
     pub completions: Completions,
     completions_rx: Mutex<Option<mpsc::UnboundedReceiver<Completed>>>,
+    /// Signalled by `set_desired`: the loop closes the tickets of what was removed.
+    desired_changed: tokio::sync::Notify,
+}
+
+/// Drops the series of checks (and of clusters' observability) that `before` declared and
+/// `after` does not: a removed check must not keep an alert firing.
+fn forget_check_series(metrics: &Metrics, before: &DesiredState, after: &DesiredState) {
+    for cluster in &before.clusters {
+        let now = after.cluster(&cluster.name);
+        for check in &cluster.checks {
+            if now.is_some_and(|c| c.check(&check.name).is_some()) {
+                continue;
+            }
+            let series = vec![
+                ("cluster", cluster.name.clone()),
+                ("check", check.name.clone()),
+            ];
+            metrics.check_failing.remove(&series);
+            metrics.check_no_data.remove(&series);
+        }
+        if now.is_none_or(|c| c.checks.is_empty()) {
+            metrics
+                .observability_up
+                .remove(&vec![("cluster", cluster.name.clone())]);
+        }
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -391,6 +417,7 @@ impl ControllerBuilder {
                 remediators: self.remediators,
                 completions,
                 completions_rx: Mutex::new(Some(completions_rx)),
+                desired_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -435,13 +462,42 @@ impl Controller {
                 .is_some_and(|c| c.service(&k.service).is_some())
         };
         let shared = &self.shared;
-        lock(&shared.budgets).retain(|k, _| declared(k));
-        lock(&shared.check_restarts).retain(|k, _| declared(k));
+        {
+            let mut budgets = lock(&shared.budgets);
+            budgets.retain(|k, _| declared(k));
+            let escalated = budgets.values().filter(|b| b.escalated).count();
+            shared.metrics.escalated.set(escalated as i64);
+        }
+        lock(&shared.check_restarts).retain(|k, r| {
+            declared(k)
+                && desired
+                    .cluster(&k.cluster)
+                    .is_some_and(|c| c.check(&r.check).is_some())
+        });
+        forget_check_series(&shared.metrics, &self.desired(), &desired);
         lock(&shared.check_restarted_at).retain(|k, _| declared(k));
         lock(&shared.leases).active.retain(|k, _| declared(k));
         lock(&shared.paused_at).retain(|k, _| declared(k));
         *shared.desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(desired);
+        shared.desired_changed.notify_one();
         self.enqueue_all();
+    }
+
+    /// Closes the tickets of services, checks and clusters no longer declared.
+    async fn close_removed(&self) {
+        let Some(journal) = &self.shared.journal else {
+            return;
+        };
+        match super::removed::close_removed(journal, &self.desired()).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                tickets = n,
+                "closed the tickets of what the manifests no longer declare"
+            ),
+            Err(e) => {
+                error!(error = %e, "cannot close the tickets of what was removed; will try at the next change")
+            }
+        }
     }
 
     fn keys(&self) -> Vec<ServiceKey> {
@@ -509,6 +565,8 @@ impl Controller {
             }
             journal.refresh_gauges().await;
         }
+        // Whatever was removed while the controller was stopped.
+        self.close_removed().await;
         self.enqueue_all();
 
         let (repairs_tx, mut repairs_rx) = mpsc::unbounded_channel();
@@ -568,6 +626,7 @@ impl Controller {
                 },
                 Some(done) = completions.recv() => self.complete(done).await,
                 Some(message) = repairs_rx.recv() => self.check_restart_message(message),
+                _ = shared.desired_changed.notified() => self.close_removed().await,
                 _ = resync.tick() => {
                     debug!("periodic resync");
                     self.expire_leases().await;

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod decide;
 pub mod diff;
 pub mod queue;
+mod removed;
 pub mod report;
 mod service;
 pub mod state;
@@ -20,7 +21,7 @@ pub use controller::{Controller, ControllerBuilder, ControllerConfig, Controller
 pub use decide::{Decision, Holds, decide};
 pub use diff::{Observation, action_for, diff};
 pub use queue::WorkQueue;
-pub use report::{ServiceReport, report};
+pub use report::{ServiceReport, report, undeclared};
 
 pub use crate::drift::{Drift, DriftKind};
 pub use crate::remediation::Action;

@@ -127,3 +127,20 @@ pub async fn report(
     }
     reports
 }
+
+/// Containers the controller owns (by label) that no manifest declares: a service or
+/// cluster removed from the manifests. The controller leaves them alone; `status` and `plan`
+/// show them so a person can remove them.
+pub async fn undeclared(
+    docker: &bollard::Docker,
+    desired: &DesiredState,
+) -> Result<Vec<ObservedContainer>, crate::docker::DockerError> {
+    let mut owned = crate::docker::watcher::list_owned(docker).await?;
+    owned.retain(|c| {
+        desired
+            .cluster(&c.key.cluster)
+            .is_none_or(|cluster| cluster.service(&c.key.service).is_none())
+    });
+    owned.sort_by(|a, b| (&a.key.cluster, &a.name).cmp(&(&b.key.cluster, &b.name)));
+    Ok(owned)
+}

@@ -5,8 +5,9 @@
 //! - The folder is created 0700 and the file (and its WAL side files) 0600.
 //! - A file that is not an operator ticket database, or one from a newer operator, is
 //!   refused and never written.
-//! - Migrations are add-only and applied in one transaction each, in order; `PRAGMA
-//!   user_version` is the number applied.
+//! - Migrations never drop data (a table rebuilt to widen a CHECK keeps every row and id)
+//!   and are applied in one transaction each, in order; `PRAGMA user_version` is the number
+//!   applied.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -88,6 +89,40 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: r#"
     ALTER TABLE timeline ADD COLUMN actor TEXT CHECK (actor IN ('controller','agent','human'));
     UPDATE timeline SET actor = 'controller' WHERE kind IN ('action-started','action-result');
+    "#,
+    },
+    Migration {
+        adds: "the `removed` resolve cause (tickets of services and checks no longer declared)",
+        // SQLite cannot change a CHECK in place: the table is rebuilt (SQLite's documented
+        // procedure, with foreign keys off around it: see `Db::migrate`), rows and ids kept.
+        sql: r#"
+    CREATE TABLE tickets_new (
+        id            INTEGER PRIMARY KEY,
+        fingerprint   TEXT NOT NULL,
+        cluster       TEXT NOT NULL,
+        service       TEXT NOT NULL,
+        drift         TEXT NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN ('open','remediating','resolved','escalated')),
+        held          INTEGER NOT NULL DEFAULT 0,
+        occurrences   INTEGER NOT NULL DEFAULT 1,
+        flaps         INTEGER NOT NULL DEFAULT 0,
+        detail        TEXT NOT NULL DEFAULT '',
+        opened_at     TEXT NOT NULL,
+        episode_at    TEXT NOT NULL,
+        last_seen_at  TEXT NOT NULL,
+        resolved_at   TEXT,
+        resolved_by   TEXT CHECK (resolved_by IN ('self-healed','controller','agent','human','removed')),
+        actions       INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO tickets_new (id, fingerprint, cluster, service, drift, status, held, occurrences,
+        flaps, detail, opened_at, episode_at, last_seen_at, resolved_at, resolved_by, actions)
+    SELECT id, fingerprint, cluster, service, drift, status, held, occurrences,
+        flaps, detail, opened_at, episode_at, last_seen_at, resolved_at, resolved_by, actions
+    FROM tickets;
+    DROP TABLE tickets;
+    ALTER TABLE tickets_new RENAME TO tickets;
+    CREATE UNIQUE INDEX tickets_one_unresolved ON tickets (fingerprint) WHERE status != 'resolved';
+    CREATE INDEX tickets_by_service ON tickets (cluster, service, status);
     "#,
     },
 ];
@@ -295,6 +330,21 @@ impl Db {
     }
 
     fn migrate(&self) -> Result<(), TicketError> {
+        // A step may rebuild a table (SQLite cannot alter a CHECK): with foreign keys on,
+        // dropping the old `tickets` would cascade into the timeline. They are switched off
+        // around the migration (it cannot be done inside a transaction) and every reference
+        // is verified before the step commits.
+        self.read()
+            .pragma_update(None, "foreign_keys", "OFF")
+            .map_err(self.err("apply schema migrations"))?;
+        let migrated = self.apply_migrations();
+        self.read()
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(self.err("apply schema migrations"))?;
+        migrated
+    }
+
+    fn apply_migrations(&self) -> Result<(), TicketError> {
         self.write("apply schema migrations", |tx| {
             let version: i64 = tx
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -310,6 +360,18 @@ impl Db {
             for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
                 tx.execute_batch(step.sql)
                     .map_err(self.err("apply schema migrations"))?;
+                let dangling: i64 = tx
+                    .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(self.err("check references after a migration"))?;
+                if dangling > 0 {
+                    return Err(TicketError::Migration {
+                        path: self.path.clone(),
+                        step: i + 1,
+                        reason: format!("{dangling} rows would reference missing rows"),
+                    });
+                }
                 tx.pragma_update(None, "user_version", (i + 1) as i64)
                     .map_err(self.err("apply schema migrations"))?;
             }

@@ -173,6 +173,32 @@ impl Journal {
         Ok(())
     }
 
+    /// Closes the tickets of services, checks or clusters no longer declared (cause
+    /// `removed`), each with the reason why, and refreshes the gauges.
+    pub async fn resolve_removed(
+        &self,
+        removed: Vec<(Ticket, String)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), TicketError> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        for (ticket, reason) in removed {
+            let id = ticket.id;
+            let why = reason.clone();
+            let closed = self
+                .write(move |s| s.resolve_removed(id, &why, now))
+                .await?;
+            if closed.is_some() {
+                let took = (now - ticket.episode_at).to_std().unwrap_or_default();
+                self.metrics.ticket_resolved(Cause::Removed.as_str(), took);
+                info!(cluster = %ticket.cluster, target = %ticket.service, ticket = id, drift = %ticket.drift, cause = Cause::Removed.as_str(), %reason, "ticket closed");
+            }
+        }
+        self.refresh_gauges().await;
+        Ok(())
+    }
+
     pub async fn load_budget(
         &self,
         cluster: &str,

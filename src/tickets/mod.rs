@@ -63,6 +63,12 @@ pub enum TicketError {
         found: i64,
         known: i64,
     },
+    #[error("{path}: schema migration {step} failed: {reason}; the file is unchanged")]
+    Migration {
+        path: PathBuf,
+        step: usize,
+        reason: String,
+    },
     #[error(
         "{path} has schema version {found}, written by an older operator; this one reads {known}. \
          It is migrated by `operator run` or any `operator tickets` command (a read-only \

@@ -54,6 +54,8 @@ pub enum Cause {
     Agent,
     /// A person, with `operator tickets resolve`.
     Human,
+    /// Its service, check or cluster is no longer declared: nobody can re-check it.
+    Removed,
 }
 
 impl Cause {
@@ -63,6 +65,7 @@ impl Cause {
             Cause::Controller => "controller",
             Cause::Agent => "agent",
             Cause::Human => "human",
+            Cause::Removed => "removed",
         }
     }
 
@@ -72,6 +75,7 @@ impl Cause {
             "controller" => Cause::Controller,
             "agent" => Cause::Agent,
             "human" => Cause::Human,
+            "removed" => Cause::Removed,
             _ => return None,
         })
     }

@@ -160,6 +160,8 @@ pub enum Selector {
         cluster: String,
         check: Option<String>,
     },
+    /// Every unresolved ticket (to find those of things no longer declared).
+    All,
 }
 
 /// The ticket database: blocking calls.
@@ -279,7 +281,7 @@ impl Store {
                 let recent: Option<i64> = tx
                     .query_row(
                         "SELECT id FROM tickets WHERE fingerprint = ?1 AND status = 'resolved' AND resolved_at >= ?2 \
-                         ORDER BY resolved_at DESC LIMIT 1",
+                         AND resolved_by IS NOT 'removed' ORDER BY resolved_at DESC LIMIT 1",
                         params![fingerprint, ts(cutoff)],
                         |r| r.get(0),
                     )
@@ -403,6 +405,12 @@ impl Store {
                     &sql,
                     params![cluster, target],
                 )
+            }
+            Selector::All => {
+                let sql = format!(
+                    "SELECT {TICKET_COLUMNS} FROM tickets WHERE status != 'resolved' ORDER BY id"
+                );
+                self.tickets(&conn, "list unresolved tickets", &sql, [])
             }
             Selector::Checks { cluster, check } => {
                 // A cluster has few unresolved tickets: filter the typed fingerprints here
@@ -608,6 +616,43 @@ impl Store {
                 now,
             )?;
             Ok(Some(cause))
+        })
+    }
+
+    /// Closes an unresolved ticket whose service, check or cluster is no longer declared:
+    /// nobody can re-check it, so it is not "healed" but `removed`, with `reason` on its
+    /// timeline. Ends the service's escalation like any other resolution. Returns the ticket
+    /// as it was, or `None` if it was resolved meanwhile.
+    pub fn resolve_removed(
+        &self,
+        id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Ticket>, TicketError> {
+        self.write("close a ticket of something removed", |tx| {
+            let Some(before) = self.get_tx(tx, id)? else {
+                return Err(TicketError::NotFound(id));
+            };
+            let changed = tx
+                .execute(
+                    "UPDATE tickets SET status = 'resolved', resolved_at = ?2, resolved_by = 'removed', held = 0 \
+                     WHERE id = ?1 AND status != 'resolved'",
+                    params![id, ts(now)],
+                )
+                .map_err(self.err("close a ticket of something removed"))?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            self.end_escalation_tx(tx, &before)?;
+            self.append_tx(
+                tx,
+                id,
+                EntryKind::Resolved,
+                None,
+                &serde_json::json!({"cause": Cause::Removed.as_str(), "reason": reason}),
+                now,
+            )?;
+            Ok(Some(before))
         })
     }
 

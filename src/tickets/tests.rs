@@ -529,6 +529,73 @@ fn unreadable_rows_are_errors_that_name_the_row_never_defaults() {
 }
 
 #[test]
+fn the_tickets_table_rebuild_keeps_every_row_id_index_and_reference() {
+    let db = TempDb::new();
+    std::fs::create_dir_all(db.path().parent().unwrap()).unwrap();
+    {
+        // What an operator of schema 2 left behind: an escalated ticket and a resolved one.
+        let raw = rusqlite::Connection::open(db.path()).unwrap();
+        for step in &crate::tickets::MIGRATIONS[..2] {
+            raw.execute_batch(step.sql).unwrap();
+        }
+        raw.execute_batch(
+            "PRAGMA user_version = 2; PRAGMA application_id = 1330664523;
+             INSERT INTO tickets (id, fingerprint, cluster, service, drift, status, opened_at, episode_at, last_seen_at)
+               VALUES (7, 'c/s/stopped', 'c', 's', 'stopped', 'escalated', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z');
+             INSERT INTO tickets (id, fingerprint, cluster, service, drift, status, opened_at, episode_at, last_seen_at, resolved_at, resolved_by)
+               VALUES (9, 'c/t/stopped', 'c', 't', 'stopped', 'resolved', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:05.000000Z', 'controller');
+             INSERT INTO timeline (ticket_id, at, kind, detail, actor) VALUES
+               (7, '2026-01-01T00:00:00.000000Z', 'detected', '{}', NULL),
+               (9, '2026-01-01T00:00:01.000000Z', 'action-started', '{}', 'controller');",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&db.path()).unwrap();
+    let ids: Vec<(i64, Status)> = store
+        .list(None)
+        .unwrap()
+        .iter()
+        .map(|t| (t.id, t.status))
+        .collect();
+    assert_eq!(ids, vec![(9, Status::Resolved), (7, Status::Escalated)]);
+    assert_eq!(store.timeline(7).unwrap().len(), 1);
+    assert_eq!(store.timeline(9).unwrap().len(), 1);
+    let raw = rusqlite::Connection::open(db.path()).unwrap();
+    let version: i64 = raw
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, crate::tickets::MIGRATIONS.len() as i64);
+    assert!(
+        raw.execute(
+            "INSERT INTO tickets (fingerprint, cluster, service, drift, status, opened_at, episode_at, last_seen_at)
+             VALUES ('c/s/stopped', 'c', 's', 'stopped', 'open', 'x', 'x', 'x')",
+            [],
+        )
+        .is_err(),
+        "the one-unresolved-per-fingerprint index is back"
+    );
+    assert!(
+        store
+            .resolve_removed(7, "service s is no longer declared", Utc::now())
+            .unwrap()
+            .is_some(),
+        "the widened CHECK accepts the `removed` cause"
+    );
+    assert_eq!(
+        store.get(7).unwrap().unwrap().resolved_by,
+        Some(Cause::Removed)
+    );
+    drop(store);
+    let store = Store::open(&db.path()).unwrap();
+    assert!(
+        store
+            .append(42, EntryKind::Note, serde_json::json!({}), Utc::now())
+            .is_err(),
+        "foreign keys are enforced again after the migration"
+    );
+}
+
+#[test]
 fn a_database_of_the_first_schema_is_migrated_and_old_actions_are_the_controllers() {
     let db = TempDb::new();
     std::fs::create_dir_all(db.path().parent().unwrap()).unwrap();
