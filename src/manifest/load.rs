@@ -44,11 +44,20 @@ pub(super) fn load_with(
     for path in paths {
         let mut documents = 0;
         for file in manifest_files(path)? {
-            let text = fs::read_to_string(&file).map_err(|source| ManifestError::Io {
+            let bytes = fs::read(&file).map_err(|source| ManifestError::Io {
                 path: file.clone(),
                 source,
             })?;
-            documents += load_file(&file, &text, env, &mut checked, &mut diagnostics);
+            match yamldoc::decode(&file, &bytes) {
+                Ok(text) => {
+                    documents += load_file(&file, text, env, &mut checked, &mut diagnostics)
+                }
+                Err(not_utf8) => {
+                    // A manifest, though unreadable: the path is not empty.
+                    documents += 1;
+                    diagnostics.push(not_utf8);
+                }
+            }
             files_read.push(file);
         }
         if documents == 0 {
