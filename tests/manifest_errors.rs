@@ -4,7 +4,7 @@
 mod common;
 
 use common::operator::{TempDir, operator};
-use common::{BUSYBOX_IMAGE, docker_ok, require_docker, unique};
+use common::{BUSYBOX_IMAGE, docker_ok, free_port, require_docker, unique};
 
 struct Case {
     name: &'static str,
@@ -242,4 +242,47 @@ fn a_valid_manifest_validates_without_docker() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&cluster));
+}
+
+#[test]
+fn validate_with_prometheus_down_is_a_note_and_with_strict_an_error_at_its_url() {
+    let cluster = unique("promdown");
+    let dir = TempDir::new(&cluster);
+    // A loopback port nobody listens on: connection refused at once.
+    let port = free_port();
+    let text = document(&cluster, &service(&format!("{cluster}-a"), "")).replace(
+        "  services:\n",
+        &format!("  prometheus:\n    url: http://127.0.0.1:{port}\n  services:\n"),
+    ) + "  checks:\n    - name: up\n      healthy: up\n";
+    let file = dir.write("c.yaml", &text);
+    let url_line = text
+        .lines()
+        .position(|l| l.contains("url: http://127.0.0.1"))
+        .expect("the url line")
+        + 1;
+
+    let out = operator(&["validate", file.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("note: ") && stderr.contains("PromQL not checked"),
+        "{stderr}"
+    );
+
+    let out = operator(&["validate", "--strict", file.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    let prefix = format!(
+        "error: {}:{url_line}: spec.prometheus.url: Prometheus at http://127.0.0.1:{port} cannot be asked",
+        file.display()
+    );
+    assert!(lines[0].starts_with(&prefix), "{stderr}");
+    assert_eq!(lines[1], "1 error in the manifests", "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
