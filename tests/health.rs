@@ -350,16 +350,12 @@ fn invalid_promql_is_an_error_when_prometheus_answers_and_a_note_when_it_does_no
     let dir = TempDir::new(&cluster);
     let port = free_port();
     let prom = Prometheus::start(dir.path().join("prom"), port, "etcd", &[]);
-    let write = |port: u16| {
-        dir.write(
-            "c.yaml",
-            &format!(
-                "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  prometheus: {{url: \"http://127.0.0.1:{port}\"}}\n  services:\n    - name: {cluster}-svc\n      image: {}\n      command: [\"sleep\", \"1000\"]\n  checks:\n    - name: wrong-type\n      expr: 'rate(up) > 0'\n",
-                common::BUSYBOX_IMAGE
-            ),
-        )
-    };
-    let file = write(port);
+    let text = format!(
+        "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  prometheus: {{url: \"http://127.0.0.1:{port}\"}}\n  services:\n    - name: {cluster}-svc\n      image: {}\n      command: [\"sleep\", \"1000\"]\n  checks:\n    - name: wrong-type\n      expr: 'rate(up) > 0'\n    - name: fine\n      expr: up == 2\n    - name: not-parsed\n      healthy: |\n        sum(up)\n          by job\n",
+        common::BUSYBOX_IMAGE
+    );
+    let file = dir.write("c.yaml", &text);
+    let line = |marker: &str| text.lines().position(|l| l.contains(marker)).unwrap() + 1;
     let db = std::env::temp_dir().join(format!("{cluster}.db"));
     for args in [
         vec!["validate", file.to_str().unwrap()],
@@ -374,18 +370,30 @@ fn invalid_promql_is_an_error_when_prometheus_answers_and_a_note_when_it_does_no
         let out = operator(&args, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        // One line per refused query, `file:line: field: message`, then the count.
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 3, "{args:?}: {stderr}");
+        let at = |marker: &str, field: &str| {
+            format!("{}:{}: {field}: check ", file.display(), line(marker))
+        };
         assert!(
-            stderr.contains("check wrong-type: invalid PromQL")
-                && stderr.contains(file.to_str().unwrap()),
+            lines[0].starts_with(&format!("error: {}", at("rate(up)", "spec.checks[0].expr")))
+                && lines[0].contains("wrong-type: Prometheus at"),
             "{stderr}"
         );
+        assert!(
+            lines[1].starts_with(&at("healthy: |", "spec.checks[2].healthy"))
+                && lines[1].contains("not-parsed: Prometheus at"),
+            "{stderr}"
+        );
+        assert_eq!(lines[2], "2 errors in the manifests", "{stderr}");
     }
     assert!(
         !is_running(&format!("{cluster}-svc"), None),
         "nothing may start"
     );
     drop(prom);
-    // Nobody answers on that port now: not checkable, so not an error yet.
+    // Nobody answers on that port now: not checkable, so not an error yet...
     let out = operator(&["validate", file.to_str().unwrap()], None);
     assert!(
         out.status.success(),
@@ -393,6 +401,18 @@ fn invalid_promql_is_an_error_when_prometheus_answers_and_a_note_when_it_does_no
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("PromQL not checked"));
+    // ...unless the check must happen (CI).
+    let out = operator(&["validate", "--strict", file.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:{}: spec.prometheus.url: Prometheus at http://127.0.0.1:{port} cannot be asked",
+            file.display(),
+            line("prometheus:")
+        )) && stderr.ends_with("1 error in the manifests\n"),
+        "{stderr}"
+    );
     remove_db(&db);
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::operator::{TempDir, operator};
-use common::{BUSYBOX_IMAGE, docker_ok, require_docker, unique};
+use common::{BUSYBOX_IMAGE, docker_ok, free_port, require_docker, unique};
 
 struct Case {
     name: &'static str,
@@ -79,7 +79,65 @@ fn cases(c: &str) -> Vec<Case> {
             nth: 1,
             expect: &["spec.services[1].ports[0]", "18080"],
         },
+        Case {
+            name: "tab in the indentation",
+            services: service(&format!("{c}-a"), "      env:\n        A: one\n\tB: two\n"),
+            marker: "\tB: two",
+            nth: 0,
+            expect: &["invalid YAML: tab character at column 1"],
+        },
+        Case {
+            name: "duplicate key",
+            services: service(
+                &format!("{c}-a"),
+                "      env:\n        A: one\n        A: two\n",
+            ),
+            marker: "A: two",
+            nth: 0,
+            expect: &["spec.services[0].env.A: duplicate key \"A\""],
+        },
+        Case {
+            name: "alias bomb",
+            services: service(&format!("{c}-a"), "") + &alias_bomb_check(9),
+            marker: "l5: &l5",
+            nth: 0,
+            expect: &["spec.checks[0].http.json.equals.l5[0]: ", "alias bomb"],
+        },
+        Case {
+            name: "hexadecimal env value",
+            services: service(&format!("{c}-a"), "      env: {MASK: 0x1F}\n"),
+            marker: "MASK",
+            nth: 0,
+            expect: &["spec.services[0].env.MASK", "0x1F", "31", "quote it"],
+        },
+        Case {
+            name: "invalid UTF-8",
+            services: service(
+                &format!("{c}-a"),
+                &format!("      env: {{A: caf{NOT_UTF8}}}\n"),
+            ),
+            marker: NOT_UTF8,
+            nth: 0,
+            expect: &["invalid UTF-8 at byte offset", "\\xff"],
+        },
     ]
+}
+
+/// Written as the byte 0xff, which is never UTF-8.
+const NOT_UTF8: &str = "<0xff>";
+
+/// An http check whose `equals` holds `levels` levels of nine aliases each ("billion
+/// laughs": 9^levels expansions), the one field that takes any YAML value.
+fn alias_bomb_check(levels: usize) -> String {
+    let mut text = String::from(
+        "  checks:\n    - name: bomb\n      http:\n        url: http://127.0.0.1:1/\n        json:\n          path: a\n          equals:\n            l0: &l0 [lol, lol]\n",
+    );
+    for level in 1..=levels {
+        let below = format!("*l{}", level - 1);
+        let items = [below.as_str(); 9].join(", ");
+        text.push_str(&format!("            l{level}: &l{level} [{items}]\n"));
+    }
+    text
 }
 
 fn document(cluster: &str, services: &str) -> String {
@@ -96,6 +154,14 @@ fn every_kind_of_bad_manifest_is_refused_with_file_line_and_field() {
         let dir = TempDir::new(&cluster);
         let text = document(&cluster, &case.services);
         let file = dir.write("cluster.yaml", &text);
+        if text.contains(NOT_UTF8) {
+            let bytes = text
+                .split(NOT_UTF8)
+                .map(str::as_bytes)
+                .collect::<Vec<_>>()
+                .join(&0xff_u8);
+            std::fs::write(&file, bytes).expect("write the bad byte");
+        }
         let line = text
             .lines()
             .enumerate()
@@ -176,4 +242,47 @@ fn a_valid_manifest_validates_without_docker() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&cluster));
+}
+
+#[test]
+fn validate_with_prometheus_down_is_a_note_and_with_strict_an_error_at_its_url() {
+    let cluster = unique("promdown");
+    let dir = TempDir::new(&cluster);
+    // A loopback port nobody listens on: connection refused at once.
+    let port = free_port();
+    let text = document(&cluster, &service(&format!("{cluster}-a"), "")).replace(
+        "  services:\n",
+        &format!("  prometheus:\n    url: http://127.0.0.1:{port}\n  services:\n"),
+    ) + "  checks:\n    - name: up\n      healthy: up\n";
+    let file = dir.write("c.yaml", &text);
+    let url_line = text
+        .lines()
+        .position(|l| l.contains("url: http://127.0.0.1"))
+        .expect("the url line")
+        + 1;
+
+    let out = operator(&["validate", file.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("note: ") && stderr.contains("PromQL not checked"),
+        "{stderr}"
+    );
+
+    let out = operator(&["validate", "--strict", file.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    let prefix = format!(
+        "error: {}:{url_line}: spec.prometheus.url: Prometheus at http://127.0.0.1:{port} cannot be asked",
+        file.display()
+    );
+    assert!(lines[0].starts_with(&prefix), "{stderr}");
+    assert_eq!(lines[1], "1 error in the manifests", "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

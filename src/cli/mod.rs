@@ -22,6 +22,7 @@ docs/manifests.md. The controller only touches containers labelled operator.mana
 
 Examples:
   operator validate manifests/examples       check manifests without touching Docker
+  operator validate --strict manifests       in CI: a Prometheus that cannot be asked is an error
   operator plan manifests/examples           what a reconcile would do now
   operator run manifests/examples            keep the cluster in its declared state
   operator run manifests/examples --once     one repair pass, then exit
@@ -58,8 +59,9 @@ pub enum Command {
     /// Check manifests: syntax, fields, durations, ports, volumes, dependencies, checks.
     ///
     /// Never touches Docker. When a cluster's Prometheus answers, its check expressions are
-    /// also evaluated once so that invalid PromQL is an error now, not at 3 a.m.
-    Validate(PathArgs),
+    /// also evaluated once so that invalid PromQL is an error now, not at 3 a.m.; when it
+    /// cannot be asked, that is a note (exit 0), or an error with --strict.
+    Validate(ValidateArgs),
     /// Show what a reconcile would do now, changing nothing.
     Plan(StatusArgs),
     /// Show each declared service, desired against observed, one row a service.
@@ -147,6 +149,16 @@ pub struct PathArgs {
     /// Manifest files or folders (folders: their *.yaml / *.yml files, not recursive).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub paths: PathArgs,
+    /// A cluster Prometheus that cannot be asked to parse the checks' PromQL is an error
+    /// (exit 1) instead of a note: for CI, where "not checked" must not pass.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,39 +11,57 @@ use crate::reconcile::ServiceReport;
 use crate::tickets::{Journal, Store, TicketError};
 
 use super::table::Table;
-use super::{Failure, PathArgs, StatusArgs, outln};
+use super::{Failure, StatusArgs, ValidateArgs, outln};
 
 /// How long connecting to the engine may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Fails on PromQL that a reachable Prometheus rejects; says which could not be checked.
-pub async fn check_promql(desired: &manifest::DesiredState) -> Result<(), Failure> {
+/// Asks each cluster's Prometheus to parse its check queries. Every query it refuses is an
+/// error at the query's line, counted with the others; a Prometheus that cannot be asked is
+/// a note, or with `strict` an error at `spec.prometheus.url`.
+pub async fn check_promql(
+    desired: &manifest::DesiredState,
+    positions: &manifest::Positions,
+    strict: bool,
+) -> Result<(), Failure> {
     let found = crate::health::check_queries(desired).await;
-    for (cluster, url, reason) in &found.unreachable {
-        eprintln!(
-            "note: cluster {cluster}: PromQL not checked, Prometheus at {url} is unreachable ({reason}); \
-             `operator run` checks it once Prometheus answers"
-        );
+    let cluster = |name: &str| desired.clusters.iter().find(|c| c.name == name);
+    let mut diagnostics = Vec::new();
+    for (cluster_name, url, reason) in &found.unreachable {
+        match cluster(cluster_name) {
+            Some(c) if strict => diagnostics.push(positions.diagnostic(
+                c,
+                "spec.prometheus.url",
+                format!(
+                    "Prometheus at {url} cannot be asked ({reason}): the PromQL of the checks is unchecked, which --strict refuses"
+                ),
+            )),
+            _ => eprintln!(
+                "note: cluster {cluster_name}: PromQL not checked, Prometheus at {url} is unreachable ({reason}); \
+                 `operator run` checks it once Prometheus answers (`validate --strict` makes this an error)"
+            ),
+        }
     }
-    if found.invalid.is_empty() {
+    for (_, cluster_name, check, reason) in &found.invalid {
+        if let Some(c) = cluster(cluster_name) {
+            let url = c.prometheus.url.as_deref().unwrap_or("?");
+            diagnostics.push(positions.check_query(
+                c,
+                check,
+                format!("check {check}: Prometheus at {url} refuses the query: {reason}"),
+            ));
+        }
+    }
+    if diagnostics.is_empty() {
         return Ok(());
     }
-    let lines: Vec<String> = found
-        .invalid
-        .iter()
-        .map(|(file, cluster, check, reason)| {
-            format!(
-                "{}: cluster {cluster}: check {check}: invalid PromQL: {reason}",
-                file.display()
-            )
-        })
-        .collect();
-    Err(Failure::new(lines.join("\n")))
+    diagnostics.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
+    Err(manifest::ManifestError::Invalid(diagnostics).into())
 }
 
-pub async fn validate(args: PathArgs) -> Result<ExitCode, Failure> {
-    let desired = manifest::load(&args.paths)?;
-    check_promql(&desired).await?;
+pub async fn validate(args: ValidateArgs) -> Result<ExitCode, Failure> {
+    let (desired, positions) = manifest::load_with_positions(&args.paths.paths)?;
+    check_promql(&desired, &positions, args.strict).await?;
     for cluster in &desired.clusters {
         let on_network = cluster
             .services

@@ -23,8 +23,9 @@ const RELOAD_POLL: Duration = Duration::from_secs(2);
 
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // Validate everything before touching Docker.
-    let desired = manifest::load(&args.paths.paths)?;
-    super::report::check_promql(&desired).await?;
+    let (desired, positions) = manifest::load_with_positions(&args.paths.paths)?;
+    // A Prometheus that is down now is the controller's to watch for (observability-lost).
+    super::report::check_promql(&desired, &positions, false).await?;
     // One controller per database, taken before anything is opened or migrated; held until
     // this function returns.
     let db = args.db.path();

@@ -7,7 +7,7 @@ use crate::yamldoc::Diagnostic;
 /// The error of [`load`](super::load).
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// A path could not be read (missing, unreadable, not UTF-8).
+    /// A path could not be read (missing, unreadable).
     #[error("failed to read manifests from {}: {source}", path.display())]
     Io {
         path: PathBuf,

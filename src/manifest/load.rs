@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::raw;
 use super::validate::{self, Checked, Environment, Source};
 use super::volume::normalize;
-use super::{DesiredState, Diagnostic, ManifestError};
+use super::{DesiredState, Diagnostic, ManifestError, Positions};
 use crate::yamldoc;
 
 /// Loads and validates every manifest under `paths`.
@@ -25,14 +25,20 @@ use crate::yamldoc;
 /// `$PROMETHEUS_URL` is read once, here: it is the Prometheus of every cluster whose
 /// manifest has no `spec.prometheus.url`.
 pub fn load(paths: &[PathBuf]) -> Result<DesiredState, ManifestError> {
+    load_with_positions(paths).map(|(desired, _)| desired)
+}
+
+/// [`load`], with where each cluster was written, to report later problems (PromQL that
+/// Prometheus refuses) at their lines.
+pub fn load_with_positions(paths: &[PathBuf]) -> Result<(DesiredState, Positions), ManifestError> {
     load_with(paths, &Environment::from_process())
 }
 
-/// [`load`] with the environment given rather than read from the process.
+/// [`load_with_positions`] with the environment given rather than read from the process.
 pub(super) fn load_with(
     paths: &[PathBuf],
     env: &Environment,
-) -> Result<DesiredState, ManifestError> {
+) -> Result<(DesiredState, Positions), ManifestError> {
     if paths.is_empty() {
         return Err(ManifestError::NoManifests {
             path: PathBuf::new(),
@@ -44,11 +50,20 @@ pub(super) fn load_with(
     for path in paths {
         let mut documents = 0;
         for file in manifest_files(path)? {
-            let text = fs::read_to_string(&file).map_err(|source| ManifestError::Io {
+            let bytes = fs::read(&file).map_err(|source| ManifestError::Io {
                 path: file.clone(),
                 source,
             })?;
-            documents += load_file(&file, &text, env, &mut checked, &mut diagnostics);
+            match yamldoc::decode(&file, &bytes) {
+                Ok(text) => {
+                    documents += load_file(&file, text, env, &mut checked, &mut diagnostics)
+                }
+                Err(not_utf8) => {
+                    // A manifest, though unreadable: the path is not empty.
+                    documents += 1;
+                    diagnostics.push(not_utf8);
+                }
+            }
             files_read.push(file);
         }
         if documents == 0 {
@@ -61,9 +76,13 @@ pub(super) fn load_with(
         diagnostics.sort_by_key(|d| (files_read.iter().position(|f| *f == d.path), d.line));
         return Err(ManifestError::Invalid(diagnostics));
     }
-    Ok(DesiredState {
-        clusters: checked.into_iter().map(|c| c.cluster).collect(),
-    })
+    let mut positions = Positions::default();
+    let mut clusters = Vec::with_capacity(checked.len());
+    for c in checked {
+        positions.insert(c.cluster.name.clone(), c.file, c.lines);
+        clusters.push(c.cluster);
+    }
+    Ok((DesiredState { clusters }, positions))
 }
 
 /// The files a path stands for: itself, or the YAML files directly inside it, by name.

@@ -14,6 +14,7 @@ mod error;
 mod graph;
 mod load;
 mod port;
+mod positions;
 mod raw;
 #[cfg(test)]
 mod testing;
@@ -29,7 +30,8 @@ use sha2::{Digest, Sha256};
 
 pub use crate::yamldoc::{Diagnostic, parse_duration};
 pub use error::ManifestError;
-pub use load::load;
+pub use load::{load, load_with_positions};
+pub use positions::Positions;
 
 /// Everything the manifests declare, across all files given on the command line.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -78,6 +78,7 @@ pub(super) fn load_text_with(
         &[file],
         &Environment::new(prometheus_url.map(str::to_string)),
     )
+    .map(|(desired, _)| desired)
 }
 
 /// Loads `text`, which must be invalid, and returns the diagnostics.

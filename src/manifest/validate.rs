@@ -425,12 +425,18 @@ impl Validator<'_, '_> {
                 continue;
             }
             let text = match value {
-                Scalar::Str(s) | Scalar::Int(s) => s,
-                Scalar::Bool(b) => b.to_string(),
+                Scalar::Str(s) => Some(s),
+                Scalar::Int(s) => self.as_written(&field, s, "number"),
+                Scalar::Bool(b) => self.as_written(&field, b.to_string(), "boolean"),
                 Scalar::Float(f) => {
+                    let written = self
+                        .src
+                        .lines
+                        .plain_text(&field)
+                        .map_or(f.to_string(), str::to_string);
                     self.error(
                         &field,
-                        format!("value {f} is read by YAML as a floating-point number, which may not keep its digits (1.10 becomes 1.1); quote it"),
+                        format!("value {written} is read by YAML as a floating-point number, which may not keep its digits (1.10 becomes 1.1); quote it"),
                     );
                     continue;
                 }
@@ -442,9 +448,27 @@ impl Validator<'_, '_> {
                     continue;
                 }
             };
-            map.insert(key, text);
+            if let Some(text) = text {
+                map.insert(key, text);
+            }
         }
         map
+    }
+
+    /// A number or boolean kept as text must read as it was written: YAML turns `0x1F`,
+    /// `0o17` and `0b101` into 31, 15 and 5, `+1` into 1, `True` into true, and the variable
+    /// would silently get the other spelling. Refused (quoting keeps it as written).
+    fn as_written(&mut self, field: &str, text: String, what: &str) -> Option<String> {
+        match self.src.lines.plain_text(field) {
+            Some(written) if written != text => {
+                self.error(
+                    field,
+                    format!("value {written} is read by YAML as the {what} {text}; quote it (\"{written}\") to keep it as written"),
+                );
+                None
+            }
+            _ => Some(text),
+        }
     }
 
     fn healthcheck(&mut self, path: &str, raw: raw::Healthcheck) -> Option<Healthcheck> {
@@ -1115,6 +1139,83 @@ mod tests {
         let diags = diagnostics(&text);
         assert_reported(&diags, 10, "spec.services[0].env.VERSION", &["quote it"]);
         assert_reported(&diags, 11, "spec.services[0].env.EMPTY", &["no value"]);
+    }
+
+    /// Each plain scalar as an env value: `Some(value)` if accepted as that string, `None` if
+    /// refused because YAML would read it as something else than what is written.
+    #[test]
+    fn env_values_are_kept_as_written_or_refused() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("0x1F", None),
+            ("-0x1f", None),
+            ("+0x1F", None),
+            ("0o17", None),
+            ("0b101", None),
+            ("+1", None),
+            ("+12", None),
+            ("-0", None),
+            ("True", None),
+            ("FALSE", None),
+            (".inf", None),
+            ("-.inf", None),
+            (".nan", None),
+            ("1e3", None),
+            ("1.10", None),
+            ("~", None),
+            ("null", None),
+            ("Null", None),
+            ("8080", Some("8080")),
+            ("-1", Some("-1")),
+            ("0", Some("0")),
+            ("true", Some("true")),
+            ("false", Some("false")),
+            ("017", Some("017")),
+            ("0017", Some("0017")),
+            ("1_000", Some("1_000")),
+            ("0X1F", Some("0X1F")),
+            ("yes", Some("yes")),
+            ("no", Some("no")),
+            ("on", Some("on")),
+            ("off", Some("off")),
+            ("y", Some("y")),
+            ("1:20", Some("1:20")),
+            ("'0x1F'", Some("0x1F")),
+            ("\"+1\"", Some("+1")),
+            ("!!str 0o17", Some("0o17")),
+        ];
+        for &(written, expected) in table {
+            let text = manifest(
+                "demo",
+                &service("web", &format!("      env:\n        V: {written}\n")),
+            );
+            match (load_text(&text), expected) {
+                (Ok(state), Some(value)) => {
+                    assert_eq!(state.clusters[0].services[0].env["V"], value, "{written}");
+                }
+                (Err(ManifestError::Invalid(diags)), None) => {
+                    assert_reported(&diags, 10, "spec.services[0].env.V", &[]);
+                    let message = &diags[0].message;
+                    let quoted = message.starts_with(&format!("value {written} is read by YAML"))
+                        && message.contains("quote it");
+                    assert!(
+                        quoted || message.contains("no value"),
+                        "{written}: {message}"
+                    );
+                }
+                (other, _) => panic!("{written}: expected {expected:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn label_values_that_yaml_changes_are_refused_too() {
+        let text = manifest("demo", &service("web", "      labels: {team: 0x1F}\n"));
+        assert_reported(
+            &diagnostics(&text),
+            9,
+            "spec.services[0].labels.team",
+            &["0x1F", "31", "quote it (\"0x1F\")"],
+        );
     }
 
     #[test]

@@ -30,7 +30,18 @@ impl fmt::Display for Diagnostic {
         if !self.field.is_empty() {
             write!(f, ": {}", self.field)?;
         }
-        write!(f, ": {}", self.message)
+        // One problem, one line: a message from elsewhere (Prometheus's, for a query it
+        // refuses) may hold line breaks, which would read as further problems.
+        write!(f, ":")?;
+        for line in self
+            .message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            write!(f, " {line}")?;
+        }
+        Ok(())
     }
 }
 
@@ -56,6 +67,18 @@ mod tests {
         assert_eq!(
             diagnostic(None, "").to_string(),
             "manifests/x.yaml: invalid port \"80:abc\""
+        );
+    }
+
+    #[test]
+    fn a_message_with_line_breaks_is_printed_on_one_line() {
+        let d = Diagnostic {
+            message: "parse error:\n  unexpected \"}\"\r\n\nin label matching\n".into(),
+            ..diagnostic(Some(3), "spec.checks[0].expr")
+        };
+        assert_eq!(
+            d.to_string(),
+            "manifests/x.yaml:3: spec.checks[0].expr: parse error: unexpected \"}\" in label matching"
         );
     }
 }

@@ -45,6 +45,19 @@ pub fn read<T: DeserializeOwned>(path: &Path, text: &str) -> Vec<Result<Document
     let stream = lines::index(text);
     let mut out = Vec::new();
     for doc in stream.docs {
+        if !doc.problems.is_empty() {
+            // Not read: serde_yaml would only repeat the first of these problems, at the
+            // mapping's line or at none, or (an alias bomb) spend its bound getting there.
+            out.extend(doc.problems.iter().map(|p| {
+                Err(Diagnostic {
+                    path: path.to_path_buf(),
+                    line: Some(p.line),
+                    field: p.field.clone(),
+                    message: p.message.clone(),
+                })
+            }));
+            continue;
+        }
         match parse::document::<T>(&text[doc.text.clone()]) {
             Ok(None) => {}
             Ok(Some(value)) => out.push(Ok(Document { value, lines: doc })),
@@ -61,10 +74,37 @@ pub fn read<T: DeserializeOwned>(path: &Path, text: &str) -> Vec<Result<Document
             path: path.to_path_buf(),
             line: Some(e.line),
             field: e.field,
-            message: format!("invalid YAML: {}", e.message),
+            message: e.message,
         }));
     }
     out
+}
+
+/// The text of a file read as bytes (`path` is for the message). YAML files are UTF-8; a file
+/// that is not is one [`Diagnostic`] naming the line, column and byte offset of the first
+/// bad byte, which `read_to_string` would not tell.
+pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, Diagnostic> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let before = &bytes[..at];
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // Columns count characters, which the valid prefix of the line is made of.
+        let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+        let bad_len = e.error_len().unwrap_or(bytes.len() - at);
+        let bad: String = bytes[at..at + bad_len]
+            .iter()
+            .map(|b| format!("\\x{b:02x}"))
+            .collect();
+        Diagnostic {
+            path: path.to_path_buf(),
+            line: Some(before.iter().filter(|&&b| b == b'\n').count() + 1),
+            field: String::new(),
+            message: format!(
+                "invalid UTF-8 at byte offset {at} (column {column}): \"{bad}\"{}; save the file as UTF-8",
+                if e.error_len().is_none() { " cut off at the end of the file" } else { "" }
+            ),
+        }
+    })
 }
 
 /// A line of the parser (counted within the document's text) as a line of the file.
@@ -113,5 +153,48 @@ mod tests {
         let err = docs[1].as_ref().expect_err("a syntax error");
         assert!(err.message.starts_with("invalid YAML: "), "{err}");
         assert_eq!(err.field, "b");
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_line_column_and_byte_offset() {
+        let bytes = b"a: 1\nb: caf\xc3\xa9 \xff\xfe\nc: 3\n";
+        let err = decode(Path::new("x.yaml"), bytes).unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(
+            err.to_string()
+                .starts_with("x.yaml:2: invalid UTF-8 at byte offset 14 (column 9): \"\\xff\""),
+            "{err}"
+        );
+        let cut = decode(Path::new("x.yaml"), b"a: \xe2\x82").unwrap_err();
+        assert_eq!(cut.line, Some(1));
+        assert!(cut.message.contains("\"\\xe2\\x82\" cut off"), "{cut}");
+        assert_eq!(
+            decode(Path::new("x.yaml"), "a: é\n".as_bytes()),
+            Ok("a: é\n")
+        );
+    }
+
+    #[test]
+    fn refused_documents_are_reported_at_their_own_lines_and_the_others_read() {
+        let docs = read_map("a: 1\nb: 2\na: 3\n---\nok: 1\n");
+        assert_eq!(docs.len(), 2);
+        let err = docs[0].as_ref().expect_err("duplicate key");
+        assert!(
+            err.to_string()
+                .starts_with("x.yaml:3: a: duplicate key \"a\""),
+            "{err}"
+        );
+        assert_eq!(docs[1].as_ref().expect("valid").value["ok"], 1);
+    }
+
+    #[test]
+    fn a_tab_in_a_later_document_is_a_line_of_the_file() {
+        let docs = read_map("a: 1\n---\nb: 1\n\tc: 2\n");
+        let err = docs.last().expect("two").as_ref().expect_err("a tab");
+        assert_eq!(err.line, Some(4), "{err}");
+        assert!(
+            err.to_string().starts_with("x.yaml:4: invalid YAML: tab"),
+            "{err}"
+        );
     }
 }
