@@ -30,6 +30,8 @@ pub enum DriftKind {
     SpecChanged,
     /// The container is not attached to the network the service declares.
     NetworkDetached,
+    /// The cluster's own network exists with other options than declared (`internal`).
+    NetworkChanged,
     /// The container must be (re)created but its image is not present locally.
     ImageMissing,
     /// A container that is not ours holds the service's name.
@@ -41,7 +43,7 @@ pub enum DriftKind {
 }
 
 impl DriftKind {
-    pub const ALL: [DriftKind; 11] = [
+    pub const ALL: [DriftKind; 12] = [
         DriftKind::Missing,
         DriftKind::Stopped,
         DriftKind::Paused,
@@ -49,6 +51,7 @@ impl DriftKind {
         DriftKind::CrashLooping,
         DriftKind::SpecChanged,
         DriftKind::NetworkDetached,
+        DriftKind::NetworkChanged,
         DriftKind::ImageMissing,
         DriftKind::NameConflict,
         DriftKind::CheckFailed,
@@ -64,6 +67,7 @@ impl DriftKind {
             DriftKind::CrashLooping => "crash-looping",
             DriftKind::SpecChanged => "spec-changed",
             DriftKind::NetworkDetached => "network-detached",
+            DriftKind::NetworkChanged => "network-changed",
             DriftKind::ImageMissing => "image-missing",
             DriftKind::NameConflict => "name-conflict",
             DriftKind::CheckFailed => "check-failed",

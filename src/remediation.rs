@@ -42,6 +42,11 @@ pub enum Action {
     Connect {
         network: String,
     },
+    /// Replace the cluster's own network to apply its declared options, reconnecting every
+    /// container on it.
+    RecreateNetwork {
+        network: String,
+    },
 }
 
 impl Action {
@@ -53,6 +58,7 @@ impl Action {
             Action::Restart => "restart",
             Action::Recreate => "recreate",
             Action::Connect { .. } => "connect",
+            Action::RecreateNetwork { .. } => "recreate-network",
         }
     }
 
@@ -66,6 +72,7 @@ impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Action::Connect { network } => write!(f, "connect to network {network}"),
+            Action::RecreateNetwork { network } => write!(f, "recreate network {network}"),
             other => f.pad(other.as_str()),
         }
     }

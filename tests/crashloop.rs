@@ -44,7 +44,7 @@ spec:
         f.tickets(),
         operator.log()
     );
-    // Well past the next backoff (3.2 s) and several resyncs: nothing more may happen.
+    // Well past the next backoff (1.6 s) and several resyncs: nothing more may happen.
     std::thread::sleep(Duration::from_secs(5));
     let starts = event_times(&name, "start", since);
     assert_eq!(
@@ -53,9 +53,9 @@ spec:
         "one create + 3 budgeted restarts, then nothing; starts at {starts:?}; log:\n{}",
         operator.log()
     );
-    // The delays the controller chose: the create (400 ms, before the ticket: a first
-    // create is no incident), then each budgeted restart waits twice as long as the one
-    // before. An attempt is committed to the timeline with the time its reconcile began, and
+    // The delays the controller chose: the create is a deliberate change (no ticket, and
+    // once applied it leaves no backoff behind), so as docs/manifests.md says the first
+    // repair is immediate, the second waits `initial` (400 ms), the third twice as long. An attempt is committed to the timeline with the time its reconcile began, and
     // that reconcile is no sooner than the backoff allowed (5 ms: clock reading slack).
     // Whether a reconcile caught the container running between two crashes (which resolves
     // the ticket and reopens it as a flap) is timing; either way, all three restarts are on
@@ -66,7 +66,7 @@ spec:
     let attempts = operator.timeline(id, "action-started");
     let at: Vec<_> = attempts.iter().map(entry_time).collect();
     assert_eq!(at.len(), 3, "three budgeted restarts: {attempts:#?}");
-    for (gap, (earlier, later)) in [800, 1600].into_iter().zip(at.iter().zip(&at[1..])) {
+    for (gap, (earlier, later)) in [400, 800].into_iter().zip(at.iter().zip(&at[1..])) {
         let waited = (*later - *earlier).num_milliseconds();
         assert!(
             waited >= gap - 5,
@@ -85,8 +85,8 @@ spec:
         assert_eq!(e["detail"]["budgeted"], true, "{e:#}");
         assert_eq!(
             e["detail"]["attempt"],
-            n as u64 + 2,
-            "after the create: {e:#}"
+            n as u64 + 1,
+            "counted from the first repair: {e:#}"
         );
     }
     let escalated = operator.timeline(id, "escalated");

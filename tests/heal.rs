@@ -749,3 +749,67 @@ fn removed_services_and_checks_close_their_tickets_as_removed_and_stay_visible()
         .collect();
     assert_eq!(undeclared, vec![gone.as_str()], "{json:#}");
 }
+
+#[test]
+fn a_network_option_edit_is_applied_by_replacing_the_network() {
+    let f = start("netedit");
+    let network = format!("{}-net", f.cluster);
+    // Missing for a moment while it is replaced: then an empty answer.
+    let internal = || {
+        let out = docker(&["network", "inspect", "-f", "{{.Internal}}", &network]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(internal().trim(), "true");
+    let ids: Vec<String> = ["db", "app"]
+        .iter()
+        .map(|s| state(&f.name(s), None).unwrap().1)
+        .collect();
+    for (flip, want) in [(false, "false"), (true, "true")] {
+        f.dir.write(
+            "cluster.yaml",
+            &manifest(&f.cluster, "1").replace(
+                "internal: true",
+                if flip {
+                    "internal: true"
+                } else {
+                    "internal: false"
+                },
+            ),
+        );
+        let attached = |service: &str| {
+            inspect(&f.name(service), None).is_some_and(|c| {
+                c["NetworkSettings"]["Networks"][&network]["Aliases"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|a| *a == f.name(service)))
+            })
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || internal().trim() == want
+                && attached("db")
+                && attached("app")),
+            "network {network} not replaced with internal: {want} and both services reattached; log:\n{}",
+            f.operator.log()
+        );
+    }
+    let after: Vec<String> = ["db", "app"]
+        .iter()
+        .map(|s| state(&f.name(s), None).unwrap().1)
+        .collect();
+    assert_eq!(
+        ids, after,
+        "the containers were kept, only the network replaced"
+    );
+    let networks = docker_ok(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=operator.cluster={}", f.cluster),
+    ]);
+    assert_eq!(networks.lines().count(), 1, "{networks}");
+    assert!(
+        f.tickets().is_empty(),
+        "an edit applied is a deliberate change, not a ticket: {:#?}",
+        f.tickets()
+    );
+}

@@ -7,6 +7,8 @@
 //!   [`DockerError::NotOwned`], never resolved by removing the other container.
 //! - [`Actions::recreate`] secures the new image before removing the old container, so a
 //!   typo in an image tag never leaves a service with no container at all.
+//! - A network is replaced only when the controller created it and every container attached
+//!   to it is the cluster's own ([`Actions::recreate_network`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +16,10 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::EndpointSettings;
-use bollard::models::{ContainerInspectResponse, NetworkConnectRequest, NetworkCreateRequest};
+use bollard::models::{
+    ContainerInspectResponse, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkDisconnectRequest, NetworkInspect,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
     RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -53,10 +58,10 @@ impl Default for Limits {
 pub struct Actions {
     docker: Docker,
     limits: Limits,
-    /// Held while a missing network is created: engines before API 1.44 accept two networks
-    /// of one name, and two services of a cluster created at once would each make one (then
-    /// every start fails with "network ... is ambiguous").
-    network_creation: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a network is created, recreated or joined: engines before API 1.44 accept
+    /// two networks of one name, and two services of a cluster created at once would each
+    /// make one (then every start fails with "network ... is ambiguous").
+    network_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Splits `repo[:tag]` / `repo@digest` for the pull API, which pulls *every* tag when
@@ -77,7 +82,7 @@ impl Actions {
         Actions {
             docker,
             limits,
-            network_creation: Arc::default(),
+            network_changes: Arc::default(),
         }
     }
 
@@ -147,6 +152,16 @@ impl Actions {
         })
     }
 
+    async fn inspect_network(&self, network: &str) -> Result<Option<NetworkInspect>, DockerError> {
+        call(
+            format!("inspect network {network}"),
+            self.limits.call,
+            self.docker.inspect_network(network, None),
+        )
+        .await?
+        .found()
+    }
+
     /// Makes sure the network a service joins exists; creates the cluster's own network
     /// (labelled as ours) unless it is declared external.
     pub async fn ensure_network(
@@ -154,22 +169,21 @@ impl Actions {
         cluster: &Cluster,
         network: &str,
     ) -> Result<(), DockerError> {
-        let exists = || async {
-            call(
-                format!("inspect network {network}"),
-                self.limits.call,
-                self.docker.inspect_network(network, None),
-            )
-            .await?
-            .found()
-            .map(|n| n.is_some())
-        };
-        if exists().await? {
+        if self.inspect_network(network).await?.is_some() {
             return Ok(());
         }
-        // Looked at again under the lock: another reconcile may have just created it.
-        let _creating = self.network_creation.lock().await;
-        if exists().await? {
+        let _changing = self.network_changes.lock().await;
+        self.ensure_network_locked(cluster, network).await
+    }
+
+    /// `ensure_network` under the lock: looked at again, since another reconcile may have
+    /// just created it.
+    async fn ensure_network_locked(
+        &self,
+        cluster: &Cluster,
+        network: &str,
+    ) -> Result<(), DockerError> {
+        if self.inspect_network(network).await?.is_some() {
             return Ok(());
         }
         let ours = network == cluster.network.name;
@@ -196,10 +210,100 @@ impl Actions {
         )
         .await?
         {
-            // Someone (another reconcile of the same cluster) created it meanwhile.
+            // Made meanwhile by someone else (another controller's CLI, a person).
             Answer::Ok(_) | Answer::Conflict(_) => Ok(()),
             Answer::NotFound(e) => Err(e),
         }
+    }
+
+    /// How the cluster's own network differs from its declaration (`None` when it does not,
+    /// is missing, or is not the controller's to change: external, or not created by it).
+    pub async fn network_difference(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<Option<String>, DockerError> {
+        if cluster.network.external {
+            return Ok(None);
+        }
+        let name = &cluster.network.name;
+        let Some(network) = self.inspect_network(name).await? else {
+            return Ok(None);
+        };
+        let ours = network
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_MANAGED_BY))
+            .is_some_and(|v| v == MANAGED_BY_VALUE);
+        if !ours {
+            return Ok(None);
+        }
+        let internal = network.internal.unwrap_or(false);
+        Ok((internal != cluster.network.internal).then(|| {
+            format!(
+                "network {name} has internal: {internal}, the manifest says internal: {}; \
+                 Docker cannot change it in place",
+                cluster.network.internal
+            )
+        }))
+    }
+
+    /// Applies the declared options to the cluster's own network, which Docker can only do by
+    /// replacing it: every attached container (all must be ours) is disconnected, the network
+    /// removed and created anew, and each container connected again under its service name.
+    /// A crash half-way leaves containers detached, which the next reconcile repairs.
+    pub async fn recreate_network(&self, cluster: &Cluster) -> Result<(), DockerError> {
+        let name = &cluster.network.name;
+        let _changing = self.network_changes.lock().await;
+        let Some(network) = self.inspect_network(name).await? else {
+            return self.ensure_network_locked(cluster, name).await;
+        };
+        if network.internal.unwrap_or(false) == cluster.network.internal {
+            return Ok(()); // another reconcile of the cluster has just done it
+        }
+        let mut attached = Vec::new();
+        let mut foreign = Vec::new();
+        for id in network.containers.unwrap_or_default().into_keys() {
+            let owned = self
+                .inspect(&id)
+                .await?
+                .and_then(|c| ObservedContainer::from_inspect(&c))
+                .filter(|c| c.key.cluster == cluster.name);
+            match owned {
+                Some(c) => attached.push(c),
+                None => foreign.push(id.chars().take(12).collect::<String>()),
+            }
+        }
+        if !foreign.is_empty() {
+            return Err(DockerError::ForeignOnNetwork {
+                network: name.clone(),
+                containers: foreign,
+            });
+        }
+        for c in &attached {
+            let request = NetworkDisconnectRequest {
+                container: c.id.clone(),
+                force: Some(true),
+            };
+            call(
+                format!("disconnect container {} from network {name}", c.name),
+                self.limits.call,
+                self.docker.disconnect_network(name, request),
+            )
+            .await?
+            .found()?;
+        }
+        call(
+            format!("remove network {name}"),
+            self.limits.call,
+            self.docker.remove_network(name),
+        )
+        .await?
+        .found()?;
+        self.ensure_network_locked(cluster, name).await?;
+        for c in &attached {
+            self.connect_locked(&c.id, name, &c.key.service).await?;
+        }
+        Ok(())
     }
 
     /// Creates the service's container (network and image first) and starts it.
@@ -335,7 +439,26 @@ impl Actions {
         network: &str,
         alias: &str,
     ) -> Result<(), DockerError> {
-        self.ensure_network(cluster, network).await?;
+        // Under the lock: a network being recreated reconnects its containers itself.
+        let _changing = self.network_changes.lock().await;
+        self.ensure_network_locked(cluster, network).await?;
+        self.connect_locked(id, network, alias).await
+    }
+
+    async fn connect_locked(
+        &self,
+        id: &str,
+        network: &str,
+        alias: &str,
+    ) -> Result<(), DockerError> {
+        let already = self
+            .inspect_network(network)
+            .await?
+            .and_then(|n| n.containers)
+            .is_some_and(|attached| attached.contains_key(id));
+        if already {
+            return Ok(());
+        }
         let request = NetworkConnectRequest {
             container: id.to_string(),
             endpoint_config: Some(EndpointSettings {

@@ -89,6 +89,16 @@ pub enum DockerError {
          (docker network create {network})"
     )]
     ExternalNetworkMissing { network: String },
+    #[error(
+        "network {network:?} must be recreated to apply its declared options, but containers \
+         the controller does not own are attached ({}); disconnect them, or recreate the \
+         network yourself",
+        containers.join(", ")
+    )]
+    ForeignOnNetwork {
+        network: String,
+        containers: Vec<String>,
+    },
     #[error("timed out after {seconds}s while trying to {doing}")]
     Timeout { doing: String, seconds: u64 },
 }

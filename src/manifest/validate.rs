@@ -362,6 +362,21 @@ impl Validator<'_, '_> {
                 NetworkMode::Named(mode)
             }
         };
+        // Docker publishes no port of a container whose only network is internal: the
+        // mapping would be accepted and silently unreachable.
+        if network_mode == NetworkMode::Cluster
+            && network.internal
+            && let Some(&j) = port_indices.first()
+        {
+            self.error(
+                &format!("{path}.ports[{j}]"),
+                format!(
+                    "published ports are unreachable on network {} (spec.network.internal: true \
+                     has no route in or out); remove the ports, or set internal: false",
+                    network.name
+                ),
+            );
+        }
 
         let healthcheck = raw
             .healthcheck
@@ -1007,6 +1022,26 @@ mod tests {
                 "invalid port \"80:abc\": container port \"abc\" is not a number",
                 "host:container",
             ],
+        );
+    }
+
+    #[test]
+    fn published_ports_on_an_internal_cluster_network_are_refused() {
+        let text = manifest(
+            "demo",
+            &service("web", "      ports:\n        - \"8080:80\"\n"),
+        )
+        .replace("spec:\n", "spec:\n  network: {internal: true}\n");
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "8080:80", 0),
+            "spec.services[0].ports[0]",
+            &["unreachable on network demo_default", "internal: false"],
+        );
+        let host = text.replace("      ports:", "      networkMode: host\n      ports:");
+        assert!(
+            load_text(&host).is_ok(),
+            "a service on the host network is not on the internal network"
         );
     }
 

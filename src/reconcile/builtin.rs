@@ -42,6 +42,7 @@ impl BuiltIn {
                     .connect(cluster, id()?, network, &service.name)
                     .await
             }
+            Action::RecreateNetwork { .. } => actions.recreate_network(cluster).await,
         }?)
     }
 }

@@ -31,6 +31,9 @@ pub struct Observation {
     pub health_trusted_after: Option<DateTime<Utc>>,
     /// The container started less than the settle time ago: running, but not yet believed.
     pub settling: bool,
+    /// How the cluster's own network differs from its declaration (looked at only while the
+    /// container runs on it).
+    pub network_difference: Option<String>,
 }
 
 impl Observation {
@@ -139,6 +142,12 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
                     )
                 });
             }
+            if let Some(difference) = &observed.network_difference {
+                drifts.push(Drift {
+                    network: Some(cluster.network.name.clone()),
+                    ..Drift::new(DriftKind::NetworkChanged, difference.clone())
+                });
+            }
         }
         // Transient: the destroy event follows and the next reconcile sees "missing".
         ContainerStatus::Removing | ContainerStatus::Restarting => {}
@@ -166,12 +175,17 @@ pub fn action_for(drifts: &[Drift], observed: &Observation) -> Option<Action> {
             .network
             .clone()
             .map(|network| Action::Connect { network }),
+        DriftKind::NetworkChanged => first
+            .network
+            .clone()
+            .map(|network| Action::RecreateNetwork { network }),
         DriftKind::NameConflict | DriftKind::CheckFailed | DriftKind::ObservabilityLost => None,
     }
 }
 
 /// Whether a repair is a deliberate change rather than the repair of a failure: the first
-/// creation of a service, and the first rollout of an edited spec. A deliberate change opens
+/// creation of a service, the first rollout of an edited spec, and the first replacement
+/// of a network whose declared options were edited. A deliberate change opens
 /// no ticket unless it fails, and spends no budget; retrying it (after it failed) is a repair,
 /// so a rollout that can never succeed still escalates. `attempts` counts repairs already
 /// tried for the current spec.
@@ -185,6 +199,9 @@ pub fn is_deliberate(
         && match action {
             Action::Create => !created_before,
             Action::Recreate => drifts.iter().any(|d| d.kind == DriftKind::SpecChanged),
+            Action::RecreateNetwork { .. } => {
+                drifts.iter().any(|d| d.kind == DriftKind::NetworkChanged)
+            }
             _ => false,
         }
 }
@@ -441,5 +458,27 @@ mod tests {
         // Without a pause to distrust, the verdict stands.
         c.health_probed_at = None;
         assert_eq!(kinds(&with(c)), vec![DriftKind::Unhealthy]);
+    }
+
+    #[test]
+    fn a_network_with_other_options_is_replaced_as_a_deliberate_change() {
+        let obs = Observation {
+            network_difference: Some("network c_net has internal: false".into()),
+            ..with(running())
+        };
+        let drifts = diff(&cluster(), &service(), &obs);
+        assert_eq!(kinds(&obs), vec![DriftKind::NetworkChanged]);
+        let action = action_for(&drifts, &obs).unwrap();
+        assert_eq!(
+            action,
+            Action::RecreateNetwork {
+                network: "c_net".into()
+            }
+        );
+        assert!(is_deliberate(&action, &drifts, true, 0));
+        assert!(
+            !is_deliberate(&action, &drifts, true, 1),
+            "a replacement that failed is retried as a repair"
+        );
     }
 }

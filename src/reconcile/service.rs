@@ -63,11 +63,22 @@ pub(super) async fn observe(
     } else {
         None
     };
+    // Only while the container runs on the cluster's own network: that is when the network's
+    // options matter, and a mass repair of stopped containers pays no extra engine call.
+    let on_cluster_network =
+        crate::docker::spec::service_network(cluster, service) == Some(&cluster.network.name);
+    let network_difference = match &container {
+        Some(c) if on_cluster_network && c.status == ContainerStatus::Running => {
+            actions.network_difference(cluster).await?
+        }
+        _ => None,
+    };
     Ok(Observation {
         container,
         image_present,
         name_conflict,
         recent_repairs,
+        network_difference,
         // The caller knows when the service was last paused, and how long it must settle.
         health_trusted_after: None,
         settling: false,
@@ -606,6 +617,12 @@ impl KeyRun<'_> {
             Ok(()) => {
                 shared.metrics.action(kind, "ok");
                 budget.created_before = true;
+                if !a.budgeted {
+                    // A deliberate change that was applied leaves no backoff behind: the next
+                    // edit (a network option flipped back, say) is deliberate again.
+                    budget.attempts = 0;
+                    budget.next_attempt_at = None;
+                }
                 if a.action == Some(Action::Unpause) {
                     // Its health verdicts so far were drawn while it was frozen.
                     lock(&shared.paused_at).insert(key.clone(), chrono::Utc::now());
