@@ -426,6 +426,37 @@ mod tests {
         assert_ne!(changed.spec_hash(), base.spec_hash());
     }
 
+    /// Every field of the container definition set, written as in a manifest.
+    fn full() -> Service {
+        let state = load_text(&manifest(
+            "demo",
+            &service(
+                "full",
+                r#"      command: ["sh", "-c", "sleep 1"]
+      entrypoint: /bin/env
+      env: {A: "1", B: x}
+      ports: ["127.0.0.1:8080:80", "5353:53/udp"]
+      volumes: ["data:/data", "/srv/conf:/etc/app:ro"]
+      networkMode: host
+      labels: {team: infra}
+      healthcheck: {test: "true", interval: 5s, timeout: 2s, retries: 3, startPeriod: 1s}
+      restartPolicy: unless-stopped
+"#,
+            ),
+        ))
+        .expect("valid");
+        state.clusters[0].services[0].clone()
+    }
+
+    /// A new optional field must leave the hash of a spec that does not set it as it was:
+    /// otherwise upgrading the controller rolls out every container it owns. These values
+    /// were computed before `stopTimeout` and `stopSignal` existed (commit f25a50c).
+    #[test]
+    fn spec_hash_of_an_existing_spec_never_changes() {
+        assert_eq!(web().spec_hash(), "30d1402ecfc44e34");
+        assert_eq!(full().spec_hash(), "300000a69c13fdda");
+    }
+
     #[test]
     fn spec_hash_ignores_remediation_and_dependencies() {
         let base = web();
