@@ -9,6 +9,11 @@
 //!   typo in an image tag never leaves a service with no container at all.
 //! - A network is replaced only when the controller created it and every container attached
 //!   to it is the cluster's own ([`Actions::recreate_network`]).
+//! - Every stop (a restart, the removal before a rollout) passes its timeout explicitly: the
+//!   service's `stopTimeout`, else [`Limits::stop_grace`]. A container created before the
+//!   field was written gets it all the same. A container whose main process is frozen
+//!   (`kill -STOP`) is killed at once instead: it cannot act on the stop signal (see
+//!   [`super::process`] for when that can be seen).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use crate::manifest::{Cluster, Service};
 
 use super::call::{Answer, call};
 use super::observed::ObservedContainer;
+use super::process;
 use super::spec::{create_body, service_network};
 use super::{DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY_VALUE};
 
@@ -40,7 +46,8 @@ pub struct Limits {
     pub call: Duration,
     /// Pulling an image.
     pub pull: Duration,
-    /// Grace given to a container's process on stop before the engine kills it.
+    /// Grace given to a container's process on stop before the engine kills it, for a
+    /// service without `stopTimeout`.
     pub stop_grace: Duration,
 }
 
@@ -75,6 +82,21 @@ fn split_image(image: &str) -> (&str, &str) {
         Some((repo, tag)) if !tag.contains('/') => (repo, tag),
         _ => (image, "latest"),
     }
+}
+
+/// How long a stop waits after the stop signal before the engine kills: the service's own
+/// timeout, else `default`; nothing for a frozen process, which cannot act on the signal.
+fn stop_wait(stop_timeout: Option<Duration>, default: Duration, frozen: bool) -> Duration {
+    if frozen {
+        Duration::ZERO
+    } else {
+        stop_timeout.unwrap_or(default)
+    }
+}
+
+/// The engine's `t` parameter: whole seconds (a `stopTimeout` has no fraction).
+fn seconds(wait: Duration) -> i32 {
+    i32::try_from(wait.as_secs()).unwrap_or(i32::MAX)
 }
 
 impl Actions {
@@ -377,25 +399,54 @@ impl Actions {
         .required()
     }
 
-    pub async fn restart(&self, id: &str) -> Result<(), DockerError> {
-        let grace = i32::try_from(self.limits.stop_grace.as_secs()).unwrap_or(i32::MAX);
-        let options = RestartContainerOptionsBuilder::default().t(grace).build();
+    /// Restarts `service`'s container `id`, waiting for its stop as [`Actions::stop_wait`] says.
+    pub async fn restart(&self, id: &str, service: &Service) -> Result<(), DockerError> {
+        let wait = self.stop_wait(id, service).await;
+        let options = RestartContainerOptionsBuilder::default()
+            .t(seconds(wait))
+            .build();
         call(
             format!("restart container {id}"),
-            self.limits.call + self.limits.stop_grace,
+            self.limits.call + wait,
             self.docker.restart_container(id, Some(options)),
         )
         .await?
         .required()
     }
 
-    /// Stops and removes an owned container (anonymous volumes stay; named volumes always do).
-    pub async fn remove(&self, id: &str) -> Result<(), DockerError> {
-        let grace = i32::try_from(self.limits.stop_grace.as_secs()).unwrap_or(i32::MAX);
-        let stop = StopContainerOptionsBuilder::default().t(grace).build();
+    /// How long stopping `service`'s container `id` may wait for its process after the stop
+    /// signal: `stopTimeout`, else the default grace; nothing when the main process is
+    /// frozen. One inspect, whose failure only means "not known to be frozen".
+    async fn stop_wait(&self, id: &str, service: &Service) -> Duration {
+        let frozen = match self.inspect(id).await {
+            Ok(Some(c)) => {
+                let state = c.state.unwrap_or_default();
+                let running = state.running == Some(true) && state.paused != Some(true);
+                let full_id = c.id.unwrap_or_default();
+                running && process::is_frozen(state.pid.unwrap_or(0), &full_id)
+            }
+            Ok(None) | Err(_) => false,
+        };
+        if frozen {
+            tracing::info!(
+                container = id,
+                service = %service.name,
+                "main process is stopped (SIGSTOP): killed at once instead of waiting for it"
+            );
+        }
+        stop_wait(service.stop_timeout, self.limits.stop_grace, frozen)
+    }
+
+    /// Stops and removes `service`'s container `id` (anonymous volumes stay; named volumes
+    /// always do). The stop waits as [`Actions::stop_wait`] says.
+    pub async fn remove(&self, id: &str, service: &Service) -> Result<(), DockerError> {
+        let wait = self.stop_wait(id, service).await;
+        let stop = StopContainerOptionsBuilder::default()
+            .t(seconds(wait))
+            .build();
         let stopped = call(
             format!("stop container {id}"),
-            self.limits.call + self.limits.stop_grace,
+            self.limits.call + wait,
             self.docker.stop_container(id, Some(stop)),
         )
         .await;
@@ -416,7 +467,8 @@ impl Actions {
     }
 
     /// Rolls out a changed spec: secure the image and network, then stop, remove,
-    /// create and start.
+    /// create and start. The old container is stopped with the new spec's `stopTimeout` (what
+    /// the manifest wants now) and its own stop signal (what its process was made to handle).
     pub async fn recreate(
         &self,
         cluster: &Cluster,
@@ -427,7 +479,7 @@ impl Actions {
             self.ensure_network(cluster, network).await?;
         }
         self.ensure_image(&service.image).await?;
-        self.remove(old_id).await?;
+        self.remove(old_id, service).await?;
         self.create_and_start(cluster, service).await
     }
 
@@ -478,7 +530,25 @@ impl Actions {
 
 #[cfg(test)]
 mod tests {
-    use super::split_image;
+    use std::time::Duration;
+
+    use super::{seconds, split_image, stop_wait};
+
+    #[test]
+    fn a_stop_waits_the_services_timeout_else_the_default_and_never_for_a_frozen_process() {
+        let default = Duration::from_secs(10);
+        let own = Some(Duration::from_secs(1));
+        assert_eq!(stop_wait(own, default, false), Duration::from_secs(1));
+        assert_eq!(stop_wait(None, default, false), default);
+        assert_eq!(
+            stop_wait(Some(Duration::ZERO), default, false),
+            Duration::ZERO
+        );
+        assert_eq!(stop_wait(own, default, true), Duration::ZERO);
+        assert_eq!(stop_wait(None, default, true), Duration::ZERO);
+        assert_eq!(seconds(Duration::from_secs(600)), 600);
+        assert_eq!(seconds(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
 
     #[test]
     fn split_image_defaults_to_latest_and_keeps_registry_ports() {

@@ -10,6 +10,7 @@ pub mod actions;
 pub mod cache;
 mod call;
 pub mod observed;
+mod process;
 pub mod spec;
 pub mod watcher;
 

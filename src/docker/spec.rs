@@ -135,6 +135,11 @@ pub fn create_body(cluster: &Cluster, service: &Service) -> ContainerCreateBody 
             ..Default::default()
         }),
         networking_config,
+        // Kept on the container, so that a `docker stop` by a person honours them too.
+        stop_timeout: service
+            .stop_timeout
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        stop_signal: service.stop_signal.clone(),
         ..Default::default()
     }
 }
@@ -177,6 +182,8 @@ mod tests {
             healthcheck: None,
             depends_on: Vec::new(),
             restart_policy: RestartPolicy::No,
+            stop_timeout: None,
+            stop_signal: None,
             remediation: Remediation::default(),
         }
     }
@@ -391,6 +398,21 @@ mod tests {
             body.host_config.and_then(|h| h.network_mode).as_deref(),
             Some("host")
         );
+    }
+
+    #[test]
+    fn stop_timeout_and_signal_go_to_the_container_config_only_when_set() {
+        let bare = service("bare");
+        let body = create_body(&cluster(vec![bare.clone()]), &bare);
+        assert_eq!((body.stop_timeout, body.stop_signal), (None, None));
+        let s = Service {
+            stop_timeout: Some(Duration::from_secs(15)),
+            stop_signal: Some("SIGQUIT".into()),
+            ..service("db")
+        };
+        let body = create_body(&cluster(vec![s.clone()]), &s);
+        assert_eq!(body.stop_timeout, Some(15));
+        assert_eq!(body.stop_signal.as_deref(), Some("SIGQUIT"));
     }
 
     #[test]

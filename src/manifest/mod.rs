@@ -16,6 +16,7 @@ mod load;
 mod port;
 mod positions;
 mod raw;
+mod signal;
 #[cfg(test)]
 mod testing;
 mod validate;
@@ -180,8 +181,17 @@ pub struct Service {
     pub healthcheck: Option<Healthcheck>,
     pub depends_on: Vec<String>,
     pub restart_policy: RestartPolicy,
+    /// `stopTimeout`: how long a stop waits after the stop signal before the engine kills
+    /// (whole seconds, at most [`MAX_STOP_TIMEOUT`]). `None`: the engine's default, 10 s.
+    pub stop_timeout: Option<Duration>,
+    /// `stopSignal`, canonical (`SIGTERM`, `SIGRTMIN+3` or a number such as `15`). `None`:
+    /// the image's, else `SIGTERM`.
+    pub stop_signal: Option<String>,
     pub remediation: Remediation,
 }
+
+/// The longest `stopTimeout`: a stop holds one reconcile worker for that long.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -347,7 +357,8 @@ impl Service {
     ///
     /// The first 16 hex digits of the SHA-256 of a canonical JSON form (maps in key order)
     /// of every field except `remediation` and `depends_on`, which only change what the
-    /// controller does, not the container.
+    /// controller does, not the container. Optional fields added later (`stop_timeout`,
+    /// `stop_signal`) are hashed only when set.
     ///
     /// # Caveats
     /// `NetworkMode::Cluster` is hashed as such: renaming the cluster network does not
@@ -366,6 +377,12 @@ impl Service {
             labels: &'a BTreeMap<String, String>,
             healthcheck: &'a Option<Healthcheck>,
             restart_policy: RestartPolicy,
+            // Left out when unset, so that specs written before these fields existed keep
+            // their hash: an upgrade must not roll out every container.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stop_timeout: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stop_signal: Option<&'a str>,
         }
         let container = Container {
             name: &self.name,
@@ -379,6 +396,8 @@ impl Service {
             labels: &self.labels,
             healthcheck: &self.healthcheck,
             restart_policy: self.restart_policy,
+            stop_timeout: self.stop_timeout.map(|d| d.as_secs()),
+            stop_signal: self.stop_signal.as_deref(),
         };
         // Serialization only fails on non-UTF-8 paths, which `load` refuses; the fallback
         // keeps the hash total and deterministic all the same.
@@ -426,6 +445,55 @@ mod tests {
         let mut changed = base.clone();
         changed.restart_policy = RestartPolicy::Always;
         assert_ne!(changed.spec_hash(), base.spec_hash());
+    }
+
+    /// Every field of the container definition set, written as in a manifest.
+    fn full() -> Service {
+        let state = load_text(&manifest(
+            "demo",
+            &service(
+                "full",
+                r#"      command: ["sh", "-c", "sleep 1"]
+      entrypoint: /bin/env
+      env: {A: "1", B: x}
+      ports: ["127.0.0.1:8080:80", "5353:53/udp"]
+      volumes: ["data:/data", "/srv/conf:/etc/app:ro"]
+      networkMode: host
+      labels: {team: infra}
+      healthcheck: {test: "true", interval: 5s, timeout: 2s, retries: 3, startPeriod: 1s}
+      restartPolicy: unless-stopped
+"#,
+            ),
+        ))
+        .expect("valid");
+        state.clusters[0].services[0].clone()
+    }
+
+    /// A new optional field must leave the hash of a spec that does not set it as it was:
+    /// otherwise upgrading the controller rolls out every container it owns. These values
+    /// were computed before `stopTimeout` and `stopSignal` existed (commit f25a50c).
+    #[test]
+    fn spec_hash_of_an_existing_spec_never_changes() {
+        assert_eq!(web().spec_hash(), "30d1402ecfc44e34");
+        assert_eq!(full().spec_hash(), "300000a69c13fdda");
+    }
+
+    #[test]
+    fn spec_hash_changes_with_stop_timeout_and_signal_once_set() {
+        let base = full();
+        let mut timeout = base.clone();
+        timeout.stop_timeout = Some(Duration::from_secs(10));
+        let mut signal = base.clone();
+        signal.stop_signal = Some("SIGTERM".into());
+        let hashes = [&base, &timeout, &signal].map(|s| s.spec_hash());
+        assert!(
+            hashes[0] != hashes[1] && hashes[0] != hashes[2] && hashes[1] != hashes[2],
+            "{hashes:?}"
+        );
+        // Set to 0s is not unset: the engine kills at once instead of after 10 s.
+        let mut zero = base.clone();
+        zero.stop_timeout = Some(Duration::ZERO);
+        assert_ne!(zero.spec_hash(), base.spec_hash());
     }
 
     #[test]

@@ -166,6 +166,11 @@ pub(super) struct Service {
     #[serde(default)]
     pub restart_policy: Option<Scalar>,
     #[serde(default)]
+    pub stop_timeout: Option<Scalar>,
+    /// A scalar, so that a bare number (`stopSignal: 15`) is read too.
+    #[serde(default)]
+    pub stop_signal: Option<Scalar>,
+    #[serde(default)]
     pub remediation: Option<Remediation>,
 }
 

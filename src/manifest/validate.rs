@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use super::port::{PORT_FORMAT, parse_port, ports_clash};
 use super::raw::{self, Args, Scalar};
+use super::signal::{SIGNAL_FORMAT, parse_signal};
 use super::volume::{VOLUME_FORMAT, parse_volume};
 use super::{
-    Cluster, Diagnostic, Healthcheck, NetworkMode, NetworkSpec, Policy, PortMapping, Remediation,
-    RestartPolicy, Service, VolumeMount, graph,
+    Cluster, Diagnostic, Healthcheck, MAX_STOP_TIMEOUT, NetworkMode, NetworkSpec, Policy,
+    PortMapping, Remediation, RestartPolicy, Service, VolumeMount, graph,
 };
 use crate::yamldoc::{DocLines, parse_duration};
 
@@ -385,6 +386,12 @@ impl Validator<'_, '_> {
             None => RestartPolicy::No,
             Some(value) => self.restart_policy(&format!("{path}.restartPolicy"), value),
         };
+        let stop_timeout = raw
+            .stop_timeout
+            .and_then(|t| self.stop_timeout(&format!("{path}.stopTimeout"), t));
+        let stop_signal = raw
+            .stop_signal
+            .and_then(|s| self.stop_signal(&format!("{path}.stopSignal"), s));
         let remediation = match raw.remediation {
             None => Remediation::default(),
             Some(r) => self.remediation(&format!("{path}.remediation"), r, Remediation::default()),
@@ -404,6 +411,8 @@ impl Validator<'_, '_> {
             // Checked by `dependencies` once every name of the cluster is known.
             depends_on: raw.depends_on,
             restart_policy,
+            stop_timeout,
+            stop_signal,
             remediation,
         };
         (service, port_indices)
@@ -580,6 +589,51 @@ impl Validator<'_, '_> {
                     format!("invalid restartPolicy \"{shown}\": expected no, always, unless-stopped or on-failure"),
                 );
                 RestartPolicy::No
+            }
+        }
+    }
+
+    /// `stopTimeout`: whole seconds (the engine keeps no less), from 0s to [`MAX_STOP_TIMEOUT`].
+    /// Refused rather than rounded, so that what runs is what is written.
+    fn stop_timeout(&mut self, field: &str, raw: Scalar) -> Option<Duration> {
+        let d = self.duration(field, raw)?;
+        if d.subsec_nanos() != 0 {
+            let (down, up) = (d.as_secs(), d.as_secs() + 1);
+            self.error(
+                field,
+                format!(
+                    "stopTimeout {d:?} is not a whole number of seconds, which is all the engine keeps: write {down}s or {up}s"
+                ),
+            );
+            return None;
+        }
+        if d > MAX_STOP_TIMEOUT {
+            self.error(
+                field,
+                format!(
+                    "stopTimeout {d:?} is longer than {MAX_STOP_TIMEOUT:?}, the longest the controller waits for one stop"
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    fn stop_signal(&mut self, field: &str, raw: Scalar) -> Option<String> {
+        let text = match raw {
+            Scalar::Str(s) | Scalar::Int(s) => s,
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Null => String::new(),
+        };
+        match parse_signal(&text) {
+            Ok(signal) => Some(signal),
+            Err(why) => {
+                self.error(
+                    field,
+                    format!("invalid stopSignal \"{text}\": {why} (expected {SIGNAL_FORMAT})"),
+                );
+                None
             }
         }
     }
@@ -1122,6 +1176,63 @@ mod tests {
             "spec.services[0].remediation.backoff.max",
             &["shorter than backoff initial"],
         );
+    }
+
+    #[test]
+    fn stop_timeout_and_signal_are_read_in_every_form_the_engine_takes() {
+        let read = |extra: &str| only_service(&manifest("demo", &service("web", extra)));
+        let web = read("");
+        assert_eq!((web.stop_timeout, web.stop_signal), (None, None));
+        let web = read("      stopTimeout: 15s\n      stopSignal: quit\n");
+        assert_eq!(web.stop_timeout, Some(Duration::from_secs(15)));
+        assert_eq!(web.stop_signal.as_deref(), Some("SIGQUIT"));
+        for (written, expected) in [
+            ("SIGTERM", "SIGTERM"),
+            ("TERM", "SIGTERM"),
+            ("15", "15"),
+            ("\"15\"", "15"),
+            ("SIGRTMIN+3", "SIGRTMIN+3"),
+        ] {
+            let web = read(&format!("      stopSignal: {written}\n"));
+            assert_eq!(web.stop_signal.as_deref(), Some(expected), "{written}");
+        }
+        for (written, secs) in [("0s", 0), ("1m", 60), ("10m", 600), ("1500ms500ms", 2)] {
+            let web = read(&format!("      stopTimeout: {written}\n"));
+            assert_eq!(
+                web.stop_timeout,
+                Some(Duration::from_secs(secs)),
+                "{written}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_stop_timeout_and_signal_are_reported_with_their_value() {
+        let field = |i: usize, name: &str| format!("spec.services[{i}].{name}");
+        let text = manifest(
+            "demo",
+            &(service("aa", "      stopTimeout: 1.5s\n      stopSignal: SIGTERN\n")
+                + &service("bb", "      stopTimeout: 11m\n      stopSignal: 65\n")
+                + &service("cc", "      stopTimeout: 10\n      stopSignal: STOP\n")),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(&diags, 9, &field(0, "stopTimeout"), &["1.5s", "1s or 2s"]);
+        assert_reported(
+            &diags,
+            10,
+            &field(0, "stopSignal"),
+            &["\"SIGTERN\"", "SIGTERM"],
+        );
+        assert_reported(&diags, 13, &field(1, "stopTimeout"), &["660s", "600s"]);
+        assert_reported(&diags, 14, &field(1, "stopSignal"), &["\"65\"", "1 to 64"]);
+        assert_reported(&diags, 17, &field(2, "stopTimeout"), &["\"10\"", "no unit"]);
+        assert_reported(
+            &diags,
+            18,
+            &field(2, "stopSignal"),
+            &["\"STOP\"", "freezes"],
+        );
+        assert_eq!(diags.len(), 6, "{diags:#?}");
     }
 
     #[test]

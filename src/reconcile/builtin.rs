@@ -35,7 +35,7 @@ impl BuiltIn {
             Action::Create => actions.create(cluster, service).await,
             Action::Start => actions.start(id()?).await,
             Action::Unpause => actions.unpause(id()?).await,
-            Action::Restart => actions.restart(id()?).await,
+            Action::Restart => actions.restart(id()?, service).await,
             Action::Recreate => actions.recreate(cluster, service, id()?).await,
             Action::Connect { network } => {
                 actions

@@ -244,6 +244,8 @@ mod tests {
             healthcheck: None,
             depends_on: vec![],
             restart_policy: RestartPolicy::No,
+            stop_timeout: None,
+            stop_signal: None,
             remediation: Remediation::default(),
         }
     }
