@@ -18,6 +18,10 @@
 //! 20.10), so both arms die the same way. The figure is the engine's own time from the first
 //! `die` event to the last `start` event of the arm (one clock for both arms).
 //!
+//! Caution: N=200 (400 containers on the host network) wedged Debian's dockerd 20.10 in its
+//! third engine round (every `docker` call hung, goroutines stuck on libnetwork's `host`
+//! network lock, 116 containers left `Restarting`). Run large N on an engine of your own.
+//!
 //! Between kills the machine is left quiet for QUIET_S: the engine resets its restart
 //! backoff only after a container has run for 10 s, and the controller's `stableAfter` is
 //! set to the same 10 s, so both start every round from a reset backoff; the controller's
