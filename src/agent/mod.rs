@@ -2,5 +2,5 @@
 //! never trusted for the verdict (only the controller's re-check resolves a ticket).
 //! See `docs/agent.md`.
 
-pub mod tools;
 pub mod prompt;
+pub mod tools;

@@ -173,7 +173,12 @@ mod tests {
 
     #[test]
     fn secret_looking_names_are_hidden() {
-        for name in ["ANTHROPIC_API_KEY", "db_password", "GitHubToken", "AWS_SECRET"] {
+        for name in [
+            "ANTHROPIC_API_KEY",
+            "db_password",
+            "GitHubToken",
+            "AWS_SECRET",
+        ] {
             assert!(is_secret_name(name), "{name}");
         }
         for name in ["PATH", "ROLE", "PD_ADDR"] {

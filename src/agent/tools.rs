@@ -135,8 +135,12 @@ impl ToolContext {
                     .and_then(Value::as_u64)
                     .filter(|p| (1..=65535).contains(p))
                     .ok_or_else(|| ToolError::Input("port must be 1 to 65535".into()))?;
-                self.http_get(string(input, "service")?, port as u16, string(input, "path")?)
-                    .await
+                self.http_get(
+                    string(input, "service")?,
+                    port as u16,
+                    string(input, "path")?,
+                )
+                .await
             }
             other => Err(ToolError::Unknown(other.to_string())),
         }

@@ -546,9 +546,10 @@ impl KeyRun<'_> {
             let gate = async {
                 let ticket = journal.get(id).await?;
                 let timeline = journal.timeline(id).await?;
-                Ok::<_, TicketError>(ticket.map(|t| {
-                    agent_gate(&timeline, t.episode_at, &a.cluster.agent, clock.wall)
-                }))
+                Ok::<_, TicketError>(
+                    ticket
+                        .map(|t| agent_gate(&timeline, t.episode_at, &a.cluster.agent, clock.wall)),
+                )
             };
             match gate.await {
                 Ok(Some(AgentGate::Page)) | Ok(None) => {}

@@ -45,7 +45,9 @@ pub enum AgentGate {
     /// The last session ended less than `sessionBackoff` ago.
     WaitUntil(DateTime<Utc>),
     /// This episode already had `sessions` sessions: a person takes over.
-    Spent { sessions: u32 },
+    Spent {
+        sessions: u32,
+    },
 }
 
 /// The agent's gate for the episode that began at `episode_at`.
@@ -418,14 +420,20 @@ mod tests {
             entry(10, EntryKind::ActionStarted, Some(Actor::Controller)),
         ];
         let episode = at(8);
-        assert_eq!(agent_gate(&timeline, episode, &spec, at(20)), AgentGate::Page);
+        assert_eq!(
+            agent_gate(&timeline, episode, &spec, at(20)),
+            AgentGate::Page
+        );
         timeline.push(entry(20, EntryKind::ActionStarted, Some(Actor::Agent)));
         timeline.push(entry(50, EntryKind::ActionResult, Some(Actor::Agent)));
         assert_eq!(
             agent_gate(&timeline, episode, &spec, at(60)),
             AgentGate::WaitUntil(at(110))
         );
-        assert_eq!(agent_gate(&timeline, episode, &spec, at(110)), AgentGate::Page);
+        assert_eq!(
+            agent_gate(&timeline, episode, &spec, at(110)),
+            AgentGate::Page
+        );
         timeline.push(entry(120, EntryKind::ActionStarted, Some(Actor::Agent)));
         assert_eq!(
             agent_gate(&timeline, episode, &spec, at(500)),
