@@ -1,0 +1,4 @@
+//! The Claude agent (issue 9): a tool-using model paged for what a restart cannot fix.
+
+pub mod safety;
+pub mod shell;
