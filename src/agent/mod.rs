@@ -3,4 +3,6 @@
 //! See `docs/agent.md`.
 
 pub mod prompt;
+pub mod safety;
+pub mod shell;
 pub mod tools;

@@ -1,0 +1,1167 @@
+//! The `shell` tool: runs one command line for the agent, bounded in time and in output, in
+//! an environment that holds no secret.
+//!
+//! The model's command runs as `sh -c COMMAND`, the way the prototype ran it, but every
+//! fault the prototype had with it is closed here: it had no timeout on the process group,
+//! held all output in memory and handed it all to the model, and let every command read the
+//! API key. What the model sees is [`ShellOutput::model_json`]:
+//! `{stdout, stderr, exit_code, timed_out}` (plus `signal` and a `note` when relevant).
+//!
+//! # Guarantees
+//! - The command runs in a new process group (its pgid is the shell's pid), stdin
+//!   `/dev/null`, with exactly the variables of its [`ChildEnv`] (the environment is cleared
+//!   first, so nothing leaks from the controller by default).
+//! - Past [`ShellLimits::timeout`] the whole group gets SIGTERM, after
+//!   [`ShellLimits::kill_grace`] SIGKILL, and the shell is reaped.
+//! - A command leaves nothing running: once the shell has exited (by itself or killed),
+//!   whatever it left in its group (`sleep 1000 &`) is killed with SIGKILL before [`run`]
+//!   returns. Only a process that left the group (`setsid`, a double fork into a new
+//!   session) is out of reach; its output is read for at most [`ShellLimits::drain`] more and
+//!   then ignored, so it cannot hang the call.
+//! - [`run`] therefore returns within about `timeout + kill_grace + 2 × drain` whatever the
+//!   command does (the last `drain` bounds a shell stuck in uninterruptible sleep).
+//! - stdout and stderr are read concurrently, so a child filling one pipe never blocks on
+//!   it, into bounded buffers: memory stays in the order of [`ShellLimits::output_cap`]
+//!   however much the command prints; the byte counts are exact.
+//! - At most `output_cap` bytes of stdout and stderr together go back (plus the notes): a
+//!   stream that does not fit keeps its head and its tail, and the cut is stated in the
+//!   text, with how many bytes were cut. A short stream is never cut to make room for a long
+//!   one. Invalid UTF-8 is replaced (lossy), never an error.
+//! - Secret values the [`ChildEnv`] knows (the API key, configured secrets) are replaced by
+//!   `[REDACTED]` in the output, including a part of one at a cut: a command can still read
+//!   the controller's own environment (`/proc/PID/environ`, `docker inspect` of its
+//!   container), and what it prints must not reach the model, the audit or the database.
+//!
+//! # Caveats
+//! - The child runs as the controller's user: the environment filter keeps secrets out of
+//!   the child's variables, not out of its reach. Redaction of the output is the second
+//!   line; the safety judge (`agent::safety`) refuses `/proc/*/environ` as a third.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Serialize, Serializer};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// The variable that carries the Anthropic API key; never passed to a child, whatever the
+/// configuration says.
+pub const API_KEY_VAR: &str = "ANTHROPIC_API_KEY";
+
+/// A variable whose name contains one of these (ASCII case-insensitive substring) is secret
+/// unless the policy allows it by name. Deliberately broad: dropping `KEYBOARD_LAYOUT` from
+/// an agent's shell costs nothing, leaking `GITHUB_TOKEN` costs a lot. None of the variables
+/// the agent needs (`PATH`, `HOME`, `DOCKER_HOST`, `PROMETHEUS_URL`, `LANG`, `TZ`) matches.
+pub const SECRET_NAME_PATTERNS: &[&str] = &[
+    "KEY",
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "CREDENTIAL",
+    "AUTH",
+];
+
+/// Secret values shorter than this are not searched for in other variables or in output:
+/// a `FOO_KEY=1` must not make every variable whose value is `1` a secret.
+pub const MIN_SECRET_VALUE_LEN: usize = 8;
+
+/// A value dropped only because its name matched [`SECRET_NAME_PATTERNS`] is redacted from
+/// output only from this length on: such values are sometimes paths (`SSH_AUTH_SOCK`), and
+/// redacting a short path everywhere would garble output for no protection.
+const MIN_PATTERN_VALUE_REDACT_LEN: usize = 16;
+
+/// What replaces a secret value in output.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Default bound on a command's run time (HolmesGPT uses 60 s; the prototype 120 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Default cap on stdout + stderr going back to the model: about 25k tokens of text, the cap
+/// HolmesGPT puts on one tool result.
+pub const DEFAULT_OUTPUT_CAP: usize = 100_000;
+
+/// Bounds of one [`run`]. Builder-style: `ShellLimits::default().timeout(d)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellLimits {
+    /// How long the command may run before its group gets SIGTERM.
+    pub timeout: Duration,
+    /// Between SIGTERM and SIGKILL of the group.
+    pub kill_grace: Duration,
+    /// How long output is still read after the shell exited (a process that escaped the
+    /// group may hold the pipes open), and the bound on reaping a killed shell.
+    pub drain: Duration,
+    /// Bytes of stdout and stderr together that go back to the model.
+    pub output_cap: usize,
+}
+
+impl Default for ShellLimits {
+    fn default() -> Self {
+        ShellLimits {
+            timeout: DEFAULT_TIMEOUT,
+            kill_grace: Duration::from_secs(2),
+            drain: Duration::from_secs(2),
+            output_cap: DEFAULT_OUTPUT_CAP,
+        }
+    }
+}
+
+impl ShellLimits {
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.kill_grace = grace;
+        self
+    }
+    pub fn drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
+        self
+    }
+    pub fn output_cap(mut self, bytes: usize) -> Self {
+        self.output_cap = bytes;
+        self
+    }
+}
+
+/// Which variables are secret and what the child gets besides its filtered inheritance.
+/// Builder-style: `EnvPolicy::default().secret_name("PD_PASSWORD").set("TZ", "UTC")`.
+///
+/// Precedence (first that applies wins): [`API_KEY_VAR`] is always dropped; a name in
+/// `secret_names` is dropped; a value containing a secret value is dropped; a name in
+/// `allow` is kept; a name matching [`SECRET_NAME_PATTERNS`] is dropped; the rest is kept.
+/// `overrides` are set last, except one whose value contains a secret value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EnvPolicy {
+    /// Names marked secret by configuration (matched ASCII case-insensitively). Their values
+    /// become secret values.
+    pub secret_names: Vec<String>,
+    /// Secret values known otherwise (an API key given by flag or file rather than the
+    /// environment). No variable containing one is passed; output containing one is redacted.
+    pub secret_values: Vec<String>,
+    /// Names kept although they match [`SECRET_NAME_PATTERNS`] (never [`API_KEY_VAR`]).
+    pub allow: Vec<String>,
+    /// Variables set (or replaced) for the child.
+    pub overrides: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for EnvPolicy {
+    // Values are secrets: only their number is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvPolicy")
+            .field("secret_names", &self.secret_names)
+            .field("secret_values", &self.secret_values.len())
+            .field("allow", &self.allow)
+            .field("overrides", &self.overrides.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl EnvPolicy {
+    pub fn secret_name(mut self, name: impl Into<String>) -> Self {
+        self.secret_names.push(name.into());
+        self
+    }
+    pub fn secret_value(mut self, value: impl Into<String>) -> Self {
+        self.secret_values.push(value.into());
+        self
+    }
+    pub fn allow(mut self, name: impl Into<String>) -> Self {
+        self.allow.push(name.into());
+        self
+    }
+    pub fn set(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.overrides.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// Whether `name` matches [`SECRET_NAME_PATTERNS`].
+pub fn name_looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_NAME_PATTERNS.iter().any(|p| upper.contains(p))
+}
+
+/// The environment (and working directory) a command gets.
+///
+/// # Guarantees
+/// - Holds no variable named [`API_KEY_VAR`] and no value containing a secret value (of at
+///   least [`MIN_SECRET_VALUE_LEN`] bytes).
+/// - Its `Debug` shows names only, never a value.
+#[derive(Clone, Default)]
+pub struct ChildEnv {
+    vars: BTreeMap<String, String>,
+    dropped: Vec<String>,
+    /// Redacted from output, longest first so a secret containing another goes whole.
+    redact: Vec<String>,
+    cwd: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ChildEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildEnv")
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("dropped", &self.dropped)
+            .field("cwd", &self.cwd)
+            .finish()
+    }
+}
+
+impl ChildEnv {
+    /// From the controller's own environment. A variable whose name or value is not UTF-8 is
+    /// dropped (listed in [`ChildEnv::dropped`] lossily): it cannot be checked for secrets.
+    pub fn from_current(policy: &EnvPolicy) -> ChildEnv {
+        let mut unreadable = Vec::new();
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(
+                |(n, v): (OsString, OsString)| match (n.into_string(), v.into_string()) {
+                    (Ok(n), Ok(v)) => Some((n, v)),
+                    (n, _) => {
+                        unreadable.push(match n {
+                            Ok(n) => n,
+                            Err(n) => n.to_string_lossy().into_owned(),
+                        });
+                        None
+                    }
+                },
+            )
+            .collect();
+        let mut env = ChildEnv::build(vars, policy);
+        env.dropped.extend(unreadable);
+        env.dropped.sort();
+        env
+    }
+
+    /// From the given variables (for tests and for a controller that read its environment
+    /// once at start).
+    pub fn build(vars: impl IntoIterator<Item = (String, String)>, policy: &EnvPolicy) -> ChildEnv {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let named_secret = |name: &str| {
+            name == API_KEY_VAR
+                || policy
+                    .secret_names
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(name))
+        };
+        // The values no variable may contain: the key, the configured ones, and those of
+        // the variables configuration names secret.
+        let mut secret_values: Vec<String> = policy
+            .secret_values
+            .iter()
+            .cloned()
+            .chain(
+                vars.iter()
+                    .filter(|(n, _)| named_secret(n))
+                    .map(|(_, v)| v.clone()),
+            )
+            .filter(|v| v.len() >= MIN_SECRET_VALUE_LEN)
+            .collect();
+        secret_values.sort();
+        secret_values.dedup();
+        let holds_secret = |value: &str| secret_values.iter().any(|s| value.contains(s.as_str()));
+
+        let mut kept = BTreeMap::new();
+        let mut dropped = Vec::new();
+        let mut redact = secret_values.clone();
+        for (name, value) in vars {
+            let allowed = policy.allow.iter().any(|a| a.eq_ignore_ascii_case(&name));
+            let drop = named_secret(&name)
+                || holds_secret(&value)
+                || (!allowed && name_looks_secret(&name));
+            if drop {
+                if value.len() >= MIN_PATTERN_VALUE_REDACT_LEN {
+                    redact.push(value);
+                }
+                dropped.push(name);
+            } else {
+                kept.insert(name, value);
+            }
+        }
+        for (name, value) in &policy.overrides {
+            if name == API_KEY_VAR || holds_secret(value) {
+                kept.remove(name);
+                dropped.push(name.clone());
+            } else {
+                kept.insert(name.clone(), value.clone());
+            }
+        }
+        redact.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        redact.dedup();
+        dropped.sort();
+        dropped.dedup();
+        ChildEnv {
+            vars: kept,
+            dropped,
+            redact,
+            cwd: None,
+        }
+    }
+
+    /// Run commands in `dir` instead of the controller's working directory (give the same
+    /// directory to the safety judge, which resolves relative paths against it).
+    pub fn with_cwd(mut self, dir: impl Into<PathBuf>) -> ChildEnv {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn cwd(&self) -> Option<&Path> {
+        self.cwd.as_deref()
+    }
+
+    /// The variables the child gets, by name.
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// Names of the variables withheld from the child (for the audit; never values).
+    pub fn dropped(&self) -> &[String] {
+        &self.dropped
+    }
+
+    /// `text` with every secret value this environment knows replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.redact {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Redacts `text` and, in case a secret was cut in two by the output cap, a trailing
+    /// start of a secret (`at_end`) or a leading end of one (`!at_end`) of at least 4 bytes.
+    fn redact_at_cut(&self, text: &str, at_end: bool) -> String {
+        let mut out = self.redact(text);
+        for secret in &self.redact {
+            for len in (4..secret.len()).rev() {
+                let part = if at_end {
+                    secret.get(..len)
+                } else {
+                    secret.get(secret.len() - len..)
+                };
+                let Some(part) = part else { continue };
+                if at_end && out.ends_with(part) {
+                    out.truncate(out.len() - part.len());
+                    out.push_str(REDACTED);
+                    break;
+                }
+                if !at_end && out.starts_with(part) {
+                    out = format!("{REDACTED}{}", &out[part.len()..]);
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What one command did. `Serialize` gives the audit's full record (`duration_ms`); the
+/// model gets [`ShellOutput::model_json`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShellOutput {
+    /// As the model sees it: capped, lossy UTF-8, secrets redacted.
+    pub stdout: String,
+    pub stderr: String,
+    /// `None` when the shell was ended by a signal (then `signal` says which) or could not
+    /// be reaped within the bound.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The timeout was reached and the group was killed.
+    pub timed_out: bool,
+    #[serde(rename = "duration_ms", serialize_with = "as_millis")]
+    pub duration: Duration,
+    /// Some output was cut to the cap.
+    pub truncated: bool,
+    /// Bytes the command wrote, before the cap.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// Why the output is cut or the command ended early, in a sentence for the model.
+    pub note: Option<String>,
+}
+
+fn as_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl ShellOutput {
+    /// The tool result the model sees: `{stdout, stderr, exit_code, timed_out}`, plus
+    /// `signal` when the shell died of one and `note` when the output was cut or the command
+    /// timed out.
+    pub fn model_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "exit_code": self.exit_code,
+            "timed_out": self.timed_out,
+        });
+        if let Some(obj) = v.as_object_mut() {
+            if let Some(sig) = self.signal {
+                obj.insert("signal".into(), sig.into());
+            }
+            if let Some(note) = &self.note {
+                obj.insert("note".into(), note.clone().into());
+            }
+        }
+        v
+    }
+
+    /// Exited by itself with status 0.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    #[error("failed to start `sh -c` for the shell tool: {0}")]
+    Spawn(#[source] io::Error),
+    #[error("the shell tool's `sh` exited before its process id could be read")]
+    NoPid,
+}
+
+/// Runs `command` with `sh -c` under `limits`. See the module's guarantees. An error means
+/// the command could not be started at all; everything the command itself does (a non-zero
+/// exit, a timeout, a signal) is in the [`ShellOutput`].
+pub async fn run(
+    command: &str,
+    env: &ChildEnv,
+    limits: &ShellLimits,
+) -> Result<ShellOutput, ShellError> {
+    let started = Instant::now();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env_clear()
+        .envs(env.vars())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        // If this future is dropped mid-run, tokio kills and reaps the shell; the guard below
+        // takes the rest of the group.
+        .kill_on_drop(true);
+    if let Some(dir) = env.cwd() {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().map_err(ShellError::Spawn)?;
+    let Some(pid) = child.id() else {
+        return Err(ShellError::NoPid);
+    };
+    let mut group = GroupGuard {
+        pgid: pid as i32,
+        armed: true,
+    };
+
+    let stop = CancellationToken::new();
+    let out_task = tokio::spawn(read_capped(
+        child.stdout.take(),
+        limits.output_cap,
+        stop.clone(),
+    ));
+    let err_task = tokio::spawn(read_capped(
+        child.stderr.take(),
+        limits.output_cap,
+        stop.clone(),
+    ));
+
+    let (status, timed_out) = match tokio::time::timeout(limits.timeout, child.wait()).await {
+        Ok(status) => (status.ok(), false),
+        Err(_) => {
+            group.signal(libc::SIGTERM);
+            let status = match tokio::time::timeout(limits.kill_grace, child.wait()).await {
+                Ok(status) => status.ok(),
+                Err(_) => {
+                    group.signal(libc::SIGKILL);
+                    // Bounded: a shell in uninterruptible sleep is left to tokio's orphan
+                    // reaper rather than hanging the session.
+                    tokio::time::timeout(limits.drain, child.wait())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+            };
+            (status, true)
+        }
+    };
+    // The shell is gone: what it left in its group goes too. Output already in the pipes is
+    // still read below.
+    group.signal(libc::SIGKILL);
+
+    let readers = futures::future::join(out_task, err_task);
+    tokio::pin!(readers);
+    let (out, err) = match tokio::time::timeout(limits.drain, &mut readers).await {
+        Ok(r) => r,
+        Err(_) => {
+            // Someone outside the group holds a pipe open: stop listening to it.
+            stop.cancel();
+            readers.await
+        }
+    };
+    group.armed = false;
+    let out = out.unwrap_or_else(|_| Capture::new(limits.output_cap));
+    let err = err.unwrap_or_else(|_| Capture::new(limits.output_cap));
+
+    let (out_budget, err_budget) = budgets(out.total, err.total, limits.output_cap);
+    let (stdout, out_cut) = out.render(out_budget, limits.output_cap, env);
+    let (stderr, err_cut) = err.render(err_budget, limits.output_cap, env);
+    let truncated = out_cut + err_cut > 0;
+
+    let (exit_code, signal) = exit_parts(status);
+    let mut notes = Vec::new();
+    if timed_out {
+        notes.push(format!(
+            "the command was still running after the {} s timeout and was killed with its \
+             whole process group",
+            limits.timeout.as_secs_f64()
+        ));
+    }
+    if truncated {
+        notes.push(format!(
+            "output cut to {} bytes of stdout and stderr together ({} of {} stdout bytes and \
+             {} of {} stderr bytes cut); head and tail kept, the cut is marked in the text",
+            limits.output_cap, out_cut, out.total, err_cut, err.total
+        ));
+    }
+    Ok(ShellOutput {
+        stdout,
+        stderr,
+        exit_code,
+        signal,
+        timed_out,
+        duration: started.elapsed(),
+        truncated,
+        stdout_bytes: out.total,
+        stderr_bytes: err.total,
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+    })
+}
+
+fn exit_parts(status: Option<ExitStatus>) -> (Option<i32>, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => (s.code(), s.signal()),
+        None => (None, None),
+    }
+}
+
+/// Signals the command's process group; on drop (the run was cancelled) kills it.
+struct GroupGuard {
+    pgid: i32,
+    armed: bool,
+}
+
+impl GroupGuard {
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours. A negative pid
+        // addresses the process group; ESRCH (the group is gone) is the expected outcome
+        // after the last member died and needs no handling. The pgid stays reserved by the
+        // kernel while any member lives, so it cannot name a stranger's group then; once all
+        // are gone it could only be reused after the pid space wrapped around.
+        unsafe {
+            libc::kill(-self.pgid, sig);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// How many bytes of each stream go back, `cap` in all: everything when both fit; else a
+/// stream shorter than its half keeps all of it and the other gets the rest.
+fn budgets(out: u64, err: u64, cap: usize) -> (usize, usize) {
+    let cap64 = cap as u64;
+    if out + err <= cap64 {
+        return (out as usize, err as usize);
+    }
+    let half = cap / 2;
+    if out <= half as u64 {
+        (out as usize, cap - out as usize)
+    } else if err <= (cap - half) as u64 {
+        (cap - err as usize, err as usize)
+    } else {
+        (half, cap - half)
+    }
+}
+
+/// One stream: its first `cap / 2` bytes, its last `cap - cap / 2`, and its length. Enough
+/// to render it within any budget up to `cap`.
+#[derive(Debug)]
+struct Capture {
+    head: Vec<u8>,
+    head_cap: usize,
+    tail: VecDeque<u8>,
+    tail_cap: usize,
+    total: u64,
+}
+
+impl Capture {
+    fn new(cap: usize) -> Capture {
+        Capture {
+            head: Vec::new(),
+            head_cap: cap / 2,
+            tail: VecDeque::new(),
+            tail_cap: cap - cap / 2,
+            total: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        let room = self.head_cap - self.head.len();
+        self.head.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        if bytes.len() >= self.tail_cap {
+            self.tail.clear();
+            self.tail.extend(&bytes[bytes.len() - self.tail_cap..]);
+        } else {
+            let overflow = (self.tail.len() + bytes.len()).saturating_sub(self.tail_cap);
+            self.tail.drain(..overflow);
+            self.tail.extend(bytes);
+        }
+    }
+
+    /// The stream in at most `budget` bytes (plus the cut marker), redacted; and how many
+    /// bytes were cut.
+    fn render(&self, budget: usize, cap: usize, env: &ChildEnv) -> (String, u64) {
+        let tail: Vec<u8> = self.tail.iter().copied().collect();
+        if self.total <= budget as u64 {
+            // Whole: the head, then what of the tail follows it.
+            let mut all = self.head.clone();
+            let rest = (self.total as usize - self.head.len()).min(tail.len());
+            all.extend_from_slice(&tail[tail.len() - rest..]);
+            return (env.redact(&String::from_utf8_lossy(&all)), 0);
+        }
+        let head_len = utf8_prefix_len(&self.head[..(budget / 2).min(self.head.len())]);
+        let tail_want = (budget - budget / 2).min(tail.len());
+        let tail_bytes = utf8_suffix(&tail[tail.len() - tail_want..]);
+        let cut = self.total - head_len as u64 - tail_bytes.len() as u64;
+        let head = env.redact_at_cut(&String::from_utf8_lossy(&self.head[..head_len]), true);
+        let tail = env.redact_at_cut(&String::from_utf8_lossy(tail_bytes), false);
+        (
+            format!(
+                "{head}\n[... {cut} bytes cut: output longer than {cap} bytes; head and tail \
+                 kept ...]\n{tail}"
+            ),
+            cut,
+        )
+    }
+}
+
+/// `bytes` shortened by a multi-byte character the cut split at its end, if any.
+fn utf8_prefix_len(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        _ => bytes.len(),
+    }
+}
+
+/// `bytes` without the continuation bytes a cut left at its start (at most 3).
+fn utf8_suffix(bytes: &[u8]) -> &[u8] {
+    let skip = bytes
+        .iter()
+        .take(3)
+        .take_while(|b| (**b & 0b1100_0000) == 0b1000_0000)
+        .count();
+    &bytes[skip..]
+}
+
+async fn read_capped<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    cap: usize,
+    stop: CancellationToken,
+) -> Capture {
+    let mut capture = Capture::new(cap);
+    let Some(mut reader) = reader else {
+        return capture;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            n = reader.read(&mut buf) => match n {
+                Ok(0) => break,
+                Ok(n) => capture.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A broken pipe ends the stream like EOF; nothing more can be read.
+                Err(_) => break,
+            },
+        }
+    }
+    capture
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk-ant-test-0123456789abcdef";
+
+    /// Hang guard only: generous, never a measurement.
+    async fn run_guarded(command: &str, env: &ChildEnv, limits: &ShellLimits) -> ShellOutput {
+        tokio::time::timeout(Duration::from_secs(120), run(command, env, limits))
+            .await
+            .expect("run must return within its bounds")
+            .expect("sh starts")
+    }
+
+    fn plain_env() -> ChildEnv {
+        ChildEnv::build(
+            [(
+                "PATH".to_string(),
+                "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            )],
+            &EnvPolicy::default(),
+        )
+    }
+
+    /// Members of process group `pgid` that are alive (not zombies waiting for a reaper).
+    fn live_members(pgid: u32) -> Vec<u32> {
+        let mut live = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // After the `(comm)` field: state ppid pgrp ...
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(2) == Some(&pgid.to_string().as_str()) && fields[0] != "Z" {
+                live.push(pid);
+            }
+        }
+        live
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| !r.trim_start().starts_with('Z'))
+                    .unwrap_or(false)
+            })
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn exit_code_stdout_and_stderr_are_reported() {
+        let out = run_guarded(
+            "echo out; echo err >&2; exit 3",
+            &plain_env(),
+            &ShellLimits::default(),
+        )
+        .await;
+        assert_eq!(out.stdout, "out\n");
+        assert_eq!(out.stderr, "err\n");
+        assert_eq!(out.exit_code, Some(3));
+        assert_eq!(out.signal, None);
+        assert!(!out.timed_out && !out.truncated && !out.succeeded());
+        assert_eq!(out.note, None);
+        let json = out.model_json();
+        assert_eq!(
+            json,
+            serde_json::json!({"stdout": "out\n", "stderr": "err\n", "exit_code": 3, "timed_out": false})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shell_killed_by_a_signal_reports_the_signal() {
+        let out = run_guarded("kill -9 $$", &plain_env(), &ShellLimits::default()).await;
+        assert_eq!(out.exit_code, None);
+        assert_eq!(out.signal, Some(9));
+        assert_eq!(out.model_json()["signal"], 9);
+        assert!(!out.timed_out);
+    }
+
+    #[tokio::test]
+    async fn stdin_is_null_so_a_reader_does_not_wait() {
+        let out = run_guarded("cat; echo done", &plain_env(), &ShellLimits::default()).await;
+        assert_eq!(out.stdout, "done\n");
+        assert!(out.succeeded());
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group_including_a_background_grandchild() {
+        let limits = ShellLimits::default()
+            .timeout(Duration::from_millis(500))
+            .kill_grace(Duration::from_millis(500));
+        let out = run_guarded(
+            "echo $$; sleep 1000 & echo $!; sleep 1000",
+            &plain_env(),
+            &limits,
+        )
+        .await;
+        assert!(out.timed_out);
+        assert_eq!(out.exit_code, None);
+        assert_eq!(out.signal, Some(libc::SIGTERM));
+        assert!(out.note.as_deref().unwrap_or("").contains("timeout"));
+        let pids: Vec<u32> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
+        let (pgid, grandchild) = (pids[0], pids[1]);
+        assert_eq!(live_members(pgid), Vec::<u32>::new());
+        assert!(
+            !alive(grandchild),
+            "the background sleep {grandchild} survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_escalates_to_sigkill_when_sigterm_is_ignored() {
+        let limits = ShellLimits::default()
+            .timeout(Duration::from_millis(300))
+            .kill_grace(Duration::from_millis(300));
+        let out = run_guarded(
+            "trap '' TERM; echo $$; sleep 1000 & echo $!; while :; do sleep 1; done",
+            &plain_env(),
+            &limits,
+        )
+        .await;
+        assert!(out.timed_out);
+        assert_eq!(out.signal, Some(libc::SIGKILL));
+        let pids: Vec<u32> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(live_members(pids[0]), Vec::<u32>::new());
+        assert!(!alive(pids[1]));
+    }
+
+    #[tokio::test]
+    async fn background_processes_left_behind_are_killed_when_the_shell_exits() {
+        // One holds the stdout pipe open, one does not; neither may outlive the call, and
+        // the one holding the pipe must not make the read wait for it.
+        let out = run_guarded(
+            "echo $$; sleep 1000 & echo $!; sleep 1000 >/dev/null 2>&1 & echo $!",
+            &plain_env(),
+            &ShellLimits::default(),
+        )
+        .await;
+        assert!(!out.timed_out);
+        assert_eq!(out.exit_code, Some(0));
+        let pids: Vec<u32> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(live_members(pids[0]), Vec::<u32>::new());
+        assert!(!alive(pids[1]) && !alive(pids[2]));
+    }
+
+    #[tokio::test]
+    async fn a_process_that_left_the_group_cannot_hang_the_read() {
+        let limits = ShellLimits::default().drain(Duration::from_millis(200));
+        let out = run_guarded("setsid sleep 1000 & echo $!", &plain_env(), &limits).await;
+        let pid: u32 = out.stdout.trim().parse().unwrap();
+        // Out of reach by design (documented); clean up what the test made.
+        // SAFETY: kill(2) with plain integers.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+        assert_eq!(out.exit_code, Some(0));
+        assert!(!out.timed_out);
+    }
+
+    #[tokio::test]
+    async fn megabytes_of_output_are_capped_keeping_head_and_tail() {
+        let out = run_guarded(
+            "echo START; yes | head -c 5000000; echo END",
+            &plain_env(),
+            &ShellLimits::default(),
+        )
+        .await;
+        assert!(out.succeeded());
+        assert!(out.truncated);
+        assert_eq!(out.stdout_bytes, 5_000_000 + 6 + 4);
+        assert!(
+            out.stdout.starts_with("START\ny\ny\n"),
+            "{}",
+            &out.stdout[..20]
+        );
+        assert!(out.stdout.ends_with("y\ny\nEND\n"));
+        let marker = format!(
+            "[... {} bytes cut: output longer than 100000 bytes; head and tail kept ...]",
+            5_000_010 - 100_000
+        );
+        assert!(out.stdout.contains(&marker), "marker missing");
+        assert!(out.stdout.len() <= DEFAULT_OUTPUT_CAP + 200);
+        let note = out.note.clone().unwrap();
+        assert!(note.contains("4900010 of 5000010 stdout bytes"), "{note}");
+        assert!(out.model_json()["note"].is_string());
+    }
+
+    #[tokio::test]
+    async fn big_stdout_and_stderr_together_do_not_deadlock_and_share_the_cap() {
+        let out = run_guarded(
+            "yes out | head -c 3000000 & yes err | head -c 3000000 >&2; wait",
+            &plain_env(),
+            &ShellLimits::default().output_cap(10_000),
+        )
+        .await;
+        assert!(out.succeeded());
+        assert_eq!((out.stdout_bytes, out.stderr_bytes), (3_000_000, 3_000_000));
+        assert!(out.stdout.starts_with("out\n") && out.stderr.starts_with("err\n"));
+        // 5000 bytes each, plus the marker.
+        assert!(out.stdout.len() < 5_200 && out.stdout.len() > 5_000);
+        assert!(out.stderr.len() < 5_200 && out.stderr.len() > 5_000);
+    }
+
+    #[tokio::test]
+    async fn a_short_stream_is_not_cut_to_make_room_for_a_long_one() {
+        let out = run_guarded(
+            "echo oops >&2; yes | head -c 1000000",
+            &plain_env(),
+            &ShellLimits::default(),
+        )
+        .await;
+        assert_eq!(out.stderr, "oops\n");
+        assert!(out.truncated);
+        assert_eq!(out.stdout_bytes, 1_000_000);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_is_replaced_not_an_error() {
+        let out = run_guarded(
+            r"printf '\377\376ok'",
+            &plain_env(),
+            &ShellLimits::default(),
+        )
+        .await;
+        assert_eq!(out.stdout, "\u{FFFD}\u{FFFD}ok");
+    }
+
+    #[tokio::test]
+    async fn the_working_directory_is_the_one_given() {
+        let env = plain_env().with_cwd("/tmp");
+        let out = run_guarded("pwd", &env, &ShellLimits::default()).await;
+        assert_eq!(out.stdout, "/tmp\n");
+    }
+
+    fn secretive_vars() -> Vec<(String, String)> {
+        [
+            ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            ("HOME", "/root"),
+            ("DOCKER_HOST", "unix:///var/run/docker.sock"),
+            ("PROMETHEUS_URL", "http://127.0.0.1:9090"),
+            (API_KEY_VAR, KEY),
+            ("COPY_OF_IT", KEY),
+            ("CURL_HEADER", "x-api-key: sk-ant-test-0123456789abcdef"),
+            ("GITHUB_TOKEN", "ghp_notreallyatoken123"),
+            ("db_password", "hunter2hunter2"),
+            ("PD_ADMIN", "pd-admin-credentials"),
+            ("GRAFANA_API_KEY", "grafana-allowed-value"),
+            ("SHORT_KEY", "1"),
+            ("VERBOSE", "1"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn the_child_environment_holds_no_key_and_no_secret_marked_variable() {
+        let policy = EnvPolicy::default()
+            .secret_name("pd_admin")
+            .allow("GRAFANA_API_KEY")
+            .set("TZ", "UTC")
+            .set("LEAK", format!("Bearer {KEY}"));
+        let env = ChildEnv::build(secretive_vars(), &policy);
+        let names: Vec<&str> = env.vars().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "DOCKER_HOST",
+                "GRAFANA_API_KEY",
+                "HOME",
+                "PATH",
+                "PROMETHEUS_URL",
+                "TZ",
+                "VERBOSE"
+            ]
+        );
+        assert_eq!(
+            env.dropped(),
+            [
+                API_KEY_VAR,
+                "COPY_OF_IT",
+                "CURL_HEADER",
+                "GITHUB_TOKEN",
+                "LEAK",
+                "PD_ADMIN",
+                "SHORT_KEY",
+                "db_password"
+            ]
+        );
+        let debug = format!("{env:?} {policy:?}");
+        assert!(
+            !debug.contains(KEY) && !debug.contains("hunter2"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn the_api_key_cannot_be_allowed_or_set() {
+        let policy = EnvPolicy::default()
+            .allow(API_KEY_VAR)
+            .set(API_KEY_VAR, "another-value-entirely");
+        let env = ChildEnv::build(secretive_vars(), &policy);
+        assert_eq!(env.get(API_KEY_VAR), None);
+    }
+
+    #[test]
+    fn a_key_given_as_a_value_removes_the_variables_holding_it() {
+        let policy = EnvPolicy::default().secret_value(KEY);
+        let vars = vec![
+            ("PATH".to_string(), "/bin".to_string()),
+            ("INNOCENT".to_string(), format!("prefix{KEY}")),
+        ];
+        let env = ChildEnv::build(vars, &policy);
+        assert_eq!(env.dropped(), ["INNOCENT"]);
+    }
+
+    #[tokio::test]
+    async fn a_command_printing_its_environment_shows_no_secret() {
+        let mut vars = secretive_vars();
+        vars.extend(std::env::vars().filter(|(n, _)| n != "PATH" && n != "HOME"));
+        let env = ChildEnv::build(vars, &EnvPolicy::default().secret_name("PD_ADMIN"));
+        let out = run_guarded("env", &env, &ShellLimits::default()).await;
+        assert!(out.succeeded());
+        for secret in [KEY, "ghp_notreallyatoken123", "hunter2hunter2", "pd-admin"] {
+            assert!(!out.stdout.contains(secret), "{secret} leaked");
+        }
+        for name in [API_KEY_VAR, "GITHUB_TOKEN", "db_password", "PD_ADMIN"] {
+            assert!(!out.stdout.contains(&format!("{name}=")), "{name} leaked");
+        }
+        assert!(
+            out.stdout
+                .contains("DOCKER_HOST=unix:///var/run/docker.sock")
+        );
+        assert!(out.stdout.contains("PROMETHEUS_URL=http://127.0.0.1:9090"));
+    }
+
+    #[tokio::test]
+    async fn a_secret_the_command_reads_from_elsewhere_is_redacted() {
+        // The way a command can still reach the key: the controller's own environment
+        // (`/proc/PPID/environ`, `docker inspect`). Simulated with a file.
+        let dir = std::env::temp_dir().join(format!("agentshell-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("environ");
+        std::fs::write(&file, format!("{API_KEY_VAR}={KEY}\nOTHER=1\n")).unwrap();
+        let env = ChildEnv::build(secretive_vars(), &EnvPolicy::default());
+        let out = run_guarded(
+            &format!("cat {0}; cat {0} >&2", file.display()),
+            &env,
+            &ShellLimits::default(),
+        )
+        .await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(out.stdout, format!("{API_KEY_VAR}={REDACTED}\nOTHER=1\n"));
+        assert_eq!(out.stderr, out.stdout);
+    }
+
+    #[test]
+    fn a_secret_split_by_the_cut_is_redacted_on_both_sides() {
+        let env = ChildEnv::build(secretive_vars(), &EnvPolicy::default());
+        assert_eq!(
+            env.redact_at_cut("xx sk-ant-test-01", true),
+            format!("xx {REDACTED}")
+        );
+        assert_eq!(
+            env.redact_at_cut("89abcdef yy", false),
+            format!("{REDACTED} yy")
+        );
+        assert_eq!(env.redact_at_cut("plain text", true), "plain text");
+    }
+
+    #[test]
+    fn capture_keeps_head_and_tail_in_bounded_memory() {
+        let mut c = Capture::new(10);
+        for chunk in [&b"0123"[..], b"4567", b"89abcdefghij"] {
+            c.push(chunk);
+        }
+        assert_eq!(c.total, 20);
+        assert_eq!(c.head, b"01234");
+        assert_eq!(c.tail.iter().copied().collect::<Vec<_>>(), b"fghij");
+        let env = ChildEnv::default();
+        let (text, cut) = c.render(10, 10, &env);
+        assert_eq!(cut, 10);
+        assert_eq!(
+            text,
+            "01234\n[... 10 bytes cut: output longer than 10 bytes; head and tail kept ...]\nfghij"
+        );
+        let (text, cut) = c.render(4, 10, &env);
+        assert_eq!(cut, 16);
+        assert!(text.starts_with("01\n") && text.ends_with("\nij"));
+    }
+
+    #[test]
+    fn capture_renders_a_stream_that_fits_whole() {
+        let mut c = Capture::new(10);
+        c.push(b"abc");
+        c.push(b"defgh");
+        let (text, cut) = c.render(10, 10, &ChildEnv::default());
+        assert_eq!((text.as_str(), cut), ("abcdefgh", 0));
+        let mut c = Capture::new(0);
+        c.push(b"abc");
+        let (text, cut) = c.render(0, 0, &ChildEnv::default());
+        assert_eq!(cut, 3);
+        assert!(text.contains("3 bytes cut"));
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        let mut c = Capture::new(10);
+        c.push("ééééééééé".as_bytes()); // 18 bytes
+        let (text, cut) = c.render(7, 10, &ChildEnv::default());
+        assert!(!text.contains('\u{FFFD}'), "{text}");
+        // 3 bytes of head hold one whole "é", 4 of tail two.
+        assert!(
+            text.starts_with("é\n[") && text.ends_with("]\néé"),
+            "{text}"
+        );
+        assert_eq!(cut, 12);
+    }
+
+    #[test]
+    fn budgets_give_a_short_stream_all_of_it() {
+        assert_eq!(budgets(10, 20, 100), (10, 20));
+        assert_eq!(budgets(10, 1000, 100), (10, 90));
+        assert_eq!(budgets(1000, 30, 100), (70, 30));
+        assert_eq!(budgets(1000, 1000, 101), (50, 51));
+        assert_eq!(budgets(0, 0, 0), (0, 0));
+    }
+
+    #[test]
+    fn secret_name_patterns_keep_what_the_agent_needs() {
+        for name in [
+            "PATH",
+            "HOME",
+            "DOCKER_HOST",
+            "PROMETHEUS_URL",
+            "LANG",
+            "TZ",
+            "USER",
+        ] {
+            assert!(!name_looks_secret(name), "{name}");
+        }
+        for name in [
+            "AWS_SECRET_ACCESS_KEY",
+            "api_key",
+            "GH_TOKEN",
+            "PGPASSWORD",
+            "SSH_AUTH_SOCK",
+        ] {
+            assert!(name_looks_secret(name), "{name}");
+        }
+    }
+}
