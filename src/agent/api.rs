@@ -240,26 +240,8 @@ pub enum ApiError {
         meta: CallMeta,
     },
     /// An error answer that was not retried, or the last one after the retries.
-    #[error(
-        "POST {url}: HTTP {status} {}: {message} (request-id {}, attempt {}){}",
-        .error_type.as_deref().unwrap_or("(no error type)"),
-        .request_id.as_deref().unwrap_or("none"),
-        .meta.attempt_count(),
-        .fatal.map(|f| format!("; {f}: stop dispatching")).unwrap_or_default()
-    )]
-    Status {
-        url: String,
-        status: u16,
-        /// `error.type` of the body (`rate_limit_error`, `overloaded_error`, ...).
-        error_type: Option<String>,
-        /// `error.details.error_code` of the body (`enforced_spend_limit_reached`).
-        error_code: Option<String>,
-        /// `error.message`, or the start of a body that is not the documented shape.
-        message: String,
-        request_id: Option<String>,
-        fatal: Option<Fatal>,
-        meta: CallMeta,
-    },
+    #[error("{0}")]
+    Status(Box<ErrorAnswer>),
     /// A 2xx answer that is not a Messages response (not retried; see the module doc).
     #[error(
         "POST {url}: HTTP {status} but the body is malformed: {reason} (request-id {})",
@@ -274,11 +256,48 @@ pub enum ApiError {
     },
 }
 
+/// An error answer of the API, as [`ApiError::Status`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorAnswer {
+    pub url: String,
+    pub status: u16,
+    /// `error.type` of the body (`rate_limit_error`, `overloaded_error`, ...).
+    pub error_type: Option<String>,
+    /// `error.details.error_code` of the body (`enforced_spend_limit_reached`).
+    pub error_code: Option<String>,
+    /// `error.message`, or the start of a body that is not the documented shape.
+    pub message: String,
+    /// The `request-id` header, or the body's `request_id`.
+    pub request_id: Option<String>,
+    /// `Some` when dispatching must stop (see [`Fatal`]).
+    pub fatal: Option<Fatal>,
+    pub meta: CallMeta,
+}
+
+impl std::fmt::Display for ErrorAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "POST {}: HTTP {} {}: {} (request-id {}, attempt {})",
+            self.url,
+            self.status,
+            self.error_type.as_deref().unwrap_or("(no error type)"),
+            self.message,
+            self.request_id.as_deref().unwrap_or("none"),
+            self.meta.attempt_count()
+        )?;
+        if let Some(fatal) = self.fatal {
+            write!(f, "; {fatal}: stop dispatching")?;
+        }
+        Ok(())
+    }
+}
+
 impl ApiError {
     /// `Some` when the account, not this request, is the problem: stop all dispatching.
     pub fn fatal(&self) -> Option<Fatal> {
         match self {
-            ApiError::Status { fatal, .. } => *fatal,
+            ApiError::Status(answer) => answer.fatal,
             _ => None,
         }
     }
@@ -286,9 +305,8 @@ impl ApiError {
     /// The attempts made, when the call was sent at all.
     pub fn meta(&self) -> Option<&CallMeta> {
         match self {
-            ApiError::Transport { meta, .. }
-            | ApiError::Status { meta, .. }
-            | ApiError::Malformed { meta, .. } => Some(meta),
+            ApiError::Transport { meta, .. } | ApiError::Malformed { meta, .. } => Some(meta),
+            ApiError::Status(answer) => Some(&answer.meta),
             _ => None,
         }
     }
@@ -296,7 +314,8 @@ impl ApiError {
     /// The HTTP status of the last answer, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ApiError::Status { status, .. } | ApiError::Malformed { status, .. } => Some(*status),
+            ApiError::Status(answer) => Some(answer.status),
+            ApiError::Malformed { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -553,7 +572,7 @@ where
             retries_done += 1;
             continue;
         }
-        return Err(ApiError::Status {
+        return Err(ApiError::Status(Box::new(ErrorAnswer {
             url: url.to_string(),
             status: answer.status,
             error_type: error.error_type,
@@ -562,7 +581,7 @@ where
             request_id,
             fatal,
             meta,
-        });
+        })));
     }
 }
 
@@ -596,13 +615,12 @@ mod tests {
         json!({"type": "error", "error": {"type": kind, "message": message}}).to_string()
     }
 
-    /// A scripted transport: each call pops the next answer (`Err` = no answer).
-    fn script(
-        answers: Vec<Result<(u16, Vec<(&'static str, String)>, String), String>>,
-    ) -> (
-        Arc<Mutex<VecDeque<Result<Answer, String>>>>,
-        Arc<Mutex<u32>>,
-    ) {
+    /// A scripted answer: status, extra headers, body; `Err` = no answer.
+    type Scripted = Result<(u16, Vec<(&'static str, String)>, String), String>;
+    type Queue = Arc<Mutex<VecDeque<Result<Answer, String>>>>;
+
+    /// A scripted transport: each call pops the next answer.
+    fn script(answers: Vec<Scripted>) -> (Queue, Arc<Mutex<u32>>) {
         let mut queue = VecDeque::new();
         for (n, answer) in answers.into_iter().enumerate() {
             queue.push_back(answer.map(|(status, pairs, body)| {
@@ -624,10 +642,7 @@ mod tests {
         (Arc::new(Mutex::new(queue)), Arc::new(Mutex::new(0)))
     }
 
-    async fn run(
-        policy: &RetryPolicy,
-        answers: Vec<Result<(u16, Vec<(&'static str, String)>, String), String>>,
-    ) -> (Result<Reply, ApiError>, u32) {
+    async fn run(policy: &RetryPolicy, answers: Vec<Scripted>) -> (Result<Reply, ApiError>, u32) {
         let (queue, calls) = script(answers);
         let attempt = || {
             *calls.lock().unwrap() += 1;
@@ -792,18 +807,12 @@ mod tests {
         .await;
         assert_eq!(calls, 1);
         let err = result.unwrap_err();
-        let ApiError::Status {
-            error_type,
-            message,
-            request_id,
-            ..
-        } = &err
-        else {
+        let ApiError::Status(answer) = &err else {
             panic!("{err}")
         };
-        assert_eq!(error_type.as_deref(), Some("api_error"));
-        assert_eq!(message, "boom");
-        assert_eq!(request_id.as_deref(), Some("req_0"));
+        assert_eq!(answer.error_type.as_deref(), Some("api_error"));
+        assert_eq!(answer.message, "boom");
+        assert_eq!(answer.request_id.as_deref(), Some("req_0"));
     }
 
     #[tokio::test(start_paused = true)]
