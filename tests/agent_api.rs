@@ -543,3 +543,61 @@ async fn a_byte_stable_cached_prefix_is_written_once_then_read() {
     );
     assert!(second.response.usage.input_tokens > 0);
 }
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_is_retried_as_no_answer() {
+    let api = ClaudeStandIn::start(
+        Script::new()
+            .end_turn("too slow")
+            .delay(Duration::from_secs(3))
+            .end_turn("in time"),
+    );
+    let clock = Arc::new(RecordingClock::default());
+    let config = ClientConfig::new(api.base_url()).timeout(Duration::from_millis(300));
+    let client = Client::new(config, ApiKey::new(TEST_KEY).unwrap())
+        .unwrap()
+        .with_clock(clock.clone());
+
+    let reply = client
+        .create_message(&ask("hi"))
+        .await
+        .expect("second attempt");
+
+    assert_eq!(reply.response.text(), "in time");
+    let first = &reply.meta.attempts[0];
+    assert_eq!((first.status, first.request_id.as_deref()), (None, None));
+    let reason = first.error.as_deref().unwrap_or_default();
+    assert!(reason.contains("timed out"), "{reason}");
+    assert_eq!(api.requests().len(), 2);
+    assert_eq!(
+        reply.meta.request_ids(),
+        [api.requests()[1].request_id.as_str()]
+    );
+    assert_eq!(*clock.waits.lock().unwrap(), [Duration::from_millis(500)]);
+}
+
+#[tokio::test]
+async fn no_listener_is_a_transport_error_after_the_retries_naming_the_cause() {
+    // A loopback port that was free a moment ago and that nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let clock = Arc::new(RecordingClock::default());
+    let config = ClientConfig::new(format!("http://127.0.0.1:{port}"));
+    let client = Client::new(config, ApiKey::new(TEST_KEY).unwrap())
+        .unwrap()
+        .with_clock(clock.clone());
+
+    let err = client.create_message(&ask("hi")).await.unwrap_err();
+
+    assert!(matches!(err, ApiError::Transport { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("3 attempt(s)") && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert_eq!(clock.waits.lock().unwrap().len(), 2);
+}

@@ -610,9 +610,7 @@ async fn handle(
             },
         }
     };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    // Recorded before a scripted delay, so a request the client gave up on is still seen.
     state
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -632,6 +630,9 @@ async fn handle(
             response: response.clone(),
             received,
         });
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut builder = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("request-id", &request_id);
