@@ -520,9 +520,9 @@ impl Drop for ClaudeStandIn {
 }
 
 /// An error answer: status, `error.type`, `error.message`.
-type Refusal = (u16, &'static str, String);
+type Rejection = (u16, &'static str, String);
 
-fn invalid(message: impl Into<String>) -> Refusal {
+fn invalid(message: impl Into<String>) -> Rejection {
     (400, "invalid_request_error", message.into())
 }
 
@@ -654,7 +654,7 @@ fn check_transport(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<(), Refusal> {
+) -> Result<(), Rejection> {
     if uri.path() != "/v1/messages" || method != Method::POST {
         return Err((
             404,
@@ -717,7 +717,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn check_cache_control(value: &Value, at: &str, count: &mut usize) -> Result<(), Refusal> {
+fn check_cache_control(value: &Value, at: &str, count: &mut usize) -> Result<(), Rejection> {
     let Some(cc) = value.get("cache_control") else {
         return Ok(());
     };
@@ -742,7 +742,7 @@ fn check_cache_control(value: &Value, at: &str, count: &mut usize) -> Result<(),
 }
 
 /// The body checks of the real API that a tool loop can get wrong (see the module doc).
-pub fn validate(body: &Value) -> Result<(), Refusal> {
+pub fn validate(body: &Value) -> Result<(), Rejection> {
     let Some(object) = body.as_object() else {
         return Err(invalid("The request body must be a JSON object"));
     };
@@ -1016,7 +1016,7 @@ fn blocks_of(message: &Value) -> &[Value] {
 
 /// Every `tool_use` of an assistant turn answered by exactly one `tool_result` at the
 /// start of the next user message; no result without its call.
-fn check_tool_pairing(messages: &[Value]) -> Result<(), Refusal> {
+fn check_tool_pairing(messages: &[Value]) -> Result<(), Rejection> {
     for (i, message) in messages.iter().enumerate() {
         if message["role"] != "user" {
             continue;
@@ -1081,7 +1081,7 @@ fn check_tool_pairing(messages: &[Value]) -> Result<(), Refusal> {
 
 /// An assistant turn holding `tool_use` ids this stand-in issued must be exactly what it
 /// answered (stricter than the real API; see the module doc).
-fn check_appended(issued: &HashMap<String, Value>, body: &Value) -> Result<(), Refusal> {
+fn check_appended(issued: &HashMap<String, Value>, body: &Value) -> Result<(), Rejection> {
     for (i, message) in body["messages"]
         .as_array()
         .into_iter()
