@@ -2,6 +2,7 @@
 //! never trusted for the verdict (only the controller's re-check resolves a ticket).
 //! See `docs/agent.md`.
 
+pub mod api;
 pub mod prompt;
 pub mod safety;
 pub mod shell;

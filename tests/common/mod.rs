@@ -20,12 +20,15 @@
 //! * [`PrivateDockerd`]: a second, private engine that a test may kill and restart.
 //! * [`operator`]: running the real `operator` binary (manifests, logs, metrics, tickets).
 //! * [`prometheus::Prometheus`]: Debian's Prometheus on the host, scraping loopback targets.
+//! * [`claude::ClaudeStandIn`]: a local Claude Messages API answering from a script, strict
+//!   about requests the real API refuses (no Docker needed).
 //!
 //! Label every container a test creates with [`TEST_LABEL`] (so `scripts/teardown.sh` can
 //! sweep leftovers) and with a label unique to the test (for its own [`Cleanup`]).
 //! Set `OPERATOR_TEST_KEEP=1` to keep containers and private engines for debugging.
 #![allow(dead_code)]
 
+pub mod claude;
 mod fixture;
 pub mod operator;
 mod private_dockerd;
