@@ -6,6 +6,7 @@
 //!
 //! The library never prints; the CLI in `main.rs` and [`cli`] does.
 
+pub mod agent;
 pub mod backoff;
 pub mod cli;
 pub mod docker;

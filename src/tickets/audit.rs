@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 
@@ -622,7 +622,8 @@ impl Store {
             .map_err(self.err("append a session entry"))?;
             Ok(SessionEntry {
                 seq,
-                at: now,
+                // As stored and read back: microseconds.
+                at: now.trunc_subsecs(6),
                 kind: entry.kind,
                 tool_use_id: entry.tool_use_id.clone(),
                 tool: entry.tool.clone(),
