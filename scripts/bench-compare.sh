@@ -6,7 +6,7 @@
 #   scripts/bench-compare.sh REV BENCH [REPEATS] [-- BENCH_ARGS...]
 #
 #   REV      a git revision to compare against (e.g. main~1, a commit id)
-#   BENCH    recovery | tickets | checks (see benches/)
+#   BENCH    recovery | tickets | checks | mass_repair (see benches/)
 #   REPEATS  how many times each side runs (default 2: base, new, base, new)
 #
 # Needs what the bench needs (a Docker engine and the local images: scripts/setup.sh). REV is

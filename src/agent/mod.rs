@@ -1,4 +1,7 @@
-//! The Claude agent: paged for what a restart cannot fix, bounded, audited step by step; only
-//! the controller's own re-check closes its ticket.
+//! The agent: a tool-using model paged for what a restart cannot fix, bounded, audited, and
+//! never trusted for the verdict (only the controller's re-check resolves a ticket).
+//! See `docs/agent.md`.
 
 pub mod audit;
+pub mod prompt;
+pub mod tools;

@@ -165,6 +165,7 @@ mod tests {
             services,
             prometheus: PrometheusSpec::default(),
             checks: Vec::new(),
+            agent: Default::default(),
         }
     }
 

@@ -5,6 +5,10 @@
 //!   *before* the list, so a change racing the list is replayed (the engine keeps the last
 //!   256 events); after any stream error the whole list is fetched again.
 //! - Reconnects are spaced by a capped, jittered backoff that resets after a calm period.
+//! - One container's event never waits for another's inspect: the engine holds a dying
+//!   container's inspect until it has cleaned up after it (half a second and more), so
+//!   inspects run beside the stream, one at a time per container (the cache ends with a
+//!   look taken after that container's last event), at most [`INSPECTS_IN_FLIGHT`] at once.
 //!
 //! # Caveats
 //! Events only say *which* key to look at; the reconcile reads the cache, never the event.
@@ -14,9 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
-use bollard::models::{EventMessage, EventMessageTypeEnum};
+use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,7 +31,17 @@ use crate::backoff::Reconnect;
 use crate::metrics::Metrics;
 
 use super::observed::{ObservedContainer, is_managed};
-use super::{Cache, DockerError, LABEL_MANAGED_BY, MANAGED_BY_VALUE, ServiceKey, is_not_found};
+use super::{
+    Cache, DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_VALUE,
+    ServiceKey, is_not_found,
+};
+
+/// Container inspects the watcher has under way at most; past it, the event stream waits.
+/// Each holds a connection to the engine.
+pub const INSPECTS_IN_FLIGHT: usize = 32;
+
+/// Containers inspected at once while listing.
+const LIST_INSPECTS: usize = 16;
 
 /// What the watcher tells the controller.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,13 +152,25 @@ impl Watcher {
         self.cache.set_connected(true);
         let _ = self.events.send(WatchEvent::Relisted);
 
+        let mut in_flight = InFlight::default();
+        let mut inspects = FuturesUnordered::new();
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                next = stream.next() => next,
+                Some((id, result)) = inspects.next() => {
+                    if let Some(again) = self.inspected(&mut in_flight, id, result)? {
+                        inspects.push(self.inspect(again));
+                    }
+                    continue;
+                }
+                next = stream.next(), if in_flight.len() < INSPECTS_IN_FLIGHT => next,
             };
             match next {
-                Some(Ok(event)) => self.apply(event).await?,
+                Some(Ok(event)) => {
+                    if let Some(id) = self.apply(&mut in_flight, event) {
+                        inspects.push(self.inspect(id));
+                    }
+                }
                 Some(Err(source)) => return Err(DockerError::api("follow docker events", source)),
                 None => {
                     return Err(DockerError::api(
@@ -159,8 +187,51 @@ impl Watcher {
         }
     }
 
-    /// Brings the cache up to date for the container an event is about.
-    async fn apply(&self, event: EventMessage) -> Result<(), DockerError> {
+    fn inspect(&self, id: String) -> BoxFuture<'static, Inspected> {
+        let docker = self.docker.clone();
+        async move {
+            let result = docker.inspect_container(&id, None).await;
+            (id, result)
+        }
+        .boxed()
+    }
+
+    /// Brings the cache up to date with an inspect that finished and tells the controller
+    /// about the key; returns the container to inspect again when events came meanwhile.
+    fn inspected(
+        &self,
+        in_flight: &mut InFlight,
+        id: String,
+        result: Result<ContainerInspectResponse, bollard::errors::Error>,
+    ) -> Result<Option<String>, DockerError> {
+        let Some(done) = in_flight.finished(&id) else {
+            return Ok(None);
+        };
+        let key = match result {
+            Ok(c) => ObservedContainer::from_inspect(&c).map(|observed| {
+                let key = observed.key.clone();
+                // Destroyed meanwhile: this look is older than the destroy, which the cache
+                // already applied.
+                if !done.destroyed {
+                    self.cache.upsert(observed);
+                }
+                key
+            }),
+            // Removed between the event and the inspect: the destroy event follows.
+            Err(e) if is_not_found(&e) => self.cache.remove(&id).map(|c| c.key),
+            Err(source) => {
+                return Err(DockerError::api(format!("inspect container {id}"), source));
+            }
+        };
+        if let Some(key) = key {
+            let _ = self.events.send(WatchEvent::Changed { key, at: done.at });
+        }
+        Ok(done.again.then_some(id))
+    }
+
+    /// Applies an event: a destroy to the cache at once; returns the container to inspect
+    /// when an inspect must start now.
+    fn apply(&self, in_flight: &mut InFlight, event: EventMessage) -> Option<String> {
         let at = event_time(&event);
         let action = event.action.clone().unwrap_or_default();
         let actor = event.actor.clone().unwrap_or_default();
@@ -168,54 +239,132 @@ impl Watcher {
         let id = match event.typ {
             Some(EventMessageTypeEnum::CONTAINER) => {
                 if is_noise(&action) {
-                    return Ok(());
+                    return None;
                 }
                 let labels: BTreeMap<String, String> = attributes.clone().into_iter().collect();
                 if !is_managed(&labels) {
-                    return Ok(());
+                    return None;
                 }
                 actor.id.unwrap_or_default()
             }
             Some(EventMessageTypeEnum::NETWORK) => {
                 if action != "connect" && action != "disconnect" {
-                    return Ok(());
+                    return None;
                 }
-                // Network events carry the container id; only ours are of interest.
+                // Network events carry the container id; only ours are of interest (one
+                // being inspected for its create event is ours too).
                 let id = attributes.get("container").cloned().unwrap_or_default();
-                if self.cache.by_id(&id).is_none() {
-                    return Ok(());
+                if self.cache.by_id(&id).is_none() && !in_flight.contains(&id) {
+                    return None;
                 }
                 id
             }
-            _ => return Ok(()),
+            _ => return None,
         };
         if id.is_empty() {
-            return Ok(());
+            return None;
         }
         debug!(%action, container = %id, "docker event");
-        let key = if action == "destroy" {
-            self.cache.remove(&id).map(|c| c.key)
-        } else {
-            match self.docker.inspect_container(&id, None).await {
-                Ok(c) => match ObservedContainer::from_inspect(&c) {
-                    Some(observed) => {
-                        let key = observed.key.clone();
-                        self.cache.upsert(observed);
-                        Some(key)
-                    }
-                    None => None,
-                },
-                // Removed between the event and the inspect: the destroy event follows.
-                Err(e) if is_not_found(&e) => self.cache.remove(&id).map(|c| c.key),
-                Err(source) => {
-                    return Err(DockerError::api(format!("inspect container {id}"), source));
-                }
-            }
-        };
+        if action != "destroy" {
+            return in_flight.event(&id, at).then_some(id);
+        }
+        in_flight.destroyed(&id);
+        // A container destroyed before its first inspect finished is not in the cache yet;
+        // its labels still name the key.
+        let key = self.cache.remove(&id).map(|c| c.key).or_else(|| {
+            Some(ServiceKey::new(
+                attributes.get(LABEL_CLUSTER)?,
+                attributes.get(LABEL_SERVICE)?,
+            ))
+        });
         if let Some(key) = key {
             let _ = self.events.send(WatchEvent::Changed { key, at });
         }
-        Ok(())
+        None
+    }
+}
+
+/// An inspect that finished: the container and what the engine answered.
+type Inspected = (
+    String,
+    Result<ContainerInspectResponse, bollard::errors::Error>,
+);
+
+/// The containers being inspected: at most one inspect each, and whether events came while
+/// it ran (so the cache ends with a look taken after the last of them).
+#[derive(Debug, Default)]
+struct InFlight {
+    by_id: HashMap<String, Pending>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Pending {
+    /// The earliest event this inspect answers (the engine's clock).
+    at: SystemTime,
+    /// More events came while it ran: inspect again.
+    again: bool,
+    /// Earliest of those events.
+    again_at: Option<SystemTime>,
+    /// Destroyed while it ran: its answer must not bring the container back to the cache.
+    destroyed: bool,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// An event for `id`: true when an inspect must start now (none is under way).
+    fn event(&mut self, id: &str, at: SystemTime) -> bool {
+        match self.by_id.get_mut(id) {
+            Some(p) => {
+                p.again = !p.destroyed;
+                p.again_at = Some(p.again_at.map_or(at, |a| a.min(at)));
+                false
+            }
+            None => {
+                self.by_id.insert(
+                    id.to_string(),
+                    Pending {
+                        at,
+                        again: false,
+                        again_at: None,
+                        destroyed: false,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// `id` was destroyed: an inspect under way must not be applied nor repeated.
+    fn destroyed(&mut self, id: &str) {
+        if let Some(p) = self.by_id.get_mut(id) {
+            p.destroyed = true;
+            p.again = false;
+        }
+    }
+
+    /// The inspect of `id` finished: what it answers. When it must run again, `id` stays
+    /// under way, for the events that came meanwhile.
+    fn finished(&mut self, id: &str) -> Option<Pending> {
+        let done = self.by_id.remove(id)?;
+        if done.again {
+            self.by_id.insert(
+                id.to_string(),
+                Pending {
+                    at: done.again_at.unwrap_or(done.at),
+                    again: false,
+                    again_at: None,
+                    destroyed: false,
+                },
+            );
+        }
+        Some(done)
     }
 }
 
@@ -231,16 +380,61 @@ pub async fn list_owned(docker: &Docker) -> Result<Vec<ObservedContainer>, Docke
         .list_containers(Some(options))
         .await
         .map_err(|source| DockerError::api("list containers", source))?;
-    let mut owned = Vec::with_capacity(summaries.len());
-    for summary in summaries {
-        let Some(id) = summary.id else { continue };
-        match docker.inspect_container(&id, None).await {
-            Ok(c) => owned.extend(ObservedContainer::from_inspect(&c)),
-            Err(e) if is_not_found(&e) => {}
-            Err(source) => {
-                return Err(DockerError::api(format!("inspect container {id}"), source));
-            }
-        }
+    // Side by side: one container the engine is cleaning up after must not hold up the rest.
+    let owned: Vec<Option<ObservedContainer>> =
+        futures::stream::iter(summaries.into_iter().filter_map(|s| s.id))
+            .map(|id| async move {
+                match docker.inspect_container(&id, None).await {
+                    Ok(c) => Ok(ObservedContainer::from_inspect(&c)),
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(source) => Err(DockerError::api(format!("inspect container {id}"), source)),
+                }
+            })
+            .buffered(LIST_INSPECTS)
+            .try_collect()
+            .await?;
+    Ok(owned.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
     }
-    Ok(owned)
+
+    #[test]
+    fn one_inspect_per_container_and_one_more_for_the_events_that_came_meanwhile() {
+        let mut f = InFlight::default();
+        assert!(f.event("a", at(1)), "the first event starts an inspect");
+        assert!(
+            f.event("b", at(1)),
+            "another container's does not wait for it"
+        );
+        assert!(!f.event("a", at(3)), "a second one for a waits");
+        assert!(!f.event("a", at(2)));
+        let done = f.finished("a").expect("under way");
+        assert_eq!(done.at, at(1));
+        assert!(done.again, "events came meanwhile: inspect again");
+        assert!(f.contains("a"), "still under way, for them");
+        let again = f.finished("a").expect("the second inspect");
+        assert_eq!(again.at, at(2), "answers the earliest of them");
+        assert!(!again.again);
+        assert!(!f.contains("a"));
+        assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn an_inspect_of_a_destroyed_container_is_neither_applied_nor_repeated() {
+        let mut f = InFlight::default();
+        assert!(f.event("a", at(1)));
+        assert!(!f.event("a", at(2)));
+        f.destroyed("a");
+        let done = f.finished("a").expect("under way");
+        assert!(done.destroyed);
+        assert!(!done.again);
+        assert!(!f.contains("a"));
+        assert!(f.finished("a").is_none());
+    }
 }

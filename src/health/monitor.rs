@@ -427,6 +427,7 @@ mod tests {
                     ..PrometheusSpec::default()
                 },
                 checks,
+                agent: Default::default(),
             }],
         }
     }

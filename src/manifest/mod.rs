@@ -53,6 +53,83 @@ pub struct Cluster {
     pub prometheus: PrometheusSpec,
     /// Health checks beyond the containers' own state, in declaration order.
     pub checks: Vec<Check>,
+    /// How an agent session for this cluster runs and what it may spend.
+    pub agent: AgentSpec,
+}
+
+/// What an agent session may do with its shell (`spec.agent.safetyMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SafetyMode {
+    /// Read-only tools, and shell commands on a read-only allowlist.
+    Observe,
+    /// Read-only runs; anything else waits for a person's `operator tickets approve`.
+    Approve,
+    /// Anything but the denylist runs (a lab mode).
+    Execute,
+}
+
+impl SafetyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SafetyMode::Observe => "observe",
+            SafetyMode::Approve => "approve",
+            SafetyMode::Execute => "execute",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SafetyMode> {
+        Some(match text {
+            "observe" => SafetyMode::Observe,
+            "approve" => SafetyMode::Approve,
+            "execute" => SafetyMode::Execute,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for SafetyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// `spec.agent`: the cluster's limits for agent sessions. Unset fields take the defaults
+/// below; `model` and `safetyMode` unset take the controller's (flag, environment, default).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSpec {
+    pub model: Option<String>,
+    pub safety_mode: Option<SafetyMode>,
+    /// Model turns (requests) per session.
+    pub max_turns: u32,
+    /// Wall time per session.
+    pub max_session_time: Duration,
+    /// Input tokens per session (cache reads included: they are still read).
+    pub max_input_tokens: u64,
+    /// Output tokens per session.
+    pub max_output_tokens: u64,
+    /// Sessions per ticket episode; past them the ticket escalates to a person.
+    pub sessions_per_ticket: u32,
+    /// Wait between two sessions of one ticket.
+    pub session_backoff: Duration,
+    /// Bound on one shell command.
+    pub command_timeout: Duration,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        AgentSpec {
+            model: None,
+            safety_mode: None,
+            max_turns: 40,
+            max_session_time: Duration::from_secs(600),
+            max_input_tokens: 500_000,
+            max_output_tokens: 50_000,
+            sessions_per_ticket: 2,
+            session_backoff: Duration::from_secs(60),
+            command_timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 /// `spec.prometheus`.
@@ -261,7 +338,7 @@ pub enum RestartPolicy {
 pub enum Policy {
     /// Built-in actions: create, start, unpause, restart, recreate, connect.
     Restart,
-    /// Hand the drift to an agent (not built yet: treated as `observe`).
+    /// Hand the drift to an agent session (without an API key: reported only, as `observe`).
     Agent,
     /// Report only; never touch the container.
     Observe,
@@ -277,9 +354,22 @@ impl Policy {
     }
 }
 
+/// Who is called when a service's restart budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscalateTo {
+    /// The service is escalated: left alone until `operator tickets retry`.
+    Person,
+    /// An agent session is paged first (within `spec.agent.sessionsPerTicket`); past that,
+    /// a person.
+    Agent,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Remediation {
     pub policy: Policy,
+    /// With `policy: restart`: who takes over once the restart budget is spent.
+    pub escalate_to: EscalateTo,
     /// Restart budget: at most this many repairs in `window`; past it the service is escalated.
     pub max_restarts: u32,
     pub window: Duration,
@@ -294,6 +384,7 @@ impl Default for Remediation {
     fn default() -> Self {
         Remediation {
             policy: Policy::Restart,
+            escalate_to: EscalateTo::Person,
             max_restarts: 5,
             window: Duration::from_secs(600),
             backoff_initial: Duration::from_secs(1),

@@ -40,7 +40,7 @@ pub(super) struct Metadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with network, services, prometheus and checks"
+    expecting = "a mapping with network, services, prometheus, checks and agent"
 )]
 pub(super) struct Spec {
     #[serde(default)]
@@ -51,6 +51,35 @@ pub(super) struct Spec {
     pub prometheus: Option<Prometheus>,
     #[serde(default)]
     pub checks: Vec<Check>,
+    #[serde(default)]
+    pub agent: Option<Agent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with model, safetyMode, maxTurns, maxSessionTime, maxInputTokens, maxOutputTokens, sessionsPerTicket, sessionBackoff and commandTimeout"
+)]
+pub(super) struct Agent {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub safety_mode: Option<String>,
+    #[serde(default)]
+    pub max_turns: Option<u32>,
+    #[serde(default)]
+    pub max_session_time: Option<Scalar>,
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    #[serde(default)]
+    pub sessions_per_ticket: Option<u32>,
+    #[serde(default)]
+    pub session_backoff: Option<Scalar>,
+    #[serde(default)]
+    pub command_timeout: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,11 +225,13 @@ pub(super) struct Healthcheck {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with policy, maxRestarts, window, backoff and stableAfter"
+    expecting = "a mapping with policy, escalateTo, maxRestarts, window, backoff and stableAfter"
 )]
 pub(super) struct Remediation {
     #[serde(default)]
     pub policy: Option<String>,
+    #[serde(default)]
+    pub escalate_to: Option<String>,
     #[serde(default)]
     pub max_restarts: Option<u32>,
     #[serde(default)]

@@ -13,8 +13,9 @@ use super::raw::{self, Args, Scalar};
 use super::signal::{SIGNAL_FORMAT, parse_signal};
 use super::volume::{VOLUME_FORMAT, parse_volume};
 use super::{
-    Cluster, Diagnostic, Healthcheck, MAX_STOP_TIMEOUT, NetworkMode, NetworkSpec, Policy,
-    PortMapping, Remediation, RestartPolicy, Service, VolumeMount, graph,
+    AgentSpec, Cluster, Diagnostic, EscalateTo, Healthcheck, MAX_STOP_TIMEOUT, NetworkMode,
+    NetworkSpec, Policy, PortMapping, Remediation, RestartPolicy, SafetyMode, Service, VolumeMount,
+    graph,
 };
 use crate::yamldoc::{DocLines, parse_duration};
 
@@ -123,6 +124,10 @@ pub(super) fn document(doc: raw::Document, src: &Source, out: &mut Vec<Diagnosti
         .any(|c| c.expr.is_some() || c.healthy.is_some());
     let (prometheus, url_reported) = v.prometheus(doc.spec.prometheus.unwrap_or_default(), queries);
     let checks = v.checks(doc.spec.checks, &prometheus, url_reported, &services);
+    let agent = match doc.spec.agent {
+        Some(raw) => v.agent(raw),
+        None => AgentSpec::default(),
+    };
     Checked {
         cluster: Cluster {
             name,
@@ -131,6 +136,7 @@ pub(super) fn document(doc: raw::Document, src: &Source, out: &mut Vec<Diagnosti
             services,
             prometheus,
             checks,
+            agent,
         },
         file: src.file.to_path_buf(),
         lines: src.lines.clone(),
@@ -639,6 +645,89 @@ impl Validator<'_, '_> {
     }
 
     /// `remediation` of a service or a check, over the defaults `r` (which differ in policy).
+    /// `spec.agent`: every limit must allow at least one step.
+    fn agent(&mut self, raw: raw::Agent) -> AgentSpec {
+        let mut a = AgentSpec::default();
+        if let Some(model) = raw.model {
+            if model.trim().is_empty() || model.chars().any(char::is_whitespace) {
+                self.error(
+                    "spec.agent.model",
+                    format!(
+                        "invalid model \"{model}\": expected a model name such as claude-sonnet-4-5"
+                    ),
+                );
+            } else {
+                a.model = Some(model);
+            }
+        }
+        if let Some(mode) = raw.safety_mode {
+            match SafetyMode::parse(&mode) {
+                Some(m) => a.safety_mode = Some(m),
+                None => self.error(
+                    "spec.agent.safetyMode",
+                    format!("invalid safetyMode \"{mode}\": expected observe, approve or execute"),
+                ),
+            }
+        }
+        let positive = |v: &mut Self, field: &str, value: Option<u64>| -> Option<u64> {
+            match value {
+                Some(0) => {
+                    v.error(
+                        &format!("spec.agent.{field}"),
+                        format!(
+                            "{field}: 0 would end every session before it began; allow at least 1"
+                        ),
+                    );
+                    None
+                }
+                other => other,
+            }
+        };
+        if let Some(n) = positive(self, "maxTurns", raw.max_turns.map(u64::from)) {
+            a.max_turns = n as u32;
+        }
+        if let Some(n) = positive(self, "maxInputTokens", raw.max_input_tokens) {
+            a.max_input_tokens = n;
+        }
+        if let Some(n) = positive(self, "maxOutputTokens", raw.max_output_tokens) {
+            a.max_output_tokens = n;
+        }
+        if let Some(n) = positive(
+            self,
+            "sessionsPerTicket",
+            raw.sessions_per_ticket.map(u64::from),
+        ) {
+            a.sessions_per_ticket = n as u32;
+        }
+        for (field, value, slot) in [
+            (
+                "maxSessionTime",
+                raw.max_session_time,
+                &mut a.max_session_time,
+            ),
+            (
+                "sessionBackoff",
+                raw.session_backoff,
+                &mut a.session_backoff,
+            ),
+            (
+                "commandTimeout",
+                raw.command_timeout,
+                &mut a.command_timeout,
+            ),
+        ] {
+            let path = format!("spec.agent.{field}");
+            match value.and_then(|d| self.duration(&path, d)) {
+                Some(d) if d.is_zero() && field != "sessionBackoff" => {
+                    self.error(&path, format!("{field} must be longer than 0s"));
+                }
+                Some(d) => *slot = d,
+                None => {}
+            }
+        }
+        a
+    }
+
     fn remediation(
         &mut self,
         path: &str,
@@ -653,6 +742,24 @@ impl Validator<'_, '_> {
                 _ => self.error(
                     &format!("{path}.policy"),
                     format!("invalid policy \"{policy}\": expected restart, agent or observe"),
+                ),
+            }
+        }
+        if let Some(to) = raw.escalate_to {
+            let field = format!("{path}.escalateTo");
+            match to.as_str() {
+                "person" => r.escalate_to = EscalateTo::Person,
+                "agent" if r.policy == Policy::Restart => r.escalate_to = EscalateTo::Agent,
+                "agent" => self.error(
+                    &field,
+                    format!(
+                        "escalateTo: agent only applies to policy restart (it pages the agent once the restart budget is spent); this policy is {}",
+                        r.policy.as_str()
+                    ),
+                ),
+                _ => self.error(
+                    &field,
+                    format!("invalid escalateTo \"{to}\": expected person or agent"),
                 ),
             }
         }
@@ -900,6 +1007,7 @@ mod tests {
             web.remediation,
             Remediation {
                 policy: Policy::Observe,
+                escalate_to: EscalateTo::Person,
                 max_restarts: 2,
                 window: Duration::from_secs(3600),
                 backoff_initial: Duration::from_millis(500),
@@ -1051,6 +1159,85 @@ mod tests {
             load_text(&observing).is_ok(),
             "observe never repairs: 0 is fine"
         );
+    }
+
+    #[test]
+    fn escalate_to_agent_is_read_with_restart_and_refused_otherwise() {
+        let text = manifest(
+            "demo",
+            &service("web", "      remediation: {escalateTo: agent}\n"),
+        );
+        assert_eq!(
+            only_service(&text).remediation.escalate_to,
+            EscalateTo::Agent
+        );
+        let observing = manifest(
+            "demo",
+            &service(
+                "web",
+                "      remediation:\n        policy: observe\n        escalateTo: agent\n",
+            ),
+        );
+        assert_reported(
+            &diagnostics(&observing),
+            line_of(&observing, "escalateTo", 0),
+            "spec.services[0].remediation.escalateTo",
+            &["only applies to policy restart", "observe"],
+        );
+    }
+
+    #[test]
+    fn the_agent_block_is_read_and_each_limit_must_allow_a_step() {
+        let with = |agent: &str| {
+            manifest("demo", &service("web", ""))
+                .replace("spec:\n", &format!("spec:\n  agent:\n{agent}"))
+        };
+        let text = with(
+            "    model: claude-test-1\n    safetyMode: approve\n    maxTurns: 7\n    maxSessionTime: 2m\n    sessionsPerTicket: 1\n    sessionBackoff: 0s\n",
+        );
+        let desired = load_text(&text).unwrap();
+        let agent = &desired.clusters[0].agent;
+        assert_eq!(agent.model.as_deref(), Some("claude-test-1"));
+        assert_eq!(agent.safety_mode, Some(SafetyMode::Approve));
+        assert_eq!(
+            (
+                agent.max_turns,
+                agent.max_session_time,
+                agent.sessions_per_ticket
+            ),
+            (7, Duration::from_secs(120), 1)
+        );
+        assert_eq!(agent.session_backoff, Duration::ZERO);
+        assert_eq!(
+            agent.max_output_tokens,
+            AgentSpec::default().max_output_tokens
+        );
+        for (line, field, words) in [
+            (
+                "    safetyMode: yolo\n",
+                "spec.agent.safetyMode",
+                "observe, approve or execute",
+            ),
+            ("    maxTurns: 0\n", "spec.agent.maxTurns", "at least 1"),
+            (
+                "    maxSessionTime: 0s\n",
+                "spec.agent.maxSessionTime",
+                "longer than 0s",
+            ),
+            (
+                "    model: \"two words\"\n",
+                "spec.agent.model",
+                "invalid model",
+            ),
+        ] {
+            let text = with(line);
+            assert_reported(
+                &diagnostics(&text),
+                line_of(&text, line.trim().split(':').next().unwrap(), 0),
+                field,
+                &[words],
+            );
+        }
     }
 
     #[test]

@@ -47,13 +47,19 @@ const ONCE_HEALTH_WAIT: Duration = Duration::from_secs(30);
 /// How often the ticket store is checked for changes made by other processes.
 const STORE_POLL: Duration = Duration::from_secs(1);
 
+/// Keys reconciled at once by default. A repair spends most of its time waiting on the
+/// engine (half a second and more for a container it is still cleaning up after), so this is
+/// set for many services repaired side by side, as the engine restarts its own, not for the
+/// CPU count; the bound keeps engine connections and store threads within a process's limits.
+pub const DEFAULT_WORKERS: usize = 256;
+
 /// Settings of the loop, defaults in one place.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ControllerConfig {
     /// Every key is re-diffed this often, whatever the events say.
     pub resync: Duration,
-    /// Keys reconciled in parallel (never the same key twice).
+    /// Keys reconciled in parallel, each in a task of its own (never the same key twice).
     pub workers: usize,
     /// How often a service waiting for a dependency looks again.
     pub dependency_poll: Duration,
@@ -74,7 +80,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             resync: Duration::from_secs(30),
-            workers: 4,
+            workers: DEFAULT_WORKERS,
             dependency_poll: Duration::from_secs(1),
             observe_retry: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(60),
@@ -588,12 +594,11 @@ impl Controller {
             None => None,
         };
         let worker_cancel = CancellationToken::new();
-        let mut workers = Vec::new();
-        for _ in 0..shared.config.workers.max(1) {
+        let workers = {
             let this = self.clone();
             let stop = worker_cancel.clone();
-            workers.push(tokio::spawn(async move { this.worker(stop).await }));
-        }
+            tokio::spawn(async move { this.work(stop).await })
+        };
 
         let mut resync = tokio::time::interval(shared.config.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -649,8 +654,7 @@ impl Controller {
         worker_cancel.cancel();
         shared.queue.close();
         let grace = shared.config.shutdown_grace;
-        let all = futures::future::join_all(workers);
-        if tokio::time::timeout(grace, all).await.is_err() {
+        if tokio::time::timeout(grace, workers).await.is_err() {
             warn!(
                 grace_s = grace.as_secs(),
                 "in-flight repairs did not finish in time; leaving them"
@@ -668,27 +672,31 @@ impl Controller {
         Ok(())
     }
 
-    async fn worker(&self, stop: CancellationToken) {
+    /// Reconciles due keys until `stop`, each in a task of its own, at most `workers` at once
+    /// (see [`WorkQueue::run_each`]), so a repair waiting on the engine never holds up
+    /// another service's.
+    async fn work(&self, stop: CancellationToken) {
         let shared = &self.shared;
-        loop {
-            let key = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                key = shared.queue.next() => key,
-            };
-            let Some(key) = key else { return };
-            // Not raced against `stop`: a repair that started is allowed to finish. A panic
-            // must not leave the key held forever.
-            let run = std::panic::AssertUnwindSafe(self.reconcile(&key)).catch_unwind();
-            if run.await.is_err() {
-                error!(service = %key, "reconcile panicked; the key will be looked at again");
-                shared
-                    .queue
-                    .schedule(key.clone(), Instant::now() + shared.config.observe_retry);
+        let run = |key: ServiceKey| {
+            let this = self.clone();
+            async move {
+                let shared = &this.shared;
+                // Not raced against `stop`: a repair that started is allowed to finish. A
+                // panic is looked at again (the queue releases the key either way).
+                let run = std::panic::AssertUnwindSafe(this.reconcile(&key)).catch_unwind();
+                if run.await.is_err() {
+                    error!(service = %key, "reconcile panicked; the key will be looked at again");
+                    shared
+                        .queue
+                        .schedule(key.clone(), Instant::now() + shared.config.observe_retry);
+                }
+                shared.metrics.queue_depth.set(shared.queue.len() as i64);
             }
-            shared.queue.done(&key);
-            shared.metrics.queue_depth.set(shared.queue.len() as i64);
-        }
+        };
+        shared
+            .queue
+            .run_each(shared.config.workers, &stop, run)
+            .await;
     }
 
     /// A long-running remediation reported back: record its result in its actor's name,

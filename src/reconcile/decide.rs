@@ -115,6 +115,14 @@ pub fn decide(
                 name_conflict: drifts[0].kind == DriftKind::NameConflict,
             },
         },
+        // A first creation, a rollout or a network replacement is the controller's own step
+        // under any policy that acts: it is a change someone asked for, not an incident for
+        // the agent.
+        Policy::Agent if deliberate => Decision::Remediate {
+            policy: Policy::Restart,
+            action,
+            deliberate,
+        },
         // Nobody serves the policy: it only observes, as `observe` does.
         policy if !has_remediator(policy) => Decision::Observe { deliberate },
         // Nobody may touch a container that is not ours.
@@ -404,6 +412,49 @@ mod tests {
             Decision::Remediate {
                 policy: Policy::Agent,
                 action: Some(Action::Start),
+                deliberate: false
+            }
+        );
+    }
+
+    #[test]
+    fn under_agent_policy_a_first_creation_is_the_controllers_own_step_agent_or_not() {
+        let missing = vec![Drift::new(DriftKind::Missing, "no container")];
+        for agent_serves in [true, false] {
+            let d = decide(
+                &missing,
+                &Observation::default(),
+                &RepairBudget::default(),
+                &policy(Policy::Agent),
+                &free(),
+                |q| agent_serves && q == Policy::Agent,
+            );
+            assert_eq!(
+                d,
+                Decision::Remediate {
+                    policy: Policy::Restart,
+                    action: Some(Action::Create),
+                    deliberate: true
+                },
+                "agent serves: {agent_serves}"
+            );
+        }
+        // Once created, a missing container is an incident: the agent's.
+        let mut created = RepairBudget::default();
+        created.created_before = true;
+        let d = decide(
+            &missing,
+            &Observation::default(),
+            &created,
+            &policy(Policy::Agent),
+            &free(),
+            |q| q == Policy::Agent,
+        );
+        assert_eq!(
+            d,
+            Decision::Remediate {
+                policy: Policy::Agent,
+                action: Some(Action::Create),
                 deliberate: false
             }
         );

@@ -227,6 +227,7 @@ mod tests {
             services: vec![service()],
             prometheus: Default::default(),
             checks: vec![],
+            agent: Default::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::docker::actions::Actions;
 use crate::docker::{ContainerStatus, DockerError, ObservedContainer, ServiceKey};
 use crate::drift::{Drift, DriftKind, Fingerprint};
-use crate::manifest::{Cluster, Policy, Remediation, Service};
+use crate::manifest::{Cluster, EscalateTo, Policy, Remediation, Service};
 use crate::remediation::{Action, Actor, Dispatch, RemediationError, RemediationRequest};
 use crate::tickets::{
     DriftSighting, EntryKind, Journal, Selector, Sighting, Status, Ticket, TicketError,
@@ -28,7 +28,7 @@ use crate::tickets::{
 use super::controller::{CheckRestart, Lease, Outcome, Shared, lock};
 use super::decide::{Decision, Holds, decide};
 use super::diff::{Observation, diff};
-use super::state::{Clock, Gate, RepairBudget};
+use super::state::{AgentGate, Clock, Gate, RepairBudget, agent_gate};
 
 /// Observes one service fresh from the engine (never from the cache alone, so a repair is
 /// never based on a stale view): its container by name, whether its image is present when it
@@ -479,16 +479,50 @@ impl KeyRun<'_> {
         }
     }
 
+    /// Escalates the attempt's ticket to a person (the budget is already marked escalated).
+    async fn escalate(&self, a: &Attempt<'_>, why: serde_json::Value, what: &str) -> Outcome {
+        let key = self.key;
+        if !self.escalated_before {
+            let labels = a.reason.labels();
+            error!(
+                service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail,
+                max_restarts = a.remediation.max_restarts, window_s = a.remediation.window.as_secs(),
+                "{what}: escalated, no more repairs for this service"
+            );
+        }
+        if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
+            && let Err(e) = journal.escalate(id, why, self.clock.wall).await
+        {
+            error!(service = %key, error = %e, "cannot mark the ticket escalated");
+        }
+        Outcome::Escalated
+    }
+
     /// Applies the budget and backoff to an attempt, records it durably in the remediator's
     /// name, hands it to the remediator and records what came of it.
-    async fn attempt(&self, a: Attempt<'_>, budget: &mut RepairBudget) -> Outcome {
+    async fn attempt(&self, mut a: Attempt<'_>, budget: &mut RepairBudget) -> Outcome {
         let (shared, key, clock) = (self.shared, self.key, self.clock);
         let now = clock.now;
+        let labels = a.reason.labels();
+        // `escalateTo: agent`: when the restart budget runs out (not when a person's
+        // escalation is still in force), the agent is paged instead of a person. The restart
+        // budget stays spent, so no built-in repair runs meanwhile.
+        let agent_takes_over = a.policy == Policy::Restart
+            && a.remediation.escalate_to == EscalateTo::Agent
+            && a.ticket.is_some()
+            && !budget.escalated
+            && shared.remediator(Policy::Agent).is_some();
+        let mut gate = budget.gate(now, a.budgeted, a.remediation);
+        if gate == Gate::Escalate && agent_takes_over {
+            budget.escalated = false;
+            a.policy = Policy::Agent;
+            a.budgeted = false;
+            gate = Gate::Act;
+        }
         let Some(remediator) = shared.remediator(a.policy) else {
             return Outcome::Observed;
         };
-        let labels = a.reason.labels();
-        match budget.gate(now, a.budgeted, a.remediation) {
+        match gate {
             Gate::Act => {}
             Gate::WaitUntil(at) => {
                 shared.queue.schedule(key.clone(), at);
@@ -497,25 +531,49 @@ impl KeyRun<'_> {
                 };
             }
             Gate::Escalate => {
-                if !self.escalated_before {
-                    error!(
-                        service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail,
-                        max_restarts = a.remediation.max_restarts, window_s = a.remediation.window.as_secs(),
-                        "restart budget spent: escalated, no more repairs for this service"
-                    );
+                let why = serde_json::json!({
+                    "reason": "restart budget spent",
+                    "max_restarts": a.remediation.max_restarts,
+                    "window_s": a.remediation.window.as_secs(),
+                    "drift": labels.first(),
+                });
+                return self.escalate(&a, why, "restart budget spent").await;
+            }
+        }
+        if a.policy == Policy::Agent
+            && let (Some(journal), Some(id)) = (self.journal(), a.ticket)
+        {
+            let gate = async {
+                let ticket = journal.get(id).await?;
+                let timeline = journal.timeline(id).await?;
+                Ok::<_, TicketError>(ticket.map(|t| {
+                    agent_gate(&timeline, t.episode_at, &a.cluster.agent, clock.wall)
+                }))
+            };
+            match gate.await {
+                Ok(Some(AgentGate::Page)) | Ok(None) => {}
+                Ok(Some(AgentGate::WaitUntil(at))) => {
+                    let wait = (at - clock.wall).to_std().unwrap_or_default();
+                    shared.queue.schedule(key.clone(), now + wait);
+                    return Outcome::BackingOff {
+                        retry_in_ms: wait.as_millis() as u64,
+                    };
                 }
-                if let (Some(journal), Some(id)) = (self.journal(), a.ticket) {
+                Ok(Some(AgentGate::Spent { sessions })) => {
+                    budget.escalated = true;
                     let why = serde_json::json!({
-                        "reason": "restart budget spent",
-                        "max_restarts": a.remediation.max_restarts,
-                        "window_s": a.remediation.window.as_secs(),
+                        "reason": "agent sessions spent",
+                        "sessions": sessions,
                         "drift": labels.first(),
                     });
-                    if let Err(e) = journal.escalate(id, why, clock.wall).await {
-                        error!(service = %key, error = %e, "cannot mark the ticket escalated");
-                    }
+                    return self.escalate(&a, why, "agent sessions spent").await;
                 }
-                return Outcome::Escalated;
+                Err(e) => {
+                    self.retry_soon();
+                    return Outcome::Unknown {
+                        error: format!("cannot read the ticket's sessions: {e}"),
+                    };
+                }
             }
         }
 

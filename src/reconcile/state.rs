@@ -35,6 +35,43 @@ impl Clock {
     }
 }
 
+/// Whether an agent session may be paged for a ticket now: the agent's own budget per ticket
+/// episode (`spec.agent.sessionsPerTicket`, `sessionBackoff`), read from the ticket's
+/// timeline so that it survives a controller restart and counts sessions a split-off
+/// dispatcher ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentGate {
+    Page,
+    /// The last session ended less than `sessionBackoff` ago.
+    WaitUntil(DateTime<Utc>),
+    /// This episode already had `sessions` sessions: a person takes over.
+    Spent { sessions: u32 },
+}
+
+/// The agent's gate for the episode that began at `episode_at`.
+pub fn agent_gate(
+    timeline: &[crate::tickets::TimelineEntry],
+    episode_at: DateTime<Utc>,
+    spec: &crate::manifest::AgentSpec,
+    now: DateTime<Utc>,
+) -> AgentGate {
+    use crate::tickets::{Actor, EntryKind};
+    let by_agent = |kind: EntryKind| {
+        timeline
+            .iter()
+            .filter(move |e| e.at >= episode_at && e.kind == kind && e.actor == Some(Actor::Agent))
+    };
+    let sessions = by_agent(EntryKind::ActionStarted).count() as u32;
+    if sessions >= spec.sessions_per_ticket {
+        return AgentGate::Spent { sessions };
+    }
+    let backoff = chrono::Duration::from_std(spec.session_backoff).unwrap_or_default();
+    match by_agent(EntryKind::ActionResult).map(|e| e.at).max() {
+        Some(ended) if now < ended + backoff => AgentGate::WaitUntil(ended + backoff),
+        _ => AgentGate::Page,
+    }
+}
+
 /// Maps a wall-clock time onto the monotonic clock, given one moment known on both.
 /// `None` when it falls before the monotonic clock's origin.
 fn to_instant(t: DateTime<Utc>, now: Instant, wall: DateTime<Utc>) -> Option<Instant> {
@@ -352,5 +389,47 @@ mod tests {
         assert_eq!(s.saw_clean(Instant::now(), true, &r), None);
         assert_eq!(s.attempts, 0);
         assert_eq!(s.next_attempt_at, None);
+    }
+
+    #[test]
+    fn the_agent_gate_counts_this_episodes_sessions_and_waits_its_backoff() {
+        use crate::manifest::AgentSpec;
+        use crate::tickets::{Actor, EntryKind, TimelineEntry};
+        let t0 = DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let entry = |s: i64, kind: EntryKind, actor: Option<Actor>| TimelineEntry {
+            at: at(s),
+            kind,
+            actor,
+            detail: serde_json::json!({}),
+        };
+        let spec = AgentSpec {
+            sessions_per_ticket: 2,
+            session_backoff: Duration::from_secs(60),
+            ..AgentSpec::default()
+        };
+        let mut timeline = vec![
+            // An earlier episode's session does not count.
+            entry(0, EntryKind::ActionStarted, Some(Actor::Agent)),
+            entry(5, EntryKind::ActionResult, Some(Actor::Agent)),
+            // The controller's restarts do not count either.
+            entry(10, EntryKind::ActionStarted, Some(Actor::Controller)),
+        ];
+        let episode = at(8);
+        assert_eq!(agent_gate(&timeline, episode, &spec, at(20)), AgentGate::Page);
+        timeline.push(entry(20, EntryKind::ActionStarted, Some(Actor::Agent)));
+        timeline.push(entry(50, EntryKind::ActionResult, Some(Actor::Agent)));
+        assert_eq!(
+            agent_gate(&timeline, episode, &spec, at(60)),
+            AgentGate::WaitUntil(at(110))
+        );
+        assert_eq!(agent_gate(&timeline, episode, &spec, at(110)), AgentGate::Page);
+        timeline.push(entry(120, EntryKind::ActionStarted, Some(Actor::Agent)));
+        assert_eq!(
+            agent_gate(&timeline, episode, &spec, at(500)),
+            AgentGate::Spent { sessions: 2 }
+        );
     }
 }
