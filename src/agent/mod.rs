@@ -3,6 +3,7 @@
 //! See `docs/agent.md`.
 
 pub mod api;
+pub mod audit;
 pub mod prompt;
 pub mod safety;
 pub mod shell;

@@ -1,6 +1,7 @@
 //! The command line: argument definitions and the commands' printing. The library modules
 //! never print; everything a person reads is formed here.
 
+mod audit;
 mod logging;
 mod reload;
 mod report;
@@ -29,6 +30,8 @@ Examples:
   operator status manifests/examples --json  desired against observed, for scripts
   operator tickets list --status open        what is broken now, and what was done
   operator tickets show 12                   one ticket with its timeline
+  operator audit list --since 1d             what agent sessions ran, and the verdicts
+  operator audit show SESSION                every step of one session: commands, results
 
 The Docker engine is found through DOCKER_HOST or the default socket.";
 
@@ -69,6 +72,55 @@ pub enum Command {
     /// Read and act on tickets: one per drift episode, with what was seen and done.
     #[command(subcommand)]
     Tickets(TicketsCommand),
+    /// Read what agent sessions did: every model message, command, result and decision.
+    ///
+    /// Each session is recorded step by step in the ticket database (and in a JSON file
+    /// under `sessions/` beside it), secrets redacted. The model's closing words are kept
+    /// as its claim; only the controller's re-check (the verdict) resolves a ticket.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List agent sessions, newest first: ticket, model, safety mode, duration, turns,
+    /// tokens (input/output/cache read/cache write), why it stopped and the verdict.
+    ///
+    /// STOP is the API's last stop_reason (end_turn, max_tokens, refusal...) or why the
+    /// controller ended it (budget, cancelled, api-error...); `failed:` or `interrupted`
+    /// says the session did not end normally. VERDICT is the controller's re-check:
+    /// `resolved`, `not-resolved`, or `-` before it.
+    #[command(after_help = "Examples:
+  operator audit list                   every session
+  operator audit list --ticket 12       the sessions paged for ticket 12
+  operator audit list --since 6h --json the last six hours, for scripts")]
+    List {
+        /// Only the sessions of this ticket.
+        #[arg(long, value_name = "ID")]
+        ticket: Option<i64>,
+        /// Only sessions started within this long (e.g. 30m, 6h, 7d).
+        #[arg(long, value_parser = crate::manifest::parse_duration, value_name = "DUR")]
+        since: Option<Duration>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show one session and every step in order; each command with its result under it
+    /// (exit code, duration, the head of its output), linked by tool_use id.
+    #[command(after_help = "Examples:
+  operator audit show 20261201T031500Z-1a2b3c4d
+  operator audit show 20261201T031500Z-1a2b3c4d --json | jq '.entries[] | select(.kind == \"tool-call\")'")]
+    Show {
+        /// The session id, as `audit list` and `tickets show` print it.
+        session: String,
+        /// Print the session and all its entries as JSON (the same document as its file).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 /// Where the ticket database is.
@@ -273,6 +325,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Plan(args) => report::plan(args).await,
             Command::Status(args) => report::status(args).await,
             Command::Tickets(command) => tickets::run(command),
+            Command::Audit(command) => audit::run(command),
         }
     });
     match result {

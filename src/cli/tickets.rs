@@ -70,7 +70,7 @@ fn print_one(ticket: &Ticket, json_out: bool) -> Result<(), Failure> {
 }
 
 /// Opens an existing database to change it; a mistyped `--db` is an error, not a new file.
-fn open_to_change(path: &std::path::Path) -> Result<Store, crate::tickets::TicketError> {
+pub(super) fn open_to_change(path: &std::path::Path) -> Result<Store, crate::tickets::TicketError> {
     if !path.exists() {
         return Err(crate::tickets::TicketError::Missing {
             path: path.to_path_buf(),
@@ -113,16 +113,30 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
                 .get(id)?
                 .ok_or(crate::tickets::TicketError::NotFound(id))?;
             let timeline = store.timeline(id)?;
+            let sessions = store.sessions_of_ticket(id)?;
             if as_json {
                 let mut value = json(&ticket);
                 value["fingerprint"] = ticket.fingerprint.to_string().into();
                 value["timeline"] = serde_json::to_value(&timeline)?;
+                value["sessions"] = serde_json::to_value(&sessions)?;
                 outln!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_table(std::slice::from_ref(&ticket))?;
                 outln!("\nTIMELINE");
                 for e in &timeline {
                     outln!("  {}  {:<16} {}", time(e.at), e.kind, e.detail);
+                }
+                if !sessions.is_empty() {
+                    outln!("\nAGENT SESSIONS (operator audit show SESSION)");
+                    for s in &sessions {
+                        outln!(
+                            "  {}  started {}  stop {}  verdict {}",
+                            s.id,
+                            time(s.started_at),
+                            super::audit::stop(s),
+                            s.verdict.map_or("-".into(), |v| v.to_string())
+                        );
+                    }
                 }
             }
         }

@@ -34,7 +34,7 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// The schema, in order. The agent's audit tables are appended here when they land.
+/// The schema, in order.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         adds: "tickets, their timeline, per-service budgets",
@@ -123,6 +123,72 @@ pub const MIGRATIONS: &[Migration] = &[
     ALTER TABLE tickets_new RENAME TO tickets;
     CREATE UNIQUE INDEX tickets_one_unresolved ON tickets (fingerprint) WHERE status != 'resolved';
     CREATE INDEX tickets_by_service ON tickets (cluster, service, status);
+    "#,
+    },
+    Migration {
+        adds: "agent sessions with their ordered entries, ticket claims (split deployment), \
+               pending approvals",
+        // Enumerations are generous on purpose: widening a CHECK later means rebuilding a
+        // table. `note` entries and `api-error` stops carry anything not foreseen here.
+        sql: r#"
+    CREATE TABLE agent_sessions (
+        id                 TEXT PRIMARY KEY,
+        ticket_id          INTEGER NOT NULL REFERENCES tickets (id),
+        cluster            TEXT NOT NULL,
+        service            TEXT NOT NULL,
+        model              TEXT NOT NULL,
+        mode               TEXT NOT NULL CHECK (mode IN ('observe','approve','execute')),
+        holder             TEXT NOT NULL,
+        started_at         TEXT NOT NULL,
+        ended_at           TEXT,
+        outcome            TEXT NOT NULL DEFAULT 'running'
+                           CHECK (outcome IN ('running','ended','interrupted','failed')),
+        stop_reason        TEXT CHECK (stop_reason IN ('end_turn','tool_use','max_tokens',
+                           'stop_sequence','pause_turn','refusal','model_context_window_exceeded',
+                           'budget','cancelled','interrupted','api-error','tool-error')),
+        verdict            TEXT CHECK (verdict IN ('resolved','not-resolved')),
+        claim              TEXT,
+        input_tokens       INTEGER NOT NULL DEFAULT 0,
+        output_tokens      INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        turns              INTEGER NOT NULL DEFAULT 0,
+        request_ids        TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX agent_sessions_by_ticket ON agent_sessions (ticket_id, started_at);
+    CREATE INDEX agent_sessions_by_start ON agent_sessions (started_at);
+    CREATE TABLE agent_entries (
+        session_id   TEXT NOT NULL REFERENCES agent_sessions (id),
+        seq          INTEGER NOT NULL,
+        at           TEXT NOT NULL,
+        kind         TEXT NOT NULL CHECK (kind IN ('model-text','tool-call','tool-result',
+                     'refusal','approval-requested','approved','rejected','allowed','denied',
+                     'api-response','api-retry','api-error','budget','verdict','interrupted',
+                     'note')),
+        tool_use_id  TEXT,
+        tool         TEXT,
+        detail       TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (session_id, seq)
+    );
+    CREATE TABLE agent_claims (
+        ticket_id   INTEGER PRIMARY KEY REFERENCES tickets (id),
+        holder      TEXT NOT NULL,
+        session_id  TEXT,
+        claimed_at  TEXT NOT NULL,
+        expires_at  TEXT NOT NULL
+    );
+    CREATE TABLE agent_approvals (
+        id           INTEGER PRIMARY KEY,
+        session_id   TEXT NOT NULL REFERENCES agent_sessions (id),
+        tool_use_id  TEXT NOT NULL,
+        command      TEXT NOT NULL,
+        asked_at     TEXT NOT NULL,
+        decided_at   TEXT,
+        decision     TEXT CHECK (decision IN ('approved','rejected')),
+        decided_by   TEXT,
+        reason       TEXT,
+        UNIQUE (session_id, tool_use_id)
+    );
     "#,
     },
 ];

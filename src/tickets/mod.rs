@@ -15,8 +15,10 @@
 //!
 //! # Layout
 //! `db` opens the file and owns the migrations; `store` is the blocking SQL; `journal` is
-//! the async facade everyone else uses; `query` the read-only episode views.
+//! the async facade everyone else uses; `query` the read-only episode views; `audit` the
+//! agent's sessions, claims and approvals (with its own async facade, `AuditJournal`).
 
+mod audit;
 mod budget;
 mod db;
 mod journal;
@@ -25,6 +27,11 @@ mod owner;
 mod query;
 mod store;
 
+pub use audit::{
+    AgentSession, Approval, AuditJournal, AuditKind, Claim, ClaimOutcome, Decision, NewEntry,
+    NewSession, Outcome, SafetyMode, SessionEnd, SessionEntry, SessionLog, SessionQuery,
+    StopReason, Usage, Verdict, is_session_id,
+};
 pub use budget::Budget;
 pub use db::{DEFAULT_DB, MIGRATIONS, Migration, default_path};
 pub use journal::{Journal, Recheck};
@@ -126,6 +133,30 @@ pub enum TicketError {
         row: i64,
         column: &'static str,
         value: String,
+    },
+    #[error("no agent session {0} (see `operator audit list`)")]
+    SessionNotFound(String),
+    #[error(
+        "{0:?} is not a session id (the form is {{UTC time}}-{{8 hex}}, e.g. 20261201T031500Z-1a2b3c4d)"
+    )]
+    BadSessionId(String),
+    #[error("no approval with id {0}")]
+    ApprovalNotFound(i64),
+    #[error("approval {id} was already {decision} by {by} at {at}; a decision is final")]
+    ApprovalDecided {
+        id: i64,
+        decision: &'static str,
+        by: String,
+        at: String,
+    },
+    #[error(
+        "the claim of {holder} on ticket {ticket} is gone ({}); stop working on it",
+        match now_held_by { Some(h) => format!("now held by {h}"), None => "released".to_string() }
+    )]
+    ClaimLost {
+        ticket: i64,
+        holder: String,
+        now_held_by: Option<String>,
     },
     #[error("the ticket database task stopped unexpectedly: {0}")]
     Task(String),

@@ -23,14 +23,14 @@ pub fn ts(t: DateTime<Utc>) -> String {
 }
 
 /// Where a stored value sits, for the error that says it cannot be read.
-struct At<'a> {
-    path: &'a Path,
-    table: &'static str,
-    row: i64,
+pub(super) struct At<'a> {
+    pub(super) path: &'a Path,
+    pub(super) table: &'static str,
+    pub(super) row: i64,
 }
 
 impl At<'_> {
-    fn corrupt(&self, column: &'static str, value: &str) -> TicketError {
+    pub(super) fn corrupt(&self, column: &'static str, value: &str) -> TicketError {
         TicketError::Corrupt {
             path: self.path.to_path_buf(),
             table: self.table,
@@ -40,13 +40,17 @@ impl At<'_> {
         }
     }
 
-    fn time(&self, column: &'static str, text: &str) -> Result<DateTime<Utc>, TicketError> {
+    pub(super) fn time(
+        &self,
+        column: &'static str,
+        text: &str,
+    ) -> Result<DateTime<Utc>, TicketError> {
         DateTime::parse_from_rfc3339(text)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|_| self.corrupt(column, text))
     }
 
-    fn opt_time(
+    pub(super) fn opt_time(
         &self,
         column: &'static str,
         text: Option<&str>,
@@ -194,7 +198,10 @@ impl Store {
         self.db.is_read_only()
     }
 
-    fn err(&self, doing: &'static str) -> impl FnOnce(rusqlite::Error) -> TicketError + '_ {
+    pub(super) fn err(
+        &self,
+        doing: &'static str,
+    ) -> impl FnOnce(rusqlite::Error) -> TicketError + '_ {
         self.db.err(doing)
     }
 
@@ -202,7 +209,7 @@ impl Store {
         self.db.read()
     }
 
-    fn write<T>(
+    pub(super) fn write<T>(
         &self,
         doing: &'static str,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, TicketError>,
