@@ -37,6 +37,13 @@ pub struct Metrics {
     /// 1 while the last write to the ticket store succeeded; 0 once one failed (a full disk,
     /// a read-only or locked file): the controller does not act on what it cannot record.
     pub store_writable: Gauge,
+    /// Agent sessions ended, by how they stopped.
+    pub agent_sessions: Family<Labels, Counter>,
+    /// Tokens the agent's sessions used, by kind (input, output, cache_read, cache_write).
+    pub agent_tokens: Family<Labels, Counter>,
+    /// 1 when the agent is configured and dispatching; 0 when disabled (no API key) or
+    /// stopped by the API (key refused, no permission, spend limit).
+    pub agent_dispatching: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,6 +109,24 @@ impl Metrics {
             "store_writable",
             "1 while the ticket store accepts writes; 0 after a write failed (no repairs are made until one succeeds)",
             store_writable.clone(),
+        );
+        let agent_sessions = Family::<Labels, Counter>::default();
+        registry.register(
+            "agent_sessions",
+            "Agent sessions ended, by stop (end_turn, budget, api-error, refusal, cancelled, ...)",
+            agent_sessions.clone(),
+        );
+        let agent_tokens = Family::<Labels, Counter>::default();
+        registry.register(
+            "agent_tokens",
+            "Tokens used by agent sessions, by kind (input, output, cache_read, cache_write)",
+            agent_tokens.clone(),
+        );
+        let agent_dispatching = Gauge::default();
+        registry.register(
+            "agent_dispatching",
+            "1 while agent sessions are dispatched; 0 when the agent is disabled (no API key) or stopped by the API (key refused, permission, spend limit)",
+            agent_dispatching.clone(),
         );
         let manifest_reloads = Family::<Labels, Counter>::default();
         registry.register(
@@ -176,6 +201,9 @@ impl Metrics {
             event_to_drift,
             escalated,
             store_writable,
+            agent_sessions,
+            agent_tokens,
+            agent_dispatching,
             manifest_reloads,
         }
     }

@@ -4,7 +4,9 @@
 
 pub mod api;
 pub mod audit;
+pub mod dispatcher;
 pub mod prompt;
 pub mod safety;
+pub mod session;
 pub mod shell;
 pub mod tools;

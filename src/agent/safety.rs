@@ -93,52 +93,21 @@
 //!   or from the same command line, where setting one is not read-only; `for` lists are
 //!   checked. A read-only `curl "$PROMETHEUS_URL/api/v1/query"` is therefore allowed.
 
-use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use serde::Serialize;
 
-/// How much the agent may do. Parsed from `observe|approve|execute`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SafetyMode {
-    /// Read-only: only the allowlist runs. The default, as in HolmesGPT.
-    #[default]
-    Observe,
-    /// The allowlist runs; anything else waits for a person.
-    Approve,
-    /// Anything not on the denylist runs.
-    Execute,
-}
-
-impl SafetyMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SafetyMode::Observe => "observe",
-            SafetyMode::Approve => "approve",
-            SafetyMode::Execute => "execute",
-        }
-    }
-}
-
-impl fmt::Display for SafetyMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How much the agent may do: the manifest's vocabulary (`spec.agent.safetyMode`), one type
+/// for configuration and judge alike.
+pub use crate::manifest::SafetyMode;
 
 impl FromStr for SafetyMode {
     type Err = SafetyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "observe" => Ok(SafetyMode::Observe),
-            "approve" => Ok(SafetyMode::Approve),
-            "execute" => Ok(SafetyMode::Execute),
-            _ => Err(SafetyError::UnknownMode {
-                value: s.to_string(),
-            }),
-        }
+        SafetyMode::parse(&s.trim().to_ascii_lowercase()).ok_or_else(|| SafetyError::UnknownMode {
+            value: s.to_string(),
+        })
     }
 }
 

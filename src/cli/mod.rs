@@ -248,6 +248,35 @@ pub struct RunArgs {
     /// Print the --once summary as JSON.
     #[arg(long, requires = "once")]
     pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// The agent paged for `policy: agent` and `escalateTo: agent`. It runs only when
+/// `ANTHROPIC_API_KEY` is set (never a flag: flags show in `ps`); `ANTHROPIC_BASE_URL` points
+/// it at another endpoint. Per-cluster limits are in the manifest's `spec.agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Model for sessions whose manifest names none.
+    #[arg(long, env = "OPERATOR_AGENT_MODEL", default_value = crate::agent::dispatcher::DEFAULT_MODEL, value_name = "MODEL")]
+    pub agent_model: String,
+    /// What the agent's shell may do where the manifest does not say: observe (read-only),
+    /// approve (anything else waits for `operator tickets approve`), execute.
+    #[arg(long, env = "OPERATOR_SAFETY_MODE", default_value = "observe", value_parser = ["observe", "approve", "execute"], value_name = "MODE")]
+    pub safety_mode: String,
+    /// Agent sessions at once (the rest queue in ticket order).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub agent_sessions: usize,
+    /// Tokens all agent sessions may use in any hour; past it tickets wait for a person.
+    #[arg(long, value_name = "N")]
+    pub agent_hourly_tokens: Option<u64>,
+    /// How long a command in approve mode waits for a person before it is refused.
+    #[arg(long, default_value = "10m", value_parser = crate::manifest::parse_duration, value_name = "DUR")]
+    pub approval_timeout: Duration,
+    /// An environment variable the agent's commands must not see (repeatable), besides
+    /// ANTHROPIC_API_KEY and names containing KEY, TOKEN, SECRET, PASSWORD, AUTH...
+    #[arg(long = "secret-env", value_name = "NAME")]
+    pub secret_env: Vec<String>,
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {

@@ -51,15 +51,38 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .resync(args.resync)
         .workers(args.workers)
         .settle(args.settle);
-    let controller = Controller::builder(docker, desired)
+    let journal = Journal::new(store.clone(), metrics.clone());
+    // The agent needs the controller's desired state, and the controller its remediator.
+    let controller_cell: Arc<std::sync::OnceLock<Controller>> = Arc::default();
+    let agent = agent_dispatcher(
+        &args.agent,
+        &db,
+        docker.clone(),
+        &desired,
+        controller_cell.clone(),
+        journal.clone(),
+        store.clone(),
+        metrics.clone(),
+    )?;
+    let mut builder = Controller::builder(docker, desired)
         .metrics(metrics.clone())
         .cache(cache)
         .config(config)
-        .journal(Journal::new(store, metrics.clone()))
-        .build();
+        .journal(journal);
+    if let Some(agent) = &agent {
+        builder = builder.remediator(manifest::Policy::Agent, Arc::new(agent.clone()));
+    }
+    let controller = builder.build();
+    let _ = controller_cell.set(controller.clone());
+    let agent_task = agent.map(|a| tokio::spawn(a.run(cancel.child_token())));
 
     let Some(serve) = server else {
-        return once(&controller, args.json).await;
+        let exit = once(&controller, args.json).await;
+        cancel.cancel();
+        if let Some(task) = agent_task {
+            let _ = task.await;
+        }
+        return exit;
     };
     let server = tokio::spawn(serve);
 
@@ -71,6 +94,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let result = controller.run(cancel.clone()).await;
     cancel.cancel();
     signals.abort();
+    if let Some(task) = agent_task {
+        let _ = task.await;
+    }
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => warn!(error = %e, "http server ended with an error"),
         Err(_) => warn!("http server did not stop within 5 s; leaving it"),
@@ -79,6 +105,82 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     result?;
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent, when `ANTHROPIC_API_KEY` is set; otherwise `None`, said once in the log (agent
+/// tickets then stay open with a note saying why).
+#[allow(clippy::too_many_arguments)]
+fn agent_dispatcher(
+    args: &super::AgentArgs,
+    db: &std::path::Path,
+    docker: bollard::Docker,
+    desired: &manifest::DesiredState,
+    controller: Arc<std::sync::OnceLock<Controller>>,
+    journal: Journal,
+    store: Arc<crate::tickets::Store>,
+    metrics: Arc<Metrics>,
+) -> Result<Option<crate::agent::dispatcher::Dispatcher>, Failure> {
+    use crate::agent::{api, dispatcher};
+    let key = std::env::var(crate::agent::shell::API_KEY_VAR)
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let Some(key) = key else {
+        metrics.agent_dispatching.set(0);
+        let wanted = desired.clusters.iter().any(|c| {
+            c.services.iter().any(|s| {
+                s.remediation.policy == manifest::Policy::Agent
+                    || s.remediation.escalate_to == manifest::EscalateTo::Agent
+            }) || c
+                .checks
+                .iter()
+                .any(|k| k.remediation.policy == manifest::Policy::Agent)
+        });
+        if wanted {
+            warn!(
+                "the agent is disabled: ANTHROPIC_API_KEY is not set; agent tickets stay open for a person"
+            );
+        }
+        return Ok(None);
+    };
+    let key = api::ApiKey::new(key).map_err(|e| Failure::new(e.to_string()))?;
+    let base_url = std::env::var(api::BASE_URL_ENV)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| api::DEFAULT_BASE_URL.to_string());
+    let mode = manifest::SafetyMode::parse(&args.safety_mode).unwrap_or_default();
+    let cfg = dispatcher::AgentConfig {
+        key,
+        base_url: base_url.clone(),
+        model: args.agent_model.clone(),
+        mode,
+        concurrency: args.agent_sessions.max(1),
+        hourly_tokens: args.agent_hourly_tokens,
+        approval_timeout: args.approval_timeout,
+        secret_env: args.secret_env.clone(),
+        db: db.to_path_buf(),
+        holder: format!(
+            "pid {} on {}",
+            std::process::id(),
+            crate::tickets::host_name()
+        ),
+    };
+    let initial = Arc::new(desired.clone());
+    let agent = dispatcher::Dispatcher::new(
+        cfg,
+        docker,
+        move || {
+            controller
+                .get()
+                .map(|c| c.desired())
+                .unwrap_or_else(|| initial.clone())
+        },
+        journal,
+        crate::tickets::AuditJournal::new(store),
+        metrics,
+    )
+    .map_err(|e| Failure::new(e.to_string()))?;
+    info!(endpoint = %base_url, model = %args.agent_model, safety_mode = %mode, sessions = args.agent_sessions, "the agent is enabled");
+    Ok(Some(agent))
 }
 
 /// Cancels on SIGINT/SIGTERM; reloads the manifests on SIGHUP and when the files change.

@@ -58,10 +58,12 @@ pub struct Cluster {
 }
 
 /// What an agent session may do with its shell (`spec.agent.safetyMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SafetyMode {
-    /// Read-only tools, and shell commands on a read-only allowlist.
+    /// Read-only tools, and shell commands on a read-only allowlist (the default, as in
+    /// HolmesGPT).
+    #[default]
     Observe,
     /// Read-only runs; anything else waits for a person's `operator tickets approve`.
     Approve,

@@ -428,6 +428,17 @@ impl KeyRun<'_> {
             Decision::Observe { .. } => {
                 if new_episode {
                     info!(service = %key, ticket = ticket_id, drifts = %kinds.join(","), %detail, policy = r.policy.as_str(), "drift observed; policy forbids repair");
+                    if r.policy == Policy::Agent
+                        && let (Some(journal), Some(id)) = (self.journal(), ticket_id)
+                    {
+                        let why = "the agent is disabled (ANTHROPIC_API_KEY is not set): left open for a person";
+                        if let Err(e) = journal
+                            .note(id, EntryKind::Note, serde_json::json!({"note": why}))
+                            .await
+                        {
+                            error!(service = %key, error = %e, "cannot note on the ticket");
+                        }
+                    }
                 }
                 Outcome::Observed
             }

@@ -36,7 +36,7 @@ pub use budget::Budget;
 pub use db::{DEFAULT_DB, MIGRATIONS, Migration, default_path};
 pub use journal::{Journal, Recheck};
 pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
-pub use owner::{Ownership, lock_path};
+pub use owner::{Ownership, host as host_name, lock_path};
 pub use query::{Episode, TicketQuery};
 pub use store::{DriftSighting, Selector, Store};
 

@@ -32,7 +32,8 @@ pub fn lock_path(db: &Path) -> PathBuf {
     PathBuf::from(format!("{}.lock", db.display()))
 }
 
-fn host() -> String {
+/// This machine's host name, for "pid N on HOST" holder strings.
+pub fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

@@ -36,6 +36,7 @@ pub struct Fixture {
     db: DbFile,
     docker_host: Option<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     listen: Option<String>,
     // Dropped last: the controller is gone before cleanup, so nothing is recreated.
     _cleanup: Cleanup,
@@ -50,6 +51,7 @@ pub struct FixtureBuilder {
     db: DbFile,
     docker_host: Option<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     listen: Option<String>,
     cleanup: Cleanup,
 }
@@ -71,6 +73,7 @@ impl Fixture {
             db,
             docker_host: None,
             extra: Vec::new(),
+            env: Vec::new(),
             listen: Some("127.0.0.1:0".into()),
             cleanup,
         }
@@ -123,6 +126,7 @@ impl Fixture {
         self.operator = spawn(
             &self.dir,
             &self.extra,
+            &self.env,
             self.docker_host.as_deref(),
             &self.db.0,
             self.listen.as_deref(),
@@ -179,6 +183,12 @@ impl FixtureBuilder {
         self
     }
 
+    /// An environment variable for the controller (e.g. the agent's key).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Leaves `--listen` out: the controller binds its default address.
     pub fn default_listen(mut self) -> Self {
         self.listen = None;
@@ -215,6 +225,7 @@ impl FixtureBuilder {
         let operator = spawn(
             &self.dir,
             &self.extra,
+            &self.env,
             self.docker_host.as_deref(),
             &self.db.0,
             self.listen.as_deref(),
@@ -226,6 +237,7 @@ impl FixtureBuilder {
             db: self.db,
             docker_host: self.docker_host,
             extra: self.extra,
+            env: self.env,
             listen: self.listen,
             _cleanup: self.cleanup,
         };
@@ -237,12 +249,13 @@ impl FixtureBuilder {
 fn spawn(
     dir: &TempDir,
     extra: &[String],
+    env: &[(String, String)],
     docker_host: Option<&str>,
     db: &Path,
     listen: Option<&str>,
 ) -> OperatorProcess {
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    OperatorProcess::spawn(&[dir.path()], &extra, docker_host, db, listen)
+    OperatorProcess::spawn_with_env(&[dir.path()], &extra, docker_host, db, listen, env)
 }
 
 impl Drop for Fixture {

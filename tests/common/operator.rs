@@ -136,6 +136,19 @@ impl OperatorProcess {
         db: &Path,
         listen: Option<&str>,
     ) -> Self {
+        Self::spawn_with_env(paths, extra, docker_host, db, listen, &[])
+    }
+
+    /// [`OperatorProcess::spawn`] with more environment variables (e.g. the agent's key and
+    /// the API stand-in's URL).
+    pub fn spawn_with_env(
+        paths: &[&Path],
+        extra: &[&str],
+        docker_host: Option<&str>,
+        db: &Path,
+        listen: Option<&str>,
+        env: &[(String, String)],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", super::unique("operator-run")));
         let file = std::fs::File::create(&log).expect("create log file");
         let mut cmd = Command::new(operator_bin());
@@ -153,6 +166,7 @@ impl OperatorProcess {
         if let Some(host) = docker_host {
             cmd.env("DOCKER_HOST", host);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("start operator run");
         OperatorProcess {
             child,

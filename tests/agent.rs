@@ -1,0 +1,237 @@
+//! The agent end to end: a real controller on a real engine pages the agent through the
+//! local stand-in for the Claude API (the only stand-in the tests use), the agent's commands
+//! really run, and only the controller's own re-check resolves the ticket.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::claude::{ClaudeStandIn, Script, TEST_KEY};
+use common::operator::{is_running, operator, wait_until};
+use common::{BUSYBOX_IMAGE, Fixture, cluster_yaml, docker_ok};
+
+const LOOP: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
+
+/// One service `{cluster}-app` under `policy`, and the agent block.
+fn manifest(cluster: &str, remediation: &str, agent: &str) -> String {
+    let services = format!(
+        "    - name: {cluster}-app\n      image: {BUSYBOX_IMAGE}\n      command: {LOOP}\n      remediation: {remediation}\n"
+    );
+    cluster_yaml(cluster, &services).replace("spec:\n", &format!("spec:\n  agent: {agent}\n"))
+}
+
+fn with_agent(prefix: &str, stand_in: &ClaudeStandIn, remediation: &str, agent: &str) -> Fixture {
+    let remediation = remediation.to_string();
+    let agent = agent.to_string();
+    let f = Fixture::builder(prefix)
+        .manifest("cluster.yaml", move |c| manifest(c, &remediation, &agent))
+        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
+        // A variable a configuration marks secret: the agent's commands must not see it.
+        .env("TEST_DB_PASSWORD", "hunter2-not-for-the-agent")
+        .args(&["--settle", "1s"])
+        .resync("2s")
+        .start();
+    f.wait_running(&f.name("app"), "the start");
+    f
+}
+
+fn audit_json(f: &Fixture, args: &[&str]) -> Value {
+    let db = f.db().to_str().unwrap().to_string();
+    let mut all: Vec<&str> = vec!["audit"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--db", &db, "--json"]);
+    let out = operator(&all, None);
+    assert!(out.status.success(), "operator {all:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("audit --json")
+}
+
+#[test]
+fn a_killed_container_under_policy_agent_is_started_by_the_agent_and_resolved_by_the_recheck() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agentfix",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: execute, sessionBackoff: 0s}",
+    );
+    let name = f.name("app");
+    let script = Script::new()
+        .tool_use(&[("shell", json!({"command": "env"}))])
+        .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
+        .end_turn("Started the container; it is running again.");
+    let ids = script.tool_use_ids();
+    stand_in.push(script);
+
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("stopped", &name)
+            .is_some_and(|t| t["status"] == "resolved")),
+        "the ticket was not resolved: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert!(is_running(&name, None), "the agent's docker start ran");
+    let ticket = f.ticket("stopped", &name).unwrap();
+    assert_eq!(ticket["resolved_by"], "agent", "{ticket:#}");
+
+    // Every request reached the API as the real one requires (the stand-in refuses anything
+    // else), with the key only in its header.
+    let requests = stand_in.requests();
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    for r in &requests {
+        assert!(r.rejected.is_none(), "rejected: {:?}", r.rejected);
+        assert_eq!(r.header("x-api-key"), Some(TEST_KEY));
+        assert!(
+            !r.body_text().contains(TEST_KEY),
+            "the key is in a request body"
+        );
+    }
+    // The command's environment held neither the key nor the secret-marked variable.
+    let env_result = requests[1].json.as_ref().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .unwrap()["content"][0]["content"]
+        .to_string();
+    assert!(env_result.contains("PATH="), "{env_result}");
+    assert!(!env_result.contains(TEST_KEY), "{env_result}");
+    assert!(!env_result.contains("hunter2"), "{env_result}");
+
+    // The audit: the session, every step in order, calls linked to results by tool_use id.
+    let sessions = audit_json(&f, &["list", "--ticket", &ticket["id"].to_string()]);
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let id = sessions[0]["id"].as_str().unwrap().to_string();
+    let shown = audit_json(&f, &["show", &id]);
+    let entries = shown["entries"].as_array().unwrap();
+    let calls: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["kind"] == "tool-call")
+        .filter_map(|e| e["tool_use_id"].as_str())
+        .collect();
+    let results: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["kind"] == "tool-result")
+        .filter_map(|e| e["tool_use_id"].as_str())
+        .collect();
+    assert_eq!(calls, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(results, calls, "each call answered, in order");
+    let seqs: Vec<i64> = entries.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(shown["session"]["stop_reason"], "end_turn", "{shown:#}");
+    assert!(
+        wait_until(
+            Duration::from_secs(20),
+            || audit_json(&f, &["show", &id])["session"]["verdict"] == "resolved"
+        ),
+        "the session's verdict is the re-check's: {:#}",
+        audit_json(&f, &["show", &id])
+    );
+    // No file or row holds the key or the secret.
+    let db_bytes = std::fs::read(f.db()).unwrap();
+    let needle = TEST_KEY.as_bytes();
+    assert!(
+        !db_bytes.windows(needle.len()).any(|w| w == needle),
+        "the key is in the database"
+    );
+    let sessions_dir = f.db().parent().unwrap().join("sessions");
+    for file in std::fs::read_dir(&sessions_dir).unwrap() {
+        let file = file.unwrap().path();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains(TEST_KEY), "the key is in {}", file.display());
+        assert!(
+            !text.contains("hunter2"),
+            "the secret is in {}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn a_model_that_only_says_fixed_resolves_nothing_and_the_ticket_escalates_at_its_budget() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agentclaim",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: execute, sessionsPerTicket: 2, sessionBackoff: 0s}",
+    );
+    let name = f.name("app");
+    stand_in.push(
+        Script::new()
+            .end_turn("Fixed it.")
+            .end_turn("Fixed it again."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("stopped", &name)
+            .is_some_and(|t| t["status"] == "escalated")),
+        "not escalated after two sessions that did nothing: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert!(!is_running(&name, None), "nobody started it");
+    assert_eq!(stand_in.requests().len(), 2, "two sessions, one turn each");
+    let ticket = f.ticket("stopped", &name).unwrap();
+    let sessions = audit_json(&f, &["list", "--ticket", &ticket["id"].to_string()]);
+    assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions:#}");
+}
+
+#[test]
+fn escalate_to_agent_pages_the_agent_only_once_the_restart_budget_is_spent() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let stand_in_url = stand_in.base_url();
+    let f = Fixture::builder("agentesc")
+        .manifest("cluster.yaml", |c| {
+            let services = format!(
+                "    - name: {c}-app\n      image: {BUSYBOX_IMAGE}\n      command: [\"sh\", \"-c\", \"sleep 0.2; exit 1\"]\n      remediation: {{maxRestarts: 2, escalateTo: agent, backoff: {{initial: 100ms, max: 200ms}}}}\n"
+            );
+            cluster_yaml(c, &services)
+                .replace("spec:\n", "spec:\n  agent: {safetyMode: observe, sessionsPerTicket: 1}\n")
+        })
+        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("ANTHROPIC_BASE_URL", &stand_in_url)
+        .args(&["--settle", "1s"])
+        .resync("1s")
+        .start();
+    let name = f.name("app");
+    stand_in.push(
+        Script::new()
+            .end_turn("It exits with status 1 by design; a person must change its command."),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || f.tickets().iter().any(
+            |t| t["service"] == name.as_str() && t["status"] == "escalated"
+        )),
+        "never escalated: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    let ticket = f
+        .tickets()
+        .into_iter()
+        .find(|t| t["service"] == name.as_str())
+        .unwrap();
+    let timeline = f.operator.ticket_json(ticket["id"].as_i64().unwrap())["timeline"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let actors: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e["kind"] == "action-started")
+        .filter_map(|e| e["actor"].as_str())
+        .collect();
+    assert_eq!(
+        actors,
+        vec!["controller", "controller", "agent"],
+        "two restarts, then the agent: {timeline:#?}"
+    );
+    assert_eq!(stand_in.requests().len(), 1);
+}
