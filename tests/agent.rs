@@ -235,3 +235,163 @@ fn escalate_to_agent_pages_the_agent_only_once_the_restart_budget_is_spent() {
     );
     assert_eq!(stand_in.requests().len(), 1);
 }
+
+/// The `tool_result` blocks the model received in request `n` (0-based), as JSON.
+fn results_sent(stand_in: &ClaudeStandIn, n: usize) -> Vec<Value> {
+    let requests = stand_in.requests();
+    let body = requests[n].json.clone().unwrap();
+    let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+    last["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "tool_result")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn observe_refuses_a_mutating_command_and_tells_the_model_why() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agentobs",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: observe, sessionsPerTicket: 1}",
+    );
+    let name = f.name("app");
+    stand_in.push(
+        Script::new()
+            .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
+            .end_turn("I may not start it in observe mode."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || stand_in.requests().len() >= 2),
+        "the session did not go on after the refusal; log:\n{}",
+        f.operator.log()
+    );
+    let results = results_sent(&stand_in, 1);
+    assert_eq!(results.len(), 1, "{results:#?}");
+    assert_eq!(results[0]["is_error"], true, "{results:#?}");
+    let text = results[0]["content"].to_string();
+    assert!(text.contains("observe"), "{text}");
+    assert!(!is_running(&name, None), "observe ran a mutating command");
+}
+
+#[test]
+fn approve_runs_a_command_only_after_a_person_approves_it_and_never_after_a_reject() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agentapp",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: approve, sessionsPerTicket: 5, sessionBackoff: 0s}",
+    );
+    let name = f.name("app");
+    let db = f.db().to_str().unwrap().to_string();
+    let decide = |verb: &str, extra: &[&str]| {
+        let ticket = f.ticket("stopped", &name)?;
+        let id = ticket["id"].to_string();
+        let mut args = vec!["tickets", verb, id.as_str(), "--db", db.as_str()];
+        args.extend_from_slice(extra);
+        operator(&args, None).status.success().then_some(())
+    };
+
+    // Rejected: the command never runs, and the model reads the reason.
+    stand_in.push(
+        Script::new()
+            .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
+            .end_turn("A person declined; leaving it."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || decide(
+            "reject",
+            &["--reason", "not during the freeze"]
+        )
+        .is_some()),
+        "nothing waited for a decision; log:\n{}",
+        f.operator.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || stand_in.requests().len() >= 2),
+        "the session did not go on after the reject"
+    );
+    let text = results_sent(&stand_in, 1)[0]["content"].to_string();
+    assert!(text.contains("not during the freeze"), "{text}");
+    assert!(!is_running(&name, None), "a rejected command ran");
+
+    // Approved: it runs, and the controller's re-check resolves the ticket.
+    stand_in.push(
+        Script::new()
+            .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
+            .end_turn("Started after approval."),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || decide("approve", &[]).is_some()),
+        "the second session never asked; log:\n{}",
+        f.operator.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("stopped", &name)
+            .is_some_and(
+                |t| t["status"] == "resolved" && t["resolved_by"] == "agent"
+            )),
+        "not resolved by the agent after the approval: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert!(is_running(&name, None));
+}
+
+#[test]
+fn the_denylist_refuses_removing_a_managed_volume_even_in_execute() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let volume_holder = common::unique("agentvol");
+    let volume = format!("{volume_holder}-data");
+    let f = Fixture::builder("agentvol")
+        .manifest("cluster.yaml", |c| {
+            let services = format!(
+                "    - name: {c}-app\n      image: {BUSYBOX_IMAGE}\n      command: {LOOP}\n      volumes: [\"{volume}:/data\"]\n      remediation: {{policy: agent}}\n"
+            );
+            cluster_yaml(c, &services)
+                .replace("spec:\n", "spec:\n  agent: {safetyMode: execute, sessionsPerTicket: 1}\n")
+        })
+        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
+        .also_clean(format!("operator.test.volume={volume}"))
+        .start();
+    let name = f.name("app");
+    f.wait_running(&name, "the start");
+    stand_in.push(
+        Script::new()
+            .tool_use(&[(
+                "shell",
+                json!({"command": format!("docker rm -f {name} && docker volume rm {volume}")}),
+            )])
+            .end_turn("Tried to start clean."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || stand_in.requests().len() >= 2),
+        "the session did not go on; log:\n{}",
+        f.operator.log()
+    );
+    let result = &results_sent(&stand_in, 1)[0];
+    assert_eq!(result["is_error"], true, "{result:#}");
+    let why = result["content"].to_string();
+    assert!(
+        why.contains("refused") && why.contains("volume"),
+        "refused for the volume: {why}"
+    );
+    assert!(
+        docker_ok(&["volume", "ls", "-q"])
+            .lines()
+            .any(|v| v == volume),
+        "the managed volume was removed"
+    );
+    let _ = common::docker(&["rm", "-f", &name]);
+    let _ = common::docker(&["volume", "rm", &volume]);
+}

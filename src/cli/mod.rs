@@ -186,6 +186,25 @@ pub enum TicketsCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Let the command an agent session of this ticket waits on run (safety mode approve).
+    /// `tickets show ID` lists what waits.
+    Approve {
+        id: i64,
+        /// A note recorded with the decision.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Refuse the command an agent session of this ticket waits on; the model is told why.
+    Reject {
+        id: i64,
+        /// Why, as the model will read it.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Args)]

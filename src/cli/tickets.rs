@@ -156,6 +156,42 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             let store = open_to_change(&db.path())?;
             print_one(&store.retry(id, now)?, false)?;
         }
+        TicketsCommand::Approve { id, reason, db } => {
+            decide(&db, id, crate::tickets::Decision::Approved, reason, now)?;
+        }
+        TicketsCommand::Reject { id, reason, db } => {
+            decide(&db, id, crate::tickets::Decision::Rejected, reason, now)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Decides the command an agent session of ticket `id` waits on. Exactly one must wait: none
+/// is an error, and so are several (each is decided in turn as the session asks).
+fn decide(
+    db: &super::DbArgs,
+    id: i64,
+    decision: crate::tickets::Decision,
+    reason: Option<String>,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), Failure> {
+    let store = open_to_change(&db.path())?;
+    store
+        .get(id)?
+        .ok_or(crate::tickets::TicketError::NotFound(id))?;
+    let waiting = store.pending_approvals(Some(id))?;
+    let Some(asked) = waiting.first() else {
+        return Err(Failure::new(format!(
+            "ticket {id} has no agent command waiting for a decision"
+        )));
+    };
+    let by = std::env::var("USER").unwrap_or_else(|_| "a person".into());
+    let decided = store.decide_approval(asked.id, decision, &by, reason.as_deref(), now)?;
+    outln!(
+        "{} for ticket {id} (session {}): {}",
+        decision.as_str(),
+        decided.session_id,
+        decided.command
+    );
+    Ok(())
 }
