@@ -150,6 +150,7 @@ impl Dispatcher {
     pub async fn run(self, cancel: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.inner.cfg.concurrency.max(1)));
         let mut running = tokio::task::JoinSet::new();
+        let mut sweep = tokio::time::interval(CLAIM_TTL / 3);
         loop {
             loop {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -169,6 +170,7 @@ impl Dispatcher {
                 _ = cancel.cancelled() => break,
                 _ = self.inner.wake.notified() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = sweep.tick() => self.close_orphans().await,
             }
         }
         while running.join_next().await.is_some() {}
@@ -181,6 +183,25 @@ impl Dispatcher {
                 &job,
                 Err("the controller stopped before the session began".into()),
             );
+        }
+    }
+
+    /// Sessions left `running` by a process that died (its claim expired): marked
+    /// interrupted, so the audit does not show them running forever. Their tickets' actions
+    /// are closed by the controller, which re-dispatches within the agent's budget.
+    async fn close_orphans(&self) {
+        let audit = &self.inner.audit;
+        let now = Utc::now();
+        let Ok(orphans) = audit.interrupted_sessions(None, now).await else {
+            return;
+        };
+        for session in orphans {
+            let why = format!("its dispatcher ({}) stopped mid-session", session.holder);
+            match audit.mark_interrupted(session.id.clone(), why, now).await {
+                Ok(true) => warn!(session = %session.id, ticket = session.ticket_id, holder = %session.holder, "agent session interrupted by its dispatcher's end"),
+                Ok(false) => {}
+                Err(e) => warn!(session = %session.id, error = %e, "cannot mark the session interrupted"),
+            }
         }
     }
 

@@ -232,9 +232,9 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         undeclared,
     } = reports(desired.clone(), &db).await?;
     let health = crate::health::Monitor::instant().round(&desired).await;
+    let agent = agent_state(&desired, &db);
     if args.json {
-        let out =
-            serde_json::json!({"services": reports, "undeclared": undeclared, "health": health});
+        let out = serde_json::json!({"services": reports, "undeclared": undeclared, "health": health, "agent": agent});
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -314,6 +314,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     }
     table.print()?;
     print_health(&health)?;
+    print_agent(&agent)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -365,4 +366,63 @@ fn print_health(health: &[crate::health::ClusterHealth]) -> Result<(), Failure> 
         }
     }
     table.print()
+}
+
+/// Whether the agent can be paged from here, who wants it, and what waits for a person.
+fn agent_state(desired: &manifest::DesiredState, db: &super::DbArgs) -> serde_json::Value {
+    let wanted: Vec<String> = desired
+        .clusters
+        .iter()
+        .flat_map(|c| {
+            c.services
+                .iter()
+                .filter(|s| {
+                    s.remediation.policy == manifest::Policy::Agent
+                        || s.remediation.escalate_to == manifest::EscalateTo::Agent
+                })
+                .map(move |s| format!("{}/{}", c.name, s.name))
+        })
+        .collect();
+    let enabled = std::env::var(crate::agent::shell::API_KEY_VAR)
+        .is_ok_and(|k| !k.trim().is_empty());
+    let path = db.path();
+    let waiting: Vec<serde_json::Value> = if path.exists() {
+        Store::open_read_only(&path)
+            .and_then(|s| s.pending_approvals(None))
+            .map(|a| {
+                a.into_iter()
+                    .map(|a| serde_json::json!({"ticket": a.ticket_id, "session": a.session_id, "command": a.command, "asked_at": a.asked_at}))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    serde_json::json!({"enabled": enabled, "wanted_by": wanted, "waiting_for_approval": waiting})
+}
+
+fn print_agent(agent: &serde_json::Value) -> Result<(), Failure> {
+    let wanted = agent["wanted_by"].as_array().map_or(0, Vec::len);
+    let waiting = agent["waiting_for_approval"].as_array().cloned().unwrap_or_default();
+    if wanted == 0 && waiting.is_empty() {
+        return Ok(());
+    }
+    outln!();
+    if agent["enabled"] == true {
+        outln!("agent: enabled here (ANTHROPIC_API_KEY is set); {wanted} services may page it");
+    } else {
+        outln!(
+            "agent: disabled (ANTHROPIC_API_KEY is not set here); {wanted} services would page it, their tickets stay open for a person"
+        );
+    }
+    for w in waiting {
+        outln!(
+            "  waiting for approval: ticket #{} (session {}): {}   -> operator tickets approve|reject {}",
+            w["ticket"],
+            w["session"].as_str().unwrap_or("?"),
+            w["command"].as_str().unwrap_or("?"),
+            w["ticket"]
+        );
+    }
+    Ok(())
 }
