@@ -395,3 +395,185 @@ fn the_denylist_refuses_removing_a_managed_volume_even_in_execute() {
     let _ = common::docker(&["rm", "-f", &name]);
     let _ = common::docker(&["volume", "rm", &volume]);
 }
+
+/// The text of every `tool_result` the model received in request `n`, in order, with
+/// `is_error`.
+fn results_text(stand_in: &ClaudeStandIn, n: usize) -> Vec<(String, bool)> {
+    results_sent(stand_in, n)
+        .iter()
+        .map(|r| {
+            let text = match &r["content"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (text, r["is_error"] == true)
+        })
+        .collect()
+}
+
+#[test]
+fn tool_calls_are_bounded_unknown_tools_refused_repeats_guarded_and_every_call_answered() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agenttools",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: execute, sessionsPerTicket: 1, commandTimeout: 1s}",
+    );
+    let name = f.name("app");
+    let marker = common::unique("agenttimeout").replace('-', "");
+    let same = json!({"command": "echo same"});
+    stand_in.push(
+        Script::new()
+            // Parallel calls: an unknown tool, a command past its timeout (with a child in
+            // its group), and a read-only tool.
+            .tool_use(&[
+                ("frobnicate", json!({})),
+                ("shell", json!({"command": format!("sleep 30 & exec sleep 31 # {marker}")})),
+                ("cluster_status", json!({})),
+            ])
+            // Megabytes of output.
+            .tool_use(&[("shell", json!({"command": "head -c 5000000 /dev/zero | tr '\\0' a"}))])
+            // The same call three times: the third is refused.
+            .tool_use(&[("shell", same.clone())])
+            .tool_use(&[("shell", same.clone())])
+            .tool_use(&[("shell", same)])
+            // Cut at max_tokens in the middle of a call: answered as not run.
+            .message(
+                vec![
+                    json!({"type": "text", "text": "Starting"}),
+                    json!({"type": "tool_use", "id": "toolu_cut_1", "name": "shell", "input": {"command": format!("docker start {name}")}}),
+                ],
+                "max_tokens",
+                None,
+            )
+            .end_turn("Done looking."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(90), || stand_in.requests().len() >= 7),
+        "the session did not reach its end: {} requests; log:\n{}",
+        stand_in.requests().len(),
+        f.operator.log()
+    );
+    for r in stand_in.requests() {
+        assert!(
+            r.rejected.is_none(),
+            "the API would refuse: {:?}",
+            r.rejected
+        );
+    }
+    let parallel = results_text(&stand_in, 1);
+    assert_eq!(parallel.len(), 3, "{parallel:#?}");
+    assert!(
+        parallel[0].1 && parallel[0].0.contains("unknown tool"),
+        "{parallel:?}"
+    );
+    let timed_out: Value = serde_json::from_str(&parallel[1].0).expect("shell JSON");
+    assert_eq!(timed_out["timed_out"], true, "{timed_out:#}");
+    assert!(
+        !parallel[2].1 && parallel[2].0.contains(&name),
+        "cluster_status answers: {:?}",
+        parallel[2]
+    );
+    // The whole group is gone: nothing of the timed-out command survives.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "processes of the timed-out command survive"
+    );
+
+    let big = &results_text(&stand_in, 2)[0].0;
+    assert!(
+        big.len() < 300_000,
+        "output not capped: {} bytes",
+        big.len()
+    );
+    assert!(big.contains("cut"), "the cut is not stated");
+
+    assert!(!results_text(&stand_in, 3)[0].1);
+    assert!(!results_text(&stand_in, 4)[0].1);
+    let third = &results_text(&stand_in, 5)[0];
+    assert!(third.1 && third.0.contains("already made"), "{third:?}");
+
+    let cut = results_text(&stand_in, 6);
+    assert!(cut[0].1 && cut[0].0.contains("max_tokens"), "{cut:?}");
+    assert!(!is_running(&name, None), "a call cut at max_tokens ran");
+}
+
+#[test]
+fn an_overloaded_api_is_retried_and_a_refusal_ends_the_session_unresolved() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agentretry",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: execute, sessionsPerTicket: 1}",
+    );
+    let name = f.name("app");
+    stand_in.push(
+        Script::new()
+            .overloaded()
+            .refusal("I will not act on this cluster."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("stopped", &name)
+            .is_some_and(|t| t["status"] == "escalated")),
+        "not escalated after a refused session: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert_eq!(stand_in.requests().len(), 2, "529, then the retry");
+    let ticket = f.ticket("stopped", &name).unwrap();
+    let sessions = audit_json(&f, &["list", "--ticket", &ticket["id"].to_string()]);
+    let session = &sessions.as_array().unwrap()[0];
+    assert_eq!(session["stop_reason"], "refusal", "{session:#}");
+    assert_eq!(
+        session["request_ids"].as_array().map(Vec::len),
+        Some(2),
+        "both attempts' request ids: {session:#}"
+    );
+}
+
+#[test]
+fn a_spend_limit_stops_all_dispatching_at_once_and_says_so() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agentspend",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: execute, sessionsPerTicket: 3, sessionBackoff: 0s}",
+    );
+    let name = f.name("app");
+    stand_in.push(Script::new().spend_limit().end_turn("never sent"));
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .operator
+            .metric("operator_agent_dispatching")
+            == Some(0.0)),
+        "dispatching did not stop; log:\n{}",
+        f.operator.log()
+    );
+    // Nothing is retried or dispatched again, however often the controller looks.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(stand_in.requests().len(), 1, "the spend limit was retried");
+    let ticket = f.ticket("stopped", &name).unwrap();
+    let shown = f.operator.ticket_json(ticket["id"].as_i64().unwrap());
+    assert!(
+        shown["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"]["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("dispatching stopped"))),
+        "the ticket does not say why: {shown:#}"
+    );
+    assert!(f.operator.log().contains("agent dispatching stopped"));
+}

@@ -198,9 +198,13 @@ impl Dispatcher {
         for session in orphans {
             let why = format!("its dispatcher ({}) stopped mid-session", session.holder);
             match audit.mark_interrupted(session.id.clone(), why, now).await {
-                Ok(true) => warn!(session = %session.id, ticket = session.ticket_id, holder = %session.holder, "agent session interrupted by its dispatcher's end"),
+                Ok(true) => {
+                    warn!(session = %session.id, ticket = session.ticket_id, holder = %session.holder, "agent session interrupted by its dispatcher's end")
+                }
                 Ok(false) => {}
-                Err(e) => warn!(session = %session.id, error = %e, "cannot mark the session interrupted"),
+                Err(e) => {
+                    warn!(session = %session.id, error = %e, "cannot mark the session interrupted")
+                }
             }
         }
     }

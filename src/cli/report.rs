@@ -383,8 +383,8 @@ fn agent_state(desired: &manifest::DesiredState, db: &super::DbArgs) -> serde_js
                 .map(move |s| format!("{}/{}", c.name, s.name))
         })
         .collect();
-    let enabled = std::env::var(crate::agent::shell::API_KEY_VAR)
-        .is_ok_and(|k| !k.trim().is_empty());
+    let enabled =
+        std::env::var(crate::agent::shell::API_KEY_VAR).is_ok_and(|k| !k.trim().is_empty());
     let path = db.path();
     let waiting: Vec<serde_json::Value> = if path.exists() {
         Store::open_read_only(&path)
@@ -403,7 +403,10 @@ fn agent_state(desired: &manifest::DesiredState, db: &super::DbArgs) -> serde_js
 
 fn print_agent(agent: &serde_json::Value) -> Result<(), Failure> {
     let wanted = agent["wanted_by"].as_array().map_or(0, Vec::len);
-    let waiting = agent["waiting_for_approval"].as_array().cloned().unwrap_or_default();
+    let waiting = agent["waiting_for_approval"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if wanted == 0 && waiting.is_empty() {
         return Ok(());
     }
