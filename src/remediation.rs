@@ -145,4 +145,10 @@ pub trait Remediator: Send + Sync + 'static {
     fn actor(&self) -> Actor;
 
     fn remediate<'a>(&'a self, request: RemediationRequest<'a>) -> BoxFuture<'a, Dispatch>;
+
+    /// Whether it can take requests now. One that cannot (the agent after the API refused to
+    /// serve) is treated as absent: its drifts are observed, and no attempt is spent on it.
+    fn available(&self) -> bool {
+        true
+    }
 }

@@ -560,10 +560,16 @@ fn a_spend_limit_stops_all_dispatching_at_once_and_says_so() {
         "dispatching did not stop; log:\n{}",
         f.operator.log()
     );
-    // Nothing is retried or dispatched again, however often the controller looks.
+    // Nothing is retried or dispatched again, however often the controller looks, and no
+    // attempt is spent on an agent that cannot serve: the ticket waits for a person.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(stand_in.requests().len(), 1, "the spend limit was retried");
     let ticket = f.ticket("stopped", &name).unwrap();
+    assert_eq!(ticket["status"], "open", "{ticket:#}");
+    assert_eq!(
+        ticket["actions"], 1,
+        "attempts spent on a stopped agent: {ticket:#}"
+    );
     let shown = f.operator.ticket_json(ticket["id"].as_i64().unwrap());
     assert!(
         shown["timeline"]

@@ -522,6 +522,10 @@ impl Remediator for Dispatcher {
         Actor::Agent
     }
 
+    fn available(&self) -> bool {
+        lock(&self.inner.stopped).is_none()
+    }
+
     fn remediate<'a>(&'a self, request: RemediationRequest<'a>) -> BoxFuture<'a, Dispatch> {
         async move {
             let inner = &self.inner;

@@ -343,6 +343,11 @@ impl Shared {
 
     /// Who serves a policy: the built-in executor for `restart`, a registered remediator
     /// otherwise (none: the drift is only observed).
+    /// Whether something is registered for `policy`, available or not.
+    pub fn registered(&self, policy: Policy) -> bool {
+        self.remediators.iter().any(|(p, _)| *p == policy)
+    }
+
     pub fn remediator(&self, policy: Policy) -> Option<Arc<dyn Remediator>> {
         match policy {
             Policy::Restart => Some(self.builtin.clone()),
@@ -350,7 +355,7 @@ impl Shared {
             other => self
                 .remediators
                 .iter()
-                .find(|(p, _)| *p == other)
+                .find(|(p, r)| *p == other && r.available())
                 .map(|(_, r)| r.clone()),
         }
     }

@@ -431,7 +431,11 @@ impl KeyRun<'_> {
                     if r.policy == Policy::Agent
                         && let (Some(journal), Some(id)) = (self.journal(), ticket_id)
                     {
-                        let why = "the agent is disabled (ANTHROPIC_API_KEY is not set): left open for a person";
+                        let why = if self.shared.registered(Policy::Agent) {
+                            "the agent is not dispatching (the API refused to serve; see the log): left open for a person"
+                        } else {
+                            "the agent is disabled (ANTHROPIC_API_KEY is not set): left open for a person"
+                        };
                         if let Err(e) = journal
                             .note(id, EntryKind::Note, serde_json::json!({"note": why}))
                             .await

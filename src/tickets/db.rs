@@ -218,12 +218,20 @@ pub(crate) fn private_folder_of(path: &Path) -> Result<(), TicketError> {
     Ok(())
 }
 
-/// One connection to the ticket database, used from blocking threads.
+/// Connections to the ticket database, used from blocking threads: one that writes (every
+/// transaction, so writers queue here as SQLite would make them anyway) and a few that only
+/// read, so that many reconciles reading budgets and tickets at once do not wait behind each
+/// other's writes (WAL lets readers run beside the writer).
 pub(crate) struct Db {
     path: PathBuf,
     conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     read_only: bool,
 }
+
+/// Reading connections of a read-write database.
+const READERS: usize = 4;
 
 /// Checks, without writing anything, that an existing file is ours or empty.
 fn check_existing(path: &Path) -> Result<(), TicketError> {
@@ -298,12 +306,21 @@ impl Db {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
-        let db = Db {
+        let mut db = Db {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: Default::default(),
             read_only: false,
         };
         db.migrate()?;
+        // Opened after the migrations, so they see the schema as it is now.
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .map_err(open_err)?;
+            reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+            db.readers.push(Mutex::new(reader));
+        }
         // WAL side files inherit the process umask; keep them private too.
         for suffix in ["-wal", "-shm"] {
             let side = PathBuf::from(format!("{}{suffix}", path.display()));
@@ -351,6 +368,8 @@ impl Db {
         Ok(Db {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: Default::default(),
             read_only: true,
         })
     }
@@ -375,8 +394,28 @@ impl Db {
         }
     }
 
-    /// The connection, for reads.
+    /// A connection for reads (never for writes: see [`Db::write`]): a free reader if one is,
+    /// else the next one in turn.
     pub(crate) fn read(&self) -> MutexGuard<'_, Connection> {
+        if self.readers.is_empty() {
+            return self.writer();
+        }
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..self.readers.len() {
+            if let Ok(conn) = self.readers[(start + i) % self.readers.len()].try_lock() {
+                return conn;
+            }
+        }
+        self.readers[start % self.readers.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection that writes. Also the one whose `PRAGMA data_version` tells another
+    /// process's writes from this one's.
+    pub(crate) fn writer(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -386,7 +425,7 @@ impl Db {
         doing: &'static str,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, TicketError>,
     ) -> Result<T, TicketError> {
-        let mut conn = self.read();
+        let mut conn = self.writer();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err(doing))?;
@@ -400,11 +439,11 @@ impl Db {
         // dropping the old `tickets` would cascade into the timeline. They are switched off
         // around the migration (it cannot be done inside a transaction) and every reference
         // is verified before the step commits.
-        self.read()
+        self.writer()
             .pragma_update(None, "foreign_keys", "OFF")
             .map_err(self.err("apply schema migrations"))?;
         let migrated = self.apply_migrations();
-        self.read()
+        self.writer()
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(self.err("apply schema migrations"))?;
         migrated

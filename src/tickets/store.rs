@@ -219,7 +219,8 @@ impl Store {
 
     /// A number that changes whenever another connection commits (cheap change detection).
     pub fn data_version(&self) -> Result<i64, TicketError> {
-        self.conn()
+        self.db
+            .writer()
             .query_row("PRAGMA data_version", [], |r| r.get(0))
             .map_err(self.err("read the data version"))
     }
