@@ -454,7 +454,7 @@ impl Dispatcher {
                 .get_or_create(&vec![("kind", kind.to_string())])
                 .inc_by(n);
         }
-        info!(service = %job.key, ticket = job.ticket, session = %job.session, stop = summary.stop.as_str(), turns = summary.turns, input_tokens = summary.tokens.input, output_tokens = summary.tokens.output, cache_read_tokens = summary.tokens.cache_read, overhead_ms = summary.overhead.as_millis() as u64, "agent session ended; the controller re-checks");
+        info!(service = %job.key, ticket = job.ticket, session = %job.session, stop = summary.stop.as_str(), turns = summary.turns, input_tokens = summary.tokens.input, output_tokens = summary.tokens.output, cache_read_tokens = summary.tokens.cache_read, cache_write_tokens = summary.tokens.cache_write, overhead_ms = summary.overhead.as_millis() as u64, "agent session ended; the controller re-checks");
         if let Some(fatal) = summary.fatal {
             let why = format!(
                 "agent dispatching stopped: the API refused to serve ({}): {}",

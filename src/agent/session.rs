@@ -140,6 +140,10 @@ struct Loop<'a> {
     request_ids: Vec<String>,
     calls: HashMap<String, usize>,
     overhead: Duration,
+    /// Since the last answer arrived (the controller's turn), and what of it was spent in
+    /// commands or waiting for a person (not overhead).
+    turn_began: Option<Instant>,
+    excluded: Duration,
 }
 
 /// Runs one session on `incident` (the first user message) until the model finishes or a
@@ -160,6 +164,8 @@ pub async fn run(
         request_ids: Vec::new(),
         calls: HashMap::new(),
         overhead: Duration::ZERO,
+        turn_began: None,
+        excluded: Duration::ZERO,
     };
     let mut summary = match l.converse(incident).await {
         Ok(summary) => summary,
@@ -186,13 +192,22 @@ pub async fn run(
 }
 
 impl Loop<'_> {
+    /// Closes the controller's turn: its time, less commands and waits, is overhead.
+    fn close_turn(&mut self) {
+        if let Some(began) = self.turn_began.take() {
+            self.overhead += began.elapsed().saturating_sub(self.excluded);
+        }
+        self.excluded = Duration::ZERO;
+    }
+
     fn summary(
-        &self,
+        &mut self,
         stop: EndReason,
         claim: Option<String>,
         fatal: Option<Fatal>,
         error: Option<String>,
     ) -> SessionSummary {
+        self.close_turn();
         SessionSummary {
             stop,
             claim,
@@ -221,7 +236,7 @@ impl Loop<'_> {
         }
     }
 
-    async fn budget_end(&self, which: String) -> Result<SessionSummary, AuditError> {
+    async fn budget_end(&mut self, which: String) -> Result<SessionSummary, AuditError> {
         self.deps
             .audit
             .record(NewEntry::new(AuditKind::Budget, json!({"spent": which})))
@@ -258,6 +273,7 @@ impl Loop<'_> {
                 tool_choice: last_turn.then_some(ToolChoice::None),
                 messages: messages.clone(),
             };
+            self.close_turn();
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             let call = self.deps.client.create_message(&request);
             let answer = tokio::select! {
@@ -266,7 +282,7 @@ impl Loop<'_> {
                 }
                 answer = tokio::time::timeout(remaining, call) => answer,
             };
-            let started = Instant::now();
+            self.turn_began = Some(Instant::now());
             let reply = match answer {
                 Err(_) => {
                     return self
@@ -324,7 +340,6 @@ impl Loop<'_> {
             }
             messages.push(response.to_message());
             let stop = response.stop_reason.clone();
-            self.overhead += started.elapsed();
             match stop {
                 Some(StopReason::EndTurn) | Some(StopReason::StopSequence) => {
                     let reason = if stop == Some(StopReason::EndTurn) {
@@ -540,7 +555,7 @@ impl Loop<'_> {
         let ran = Instant::now();
         let output = shell::run(command, &self.deps.env, &limits).await;
         // Time spent in the command is not the controller's overhead.
-        self.overhead = self.overhead.saturating_sub(ran.elapsed());
+        self.excluded += ran.elapsed();
         match output {
             Ok(out) => {
                 let detail = ToolResultDetail {
@@ -592,7 +607,7 @@ impl Loop<'_> {
                         .decision(AuditKind::Approved, &call.id, "shell", command, &why)
                         .await?;
                     // Waiting for a person is not the controller's overhead either.
-                    self.overhead = self.overhead.saturating_sub(waited.elapsed());
+                    self.excluded += waited.elapsed();
                     return Ok(None);
                 }
                 Ok(Some(a)) if a.decision == Some(Decision::Rejected) => {
@@ -604,7 +619,7 @@ impl Loop<'_> {
                     audit
                         .decision(AuditKind::Rejected, &call.id, "shell", command, &why)
                         .await?;
-                    self.overhead = self.overhead.saturating_sub(waited.elapsed());
+                    self.excluded += waited.elapsed();
                     return Ok(Some(format!("not run: {why}")));
                 }
                 Ok(_) => {}
@@ -629,7 +644,7 @@ impl Loop<'_> {
                 audit
                     .decision(AuditKind::Rejected, &call.id, "shell", command, &why)
                     .await?;
-                self.overhead = self.overhead.saturating_sub(waited.elapsed());
+                self.excluded += waited.elapsed();
                 return Ok(Some(why));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;

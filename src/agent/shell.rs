@@ -495,8 +495,10 @@ pub async fn run(
         }
     };
     // The shell is gone: what it left in its group goes too. Output already in the pipes is
-    // still read below.
+    // still read below. A SIGKILL is delivered asynchronously: wait (bounded) until no member
+    // still runs, so "the group is gone" holds when this returns.
     group.signal(libc::SIGKILL);
+    group.wait_gone(limits.drain).await;
 
     let readers = futures::future::join(out_task, err_task);
     tokio::pin!(readers);
@@ -572,6 +574,43 @@ impl GroupGuard {
             libc::kill(-self.pgid, sig);
         }
     }
+}
+
+impl GroupGuard {
+    /// Waits until no member of the group runs any more (zombies awaiting their reaper do
+    /// not count), at most `bound`. Reads `/proc`: Linux only, as the engine is.
+    async fn wait_gone(&self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while group_has_live_member(self.pgid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Whether a process of group `pgid` is alive and not a zombie.
+fn group_has_live_member(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let wanted = pgid.to_string();
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // After `(comm)`: state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.get(2) == Some(&wanted.as_str()) && fields.first() != Some(&"Z")
+    })
 }
 
 impl Drop for GroupGuard {
