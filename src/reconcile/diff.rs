@@ -184,26 +184,33 @@ pub fn action_for(drifts: &[Drift], observed: &Observation) -> Option<Action> {
 }
 
 /// Whether a repair is a deliberate change rather than the repair of a failure: the first
-/// creation of a service, the first rollout of an edited spec, and the first replacement
-/// of a network whose declared options were edited. A deliberate change opens
-/// no ticket unless it fails, and spends no budget; retrying it (after it failed) is a repair,
+/// creation of a service, the first rollout of an edited spec, and the replacement of a
+/// network whose declared options were edited. A deliberate change opens no ticket unless it
+/// fails, and spends no budget; retrying a creation or rollout (after it failed) is a repair,
 /// so a rollout that can never succeed still escalates. `attempts` counts repairs already
 /// tried for the current spec.
+///
+/// A network replacement stays deliberate whatever `attempts` says: the count is the
+/// service's (a kill repaired a minute before the edit would otherwise make the edit an
+/// incident), and the budget cannot tell its own failures from others. One that keeps
+/// failing (containers of someone else attached) is retried with backoff, its failure on a
+/// ticket, but never escalates.
 pub fn is_deliberate(
     action: &Action,
     drifts: &[Drift],
     created_before: bool,
     attempts: u32,
 ) -> bool {
-    attempts == 0
-        && match action {
-            Action::Create => !created_before,
-            Action::Recreate => drifts.iter().any(|d| d.kind == DriftKind::SpecChanged),
-            Action::RecreateNetwork { .. } => {
-                drifts.iter().any(|d| d.kind == DriftKind::NetworkChanged)
-            }
-            _ => false,
+    match action {
+        Action::RecreateNetwork { .. } => {
+            drifts.iter().any(|d| d.kind == DriftKind::NetworkChanged)
         }
+        Action::Create => attempts == 0 && !created_before,
+        Action::Recreate => {
+            attempts == 0 && drifts.iter().any(|d| d.kind == DriftKind::SpecChanged)
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -480,8 +487,8 @@ mod tests {
         );
         assert!(is_deliberate(&action, &drifts, true, 0));
         assert!(
-            !is_deliberate(&action, &drifts, true, 1),
-            "a replacement that failed is retried as a repair"
+            is_deliberate(&action, &drifts, true, 3),
+            "repairs of other drifts before the edit do not make it an incident"
         );
     }
 }
