@@ -583,3 +583,132 @@ fn a_spend_limit_stops_all_dispatching_at_once_and_says_so() {
     );
     assert!(f.operator.log().contains("agent dispatching stopped"));
 }
+
+/// An `operator agent` process on the fixture's manifests and database; killed on drop.
+struct Dispatcher {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Dispatcher {
+    fn start(f: &Fixture, stand_in: &ClaudeStandIn, claim_ttl: &str) -> Dispatcher {
+        let log = std::env::temp_dir().join(format!("{}.log", common::unique("operator-agent")));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(common::operator::operator_bin())
+            .args(["agent", f.dir.path().to_str().unwrap(), "--db"])
+            .arg(f.db())
+            .args(["--agent-claim-ttl", claim_ttl, "--log-format", "json"])
+            .env("ANTHROPIC_API_KEY", TEST_KEY)
+            .env("ANTHROPIC_BASE_URL", stand_in.base_url())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start operator agent");
+        Dispatcher { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+#[test]
+fn split_dispatchers_never_run_one_ticket_twice_and_a_killed_one_frees_it_within_its_lease() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let remediation = "{policy: agent}".to_string();
+    let agent = "{safetyMode: execute, sessionsPerTicket: 3, sessionBackoff: 0s}".to_string();
+    // The controller has no key: it decides and queues; the dispatchers run the sessions.
+    let f = Fixture::builder("agentsplit")
+        .manifest("cluster.yaml", move |c| manifest(c, &remediation, &agent))
+        .args(&["--agent-dispatch", "external", "--settle", "1s"])
+        .resync("2s")
+        .start();
+    let name = f.name("app");
+    f.wait_running(&name, "the start");
+    let one = Dispatcher::start(&f, &stand_in, "3s");
+    let two = Dispatcher::start(&f, &stand_in, "3s");
+
+    // The first session's answer never comes in time: its dispatcher is killed meanwhile.
+    stand_in.push(
+        Script::new()
+            .end_turn("too late")
+            .delay(Duration::from_secs(60)),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !stand_in.requests().is_empty()),
+        "no session began; controller log:\n{}\none:\n{}\ntwo:\n{}",
+        f.operator.log(),
+        one.log(),
+        two.log()
+    );
+    let ticket = f.ticket("stopped", &name).unwrap();
+    let id = ticket["id"].to_string();
+    let sessions = audit_json(&f, &["list", "--ticket", &id]);
+    let holder = sessions[0]["holder"].as_str().unwrap().to_string();
+    let (mut victim, survivor) = if holder.contains(&format!("pid {} ", one.pid())) {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    let _ = victim.child.kill();
+    let _ = victim.child.wait();
+
+    // Within the lease (3 s) the ticket is free again; the controller pages anew and the
+    // other dispatcher serves it.
+    stand_in.push(
+        Script::new()
+            .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
+            .end_turn("Started it."),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("stopped", &name)
+            .is_some_and(
+                |t| t["status"] == "resolved" && t["resolved_by"] == "agent"
+            )),
+        "not resolved by the surviving dispatcher: {:#?}; controller log:\n{}\nsurvivor:\n{}",
+        f.tickets(),
+        f.operator.log(),
+        survivor.log()
+    );
+    let sessions = audit_json(&f, &["list", "--ticket", &id]);
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    let holders: Vec<&str> = sessions
+        .iter()
+        .filter_map(|s| s["holder"].as_str())
+        .collect();
+    assert_ne!(holders[0], holders[1], "the second session ran elsewhere");
+    let outcomes: Vec<&str> = sessions
+        .iter()
+        .filter_map(|s| s["outcome"].as_str())
+        .collect();
+    assert!(outcomes.contains(&"interrupted"), "{sessions:#?}");
+    // Never two sessions of one ticket at once: the second began after the first ended.
+    let mut spans: Vec<(String, String)> = sessions
+        .iter()
+        .map(|s| {
+            (
+                s["started_at"].as_str().unwrap_or_default().to_string(),
+                s["ended_at"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    spans.sort();
+    assert!(spans[0].1 <= spans[1].0, "overlapping sessions: {spans:?}");
+    drop(victim);
+}

@@ -15,9 +15,8 @@
 //! - The API key is only in the client's request header: redacted from the audit, absent
 //!   from the commands' environment.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +36,7 @@ use crate::remediation::{
     Completed, Completions, Dispatch, RemediationError, RemediationRequest, Remediator, SessionId,
 };
 use crate::tickets::{
-    Actor, AuditJournal, ClaimOutcome, EntryKind, Journal, NewSession, SafetyMode as StoredMode,
-    Status, Verdict,
+    Actor, AuditJournal, EntryKind, Journal, NewSession, SafetyMode as StoredMode, Status, Verdict,
 };
 
 use super::api;
@@ -51,13 +49,14 @@ use super::tools::ToolContext;
 
 /// The model used when neither the manifest, a flag nor `$OPERATOR_AGENT_MODEL` names one.
 pub const DEFAULT_MODEL: &str = "claude-sonnet-4-5";
-/// How long a ticket claim lasts unless renewed (renewed every third of it).
+/// How long a ticket claim lasts unless renewed (renewed every third of it), by default.
 pub const CLAIM_TTL: Duration = Duration::from_secs(60);
 
 /// The controller-wide agent configuration (per-cluster limits are in the manifest).
 #[derive(Clone)]
 pub struct AgentConfig {
-    pub key: api::ApiKey,
+    /// Needed to serve ([`Mode::Local`], [`Mode::Standalone`]); not to queue.
+    pub key: Option<api::ApiKey>,
     pub base_url: String,
     pub model: String,
     pub mode: SafetyMode,
@@ -73,10 +72,31 @@ pub struct AgentConfig {
     pub db: PathBuf,
     /// Who runs the sessions, for claims and the audit: `pid N on HOST`.
     pub holder: String,
+    /// How long a ticket claim lasts unless renewed (a dead dispatcher frees its ticket after
+    /// it).
+    pub claim_ttl: Duration,
 }
 
+/// A request taken from the queue, being served here.
 struct Job {
     session: String,
+    key: ServiceKey,
+    ticket: i64,
+}
+
+/// Where the dispatcher runs sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In the controller's process: it queues requests and serves them.
+    Local,
+    /// The controller only queues; `operator agent` processes on the same database serve.
+    Queue,
+    /// `operator agent`: serves the queue of a controller running elsewhere.
+    Standalone,
+}
+
+/// A request this process queued, awaiting its end to tell the controller.
+struct Pending {
     key: ServiceKey,
     ticket: i64,
     completions: Completions,
@@ -84,14 +104,16 @@ struct Job {
 
 struct Inner {
     cfg: AgentConfig,
-    client: api::Client,
+    /// Absent in [`Mode::Queue`]: the key stays with the `operator agent` processes.
+    client: Option<api::Client>,
     docker: Docker,
     desired: Box<dyn Fn() -> Arc<DesiredState> + Send + Sync>,
     journal: Journal,
     audit: AuditJournal,
     metrics: Arc<Metrics>,
-    queue: Mutex<BTreeMap<(i64, u64), Job>>,
-    seq: AtomicU64,
+    mode: Mode,
+    /// Requests this process queued, by session id.
+    pending: Mutex<HashMap<String, Pending>>,
     wake: Notify,
     /// Why dispatching stopped for good (a fatal API answer).
     stopped: Mutex<Option<String>>,
@@ -118,6 +140,7 @@ fn stored(mode: SafetyMode) -> StoredMode {
 
 impl Dispatcher {
     pub fn new(
+        mode: Mode,
         cfg: AgentConfig,
         docker: Docker,
         desired: impl Fn() -> Arc<DesiredState> + Send + Sync + 'static,
@@ -125,7 +148,13 @@ impl Dispatcher {
         audit: AuditJournal,
         metrics: Arc<Metrics>,
     ) -> Result<Dispatcher, api::ApiError> {
-        let client = api::Client::new(api::ClientConfig::new(&cfg.base_url), cfg.key.clone())?;
+        let client = match (&cfg.key, mode) {
+            (_, Mode::Queue) | (None, _) => None,
+            (Some(key), _) => Some(api::Client::new(
+                api::ClientConfig::new(&cfg.base_url),
+                key.clone(),
+            )?),
+        };
         metrics.agent_dispatching.set(1);
         Ok(Dispatcher {
             inner: Arc::new(Inner {
@@ -136,8 +165,8 @@ impl Dispatcher {
                 journal,
                 audit,
                 metrics,
-                queue: Mutex::new(BTreeMap::new()),
-                seq: AtomicU64::new(0),
+                mode,
+                pending: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 stopped: Mutex::new(None),
                 http: reqwest::Client::new(),
@@ -145,44 +174,123 @@ impl Dispatcher {
         })
     }
 
-    /// Runs queued sessions until `cancel`; a session running then is cancelled (recorded as
-    /// such) and reports back before this returns.
+    /// Serves the queue (unless [`Mode::Queue`]) and tells the controller when its requests
+    /// end, until `cancel`; a session running then is cancelled (recorded as such) first.
     pub async fn run(self, cancel: CancellationToken) {
+        let serves = self.inner.mode != Mode::Queue && self.inner.client.is_some();
         let slots = Arc::new(Semaphore::new(self.inner.cfg.concurrency.max(1)));
         let mut running = tokio::task::JoinSet::new();
-        let mut sweep = tokio::time::interval(CLAIM_TTL / 3);
+        let mut sweep = tokio::time::interval(self.inner.cfg.claim_ttl / 3);
+        let mut poll = tokio::time::interval(Duration::from_millis(500));
         loop {
-            loop {
+            while serves && lock(&self.inner.stopped).is_none() {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
-                let Some(job) = lock(&self.inner.queue).pop_first().map(|(_, job)| job) else {
-                    break;
+                let job = match self.take().await {
+                    Ok(Some(job)) => job,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "cannot take an agent request; trying again");
+                        break;
+                    }
                 };
                 let this = self.clone();
                 let stop = cancel.child_token();
                 running.spawn(async move {
                     this.run_job(job, stop).await;
+                    this.inner.wake.notify_one();
                     drop(permit);
                 });
             }
+            self.deliver().await;
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.inner.wake.notified() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = poll.tick() => {}
                 _ = sweep.tick() => self.close_orphans().await,
             }
         }
         while running.join_next().await.is_some() {}
-        // Requests never started: their keys must not stay leased.
-        let left: Vec<Job> = std::mem::take(&mut *lock(&self.inner.queue))
-            .into_values()
-            .collect();
-        for job in left {
-            self.complete(
-                &job,
-                Err("the controller stopped before the session began".into()),
-            );
+        // What this controller queued and nobody began: withdrawn, so no session starts for
+        // a key the controller no longer leases.
+        let queued: Vec<String> = lock(&self.inner.pending).keys().cloned().collect();
+        for session in queued {
+            let id = session.clone();
+            let _ = self
+                .inner
+                .audit
+                .call(move |s| {
+                    s.agent_request(&id)?
+                        .filter(|r| r.state == "queued")
+                        .map(|_| {
+                            s.finish_request(
+                                &id,
+                                false,
+                                Some("the controller stopped before the session began"),
+                                Utc::now(),
+                            )
+                        })
+                        .transpose()
+                })
+                .await;
+        }
+        self.deliver().await;
+    }
+
+    /// Takes the next request whose ticket is free, claiming the ticket.
+    async fn take(&self) -> Result<Option<Job>, crate::tickets::TicketError> {
+        let holder = self.inner.cfg.holder.clone();
+        let ttl = chrono::Duration::from_std(self.inner.cfg.claim_ttl).unwrap_or_default();
+        let taken = self
+            .inner
+            .audit
+            .call(move |s| {
+                let now = Utc::now();
+                s.take_request(&holder, now + ttl, now)
+            })
+            .await?;
+        Ok(taken.map(|r| Job {
+            key: ServiceKey::new(&r.cluster, &r.service),
+            session: r.session_id,
+            ticket: r.ticket_id,
+        }))
+    }
+
+    /// Tells the controller about each of its requests that ended (here or in another
+    /// dispatcher), so its lease ends and it re-checks.
+    async fn deliver(&self) {
+        let sessions: Vec<String> = lock(&self.inner.pending).keys().cloned().collect();
+        for session in sessions {
+            let id = session.clone();
+            let Ok(Some(request)) = self.inner.audit.call(move |s| s.agent_request(&id)).await
+            else {
+                continue;
+            };
+            if request.state != "done" {
+                continue;
+            }
+            let Some(p) = lock(&self.inner.pending).remove(&session) else {
+                continue;
+            };
+            let sid = SessionId(session);
+            let result = if request.ok == Some(true) {
+                Ok(())
+            } else {
+                Err(RemediationError::Session {
+                    session: sid.clone(),
+                    reason: request
+                        .reason
+                        .unwrap_or_else(|| "the session ended without finishing".into()),
+                })
+            };
+            let _ = p.completions.send(Completed {
+                key: p.key,
+                ticket: Some(p.ticket),
+                session: sid,
+                result,
+            });
         }
     }
 
@@ -192,6 +300,14 @@ impl Dispatcher {
     async fn close_orphans(&self) {
         let audit = &self.inner.audit;
         let now = Utc::now();
+        match audit.call(move |s| s.abandon_orphan_requests(now)).await {
+            Ok(ended) => {
+                for r in ended {
+                    warn!(session = %r.session_id, ticket = r.ticket_id, holder = r.holder.as_deref().unwrap_or("?"), "agent request ended: its dispatcher stopped mid-session");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot end orphaned agent requests"),
+        }
         let Ok(orphans) = audit.interrupted_sessions(None, now).await else {
             return;
         };
@@ -209,14 +325,19 @@ impl Dispatcher {
         }
     }
 
-    fn complete(&self, job: &Job, result: Result<(), String>) {
-        let session = SessionId(job.session.clone());
-        let _ = job.completions.send(Completed {
-            key: job.key.clone(),
-            ticket: Some(job.ticket),
-            session: session.clone(),
-            result: result.map_err(|reason| RemediationError::Session { session, reason }),
-        });
+    /// Ends `job`'s request in the database (where the controller, in this process or
+    /// another, reads it).
+    async fn finish(&self, job: &Job, result: Result<(), String>) {
+        let (id, ok) = (job.session.clone(), result.is_ok());
+        let reason = result.err();
+        if let Err(e) = self
+            .inner
+            .audit
+            .call(move |s| s.finish_request(&id, ok, reason.as_deref(), Utc::now()))
+            .await
+        {
+            error!(session = %job.session, error = %e, "cannot record the end of an agent request");
+        }
     }
 
     async fn note(&self, ticket: i64, note: String) {
@@ -232,8 +353,9 @@ impl Dispatcher {
 
     async fn run_job(&self, job: Job, cancel: CancellationToken) {
         let inner = &self.inner;
-        if let Some(why) = lock(&inner.stopped).clone() {
-            self.complete(&job, Err(why));
+        let stopped = lock(&inner.stopped).clone();
+        if let Some(why) = stopped {
+            self.finish(&job, Err(why)).await;
             return;
         }
         if let Some(limit) = inner.cfg.hourly_tokens {
@@ -245,35 +367,14 @@ impl Dispatcher {
                         "the agent's token budget is spent ({total} of {limit} tokens in the last hour)"
                     );
                     self.note(job.ticket, why.clone()).await;
-                    self.complete(&job, Err(why));
+                    self.finish(&job, Err(why)).await;
                     return;
                 }
             }
         }
-        let now = Utc::now();
-        let ttl = chrono::Duration::from_std(CLAIM_TTL).unwrap_or_default();
-        match inner
-            .audit
-            .claim(
-                job.ticket,
-                inner.cfg.holder.clone(),
-                Some(job.session.clone()),
-                now + ttl,
-                now,
-            )
-            .await
-        {
-            Ok(ClaimOutcome::Claimed(_)) => {}
-            Ok(ClaimOutcome::HeldBy(other)) => {
-                let why = format!("ticket {} is claimed by {}", job.ticket, other.holder);
-                self.complete(&job, Err(why));
-                return;
-            }
-            Err(e) => {
-                self.complete(&job, Err(format!("cannot claim the ticket: {e}")));
-                return;
-            }
-        }
+        // The ticket was claimed when the request was taken; renewed while the session runs.
+        let ttl = chrono::Duration::from_std(inner.cfg.claim_ttl).unwrap_or_default();
+        let every = inner.cfg.claim_ttl / 3;
         let renewing = cancel.child_token();
         let renew = {
             let audit = inner.audit.clone();
@@ -282,7 +383,7 @@ impl Dispatcher {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(CLAIM_TTL / 3) => {}
+                        _ = tokio::time::sleep(every) => {}
                     }
                     let until = Utc::now() + ttl;
                     if let Err(e) = audit.renew_claim(ticket, holder.clone(), until).await {
@@ -301,7 +402,7 @@ impl Dispatcher {
         {
             warn!(ticket = job.ticket, error = %e, "cannot release the ticket's claim");
         }
-        self.complete(&job, result.clone());
+        self.finish(&job, result.clone()).await;
         if let Some(log) = log {
             let journal = inner.journal.clone();
             let ticket = job.ticket;
@@ -328,6 +429,9 @@ impl Dispatcher {
     /// Everything a session of `job` needs, its audit opened.
     async fn prepare(&self, job: &Job) -> Result<(SessionDeps, SessionConfig, String), String> {
         let inner = &self.inner;
+        let Some(client) = inner.client.clone() else {
+            return Err("this dispatcher only queues (no API key here)".into());
+        };
         let desired = (inner.desired)();
         let Some(cluster) = desired.cluster(&job.key.cluster).cloned() else {
             return Err(format!("cluster {} is no longer declared", job.key.cluster));
@@ -412,7 +516,7 @@ impl Dispatcher {
             repeat_limit: 2,
         };
         let deps = SessionDeps {
-            client: inner.client.clone(),
+            client,
             tools: ToolContext {
                 docker: inner.docker.clone(),
                 desired: desired.clone(),
@@ -465,20 +569,30 @@ impl Dispatcher {
             *lock(&inner.stopped) = Some(why.clone());
             m.agent_dispatching.set(0);
             self.note(job.ticket, why).await;
-            // Everything queued fails now, with the reason.
-            let left: Vec<Job> = std::mem::take(&mut *lock(&inner.queue))
-                .into_values()
+            // Nothing more is taken from the queue by this dispatcher (`run` checks
+            // `stopped`); what this process queued and nobody began fails now, with the reason.
+            let queued: Vec<(String, i64)> = lock(&inner.pending)
+                .iter()
+                .map(|(id, p)| (id.clone(), p.ticket))
                 .collect();
-            for other in left {
-                self.note(
-                    other.ticket,
-                    "agent dispatching stopped; see the log".into(),
-                )
-                .await;
-                self.complete(
-                    &other,
-                    Err(lock(&inner.stopped).clone().unwrap_or_default()),
-                );
+            for (id, ticket) in queued {
+                let why = lock(&inner.stopped).clone().unwrap_or_default();
+                let sid = id.clone();
+                let ended = inner
+                    .audit
+                    .call(move |s| {
+                        Ok(match s.agent_request(&sid)? {
+                            Some(r) if r.state == "queued" => {
+                                s.finish_request(&sid, false, Some(&why), Utc::now())?
+                            }
+                            _ => false,
+                        })
+                    })
+                    .await;
+                if matches!(ended, Ok(true)) {
+                    self.note(ticket, "agent dispatching stopped; see the log".into())
+                        .await;
+                }
             }
         }
         if summary.finished() {
@@ -547,11 +661,22 @@ impl Remediator for Dispatcher {
                     }));
                 }
             };
-            let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
-            lock(&inner.queue).insert(
-                (ticket, seq),
-                Job {
-                    session: session.clone(),
+            let (id, key) = (session.clone(), request.key.clone());
+            let queued = inner
+                .audit
+                .call(move |s| {
+                    s.request_session(&id, ticket, &key.cluster, &key.service, Utc::now())
+                })
+                .await;
+            if let Err(e) = queued {
+                return Dispatch::Done(Err(RemediationError::Session {
+                    session: SessionId(session),
+                    reason: format!("cannot queue the request: {e}"),
+                }));
+            }
+            lock(&inner.pending).insert(
+                session.clone(),
+                Pending {
                     key: request.key.clone(),
                     ticket,
                     completions: request.completions.clone(),

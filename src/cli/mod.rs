@@ -1,6 +1,7 @@
 //! The command line: argument definitions and the commands' printing. The library modules
 //! never print; everything a person reads is formed here.
 
+mod agent;
 mod audit;
 mod logging;
 mod reload;
@@ -79,6 +80,25 @@ pub enum Command {
     /// as its claim; only the controller's re-check (the verdict) resolves a ticket.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run agent sessions for a controller started with `--agent-dispatch external`.
+    ///
+    /// The split deployment: the controller (no API key) decides and queues; this process
+    /// (with ANTHROPIC_API_KEY, e.g. in its own container with the shell) takes requests from
+    /// the same ticket database, claims their tickets (a lease: two dispatchers never run one
+    /// ticket, and one that dies frees it after --agent-claim-ttl) and runs the sessions.
+    /// Only the controller re-checks and resolves. SIGINT/SIGTERM cancel a running session.
+    Agent(AgentCommandArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentCommandArgs {
+    /// The same manifests as the controller's (the clusters' agent limits, tools' scope).
+    #[command(flatten)]
+    pub paths: PathArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,6 +316,15 @@ pub struct AgentArgs {
     /// ANTHROPIC_API_KEY and names containing KEY, TOKEN, SECRET, PASSWORD, AUTH...
     #[arg(long = "secret-env", value_name = "NAME")]
     pub secret_env: Vec<String>,
+    /// Where sessions run: `local` (in this process, when ANTHROPIC_API_KEY is set) or
+    /// `external` (this controller only queues them; `operator agent` processes on the same
+    /// database run them: the key then stays with them).
+    #[arg(long, default_value = "local", value_parser = ["local", "external"], value_name = "WHERE")]
+    pub agent_dispatch: String,
+    /// How long a dispatcher's claim on a ticket lasts unless renewed: one that dies frees
+    /// its ticket after this.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration, value_name = "DUR")]
+    pub agent_claim_ttl: Duration,
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -369,6 +398,7 @@ pub fn execute(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
             Command::Validate(args) => report::validate(args).await,
             Command::Plan(args) => report::plan(args).await,
             Command::Status(args) => report::status(args).await,

@@ -107,8 +107,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The agent, when `ANTHROPIC_API_KEY` is set; otherwise `None`, said once in the log (agent
-/// tickets then stay open with a note saying why).
+/// The agent remediator: serving sessions here when `ANTHROPIC_API_KEY` is set, only
+/// queueing them with `--agent-dispatch external`; otherwise `None`, said once in the log
+/// (agent tickets then stay open with a note saying why).
 #[allow(clippy::too_many_arguments)]
 fn agent_dispatcher(
     args: &super::AgentArgs,
@@ -120,11 +121,14 @@ fn agent_dispatcher(
     store: Arc<crate::tickets::Store>,
     metrics: Arc<Metrics>,
 ) -> Result<Option<crate::agent::dispatcher::Dispatcher>, Failure> {
-    use crate::agent::{api, dispatcher};
-    let key = std::env::var(crate::agent::shell::API_KEY_VAR)
-        .ok()
-        .filter(|k| !k.trim().is_empty());
-    let Some(key) = key else {
+    use crate::agent::dispatcher::{Dispatcher, Mode};
+    let key = super::agent::api_key()?;
+    let mode = if args.agent_dispatch == "external" {
+        Mode::Queue
+    } else {
+        Mode::Local
+    };
+    if key.is_none() && mode == Mode::Local {
         metrics.agent_dispatching.set(0);
         let wanted = desired.clusters.iter().any(|c| {
             c.services.iter().any(|s| {
@@ -141,31 +145,11 @@ fn agent_dispatcher(
             );
         }
         return Ok(None);
-    };
-    let key = api::ApiKey::new(key).map_err(|e| Failure::new(e.to_string()))?;
-    let base_url = std::env::var(api::BASE_URL_ENV)
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| api::DEFAULT_BASE_URL.to_string());
-    let mode = manifest::SafetyMode::parse(&args.safety_mode).unwrap_or_default();
-    let cfg = dispatcher::AgentConfig {
-        key,
-        base_url: base_url.clone(),
-        model: args.agent_model.clone(),
-        mode,
-        concurrency: args.agent_sessions.max(1),
-        hourly_tokens: args.agent_hourly_tokens,
-        approval_timeout: args.approval_timeout,
-        secret_env: args.secret_env.clone(),
-        db: db.to_path_buf(),
-        holder: format!(
-            "pid {} on {}",
-            std::process::id(),
-            crate::tickets::host_name()
-        ),
-    };
+    }
+    let cfg = super::agent::config(args, db, if mode == Mode::Queue { None } else { key });
     let initial = Arc::new(desired.clone());
-    let agent = dispatcher::Dispatcher::new(
+    let agent = Dispatcher::new(
+        mode,
         cfg,
         docker,
         move || {
@@ -179,7 +163,14 @@ fn agent_dispatcher(
         metrics,
     )
     .map_err(|e| Failure::new(e.to_string()))?;
-    info!(endpoint = %base_url, model = %args.agent_model, safety_mode = %mode, sessions = args.agent_sessions, "the agent is enabled");
+    match mode {
+        Mode::Queue => {
+            info!("agent sessions are queued for `operator agent` (--agent-dispatch external)")
+        }
+        _ => {
+            info!(model = %args.agent_model, safety_mode = %args.safety_mode, sessions = args.agent_sessions, "the agent is enabled")
+        }
+    }
     Ok(Some(agent))
 }
 

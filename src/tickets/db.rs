@@ -191,6 +191,10 @@ pub const MIGRATIONS: &[Migration] = &[
     );
     "#,
     },
+    Migration {
+        adds: "the queue of agent session requests (`operator agent` dispatchers share it)",
+        sql: super::requests::MIGRATION,
+    },
 ];
 
 /// `$HOME/.operator/tickets.db`.

@@ -25,6 +25,7 @@ mod journal;
 mod model;
 mod owner;
 mod query;
+mod requests;
 mod store;
 
 pub use audit::{
@@ -38,6 +39,7 @@ pub use journal::{Journal, Recheck};
 pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
 pub use owner::{Ownership, host as host_name, lock_path};
 pub use query::{Episode, TicketQuery};
+pub use requests::AgentRequest;
 pub use store::{DriftSighting, Selector, Store};
 
 use std::path::PathBuf;

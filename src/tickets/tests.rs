@@ -926,3 +926,55 @@ async fn a_store_that_refuses_writes_is_reported_until_one_succeeds() {
         "reads say nothing about writes"
     );
 }
+
+#[test]
+fn agent_requests_are_taken_once_in_ticket_order_and_a_dead_holders_are_ended() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let now = Utc::now();
+    let t = |s: &str| {
+        store
+            .record_drift(
+                &sighting(&Fingerprint::service("c", s, DriftKind::Stopped), "stopped"),
+                now,
+            )
+            .unwrap()
+            .0
+            .id
+    };
+    let (first, second) = (t("a"), t("b"));
+    // Queued newest ticket first: still taken in ticket order.
+    store.request_session("s-b", second, "c", "b", now).unwrap();
+    store.request_session("s-a", first, "c", "a", now).unwrap();
+    let until = now + chrono::Duration::seconds(60);
+    let one = store.take_request("one", until, now).unwrap().unwrap();
+    assert_eq!((one.session_id.as_str(), one.ticket_id), ("s-a", first));
+    let two = store.take_request("two", until, now).unwrap().unwrap();
+    assert_eq!(two.session_id, "s-b");
+    assert!(
+        store.take_request("two", until, now).unwrap().is_none(),
+        "taken once"
+    );
+    // Another request of a ticket claimed by a live holder waits.
+    store.request_session("s-a2", first, "c", "a", now).unwrap();
+    assert!(store.take_request("two", until, now).unwrap().is_none());
+    // Holder "one" dies: once its claim lapsed, its request ends as failed and the ticket is
+    // free for the next request.
+    let later = until + chrono::Duration::seconds(1);
+    let ended = store.abandon_orphan_requests(later).unwrap();
+    let ended: Vec<&str> = ended.iter().map(|r| r.session_id.as_str()).collect();
+    assert_eq!(ended, vec!["s-a", "s-b"]);
+    let r = store.agent_request("s-a").unwrap().unwrap();
+    assert_eq!((r.state.as_str(), r.ok), ("done", Some(false)));
+    assert!(r.reason.unwrap().contains("one"));
+    let next = store
+        .take_request("two", later + chrono::Duration::seconds(60), later)
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.session_id, "s-a2");
+    assert!(store.finish_request("s-a2", true, None, later).unwrap());
+    assert!(
+        !store.finish_request("s-a2", false, None, later).unwrap(),
+        "once"
+    );
+}

@@ -620,8 +620,7 @@ fn a_schema_3_database_is_migrated_keeping_its_tickets() {
         .conn()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
-    assert_eq!(crate::tickets::MIGRATIONS.len(), 4);
+    assert_eq!(version, crate::tickets::MIGRATIONS.len() as i64);
     let kept = store.get(5).unwrap().unwrap();
     assert_eq!((kept.service.as_str(), kept.status), ("pd", Status::Open));
     assert_eq!(store.timeline(5).unwrap().len(), 1);
