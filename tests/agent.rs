@@ -12,12 +12,15 @@ use common::claude::{ClaudeStandIn, Script, TEST_KEY};
 use common::operator::{is_running, operator, wait_until};
 use common::{BUSYBOX_IMAGE, Fixture, cluster_yaml, docker_ok};
 
+/// A secret in a manifest's env: `docker inspect` shows it, the model and the audit must not.
+const MANIFEST_SECRET: &str = "manifest-secret-0123456789";
+
 const LOOP: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
 
 /// One service `{cluster}-app` under `policy`, and the agent block.
 fn manifest(cluster: &str, remediation: &str, agent: &str) -> String {
     let services = format!(
-        "    - name: {cluster}-app\n      image: {BUSYBOX_IMAGE}\n      command: {LOOP}\n      remediation: {remediation}\n"
+        "    - name: {cluster}-app\n      image: {BUSYBOX_IMAGE}\n      command: {LOOP}\n      env: {{DB_PASSWORD: \"{MANIFEST_SECRET}\"}}\n      remediation: {remediation}\n"
     );
     cluster_yaml(cluster, &services).replace("spec:\n", &format!("spec:\n  agent: {agent}\n"))
 }
@@ -59,7 +62,13 @@ fn a_killed_container_under_policy_agent_is_started_by_the_agent_and_resolved_by
     );
     let name = f.name("app");
     let script = Script::new()
-        .tool_use(&[("shell", json!({"command": "env"}))])
+        .tool_use(&[
+            ("shell", json!({"command": "env"})),
+            (
+                "shell",
+                json!({"command": format!("docker inspect {name}")}),
+            ),
+        ])
         .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
         .end_turn("Started the container; it is running again.");
     let ids = script.tool_use_ids();
@@ -89,7 +98,15 @@ fn a_killed_container_under_policy_agent_is_started_by_the_agent_and_resolved_by
             !r.body_text().contains(TEST_KEY),
             "the key is in a request body"
         );
+        assert!(
+            !r.body_text().contains(MANIFEST_SECRET),
+            "a manifest secret reached the model"
+        );
     }
+    assert!(
+        requests[1].body_text().contains("DB_PASSWORD"),
+        "docker inspect's answer was sent (with the value masked)"
+    );
     // The command's environment held neither the key nor the secret-marked variable.
     let env_result = requests[1].json.as_ref().unwrap()["messages"]
         .as_array()
@@ -148,6 +165,11 @@ fn a_killed_container_under_policy_agent_is_started_by_the_agent_and_resolved_by
         assert!(
             !text.contains("hunter2"),
             "the secret is in {}",
+            file.display()
+        );
+        assert!(
+            !text.contains(MANIFEST_SECRET),
+            "a manifest secret is in {}",
             file.display()
         );
     }

@@ -204,6 +204,10 @@ impl Dispatcher {
                 });
             }
             self.deliver().await;
+            // `operator agent` has nothing left to do once the API refused to serve.
+            if self.inner.mode == Mode::Standalone && lock(&self.inner.stopped).is_some() {
+                break;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.inner.wake.notified() => {}
@@ -237,6 +241,11 @@ impl Dispatcher {
                 .await;
         }
         self.deliver().await;
+    }
+
+    /// Why dispatching stopped for good, if it did (a fatal API answer).
+    pub fn stopped(&self) -> Option<String> {
+        lock(&self.inner.stopped).clone()
     }
 
     /// Takes the next request whose ticket is free, claiming the ticket.
@@ -340,6 +349,17 @@ impl Dispatcher {
         }
     }
 
+    async fn release(&self, job: &Job) {
+        if let Err(e) = self
+            .inner
+            .audit
+            .release_claim(job.ticket, self.inner.cfg.holder.clone())
+            .await
+        {
+            warn!(ticket = job.ticket, error = %e, "cannot release the ticket's claim");
+        }
+    }
+
     async fn note(&self, ticket: i64, note: String) {
         if let Err(e) = self
             .inner
@@ -356,20 +376,29 @@ impl Dispatcher {
         let stopped = lock(&inner.stopped).clone();
         if let Some(why) = stopped {
             self.finish(&job, Err(why)).await;
+            self.release(&job).await;
             return;
         }
         if let Some(limit) = inner.cfg.hourly_tokens {
             let since = Utc::now() - chrono::Duration::hours(1);
-            if let Ok(used) = inner.audit.usage_since(since).await {
-                let total = used.input + used.output + used.cache_read + used.cache_write;
-                if total >= limit {
-                    let why = format!(
-                        "the agent's token budget is spent ({total} of {limit} tokens in the last hour)"
-                    );
-                    self.note(job.ticket, why.clone()).await;
-                    self.finish(&job, Err(why)).await;
-                    return;
+            let why = match inner.audit.usage_since(since).await {
+                Ok(used) => {
+                    let total = used.input + used.output + used.cache_read + used.cache_write;
+                    (total >= limit).then(|| {
+                        format!(
+                            "the agent's token budget is spent ({total} of {limit} tokens in the last hour)"
+                        )
+                    })
                 }
+                // Unknown is not "within budget".
+                Err(e) => Some(format!("cannot read the tokens used in the last hour: {e}")),
+            };
+            if let Some(why) = why {
+                warn!(ticket = job.ticket, "{why}");
+                self.note(job.ticket, why.clone()).await;
+                self.finish(&job, Err(why)).await;
+                self.release(&job).await;
+                return;
             }
         }
         // The ticket was claimed when the request was taken; renewed while the session runs.
@@ -379,6 +408,7 @@ impl Dispatcher {
         let renew = {
             let audit = inner.audit.clone();
             let (ticket, holder, stop) = (job.ticket, inner.cfg.holder.clone(), renewing.clone());
+            let lost = cancel.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -387,7 +417,10 @@ impl Dispatcher {
                     }
                     let until = Utc::now() + ttl;
                     if let Err(e) = audit.renew_claim(ticket, holder.clone(), until).await {
-                        warn!(ticket, error = %e, "cannot renew the ticket's claim");
+                        // Another dispatcher may serve the ticket now: this session must stop.
+                        warn!(ticket, error = %e, "lost the ticket's claim; ending the session");
+                        lost.cancel();
+                        return;
                     }
                 }
             })
@@ -395,14 +428,10 @@ impl Dispatcher {
         let (result, log) = self.session(&job, &cancel).await;
         renewing.cancel();
         let _ = renew.await;
-        if let Err(e) = inner
-            .audit
-            .release_claim(job.ticket, inner.cfg.holder.clone())
-            .await
-        {
-            warn!(ticket = job.ticket, error = %e, "cannot release the ticket's claim");
-        }
+        // Finished before the claim goes, so no sweep takes a session that ended cleanly for
+        // one whose dispatcher died.
         self.finish(&job, result.clone()).await;
+        self.release(&job).await;
         if let Some(log) = log {
             let journal = inner.journal.clone();
             let ticket = job.ticket;
@@ -455,7 +484,13 @@ impl Dispatcher {
         let secret_names: Vec<&str> = std::iter::once(super::shell::API_KEY_VAR)
             .chain(inner.cfg.secret_env.iter().map(String::as_str))
             .collect();
-        let redactor = Redactor::from_env(secret_names.iter().copied());
+        let manifest_secrets = prompt::manifest_secrets(&cluster);
+        let redactor = Redactor::new(
+            secret_names
+                .iter()
+                .filter_map(|n| std::env::var(n).ok())
+                .chain(manifest_secrets.iter().cloned()),
+        );
         let sessions_dir = super::audit::default_sessions_dir(&inner.cfg.db);
         let audit = AuditLog::start(
             inner.audit.clone(),
@@ -477,6 +512,9 @@ impl Dispatcher {
         let mut policy = EnvPolicy::default();
         for name in &inner.cfg.secret_env {
             policy = policy.secret_name(name.clone());
+        }
+        for value in &manifest_secrets {
+            policy = policy.secret_value(value.clone());
         }
         let home = std::env::var("HOME").ok();
         let mut safety = SafetyContext::default()
@@ -568,31 +606,23 @@ impl Dispatcher {
             error!(ticket = job.ticket, "{why}");
             *lock(&inner.stopped) = Some(why.clone());
             m.agent_dispatching.set(0);
-            self.note(job.ticket, why).await;
+            self.note(job.ticket, why.clone()).await;
             // Nothing more is taken from the queue by this dispatcher (`run` checks
-            // `stopped`); what this process queued and nobody began fails now, with the reason.
-            let queued: Vec<(String, i64)> = lock(&inner.pending)
-                .iter()
-                .map(|(id, p)| (id.clone(), p.ticket))
-                .collect();
-            for (id, ticket) in queued {
-                let why = lock(&inner.stopped).clone().unwrap_or_default();
-                let sid = id.clone();
-                let ended = inner
-                    .audit
-                    .call(move |s| {
-                        Ok(match s.agent_request(&sid)? {
-                            Some(r) if r.state == "queued" => {
-                                s.finish_request(&sid, false, Some(&why), Utc::now())?
-                            }
-                            _ => false,
-                        })
-                    })
-                    .await;
-                if matches!(ended, Ok(true)) {
-                    self.note(ticket, "agent dispatching stopped; see the log".into())
-                        .await;
+            // `stopped`), and every request waiting in it fails now, with the reason (whoever
+            // queued it: a controller in another process reads that back).
+            let reason = why.clone();
+            match inner
+                .audit
+                .call(move |s| s.fail_queued_requests(&reason, Utc::now()))
+                .await
+            {
+                Ok(failed) => {
+                    for r in failed {
+                        self.note(r.ticket_id, "agent dispatching stopped; see the log".into())
+                            .await;
+                    }
                 }
+                Err(e) => error!(error = %e, "cannot fail the queued agent requests"),
             }
         }
         if summary.finished() {

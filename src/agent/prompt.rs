@@ -57,10 +57,20 @@ etcd_server_has_leader, up.
 
 /// Names whose values are not shown to the model (nor anywhere else the prompt goes).
 fn is_secret_name(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"]
+    super::shell::name_looks_secret(name)
+}
+
+/// The values of the secret-looking env entries of every service of `cluster`: they are
+/// masked wherever the session's text goes (the model, the audit), since a command such as
+/// `docker inspect` shows a container's environment.
+pub fn manifest_secrets(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .services
         .iter()
-        .any(|word| upper.contains(word))
+        .flat_map(|s| s.env.iter())
+        .filter(|(k, _)| is_secret_name(k))
+        .map(|(_, v)| v.clone())
+        .collect()
 }
 
 /// The service's desired spec as the model reads it; secret-looking env values hidden.

@@ -455,6 +455,11 @@ impl Loop<'_> {
         let audit = &self.deps.audit;
         audit.tool_call(&call.id, &call.name, &call.input).await?;
         let started = Instant::now();
+        // Parallel calls run one after another: each must still fit in the session.
+        if self.cancel.is_cancelled() || Instant::now() >= self.deadline {
+            let why = "not run: the session is over (its time is spent, or it was cancelled)";
+            return self.error_result(call, why.into(), started).await;
+        }
         let key = format!("{}\u{0}{}", call.name, call.input);
         let seen = self.calls.entry(key).or_insert(0);
         *seen += 1;
@@ -551,9 +556,19 @@ impl Loop<'_> {
                     .await?;
             }
         }
-        let limits = ShellLimits::default().timeout(self.cfg.command_timeout);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let limits = ShellLimits::default().timeout(self.cfg.command_timeout.min(left));
         let ran = Instant::now();
-        let output = shell::run(command, &self.deps.env, &limits).await;
+        let output = tokio::select! {
+            out = shell::run(command, &self.deps.env, &limits) => out,
+            // Dropping the run kills the command's group (the shell's guard).
+            _ = self.cancel.cancelled() => {
+                self.excluded += ran.elapsed();
+                return self
+                    .error_result(call, "cancelled while running: the session was stopped".into(), started)
+                    .await;
+            }
+        };
         // Time spent in the command is not the controller's overhead.
         self.excluded += ran.elapsed();
         match output {
@@ -588,7 +603,7 @@ impl Loop<'_> {
     ) -> Result<Option<String>, AuditError> {
         let audit = &self.deps.audit;
         let asked = audit.request_approval(&call.id, "shell", command).await?;
-        info!(session = audit.id(), approval = asked.id, %command, "command waits for a person: operator tickets approve|reject");
+        info!(session = audit.id(), approval = asked.id, command = %audit.redactor().redact(command), "command waits for a person: operator tickets approve|reject");
         let waited = Instant::now();
         let limit = self
             .cfg
@@ -630,7 +645,7 @@ impl Loop<'_> {
                     "no decision within {} s ({reason}): not run",
                     limit.as_secs()
                 );
-                let _ = self
+                let refused = self
                     .deps
                     .approvals
                     .decide_approval(
@@ -641,6 +656,13 @@ impl Loop<'_> {
                         chrono::Utc::now(),
                     )
                     .await;
+                if refused.is_err()
+                    && let Ok(Some(a)) = self.deps.approvals.approval(asked.id).await
+                    && a.decision.is_some()
+                {
+                    // A person decided at the last moment: that decision stands.
+                    continue;
+                }
                 audit
                     .decision(AuditKind::Rejected, &call.id, "shell", command, &why)
                     .await?;

@@ -96,7 +96,10 @@ pub async fn run(args: AgentCommandArgs) -> Result<ExitCode, Failure> {
         }
     });
     info!(db = %db.display(), %holder, "agent dispatcher ready: taking requests");
-    dispatcher.run(cancel).await;
+    dispatcher.clone().run(cancel).await;
+    if let Some(why) = dispatcher.stopped() {
+        return Err(Failure::new(why));
+    }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

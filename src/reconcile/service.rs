@@ -599,7 +599,13 @@ impl KeyRun<'_> {
         let next_at = budget.record_attempt(now, a.budgeted, a.remediation);
         let retry_after_ms = next_at.saturating_duration_since(now).as_millis() as u64;
         let actor = remediator.actor();
-        let kind = a.action.as_ref().map_or(actor.as_str(), Action::as_str);
+        // What the timeline and `operator_actions_total{kind}` call it: the built-in step, or a
+        // session (an agent does what it finds right, not the step the diff proposed).
+        let kind = match (actor, a.action.as_ref()) {
+            (Actor::Controller, Some(action)) => action.as_str(),
+            (Actor::Agent, _) => "agent-session",
+            (other, _) => other.as_str(),
+        };
         // Durable before acting: a crash from here on never hands out this attempt again.
         if let (Some(journal), Some(id)) = (self.journal(), a.ticket) {
             let what = serde_json::json!({

@@ -5,7 +5,7 @@
 //! # Guarantees
 //! - A request is taken by one dispatcher only: taking it claims its ticket (an
 //!   `agent_claims` lease) and marks it `running` in one immediate transaction, and a ticket
-//!   claimed by another holder whose lease has not expired is skipped.
+//!   with a live claim (anyone's, this dispatcher's too) is skipped: one session per ticket.
 //! - Requests are taken in ticket order (oldest ticket first), then in request order.
 //! - A `running` request whose claim lapsed (its dispatcher died) is ended as failed by the
 //!   next sweep, so the controller's lease on the key ends and it can page again within budget.
@@ -137,11 +137,11 @@ impl Store {
         self.write("take an agent request", |tx| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM agent_requests r WHERE state = 'queued' AND NOT EXISTS \
-                 (SELECT 1 FROM agent_claims c WHERE c.ticket_id = r.ticket_id AND c.holder != ?1 AND c.expires_at > ?2) \
+                 (SELECT 1 FROM agent_claims c WHERE c.ticket_id = r.ticket_id AND c.expires_at > ?1) \
                  ORDER BY ticket_id, requested_at LIMIT 1"
             );
             let found = tx
-                .query_row(&sql, params![holder, ts(now)], raw)
+                .query_row(&sql, params![ts(now)], raw)
                 .optional()
                 .map_err(self.err("take an agent request"))?;
             let Some(found) = found else {
@@ -185,6 +185,33 @@ impl Store {
                 )
                 .map_err(self.err("end an agent request"))?;
             Ok(changed > 0)
+        })
+    }
+
+    /// Fails every queued request (dispatching stopped for good); returns them.
+    pub fn fail_queued_requests(
+        &self,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AgentRequest>, TicketError> {
+        self.write("fail queued agent requests", |tx| {
+            let sql = format!("SELECT {COLUMNS} FROM agent_requests WHERE state = 'queued'");
+            let mut stmt = tx
+                .prepare(&sql)
+                .map_err(self.err("fail queued agent requests"))?;
+            let found: Vec<Raw> = stmt
+                .query_map([], raw)
+                .map_err(self.err("fail queued agent requests"))?
+                .collect::<Result<_, _>>()
+                .map_err(self.err("fail queued agent requests"))?;
+            drop(stmt);
+            tx.execute(
+                "UPDATE agent_requests SET state = 'done', ok = 0, reason = ?1, finished_at = ?2 \
+                 WHERE state = 'queued'",
+                params![reason, ts(now)],
+            )
+            .map_err(self.err("fail queued agent requests"))?;
+            found.into_iter().map(|r| self.request_of(r)).collect()
         })
     }
 
