@@ -151,4 +151,11 @@ pub trait Remediator: Send + Sync + 'static {
     fn available(&self) -> bool {
         true
     }
+
+    /// The controller stopped waiting for `session` (its lease expired): drop it if it has
+    /// not begun, and never report it. The default has nothing to withdraw.
+    fn withdraw<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {
+        let _ = session;
+        Box::pin(async {})
+    }
 }

@@ -734,3 +734,57 @@ fn split_dispatchers_never_run_one_ticket_twice_and_a_killed_one_frees_it_within
     assert!(spans[0].1 <= spans[1].0, "overlapping sessions: {spans:?}");
     drop(victim);
 }
+
+#[test]
+fn a_controller_restart_mid_session_marks_it_interrupted_and_pages_again_within_budget() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let remediation = "{policy: agent}".to_string();
+    let agent = "{safetyMode: execute, sessionsPerTicket: 3, sessionBackoff: 0s}".to_string();
+    let mut f = Fixture::builder("agentrestart")
+        .manifest("cluster.yaml", move |c| manifest(c, &remediation, &agent))
+        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
+        .args(&["--settle", "1s", "--agent-claim-ttl", "2s"])
+        .resync("2s")
+        .start();
+    let name = f.name("app");
+    f.wait_running(&name, "the start");
+    // The first session's answer never comes in time: the controller dies meanwhile.
+    stand_in.push(
+        Script::new()
+            .end_turn("too late")
+            .delay(Duration::from_secs(60)),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !stand_in.requests().is_empty()),
+        "no session began; log:\n{}",
+        f.operator.log()
+    );
+    stand_in.push(
+        Script::new()
+            .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
+            .end_turn("Started it."),
+    );
+    f.restart_operator();
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("stopped", &name)
+            .is_some_and(
+                |t| t["status"] == "resolved" && t["resolved_by"] == "agent"
+            )),
+        "not resolved after the restart: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    let ticket = f.ticket("stopped", &name).unwrap();
+    let sessions = audit_json(&f, &["list", "--ticket", &ticket["id"].to_string()]);
+    let outcomes: Vec<&str> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{sessions:#}");
+    assert!(outcomes.contains(&"interrupted"), "{sessions:#}");
+}

@@ -177,6 +177,27 @@ impl Dispatcher {
     /// Serves the queue (unless [`Mode::Queue`]) and tells the controller when its requests
     /// end, until `cancel`; a session running then is cancelled (recorded as such) first.
     pub async fn run(self, cancel: CancellationToken) {
+        if self.inner.mode != Mode::Standalone {
+            // One controller owns the database: what is still queued was queued by an earlier
+            // run of it (a crash), whose leases are gone. Withdrawn, so no session starts for
+            // a key nobody waits on; the controller pages again within budget.
+            let why = "withdrawn: queued by an earlier run of the controller";
+            match self
+                .inner
+                .audit
+                .call(move |s| s.fail_queued_requests(why, Utc::now()))
+                .await
+            {
+                Ok(left) if !left.is_empty() => {
+                    warn!(
+                        requests = left.len(),
+                        "withdrew agent requests an earlier run of the controller left queued"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot withdraw the agent requests left queued"),
+            }
+        }
         let serves = self.inner.mode != Mode::Queue && self.inner.client.is_some();
         let slots = Arc::new(Semaphore::new(self.inner.cfg.concurrency.max(1)));
         let mut running = tokio::task::JoinSet::new();
@@ -668,6 +689,34 @@ impl Remediator for Dispatcher {
 
     fn available(&self) -> bool {
         lock(&self.inner.stopped).is_none()
+    }
+
+    fn withdraw<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {
+        async move {
+            lock(&self.inner.pending).remove(&session.0);
+            let id = session.0.clone();
+            let withdrawn = self
+                .inner
+                .audit
+                .call(move |s| {
+                    s.agent_request(&id)?
+                        .filter(|r| r.state == "queued")
+                        .map(|_| {
+                            s.finish_request(
+                                &id,
+                                false,
+                                Some("withdrawn: the controller stopped waiting for it"),
+                                Utc::now(),
+                            )
+                        })
+                        .transpose()
+                })
+                .await;
+            if let Err(e) = withdrawn {
+                warn!(session = %session, error = %e, "cannot withdraw the agent request");
+            }
+        }
+        .boxed()
     }
 
     fn remediate<'a>(&'a self, request: RemediationRequest<'a>) -> BoxFuture<'a, Dispatch> {

@@ -345,7 +345,15 @@ impl Shared {
     /// otherwise (none: the drift is only observed).
     /// Whether something is registered for `policy`, available or not.
     pub fn registered(&self, policy: Policy) -> bool {
-        self.remediators.iter().any(|(p, _)| *p == policy)
+        self.registered_remediator(policy).is_some()
+    }
+
+    /// What is registered for `policy`, available or not.
+    pub fn registered_remediator(&self, policy: Policy) -> Option<Arc<dyn Remediator>> {
+        self.remediators
+            .iter()
+            .find(|(p, _)| *p == policy)
+            .map(|(_, r)| r.clone())
     }
 
     pub fn remediator(&self, policy: Policy) -> Option<Arc<dyn Remediator>> {
@@ -722,6 +730,13 @@ impl Controller {
         let expired = lock(&self.shared.leases).expire(Instant::now(), timeout);
         for (key, lease) in expired {
             let session = lease.session.clone();
+            let policy = match lease.actor {
+                Actor::Agent => Some(Policy::Agent),
+                _ => None,
+            };
+            if let Some(remediator) = policy.and_then(|p| self.shared.registered_remediator(p)) {
+                remediator.withdraw(&session).await;
+            }
             let reason = format!(
                 "did not report back within the lease timeout ({} s)",
                 timeout.as_secs()
