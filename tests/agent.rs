@@ -788,3 +788,45 @@ fn a_controller_restart_mid_session_marks_it_interrupted_and_pages_again_within_
     assert_eq!(outcomes.len(), 2, "{sessions:#}");
     assert!(outcomes.contains(&"interrupted"), "{sessions:#}");
 }
+
+#[test]
+fn a_failing_check_with_policy_agent_pages_the_agent_and_its_fix_resolves_the_check() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let port = common::free_port();
+    let f = Fixture::builder("agentcheck")
+        .manifest("cluster.yaml", |c| {
+            let services = format!(
+                "    - name: {c}-web\n      image: {BUSYBOX_IMAGE}\n      command: [\"sh\", \"-c\", \"mkdir -p /www && exec httpd -f -p 8080 -h /www\"]\n      ports: [\"127.0.0.1:{port}:8080\"]\n"
+            );
+            format!(
+                "{}  agent: {{safetyMode: execute, sessionsPerTicket: 2, sessionBackoff: 0s}}\n  prometheus: {{interval: 1s}}\n  checks:\n    - name: ready-file\n      http: {{url: \"http://127.0.0.1:{port}/ready\", timeout: 1s}}\n      service: {c}-web\n      remediation: {{policy: agent}}\n",
+                cluster_yaml(c, &services)
+            )
+        })
+        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
+        .args(&["--settle", "1s"])
+        .resync("2s")
+        .start();
+    let web = f.name("web");
+    f.wait_running(&web, "the start");
+    stand_in.push(
+        Script::new()
+            .tool_use(&[(
+                "shell",
+                json!({"command": format!("docker exec {web} sh -c 'echo ok > /www/ready'")}),
+            )])
+            .end_turn("Wrote the readiness file."),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("check-failed", &web)
+            .is_some_and(|t| t["status"] == "resolved")),
+        "the check ticket did not resolve: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    let ticket = f.ticket("check-failed", &web).unwrap();
+    assert_eq!(ticket["resolved_by"], "agent", "{ticket:#}");
+    assert!(is_running(&web, None), "nobody restarted the service");
+}

@@ -321,7 +321,7 @@ impl CheckRecorder {
                 if sighting != Sighting::Seen {
                     info!(cluster, check = name, target = %ticket.service, ticket = ticket.id, severity = check.severity.as_str(), "check failed: ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
                 }
-                if check.remediation.policy == Policy::Restart
+                if matches!(check.remediation.policy, Policy::Restart | Policy::Agent)
                     && let Some(service) = &failing.target
                 {
                     self.request(
@@ -337,16 +337,17 @@ impl CheckRecorder {
             }
             // Only failing targets of a check that (still) says restart, with their container
             // up, keep their repair request.
-            let failing_services: HashSet<String> = if check.remediation.policy == Policy::Restart {
-                verdict
-                    .failing
-                    .iter()
-                    .filter_map(|f| f.target.clone())
-                    .filter(|service| !self.container_down(cluster, service))
-                    .collect()
-            } else {
-                HashSet::new()
-            };
+            let failing_services: HashSet<String> =
+                if matches!(check.remediation.policy, Policy::Restart | Policy::Agent) {
+                    verdict
+                        .failing
+                        .iter()
+                        .filter_map(|f| f.target.clone())
+                        .filter(|service| !self.container_down(cluster, service))
+                        .collect()
+                } else {
+                    HashSet::new()
+                };
             self.withdraw(cluster, Some(name), failing_services);
             // Targets no longer failing: their tickets resolve (and their notes may be
             // attached afresh next episode).

@@ -764,10 +764,16 @@ impl KeyRun<'_> {
     ) -> Option<Outcome> {
         let (shared, key, now) = (self.shared, self.key, self.clock.now);
         // The manifest may have changed since the verdict: only a declared check that still
-        // says `restart` may act.
-        let still_restart = cluster
+        // says `restart` (or `agent`, with an agent that serves) may act.
+        let policy = cluster
             .check(&repair.check)
-            .is_some_and(|c| c.remediation.policy == Policy::Restart);
+            .map(|c| c.remediation.policy)
+            .filter(|p| match p {
+                Policy::Restart => true,
+                Policy::Agent => shared.remediator(Policy::Agent).is_some(),
+                Policy::Observe => false,
+            });
+        let still_restart = policy.is_some();
         let journal = self.journal()?;
         let ticket = journal.get(repair.ticket).await.ok().flatten();
         let live = ticket
@@ -793,7 +799,7 @@ impl KeyRun<'_> {
                 Attempt {
                     cluster,
                     service,
-                    policy: Policy::Restart,
+                    policy: policy.unwrap_or(Policy::Restart),
                     action: Some(Action::Restart),
                     budgeted: true,
                     remediation: r,

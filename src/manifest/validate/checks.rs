@@ -204,6 +204,12 @@ impl Validator<'_, '_> {
                 "a cluster-level check cannot restart anything; set service or serviceLabel, or use policy observe".into(),
             );
         }
+        if remediation.policy == Policy::Agent && blame == Blame::Cluster {
+            self.error(
+                &format!("{path}.remediation.policy"),
+                "a cluster-level check cannot page the agent yet (a session works on one service); set service or serviceLabel, or use policy observe".into(),
+            );
+        }
 
         Some(Check {
             name: raw.name,
@@ -932,6 +938,22 @@ mod tests {
             &["needs serviceLabel"],
         );
         assert_eq!(diags.len(), 4, "{diags:#?}");
+    }
+
+    #[test]
+    fn the_agent_needs_a_service_to_work_on() {
+        let text =
+            checks("    - name: a\n      expr: up == 0\n      remediation: {policy: agent}\n");
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "remediation", 0),
+            "spec.checks[0].remediation.policy",
+            &["cannot page the agent yet", "set service or serviceLabel"],
+        );
+        let text = checks(
+            "    - name: a\n      expr: up == 0\n      service: etcd0\n      remediation: {policy: agent}\n",
+        );
+        assert!(load_text(&text).is_ok(), "blamed on a service: fine");
     }
 
     #[test]
