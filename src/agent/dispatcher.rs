@@ -242,26 +242,28 @@ impl Dispatcher {
         // a key the controller no longer leases.
         let queued: Vec<String> = lock(&self.inner.pending).keys().cloned().collect();
         for session in queued {
-            let id = session.clone();
-            let _ = self
-                .inner
-                .audit
-                .call(move |s| {
-                    s.agent_request(&id)?
-                        .filter(|r| r.state == "queued")
-                        .map(|_| {
-                            s.finish_request(
-                                &id,
-                                false,
-                                Some("the controller stopped before the session began"),
-                                Utc::now(),
-                            )
-                        })
-                        .transpose()
-                })
+            self.withdraw_queued(&session, "the controller stopped before the session began")
                 .await;
         }
         self.deliver().await;
+    }
+
+    /// Ends request `session` as failed with `reason` if nobody has begun it yet.
+    async fn withdraw_queued(&self, session: &str, reason: &'static str) {
+        let id = session.to_string();
+        let withdrawn = self
+            .inner
+            .audit
+            .call(move |s| {
+                s.agent_request(&id)?
+                    .filter(|r| r.state == "queued")
+                    .map(|_| s.finish_request(&id, false, Some(reason), Utc::now()))
+                    .transpose()
+            })
+            .await;
+        if let Err(e) = withdrawn {
+            warn!(session, error = %e, "cannot withdraw the agent request");
+        }
     }
 
     /// Why dispatching stopped for good, if it did (a fatal API answer).
@@ -694,27 +696,11 @@ impl Remediator for Dispatcher {
     fn withdraw<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {
         async move {
             lock(&self.inner.pending).remove(&session.0);
-            let id = session.0.clone();
-            let withdrawn = self
-                .inner
-                .audit
-                .call(move |s| {
-                    s.agent_request(&id)?
-                        .filter(|r| r.state == "queued")
-                        .map(|_| {
-                            s.finish_request(
-                                &id,
-                                false,
-                                Some("withdrawn: the controller stopped waiting for it"),
-                                Utc::now(),
-                            )
-                        })
-                        .transpose()
-                })
-                .await;
-            if let Err(e) = withdrawn {
-                warn!(session = %session, error = %e, "cannot withdraw the agent request");
-            }
+            self.withdraw_queued(
+                &session.0,
+                "withdrawn: the controller stopped waiting for it",
+            )
+            .await;
         }
         .boxed()
     }
