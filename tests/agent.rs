@@ -527,7 +527,7 @@ fn tool_calls_are_bounded_unknown_tools_refused_repeats_guarded_and_every_call_a
 }
 
 #[test]
-fn an_overloaded_api_is_retried_and_a_refusal_ends_the_session_unresolved() {
+fn an_overloaded_api_is_retried_a_paused_turn_resent_and_a_refusal_ends_the_session_unresolved() {
     let stand_in = ClaudeStandIn::start(Script::new());
     let f = with_agent(
         "agentretry",
@@ -539,6 +539,8 @@ fn an_overloaded_api_is_retried_and_a_refusal_ends_the_session_unresolved() {
     stand_in.push(
         Script::new()
             .overloaded()
+            // A paused long turn is sent back as it is (its server block unchanged).
+            .pause_turn()
             .refusal("I will not act on this cluster."),
     );
     docker_ok(&["kill", "--signal", "KILL", &name]);
@@ -550,15 +552,35 @@ fn an_overloaded_api_is_retried_and_a_refusal_ends_the_session_unresolved() {
         f.tickets(),
         f.operator.log()
     );
-    assert_eq!(stand_in.requests().len(), 2, "529, then the retry");
+    let requests = stand_in.requests();
+    assert_eq!(requests.len(), 3, "529, the retry, then after the pause");
+    assert!(
+        requests.iter().all(|r| r.rejected.is_none()),
+        "the API would refuse: {:?}",
+        requests.iter().map(|r| &r.rejected).collect::<Vec<_>>()
+    );
+    let resent = requests[2].json.as_ref().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        resent["role"], "assistant",
+        "the paused turn is sent back: {resent:#}"
+    );
+    assert_eq!(
+        resent["content"][0]["type"], "server_tool_use",
+        "{resent:#}"
+    );
     let ticket = f.ticket("stopped", &name).unwrap();
     let sessions = audit_json(&f, &["list", "--ticket", &ticket["id"].to_string()]);
     let session = &sessions.as_array().unwrap()[0];
     assert_eq!(session["stop_reason"], "refusal", "{session:#}");
     assert_eq!(
         session["request_ids"].as_array().map(Vec::len),
-        Some(2),
-        "both attempts' request ids: {session:#}"
+        Some(3),
+        "every attempt's request id: {session:#}"
     );
 }
 
