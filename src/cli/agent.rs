@@ -53,7 +53,9 @@ pub fn config(args: &AgentArgs, db: &Path, key: Option<api::ApiKey>) -> AgentCon
 }
 
 pub async fn run(args: AgentCommandArgs) -> Result<ExitCode, Failure> {
-    let desired = Arc::new(manifest::load(&args.paths.paths)?);
+    let desired = Arc::new(std::sync::RwLock::new(Arc::new(manifest::load(
+        &args.paths.paths,
+    )?)));
     let Some(key) = api_key()? else {
         return Err(Failure::new(
             "operator agent runs sessions and needs ANTHROPIC_API_KEY in its environment",
@@ -70,11 +72,12 @@ pub async fn run(args: AgentCommandArgs) -> Result<ExitCode, Failure> {
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
     let cfg = config(&args.agent, &db, Some(key));
     let holder = cfg.holder.clone();
+    let current = desired.clone();
     let dispatcher = Dispatcher::new(
         Mode::Standalone,
         cfg,
         docker,
-        move || desired.clone(),
+        move || current.read().unwrap_or_else(|e| e.into_inner()).clone(),
         Journal::new(store.clone(), metrics.clone()),
         AuditJournal::new(store),
         metrics,
@@ -93,6 +96,33 @@ pub async fn run(args: AgentCommandArgs) -> Result<ExitCode, Failure> {
             }
             info!("stop requested: cancelling the running session");
             stop.cancel();
+        }
+    });
+    // Edits to the manifests are picked up as `run` picks them up (checked every 2 s); an
+    // invalid edit is logged and the last good state kept.
+    let paths = args.paths.paths.clone();
+    let watching = cancel.clone();
+    tokio::spawn(async move {
+        let mut seen = super::reload::fingerprint(&paths);
+        loop {
+            tokio::select! {
+                _ = watching.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+            let now = super::reload::fingerprint(&paths);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match manifest::load(&paths) {
+                Ok(next) => {
+                    *desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+                    info!("manifests reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "manifest edit rejected; keeping the last good state")
+                }
+            }
         }
     });
     info!(db = %db.display(), %holder, "agent dispatcher ready: taking requests");
