@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use common::claude::{ClaudeStandIn, Script, TEST_KEY};
 use common::operator::{is_running, operator, wait_until};
-use common::{BUSYBOX_IMAGE, Fixture, cluster_yaml, docker_ok};
+use common::{BUSYBOX_IMAGE, Fixture, FixtureBuilder, cluster_yaml, docker_ok};
 
 /// A secret in a manifest's env: `docker inspect` shows it, the model and the audit must not.
 const MANIFEST_SECRET: &str = "manifest-secret-0123456789";
@@ -25,13 +25,18 @@ fn manifest(cluster: &str, remediation: &str, agent: &str) -> String {
     cluster_yaml(cluster, &services).replace("spec:\n", &format!("spec:\n  agent: {agent}\n"))
 }
 
+/// A fixture whose controller pages the agent through `stand_in`.
+fn paging(prefix: &str, stand_in: &ClaudeStandIn) -> FixtureBuilder {
+    Fixture::builder(prefix)
+        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
+}
+
 fn with_agent(prefix: &str, stand_in: &ClaudeStandIn, remediation: &str, agent: &str) -> Fixture {
     let remediation = remediation.to_string();
     let agent = agent.to_string();
-    let f = Fixture::builder(prefix)
+    let f = paging(prefix, stand_in)
         .manifest("cluster.yaml", move |c| manifest(c, &remediation, &agent))
-        .env("ANTHROPIC_API_KEY", TEST_KEY)
-        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
         // A variable a configuration marks secret: the agent's commands must not see it.
         .env("TEST_DB_PASSWORD", "hunter2-not-for-the-agent")
         .args(&["--settle", "1s"])
@@ -209,8 +214,7 @@ fn a_model_that_only_says_fixed_resolves_nothing_and_the_ticket_escalates_at_its
 #[test]
 fn escalate_to_agent_pages_the_agent_only_once_the_restart_budget_is_spent() {
     let stand_in = ClaudeStandIn::start(Script::new());
-    let stand_in_url = stand_in.base_url();
-    let f = Fixture::builder("agentesc")
+    let f = paging("agentesc", &stand_in)
         .manifest("cluster.yaml", |c| {
             let services = format!(
                 "    - name: {c}-app\n      image: {BUSYBOX_IMAGE}\n      command: [\"sh\", \"-c\", \"sleep 0.2; exit 1\"]\n      remediation: {{maxRestarts: 2, escalateTo: agent, backoff: {{initial: 100ms, max: 200ms}}}}\n"
@@ -218,8 +222,6 @@ fn escalate_to_agent_pages_the_agent_only_once_the_restart_budget_is_spent() {
             cluster_yaml(c, &services)
                 .replace("spec:\n", "spec:\n  agent: {safetyMode: observe, sessionsPerTicket: 1}\n")
         })
-        .env("ANTHROPIC_API_KEY", TEST_KEY)
-        .env("ANTHROPIC_BASE_URL", &stand_in_url)
         .args(&["--settle", "1s"])
         .resync("1s")
         .start();
@@ -373,7 +375,7 @@ fn the_denylist_refuses_removing_a_managed_volume_even_in_execute() {
     let stand_in = ClaudeStandIn::start(Script::new());
     let volume_holder = common::unique("agentvol");
     let volume = format!("{volume_holder}-data");
-    let f = Fixture::builder("agentvol")
+    let f = paging("agentvol", &stand_in)
         .manifest("cluster.yaml", |c| {
             let services = format!(
                 "    - name: {c}-app\n      image: {BUSYBOX_IMAGE}\n      command: {LOOP}\n      volumes: [\"{volume}:/data\"]\n      remediation: {{policy: agent}}\n"
@@ -381,8 +383,6 @@ fn the_denylist_refuses_removing_a_managed_volume_even_in_execute() {
             cluster_yaml(c, &services)
                 .replace("spec:\n", "spec:\n  agent: {safetyMode: execute, sessionsPerTicket: 1}\n")
         })
-        .env("ANTHROPIC_API_KEY", TEST_KEY)
-        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
         .also_clean(format!("operator.test.volume={volume}"))
         .start();
     let name = f.name("app");
@@ -762,10 +762,8 @@ fn a_controller_restart_mid_session_marks_it_interrupted_and_pages_again_within_
     let stand_in = ClaudeStandIn::start(Script::new());
     let remediation = "{policy: agent}".to_string();
     let agent = "{safetyMode: execute, sessionsPerTicket: 3, sessionBackoff: 0s}".to_string();
-    let mut f = Fixture::builder("agentrestart")
+    let mut f = paging("agentrestart", &stand_in)
         .manifest("cluster.yaml", move |c| manifest(c, &remediation, &agent))
-        .env("ANTHROPIC_API_KEY", TEST_KEY)
-        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
         .args(&["--settle", "1s", "--agent-claim-ttl", "2s"])
         .resync("2s")
         .start();
@@ -815,7 +813,7 @@ fn a_controller_restart_mid_session_marks_it_interrupted_and_pages_again_within_
 fn a_failing_check_with_policy_agent_pages_the_agent_and_its_fix_resolves_the_check() {
     let stand_in = ClaudeStandIn::start(Script::new());
     let port = common::free_port();
-    let f = Fixture::builder("agentcheck")
+    let f = paging("agentcheck", &stand_in)
         .manifest("cluster.yaml", |c| {
             let services = format!(
                 "    - name: {c}-web\n      image: {BUSYBOX_IMAGE}\n      command: [\"sh\", \"-c\", \"mkdir -p /www && exec httpd -f -p 8080 -h /www\"]\n      ports: [\"127.0.0.1:{port}:8080\"]\n"
@@ -825,8 +823,6 @@ fn a_failing_check_with_policy_agent_pages_the_agent_and_its_fix_resolves_the_ch
                 cluster_yaml(c, &services)
             )
         })
-        .env("ANTHROPIC_API_KEY", TEST_KEY)
-        .env("ANTHROPIC_BASE_URL", &stand_in.base_url())
         .args(&["--settle", "1s"])
         .resync("2s")
         .start();

@@ -296,9 +296,14 @@ impl Dispatcher {
         let sessions: Vec<String> = lock(&self.inner.pending).keys().cloned().collect();
         for session in sessions {
             let id = session.clone();
-            let Ok(Some(request)) = self.inner.audit.call(move |s| s.agent_request(&id)).await
-            else {
-                continue;
+            let request = match self.inner.audit.call(move |s| s.agent_request(&id)).await {
+                Ok(Some(request)) => request,
+                Ok(None) => continue,
+                Err(e) => {
+                    // Tried again at the next poll; the lease timeout bounds the wait.
+                    warn!(session = %session, error = %e, "cannot read an agent request");
+                    continue;
+                }
             };
             if request.state != "done" {
                 continue;
@@ -340,8 +345,12 @@ impl Dispatcher {
             }
             Err(e) => warn!(error = %e, "cannot end orphaned agent requests"),
         }
-        let Ok(orphans) = audit.interrupted_sessions(None, now).await else {
-            return;
+        let orphans = match audit.interrupted_sessions(None, now).await {
+            Ok(orphans) => orphans,
+            Err(e) => {
+                warn!(error = %e, "cannot look for interrupted agent sessions");
+                return;
+            }
         };
         for session in orphans {
             let why = format!("its dispatcher ({}) stopped mid-session", session.holder);

@@ -370,21 +370,8 @@ fn print_health(health: &[crate::health::ClusterHealth]) -> Result<(), Failure> 
 
 /// Whether the agent can be paged from here, who wants it, and what waits for a person.
 fn agent_state(desired: &manifest::DesiredState, db: &super::DbArgs) -> serde_json::Value {
-    let wanted: Vec<String> = desired
-        .clusters
-        .iter()
-        .flat_map(|c| {
-            c.services
-                .iter()
-                .filter(|s| {
-                    s.remediation.policy == manifest::Policy::Agent
-                        || s.remediation.escalate_to == manifest::EscalateTo::Agent
-                })
-                .map(move |s| format!("{}/{}", c.name, s.name))
-        })
-        .collect();
-    let enabled =
-        std::env::var(crate::agent::shell::API_KEY_VAR).is_ok_and(|k| !k.trim().is_empty());
+    let wanted = desired.agent_users();
+    let enabled = matches!(super::agent::api_key(), Ok(Some(_)));
     let path = db.path();
     let waiting: Vec<serde_json::Value> = if path.exists() {
         Store::open_read_only(&path)
@@ -412,10 +399,12 @@ fn print_agent(agent: &serde_json::Value) -> Result<(), Failure> {
     }
     outln!();
     if agent["enabled"] == true {
-        outln!("agent: enabled here (ANTHROPIC_API_KEY is set); {wanted} services may page it");
+        outln!(
+            "agent: enabled here (ANTHROPIC_API_KEY is set); {wanted} services or checks may page it"
+        );
     } else {
         outln!(
-            "agent: disabled (ANTHROPIC_API_KEY is not set here); {wanted} services would page it, their tickets stay open for a person"
+            "agent: disabled (ANTHROPIC_API_KEY is not set here); {wanted} services or checks would page it, their tickets stay open for a person"
         );
     }
     for w in waiting {

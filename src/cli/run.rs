@@ -130,16 +130,7 @@ fn agent_dispatcher(
     };
     if key.is_none() && mode == Mode::Local {
         metrics.agent_dispatching.set(0);
-        let wanted = desired.clusters.iter().any(|c| {
-            c.services.iter().any(|s| {
-                s.remediation.policy == manifest::Policy::Agent
-                    || s.remediation.escalate_to == manifest::EscalateTo::Agent
-            }) || c
-                .checks
-                .iter()
-                .any(|k| k.remediation.policy == manifest::Policy::Agent)
-        });
-        if wanted {
+        if !desired.agent_users().is_empty() {
             warn!(
                 "the agent is disabled: ANTHROPIC_API_KEY is not set; agent tickets stay open for a person"
             );

@@ -397,6 +397,30 @@ impl Default for Remediation {
 }
 
 impl DesiredState {
+    /// Who may page the agent: `cluster/service` for a service with `policy: agent` or
+    /// `escalateTo: agent`, `cluster/check NAME` for a check with `policy: agent`.
+    pub fn agent_users(&self) -> Vec<String> {
+        let mut users = Vec::new();
+        for c in &self.clusters {
+            users.extend(
+                c.services
+                    .iter()
+                    .filter(|s| {
+                        s.remediation.policy == Policy::Agent
+                            || s.remediation.escalate_to == EscalateTo::Agent
+                    })
+                    .map(|s| format!("{}/{}", c.name, s.name)),
+            );
+            users.extend(
+                c.checks
+                    .iter()
+                    .filter(|k| k.remediation.policy == Policy::Agent)
+                    .map(|k| format!("{}/check {}", c.name, k.name)),
+            );
+        }
+        users
+    }
+
     /// The cluster called `name`.
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
@@ -659,5 +683,23 @@ mod tests {
         for severity in [Severity::Critical, Severity::Warning, Severity::Info] {
             assert_eq!(serde_json::json!(severity), severity.as_str());
         }
+    }
+
+    #[test]
+    fn agent_users_are_the_services_and_checks_that_may_page_the_agent() {
+        let text = manifest(
+            "demo",
+            &format!(
+                "{}{}{}",
+                service("aa", "      remediation: {policy: agent}\n"),
+                service("bb", "      remediation: {escalateTo: agent}\n"),
+                service("cc", ""),
+            ),
+        ) + "  prometheus: {url: \"http://127.0.0.1:9090\"}\n  checks:\n    - name: up\n      expr: up == 0\n      service: cc\n      remediation: {policy: agent}\n";
+        let desired = load_text(&text).unwrap();
+        assert_eq!(
+            desired.agent_users(),
+            vec!["demo/aa", "demo/bb", "demo/check up"]
+        );
     }
 }

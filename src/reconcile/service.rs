@@ -773,13 +773,12 @@ impl KeyRun<'_> {
                 Policy::Agent => shared.remediator(Policy::Agent).is_some(),
                 Policy::Observe => false,
             });
-        let still_restart = policy.is_some();
         let journal = self.journal()?;
         let ticket = journal.get(repair.ticket).await.ok().flatten();
         let live = ticket
             .as_ref()
             .is_some_and(|t| t.status != Status::Resolved && !t.held);
-        if !still_restart || !live {
+        if policy.is_none() || !live {
             lock(&shared.check_restarts).remove(key);
             return None;
         }

@@ -497,7 +497,7 @@ fn approval_of(store: &Store, raw: RawApproval) -> Result<Approval, TicketError>
 }
 
 /// Runs a query and collects its raw rows.
-fn rows<T>(
+pub(super) fn rows<T>(
     store: &Store,
     conn: &rusqlite::Connection,
     doing: &'static str,

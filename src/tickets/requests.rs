@@ -15,6 +15,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::TicketError;
+use super::audit::rows;
 use super::store::{At, Store, ts};
 
 /// The schema step that adds the queue (appended to `MIGRATIONS`).
@@ -196,15 +197,7 @@ impl Store {
     ) -> Result<Vec<AgentRequest>, TicketError> {
         self.write("fail queued agent requests", |tx| {
             let sql = format!("SELECT {COLUMNS} FROM agent_requests WHERE state = 'queued'");
-            let mut stmt = tx
-                .prepare(&sql)
-                .map_err(self.err("fail queued agent requests"))?;
-            let found: Vec<Raw> = stmt
-                .query_map([], raw)
-                .map_err(self.err("fail queued agent requests"))?
-                .collect::<Result<_, _>>()
-                .map_err(self.err("fail queued agent requests"))?;
-            drop(stmt);
+            let found = rows(self, tx, "fail queued agent requests", &sql, [], raw)?;
             tx.execute(
                 "UPDATE agent_requests SET state = 'done', ok = 0, reason = ?1, finished_at = ?2 \
                  WHERE state = 'queued'",
@@ -237,15 +230,14 @@ impl Store {
                  (SELECT 1 FROM agent_claims c WHERE c.ticket_id = r.ticket_id AND c.session_id = r.session_id \
                   AND c.expires_at > ?1)"
             );
-            let mut stmt = tx
-                .prepare(&sql)
-                .map_err(self.err("end orphaned agent requests"))?;
-            let found: Vec<Raw> = stmt
-                .query_map(params![ts(now)], raw)
-                .map_err(self.err("end orphaned agent requests"))?
-                .collect::<Result<_, _>>()
-                .map_err(self.err("end orphaned agent requests"))?;
-            drop(stmt);
+            let found = rows(
+                self,
+                tx,
+                "end orphaned agent requests",
+                &sql,
+                params![ts(now)],
+                raw,
+            )?;
             let mut out = Vec::new();
             for r in found {
                 let request = self.request_of(r)?;
