@@ -152,6 +152,13 @@ pub trait Remediator: Send + Sync + 'static {
         true
     }
 
+    /// Why it will take no more requests for a while although it is available (the agent's
+    /// controller-wide token budget is spent): the controller escalates with this reason
+    /// instead of spending the ticket's attempts on requests that cannot run.
+    fn exhausted(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
+
     /// The controller stopped waiting for `session` (its lease expired): drop it if it has
     /// not begun, and never report it. The default has nothing to withdraw.
     fn withdraw<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {

@@ -584,17 +584,117 @@ fn an_overloaded_api_is_retried_a_paused_turn_resent_and_a_refusal_ends_the_sess
     );
 }
 
+/// The escalation entry of a ticket's timeline, with its reason.
+fn escalation(f: &Fixture, ticket: &Value) -> Value {
+    let shown = f.operator.ticket_json(ticket["id"].as_i64().unwrap());
+    shown["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "escalated")
+        .cloned()
+        .unwrap_or_else(|| panic!("no escalation entry: {shown:#}"))
+}
+
 #[test]
-fn a_spend_limit_stops_all_dispatching_at_once_and_says_so() {
+fn a_malformed_answer_and_a_full_context_window_end_their_sessions_and_the_escalation_says_why() {
     let stand_in = ClaudeStandIn::start(Script::new());
     let f = with_agent(
-        "agentspend",
+        "agentbroken",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: execute, sessionsPerTicket: 2, sessionBackoff: 0s}",
+    );
+    let name = f.name("app");
+    stand_in.push(
+        Script::new()
+            // Not retried: an answer that is not the API's JSON ends the session.
+            .malformed("{\"type\": \"message\", \"content\": [")
+            .context_window_exceeded(),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("stopped", &name)
+            .is_some_and(|t| t["status"] == "escalated")),
+        "not escalated after two broken sessions: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert_eq!(stand_in.requests().len(), 2, "neither answer was retried");
+    let ticket = f.ticket("stopped", &name).unwrap();
+    let sessions = audit_json(&f, &["list", "--ticket", &ticket["id"].to_string()]);
+    let mut stops: Vec<String> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stop_reason"].as_str().unwrap_or("?").to_string())
+        .collect();
+    stops.sort();
+    assert_eq!(
+        stops,
+        ["api-error", "model_context_window_exceeded"],
+        "{sessions:#}"
+    );
+    let escalated = escalation(&f, &ticket);
+    let last = escalated["detail"]["last_session"].as_str().unwrap_or("");
+    assert!(last.contains("context window"), "{escalated:#}");
+    assert_eq!(escalated["detail"]["reason"], "agent sessions spent");
+}
+
+#[test]
+fn the_hourly_token_budget_escalates_with_its_reason_instead_of_paging_again() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = paging("agenthourly", &stand_in)
+        .manifest("cluster.yaml", |c| {
+            manifest(
+                c,
+                "{policy: agent}",
+                "{safetyMode: execute, sessionsPerTicket: 3, sessionBackoff: 0s}",
+            )
+        })
+        // One session's tokens spend it: the second page must not reach the API.
+        .args(&["--settle", "1s", "--agent-hourly-tokens", "100"])
+        .resync("2s")
+        .start();
+    let name = f.name("app");
+    f.wait_running(&name, "the start");
+    stand_in.push(Script::new().end_turn("Fixed it.").end_turn("never sent"));
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("stopped", &name)
+            .is_some_and(|t| t["status"] == "escalated")),
+        "not escalated with the budget spent: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert_eq!(stand_in.requests().len(), 1, "paged past the budget");
+    let ticket = f.ticket("stopped", &name).unwrap();
+    let escalated = escalation(&f, &ticket);
+    assert_eq!(
+        escalated["detail"]["reason"], "agent token budget spent",
+        "{escalated:#}"
+    );
+    assert!(
+        escalated["detail"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("of 100 tokens in the last hour")),
+        "{escalated:#}"
+    );
+}
+
+/// A fatal answer from the API (`script`) stops all dispatching at once and says so.
+fn a_fatal_answer_stops_dispatching(prefix: &str, script: Script) {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        prefix,
         &stand_in,
         "{policy: agent}",
         "{safetyMode: execute, sessionsPerTicket: 3, sessionBackoff: 0s}",
     );
     let name = f.name("app");
-    stand_in.push(Script::new().spend_limit().end_turn("never sent"));
+    stand_in.push(script.end_turn("never sent"));
     docker_ok(&["kill", "--signal", "KILL", &name]);
     assert!(
         wait_until(Duration::from_secs(60), || f
@@ -626,6 +726,16 @@ fn a_spend_limit_stops_all_dispatching_at_once_and_says_so() {
         "the ticket does not say why: {shown:#}"
     );
     assert!(f.operator.log().contains("agent dispatching stopped"));
+}
+
+#[test]
+fn a_spend_limit_stops_all_dispatching_at_once_and_says_so() {
+    a_fatal_answer_stops_dispatching("agentspend", Script::new().spend_limit());
+}
+
+#[test]
+fn a_refused_key_stops_all_dispatching_at_once_and_says_so() {
+    a_fatal_answer_stops_dispatching("agent401", Script::new().unauthorized());
 }
 
 /// An `operator agent` process on the fixture's manifests and database; killed on drop.
@@ -755,6 +865,82 @@ fn split_dispatchers_never_run_one_ticket_twice_and_a_killed_one_frees_it_within
     spans.sort();
     assert!(spans[0].1 <= spans[1].0, "overlapping sessions: {spans:?}");
     drop(victim);
+}
+
+#[test]
+fn a_session_the_controller_stopped_waiting_for_is_ended_by_its_dispatcher_with_its_command() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let remediation = "{policy: agent}".to_string();
+    let agent = "{safetyMode: execute, sessionsPerTicket: 1, sessionBackoff: 0s}".to_string();
+    let f = Fixture::builder("agentwithdraw")
+        .manifest("cluster.yaml", move |c| manifest(c, &remediation, &agent))
+        .args(&[
+            "--agent-dispatch",
+            "external",
+            "--settle",
+            "1s",
+            "--agent-lease-timeout",
+            "5s",
+        ])
+        .resync("1s")
+        .start();
+    let name = f.name("app");
+    f.wait_running(&name, "the start");
+    let dispatcher = Dispatcher::start(&f, &stand_in, "3s");
+    // The session's command outlives the controller's patience (and is far inside its own
+    // 120 s timeout): only the withdrawal can end it.
+    let marker = common::unique("withdrawn");
+    stand_in.push(
+        Script::new()
+            .tool_use(&[(
+                "shell",
+                json!({"command": format!("sleep 600; echo {marker}")}),
+            )])
+            .end_turn("never sent"),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    let running = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), running),
+        "the command never ran; dispatcher:\n{}",
+        dispatcher.log()
+    );
+    let ticket = f.ticket("stopped", &name).unwrap();
+    let id = ticket["id"].to_string();
+    // 5 s of lease, then at most one claim renewal (1 s) and the kill.
+    assert!(
+        wait_until(Duration::from_secs(30), || audit_json(
+            &f,
+            &["list", "--ticket", &id]
+        )[0]["outcome"]
+            != "running"),
+        "the session still runs: {:#}; dispatcher:\n{}",
+        audit_json(&f, &["list", "--ticket", &id]),
+        dispatcher.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !running()),
+        "the session's command outlived it"
+    );
+    let session = &audit_json(&f, &["list", "--ticket", &id])[0];
+    assert_eq!(session["stop_reason"], "cancelled", "{session:#}");
+    assert_eq!(
+        stand_in.requests().len(),
+        1,
+        "nothing more was asked of the model"
+    );
+    assert!(
+        dispatcher
+            .log()
+            .contains("the controller withdrew the request"),
+        "{}",
+        dispatcher.log()
+    );
 }
 
 #[test]

@@ -242,21 +242,27 @@ impl Dispatcher {
         // a key the controller no longer leases.
         let queued: Vec<String> = lock(&self.inner.pending).keys().cloned().collect();
         for session in queued {
-            self.withdraw_queued(&session, "the controller stopped before the session began")
-                .await;
+            self.withdraw_request(
+                &session,
+                "the controller stopped before the session began",
+                false,
+            )
+            .await;
         }
         self.deliver().await;
     }
 
-    /// Ends request `session` as failed with `reason` if nobody has begun it yet.
-    async fn withdraw_queued(&self, session: &str, reason: &'static str) {
+    /// Ends request `session` as failed with `reason` if nobody has begun it yet, or also
+    /// while it runs when `running_too` (the session's dispatcher, in this process or another,
+    /// sees that when it next renews its claim and ends the session).
+    async fn withdraw_request(&self, session: &str, reason: &'static str, running_too: bool) {
         let id = session.to_string();
         let withdrawn = self
             .inner
             .audit
             .call(move |s| {
                 s.agent_request(&id)?
-                    .filter(|r| r.state == "queued")
+                    .filter(|r| r.state == "queued" || (running_too && r.state == "running"))
                     .map(|_| s.finish_request(&id, false, Some(reason), Utc::now()))
                     .transpose()
             })
@@ -403,6 +409,24 @@ impl Dispatcher {
         }
     }
 
+    /// Why the controller-wide rolling token budget forbids another session, if it does.
+    async fn hourly_budget_spent(&self) -> Option<String> {
+        let limit = self.inner.cfg.hourly_tokens?;
+        let since = Utc::now() - chrono::Duration::hours(1);
+        match self.inner.audit.usage_since(since).await {
+            Ok(used) => {
+                let total = used.input + used.output + used.cache_read + used.cache_write;
+                (total >= limit).then(|| {
+                    format!(
+                        "the agent's token budget is spent ({total} of {limit} tokens in the last hour)"
+                    )
+                })
+            }
+            // Unknown is not "within budget".
+            Err(e) => Some(format!("cannot read the tokens used in the last hour: {e}")),
+        }
+    }
+
     async fn run_job(&self, job: Job, cancel: CancellationToken) {
         let inner = &self.inner;
         let stopped = lock(&inner.stopped).clone();
@@ -411,27 +435,12 @@ impl Dispatcher {
             self.release(&job).await;
             return;
         }
-        if let Some(limit) = inner.cfg.hourly_tokens {
-            let since = Utc::now() - chrono::Duration::hours(1);
-            let why = match inner.audit.usage_since(since).await {
-                Ok(used) => {
-                    let total = used.input + used.output + used.cache_read + used.cache_write;
-                    (total >= limit).then(|| {
-                        format!(
-                            "the agent's token budget is spent ({total} of {limit} tokens in the last hour)"
-                        )
-                    })
-                }
-                // Unknown is not "within budget".
-                Err(e) => Some(format!("cannot read the tokens used in the last hour: {e}")),
-            };
-            if let Some(why) = why {
-                warn!(ticket = job.ticket, "{why}");
-                self.note(job.ticket, why.clone()).await;
-                self.finish(&job, Err(why)).await;
-                self.release(&job).await;
-                return;
-            }
+        if let Some(why) = self.hourly_budget_spent().await {
+            warn!(ticket = job.ticket, "{why}");
+            self.note(job.ticket, why.clone()).await;
+            self.finish(&job, Err(why)).await;
+            self.release(&job).await;
+            return;
         }
         // The ticket was claimed when the request was taken; renewed while the session runs.
         let ttl = chrono::Duration::from_std(inner.cfg.claim_ttl).unwrap_or_default();
@@ -440,6 +449,7 @@ impl Dispatcher {
         let renew = {
             let audit = inner.audit.clone();
             let (ticket, holder, stop) = (job.ticket, inner.cfg.holder.clone(), renewing.clone());
+            let session = job.session.clone();
             let lost = cancel.clone();
             tokio::spawn(async move {
                 loop {
@@ -451,6 +461,16 @@ impl Dispatcher {
                     if let Err(e) = audit.renew_claim(ticket, holder.clone(), until).await {
                         // Another dispatcher may serve the ticket now: this session must stop.
                         warn!(ticket, error = %e, "lost the ticket's claim; ending the session");
+                        lost.cancel();
+                        return;
+                    }
+                    // The controller stopped waiting for it (its lease expired, in this
+                    // process or another): nobody would read its end, so it ends now.
+                    let id = session.clone();
+                    if let Ok(Some(r)) = audit.call(move |s| s.agent_request(&id)).await
+                        && r.state == "done"
+                    {
+                        warn!(ticket, session = %session, "the controller withdrew the request; ending the session");
                         lost.cancel();
                         return;
                     }
@@ -702,12 +722,17 @@ impl Remediator for Dispatcher {
         lock(&self.inner.stopped).is_none()
     }
 
+    fn exhausted(&self) -> BoxFuture<'_, Option<String>> {
+        self.hourly_budget_spent().boxed()
+    }
+
     fn withdraw<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {
         async move {
             lock(&self.inner.pending).remove(&session.0);
-            self.withdraw_queued(
+            self.withdraw_request(
                 &session.0,
                 "withdrawn: the controller stopped waiting for it",
+                true,
             )
             .await;
         }

@@ -287,6 +287,12 @@ pub struct RunArgs {
     /// Print the --once summary as JSON.
     #[arg(long, requires = "once")]
     pub json: bool,
+    /// How long the controller waits for an agent session to report back. Past it the
+    /// request is withdrawn: a session not begun never starts, a running one is ended by its
+    /// dispatcher at its next claim renewal, and the service is looked at again. Keep it
+    /// above the manifests' `spec.agent.maxSessionTime` (10m by default).
+    #[arg(long, default_value = "30m", value_parser = parse_positive_duration, value_name = "DUR")]
+    pub agent_lease_timeout: Duration,
     #[command(flatten)]
     pub agent: AgentArgs,
 }
@@ -306,7 +312,8 @@ pub struct AgentArgs {
     /// Agent sessions at once (the rest queue in ticket order).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub agent_sessions: usize,
-    /// Tokens all agent sessions may use in any hour; past it tickets wait for a person.
+    /// Tokens all agent sessions may use in any rolling hour. Past it no session starts: a
+    /// ticket that would page the agent escalates to a person, with the reason.
     #[arg(long, value_name = "N")]
     pub agent_hourly_tokens: Option<u64>,
     /// How long a command in approve mode waits for a person before it is refused.

@@ -50,7 +50,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let config = ControllerConfig::default()
         .resync(args.resync)
         .workers(args.workers)
-        .settle(args.settle);
+        .settle(args.settle)
+        .lease_timeout(args.agent_lease_timeout);
     let journal = Journal::new(store.clone(), metrics.clone());
     // The agent needs the controller's desired state, and the controller its remediator.
     let controller_cell: Arc<std::sync::OnceLock<Controller>> = Arc::default();

@@ -575,11 +575,15 @@ impl KeyRun<'_> {
                         retry_in_ms: wait.as_millis() as u64,
                     };
                 }
-                Ok(Some(AgentGate::Spent { sessions })) => {
+                Ok(Some(AgentGate::Spent {
+                    sessions,
+                    last_error,
+                })) => {
                     budget.escalated = true;
                     let why = serde_json::json!({
                         "reason": "agent sessions spent",
                         "sessions": sessions,
+                        "last_session": last_error.unwrap_or_else(|| "ended, and the re-check still found the drift".into()),
                         "drift": labels.first(),
                     });
                     return self.escalate(&a, why, "agent sessions spent").await;
@@ -590,6 +594,17 @@ impl KeyRun<'_> {
                         error: format!("cannot read the ticket's sessions: {e}"),
                     };
                 }
+            }
+            // The controller-wide token budget: a session could not run, so none is started
+            // and a person is told why now, not after the ticket's sessions fail one by one.
+            if let Some(spent) = remediator.exhausted().await {
+                budget.escalated = true;
+                let why = serde_json::json!({
+                    "reason": "agent token budget spent",
+                    "detail": spent,
+                    "drift": labels.first(),
+                });
+                return self.escalate(&a, why, "agent token budget spent").await;
             }
         }
 

@@ -39,7 +39,7 @@ impl Clock {
 /// episode (`spec.agent.sessionsPerTicket`, `sessionBackoff`), read from the ticket's
 /// timeline so that it survives a controller restart and counts sessions a split-off
 /// dispatcher ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentGate {
     Page,
     /// The last session ended less than `sessionBackoff` ago.
@@ -47,6 +47,9 @@ pub enum AgentGate {
     /// This episode already had `sessions` sessions: a person takes over.
     Spent {
         sessions: u32,
+        /// How the last session failed, when it failed (a budget, the API); `None` when it
+        /// ended normally and the re-check still found the drift.
+        last_error: Option<String>,
     },
 }
 
@@ -65,7 +68,14 @@ pub fn agent_gate(
     };
     let sessions = by_agent(EntryKind::ActionStarted).count() as u32;
     if sessions >= spec.sessions_per_ticket {
-        return AgentGate::Spent { sessions };
+        let last_error = by_agent(EntryKind::ActionResult)
+            .max_by_key(|e| e.at)
+            .and_then(|e| e.detail["error"].as_str())
+            .map(str::to_string);
+        return AgentGate::Spent {
+            sessions,
+            last_error,
+        };
     }
     let backoff = chrono::Duration::from_std(spec.session_backoff).unwrap_or_default();
     match by_agent(EntryKind::ActionResult).map(|e| e.at).max() {
@@ -437,7 +447,10 @@ mod tests {
         timeline.push(entry(120, EntryKind::ActionStarted, Some(Actor::Agent)));
         assert_eq!(
             agent_gate(&timeline, episode, &spec, at(500)),
-            AgentGate::Spent { sessions: 2 }
+            AgentGate::Spent {
+                sessions: 2,
+                last_error: None
+            }
         );
     }
 }
