@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod chaos;
 pub mod cli;
 pub mod docker;
 pub mod drift;
