@@ -3,7 +3,7 @@
 //!
 //! The pieces, in the order a run uses them:
 //! - [`spec`]: the typed, validated drill (what `drill` produces, what everything else reads).
-//! - `drill`: drill files (YAML through `yamldoc`, `file:line: field` diagnostics) into [`spec::Drill`].
+//! - [`drill`]: drill files (YAML through `yamldoc`, `file:line: field` diagnostics) into [`spec::Drill`].
 //! - `fault`: each fault kind's inject and undo, through the Docker API and, for network
 //!   and disk faults, from the controller's side (`nsenter` into the target's namespaces)
 //!   so the target image needs no tools.
@@ -14,5 +14,6 @@
 //! - `runner`: steady state, trials, timings from the ticket database's query API.
 //! - `journal` and `report`: the JSON journal of a run and its Markdown/SVG report.
 
+pub mod drill;
 pub mod journal;
 pub mod spec;

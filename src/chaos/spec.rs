@@ -54,10 +54,7 @@ pub struct Probe {
 pub enum ProbeKind {
     /// An instant PromQL query against the cluster's Prometheus; every returned sample must
     /// be within the tolerance, and at least one must be returned.
-    Promql {
-        query: String,
-        tolerance: Tolerance,
-    },
+    Promql { query: String, tolerance: Tolerance },
     /// An HTTP GET (loopback or a container of the cluster) answering `status`.
     Http {
         url: String,
@@ -103,6 +100,16 @@ pub enum Target {
     Selector { labels: BTreeMap<String, String> },
     /// `count` services picked at random (seeded) from `among` (all services when empty).
     Random { among: Vec<String>, count: u32 },
+    /// The services named by the samples of an instant PromQL query on the cluster's
+    /// Prometheus, resolved when the fault starts: how "the leader" is hit
+    /// (`pd_tso_role{job="pd"} == 1`). Each sample's `service_label` value is looked up in
+    /// `services`, else its host part (before the last `:`) is taken as a service name, as
+    /// the manifest's `serviceLabel` checks do. A query naming no service fails the trial.
+    Query {
+        promql: String,
+        service_label: String,
+        services: BTreeMap<String, String>,
+    },
 }
 
 /// A fault and its parameters.
@@ -128,9 +135,16 @@ pub enum FaultKind {
     /// target's network namespace).
     Loss { probability: f64 },
     /// Limit egress to `rate` bits/s (tbf on every interface but `lo`).
-    Bandwidth { rate_bits: u64, burst_bytes: u64, latency: Duration },
+    Bandwidth {
+        rate_bits: u64,
+        burst_bytes: u64,
+        latency: Duration,
+    },
     /// Add `delay` (± `jitter`) to egress (netem; refused where the kernel lacks it).
-    Delay { delay: Duration, jitter: Option<Duration> },
+    Delay {
+        delay: Duration,
+        jitter: Option<Duration>,
+    },
     /// Drop all traffic between the target and each of these services, in both
     /// directions (rules in both namespaces).
     Partition { from: Vec<String> },

@@ -16,11 +16,11 @@ mod load;
 mod port;
 mod positions;
 mod raw;
-mod signal;
+pub(crate) mod signal;
 #[cfg(test)]
 mod testing;
-mod validate;
-mod volume;
+pub(crate) mod validate;
+pub(crate) mod volume;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

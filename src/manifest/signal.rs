@@ -12,7 +12,7 @@ const NAMES: &[&str] = &[
 const MAX_NUMBER: u32 = 64;
 
 /// The accepted forms, appended to every signal error.
-pub(super) const SIGNAL_FORMAT: &str =
+pub(crate) const SIGNAL_FORMAT: &str =
     "a signal name such as \"SIGTERM\", \"TERM\" or \"SIGRTMIN+3\", or its number such as \"15\"";
 
 /// Parses a `stopSignal`: a name with or without `SIG`, in any case (`SIGTERM`, `term`,
@@ -23,7 +23,7 @@ pub(super) const SIGNAL_FORMAT: &str =
 ///
 /// `SIGSTOP` is refused: it freezes the process instead of ending it, so every stop would
 /// wait the whole `stopTimeout` and then kill.
-pub(super) fn parse_signal(text: &str) -> Result<String, String> {
+pub(crate) fn parse_signal(text: &str) -> Result<String, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("the signal is empty".into());

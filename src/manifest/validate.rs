@@ -885,7 +885,7 @@ impl Validator<'_, '_> {
 }
 
 /// Service and cluster names: a DNS label (they become container and host names).
-fn dns_label(name: &str) -> Result<(), String> {
+pub(crate) fn dns_label(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the name is empty".into());
     }

@@ -75,7 +75,7 @@ fn is_volume_name(name: &str) -> bool {
 
 /// Removes `.` and resolves `..` without touching the file system (so symlinks are not
 /// followed and the path need not exist). `..` above the root stays at the root.
-pub(super) fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
