@@ -4,7 +4,7 @@
 # etcd's v3 HTTP gateway (busybox wget), each counted only once acknowledged; on SIGTERM
 # (the runner stops the workload after recovery) every acknowledged key is read back.
 # Exit 0 when none is lost, 1 when some are (they are listed), 2 when nothing could be
-# written at all. Runs in the drill file's folder; needs docker, base64 and mktemp.
+# written at all. Runs in the drill file's folder; needs docker, timeout, base64 and mktemp.
 set -u
 
 MEMBERS="etcd-net0 etcd-net1 etcd-net2"
@@ -18,7 +18,8 @@ b64() { printf %s "$1" | base64 | tr -d '\n'; }
 # POST $2 to path $1 of the first member that answers; the reply on stdout.
 post() {
 	for m in $MEMBERS; do
-		if out=$(docker exec "$m" /bin/busybox wget -q -T 2 -O - \
+		# busybox's own wget -T crashes (Debian's static busybox 1.35); timeout(1) bounds it.
+		if out=$(timeout 3 docker exec "$m" /bin/busybox wget -q -O - \
 			--post-data "$2" "http://127.0.0.1:2379$1" 2>/dev/null); then
 			printf '%s\n' "$out"
 			return 0
