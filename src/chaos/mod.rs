@@ -17,3 +17,4 @@
 pub mod canary;
 pub mod journal;
 pub mod spec;
+pub mod steady;
