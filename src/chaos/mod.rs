@@ -15,4 +15,5 @@
 //! - `journal` and `report`: the JSON journal of a run and its Markdown/SVG report.
 
 pub mod journal;
+pub mod report;
 pub mod spec;
