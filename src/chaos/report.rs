@@ -239,7 +239,7 @@ fn write_atomically(dir: &Path, file: &str, bytes: &[u8]) -> Result<PathBuf, Rep
 }
 
 // ---------------------------------------------------------------------------------------
-// Formatting helpers, shared with the charts.
+// Formatting helpers (`ms` is public for the runner's progress lines).
 
 /// `850 ms`, `1.23 s`, `2m05s`: milliseconds as people read a recovery time. Integer
 /// arithmetic (truncating), so the text never depends on float rounding.
@@ -495,7 +495,10 @@ fn trial_section(out: &mut String, t: &Trial) {
         Some(w) => (time(w), offset(t.injected_at, w)),
         None => (missing.to_string(), "n/a".to_string()),
     };
-    let actor = |who: &Option<String>| who.as_deref().map(|w| format!(" ({})", cell(w)));
+    let by = |who: &Option<String>| {
+        who.as_deref()
+            .map_or_else(String::new, |w| format!(" (by {})", cell(w)))
+    };
     let events = [
         (
             "Injected".to_string(),
@@ -503,15 +506,12 @@ fn trial_section(out: &mut String, t: &Trial) {
         ),
         ("Detected".to_string(), at(t.detected_at, "not detected")),
         (
-            format!("First action{}", actor(&t.first_actor).unwrap_or_default()),
+            format!("First action{}", by(&t.first_actor)),
             at(t.first_action_at, "no action"),
         ),
         ("Recovered".to_string(), at(t.recovered_at, "not recovered")),
         (
-            format!(
-                "Resolved{}",
-                actor(&t.resolved_by).map_or_else(String::new, |a| format!(" by{a}"))
-            ),
+            format!("Resolved{}", by(&t.resolved_by)),
             at(t.resolved_at, "not resolved"),
         ),
     ];

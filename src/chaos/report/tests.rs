@@ -239,9 +239,9 @@ fn one_trial_report_gives_its_figures_as_every_percentile() {
         "| 1 | kill | etcd | `etcd-1` | `{\"signal\":\"SIGKILL\"}` | 2025-03-01T12:00:00.000Z (+0 ms) | 2025-03-01T12:00:00.500Z (+500 ms) | - |"
     ));
     assert!(md.contains("| Detected | 2025-03-01T12:00:01.200Z | +1.20 s |"));
-    assert!(md.contains("| First action (controller) | 2025-03-01T12:00:01.300Z | +1.30 s |"));
+    assert!(md.contains("| First action (by controller) | 2025-03-01T12:00:01.300Z | +1.30 s |"));
     assert!(md.contains("| Recovered | 2025-03-01T12:00:04.500Z | +4.50 s |"));
-    assert!(md.contains("| Resolved by (controller) | 2025-03-01T12:00:04.700Z | +4.70 s |"));
+    assert!(md.contains("| Resolved (by controller) | 2025-03-01T12:00:04.700Z | +4.70 s |"));
     assert!(md.contains("TTD 1.20 s, TTR 4.50 s."));
     assert!(md.contains("| Lost (acknowledged, not read back) | 0 |"));
     assert!(md.contains(
