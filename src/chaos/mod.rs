@@ -16,5 +16,6 @@
 
 pub mod canary;
 pub mod journal;
+pub mod report;
 pub mod spec;
 pub mod steady;
