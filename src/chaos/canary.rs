@@ -226,7 +226,9 @@ fn parse_range(v: &Value, prefix: &str) -> Result<BTreeSet<u64>, String> {
     let mut keys = BTreeSet::new();
     for kv in kvs {
         let raw = kv["key"].as_str().ok_or("a key is not a string")?;
-        let bytes = B64.decode(raw).map_err(|e| format!("a key is not base64: {e}"))?;
+        let bytes = B64
+            .decode(raw)
+            .map_err(|e| format!("a key is not base64: {e}"))?;
         let text = String::from_utf8_lossy(&bytes);
         let seq = text
             .strip_prefix(prefix)
@@ -323,7 +325,11 @@ mod tests {
         assert_eq!(prefix_end("c/"), b"c0".to_vec());
         let range = json!({"kvs": [{"key": B64.encode("c/000000000007")}], "count": "1"});
         assert_eq!(parse_range(&range, "c/").unwrap(), BTreeSet::from([7]));
-        assert!(parse_range(&json!({"count": "0"}), "c/").unwrap().is_empty());
+        assert!(
+            parse_range(&json!({"count": "0"}), "c/")
+                .unwrap()
+                .is_empty()
+        );
         assert!(parse_range(&json!({"kvs": [{"key": B64.encode("other")}]}), "c/").is_err());
     }
 }

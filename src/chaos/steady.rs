@@ -80,7 +80,8 @@ impl Steady {
         let journal = store
             .clone()
             .map(|s| Journal::new(s, Arc::new(Metrics::new())));
-        for report in crate::reconcile::report(self.docker.clone(), &desired, journal.as_ref()).await
+        for report in
+            crate::reconcile::report(self.docker.clone(), &desired, journal.as_ref()).await
         {
             if let Some(e) = &report.error {
                 problems.push(format!("service {}: not observed: {e}", report.service));
@@ -96,9 +97,10 @@ impl Steady {
         if let Some(store) = &store {
             match store.list(None) {
                 Ok(tickets) => {
-                    for t in tickets.iter().filter(|t| {
-                        t.cluster == self.cluster.name && t.status != Status::Resolved
-                    }) {
+                    for t in tickets
+                        .iter()
+                        .filter(|t| t.cluster == self.cluster.name && t.status != Status::Resolved)
+                    {
                         problems.push(format!(
                             "ticket {} ({} on {}) is {}",
                             t.id,
@@ -140,8 +142,8 @@ pub async fn probe_once(
                 .url
                 .as_deref()
                 .ok_or("the cluster declares no Prometheus (spec.prometheus.url)")?;
-            let prometheus = Prometheus::new(url, cluster.prometheus.timeout)
-                .map_err(|e| e.to_string())?;
+            let prometheus =
+                Prometheus::new(url, cluster.prometheus.timeout).map_err(|e| e.to_string())?;
             let series = prometheus.query(query).await.map_err(|e| e.to_string())?;
             if series.is_empty() {
                 return Err(format!("{query} returned no series"));
@@ -213,7 +215,10 @@ pub async fn run_command(command: &str, timeout: Duration) -> Result<(), String>
                 // never saw it exit), so the id is still ours.
                 unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
             }
-            Err(format!("`{command}` did not finish within {} s", timeout.as_secs()))
+            Err(format!(
+                "`{command}` did not finish within {} s",
+                timeout.as_secs()
+            ))
         }
     }
 }
