@@ -495,3 +495,33 @@ async fn leftovers_finds_every_tagged_rule_and_undo_removes_them() {
     assert!(a.reaches(&b) && b.reaches(&a));
     assert!(!a.qdiscs().contains("tbf"), "{}", a.qdiscs());
 }
+
+#[tokio::test]
+async fn an_apply_that_fails_half_way_takes_back_what_it_did() {
+    let lab = Lab::new("nf-half");
+    let a = lab.start("a");
+    let b = lab.start("b");
+    let c = lab.start("c");
+    let fault = FaultKind::Partition {
+        from: vec!["b".into(), "c".into()],
+    };
+    // Planned with both peers alive; c's container is gone before the plan is applied: the
+    // rules in a's and b's namespaces go in first, then c's namespace cannot be entered.
+    let plan = netfault::plan(&a.target(&[&b, &c]), &fault, &lab.tag)
+        .await
+        .expect("plan");
+    assert_eq!(plan.namespaces.len(), 3);
+    assert_eq!(a.ours(&lab.tag).await, (0, 0), "plan changed something");
+    docker_ok(&["rm", "-f", &c.name]);
+
+    let e = netfault::apply_plan(&plan)
+        .await
+        .expect_err("c's namespace is gone");
+    assert!(
+        matches!(e, NetFaultError::NamespaceGone { ref owner, .. } if owner == "c"),
+        "{e}"
+    );
+    a.assert_clean(&lab.tag).await;
+    b.assert_clean(&lab.tag).await;
+    assert!(a.reaches(&b) && b.reaches(&a));
+}
