@@ -7,6 +7,8 @@
 //! - `fault`: each fault kind's inject and undo, through the Docker API and, for network
 //!   and disk faults, from the controller's side (`nsenter` into the target's namespaces)
 //!   so the target image needs no tools.
+//!   [`netfault`] is its network half: loss, bandwidth, delay and partitions inside the
+//!   target's network namespace, each with a serializable undo record.
 //! - `ledger`: every fault written to the database before it is applied and marked undone
 //!   after, so `operator chaos cleanup` and the controller's start undo what a killed run
 //!   left behind.
@@ -14,6 +16,10 @@
 //! - `runner`: steady state, trials, timings from the ticket database's query API.
 //! - `journal` and `report`: the JSON journal of a run and its Markdown/SVG report.
 
+pub mod canary;
 pub mod drill;
 pub mod journal;
+pub mod netfault;
+pub mod report;
 pub mod spec;
+pub mod steady;
