@@ -134,7 +134,7 @@ fn no_prometheus(cluster: &Cluster, what: &str) -> String {
 
 fn host_networked(service: &str, kind: &str) -> String {
     format!(
-        "service \"{service}\" uses networkMode: host: a host-networked service shares the host's network namespace, so a {kind} fault there would cut the host, not the service; run the cluster on its own network (as manifests/examples/etcd-net.yaml does)"
+        "service \"{service}\" uses networkMode: host: a host-networked service shares the host's network namespace, so a {kind} fault there would cut the host, not the service; run the cluster on its own network (as manifests/examples/etcd-net/etcd-net.yaml does)"
     )
 }
 

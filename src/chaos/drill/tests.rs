@@ -1430,7 +1430,7 @@ fn the_partition_drill_is_refused_against_the_host_networked_example() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(repo.join("chaos/etcd/partition-member.yaml"))
         .expect("shipped drill")
-        .replace("etcd-net.yaml", "etcd.yaml")
+        .replace("etcd-net/etcd-net.yaml", "etcd.yaml")
         .replace("cluster: etcd-net", "cluster: etcd")
         .replace("etcd-net", "etcd");
     let dir = TempDir::new();
