@@ -34,6 +34,8 @@ pub struct Steady {
     db: std::path::PathBuf,
     monitor: Monitor,
     http: reqwest::Client,
+    /// Where command probes run (the drill file's folder).
+    dir: std::path::PathBuf,
 }
 
 impl Steady {
@@ -42,6 +44,7 @@ impl Steady {
         cluster: Cluster,
         spec: SteadyState,
         db: std::path::PathBuf,
+        dir: std::path::PathBuf,
     ) -> Steady {
         Steady {
             docker,
@@ -50,6 +53,7 @@ impl Steady {
             db,
             monitor: Monitor::instant(),
             http: reqwest::Client::new(),
+            dir,
         }
     }
 
@@ -59,7 +63,7 @@ impl Steady {
             self.controller_view(&mut problems).await;
         }
         for probe in &self.spec.probes {
-            if let Err(why) = probe_once(&self.http, &self.cluster, probe).await {
+            if let Err(why) = probe_once(&self.http, &self.cluster, probe, &self.dir).await {
                 problems.push(format!("probe {}: {why}", probe.name));
             }
         }
@@ -134,6 +138,7 @@ pub async fn probe_once(
     http: &reqwest::Client,
     cluster: &Cluster,
     probe: &Probe,
+    dir: &std::path::Path,
 ) -> Result<(), String> {
     match &probe.kind {
         ProbeKind::Promql { query, tolerance } => {
@@ -173,15 +178,20 @@ pub async fn probe_once(
                 Err(format!("GET {url}: {} (wanted {status})", r.status()))
             }
         }
-        ProbeKind::Command { command, timeout } => run_command(command, *timeout).await,
+        ProbeKind::Command { command, timeout } => run_command(command, *timeout, dir).await,
     }
 }
 
 /// `sh -c COMMAND` in its own process group, killed as a group past `timeout`.
-pub async fn run_command(command: &str, timeout: Duration) -> Result<(), String> {
+pub async fn run_command(
+    command: &str,
+    timeout: Duration,
+    dir: &std::path::Path,
+) -> Result<(), String> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
+        .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -225,12 +235,14 @@ pub async fn run_command(command: &str, timeout: Duration) -> Result<(), String>
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[tokio::test]
     async fn a_command_probe_passes_on_exit_0_and_says_why_otherwise() {
-        assert!(run_command("true", Duration::from_secs(5)).await.is_ok());
-        let e = run_command("echo broken >&2; exit 3", Duration::from_secs(5))
+        assert!(run_command("true", Duration::from_secs(5), Path::new(".")).await.is_ok());
+        let e = run_command("echo broken >&2; exit 3", Duration::from_secs(5), Path::new("."))
             .await
             .unwrap_err();
         assert!(e.contains("broken") && e.contains('3'), "{e}");
@@ -242,6 +254,7 @@ mod tests {
         let e = run_command(
             &format!("sleep 30 & sleep 31; echo {marker}"),
             Duration::from_millis(300),
+            Path::new("."),
         )
         .await
         .unwrap_err();
