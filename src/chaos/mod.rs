@@ -14,5 +14,7 @@
 //! - `runner`: steady state, trials, timings from the ticket database's query API.
 //! - `journal` and `report`: the JSON journal of a run and its Markdown/SVG report.
 
+pub mod fault;
 pub mod journal;
+pub mod netfault;
 pub mod spec;

@@ -54,10 +54,7 @@ pub struct Probe {
 pub enum ProbeKind {
     /// An instant PromQL query against the cluster's Prometheus; every returned sample must
     /// be within the tolerance, and at least one must be returned.
-    Promql {
-        query: String,
-        tolerance: Tolerance,
-    },
+    Promql { query: String, tolerance: Tolerance },
     /// An HTTP GET (loopback or a container of the cluster) answering `status`.
     Http {
         url: String,
@@ -128,9 +125,16 @@ pub enum FaultKind {
     /// target's network namespace).
     Loss { probability: f64 },
     /// Limit egress to `rate` bits/s (tbf on every interface but `lo`).
-    Bandwidth { rate_bits: u64, burst_bytes: u64, latency: Duration },
+    Bandwidth {
+        rate_bits: u64,
+        burst_bytes: u64,
+        latency: Duration,
+    },
     /// Add `delay` (± `jitter`) to egress (netem; refused where the kernel lacks it).
-    Delay { delay: Duration, jitter: Option<Duration> },
+    Delay {
+        delay: Duration,
+        jitter: Option<Duration>,
+    },
     /// Drop all traffic between the target and each of these services, in both
     /// directions (rules in both namespaces).
     Partition { from: Vec<String> },
