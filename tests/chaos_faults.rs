@@ -193,6 +193,16 @@ async fn held_container_faults_are_applied_and_undone_idempotently() {
     assert!(!paused(&name) && running(&name));
     assert_eq!(env.state(a.ledger_id), FaultState::Undone);
     env.faults.undo(&a).await.unwrap();
+    // A container paused by someone else is refused: undoing the fault would unpause it.
+    docker_ok(&["pause", &name]);
+    let err = env
+        .faults
+        .inject(&run, 1, &t, &FaultKind::Pause)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FaultError::NotRunning { .. }), "{err}");
+    assert!(err.to_string().contains("paused"), "{err}");
+    docker_ok(&["unpause", &name]);
 
     // stop / start
     let a = env

@@ -335,6 +335,7 @@ struct Resolved {
     id: String,
     name: String,
     running: bool,
+    paused: bool,
     state: String,
     pid: u32,
     started_at: String,
@@ -348,6 +349,7 @@ fn resolve(c: ContainerInspectResponse, name: &str) -> Resolved {
         id: c.id.clone().unwrap_or_default(),
         name: name.to_string(),
         running: state.running == Some(true),
+        paused: state.paused == Some(true),
         state: state
             .status
             .map(|s| s.to_string())
@@ -488,7 +490,15 @@ impl Faults {
             .await?;
         let needs_process =
             matches!(kind, FaultKind::Freeze | FaultKind::CpuStress { .. }) || kind.is_network();
-        if needs_process && (!c.running || c.pid == 0) {
+        // A fault on a container in the wrong state would fail, or be undone by undoing
+        // someone else's pause: refused before anything is written.
+        let needs_running = needs_process
+            || matches!(
+                kind,
+                FaultKind::Kill { .. } | FaultKind::Stop | FaultKind::Pause
+            );
+        let needs_unpaused = matches!(kind, FaultKind::Pause | FaultKind::Freeze);
+        if (needs_running && (!c.running || c.pid == 0)) || (needs_unpaused && c.paused) {
             return Err(FaultError::NotRunning {
                 container: c.name.clone(),
                 kind: name,
