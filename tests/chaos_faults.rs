@@ -18,6 +18,7 @@ use common::{BUSYBOX_IMAGE, Cleanup, Fixture, TEST_LABEL, docker_ok, require_doc
 use operator::chaos::fault::{
     FaultError, FaultTarget, Faults, Holder, Undo, disk, procfs, recipe_of,
 };
+use operator::chaos::netfault;
 use operator::chaos::spec::FaultKind;
 use operator::tickets::{ChaosRun, FaultState, Store};
 
@@ -420,6 +421,70 @@ async fn cpu_stress_workers_join_the_containers_cgroup_and_undo_kills_them() {
     env.faults.undo(&a).await.unwrap();
     assert!(procfs::pids_with_marker(marker).is_empty());
     assert_eq!(env.state(a.ledger_id), FaultState::Undone);
+}
+
+#[tokio::test]
+async fn network_faults_are_planned_into_the_ledger_and_cleanup_takes_their_rules_back() {
+    let env = Env::new("chaos-net").await;
+    let a = env.container("a", &[]);
+    let b = env.container("b", &[]);
+    let run = env.run(&dead_holder());
+    let mut t = env.target("a");
+    t.peers = vec![operator::chaos::fault::Peer {
+        service: "b".into(),
+        container: b.clone(),
+    }];
+    let loss = env
+        .faults
+        .inject(&run, 1, &t, &FaultKind::Loss { probability: 1.0 })
+        .await
+        .unwrap();
+    let kind = FaultKind::Partition {
+        from: vec!["b".into()],
+    };
+    let part = env.faults.inject(&run, 1, &t, &kind).await.unwrap();
+    // The plan (every rule, in which namespace) is in the ledger row.
+    for f in [&loss, &part] {
+        let row = env.store.fault(f.ledger_id).unwrap().unwrap();
+        assert_eq!(row.state, FaultState::Applied);
+        let Undo::Net {
+            undo: Some(plan),
+            tag,
+            ..
+        } = recipe_of(&row).unwrap()
+        else {
+            panic!("{:?}", row.undo)
+        };
+        assert!(
+            tag.starts_with(netfault::TAG_PREFIX) && tag.ends_with(&format!("-{}", f.ledger_id))
+        );
+        assert_eq!(plan["tag"], tag.as_str());
+    }
+    let rules = |name: &str| {
+        let pid = main_pid(name);
+        async move { netfault::leftovers(pid).await.unwrap() }
+    };
+    assert!(!rules(&a).await.is_empty());
+    assert!(
+        !rules(&b).await.is_empty(),
+        "the partition's rules in the peer"
+    );
+
+    // The runner is gone: cleanup takes every rule back, in both namespaces.
+    let out = operator(
+        &["chaos", "cleanup", "--db", env.db().to_str().unwrap()],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(rules(&a).await.is_empty(), "{:?}", rules(&a).await);
+    assert!(rules(&b).await.is_empty(), "{:?}", rules(&b).await);
+    assert_eq!(env.state(loss.ledger_id), FaultState::Undone);
+    assert_eq!(env.state(part.ledger_id), FaultState::Undone);
 }
 
 #[tokio::test]

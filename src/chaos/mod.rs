@@ -10,12 +10,16 @@
 //!   written to the ledger (`tickets` schema 6: `chaos_runs`, `chaos_faults`) before it is
 //!   applied and marked undone after, so `operator chaos cleanup` and the controller's start
 //!   undo what a killed run left behind.
-//! - [`netfault`]: loss, bandwidth, delay, partition inside the target's network namespace.
+//! - [`netfault`]: the network half: loss, bandwidth, delay and partitions inside the
+//!   target's network namespace, each with a serializable undo record.
 //! - `canary`: the built-in workload (sequence-numbered writes, read back after recovery).
 //! - `runner`: steady state, trials, timings from the ticket database's query API.
 //! - `journal` and `report`: the JSON journal of a run and its Markdown/SVG report.
 
+pub mod canary;
 pub mod fault;
 pub mod journal;
 pub mod netfault;
+pub mod report;
 pub mod spec;
+pub mod steady;

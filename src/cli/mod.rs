@@ -321,6 +321,11 @@ pub struct RunArgs {
     /// above the manifests' `spec.agent.maxSessionTime` (10m by default).
     #[arg(long, default_value = "30m", value_parser = parse_positive_duration, value_name = "DUR")]
     pub agent_lease_timeout: Duration,
+    /// Repair nothing, whatever the manifests' policies say: drifts still open and close
+    /// tickets (closed as self-healed when they go away). What `operator chaos run
+    /// --baseline` measures the controller against.
+    #[arg(long)]
+    pub observe_only: bool,
     #[command(flatten)]
     pub agent: AgentArgs,
 }

@@ -55,7 +55,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .resync(args.resync)
         .workers(args.workers)
         .settle(args.settle)
-        .lease_timeout(args.agent_lease_timeout);
+        .lease_timeout(args.agent_lease_timeout)
+        .observe_only(args.observe_only);
     let journal = Journal::new(store.clone(), metrics.clone());
     // The agent needs the controller's desired state, and the controller its remediator.
     let controller_cell: Arc<std::sync::OnceLock<Controller>> = Arc::default();

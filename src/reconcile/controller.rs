@@ -74,6 +74,9 @@ pub struct ControllerConfig {
     /// it is repaired: a crash-looping process is up for a moment after every start.
     pub settle: Duration,
     pub limits: Limits,
+    /// Act on nothing, whatever the policies say: drifts open and close tickets, nothing
+    /// repairs them (what a chaos drill's `--baseline` compares the controller against).
+    pub observe_only: bool,
 }
 
 impl Default for ControllerConfig {
@@ -87,6 +90,7 @@ impl Default for ControllerConfig {
             lease_timeout: Duration::from_secs(30 * 60),
             settle: Duration::from_secs(3),
             limits: Limits::default(),
+            observe_only: false,
         }
     }
 }
@@ -109,6 +113,11 @@ impl ControllerConfig {
 
     pub fn lease_timeout(mut self, timeout: Duration) -> Self {
         self.lease_timeout = timeout;
+        self
+    }
+
+    pub fn observe_only(mut self, observe_only: bool) -> Self {
+        self.observe_only = observe_only;
         self
     }
 }
@@ -357,6 +366,9 @@ impl Shared {
     }
 
     pub fn remediator(&self, policy: Policy) -> Option<Arc<dyn Remediator>> {
+        if self.config.observe_only {
+            return None;
+        }
         match policy {
             Policy::Restart => Some(self.builtin.clone()),
             Policy::Observe => None,

@@ -45,7 +45,7 @@ use bollard::query_parameters::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::netfault::{self, NetFaultError, NetTarget, NetUndo};
+use super::netfault::{self, NetFaultError, NetPeer, NetTarget, NetUndo};
 use super::spec::FaultKind;
 use crate::docker::{
     DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_VALUE,
@@ -146,20 +146,7 @@ pub enum FaultError {
     Net {
         container: String,
         #[source]
-        source: NetFaultError,
-    },
-    #[error(
-        "network fault {ledger_id} ({kind}) on container {container:?}: its undo was never \
-         recorded (the run stopped while applying it); rules tagged {tag} may be left in the \
-         network namespace of pid {pid}{peers}"
-    )]
-    NetUndoMissing {
-        ledger_id: i64,
-        kind: String,
-        container: String,
-        tag: String,
-        pid: u32,
-        peers: String,
+        source: Box<NetFaultError>,
     },
     #[error("fault ledger: {0}")]
     Ledger(#[from] TicketError),
@@ -233,14 +220,13 @@ pub enum Undo {
     DeleteFile { path: PathBuf },
     /// Kill every process whose command line carries `marker` (`pids` as started).
     KillMarked { marker: String, pids: Vec<u32> },
-    /// A `chaos::netfault` fault: its own undo (a `NetUndo` as JSON) once applied.
+    /// A `chaos::netfault` fault: its plan (a `NetUndo` as JSON: every rule and qdisc it
+    /// adds, in which namespace), recorded before any of it is made. `None` only before the
+    /// plan exists, when nothing has been changed yet.
     Net {
         kind: String,
         container_id: String,
-        pid: u32,
-        pid_start: u64,
         tag: String,
-        peers: Vec<String>,
         undo: Option<serde_json::Value>,
     },
 }
@@ -629,10 +615,7 @@ impl Faults {
             | FaultKind::Partition { .. } => Undo::Net {
                 kind: name.to_string(),
                 container_id: c.id.clone(),
-                pid: c.pid,
-                pid_start,
                 tag: String::new(),
-                peers: peers.iter().map(|(p, _)| p.container.clone()).collect(),
                 undo: None,
             },
         };
@@ -673,7 +656,7 @@ impl Faults {
                 true
             }
             Undo::Net { tag, .. } => {
-                *tag = format!("operator-chaos-{planned}");
+                *tag = net_tag(run_id, planned);
                 true
             }
             _ => false,
@@ -681,7 +664,9 @@ impl Faults {
         if named {
             self.save_recipe(planned, &recipe).await?;
         }
-        let applied = self.apply(kind, target, &c, &peers, &mut recipe).await;
+        let applied = self
+            .apply(planned, kind, target, &c, &peers, &mut recipe)
+            .await;
         let now = Utc::now();
         match applied {
             Ok(()) => {
@@ -767,6 +752,7 @@ impl Faults {
 
     async fn apply(
         &self,
+        ledger_id: i64,
         kind: &FaultKind,
         target: &FaultTarget,
         c: &Resolved,
@@ -909,28 +895,27 @@ impl Faults {
                 let Undo::Net { tag, undo, .. } = recipe else {
                     unreachable!("network faults have a net recipe");
                 };
-                let net_target = NetTarget {
-                    pid: c.pid,
-                    peers: peers
-                        .iter()
-                        .map(|(p, r)| {
-                            (
-                                p.service.clone(),
-                                r.pid,
-                                addresses(&r.inspect, target.network.as_deref()),
-                            )
-                        })
-                        .collect(),
-                    ips: addresses(&c.inspect, target.network.as_deref()),
+                let peer = |service: &str, r: &Resolved| NetPeer {
+                    service: service.to_string(),
+                    pid: r.pid,
+                    ips: addresses(&r.inspect, None),
                 };
-                let net_undo = netfault::apply(&net_target, kind, tag)
-                    .await
-                    .map_err(|source| FaultError::Net {
-                        container: c.name.clone(),
-                        source,
-                    })?;
-                *undo = Some(serde_json::to_value(&net_undo).unwrap_or_default());
-                Ok(())
+                let net_target = NetTarget {
+                    service: target.service.clone(),
+                    pid: c.pid,
+                    ips: addresses(&c.inspect, None),
+                    peers: peers.iter().map(|(p, r)| peer(&p.service, r)).collect(),
+                };
+                let net = |source| FaultError::Net {
+                    container: c.name.clone(),
+                    source: Box::new(source),
+                };
+                // The plan changes nothing; it is in the ledger before anything is made.
+                let plan = netfault::plan(&net_target, kind, tag).await.map_err(net)?;
+                *undo = Some(serde_json::to_value(&plan).unwrap_or_default());
+                self.save_recipe(ledger_id, recipe).await?;
+                // On failure it takes back what it made itself.
+                netfault::apply_plan(&plan).await.map_err(net)
             }
         }
     }
@@ -1100,47 +1085,21 @@ impl Faults {
                 .await
             }
             Undo::Net {
-                kind,
-                container_id,
-                pid,
-                pid_start,
-                tag,
-                peers,
-                undo,
-            } => match undo {
-                Some(u) => {
-                    let u: NetUndo =
-                        serde_json::from_value(u.clone()).map_err(|source| FaultError::Recipe {
-                            ledger_id,
-                            recipe: u.to_string(),
-                            source,
-                        })?;
-                    netfault::undo(&u).await.map_err(|source| FaultError::Net {
-                        container: container_id.clone(),
-                        source,
-                    })
-                }
-                None => {
-                    // Rules only in the target's namespace went with its process; a
-                    // partition also has rules in the peers'.
-                    let same = procfs::start_ticks(*pid) == Some(*pid_start);
-                    if tag.is_empty() || (!same && peers.is_empty()) {
-                        return Ok(());
-                    }
-                    Err(FaultError::NetUndoMissing {
+                container_id, undo, ..
+            } => {
+                // No plan yet: nothing was changed.
+                let Some(u) = undo else { return Ok(()) };
+                let u: NetUndo =
+                    serde_json::from_value(u.clone()).map_err(|source| FaultError::Recipe {
                         ledger_id,
-                        kind: kind.clone(),
-                        container: container_id.clone(),
-                        tag: tag.clone(),
-                        pid: *pid,
-                        peers: if peers.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" and of containers {}", peers.join(", "))
-                        },
-                    })
-                }
-            },
+                        recipe: u.to_string(),
+                        source,
+                    })?;
+                netfault::undo(&u).await.map_err(|source| FaultError::Net {
+                    container: container_id.clone(),
+                    source: Box::new(source),
+                })
+            }
         }
     }
 
@@ -1211,6 +1170,22 @@ impl Faults {
     }
 }
 
+/// The tag (iptables comment, qdisc handle seed) of ledger row `ledger_id` of run `run_id`:
+/// unique across databases as the run id is.
+pub fn net_tag(run_id: &str, ledger_id: i64) -> String {
+    let run: String = run_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}-{run}-{ledger_id}", netfault::TAG_PREFIX)
+}
+
 /// The undo recipe stored in a ledger row.
 pub fn recipe_of(row: &FaultRow) -> Result<Undo, FaultError> {
     serde_json::from_value(row.undo.clone()).map_err(|source| FaultError::Recipe {
@@ -1255,10 +1230,7 @@ mod tests {
             Undo::Net {
                 kind: "loss".into(),
                 container_id: "abc".into(),
-                pid: 7,
-                pid_start: 99,
                 tag: "operator-chaos-3".into(),
-                peers: vec![],
                 undo: Some(serde_json::json!({"tag": "operator-chaos-3"})),
             },
         ];
@@ -1308,39 +1280,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_net_fault_without_a_recorded_undo_is_ok_only_once_its_namespace_is_gone() {
+    async fn a_net_fault_is_undone_from_its_plan_and_one_without_a_plan_changed_nothing() {
         let dir = std::env::temp_dir().join(format!("operator-fault-net-{}", std::process::id()));
         let docker = Docker::connect_with_defaults().unwrap();
         let store = Arc::new(Store::open(&dir.join("t.db")).unwrap());
         let faults = Faults::new(docker, store);
-        let me = Holder::current();
-        let recipe = |pid_start, peers: Vec<String>| Undo::Net {
+        let recipe = |undo| Undo::Net {
             kind: "loss".into(),
             container_id: "abc".into(),
-            pid: me.pid,
-            pid_start,
             tag: "operator-chaos-5".into(),
-            peers,
-            undo: None,
+            undo,
         };
-        let start = me.start.unwrap();
+        // Written before the plan: nothing was changed, nothing to undo.
+        faults.run_undo(5, &recipe(None)).await.unwrap();
+        // A plan that cannot be read is an error naming the row, never a silent success.
         let err = faults
-            .run_undo(5, &recipe(start, vec![]))
+            .run_undo(5, &recipe(Some(serde_json::json!({"tag": 1}))))
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("operator-chaos-5"), "{err}");
-        // Another process now (a reused pid): its namespace went with the old one.
-        faults
-            .run_undo(5, &recipe(start + 1, vec![]))
-            .await
-            .unwrap();
-        // Unless peers have rules of their own.
         assert!(
-            faults
-                .run_undo(5, &recipe(start + 1, vec!["peer".into()]))
-                .await
-                .is_err()
+            matches!(err, FaultError::Recipe { ledger_id: 5, .. }),
+            "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn net_tags_are_valid_and_unique_per_run_and_row() {
+        let tag = net_tag("20261201T031500Z-1a2b3c4d", 7);
+        assert_eq!(tag, "operator-chaos-20261201T031500Z-1a2b3c4d-7");
+        netfault::validate_tag(&tag).unwrap();
+        netfault::validate_tag(&net_tag("a run/with spaces", 1)).unwrap();
+        assert_ne!(net_tag("r1", 1), net_tag("r2", 1));
     }
 }
