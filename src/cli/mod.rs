@@ -3,6 +3,7 @@
 
 mod agent;
 mod audit;
+mod chaos;
 mod logging;
 mod reload;
 mod report;
@@ -33,6 +34,7 @@ Examples:
   operator tickets show 12                   one ticket with its timeline
   operator audit list --since 1d             what agent sessions ran, and the verdicts
   operator audit show SESSION                every step of one session: commands, results
+  operator chaos cleanup                     undo the faults a killed drill left behind
 
 The Docker engine is found through DOCKER_HOST or the default socket.";
 
@@ -88,6 +90,32 @@ pub enum Command {
     /// ticket, and one that dies frees it after --agent-claim-ttl) and runs the sessions.
     /// Only the controller re-checks and resolves. SIGINT/SIGTERM cancel a running session.
     Agent(AgentCommandArgs),
+    /// Chaos drills: break a managed cluster on purpose and undo every fault afterwards.
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChaosCommand {
+    /// Undo the faults drills left behind (a drill killed mid-fault), from the fault ledger
+    /// in the ticket database; each undone fault is printed.
+    ///
+    /// Only the faults of runs whose runner is gone (its pid and start time) are undone,
+    /// unless --force. Exit 1 if a fault could not be undone. The controller does the same
+    /// at its start.
+    #[command(after_help = "Examples:
+  operator chaos cleanup                 undo what dead drills left
+  operator chaos cleanup --force --json  also the faults of drills still running, as JSON")]
+    Cleanup {
+        /// Also undo the faults of runs whose runner still runs (or runs on another host).
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -416,6 +444,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Status(args) => report::status(args).await,
             Command::Tickets(command) => tickets::run(command),
             Command::Audit(command) => audit::run(command),
+            Command::Chaos(command) => chaos::run(command).await,
         }
     });
     match result {

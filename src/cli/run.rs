@@ -47,6 +47,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let store = Arc::new(crate::tickets::Store::open(&db)?);
     info!(db = %store.path().display(), "ticket store open");
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
+    // A drill killed mid-fault left its faults behind (a paused container, a fill file...):
+    // undone before the loop, so the controller does not start by "repairing" a fault that
+    // nobody will undo. Never fails the start.
+    super::chaos::undo_left_at_start(store.clone()).await;
     let config = ControllerConfig::default()
         .resync(args.resync)
         .workers(args.workers)

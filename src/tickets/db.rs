@@ -195,6 +195,11 @@ pub const MIGRATIONS: &[Migration] = &[
         adds: "the queue of agent session requests (`operator agent` dispatchers share it)",
         sql: super::requests::MIGRATION,
     },
+    Migration {
+        adds: "the fault ledger of chaos drills: runs and every fault they inject, undo recipe \
+               written before the fault is applied",
+        sql: super::chaos::MIGRATION,
+    },
 ];
 
 /// `$HOME/.operator/tickets.db`.

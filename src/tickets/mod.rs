@@ -17,9 +17,11 @@
 //! `db` opens the file and owns the migrations; `store` is the blocking SQL; `journal` is
 //! the async facade everyone else uses; `query` the read-only episode views; `audit` the
 //! agent's sessions, claims and approvals (with its own async facade, `AuditJournal`).
+//! `chaos` the fault ledger of chaos drills (runs, and every fault written before it is applied).
 
 mod audit;
 mod budget;
+mod chaos;
 mod db;
 mod journal;
 mod model;
@@ -34,6 +36,7 @@ pub use audit::{
     StopReason, Usage, Verdict, is_session_id,
 };
 pub use budget::Budget;
+pub use chaos::{ChaosRun, FaultRow, FaultState, NewFault};
 pub use db::{DEFAULT_DB, MIGRATIONS, Migration, default_path};
 pub use journal::{Journal, Recheck};
 pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
