@@ -22,5 +22,6 @@ pub mod fault;
 pub mod journal;
 pub mod netfault;
 pub mod report;
+pub mod runner;
 pub mod spec;
 pub mod steady;

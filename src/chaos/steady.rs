@@ -241,10 +241,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_probe_passes_on_exit_0_and_says_why_otherwise() {
-        assert!(run_command("true", Duration::from_secs(5), Path::new(".")).await.is_ok());
-        let e = run_command("echo broken >&2; exit 3", Duration::from_secs(5), Path::new("."))
-            .await
-            .unwrap_err();
+        assert!(
+            run_command("true", Duration::from_secs(5), Path::new("."))
+                .await
+                .is_ok()
+        );
+        let e = run_command(
+            "echo broken >&2; exit 3",
+            Duration::from_secs(5),
+            Path::new("."),
+        )
+        .await
+        .unwrap_err();
         assert!(e.contains("broken") && e.contains('3'), "{e}");
     }
 

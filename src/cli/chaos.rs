@@ -1,23 +1,34 @@
-//! `operator chaos ...`: chaos drills. For now `cleanup`, which undoes what a killed drill
-//! left behind; and the sweep the controller runs at its start.
+//! `operator chaos ...`: chaos drills. `run` a drill (progress on a terminal, the journal
+//! and report at the end), `validate` drill files, `report` and `list` past runs, and
+//! `cleanup`, which undoes what a killed drill left behind; and the sweep the controller
+//! runs at its start.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::chaos::fault::{FaultError, Faults, Sweep};
+use crate::chaos::journal::{Journal, Outcome, RunStatus};
+use crate::chaos::runner::{self, Event, RunConfig};
+use crate::chaos::spec::Drill;
+use crate::manifest::DesiredState;
 use crate::tickets::{FaultRow, Store};
 
-use super::{ChaosCommand, Failure, outln};
+use super::{ChaosCommand, ChaosRunArgs, Failure, outln};
 
 /// How long the engine handshake of a sweep may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(command: ChaosCommand) -> Result<ExitCode, Failure> {
     match command {
+        ChaosCommand::Run(args) => run_drill(args).await,
+        ChaosCommand::Validate { drills } => validate(&drills).await,
+        ChaosCommand::Report { dir, json } => report(&dir, json).await,
+        ChaosCommand::List { root, json, db } => list(root, &db.path(), json),
         ChaosCommand::Cleanup { force, json, db } => cleanup(&db.path(), force, json).await,
     }
 }
@@ -133,4 +144,273 @@ fn log_sweep(sweep: &Sweep) {
     for run in &sweep.ended_runs {
         warn!(run = %run, "chaos run marked interrupted: its runner is gone");
     }
+}
+
+/// Where a run's report goes by default: `chaos/RUN_ID` beside the database.
+fn report_root(db: &Path) -> PathBuf {
+    db.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+        .join("chaos")
+}
+
+fn load_drill(path: &Path) -> Result<(Drill, DesiredState), Failure> {
+    crate::chaos::drill::load_with_manifest(path, &crate::chaos::netfault::netem_available).map_err(
+        |d| {
+            let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+            Failure::new(format!(
+                "{}\n{} problem(s) in the drill {}",
+                lines.join("\n"),
+                d.len(),
+                path.display()
+            ))
+        },
+    )
+}
+
+pub async fn validate(paths: &[PathBuf]) -> Result<ExitCode, Failure> {
+    let mut failed = 0;
+    for path in paths {
+        match load_drill(path) {
+            Ok((drill, _)) => outln!(
+                "ok: drill {} ({}): {} fault(s) on cluster {}, {} trial(s), remediation {}",
+                drill.name,
+                path.display(),
+                drill.faults.len(),
+                drill.cluster,
+                drill.trials,
+                drill.remediation.as_str()
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}", e.message);
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Shows progress: a spinner line on a terminal, plain lines otherwise (never both).
+struct Shown {
+    bar: Option<indicatif::ProgressBar>,
+    last_waiting: std::sync::Mutex<Option<(Vec<String>, std::time::Instant)>>,
+}
+
+impl Shown {
+    fn new() -> Shown {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Shown {
+            bar,
+            last_waiting: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn event(&self, e: Event) {
+        match e {
+            Event::Note(text) => self.line(&text),
+            Event::Waiting { what, problems } => {
+                let first = problems.first().cloned().unwrap_or_default();
+                match &self.bar {
+                    Some(bar) => bar.set_message(format!("{what}: {first}")),
+                    None => {
+                        // Plain lines: only when what is wrong changes, or every 10 s.
+                        let mut last = self.last_waiting.lock().unwrap_or_else(|p| p.into_inner());
+                        let due = last.as_ref().is_none_or(|(p, at)| {
+                            *p != problems || at.elapsed() >= Duration::from_secs(10)
+                        });
+                        if due {
+                            eprintln!("waiting for {what}: {}", problems.join("; "));
+                            *last = Some((problems, std::time::Instant::now()));
+                        }
+                    }
+                }
+            }
+            Event::TrialDone(t) => {
+                let ms = |v: Option<u64>| {
+                    v.map(|v| format!("{:.1}s", v as f64 / 1000.0))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let lost = t
+                    .workload
+                    .as_ref()
+                    .map(|w| {
+                        format!(
+                            ", {} acknowledged write(s), {} lost",
+                            w.acknowledged, w.lost
+                        )
+                    })
+                    .unwrap_or_default();
+                self.line(&format!(
+                    "trial {} ({}): {} — detected {}, recovered {}{lost}",
+                    t.index,
+                    t.remediation,
+                    t.outcome.as_str(),
+                    ms(t.ttd_ms),
+                    ms(t.ttr_ms)
+                ));
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub async fn run_drill(args: ChaosRunArgs) -> Result<ExitCode, Failure> {
+    let (drill, desired) = load_drill(&args.drill)?;
+    let db = args.db.path();
+    let run_id = runner::run_id();
+    let report_dir = args
+        .report
+        .clone()
+        .unwrap_or_else(|| report_root(&db).join(&run_id));
+    let seed = args.seed.or(drill.seed).unwrap_or_else(runner::fresh_seed);
+    let trials = args.trials.unwrap_or(drill.trials);
+    let cfg = RunConfig {
+        drill,
+        desired,
+        db,
+        report_dir: report_dir.clone(),
+        run_id,
+        trials,
+        seed,
+        baseline: args.baseline,
+        operator_bin: std::env::current_exe()
+            .map_err(|e| Failure::new(format!("cannot find the operator binary: {e}")))?,
+        settle_timeout: args.settle_timeout,
+    };
+    let cancel = CancellationToken::new();
+    // Ctrl-C or SIGTERM: every fault is undone before the run ends; a second signal is only
+    // told so (leaving a fault behind is what this command never does).
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if cancel.is_cancelled() {
+                    eprintln!("still undoing the faults; the run ends when they are undone");
+                } else {
+                    eprintln!("interrupted: undoing every fault, then writing the journal");
+                    cancel.cancel();
+                }
+            }
+        });
+    }
+    let shown = Arc::new(Shown::new());
+    shown.line(&format!(
+        "drill {} on cluster {}: {} trial(s){}, seed {}, report {}",
+        cfg.drill.name,
+        cfg.drill.cluster,
+        cfg.trials,
+        if cfg.baseline {
+            " and as many under the baseline"
+        } else {
+            ""
+        },
+        cfg.seed,
+        report_dir.display()
+    ));
+    let progress: runner::Progress = {
+        let shown = shown.clone();
+        Arc::new(move |e| shown.event(e))
+    };
+    let (journal, error) = runner::run(cfg, cancel, progress).await;
+    shown.finish();
+    journal.write(&report_dir)?;
+    let rendered = crate::chaos::report::render(&journal, &report_dir);
+    let summary = crate::chaos::report::summary(&journal);
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"journal": journal, "summary": summary})
+            )?
+        );
+    } else {
+        match &rendered {
+            Ok(files) => {
+                for f in files {
+                    outln!("wrote {}", f.display());
+                }
+            }
+            Err(e) => eprintln!("error: the report could not be written: {e}"),
+        }
+        outln!("{summary}");
+    }
+    if let Some(e) = error {
+        return Err(Failure::new(e.to_string()));
+    }
+    let all_passed = !journal.trials.is_empty()
+        && journal.trials.iter().all(|t| t.outcome == Outcome::Pass)
+        && journal.status == RunStatus::Completed;
+    Ok(if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn report(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let journal = Journal::read(dir)?;
+    let folder = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        dir.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let files = crate::chaos::report::render(&journal, &folder)?;
+    let summary = crate::chaos::report::summary(&journal);
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        for f in files {
+            outln!("wrote {}", f.display());
+        }
+        outln!("{summary}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(root: Option<PathBuf>, db: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let root = root.unwrap_or_else(|| report_root(db));
+    let runs = crate::chaos::report::list_runs(&root);
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&runs)?);
+    } else {
+        use std::io::Write as _;
+        write!(
+            std::io::stdout().lock(),
+            "{}",
+            crate::chaos::report::render_list(&runs)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

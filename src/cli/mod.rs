@@ -97,6 +97,52 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ChaosCommand {
+    /// Run a drill: check the steady state, then per trial start the workload, inject the
+    /// faults, wait for recovery, and measure time to detect and to recover from the ticket
+    /// database. Writes journal.json, report.md and two SVG charts.
+    ///
+    /// Starts its own controller (`operator run MANIFEST`) when none owns the database, and
+    /// stops it at the end; otherwise uses the running one. Every fault is undone whatever
+    /// happens (Ctrl-C and SIGTERM included); a killed run is undone by `chaos cleanup` or
+    /// the next controller start. Exit 0 when every trial passed, 1 otherwise.
+    #[command(after_help = "Examples:
+  operator chaos run chaos/etcd/kill-member.yaml
+  operator chaos run chaos/etcd/kill-member.yaml --trials 5 --baseline   side by side with the engine alone
+  operator chaos run chaos/etcd/freeze-member.yaml --seed 42 --report /tmp/freeze
+  operator chaos run chaos/etcd/kill-member.yaml --json | jq .summary")]
+    Run(ChaosRunArgs),
+    /// Check drill files (and their manifests) without touching anything.
+    #[command(after_help = "Examples:
+  operator chaos validate chaos/etcd/*.yaml")]
+    Validate {
+        #[arg(required = true, value_name = "DRILL")]
+        drills: Vec<PathBuf>,
+    },
+    /// Render a run's report again from its journal (a report folder or its journal.json).
+    #[command(after_help = "Examples:
+  operator chaos report ~/.operator/chaos/20261201T101500Z-1a2b3c4d
+  operator chaos report ~/.operator/chaos/20261201T101500Z-1a2b3c4d --json   the summary as JSON")]
+    Report {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Print the summary (per remediation: success rate, TTD and TTR percentiles, lost
+        /// writes) as JSON instead of the file list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List past runs (newest first) from the report folders beside the database.
+    #[command(after_help = "Examples:
+  operator chaos list
+  operator chaos list --json | jq '.[0]'")]
+    List {
+        /// Where the runs' folders are [default: chaos/ beside the database].
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Undo the faults drills left behind (a drill killed mid-fault), from the fault ledger
     /// in the ticket database; each undone fault is printed.
     ///
@@ -116,6 +162,36 @@ pub enum ChaosCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosRunArgs {
+    /// The drill file.
+    #[arg(value_name = "DRILL")]
+    pub drill: PathBuf,
+    /// Trials per remediation [default: the drill's `trials`].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub trials: Option<u32>,
+    /// Seed for random targets [default: the drill's `seed`, else a fresh one, recorded].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// The run's report folder [default: chaos/RUN_ID beside the database].
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Also run every trial with the controller only observing and the engine's restart
+    /// policy (unless-stopped) on, and report both side by side. Needs the runner's own
+    /// controller: refused while another controller owns the database.
+    #[arg(long)]
+    pub baseline: bool,
+    /// How long the first look may wait for the cluster to become steady (a controller the
+    /// runner just started creates and starts it) before the run is refused.
+    #[arg(long, default_value = "90s", value_parser = parse_positive_duration, value_name = "DUR")]
+    pub settle_timeout: Duration,
+    /// Print the journal and the summary as JSON at the end.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Args)]

@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerInspectResponse, EndpointSettings, NetworkConnectRequest, NetworkDisconnectRequest,
+    ContainerInspectResponse, ContainerUpdateBody, EndpointSettings, NetworkConnectRequest,
+    NetworkDisconnectRequest, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     KillContainerOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
@@ -228,6 +229,12 @@ pub enum Undo {
         container_id: String,
         tag: String,
         undo: Option<serde_json::Value>,
+    },
+    /// Put back the restart policy the container had before a drill's baseline set the
+    /// engine's own (`unless-stopped`), if the container still exists.
+    RestartPolicy {
+        container_id: String,
+        previous: RestartPolicy,
     },
 }
 
@@ -951,9 +958,112 @@ impl Faults {
         result
     }
 
+    /// A drill's baseline: the engine restarts `target`'s container itself
+    /// (`unless-stopped`) while the controller only observes. Recorded in the ledger like a
+    /// fault (kind `engine-restart-policy`), so a killed run's change is put back by
+    /// `undo_left` like any fault; undone with [`Faults::undo`].
+    pub async fn engine_restarts(
+        &self,
+        run_id: &str,
+        target: &FaultTarget,
+    ) -> Result<Applied, FaultError> {
+        const KIND: &str = "engine-restart-policy";
+        let c = self
+            .resolve_owned(target, &target.service, &target.container, KIND)
+            .await?;
+        let previous = c
+            .inspect
+            .host_config
+            .as_ref()
+            .and_then(|h| h.restart_policy.clone())
+            .unwrap_or_default();
+        let recipe = Undo::RestartPolicy {
+            container_id: c.id.clone(),
+            previous,
+        };
+        let planned = {
+            let (run_id, service, id, cname) = (
+                run_id.to_string(),
+                target.service.clone(),
+                c.id.clone(),
+                c.name.clone(),
+            );
+            let undo = serde_json::to_value(&recipe).unwrap_or_default();
+            let params = serde_json::json!({"restartPolicy": "unless-stopped"});
+            self.ledger(move |s| {
+                s.fault_planned(
+                    &NewFault {
+                        run_id: &run_id,
+                        trial: 0,
+                        kind: KIND,
+                        service: &service,
+                        container_id: &id,
+                        container_name: &cname,
+                        params: &params,
+                        undo: &undo,
+                    },
+                    Utc::now(),
+                )
+            })
+            .await?
+        };
+        let policy = RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        };
+        let set = self.set_restart_policy(&c.id, policy).await;
+        let now = Utc::now();
+        match set {
+            Ok(()) => {
+                self.ledger(move |s| s.fault_applied(planned, now)).await?;
+                Ok(Applied {
+                    ledger_id: planned,
+                    kind: KIND,
+                    service: target.service.clone(),
+                    container_id: c.id.clone(),
+                    container_name: c.name.clone(),
+                    applied_at: now,
+                    instant: false,
+                    undo: recipe,
+                })
+            }
+            Err(e) => {
+                let why = e.to_string();
+                self.ledger(move |s| s.fault_apply_failed(planned, &why))
+                    .await?;
+                let _ = self.undo_row(planned, &recipe).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_restart_policy(&self, id: &str, policy: RestartPolicy) -> Result<(), FaultError> {
+        let body = ContainerUpdateBody {
+            restart_policy: Some(policy),
+            ..Default::default()
+        };
+        match call(
+            format!("update the restart policy of container {id}"),
+            CALL_LIMIT,
+            self.docker.update_container(id, body),
+        )
+        .await?
+        {
+            Answer::Ok(()) | Answer::NotFound => Ok(()),
+            Answer::Conflict(e) => Err(e),
+        }
+    }
+
     async fn run_undo(&self, ledger_id: i64, recipe: &Undo) -> Result<(), FaultError> {
         match recipe {
             Undo::Nothing => Ok(()),
+            Undo::RestartPolicy {
+                container_id,
+                previous,
+            } => {
+                self.set_restart_policy(container_id, previous.clone())
+                    .await
+            }
             Undo::Start { container_id } => {
                 let Some(c) = self.inspect(container_id).await? else {
                     return Ok(());

@@ -1,0 +1,1262 @@
+//! `operator chaos run`: trials of a drill against a cluster the controller manages.
+//!
+//! A run:
+//! 1. makes sure a controller manages the cluster: the one that owns the database (attached),
+//!    or one the runner starts itself (`operator run MANIFEST --db DB`), which it stops at
+//!    the end. `--baseline` needs the latter: the runner restarts it with `--observe-only`
+//!    and sets the engine's restart policy on the cluster's containers for the baseline
+//!    trials, then puts both back;
+//! 2. refuses to break a cluster that is not in its steady state, saying what is wrong;
+//! 3. per trial: starts the workload, injects each fault at its offset (written to the
+//!    ledger first), holds it, undoes it, waits for the steady state to hold again for the
+//!    drill's `hold`, reads the workload back, and reads what the controller did from the
+//!    ticket database (`Store::episodes`): detected, first action, resolved and by whom;
+//! 4. writes the journal after every trial and the report at the end.
+//!
+//! Every wait is bounded, and every fault is undone whatever happens: the fault tasks undo on
+//! cancellation (Ctrl-C, SIGTERM), and the ledger lets `operator chaos cleanup` or the next
+//! controller start undo what a killed runner left.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::manifest::{Cluster, DesiredState};
+use crate::tickets::{Ownership, Store, TicketError, TicketQuery};
+
+use super::canary::Canary;
+use super::fault::{Applied, FaultTarget, Faults, Holder, Peer};
+use super::journal::{
+    FaultRecord, Journal, Outcome, RunStatus, TicketRecord, Trial, WorkloadVerdict,
+};
+use super::spec::{Drill, FaultSpec, Remediation, Target, Workload};
+use super::steady::{Look, Steady};
+
+/// How long the first look may wait for a cluster that is settling (a controller the runner
+/// just started creates and starts it) before the run is refused as not steady.
+pub const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often the steady state is looked at while waiting for it.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// The workload runs this long before the first fault and after recovery.
+const WORKLOAD_MARGIN: Duration = Duration::from_secs(2);
+/// The most a controller the runner started may take to stop.
+const CONTROLLER_STOP: Duration = Duration::from_secs(70);
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub drill: Drill,
+    /// The drill's manifest, loaded.
+    pub desired: DesiredState,
+    pub db: PathBuf,
+    /// This run's report folder.
+    pub report_dir: PathBuf,
+    pub run_id: String,
+    pub trials: u32,
+    pub seed: u64,
+    /// Also run every trial under the baseline (controller observing, engine restarting).
+    pub baseline: bool,
+    /// The `operator` binary, to start a controller with.
+    pub operator_bin: PathBuf,
+    /// How long the first steady-state look may wait.
+    pub settle_timeout: Duration,
+}
+
+/// What the runner tells whoever shows progress.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A line worth printing as is.
+    Note(String),
+    /// Waiting: what for, and what is still wrong.
+    Waiting { what: String, problems: Vec<String> },
+    /// A trial is over.
+    TrialDone(Box<Trial>),
+}
+
+pub type Progress = Arc<dyn Fn(Event) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "the cluster {cluster} is not in its steady state, so the drill was not started:\n  - {}",
+        problems.join("\n  - ")
+    )]
+    NotSteady {
+        cluster: String,
+        problems: Vec<String>,
+    },
+    #[error(
+        "--baseline (and remediation: baseline) needs a controller the runner starts itself, but {holder} owns {db}: stop it, or run without --baseline"
+    )]
+    BaselineAttached { db: PathBuf, holder: String },
+    #[error("the drill's cluster {0} is not in its manifest")]
+    NoCluster(String),
+    #[error(transparent)]
+    Tickets(#[from] TicketError),
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
+    #[error("cannot start the controller ({bin}): {source}")]
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the controller the runner started exited ({status}); its log: {log}")]
+    ControllerDied { status: String, log: PathBuf },
+    #[error("{0}")]
+    Journal(#[from] super::journal::JournalError),
+    #[error("{0}")]
+    Fault(String),
+}
+
+/// Runs the drill; returns the journal, also when the run was interrupted or refused.
+pub async fn run(
+    cfg: RunConfig,
+    cancel: CancellationToken,
+    progress: Progress,
+) -> (Journal, Option<RunError>) {
+    let mut journal = Journal {
+        format: super::journal::FORMAT,
+        run_id: cfg.run_id.clone(),
+        drill: cfg.drill.name.clone(),
+        drill_file: cfg.drill.source.clone(),
+        drill_sha256: sha256_of(std::slice::from_ref(&cfg.drill.source)),
+        manifest_sha256: sha256_of(&manifest_files(&cfg.drill.manifest)),
+        cluster: cfg.drill.cluster.clone(),
+        operator_version: env!("CARGO_PKG_VERSION").to_string(),
+        engine_version: None,
+        seed: cfg.seed,
+        started_at: Utc::now(),
+        ended_at: None,
+        status: RunStatus::Running,
+        deviated: false,
+        reason: None,
+        trials: Vec::new(),
+    };
+    let result = Runner::new(&cfg, cancel.clone(), progress)
+        .await
+        .map(|r| (r, ()));
+    let error = match result {
+        Ok((mut runner, ())) => {
+            journal.engine_version = runner.engine_version.clone();
+            let e = runner.trials(&mut journal).await.err();
+            runner.finish().await;
+            e
+        }
+        Err(e) => Some(e),
+    };
+    journal.ended_at = Some(Utc::now());
+    journal.deviated = journal.trials.iter().any(|t| t.outcome == Outcome::Timeout);
+    journal.status = match &error {
+        _ if cancel.is_cancelled() => RunStatus::Interrupted,
+        Some(RunError::NotSteady { .. }) | Some(RunError::BaselineAttached { .. }) => {
+            RunStatus::Aborted
+        }
+        Some(_) => RunStatus::Failed,
+        None => RunStatus::Completed,
+    };
+    journal.reason = match (&error, cancel.is_cancelled()) {
+        (_, true) => Some("interrupted (SIGINT or SIGTERM); every fault was undone".into()),
+        (Some(e), _) => Some(e.to_string()),
+        (None, _) => None,
+    };
+    // The ledger's run row ends with the journal's status (a no-op if it was never recorded).
+    match Store::open(&cfg.db) {
+        Ok(store) => {
+            if let Err(e) = store.chaos_run_ended(&cfg.run_id, journal.status.as_str(), Utc::now())
+            {
+                warn!(error = %e, "cannot record the end of the chaos run");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot record the end of the chaos run"),
+    }
+    (journal, error)
+}
+
+/// A controller process the runner started (killed on drop if still running).
+struct OwnController {
+    child: tokio::process::Child,
+    log: PathBuf,
+    observe_only: bool,
+}
+
+struct Runner<'a> {
+    cfg: &'a RunConfig,
+    cancel: CancellationToken,
+    progress: Progress,
+    docker: bollard::Docker,
+    cluster: Cluster,
+    faults: Faults,
+    steady: Steady,
+    /// `None` while attached to the controller that owns the database.
+    controller: Option<OwnController>,
+    attached_to: Option<String>,
+    engine_version: Option<String>,
+    rng: SplitMix,
+}
+
+impl<'a> Runner<'a> {
+    async fn new(
+        cfg: &'a RunConfig,
+        cancel: CancellationToken,
+        progress: Progress,
+    ) -> Result<Runner<'a>, RunError> {
+        let cluster = cfg
+            .desired
+            .cluster(&cfg.drill.cluster)
+            .cloned()
+            .ok_or_else(|| RunError::NoCluster(cfg.drill.cluster.clone()))?;
+        let docker = crate::docker::connect(Duration::from_secs(15)).await?;
+        let engine_version = docker.version().await.ok().and_then(|v| v.version);
+        let store = Arc::new(Store::open(&cfg.db)?);
+        let faults = Faults::new(docker.clone(), store.clone());
+        let attached_to = match Ownership::acquire(&cfg.db) {
+            // Free: released at once, for the controller the runner starts.
+            Ok(ownership) => {
+                drop(ownership);
+                None
+            }
+            Err(TicketError::Owned { holder, .. }) => Some(holder),
+            Err(e) => return Err(e.into()),
+        };
+        let wants_baseline = cfg.baseline || cfg.drill.remediation == Remediation::Baseline;
+        if let (Some(holder), true) = (&attached_to, wants_baseline) {
+            return Err(RunError::BaselineAttached {
+                db: cfg.db.clone(),
+                holder: holder.clone(),
+            });
+        }
+        let steady = Steady::new(
+            docker.clone(),
+            cluster.clone(),
+            cfg.drill.steady_state.clone(),
+            cfg.db.clone(),
+            drill_dir(&cfg.drill),
+        );
+        let holder = Holder::current();
+        store.chaos_run_started(&crate::tickets::ChaosRun {
+            id: cfg.run_id.clone(),
+            drill: cfg.drill.name.clone(),
+            drill_file: cfg.drill.source.clone(),
+            cluster: cluster.name.clone(),
+            report_dir: cfg.report_dir.clone(),
+            holder: holder.name,
+            holder_pid: holder.pid,
+            holder_start: holder.start,
+            started_at: Utc::now(),
+            ended_at: None,
+            status: "running".into(),
+        })?;
+        Ok(Runner {
+            cfg,
+            cancel,
+            progress,
+            docker,
+            cluster,
+            faults,
+            steady,
+            controller: None,
+            attached_to,
+            engine_version,
+            rng: SplitMix(cfg.seed),
+        })
+    }
+
+    fn note(&self, text: String) {
+        info!("{text}");
+        (self.progress)(Event::Note(text));
+    }
+
+    /// Every phase's trials, in order.
+    async fn trials(&mut self, journal: &mut Journal) -> Result<(), RunError> {
+        let mut phases = vec![self.cfg.drill.remediation];
+        if self.cfg.baseline && self.cfg.drill.remediation != Remediation::Baseline {
+            phases.push(Remediation::Baseline);
+        }
+        for phase in phases {
+            self.controller_for(phase).await?;
+            let restored = if phase == Remediation::Baseline {
+                Some(self.engine_restarts().await?)
+            } else {
+                None
+            };
+            let result = self.phase(phase, journal).await;
+            if let Some(previous) = restored {
+                self.restore_restart_policies(previous).await;
+            }
+            result?;
+            if self.cancel.is_cancelled() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn phase(&mut self, phase: Remediation, journal: &mut Journal) -> Result<(), RunError> {
+        for index in 1..=self.cfg.trials {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            // The first look of a run may wait for a cluster that is settling; later ones
+            // wait for the last trial's recovery to finish settling too.
+            let first = journal.trials.is_empty();
+            let wait = if first {
+                self.cfg.settle_timeout
+            } else {
+                self.cfg.drill.recovery_timeout
+            };
+            let (look, _) = self
+                .wait_steady(wait, "the steady state before the trial")
+                .await;
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            if !look.holds() {
+                return Err(RunError::NotSteady {
+                    cluster: self.cluster.name.clone(),
+                    problems: look.problems,
+                });
+            }
+            let trial = self.trial(phase, index).await;
+            (self.progress)(Event::TrialDone(Box::new(trial.clone())));
+            journal.trials.push(trial);
+            journal.write(&self.cfg.report_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the steady state holds without a break for the drill's `hold`, at most
+    /// `timeout`. Returns the last look and when the holding window began.
+    async fn wait_steady(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+    ) -> (Look, Option<DateTime<Utc>>) {
+        let deadline = Instant::now() + timeout;
+        let hold = self.cfg.drill.steady_state.hold;
+        let mut since: Option<(Instant, DateTime<Utc>)> = None;
+        loop {
+            let look = tokio::select! {
+                look = self.steady.look() => look,
+                _ = self.cancel.cancelled() => return (Look { problems: vec!["interrupted".into()] }, None),
+            };
+            let now = Instant::now();
+            if look.holds() {
+                let (began, wall) = *since.get_or_insert((now, Utc::now()));
+                if now.duration_since(began) >= hold {
+                    return (look, Some(wall));
+                }
+            } else {
+                since = None;
+                (self.progress)(Event::Waiting {
+                    what: what.to_string(),
+                    problems: look.problems.clone(),
+                });
+            }
+            if now >= deadline {
+                // Holding, but not yet for `hold`: not recovered.
+                let problems = if look.holds() {
+                    vec![format!(
+                        "the steady state held, but not for {} s in a row",
+                        hold.as_secs()
+                    )]
+                } else {
+                    look.problems
+                };
+                return (Look { problems }, None);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = self.cancel.cancelled() => {}
+            }
+        }
+    }
+
+    /// Waits for the steady state to hold for the drill's `hold` at a moment when the
+    /// faults are `over`; at most `timeout` after they are. Returns the last look and when
+    /// the holding window began (it may have begun before the faults' nominal end).
+    async fn wait_recovery(
+        &mut self,
+        timeout: Duration,
+        over: &CancellationToken,
+        index: u32,
+        phase: Remediation,
+    ) -> (Look, Option<DateTime<Utc>>) {
+        let hold = self.cfg.drill.steady_state.hold;
+        let mut deadline: Option<Instant> = None;
+        let mut since: Option<(Instant, DateTime<Utc>)> = None;
+        loop {
+            let look = tokio::select! {
+                look = self.steady.look() => look,
+                _ = self.cancel.cancelled() => return (Look { problems: vec!["interrupted".into()] }, None),
+            };
+            let now = Instant::now();
+            if deadline.is_none() && over.is_cancelled() {
+                deadline = Some(now + timeout);
+                self.note(format!(
+                    "trial {index} ({}): faults over; waiting for the steady state (at most {} s)",
+                    phase.as_str(),
+                    timeout.as_secs()
+                ));
+            }
+            if look.holds() {
+                let (began, wall) = *since.get_or_insert((now, Utc::now()));
+                if over.is_cancelled() && now.duration_since(began) >= hold {
+                    return (look, Some(wall));
+                }
+            } else {
+                since = None;
+                (self.progress)(Event::Waiting {
+                    what: format!("trial {index} ({}): recovery", phase.as_str()),
+                    problems: look.problems.clone(),
+                });
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                let problems = if look.holds() {
+                    vec![format!(
+                        "the steady state held, but not for {} s in a row",
+                        hold.as_secs()
+                    )]
+                } else {
+                    look.problems
+                };
+                return (Look { problems }, None);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = self.cancel.cancelled() => {}
+            }
+        }
+    }
+
+    async fn trial(&mut self, phase: Remediation, index: u32) -> Trial {
+        let drill = &self.cfg.drill;
+        let mut notes = Vec::new();
+        let canary = match &drill.workload {
+            Some(Workload::EtcdCanary { endpoints, rate }) => {
+                let prefix = format!(
+                    "operator-canary/{}/{}-{index}/",
+                    self.cfg.run_id,
+                    phase.as_str()
+                );
+                let canary = Canary::start(endpoints.clone(), *rate, prefix);
+                tokio::time::sleep(WORKLOAD_MARGIN).await;
+                Some(canary)
+            }
+            _ => None,
+        };
+        let command = match &drill.workload {
+            Some(Workload::Command { command, timeout }) => {
+                Some(CommandWorkload::start(command, *timeout, &drill_dir(drill)))
+            }
+            _ => None,
+        };
+        let injected_at = Utc::now();
+        self.note(format!(
+            "trial {index} ({}): injecting {} fault(s)",
+            phase.as_str(),
+            drill.faults.len()
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        // Faults held "until the trial ends" (no duration) are undone once the recovery
+        // wait is over; the others by their own task.
+        let trial_end = CancellationToken::new();
+        let mut settled = Vec::new();
+        for (n, spec) in drill.faults.iter().enumerate() {
+            let targets = match self.targets(spec).await {
+                Ok(t) => t,
+                Err(e) => {
+                    notes.push(format!("fault {}: {e}", n + 1));
+                    continue;
+                }
+            };
+            for service in targets {
+                let target = self.fault_target(&service, spec);
+                let faults = self.faults.clone();
+                let cancel = self.cancel.clone();
+                let end = trial_end.clone();
+                let (run, spec) = (self.cfg.run_id.clone(), spec.clone());
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                settled.push(rx);
+                let trial_no = index;
+                tasks.spawn(async move {
+                    run_fault(faults, run, trial_no, target, spec, cancel, end, tx).await
+                });
+            }
+        }
+        // The faults are over once every timed one is (a dropped sender, from a task that
+        // ended early, counts as over). The steady state is watched from the injection on:
+        // a controller that repaired a fault before its nominal end recovered then.
+        let over = CancellationToken::new();
+        let over_at = Arc::new(std::sync::Mutex::new(None));
+        {
+            let (over, over_at) = (over.clone(), over_at.clone());
+            tokio::spawn(async move {
+                for rx in settled {
+                    let _ = rx.await;
+                }
+                *over_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Utc::now());
+                over.cancel();
+            });
+        }
+        let (look, recovered_at) = self
+            .wait_recovery(drill.recovery_timeout, &over, index, phase)
+            .await;
+        if recovered_at.is_none() && !self.cancel.is_cancelled() {
+            let at = over_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|t| t.format("%H:%M:%S").to_string())
+                .unwrap_or_else(|| "?".into());
+            notes.push(format!(
+                "not recovered within {} s of the faults' end ({at}): {}",
+                drill.recovery_timeout.as_secs(),
+                look.problems.join("; ")
+            ));
+        }
+        // Faults held to the trial's end go now; every fault task has ended after this.
+        trial_end.cancel();
+        let mut faults = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(record) => faults.push(record),
+                Err(e) => notes.push(format!("a fault task failed: {e}")),
+            }
+        }
+        faults.sort_by_key(|f| (f.injected_at, f.ledger_id));
+        let workload = match canary {
+            Some(canary) => {
+                tokio::time::sleep(WORKLOAD_MARGIN).await;
+                Some(canary.finish().await)
+            }
+            None => match command {
+                Some(c) => Some(c.finish().await),
+                None => None,
+            },
+        };
+        let tickets = match self.tickets_since(injected_at) {
+            Ok(t) => t,
+            Err(e) => {
+                notes.push(format!("the tickets cannot be read: {e}"));
+                Vec::new()
+            }
+        };
+        measure(
+            index,
+            phase,
+            faults,
+            injected_at,
+            recovered_at,
+            workload,
+            tickets,
+            notes,
+            self.cancel.is_cancelled(),
+        )
+    }
+
+    /// The services a fault hits (a query target is asked when the trial injects).
+    async fn targets(&mut self, spec: &FaultSpec) -> Result<Vec<String>, String> {
+        match &spec.target {
+            Target::Query {
+                promql,
+                service_label,
+                services,
+            } => {
+                let url = self
+                    .cluster
+                    .prometheus
+                    .url
+                    .clone()
+                    .ok_or("the cluster declares no Prometheus to ask")?;
+                let prometheus =
+                    crate::health::Prometheus::new(&url, self.cluster.prometheus.timeout)
+                        .map_err(|e| e.to_string())?;
+                let series = prometheus.query(promql).await.map_err(|e| e.to_string())?;
+                let mut hit = Vec::new();
+                for s in &series {
+                    let Some(value) = s.labels.get(service_label) else {
+                        continue;
+                    };
+                    let service = services.get(value).cloned().unwrap_or_else(|| {
+                        value
+                            .rsplit_once(':')
+                            .map_or(value.as_str(), |(host, _)| host)
+                            .to_string()
+                    });
+                    if self.cluster.service(&service).is_some() && !hit.contains(&service) {
+                        hit.push(service);
+                    }
+                }
+                if hit.is_empty() {
+                    return Err(format!(
+                        "the target query {promql} named no service of the cluster ({} sample(s))",
+                        series.len()
+                    ));
+                }
+                Ok(hit)
+            }
+            Target::Services { services } => Ok(services.clone()),
+            Target::Selector { labels } => {
+                let hit: Vec<String> = self
+                    .cluster
+                    .services
+                    .iter()
+                    .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+                    .map(|s| s.name.clone())
+                    .collect();
+                if hit.is_empty() {
+                    Err(format!("no service has the labels {labels:?}"))
+                } else {
+                    Ok(hit)
+                }
+            }
+            Target::Random { among, count } => {
+                let mut pool: Vec<String> = if among.is_empty() {
+                    self.cluster
+                        .services
+                        .iter()
+                        .map(|s| s.name.clone())
+                        .collect()
+                } else {
+                    among.clone()
+                };
+                let mut picked = Vec::new();
+                for _ in 0..(*count as usize).min(pool.len()) {
+                    let i = (self.rng.next() % pool.len() as u64) as usize;
+                    picked.push(pool.swap_remove(i));
+                }
+                Ok(picked)
+            }
+        }
+    }
+
+    fn fault_target(&self, service: &str, spec: &FaultSpec) -> FaultTarget {
+        // A service's container is named after it.
+        let peers = match &spec.kind {
+            super::spec::FaultKind::Partition { from } => from
+                .iter()
+                .map(|p| Peer {
+                    service: p.clone(),
+                    container: p.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        FaultTarget {
+            cluster: self.cluster.name.clone(),
+            service: service.to_string(),
+            container: service.to_string(),
+            network: Some(self.cluster.network.name.clone()),
+            peers,
+            stop_timeout: self.cluster.service(service).and_then(|s| s.stop_timeout),
+        }
+    }
+
+    fn tickets_since(&self, since: DateTime<Utc>) -> Result<Vec<TicketRecord>, TicketError> {
+        let store = Store::open_read_only(&self.cfg.db)?;
+        let episodes = store.episodes(&TicketQuery::since(since).cluster(&self.cluster.name))?;
+        let mut out = Vec::new();
+        for e in episodes {
+            let status = store
+                .get(e.ticket)?
+                .map(|t| t.status.as_str().to_string())
+                .unwrap_or_default();
+            out.push(TicketRecord {
+                id: e.ticket,
+                drift: e.drift.as_str().to_string(),
+                target: e.fingerprint.to_string(),
+                detected_at: e.detected_at,
+                first_action_at: e.first_action_at,
+                resolved_at: e.resolved_at,
+                resolved_by: e.resolved_by.map(|c| c.as_str().to_string()),
+                status,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes sure the controller for `phase` manages the cluster.
+    async fn controller_for(&mut self, phase: Remediation) -> Result<(), RunError> {
+        let observe_only = phase == Remediation::Baseline;
+        if let Some(holder) = &self.attached_to {
+            self.note(format!("using the running controller ({holder})"));
+            return Ok(());
+        }
+        if let Some(c) = &self.controller {
+            if c.observe_only == observe_only {
+                return Ok(());
+            }
+            self.stop_controller().await;
+        }
+        let log = self
+            .cfg
+            .report_dir
+            .join(format!("controller-{}.log", phase.as_str()));
+        std::fs::create_dir_all(&self.cfg.report_dir).map_err(|source| RunError::Spawn {
+            bin: self.cfg.report_dir.clone(),
+            source,
+        })?;
+        let file = std::fs::File::create(&log).map_err(|source| RunError::Spawn {
+            bin: log.clone(),
+            source,
+        })?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.operator_bin);
+        cmd.arg("run")
+            .arg(&self.cfg.drill.manifest)
+            .arg("--db")
+            .arg(&self.cfg.db)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--resync",
+                "5s",
+                "--log-format",
+                "json",
+            ]);
+        if observe_only {
+            cmd.arg("--observe-only");
+        }
+        // SAFETY: prctl is async-signal-safe; between fork and exec it only asks the kernel
+        // to SIGTERM the controller when the runner dies (even by SIGKILL), so a killed
+        // runner never leaves a controller of its own behind holding the database.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RunError::Spawn {
+                bin: self.cfg.operator_bin.clone(),
+                source,
+            })?;
+        self.note(format!(
+            "started a controller{} (pid {}; log {})",
+            if observe_only {
+                " that only observes"
+            } else {
+                ""
+            },
+            child.id().unwrap_or(0),
+            log.display()
+        ));
+        self.controller = Some(OwnController {
+            child,
+            log,
+            observe_only,
+        });
+        // It owns the database once it is up: wait for that, bounded, watching it live.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = &mut self.controller
+                && let Ok(Some(status)) = c.child.try_wait()
+            {
+                return Err(RunError::ControllerDied {
+                    status: status.to_string(),
+                    log: c.log.clone(),
+                });
+            }
+            if matches!(
+                Ownership::acquire(&self.cfg.db),
+                Err(TicketError::Owned { .. })
+            ) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let log = self
+                    .controller
+                    .as_ref()
+                    .map(|c| c.log.clone())
+                    .unwrap_or_default();
+                return Err(RunError::ControllerDied {
+                    status: "did not take the database within 30 s".into(),
+                    log,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop_controller(&mut self) {
+        let Some(mut c) = self.controller.take() else {
+            return;
+        };
+        if let Some(pid) = c.child.id() {
+            // SAFETY: signalling the child we started and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        match tokio::time::timeout(CONTROLLER_STOP, c.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                warn!(
+                    "the controller did not stop within {} s; killing it",
+                    CONTROLLER_STOP.as_secs()
+                );
+                let _ = c.child.kill().await;
+            }
+        }
+    }
+
+    /// Baseline: the engine restarts the cluster's containers itself. Returns each
+    /// container's previous policy, recorded in the ledger so a killed run is put back.
+    async fn engine_restarts(&mut self) -> Result<Vec<Applied>, RunError> {
+        let mut changed = Vec::new();
+        for service in &self.cluster.services {
+            let target = FaultTarget {
+                cluster: self.cluster.name.clone(),
+                service: service.name.clone(),
+                container: service.name.clone(),
+                ..Default::default()
+            };
+            match self.faults.engine_restarts(&self.cfg.run_id, &target).await {
+                Ok(applied) => changed.push(applied),
+                Err(e) => {
+                    self.restore_restart_policies(changed).await;
+                    return Err(RunError::Fault(e.to_string()));
+                }
+            }
+        }
+        self.note("baseline: the engine's restart policy (unless-stopped) is set on the cluster's containers".into());
+        Ok(changed)
+    }
+
+    async fn restore_restart_policies(&self, changed: Vec<Applied>) {
+        for applied in changed {
+            if let Err(e) = self.faults.undo(&applied).await {
+                warn!(error = %e, "cannot restore a container's restart policy");
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        self.stop_controller().await;
+        let _ = &self.docker;
+    }
+}
+
+/// One fault's life: wait for its offset, inject, hold, undo (also on cancellation).
+/// `settled` is sent once the fault no longer stands in the way of recovery: an instant fault
+/// once applied, a timed one once undone, one held to the trial's end once applied (it is
+/// undone when `trial_end` fires, after the recovery wait).
+#[allow(clippy::too_many_arguments)]
+async fn run_fault(
+    faults: Faults,
+    run: String,
+    trial: u32,
+    target: FaultTarget,
+    spec: FaultSpec,
+    cancel: CancellationToken,
+    trial_end: CancellationToken,
+    settled: tokio::sync::oneshot::Sender<()>,
+) -> FaultRecord {
+    let mut record = FaultRecord {
+        ledger_id: 0,
+        kind: spec.kind.name().to_string(),
+        service: target.service.clone(),
+        container: target.container.clone(),
+        params: serde_json::to_value(&spec.kind).unwrap_or_default(),
+        injected_at: None,
+        undone_at: None,
+        error: None,
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(spec.start) => {}
+        _ = cancel.cancelled() => return record,
+    }
+    let applied = match faults.inject(&run, trial, &target, &spec.kind).await {
+        Ok(applied) => applied,
+        Err(e) => {
+            record.error = Some(format!("not injected: {e}"));
+            return record;
+        }
+    };
+    record.ledger_id = applied.ledger_id;
+    record.injected_at = Some(Utc::now());
+    if spec.kind.is_instant() {
+        return record;
+    }
+    match spec.duration {
+        Some(hold) => {
+            tokio::select! {
+                _ = tokio::time::sleep(hold) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+        None => {
+            let _ = settled.send(());
+            tokio::select! {
+                _ = trial_end.cancelled() => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+    }
+    match faults.undo(&applied).await {
+        Ok(()) => record.undone_at = Some(Utc::now()),
+        Err(e) => record.error = Some(format!("not undone: {e}")),
+    }
+    record
+}
+
+/// The trial's figures from what was seen.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    index: u32,
+    phase: Remediation,
+    faults: Vec<FaultRecord>,
+    injected_at: DateTime<Utc>,
+    recovered_at: Option<DateTime<Utc>>,
+    workload: Option<WorkloadVerdict>,
+    tickets: Vec<TicketRecord>,
+    mut notes: Vec<String>,
+    interrupted: bool,
+) -> Trial {
+    let injected_at = faults
+        .iter()
+        .filter_map(|f| f.injected_at)
+        .min()
+        .unwrap_or(injected_at);
+    let detected_at = tickets.iter().map(|t| t.detected_at).min();
+    let first = tickets
+        .iter()
+        .filter_map(|t| t.first_action_at.map(|at| (at, t)))
+        .min_by_key(|(at, _)| *at);
+    let all_resolved = !tickets.is_empty() && tickets.iter().all(|t| t.resolved_at.is_some());
+    let last_resolved = tickets
+        .iter()
+        .filter_map(|t| t.resolved_at.map(|at| (at, t)))
+        .max_by_key(|(at, _)| *at);
+    let ms = |at: Option<DateTime<Utc>>| {
+        at.map(|at| (at - injected_at).num_milliseconds().max(0) as u64)
+    };
+    let fault_failed = faults.iter().any(|f| f.error.is_some());
+    if tickets.is_empty() && !interrupted {
+        notes.push("no ticket was opened: the controller did not detect the fault".into());
+    }
+    let outcome = if interrupted || recovered_at.is_none() {
+        Outcome::Timeout
+    } else if fault_failed || workload.as_ref().is_some_and(|w| !w.ok) {
+        Outcome::Fail
+    } else {
+        Outcome::Pass
+    };
+    if interrupted {
+        notes.push("interrupted; its faults were undone".into());
+    }
+    Trial {
+        index,
+        remediation: phase.as_str().to_string(),
+        faults,
+        injected_at,
+        detected_at,
+        first_action_at: first.map(|(at, _)| at),
+        first_actor: None,
+        recovered_at,
+        resolved_at: if all_resolved {
+            last_resolved.map(|(at, _)| at)
+        } else {
+            None
+        },
+        resolved_by: if all_resolved {
+            last_resolved.and_then(|(_, t)| t.resolved_by.clone())
+        } else {
+            None
+        },
+        ttd_ms: ms(detected_at),
+        ttr_ms: ms(recovered_at),
+        outcome,
+        workload,
+        tickets,
+        notes,
+    }
+}
+
+/// A `workload: {command}`: started before the faults, stopped after recovery.
+struct CommandWorkload {
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    stop: CancellationToken,
+}
+
+impl CommandWorkload {
+    fn start(command: &str, timeout: Duration, dir: &Path) -> CommandWorkload {
+        let stop = CancellationToken::new();
+        let (command, token, dir) = (command.to_string(), stop.clone(), dir.to_path_buf());
+        let task = tokio::spawn(async move {
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .current_dir(&dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot run sh: {e}"))?;
+            let pid = child.id();
+            tokio::select! {
+                status = child.wait() => {
+                    return match status {
+                        Ok(s) if s.success() => Ok(()),
+                        Ok(s) => Err(format!("`{command}` exited with {s} during the trial")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                }
+                _ = token.cancelled() => {}
+            }
+            if let Some(pid) = pid {
+                // SAFETY: the group this child leads; not reaped yet.
+                unsafe { libc::killpg(pid as i32, libc::SIGTERM) };
+            }
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(Ok(s)) if s.success() || s.code().is_none() => Ok(()),
+                Ok(Ok(s)) => Err(format!("`{command}` exited with {s} when stopped")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    Err(format!(
+                        "`{command}` did not stop within {} s of SIGTERM",
+                        timeout.as_secs()
+                    ))
+                }
+            }
+        });
+        CommandWorkload { task, stop }
+    }
+
+    async fn finish(self) -> WorkloadVerdict {
+        self.stop.cancel();
+        let result = self.task.await.unwrap_or_else(|e| Err(e.to_string()));
+        WorkloadVerdict {
+            kind: "command".into(),
+            attempted: 0,
+            acknowledged: 0,
+            lost: 0,
+            phantom: 0,
+            indeterminate: 0,
+            lost_examples: Vec::new(),
+            ok: result.is_ok(),
+            detail: result.err(),
+        }
+    }
+}
+
+/// Where a drill's commands run: its file's folder (as its `manifest` is resolved).
+pub fn drill_dir(drill: &Drill) -> PathBuf {
+    drill
+        .source
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A small seeded generator (SplitMix64): random targets are reproducible from the seed
+/// recorded in the journal, without a dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A seed for a run that was not given one.
+pub fn fresh_seed() -> u64 {
+    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64;
+    SplitMix(nanos ^ u64::from(std::process::id())).next()
+}
+
+/// A run's id: `{UTC timestamp}-{8 hex}`, as agent sessions are named.
+pub fn run_id() -> String {
+    format!(
+        "{}-{:08x}",
+        Utc::now().format("%Y%m%dT%H%M%SZ"),
+        fresh_seed() as u32
+    )
+}
+
+/// The manifest files a drill's `manifest` names (a file, or a folder's YAML files).
+fn manifest_files(path: &Path) -> Vec<PathBuf> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    }
+}
+
+fn sha256_of(files: &[PathBuf]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for f in files {
+        h.update(std::fs::read(f).unwrap_or_default());
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn ticket(id: i64, detected: i64, action: Option<i64>, resolved: Option<i64>) -> TicketRecord {
+        TicketRecord {
+            id,
+            drift: "stopped".into(),
+            target: format!("c/s{id}/stopped"),
+            detected_at: at(detected),
+            first_action_at: action.map(at),
+            resolved_at: resolved.map(at),
+            resolved_by: resolved.map(|_| "controller".into()),
+            status: if resolved.is_some() {
+                "resolved"
+            } else {
+                "open"
+            }
+            .into(),
+        }
+    }
+
+    fn fault(injected: i64) -> FaultRecord {
+        FaultRecord {
+            ledger_id: 1,
+            kind: "kill".into(),
+            service: "s".into(),
+            container: "c-s".into(),
+            params: serde_json::Value::Null,
+            injected_at: Some(at(injected)),
+            undone_at: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn times_are_measured_from_the_first_fault_to_the_first_ticket_and_the_recovery() {
+        let t = measure(
+            1,
+            Remediation::Controller,
+            vec![fault(10)],
+            at(9),
+            Some(at(25)),
+            None,
+            vec![
+                ticket(1, 12, Some(13), Some(24)),
+                ticket(2, 14, None, Some(26)),
+            ],
+            Vec::new(),
+            false,
+        );
+        assert_eq!(t.ttd_ms, Some(2000));
+        assert_eq!(t.ttr_ms, Some(15000));
+        assert_eq!(t.first_action_at, Some(at(13)));
+        assert_eq!(t.resolved_at, Some(at(26)));
+        assert_eq!(t.outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn no_recovery_is_a_timeout_and_lost_writes_or_a_failed_fault_a_failure() {
+        let t = measure(
+            1,
+            Remediation::Controller,
+            vec![fault(0)],
+            at(0),
+            None,
+            None,
+            vec![ticket(1, 1, None, None)],
+            vec![],
+            false,
+        );
+        assert_eq!(t.outcome, Outcome::Timeout);
+        assert_eq!(t.resolved_at, None, "an unresolved ticket: not resolved");
+        let lost = WorkloadVerdict {
+            kind: "etcd-canary".into(),
+            attempted: 10,
+            acknowledged: 10,
+            lost: 1,
+            phantom: 0,
+            indeterminate: 0,
+            lost_examples: vec![3],
+            ok: false,
+            detail: None,
+        };
+        let t = measure(
+            1,
+            Remediation::Controller,
+            vec![fault(0)],
+            at(0),
+            Some(at(5)),
+            Some(lost),
+            vec![],
+            vec![],
+            false,
+        );
+        assert_eq!(t.outcome, Outcome::Fail);
+        assert!(
+            t.notes.iter().any(|n| n.contains("no ticket")),
+            "{:?}",
+            t.notes
+        );
+        let mut broken = fault(0);
+        broken.error = Some("not undone: gone".into());
+        let t = measure(
+            1,
+            Remediation::Controller,
+            vec![broken],
+            at(0),
+            Some(at(5)),
+            None,
+            vec![ticket(1, 1, None, Some(2))],
+            vec![],
+            false,
+        );
+        assert_eq!(t.outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn the_seeded_picks_repeat_with_the_seed() {
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = SplitMix(42);
+                move |_| r.next()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = SplitMix(42);
+                move |_| r.next()
+            })
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map({
+                let mut r = SplitMix(43);
+                move |_| r.next()
+            })
+            .collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}
