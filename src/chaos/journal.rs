@@ -94,6 +94,10 @@ impl Outcome {
 pub struct Trial {
     /// 1-based, per remediation.
     pub index: u32,
+    /// Cut short by Ctrl-C or SIGTERM (its outcome is then `timeout`, its faults undone); not
+    /// counted as a deviation.
+    #[serde(default)]
+    pub interrupted: bool,
     /// `controller`, `agent` or `baseline`.
     pub remediation: String,
     pub faults: Vec<FaultRecord>,

@@ -458,6 +458,13 @@ fn trial_section(out: &mut String, t: &Trial) {
                  writes, or a fault could not be injected or undone (see below).\n"
             );
         }
+        Outcome::Timeout if t.interrupted => {
+            let _ = writeln!(
+                out,
+                "**Interrupted** (Ctrl-C or SIGTERM) before the steady state came back: not \
+                 measured, and not counted as a deviation.\n"
+            );
+        }
         Outcome::Timeout => {
             let _ = writeln!(
                 out,

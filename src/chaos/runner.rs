@@ -24,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::manifest::{Cluster, DesiredState};
 use crate::tickets::{Ownership, Store, TicketError, TicketQuery};
@@ -136,6 +136,11 @@ pub async fn run(
         reason: None,
         trials: Vec::new(),
     };
+    // Written at once, so a run killed before its first trial is still listed (and its
+    // status then read from the ledger, which `chaos cleanup` ends).
+    if let Err(e) = journal.write(&cfg.report_dir) {
+        return (journal, Some(e.into()));
+    }
     let result = Runner::new(&cfg, cancel.clone(), progress)
         .await
         .map(|r| (r, ()));
@@ -149,7 +154,10 @@ pub async fn run(
         Err(e) => Some(e),
     };
     journal.ended_at = Some(Utc::now());
-    journal.deviated = journal.trials.iter().any(|t| t.outcome == Outcome::Timeout);
+    journal.deviated = journal
+        .trials
+        .iter()
+        .any(|t| t.outcome == Outcome::Timeout && !t.interrupted);
     journal.status = match &error {
         _ if cancel.is_cancelled() => RunStatus::Interrupted,
         Some(RunError::NotSteady { .. }) | Some(RunError::BaselineAttached { .. }) => {
@@ -266,7 +274,7 @@ impl<'a> Runner<'a> {
     }
 
     fn note(&self, text: String) {
-        info!("{text}");
+        debug!("{text}");
         (self.progress)(Event::Note(text));
     }
 
@@ -873,6 +881,9 @@ async fn run_fault(
         _ = tokio::time::sleep(spec.start) => {}
         _ = cancel.cancelled() => return record,
     }
+    // Injected when the fault was asked for: the engine may report its effect (and the
+    // controller detect it) before the call returns.
+    let asked = Utc::now();
     let applied = match faults.inject(&run, trial, &target, &spec.kind).await {
         Ok(applied) => applied,
         Err(e) => {
@@ -881,8 +892,10 @@ async fn run_fault(
         }
     };
     record.ledger_id = applied.ledger_id;
-    record.injected_at = Some(Utc::now());
+    record.injected_at = Some(asked);
     if spec.kind.is_instant() {
+        // Nothing to undo: over once applied (the ledger marks it so too).
+        record.undone_at = Some(applied.applied_at);
         return record;
     }
     match spec.duration {
@@ -954,6 +967,7 @@ fn measure(
     }
     Trial {
         index,
+        interrupted,
         remediation: phase.as_str().to_string(),
         faults,
         injected_at,

@@ -401,7 +401,25 @@ pub async fn report(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
 
 pub fn list(root: Option<PathBuf>, db: &Path, json: bool) -> Result<ExitCode, Failure> {
     let root = root.unwrap_or_else(|| report_root(db));
-    let runs = crate::chaos::report::list_runs(&root);
+    let mut runs = crate::chaos::report::list_runs(&root);
+    // A run killed mid-way left its journal saying `running`; the ledger knows better once
+    // `chaos cleanup` (or a controller start) ended it.
+    if db.exists()
+        && let Ok(store) = Store::open_read_only(db)
+    {
+        for listing in &mut runs {
+            if let crate::chaos::report::ListedRun::Readable(info) = &mut listing.run
+                && info.status == RunStatus::Running
+                && let Ok(Some(row)) = store.chaos_run(&listing.run_id)
+                && row.ended_at.is_some()
+                && let Ok(status) =
+                    serde_json::from_value::<RunStatus>(serde_json::Value::String(row.status))
+            {
+                info.status = status;
+                info.ended_at = row.ended_at;
+            }
+        }
+    }
     if json {
         outln!("{}", serde_json::to_string_pretty(&runs)?);
     } else {

@@ -73,6 +73,7 @@ fn trial(
     let after = |d: Option<u64>| d.map(|d| at(start + d as i64));
     Trial {
         index,
+        interrupted: false,
         remediation: remediation.into(),
         faults: vec![fault(index as i64, start, Some(start + 500))],
         injected_at: at(start),
