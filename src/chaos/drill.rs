@@ -79,6 +79,9 @@ const KINDS: &[&str] = &[
     "cpu-stress",
 ];
 
+/// `duration: trial`: the fault is held until its trial ends.
+pub const HELD_FOR_THE_TRIAL: &str = "trial";
+
 /// The parameters each kind takes (besides target, kind, start and duration).
 fn params_of(kind: &str) -> &'static [&'static str] {
     match kind {
@@ -738,12 +741,15 @@ impl Validator<'_> {
                 self.error(
                     field,
                     format!(
-                        "kind {kind_name} needs a duration: how long the fault is held before it is undone (e.g. duration: 20s)"
+                        "kind {kind_name} needs a duration: how long the fault is held before it is undone (e.g. duration: 20s), or `trial` to hold it until the trial ends"
                     ),
                 );
                 ok = false;
                 None
             }
+            // Held until the trial ends (recovered, or its recovery timeout spent): how a
+            // drill asks whether the controller repairs the fault itself.
+            (Some(Text(t)), false) if t == HELD_FOR_THE_TRIAL => None,
             (Some(_), false) => Some(self.positive(
                 &format!("{field}.duration"),
                 raw.duration.clone(),
