@@ -542,3 +542,130 @@ fn a_cluster_out_of_its_steady_state_is_not_broken_and_a_bad_drill_names_its_lin
         "no file:line for the bad field: {all}"
     );
 }
+
+/// The rules and qdiscs a chaos run leaves in a container's network namespace.
+fn net_leftovers(container: &str) -> String {
+    let pid = inspect(container, None)
+        .and_then(|c| c["State"]["Pid"].as_i64())
+        .unwrap_or(0);
+    assert!(pid > 0, "{container} is not running");
+    let run = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n"])
+            .args(args)
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let rules: Vec<String> = run(&["iptables", "-S"])
+        .lines()
+        .filter(|l| l.contains("operator-chaos"))
+        .map(str::to_string)
+        .collect();
+    let qdiscs: Vec<String> = run(&["tc", "qdisc", "show"])
+        .lines()
+        .filter(|l| l.contains("tbf") || l.contains("netem"))
+        .map(str::to_string)
+        .collect();
+    [rules, qdiscs].concat().join("\n")
+}
+
+#[test]
+fn sigint_mid_partition_loss_and_bandwidth_leaves_no_rule_and_no_qdisc() {
+    require_docker();
+    let cluster = unique("chaosnet");
+    let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
+    let dir = TempDir::new(&cluster);
+    let services: String = ["a", "b", "c"]
+        .iter()
+        .map(|s| {
+            format!(
+                "    - name: {cluster}-{s}\n      image: {}\n      command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n",
+                common::BUSYBOX_IMAGE
+            )
+        })
+        .collect();
+    dir.write(
+        "cluster.yaml",
+        &common::cluster_yaml(&cluster, &services).replace(
+            "spec:\n",
+            &format!("spec:\n  network: {{name: {cluster}, internal: true}}\n"),
+        ),
+    );
+    let drill = dir.write(
+        "net.yaml",
+        &format!(
+            r#"apiVersion: operator/v1
+kind: Drill
+metadata: {{name: net}}
+spec:
+  manifest: cluster.yaml
+  steadyState: {{hold: 1s}}
+  faults:
+    - target: {{service: {cluster}-a}}
+      kind: partition
+      from: [{cluster}-b]
+      duration: 5m
+    - target: {{service: {cluster}-c}}
+      kind: loss
+      probability: 0.5
+      duration: 5m
+    - target: {{service: {cluster}-b}}
+      kind: bandwidth
+      rate: 1mbit
+      duration: 5m
+  recoveryTimeout: 30s
+"#
+        ),
+    );
+    let db = dir.path().join("tickets.db");
+    let report = dir.path().join("report");
+    let log = dir.path().join("runner.log");
+    let mut child = Command::new(operator_bin())
+        .args(["chaos", "run"])
+        .arg(&drill)
+        .arg("--db")
+        .arg(&db)
+        .arg("--report")
+        .arg(&report)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start operator chaos run");
+    let name = |s: &str| format!("{cluster}-{s}");
+    let all_held = || {
+        ["a", "b", "c"]
+            .iter()
+            .all(|s| inspect(&name(s), None).is_some_and(|c| c["State"]["Running"] == true))
+            && net_leftovers(&name("a")).contains("DROP")
+            && net_leftovers(&name("b")).contains("tbf")
+            && net_leftovers(&name("c")).contains("statistic")
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), all_held),
+        "the faults were never all applied; runner:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let code = signal_and_wait(&mut child, libc::SIGINT, Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(1),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    for s in ["a", "b", "c"] {
+        let left = net_leftovers(&name(s));
+        assert!(left.is_empty(), "{} still has: {left}", name(s));
+    }
+    let j = journal(&report);
+    assert_eq!(j["status"], "interrupted", "{j:#}");
+    let faults = j["trials"][0]["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 3, "{faults:#?}");
+    assert!(
+        faults
+            .iter()
+            .all(|f| f["undone_at"].is_string() && f["error"].is_null()),
+        "{faults:#?}"
+    );
+}
