@@ -40,8 +40,7 @@ use bollard::models::{
     NetworkDisconnectRequest, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    KillContainerOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -481,8 +480,10 @@ impl Faults {
         let c = self
             .resolve_owned(target, &target.service, &target.container, name)
             .await?;
-        let needs_process =
-            matches!(kind, FaultKind::Freeze | FaultKind::CpuStress { .. }) || kind.is_network();
+        let needs_process = matches!(
+            kind,
+            FaultKind::Kill { .. } | FaultKind::Freeze | FaultKind::CpuStress { .. }
+        ) || kind.is_network();
         // A fault on a container in the wrong state would fail, or be undone by undoing
         // someone else's pause: refused before anything is written.
         let needs_running = needs_process
@@ -777,17 +778,19 @@ impl Faults {
             .stop_timeout
             .map(|t| i32::try_from(t.as_secs()).unwrap_or(i32::MAX));
         match kind {
+            // To the main process, as a crash would: the engine takes a kill through its
+            // API for a stop by hand, after which no restart policy restarts the container,
+            // so a drill's baseline would measure the API, not the engine's recovery.
             FaultKind::Kill { signal } => {
-                let options = KillContainerOptionsBuilder::default()
-                    .signal(signal)
-                    .build();
-                call(
-                    format!("send {signal} to container {}", c.name),
-                    CALL_LIMIT,
-                    self.docker.kill_container(id, Some(options)),
-                )
-                .await?
-                .required(gone)
+                let number =
+                    procfs::signal_number(signal).ok_or_else(|| FaultError::Unsupported {
+                        kind: "kill",
+                        reason: format!("unknown signal {signal}"),
+                    })?;
+                procfs::signal(c.pid, number).map_err(FaultError::io(format!(
+                    "send {signal} to pid {} of container {}",
+                    c.pid, c.name
+                )))
             }
             FaultKind::Stop => {
                 let mut options = StopContainerOptionsBuilder::default();

@@ -86,6 +86,60 @@ pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The number of a signal as a drill writes it: `SIGKILL` (the canonical form the drill
+/// parser produces, `SIG` and upper case), `SIGRTMIN+3`, or a number.
+pub fn signal_number(name: &str) -> Option<libc::c_int> {
+    if let Ok(n) = name.parse::<libc::c_int>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let bare = name.strip_prefix("SIG").unwrap_or(name);
+    let rt = |base: libc::c_int, rest: &str, sign: libc::c_int| {
+        rest.parse::<libc::c_int>().ok().map(|n| base + sign * n)
+    };
+    if let Some(rest) = bare.strip_prefix("RTMIN+") {
+        return rt(libc::SIGRTMIN(), rest, 1);
+    }
+    if let Some(rest) = bare.strip_prefix("RTMAX-") {
+        return rt(libc::SIGRTMAX(), rest, -1);
+    }
+    Some(match bare {
+        "ABRT" | "IOT" => libc::SIGABRT,
+        "ALRM" => libc::SIGALRM,
+        "BUS" => libc::SIGBUS,
+        "CHLD" | "CLD" => libc::SIGCHLD,
+        "CONT" => libc::SIGCONT,
+        "FPE" => libc::SIGFPE,
+        "HUP" => libc::SIGHUP,
+        "ILL" => libc::SIGILL,
+        "INT" => libc::SIGINT,
+        "IO" | "POLL" => libc::SIGIO,
+        "KILL" => libc::SIGKILL,
+        "PIPE" => libc::SIGPIPE,
+        "PROF" => libc::SIGPROF,
+        "PWR" => libc::SIGPWR,
+        "QUIT" => libc::SIGQUIT,
+        "SEGV" => libc::SIGSEGV,
+        "STKFLT" => libc::SIGSTKFLT,
+        "STOP" => libc::SIGSTOP,
+        "SYS" => libc::SIGSYS,
+        "TERM" => libc::SIGTERM,
+        "TRAP" => libc::SIGTRAP,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "URG" => libc::SIGURG,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "VTALRM" => libc::SIGVTALRM,
+        "WINCH" => libc::SIGWINCH,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "RTMIN" => libc::SIGRTMIN(),
+        "RTMAX" => libc::SIGRTMAX(),
+        _ => return None,
+    })
+}
+
 /// Every pid in `/proc` whose command line contains `marker`.
 pub fn pids_with_marker(marker: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -156,6 +210,19 @@ fn liveness_on(run: &ChaosRun, here: &str, running_since: Option<u64>) -> Livene
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn signal_names_as_the_drill_writes_them_map_to_their_numbers() {
+        assert_eq!(signal_number("SIGKILL"), Some(libc::SIGKILL));
+        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("SIGRTMIN+3"), Some(libc::SIGRTMIN() + 3));
+        assert_eq!(signal_number("SIGRTMAX-1"), Some(libc::SIGRTMAX() - 1));
+        assert_eq!(signal_number("SIGNOPE"), None);
+        assert_eq!(signal_number("0"), None);
+        assert_eq!(signal_number("65"), None);
+    }
+
     use super::*;
 
     #[test]
