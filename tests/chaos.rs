@@ -269,25 +269,38 @@ fn the_kill_member_drill_passes_twice_and_every_acknowledged_write_is_read_back(
         "  trials: 2\n",
     );
     let report = etcd.report("report");
-    let out = etcd.run(&drill, &report, &[]);
+    // With the baseline: the same trials with the controller only observing and the
+    // engine's restart policy on.
+    let out = etcd.run(&drill, &report, &["--baseline"]);
     assert!(out.status.success(), "{}", text(&out));
 
     let j = journal(&report);
     assert_eq!(j["status"], "completed", "{j:#}");
     assert_eq!(j["deviated"], false);
     let trials = j["trials"].as_array().unwrap();
-    assert_eq!(trials.len(), 2, "{j:#}");
+    let by = |r: &str| trials.iter().filter(|t| t["remediation"] == r).count();
+    assert_eq!((by("controller"), by("baseline")), (2, 2), "{j:#}");
     for t in trials {
         assert_eq!(t["outcome"], "pass", "{t:#}");
-        // Detected and recovered, with the controller's ticket resolved by the controller.
+        // Detected and recovered: by the controller's restart, or by the engine's while the
+        // controller only watched (its ticket then closes as self-healed).
         assert!(t["ttd_ms"].as_u64().is_some(), "{t:#}");
         assert!(t["ttr_ms"].as_u64().is_some(), "{t:#}");
+        let cause = if t["remediation"] == "controller" {
+            "controller"
+        } else {
+            "self-healed"
+        };
         assert!(
             t["tickets"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|k| k["drift"] == "stopped" && k["resolved_by"] == "controller"),
+                // The stopped family: the engine's restarts make it `crash-looping`.
+                .any(|k| k["target"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("/stopped"))
+                    && k["resolved_by"] == cause),
             "{t:#}"
         );
         let w = &t["workload"];
@@ -298,11 +311,17 @@ fn the_kill_member_drill_passes_twice_and_every_acknowledged_write_is_read_back(
         assert_eq!(w["ok"], true, "{w:#}");
         assert_eq!(t["faults"][0]["kind"], "kill");
     }
-    // The member came back and rejoined.
+    // The member came back and rejoined, and the baseline's restart policies are gone.
     assert!(common::operator::is_running(&etcd.member(1), None));
+    for i in 0..3 {
+        let policy =
+            inspect(&etcd.member(i), None).unwrap()["HostConfig"]["RestartPolicy"]["Name"].clone();
+        assert_eq!(policy, "no", "{}", etcd.member(i));
+    }
     // The report and its charts, rendered from the journal.
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("controller #2: pass"), "{md}");
+    assert!(md.contains("baseline #2: pass"), "{md}");
     for svg in ["timeline.svg", "distribution.svg"] {
         let s = std::fs::read_to_string(report.join(svg)).unwrap();
         assert!(s.starts_with("<svg"), "{svg}");
