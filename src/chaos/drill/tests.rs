@@ -525,6 +525,17 @@ fn a_held_kind_needs_a_duration_and_an_instant_one_refuses_it() {
         "",
     ));
     assert_one(&d, 11, "spec.faults[0].start", &["\"soon\""]);
+    // `trial`: held until the trial ends (no duration of its own).
+    let drill = ok(&drill_text(
+        &fault("      kind: pause\n      duration: trial\n"),
+        "",
+    ));
+    assert_eq!(drill.faults[0].duration, None);
+    let d = errors(&drill_text(
+        &fault("      kind: kill\n      duration: trial\n"),
+        "",
+    ));
+    assert_one(&d, 11, "spec.faults[0].duration", &["kill is instant"]);
 }
 
 #[test]
