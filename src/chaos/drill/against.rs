@@ -78,7 +78,7 @@ pub(super) fn check(
                     v.error(
                         &format!("{field}.kind"),
                         format!(
-                            "delay needs the kernel's netem qdisc (sch_netem), which this machine lacks: {why}. The drill is valid; run it where netem is available"
+                            "delay cannot run on this machine: {why}. The drill is otherwise valid: run it where netem is available"
                         ),
                     );
                 }
