@@ -9,8 +9,9 @@
 #          whose volume is a folder on the host's disk: it would fill this machine's disk)
 #
 # Creates the example clusters (manifests/examples/etcd.yaml on loopback ports 23791-23803
-# and 19090, manifests/examples/etcd-net/etcd-net.yaml on its internal network) if they are
-# not there, and removes them with their volumes at the end. Uses a database of its own;
+# and 19090, manifests/examples/etcd-net/etcd-net.yaml on its internal network) and removes
+# them with their volumes at the end; example containers already there are used as they are
+# and left in place. Uses a database of its own;
 # the reports stay in the folder it prints. Needs a Docker engine, the local images
 # (scripts/setup.sh) and root (freeze and network faults go through /proc and nsenter).
 set -euo pipefail
@@ -31,7 +32,13 @@ if [[ -z ${OPERATOR:-} ]]; then
 fi
 bin=${OPERATOR:-target/debug/operator}
 work=$(mktemp -d /tmp/operator-chaos-figures.XXXXXX)
+# Example clusters that were here before are a user's: used as they are, never removed.
+existing=$(docker ps -a --format '{{.Names}}' | grep -xE 'etcd[0-2]|etcd-prometheus|etcd-net[0-2]' || true)
+if [[ -n $existing ]]; then
+  echo "using the example containers already here (left in place afterwards): $(echo $existing)" >&2
+fi
 cleanup() {
+  [[ -z $existing ]] || return 0
   for c in etcd0 etcd1 etcd2 etcd-prometheus etcd-net0 etcd-net1 etcd-net2; do
     docker rm -f "$c" >/dev/null 2>&1 || true
   done
@@ -44,7 +51,11 @@ printf '%-20s %-10s %-7s %-22s %-22s %s\n' DRILL SIDE PASSED 'TTD p50/p95/max' '
 for drill in "${drills[@]}"; do
   name=$(basename "$drill" .yaml)
   report="$work/$name"
-  "$bin" chaos run "$drill" --baseline --db "$work/tickets.db" --report "$report" >"$work/$name.out" 2>"$work/$name.err" || true
+  # A database per drill: each starts with fresh restart budgets (one drill's repairs of a
+  # member would otherwise count against the next one's, and the controller would rightly
+  # escalate instead of repairing).
+  mkdir -p "$report"
+  "$bin" chaos run "$drill" --baseline --db "$report/tickets.db" --report "$report" >"$work/$name.out" 2>"$work/$name.err" || true
   if [[ ! -f $report/journal.json ]]; then
     echo "$name: no journal (see $work/$name.err)"
     continue

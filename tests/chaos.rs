@@ -284,8 +284,18 @@ fn the_kill_member_drill_passes_twice_and_every_acknowledged_write_is_read_back(
         assert_eq!(t["outcome"], "pass", "{t:#}");
         // Detected and recovered: by the controller's restart, or by the engine's while the
         // controller only watched (its ticket then closes as self-healed).
-        assert!(t["ttd_ms"].as_u64().is_some(), "{t:#}");
-        assert!(t["ttr_ms"].as_u64().is_some(), "{t:#}");
+        let (ttd, ttr) = (t["ttd_ms"].as_u64(), t["ttr_ms"].as_u64());
+        assert!(ttd.is_some() && ttr.is_some(), "{t:#}");
+        // Recovery comes after detection, both after the injection (never clamped to 0).
+        assert!(ttr > ttd, "{t:#}");
+        assert!(
+            t["recovered_at"].as_str().unwrap() > t["injected_at"].as_str().unwrap(),
+            "{t:#}"
+        );
+        assert!(
+            t["first_actor"].is_string() || t["remediation"] == "baseline",
+            "{t:#}"
+        );
         let cause = if t["remediation"] == "controller" {
             "controller"
         } else {
@@ -382,6 +392,13 @@ fn sigint_mid_fault_and_a_sigkilled_runner_leave_no_fault_behind() {
             "the {kind} was never applied; runner:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+        if !frozen {
+            // A second drill on the cluster meanwhile is refused, naming the first.
+            let second = etcd.run(&drill, &etcd.report("report-second"), &[]);
+            let all = text(&second);
+            assert_eq!(second.status.code(), Some(1), "{all}");
+            assert!(all.contains("another drill runs against cluster"), "{all}");
+        }
         let code = signal_and_wait(&mut child, libc::SIGINT, Duration::from_secs(60));
         assert_eq!(
             code,
@@ -574,6 +591,11 @@ fn net_leftovers(container: &str) -> String {
             .args(args)
             .output()
             .expect("nsenter");
+        // A look that failed would find nothing left: it must not pass for one.
+        assert!(
+            out.status.success(),
+            "nsenter {args:?} in {container}: {out:?}"
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let rules: Vec<String> = run(&["iptables", "-S"])

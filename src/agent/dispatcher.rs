@@ -77,6 +77,9 @@ pub struct AgentConfig {
     pub claim_ttl: Duration,
 }
 
+/// How a budget refusal begins when the tokens used cannot be read.
+const USAGE_UNREADABLE: &str = "cannot read the tokens used in the last hour";
+
 /// A request taken from the queue, being served here.
 struct Job {
     session: String,
@@ -409,7 +412,8 @@ impl Dispatcher {
         }
     }
 
-    /// Why the controller-wide rolling token budget forbids another session, if it does.
+    /// Why the controller-wide rolling token budget forbids another session, if it does
+    /// (starting with [`USAGE_UNREADABLE`] when the usage cannot be read).
     async fn hourly_budget_spent(&self) -> Option<String> {
         let limit = self.inner.cfg.hourly_tokens?;
         let since = Utc::now() - chrono::Duration::hours(1);
@@ -423,7 +427,7 @@ impl Dispatcher {
                 })
             }
             // Unknown is not "within budget".
-            Err(e) => Some(format!("cannot read the tokens used in the last hour: {e}")),
+            Err(e) => Some(format!("{USAGE_UNREADABLE}: {e}")),
         }
     }
 
@@ -723,7 +727,18 @@ impl Remediator for Dispatcher {
     }
 
     fn exhausted(&self) -> BoxFuture<'_, Option<String>> {
-        self.hourly_budget_spent().boxed()
+        async move {
+            let why = self.hourly_budget_spent().await?;
+            // A usage that cannot be read now (a busy database) is no reason to hand the
+            // ticket to a person for good: the session itself is still refused below, and
+            // the next look asks again.
+            if why.starts_with(USAGE_UNREADABLE) {
+                warn!("{why}");
+                return None;
+            }
+            Some(why)
+        }
+        .boxed()
     }
 
     fn withdraw<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {

@@ -74,6 +74,8 @@ impl Canary {
     pub fn start(endpoints: Vec<String>, rate: u32, prefix: String) -> Canary {
         let http = reqwest::Client::builder()
             .timeout(WRITE_TIMEOUT)
+            // Never followed: a redirect would aim the writes beyond the cluster.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a plain HTTP client builds");
         let fates = Arc::new(Mutex::new(Fates::default()));

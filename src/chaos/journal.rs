@@ -147,6 +147,9 @@ pub struct TicketRecord {
     pub target: String,
     pub detected_at: DateTime<Utc>,
     pub first_action_at: Option<DateTime<Utc>>,
+    /// Who took the first action (`controller`, `agent`, `human`).
+    #[serde(default)]
+    pub first_actor: Option<String>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolved_by: Option<String>,
     pub status: String,

@@ -759,6 +759,9 @@ async fn run_in(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C at the runner's terminal must not kill an undo
+        // half way (the runner undoes on Ctrl-C).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| NetFaultError::Spawn {

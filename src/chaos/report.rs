@@ -121,7 +121,9 @@ pub struct Summary {
 /// The per-remediation figures of a journal.
 pub fn summary(journal: &Journal) -> Summary {
     let mut groups: BTreeMap<(usize, &str), Vec<&Trial>> = BTreeMap::new();
-    for trial in &journal.trials {
+    // An interrupted trial was not measured to its end: shown in its own section, left out
+    // of the rates and percentiles.
+    for trial in journal.trials.iter().filter(|t| !t.interrupted) {
         let name = trial.remediation.as_str();
         let order = REMEDIATION_ORDER
             .iter()

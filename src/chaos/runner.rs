@@ -30,7 +30,8 @@ use crate::manifest::{Cluster, DesiredState};
 use crate::tickets::{Ownership, Store, TicketError, TicketQuery};
 
 use super::canary::Canary;
-use super::fault::{Applied, FaultTarget, Faults, Holder, Peer};
+use super::fault::procfs::liveness;
+use super::fault::{Applied, FaultTarget, Faults, Holder, Liveness, Peer};
 use super::journal::{
     FaultRecord, Journal, Outcome, RunStatus, TicketRecord, Trial, WorkloadVerdict,
 };
@@ -93,6 +94,23 @@ pub enum RunError {
         "--baseline (and remediation: baseline) needs a controller the runner starts itself, but {holder} owns {db}: stop it, or run without --baseline"
     )]
     BaselineAttached { db: PathBuf, holder: String },
+    #[error(
+        "another drill runs against cluster {cluster} (run {run}, {holder}): one at a time, or each measures the other's faults; wait for it, or `operator chaos cleanup` if it is gone"
+    )]
+    Busy {
+        cluster: String,
+        run: String,
+        holder: String,
+    },
+    #[error(
+        "the cluster {cluster} did not come back to its steady state after trial {after}, so no further trial was run:\n  - {}",
+        problems.join("\n  - ")
+    )]
+    NotRecovered {
+        cluster: String,
+        after: usize,
+        problems: Vec<String>,
+    },
     #[error("the drill's cluster {0} is not in its manifest")]
     NoCluster(String),
     #[error(transparent)]
@@ -144,10 +162,14 @@ pub async fn run(
     let result = Runner::new(&cfg, cancel.clone(), progress)
         .await
         .map(|r| (r, ()));
+    let mut left = Vec::new();
     let error = match result {
         Ok((mut runner, ())) => {
             journal.engine_version = runner.engine_version.clone();
             let e = runner.trials(&mut journal).await.err();
+            // The safety net: whatever path the trials took, nothing of this run stays in
+            // the ledger undone.
+            left = runner.sweep_own().await;
             runner.finish().await;
             e
         }
@@ -160,16 +182,38 @@ pub async fn run(
         .any(|t| t.outcome == Outcome::Timeout && !t.interrupted);
     journal.status = match &error {
         _ if cancel.is_cancelled() => RunStatus::Interrupted,
-        Some(RunError::NotSteady { .. }) | Some(RunError::BaselineAttached { .. }) => {
-            RunStatus::Aborted
-        }
+        Some(RunError::NotSteady { .. })
+        | Some(RunError::BaselineAttached { .. })
+        | Some(RunError::Busy { .. }) => RunStatus::Aborted,
         Some(_) => RunStatus::Failed,
         None => RunStatus::Completed,
     };
+    let not_undone: Vec<String> = journal
+        .trials
+        .iter()
+        .flat_map(|t| &t.faults)
+        .filter(|f| {
+            f.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("not undone"))
+        })
+        .map(|f| format!("ledger #{} ({} on {})", f.ledger_id, f.kind, f.service))
+        .chain(left)
+        .collect();
+    let undone = if not_undone.is_empty() {
+        "every fault was undone".to_string()
+    } else {
+        format!(
+            "NOT undone: {}; `operator chaos cleanup` retries them",
+            not_undone.join(", ")
+        )
+    };
     journal.reason = match (&error, cancel.is_cancelled()) {
-        (_, true) => Some("interrupted (SIGINT or SIGTERM); every fault was undone".into()),
-        (Some(e), _) => Some(e.to_string()),
-        (None, _) => None,
+        (_, true) => Some(format!("interrupted (SIGINT, SIGTERM or SIGHUP); {undone}")),
+        (Some(e), _) if not_undone.is_empty() => Some(e.to_string()),
+        (Some(e), _) => Some(format!("{e}; {undone}")),
+        (None, _) if not_undone.is_empty() => None,
+        (None, _) => Some(undone),
     };
     // The ledger's run row ends with the journal's status (a no-op if it was never recorded).
     match Store::open(&cfg.db) {
@@ -244,8 +288,10 @@ impl<'a> Runner<'a> {
             cfg.db.clone(),
             drill_dir(&cfg.drill),
         );
+        // One drill at a time per cluster: two would break it together and each would
+        // measure the other's faults.
         let holder = Holder::current();
-        store.chaos_run_started(&crate::tickets::ChaosRun {
+        let me = crate::tickets::ChaosRun {
             id: cfg.run_id.clone(),
             drill: cfg.drill.name.clone(),
             drill_file: cfg.drill.source.clone(),
@@ -257,7 +303,16 @@ impl<'a> Runner<'a> {
             started_at: Utc::now(),
             ended_at: None,
             status: "running".into(),
-        })?;
+        };
+        if let Some(other) =
+            store.chaos_run_started_alone(&me, |r| liveness(r) != Liveness::Gone)?
+        {
+            return Err(RunError::Busy {
+                cluster: cluster.name.clone(),
+                run: other.id,
+                holder: other.holder,
+            });
+        }
         Ok(Runner {
             cfg,
             cancel,
@@ -284,6 +339,7 @@ impl<'a> Runner<'a> {
         if self.cfg.baseline && self.cfg.drill.remediation != Remediation::Baseline {
             phases.push(Remediation::Baseline);
         }
+        let mut outcome = Ok(());
         for phase in phases {
             self.controller_for(phase).await?;
             let restored = if phase == Remediation::Baseline {
@@ -295,12 +351,36 @@ impl<'a> Runner<'a> {
             if let Some(previous) = restored {
                 self.restore_restart_policies(previous).await;
             }
-            result?;
+            if let Err(e) = result {
+                outcome = Err(e);
+                break;
+            }
             if self.cancel.is_cancelled() {
                 break;
             }
         }
-        Ok(())
+        // The baseline may leave what nothing but the controller repairs (a removed
+        // container): hand the cluster back to a controller that acts, and wait for it, so
+        // the run leaves the cluster as it found it.
+        if self.controller.as_ref().is_some_and(|c| c.observe_only)
+            && self.cfg.drill.remediation != Remediation::Baseline
+            && !self.cancel.is_cancelled()
+        {
+            self.controller_for(Remediation::Controller).await?;
+            let (look, _) = self
+                .wait_steady(
+                    self.cfg.drill.recovery_timeout,
+                    "the cluster repaired after the baseline",
+                )
+                .await;
+            if !look.holds() {
+                self.note(format!(
+                    "after the baseline the cluster is still not steady: {}",
+                    look.problems.join("; ")
+                ));
+            }
+        }
+        outcome
     }
 
     async fn phase(&mut self, phase: Remediation, journal: &mut Journal) -> Result<(), RunError> {
@@ -323,8 +403,15 @@ impl<'a> Runner<'a> {
                 return Ok(());
             }
             if !look.holds() {
-                return Err(RunError::NotSteady {
+                if first {
+                    return Err(RunError::NotSteady {
+                        cluster: self.cluster.name.clone(),
+                        problems: look.problems,
+                    });
+                }
+                return Err(RunError::NotRecovered {
                     cluster: self.cluster.name.clone(),
+                    after: journal.trials.len(),
                     problems: look.problems,
                 });
             }
@@ -389,6 +476,7 @@ impl<'a> Runner<'a> {
     async fn wait_recovery(
         &mut self,
         timeout: Duration,
+        applied: &CancellationToken,
         over: &CancellationToken,
         index: u32,
         phase: Remediation,
@@ -397,6 +485,11 @@ impl<'a> Runner<'a> {
         let mut deadline: Option<Instant> = None;
         let mut since: Option<(Instant, DateTime<Utc>)> = None;
         loop {
+            // A stretch of steady looks counts only from a look that began once every fault
+            // was applied (a fault with a `start` offset has not broken anything before it),
+            // and it is dated from that look's beginning.
+            let look_began = (Instant::now(), Utc::now());
+            let after_faults = applied.is_cancelled();
             let look = tokio::select! {
                 look = self.steady.look() => look,
                 _ = self.cancel.cancelled() => return (Look { problems: vec!["interrupted".into()] }, None),
@@ -411,8 +504,13 @@ impl<'a> Runner<'a> {
                 ));
             }
             if look.holds() {
-                let (began, wall) = *since.get_or_insert((now, Utc::now()));
-                if over.is_cancelled() && now.duration_since(began) >= hold {
+                if since.is_none() && after_faults {
+                    since = Some(look_began);
+                }
+                if let Some((began, wall)) = since
+                    && over.is_cancelled()
+                    && now.duration_since(began) >= hold
+                {
                     return (look, Some(wall));
                 }
             } else {
@@ -473,6 +571,7 @@ impl<'a> Runner<'a> {
         // wait is over; the others by their own task.
         let trial_end = CancellationToken::new();
         let mut settled = Vec::new();
+        let mut applied = Vec::new();
         for (n, spec) in drill.faults.iter().enumerate() {
             let targets = match self.targets(spec).await {
                 Ok(t) => t,
@@ -489,15 +588,33 @@ impl<'a> Runner<'a> {
                 let (run, spec) = (self.cfg.run_id.clone(), spec.clone());
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 settled.push(rx);
+                let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
+                applied.push(applied_rx);
                 let trial_no = index;
+                let signals = FaultSignals {
+                    cancel,
+                    trial_end: end,
+                    applied: applied_tx,
+                    settled: tx,
+                };
                 tasks.spawn(async move {
-                    run_fault(faults, run, trial_no, target, spec, cancel, end, tx).await
+                    run_fault(faults, run, trial_no, target, spec, signals).await
                 });
             }
         }
         // The faults are over once every timed one is (a dropped sender, from a task that
         // ended early, counts as over). The steady state is watched from the injection on:
         // a controller that repaired a fault before its nominal end recovered then.
+        let all_applied = CancellationToken::new();
+        {
+            let all_applied = all_applied.clone();
+            tokio::spawn(async move {
+                for rx in applied {
+                    let _ = rx.await;
+                }
+                all_applied.cancel();
+            });
+        }
         let over = CancellationToken::new();
         let over_at = Arc::new(std::sync::Mutex::new(None));
         {
@@ -511,7 +628,7 @@ impl<'a> Runner<'a> {
             });
         }
         let (look, recovered_at) = self
-            .wait_recovery(drill.recovery_timeout, &over, index, phase)
+            .wait_recovery(drill.recovery_timeout, &all_applied, &over, index, phase)
             .await;
         if recovered_at.is_none() && !self.cancel.is_cancelled() {
             let at = over_at
@@ -678,6 +795,7 @@ impl<'a> Runner<'a> {
                 target: e.fingerprint.to_string(),
                 detected_at: e.detected_at,
                 first_action_at: e.first_action_at,
+                first_actor: e.first_actor.map(|a| a.as_str().to_string()),
                 resolved_at: e.resolved_at,
                 resolved_by: e.resolved_by.map(|c| c.as_str().to_string()),
                 status,
@@ -742,6 +860,9 @@ impl<'a> Runner<'a> {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(file)
+            // Its own process group: a Ctrl-C at the runner's terminal is the runner's to
+            // handle; it stops the controller itself once every fault is undone.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| RunError::Spawn {
@@ -774,10 +895,12 @@ impl<'a> Runner<'a> {
                     log: c.log.clone(),
                 });
             }
-            if matches!(
-                Ownership::acquire(&self.cfg.db),
-                Err(TicketError::Owned { .. })
-            ) {
+            // Read, never taken: probing the lock would race the controller's own single
+            // try at it. The holder writes `pid N on HOST since ...` once it holds it.
+            let pid = self.controller.as_ref().and_then(|c| c.child.id());
+            let lock = std::fs::read_to_string(crate::tickets::lock_path(&self.cfg.db))
+                .unwrap_or_default();
+            if pid.is_some_and(|pid| lock.starts_with(&format!("pid {pid} on "))) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -846,27 +969,65 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Undoes every fault of this run the ledger still holds (none, unless a path failed
+    /// to undo one); returns those it could not undo.
+    async fn sweep_own(&self) -> Vec<String> {
+        let sweep = match self.faults.undo_left(Some(&self.cfg.run_id), true).await {
+            Ok(sweep) => sweep,
+            Err(e) => {
+                warn!(error = %e, "cannot read this run's faults from the ledger");
+                return vec![format!("(the ledger could not be read: {e})")];
+            }
+        };
+        let mut failed = Vec::new();
+        for (row, result) in sweep.undone {
+            let what = format!("ledger #{} ({} on {})", row.id, row.kind, row.service);
+            match result {
+                Ok(()) => warn!("undid a fault the trial had left: {what}"),
+                Err(e) => {
+                    warn!(error = %e, "cannot undo {what}");
+                    failed.push(what);
+                }
+            }
+        }
+        failed
+    }
+
     async fn finish(&mut self) {
         self.stop_controller().await;
         let _ = &self.docker;
     }
 }
 
+/// What a fault's task is told and tells: `cancel` (the run is interrupted), `trial_end`
+/// (faults held for the trial go now); it sends `applied` once the fault is in place and
+/// `settled` once it no longer stands in the way of recovery. A dropped sender (the fault
+/// never applied) counts as sent.
+struct FaultSignals {
+    cancel: CancellationToken,
+    trial_end: CancellationToken,
+    applied: tokio::sync::oneshot::Sender<()>,
+    settled: tokio::sync::oneshot::Sender<()>,
+}
+
 /// One fault's life: wait for its offset, inject, hold, undo (also on cancellation).
 /// `settled` is sent once the fault no longer stands in the way of recovery: an instant fault
 /// once applied, a timed one once undone, one held to the trial's end once applied (it is
 /// undone when `trial_end` fires, after the recovery wait).
-#[allow(clippy::too_many_arguments)]
 async fn run_fault(
     faults: Faults,
     run: String,
     trial: u32,
     target: FaultTarget,
     spec: FaultSpec,
-    cancel: CancellationToken,
-    trial_end: CancellationToken,
-    settled: tokio::sync::oneshot::Sender<()>,
+    signals: FaultSignals,
 ) -> FaultRecord {
+    let FaultSignals {
+        cancel,
+        trial_end,
+        applied: applied_signal,
+        settled,
+    } = signals;
     let mut record = FaultRecord {
         ledger_id: 0,
         kind: spec.kind.name().to_string(),
@@ -893,6 +1054,7 @@ async fn run_fault(
     };
     record.ledger_id = applied.ledger_id;
     record.injected_at = Some(asked);
+    let _ = applied_signal.send(());
     if spec.kind.is_instant() {
         // Nothing to undo: over once applied (the ledger marks it so too).
         record.undone_at = Some(applied.applied_at);
@@ -938,6 +1100,9 @@ fn measure(
         .filter_map(|f| f.injected_at)
         .min()
         .unwrap_or(injected_at);
+    // A ticket opened before the first fault (during a `start` offset) is not the trial's.
+    let mut tickets = tickets;
+    tickets.retain(|t| t.detected_at >= injected_at);
     let detected_at = tickets.iter().map(|t| t.detected_at).min();
     let first = tickets
         .iter()
@@ -973,7 +1138,7 @@ fn measure(
         injected_at,
         detected_at,
         first_action_at: first.map(|(at, _)| at),
-        first_actor: None,
+        first_actor: first.and_then(|(_, t)| t.first_actor.clone()),
         recovered_at,
         resolved_at: if all_resolved {
             last_resolved.map(|(at, _)| at)
@@ -1144,6 +1309,7 @@ mod tests {
             target: format!("c/s{id}/stopped"),
             detected_at: at(detected),
             first_action_at: action.map(at),
+            first_actor: action.map(|_| "controller".into()),
             resolved_at: resolved.map(at),
             resolved_by: resolved.map(|_| "controller".into()),
             status: if resolved.is_some() {

@@ -52,7 +52,11 @@ impl Steady {
             spec,
             db,
             monitor: Monitor::instant(),
-            http: reqwest::Client::new(),
+            // Never followed: a redirect would aim the probe beyond the cluster.
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("a plain HTTP client builds"),
             dir,
         }
     }

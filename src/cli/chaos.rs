@@ -194,6 +194,13 @@ pub async fn validate(paths: &[PathBuf]) -> Result<ExitCode, Failure> {
     })
 }
 
+/// A line on standard error that never fails: a run must go on undoing its faults when
+/// whoever reads its progress has gone (`2>&1 | head`, a closed terminal).
+fn err_line(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// Shows progress: a spinner line on a terminal, plain lines otherwise (never both).
 struct Shown {
     bar: Option<indicatif::ProgressBar>,
@@ -217,7 +224,7 @@ impl Shown {
     fn line(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => err_line(text),
         }
     }
 
@@ -235,7 +242,7 @@ impl Shown {
                             *p != problems || at.elapsed() >= Duration::from_secs(10)
                         });
                         if due {
-                            eprintln!("waiting for {what}: {}", problems.join("; "));
+                            err_line(&format!("waiting for {what}: {}", problems.join("; ")));
                             *last = Some((problems, std::time::Instant::now()));
                         }
                     }
@@ -305,9 +312,12 @@ pub async fn run_drill(args: ChaosRunArgs) -> Result<ExitCode, Failure> {
         let cancel = cancel.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
+            // SIGHUP too: a closed terminal or a dropped ssh session must not kill the run
+            // with its faults applied.
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
             ) else {
                 return;
             };
@@ -315,12 +325,13 @@ pub async fn run_drill(args: ChaosRunArgs) -> Result<ExitCode, Failure> {
                 tokio::select! {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
+                    _ = hup.recv() => {}
                 }
                 if cancel.is_cancelled() {
-                    eprintln!("still undoing the faults; the run ends when they are undone");
+                    err_line("still undoing the faults; the run ends when they are undone");
                 } else {
-                    eprintln!("interrupted: undoing every fault, then writing the journal");
                     cancel.cancel();
+                    err_line("interrupted: undoing every fault, then writing the journal");
                 }
             }
         });
@@ -348,30 +359,41 @@ pub async fn run_drill(args: ChaosRunArgs) -> Result<ExitCode, Failure> {
     journal.write(&report_dir)?;
     let rendered = crate::chaos::report::render(&journal, &report_dir);
     let summary = crate::chaos::report::summary(&journal);
-    if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"journal": journal, "summary": summary})
-            )?
-        );
-    } else {
-        match &rendered {
-            Ok(files) => {
-                for f in files {
-                    outln!("wrote {}", f.display());
+    // The exit status is the run's, whoever reads the output: `| head -1` closing standard
+    // output must not turn a failed drill into a success.
+    let all_passed = error.is_none()
+        && !journal.trials.is_empty()
+        && journal.trials.iter().all(|t| t.outcome == Outcome::Pass)
+        && journal.status == RunStatus::Completed;
+    let printed = (|| -> Result<(), Failure> {
+        if args.json {
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"journal": journal, "summary": summary})
+                )?
+            );
+        } else {
+            match &rendered {
+                Ok(files) => {
+                    for f in files {
+                        outln!("wrote {}", f.display());
+                    }
                 }
+                Err(e) => err_line(&format!("error: the report could not be written: {e}")),
             }
-            Err(e) => eprintln!("error: the report could not be written: {e}"),
+            outln!("{summary}");
         }
-        outln!("{summary}");
+        Ok(())
+    })();
+    if let Err(f) = printed
+        && !f.broken_pipe
+    {
+        return Err(f);
     }
     if let Some(e) = error {
         return Err(Failure::new(e.to_string()));
     }
-    let all_passed = !journal.trials.is_empty()
-        && journal.trials.iter().all(|t| t.outcome == Outcome::Pass)
-        && journal.status == RunStatus::Completed;
     Ok(if all_passed {
         ExitCode::SUCCESS
     } else {

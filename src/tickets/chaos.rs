@@ -285,8 +285,40 @@ impl Store {
 
     /// Records a run as started (its `ended_at` and `status` as given, normally `None` and
     /// `running`).
-    pub fn chaos_run_started(&self, run: &ChaosRun) -> Result<(), TicketError> {
+    /// Records `run` unless an unended run of the same cluster is still `live` (judged by
+    /// the caller: its holder runs); that run is returned instead. The check and the insert
+    /// are one write transaction, so two runners starting together cannot both pass.
+    pub fn chaos_run_started_alone(
+        &self,
+        run: &ChaosRun,
+        live: impl Fn(&ChaosRun) -> bool,
+    ) -> Result<Option<ChaosRun>, TicketError> {
         self.write("record a chaos run", |tx| {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM chaos_runs WHERE ended_at IS NULL AND cluster = ?1 AND id != ?2"
+            );
+            let others = rows(self, tx, "list unended chaos runs", &sql, params![run.cluster, run.id], raw_run)?;
+            for other in others {
+                let other = self.run_of(other)?;
+                if live(&other) {
+                    return Ok(Some(other));
+                }
+            }
+            Self::insert_run(self, tx, run)?;
+            Ok(None)
+        })
+    }
+
+    pub fn chaos_run_started(&self, run: &ChaosRun) -> Result<(), TicketError> {
+        self.write("record a chaos run", |tx| Self::insert_run(self, tx, run))
+    }
+
+    fn insert_run(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        run: &ChaosRun,
+    ) -> Result<(), TicketError> {
+        {
             tx.execute(
                 "INSERT INTO chaos_runs (id, drill, drill_file, cluster, report_dir, holder, holder_pid, \
                  holder_start, started_at, ended_at, status) \
@@ -307,7 +339,7 @@ impl Store {
             )
             .map_err(self.err("record a chaos run"))?;
             Ok(())
-        })
+        }
     }
 
     /// Ends a run with `status` (once: `false` when it had already ended or does not exist).

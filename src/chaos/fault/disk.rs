@@ -55,10 +55,13 @@ pub fn bytes_to_fill(u: Usage, percent: u8) -> u64 {
 pub fn fill(file: &Path, percent: u8) -> io::Result<u64> {
     let dir = file.parent().unwrap_or(Path::new("."));
     let want = bytes_to_fill(usage(dir)?, percent);
+    // Created, never reused: the folder is the container's to write in, and a link it
+    // planted at this (predictable) name must not make the runner, as root, write through
+    // it into a host file. O_EXCL refuses any existing name, a link included.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(file)?;
     // Real blocks (zeros written), not a sparse file: a sparse one takes no space. 1 MiB at

@@ -787,6 +787,7 @@ impl Faults {
                         kind: "kill",
                         reason: format!("unknown signal {signal}"),
                     })?;
+                still_in_container(c)?;
                 procfs::signal(c.pid, number).map_err(FaultError::io(format!(
                     "send {signal} to pid {} of container {}",
                     c.pid, c.name
@@ -812,9 +813,13 @@ impl Faults {
             )
             .await?
             .required(gone),
-            FaultKind::Freeze => procfs::signal(c.pid, libc::SIGSTOP).map_err(FaultError::io(
-                format!("send SIGSTOP to pid {} of container {}", c.pid, c.name),
-            )),
+            FaultKind::Freeze => {
+                still_in_container(c)?;
+                procfs::signal(c.pid, libc::SIGSTOP).map_err(FaultError::io(format!(
+                    "send SIGSTOP to pid {} of container {}",
+                    c.pid, c.name
+                )))
+            }
             FaultKind::Restart => {
                 let mut options = RestartContainerOptionsBuilder::default();
                 if let Some(t) = secs {
@@ -1280,6 +1285,19 @@ impl Faults {
             }
         }
         Ok(sweep)
+    }
+}
+
+/// Checked again right before a signal: the pid was read a few engine and database calls
+/// ago, and a process that died meanwhile may have left its number to a host process.
+fn still_in_container(c: &Resolved) -> Result<(), FaultError> {
+    if procfs::in_container(c.pid, &c.id) {
+        Ok(())
+    } else {
+        Err(FaultError::ProcessUnseen {
+            container: c.name.clone(),
+            pid: c.pid,
+        })
     }
 }
 

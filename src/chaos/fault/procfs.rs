@@ -211,6 +211,8 @@ fn liveness_on(run: &ChaosRun, here: &str, running_since: Option<u64>) -> Livene
 #[cfg(test)]
 mod tests {
 
+    use super::*;
+
     #[test]
     fn signal_names_as_the_drill_writes_them_map_to_their_numbers() {
         assert_eq!(signal_number("SIGKILL"), Some(libc::SIGKILL));
@@ -222,8 +224,6 @@ mod tests {
         assert_eq!(signal_number("0"), None);
         assert_eq!(signal_number("65"), None);
     }
-
-    use super::*;
 
     #[test]
     fn start_ticks_is_field_22_counted_after_the_command() {
@@ -316,6 +316,11 @@ mod tests {
             .spawn()
             .expect("spawn sh");
         let pid = child.id();
+        // Until the child has exec'd, its command line is still this test binary's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pids_with_marker(&marker).contains(&pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(pids_with_marker(&marker).contains(&pid));
         signal(pid, libc::SIGKILL).expect("kill");
         let _ = child.wait();

@@ -11,6 +11,7 @@
 //!   nothing it cannot find.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub fn spawn(marker: &str, workers: u32) -> io::Result<Vec<u32>> {
             .arg(marker)
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
+            // Out of the runner's process group: a Ctrl-C at its terminal is the runner's to
+            // handle (it undoes the stress), not the workers' to die of silently.
+            .process_group(0)
             .output()?;
         let pid = String::from_utf8_lossy(&out.stdout)
             .trim()

@@ -200,6 +200,7 @@ fn one_trial_report_gives_its_figures_as_every_percentile() {
         target: "service etcd".into(),
         detected_at: at(1_200),
         first_action_at: Some(at(1_300)),
+        first_actor: Some("controller".into()),
         resolved_at: Some(at(4_700)),
         resolved_by: Some("controller".into()),
         status: "resolved".into(),
