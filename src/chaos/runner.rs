@@ -103,12 +103,13 @@ pub enum RunError {
         holder: String,
     },
     #[error(
-        "the cluster {cluster} did not come back to its steady state after trial {after}, so no further trial was run:\n  - {}",
+        "the cluster {cluster} did not come back to its steady state after {after}, so no further trial was run:\n  - {}",
         problems.join("\n  - ")
     )]
     NotRecovered {
         cluster: String,
-        after: usize,
+        /// `baseline trial 1`.
+        after: String,
         problems: Vec<String>,
     },
     #[error("the drill's cluster {0} is not in its manifest")]
@@ -411,7 +412,11 @@ impl<'a> Runner<'a> {
                 }
                 return Err(RunError::NotRecovered {
                     cluster: self.cluster.name.clone(),
-                    after: journal.trials.len(),
+                    after: journal
+                        .trials
+                        .last()
+                        .map(|t| format!("{} trial {}", t.remediation, t.index))
+                        .unwrap_or_else(|| "the last trial".into()),
                     problems: look.problems,
                 });
             }

@@ -1243,9 +1243,10 @@ impl Faults {
                 Some((Liveness::Alive, holder)) => {
                     Some(format!("its run {} is still going ({holder})", row.run_id))
                 }
-                Some((Liveness::Elsewhere { host }, holder)) => Some(format!(
-                    "its run {} is held on another host, {host} ({holder}); it cannot be told from here whether it still runs",
-                    row.run_id
+                Some((Liveness::Elsewhere { .. }, holder)) => Some(format!(
+                    "its run {} is held elsewhere ({holder}; this is {}): another host or PID namespace, where it cannot be told from here whether it still runs",
+                    row.run_id,
+                    procfs::place()
                 )),
                 Some((Liveness::Gone, _)) | None => None,
             };

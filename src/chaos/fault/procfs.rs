@@ -165,7 +165,7 @@ impl Holder {
     pub fn current() -> Holder {
         let pid = std::process::id();
         Holder {
-            name: format!("pid {pid} on {}", crate::tickets::host_name()),
+            name: format!("pid {pid} on {}", place()),
             pid,
             start: start_ticks(pid),
         }
@@ -183,13 +183,19 @@ pub enum Liveness {
     Elsewhere { host: String },
 }
 
+/// Where this process's pids mean something: the host and the PID namespace. A runner in
+/// another PID namespace (a container without `--pid host`) cannot be looked up in this
+/// `/proc`, so it is judged as one on another host: never taken for gone.
+pub fn place() -> String {
+    let ns = std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m).to_string())
+        .unwrap_or_else(|_| "?".into());
+    format!("{}, pid namespace {ns}", crate::tickets::host_name())
+}
+
 /// Whether the holder of `run` is still running (see [`Liveness`]).
 pub fn liveness(run: &ChaosRun) -> Liveness {
-    liveness_on(
-        run,
-        &crate::tickets::host_name(),
-        start_ticks(run.holder_pid),
-    )
+    liveness_on(run, &place(), start_ticks(run.holder_pid))
 }
 
 fn liveness_on(run: &ChaosRun, here: &str, running_since: Option<u64>) -> Liveness {
