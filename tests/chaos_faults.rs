@@ -141,7 +141,7 @@ fn dead_holder() -> Holder {
     let pid = child.id();
     child.wait().unwrap();
     Holder {
-        name: format!("pid {pid} on {}", operator::tickets::host_name()),
+        name: format!("pid {pid} on {}", operator::chaos::fault::procfs::place()),
         pid,
         start: Some(1),
     }

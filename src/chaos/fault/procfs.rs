@@ -312,6 +312,17 @@ mod tests {
                 host: "other".into()
             }
         );
+        // Same host, another PID namespace: its pids mean nothing in this /proc.
+        assert_eq!(
+            liveness_on(
+                &run("pid 42 on box, pid namespace 1", Some(100)),
+                "box, pid namespace 2",
+                None
+            ),
+            Liveness::Elsewhere {
+                host: "box, pid namespace 1".into()
+            }
+        );
     }
 
     #[test]
