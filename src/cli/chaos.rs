@@ -208,10 +208,16 @@ struct Shown {
 }
 
 impl Shown {
-    fn new() -> Shown {
+    /// `trials`: how many trials the run will make in all (the bar's length).
+    fn new(trials: u64) -> Shown {
         use std::io::IsTerminal;
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
+            let bar = indicatif::ProgressBar::new(trials);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} trials {pos}/{len} [{elapsed_precise}] {wide_msg}",
+            ) {
+                bar.set_style(style);
+            }
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
@@ -249,6 +255,10 @@ impl Shown {
                 }
             }
             Event::TrialDone(t) => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                    bar.set_message("");
+                }
                 let ms = |v: Option<u64>| {
                     v.map(|v| format!("{:.1}s", v as f64 / 1000.0))
                         .unwrap_or_else(|| "-".into())
@@ -336,7 +346,8 @@ pub async fn run_drill(args: ChaosRunArgs) -> Result<ExitCode, Failure> {
             }
         });
     }
-    let shown = Arc::new(Shown::new());
+    let total = u64::from(cfg.trials) * if cfg.baseline { 2 } else { 1 };
+    let shown = Arc::new(Shown::new(total));
     shown.line(&format!(
         "drill {} on cluster {}: {} trial(s){}, seed {}, report {}",
         cfg.drill.name,

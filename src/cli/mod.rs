@@ -103,8 +103,9 @@ pub enum ChaosCommand {
     ///
     /// Starts its own controller (`operator run MANIFEST`) when none owns the database, and
     /// stops it at the end; otherwise uses the running one. Every fault is undone whatever
-    /// happens (Ctrl-C and SIGTERM included); a killed run is undone by `chaos cleanup` or
-    /// the next controller start. Exit 0 when every trial passed, 1 otherwise.
+    /// happens (Ctrl-C, SIGTERM and SIGHUP included); a killed run is undone by `chaos
+    /// cleanup` or the next controller start. One drill at a time per cluster. Exit 0 when
+    /// every trial passed, 1 otherwise.
     #[command(after_help = "Examples:
   operator chaos run chaos/etcd/kill-member.yaml
   operator chaos run chaos/etcd/kill-member.yaml --trials 5 --baseline   side by side with the engine alone
