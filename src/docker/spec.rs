@@ -166,6 +166,7 @@ mod tests {
             prometheus: PrometheusSpec::default(),
             checks: Vec::new(),
             agent: Default::default(),
+            groups: Vec::new(),
         }
     }
 

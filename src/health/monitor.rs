@@ -428,6 +428,7 @@ mod tests {
                 },
                 checks,
                 agent: Default::default(),
+                groups: Vec::new(),
             }],
         }
     }

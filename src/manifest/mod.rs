@@ -55,6 +55,40 @@ pub struct Cluster {
     pub checks: Vec<Check>,
     /// How an agent session for this cluster runs and what it may spend.
     pub agent: AgentSpec,
+    /// Quorum groups (`spec.groups`): members no disruptive action may leave below quorum.
+    pub groups: Vec<Group>,
+}
+
+/// A quorum group (`spec.groups[]`): services that must keep `quorum` of them live, such as
+/// the three members of a Raft group (PD, etcd).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    pub name: String,
+    /// Service names, in declaration order (a `selector` is resolved when the manifest is read).
+    pub members: Vec<String>,
+    pub quorum: Quorum,
+    /// A member is live when its container runs (not paused) and none of these checks is
+    /// failing on it.
+    pub live_checks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quorum {
+    /// More than half of the members.
+    Majority,
+    /// At least this many.
+    AtLeast(usize),
+}
+
+impl Group {
+    /// How many members must stay live.
+    pub fn needed(&self) -> usize {
+        match self.quorum {
+            Quorum::Majority => self.members.len() / 2 + 1,
+            Quorum::AtLeast(n) => n,
+        }
+    }
 }
 
 /// What an agent session may do with its shell (`spec.agent.safetyMode`).

@@ -40,7 +40,7 @@ pub(super) struct Metadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with network, services, prometheus, checks and agent"
+    expecting = "a mapping with network, services, prometheus, checks, agent and groups"
 )]
 pub(super) struct Spec {
     #[serde(default)]
@@ -53,6 +53,32 @@ pub(super) struct Spec {
     pub checks: Vec<Check>,
     #[serde(default)]
     pub agent: Option<Agent>,
+    #[serde(default)]
+    pub groups: Vec<Group>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with name, members or selector, quorum and live"
+)]
+pub(super) struct Group {
+    pub name: String,
+    #[serde(default)]
+    pub members: Option<Vec<String>>,
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub quorum: Option<Scalar>,
+    #[serde(default)]
+    pub live: Option<GroupLive>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with checks")]
+pub(super) struct GroupLive {
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

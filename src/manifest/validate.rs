@@ -20,6 +20,7 @@ use super::{
 use crate::yamldoc::{DocLines, parse_duration};
 
 mod checks;
+mod groups;
 
 /// Label keys under this prefix belong to the controller (`operator.managed-by`, ...).
 const RESERVED_LABEL_PREFIX: &str = "operator.";
@@ -128,6 +129,7 @@ pub(super) fn document(doc: raw::Document, src: &Source, out: &mut Vec<Diagnosti
         Some(raw) => v.agent(raw),
         None => AgentSpec::default(),
     };
+    let groups = v.groups(doc.spec.groups, &services, &checks);
     Checked {
         cluster: Cluster {
             name,
@@ -137,6 +139,7 @@ pub(super) fn document(doc: raw::Document, src: &Source, out: &mut Vec<Diagnosti
             prometheus,
             checks,
             agent,
+            groups,
         },
         file: src.file.to_path_buf(),
         lines: src.lines.clone(),
@@ -921,7 +924,7 @@ mod tests {
     use super::super::testing::{
         TempDir, assert_reported, diagnostics, line_of, load_text, manifest, service,
     };
-    use super::super::{ManifestError, load};
+    use super::super::{ManifestError, Quorum, load};
     use super::*;
 
     fn only_service(text: &str) -> Service {
@@ -1234,6 +1237,72 @@ mod tests {
             assert_reported(
                 &diagnostics(&text),
                 line_of(&text, line.trim().split(':').next().unwrap(), 0),
+                field,
+                &[words],
+            );
+        }
+    }
+
+    #[test]
+    fn groups_are_read_with_their_quorum_and_each_mistake_named_at_its_line() {
+        let three = format!(
+            "{}{}{}",
+            service("e0", "      labels: {role: member}\n"),
+            service("e1", "      labels: {role: member}\n"),
+            service("e2", "      labels: {role: member}\n")
+        );
+        let checks = "  prometheus: {url: \"http://127.0.0.1:9\"}\n  checks:\n    - name: up\n      expr: up == 0\n";
+        let with =
+            |groups: &str| format!("{}{checks}  groups:\n{groups}", manifest("demo", &three));
+        let desired = load_text(&with(
+            "    - name: members\n      members: [e0, e1, e2]\n      live: {checks: [up]}\n    - name: by-label\n      selector: {role: member}\n      quorum: 3\n",
+        ))
+        .unwrap();
+        let groups = &desired.clusters[0].groups;
+        assert_eq!(groups[0].members, ["e0", "e1", "e2"]);
+        assert_eq!(
+            (groups[0].quorum, groups[0].needed()),
+            (Quorum::Majority, 2)
+        );
+        assert_eq!(groups[0].live_checks, ["up"]);
+        assert_eq!(groups[1].members.len(), 3);
+        assert_eq!(groups[1].needed(), 3);
+        for (group, marker, field, words) in [
+            (
+                "    - name: g\n      members: [e0, e9]\n",
+                "members",
+                "spec.groups[0].members[1]",
+                "no service \"e9\"",
+            ),
+            (
+                "    - name: g\n      members: [e0, e1]\n      quorum: 3\n",
+                "quorum",
+                "spec.groups[0].quorum",
+                "not between 1 and",
+            ),
+            (
+                "    - name: g\n      members: [e0, e1]\n      quorum: most\n",
+                "quorum",
+                "spec.groups[0].quorum",
+                "expected majority",
+            ),
+            (
+                "    - name: g\n      selector: {role: nobody}\n",
+                "selector",
+                "spec.groups[0].selector",
+                "no service of this cluster",
+            ),
+            (
+                "    - name: g\n      members: [e0]\n      live: {checks: [down]}\n",
+                "live",
+                "spec.groups[0].live.checks[0]",
+                "no check \"down\"",
+            ),
+        ] {
+            let text = with(group);
+            assert_reported(
+                &diagnostics(&text),
+                line_of(&text, marker, 0),
                 field,
                 &[words],
             );

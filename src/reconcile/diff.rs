@@ -235,6 +235,7 @@ mod tests {
             prometheus: Default::default(),
             checks: vec![],
             agent: Default::default(),
+            groups: Vec::new(),
         }
     }
 
