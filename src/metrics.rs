@@ -44,6 +44,8 @@ pub struct Metrics {
     /// 1 when the agent is configured and dispatching; 0 when disabled (no API key) or
     /// stopped by the API (key refused, no permission, spend limit).
     pub agent_dispatching: Gauge,
+    /// Disruptive actions the quorum gate held back, by cluster and group.
+    pub actions_gated: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,7 +60,7 @@ impl Metrics {
         let reconciles = Family::<Labels, Counter>::default();
         registry.register(
             "reconcile",
-            "Reconciles of one service, by result (clean, acted, failed, unknown, unrecorded, waiting, backoff, escalated, held, observed, blocked, undeclared, settling, leased, dispatched, remediated, remediation-failed)",
+            "Reconciles of one service, by result (clean, acted, failed, unknown, unrecorded, waiting, backoff, escalated, held, observed, blocked, gated, undeclared, settling, leased, dispatched, remediated, remediation-failed)",
             reconciles.clone(),
         );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -84,6 +86,12 @@ impl Metrics {
             "actions",
             "Repair actions taken, by kind and result",
             actions.clone(),
+        );
+        let actions_gated = Family::<Labels, Counter>::default();
+        registry.register(
+            "actions_gated",
+            "Disruptive actions held back because they would leave a quorum group below its quorum, by cluster and group",
+            actions_gated.clone(),
         );
         let watch_restarts = Counter::default();
         registry.register(
@@ -204,6 +212,7 @@ impl Metrics {
             agent_sessions,
             agent_tokens,
             agent_dispatching,
+            actions_gated,
             manifest_reloads,
         }
     }

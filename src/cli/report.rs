@@ -150,6 +150,7 @@ pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
                     "escalated": r.escalated,
                     "held": r.held,
                     "waiting_for": r.waiting_for,
+                    "gated": r.gated,
                     "tickets": r.tickets,
                 })
             })
@@ -190,9 +191,12 @@ pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
                 "would not act: escalated (restart budget spent; `operator tickets retry` on {tickets} to try again)"
             ),
             _ if r.held => format!("would not act: a person holds {tickets}"),
-            (Some(action), manifest::Policy::Restart) => match &r.waiting_for {
-                Some(dep) => format!("would {action} once {dep} runs"),
-                None => format!("would {action}"),
+            (Some(action), manifest::Policy::Restart) => match (&r.waiting_for, &r.gated) {
+                (_, Some(why)) => {
+                    format!("would not {action} yet: the quorum gate holds it ({why})")
+                }
+                (Some(dep), _) => format!("would {action} once {dep} runs"),
+                (None, None) => format!("would {action}"),
             },
             (Some(action), policy) => {
                 format!("would not act (policy {policy:?}; a repair would {action})")
@@ -283,6 +287,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             (_, true, _) => format!("{drift} (escalated)"),
             (_, _, true) => format!("{drift} (held)"),
             (Some(dep), _, _) if !r.drifts.is_empty() => format!("{drift} (waiting for {dep})"),
+            _ if r.gated.is_some() => {
+                format!(
+                    "{drift} (gated: {})",
+                    r.gated.as_deref().unwrap_or_default()
+                )
+            }
             _ => drift,
         };
         table.row(vec![

@@ -172,6 +172,9 @@ pub enum Outcome {
     Held,
     /// Drift that no built-in action can repair (a name held by a foreign container).
     Blocked,
+    /// The quorum gate holds the action back: taking this member down now would leave its
+    /// group below quorum. Looked at again shortly; nothing is spent from the budget.
+    Gated { reason: String },
     /// The key is not declared (anymore).
     Undeclared,
 }
@@ -196,6 +199,7 @@ impl Outcome {
             Outcome::Observed => "observed",
             Outcome::Held => "held",
             Outcome::Blocked => "blocked",
+            Outcome::Gated { .. } => "gated",
             Outcome::Undeclared => "undeclared",
         }
     }
@@ -305,6 +309,8 @@ pub(super) struct Shared {
     /// When each service was last seen paused or unpaused by the controller: healthcheck
     /// verdicts from probes begun before then are stale.
     pub paused_at: Mutex<HashMap<ServiceKey, chrono::DateTime<chrono::Utc>>>,
+    /// Why the quorum gate holds each key's action back (noted on its ticket once per reason).
+    pub gated: Mutex<HashMap<ServiceKey, String>>,
     builtin: Arc<BuiltIn>,
     /// Remediators for policies other than `restart` (the agent).
     remediators: Vec<(Policy, Arc<dyn Remediator>)>,
@@ -445,6 +451,7 @@ impl ControllerBuilder {
                 check_restarted_at: Mutex::new(HashMap::new()),
                 leases: Mutex::new(Leases::default()),
                 paused_at: Mutex::new(HashMap::new()),
+                gated: Mutex::new(HashMap::new()),
                 remediators: self.remediators,
                 completions,
                 completions_rx: Mutex::new(Some(completions_rx)),

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod decide;
 pub mod diff;
 pub mod queue;
+pub mod quorum;
 mod removed;
 pub mod report;
 mod service;

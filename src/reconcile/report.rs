@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::docker::actions::{Actions, Limits};
 use crate::docker::{ContainerStatus, ObservedContainer, ServiceKey};
 use crate::drift::Drift;
-use crate::manifest::{DesiredState, Policy};
+use crate::manifest::{Cluster, DesiredState, Policy};
 use crate::remediation::Action;
 use crate::tickets::{Journal, Selector};
 
@@ -36,6 +36,9 @@ pub struct ServiceReport {
     pub waiting_for: Option<String>,
     /// Set when the service could not be observed: its state is unknown.
     pub error: Option<String>,
+    /// The quorum gate would hold the action back: why (`would leave pd with 1 of 3 live;
+    /// needs 2`).
+    pub gated: Option<String>,
 }
 
 /// Every service, observed fresh, in dependency order. `journal` adds what the ticket store
@@ -122,10 +125,62 @@ pub async fn report(
                 held,
                 waiting_for,
                 error,
+                gated: None,
             });
         }
+        gate(cluster, journal, &mut reports).await;
     }
     reports
+}
+
+/// What the quorum gate would hold back now, from the fresh observations of the cluster's
+/// services and its unresolved check tickets (as the controller judges it).
+async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [ServiceReport]) {
+    if cluster.groups.is_empty() {
+        return;
+    }
+    let mut failing = std::collections::HashSet::new();
+    for check in cluster.groups.iter().flat_map(|g| &g.live_checks) {
+        let Some(journal) = journal else { break };
+        let selector = Selector::Checks {
+            cluster: cluster.name.clone(),
+            check: Some(check.clone()),
+        };
+        if let Ok(tickets) = journal.unresolved(selector).await {
+            failing.extend(
+                tickets
+                    .into_iter()
+                    .map(|t| (check.clone(), t.fingerprint.target.to_string())),
+            );
+        }
+    }
+    let ours = |r: &ServiceReport| r.cluster == cluster.name;
+    let running: std::collections::HashSet<String> = reports
+        .iter()
+        .filter(|r| ours(r))
+        .filter(|r| {
+            r.container
+                .as_ref()
+                .is_some_and(|c| c.status == ContainerStatus::Running)
+        })
+        .map(|r| r.service.clone())
+        .collect();
+    let live = |m: &str| {
+        running.contains(m)
+            && !cluster
+                .groups
+                .iter()
+                .filter(|g| g.members.iter().any(|x| x == m))
+                .flat_map(|g| &g.live_checks)
+                .any(|c| failing.contains(&(c.clone(), m.to_string())))
+    };
+    for r in reports.iter_mut().filter(|r| r.cluster == cluster.name) {
+        if r.policy == Policy::Restart
+            && matches!(r.action, Some(Action::Restart) | Some(Action::Recreate))
+        {
+            r.gated = super::quorum::blocked(cluster, &r.service, &live).map(|b| b.to_string());
+        }
+    }
 }
 
 /// Containers the controller owns (by label) that no manifest declares: a service or

@@ -28,7 +28,11 @@ use crate::tickets::{
 use super::controller::{CheckRestart, Lease, Outcome, Shared, lock};
 use super::decide::{Decision, Holds, decide};
 use super::diff::{Observation, diff};
+use super::quorum;
 use super::state::{AgentGate, Clock, Gate, RepairBudget, agent_gate};
+
+/// How soon an action the quorum gate held back is looked at again.
+const GATE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Observes one service fresh from the engine (never from the cache alone, so a repair is
 /// never based on a stale view): its container by name, whether its image is present when it
@@ -494,6 +498,87 @@ impl KeyRun<'_> {
         }
     }
 
+    /// Whether taking `service` down now would leave one of its groups below quorum. A
+    /// member is live when its container runs (not paused) and none of the group's live
+    /// checks has an unresolved ticket on it.
+    async fn quorum_block(&self, cluster: &Cluster, service: &str) -> Option<quorum::Block> {
+        let groups: Vec<&crate::manifest::Group> = cluster
+            .groups
+            .iter()
+            .filter(|g| g.members.iter().any(|m| m == service))
+            .collect();
+        if groups.is_empty() {
+            return None;
+        }
+        let mut live = std::collections::HashMap::new();
+        for group in &groups {
+            let mut failing: std::collections::HashSet<String> = Default::default();
+            if let Some(journal) = self.journal() {
+                for check in &group.live_checks {
+                    let selector = Selector::Checks {
+                        cluster: cluster.name.clone(),
+                        check: Some(check.clone()),
+                    };
+                    // Unknown counts as failing: the gate errs on the side of the quorum.
+                    match journal.unresolved(selector).await {
+                        Ok(tickets) => failing.extend(
+                            tickets
+                                .into_iter()
+                                .map(|t| t.fingerprint.target.to_string()),
+                        ),
+                        Err(_) => failing.extend(group.members.iter().cloned()),
+                    }
+                }
+            }
+            for member in &group.members {
+                let running = self
+                    .shared
+                    .cache
+                    .get(&ServiceKey::new(cluster.name.clone(), member.clone()))
+                    .is_some_and(|c| c.status == ContainerStatus::Running);
+                let is_live = running && !failing.contains(member);
+                live.entry(member.clone())
+                    .and_modify(|l: &mut bool| *l &= is_live)
+                    .or_insert(is_live);
+            }
+        }
+        quorum::blocked(cluster, service, &|m| live.get(m).copied().unwrap_or(false))
+    }
+
+    /// Holds the attempt back for the quorum: said on its ticket once per reason, counted,
+    /// and looked at again shortly (the group's recovery may not touch this key).
+    async fn gated(&self, a: &Attempt<'_>, block: quorum::Block) -> Outcome {
+        let (shared, key) = (self.shared, self.key);
+        let reason = block.to_string();
+        shared
+            .metrics
+            .actions_gated
+            .get_or_create(&vec![
+                ("cluster", key.cluster.clone()),
+                ("group", block.group.clone()),
+            ])
+            .inc();
+        let new = lock(&shared.gated).insert(key.clone(), reason.clone()) != Some(reason.clone());
+        if new {
+            warn!(service = %key, ticket = a.ticket, action = a.action.as_ref().map(|x| x.as_str()), %reason, "held back by the quorum gate");
+            if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
+                && let Err(e) = journal
+                    .note(
+                        id,
+                        EntryKind::Note,
+                        serde_json::json!({"note": format!("{} held back: {reason}", a.action.as_ref().map_or("the action", |x| x.as_str()))}),
+                    )
+                    .await
+            {
+                error!(service = %key, error = %e, "cannot note on the ticket");
+            }
+        }
+        shared
+            .queue
+            .schedule(key.clone(), self.clock.now + GATE_RETRY);
+        Outcome::Gated { reason }
+    }
+
     /// Escalates the attempt's ticket to a person (the budget is already marked escalated).
     async fn escalate(&self, a: &Attempt<'_>, why: serde_json::Value, what: &str) -> Outcome {
         let key = self.key;
@@ -607,6 +692,16 @@ impl KeyRun<'_> {
                 return self.escalate(&a, why, "agent token budget spent").await;
             }
         }
+
+        // The quorum gate: a built-in action that takes a live member of a quorum group
+        // down waits while the rest of the group could not keep its quorum.
+        if a.policy == Policy::Restart
+            && matches!(a.action, Some(Action::Restart) | Some(Action::Recreate))
+            && let Some(block) = self.quorum_block(a.cluster, &a.service.name).await
+        {
+            return self.gated(&a, block).await;
+        }
+        lock(&shared.gated).remove(key);
 
         // Kept to undo the attempt if it cannot be recorded: an attempt that never ran must
         // not be saved as spent.
