@@ -17,6 +17,7 @@
 mod diagnostic;
 mod duration;
 mod lines;
+mod literal;
 mod parse;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 pub use diagnostic::Diagnostic;
 pub use duration::parse_duration;
 pub use lines::DocLines;
+pub use literal::literal;
 
 /// One non-empty document of a file, read into `T`.
 #[derive(Debug)]

@@ -292,39 +292,10 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-/// Accepts exactly one string; anything else is refused at the value's own position.
-struct Literal {
-    field: &'static str,
-    expected: &'static str,
-}
-
-impl Visitor<'_> for Literal {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "\"{}\"", self.expected)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        if v == self.expected {
-            Ok(())
-        } else {
-            Err(E::custom(format!(
-                "unsupported {} \"{v}\" (expected \"{}\")",
-                self.field, self.expected
-            )))
-        }
-    }
-}
-
 fn api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
-    deserializer.deserialize_str(Literal {
-        field: "apiVersion",
-        expected: API_VERSION,
-    })
+    crate::yamldoc::literal(deserializer, "apiVersion", API_VERSION)
 }
 
 fn kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
-    deserializer.deserialize_str(Literal {
-        field: "kind",
-        expected: KIND,
-    })
+    crate::yamldoc::literal(deserializer, "kind", KIND)
 }
