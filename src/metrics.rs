@@ -90,7 +90,7 @@ impl Metrics {
         let actions_gated = Family::<Labels, Counter>::default();
         registry.register(
             "actions_gated",
-            "Disruptive actions held back because they would leave a quorum group below its quorum, by cluster and group",
+            "Looks at a restart or recreate held back by the quorum gate, by cluster, group (empty for the cluster cap) and reason (quorum, rollout, group-concurrency, cluster-concurrency, replacements)",
             actions_gated.clone(),
         );
         let watch_restarts = Counter::default();

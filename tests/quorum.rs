@@ -160,7 +160,7 @@ fn a_restart_that_would_break_the_quorum_waits_says_why_and_goes_ahead_once_the_
     let gated = f
         .operator
         .metric(&format!(
-            "operator_actions_gated_total{{cluster=\"{}\",group=\"members\"}}",
+            "operator_actions_gated_total{{cluster=\"{}\",group=\"members\",reason=\"quorum\"}}",
             f.cluster
         ))
         .unwrap_or(0.0);

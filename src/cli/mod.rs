@@ -306,8 +306,19 @@ pub enum TicketsCommand {
         db: DbArgs,
     },
     /// Give an escalated ticket's service a fresh restart budget; the controller tries again.
+    ///
+    /// With --force, also on an open ticket whose action the quorum gate holds back: its next
+    /// restart or recreate goes ahead whatever the gate says (a member's quorum, a rollout
+    /// waiting, the concurrency and replacement caps). Recorded on the ticket with $USER and
+    /// the reason; used once.
     Retry {
         id: i64,
+        /// Override the quorum gate for the ticket's next action.
+        #[arg(long)]
+        force: bool,
+        /// Why, recorded on the ticket with the override.
+        #[arg(long, requires = "force")]
+        reason: Option<String>,
         #[command(flatten)]
         db: DbArgs,
     },

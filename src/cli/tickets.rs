@@ -152,9 +152,18 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             let store = open_to_change(&db.path())?;
             print_one(&store.set_held(id, false, now)?, false)?;
         }
-        TicketsCommand::Retry { id, db } => {
+        TicketsCommand::Retry {
+            id,
+            force,
+            reason,
+            db,
+        } => {
             let store = open_to_change(&db.path())?;
-            print_one(&store.retry(id, now)?, false)?;
+            let force = force.then(|| crate::tickets::Override {
+                user: std::env::var("USER").unwrap_or_else(|_| "a person".into()),
+                reason,
+            });
+            print_one(&store.retry(id, force.as_ref(), now)?, false)?;
         }
         TicketsCommand::Approve { id, reason, db } => {
             decide(&db, id, crate::tickets::Decision::Approved, reason, now)?;

@@ -167,6 +167,7 @@ mod tests {
             checks: Vec::new(),
             agent: Default::default(),
             groups: Vec::new(),
+            max_concurrent_disruptions: None,
         }
     }
 

@@ -429,6 +429,7 @@ mod tests {
                 checks,
                 agent: Default::default(),
                 groups: Vec::new(),
+                max_concurrent_disruptions: None,
             }],
         }
     }

@@ -57,6 +57,9 @@ pub struct Cluster {
     pub agent: AgentSpec,
     /// Quorum groups (`spec.groups`): members no disruptive action may leave below quorum.
     pub groups: Vec<Group>,
+    /// The most restarts or recreates of running containers the controller has under way in
+    /// this cluster at once (`spec.maxConcurrentDisruptions`); `None`: no limit.
+    pub max_concurrent_disruptions: Option<usize>,
 }
 
 /// A quorum group (`spec.groups[]`): services that must keep `quorum` of them live, such as
@@ -70,6 +73,21 @@ pub struct Group {
     /// A member is live when its container runs (not paused) and none of these checks is
     /// failing on it.
     pub live_checks: Vec<String>,
+    /// How long a member the controller took down gets to be live again before the
+    /// controller gives up waiting (and stops a rollout there).
+    pub live_timeout: Duration,
+    /// Members the controller takes down at once.
+    pub max_concurrent: usize,
+    /// The most repairs that take a live member down within the window; past it the
+    /// controller escalates instead of churning the group.
+    pub replacements: Replacements,
+}
+
+/// A cap on repairs that take live members of a group down (`groups[].replacements`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Replacements {
+    pub max: u32,
+    pub window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +100,11 @@ pub enum Quorum {
 }
 
 impl Group {
+    /// Defaults of the optional fields: 2 minutes to be live again, one member at a time,
+    /// each member twice per ten minutes.
+    pub const LIVE_TIMEOUT: Duration = Duration::from_secs(120);
+    pub const REPLACEMENT_WINDOW: Duration = Duration::from_secs(600);
+
     /// How many members must stay live.
     pub fn needed(&self) -> usize {
         match self.quorum {

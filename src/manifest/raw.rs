@@ -40,7 +40,7 @@ pub(super) struct Metadata {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping with network, services, prometheus, checks, agent and groups"
+    expecting = "a mapping with network, services, prometheus, checks, agent, groups and maxConcurrentDisruptions"
 )]
 pub(super) struct Spec {
     #[serde(default)]
@@ -55,12 +55,15 @@ pub(super) struct Spec {
     pub agent: Option<Agent>,
     #[serde(default)]
     pub groups: Vec<Group>,
+    #[serde(default)]
+    pub max_concurrent_disruptions: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with name, members or selector, quorum and live"
+    rename_all = "camelCase",
+    expecting = "a mapping with name, members or selector, quorum, live, maxConcurrent and replacements"
 )]
 pub(super) struct Group {
     pub name: String,
@@ -72,13 +75,28 @@ pub(super) struct Group {
     pub quorum: Option<Scalar>,
     #[serde(default)]
     pub live: Option<GroupLive>,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    #[serde(default)]
+    pub replacements: Option<GroupReplacements>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with checks")]
+#[serde(deny_unknown_fields, expecting = "a mapping with checks and timeout")]
 pub(super) struct GroupLive {
     #[serde(default)]
     pub checks: Vec<String>,
+    #[serde(default)]
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with max and window")]
+pub(super) struct GroupReplacements {
+    #[serde(default)]
+    pub max: Option<u32>,
+    #[serde(default)]
+    pub window: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -130,6 +130,16 @@ pub(super) fn document(doc: raw::Document, src: &Source, out: &mut Vec<Diagnosti
         None => AgentSpec::default(),
     };
     let groups = v.groups(doc.spec.groups, &services, &checks);
+    let max_concurrent_disruptions = match doc.spec.max_concurrent_disruptions {
+        Some(0) => {
+            v.error(
+                "spec.maxConcurrentDisruptions",
+                "0 would never let the controller restart a running container; write 1 or more, or leave it out (no limit)".into(),
+            );
+            None
+        }
+        n => n.map(|n| n as usize),
+    };
     Checked {
         cluster: Cluster {
             name,
@@ -140,6 +150,7 @@ pub(super) fn document(doc: raw::Document, src: &Source, out: &mut Vec<Diagnosti
             checks,
             agent,
             groups,
+            max_concurrent_disruptions,
         },
         file: src.file.to_path_buf(),
         lines: src.lines.clone(),

@@ -59,6 +59,77 @@ pub(super) enum CheckRestartMessage {
     },
 }
 
+/// The last round's verdict of each check, as the quorum gate reads it to tell when a member
+/// the controller took down is live again: which services the check failed on or was about
+/// to fail on, and when that round began. Tickets say the same only after a check's `for`.
+#[derive(Default)]
+pub(super) struct CheckViews {
+    views: std::sync::Mutex<HashMap<(String, String), CheckView>>,
+}
+
+#[derive(Debug, Clone)]
+struct CheckView {
+    /// When the round that drew it began.
+    from: Instant,
+    /// A verdict (passing, pending or failing), not "no data", invalid or unknown.
+    known: bool,
+    /// Services it fails or is about to fail on.
+    bad: HashSet<String>,
+    /// It fails on the cluster as a whole (then on every member).
+    bad_all: bool,
+}
+
+impl CheckViews {
+    fn record(&self, health: &ClusterHealth, from: Instant) {
+        if matches!(health.observability, Observability::Lost { .. }) {
+            // Nothing was seen: the views stay as old as they are.
+            return;
+        }
+        let mut views = super::controller::lock(&self.views);
+        for report in &health.checks {
+            let v = &report.verdict;
+            let targets = v.failing.iter().map(|f| &f.target).chain(v.pending.iter());
+            let mut bad = HashSet::new();
+            let mut bad_all = false;
+            for t in targets {
+                match t {
+                    Some(service) => {
+                        bad.insert(service.clone());
+                    }
+                    None => bad_all = true,
+                }
+            }
+            let known = matches!(
+                v.state,
+                CheckState::Passing | CheckState::Pending | CheckState::Failing
+            );
+            views.insert(
+                (health.cluster.clone(), report.check.clone()),
+                CheckView {
+                    from,
+                    known,
+                    bad,
+                    bad_all,
+                },
+            );
+        }
+    }
+
+    /// Whether a round begun after `since` evaluated `check` and found it passing on
+    /// `service`.
+    pub(super) fn passed_since(
+        &self,
+        cluster: &str,
+        check: &str,
+        service: &str,
+        since: Instant,
+    ) -> bool {
+        super::controller::lock(&self.views)
+            .get(&(cluster.to_string(), check.to_string()))
+            .is_some_and(|v| v.from > since && v.known && !v.bad_all && !v.bad.contains(service))
+    }
+}
+
 /// Memory between rounds, for logging transitions once.
 #[derive(Default)]
 pub(super) struct CheckMemory {
@@ -79,6 +150,7 @@ pub(super) struct CheckRecorder {
     cache: Arc<Cache>,
     repairs: mpsc::UnboundedSender<CheckRestartMessage>,
     memory: CheckMemory,
+    views: Arc<CheckViews>,
 }
 
 /// How long Prometheus must stay unreachable before it is a ticket (verdicts freeze at
@@ -93,6 +165,7 @@ impl CheckRecorder {
         metrics: Arc<Metrics>,
         cache: Arc<Cache>,
         repairs: mpsc::UnboundedSender<CheckRestartMessage>,
+        views: Arc<CheckViews>,
     ) -> Self {
         CheckRecorder {
             journal,
@@ -100,6 +173,7 @@ impl CheckRecorder {
             cache,
             repairs,
             memory: CheckMemory::default(),
+            views,
         }
     }
 
@@ -114,6 +188,7 @@ impl CheckRecorder {
             let desired = desired_now();
             if desired.clusters.iter().any(|c| !c.checks.is_empty()) {
                 let started = std::time::Instant::now();
+                let from = Instant::now();
                 let health = tokio::select! {
                     _ = cancel.cancelled() => return,
                     h = monitor.round(&desired) => h,
@@ -128,6 +203,7 @@ impl CheckRecorder {
                     if let Err(e) = self.apply(&desired, &cluster).await {
                         error!(cluster = %cluster.cluster, error = %e, "cannot record check verdicts; will try next round");
                     }
+                    self.views.record(&cluster, from);
                 }
             }
             tokio::select! {
@@ -496,7 +572,13 @@ mod tests {
         let cache = Arc::new(Cache::new());
         let (tx, repairs) = mpsc::unbounded_channel();
         let journal = Journal::new(store.clone(), Arc::new(Metrics::new()));
-        let recorder = CheckRecorder::new(journal, Arc::new(Metrics::new()), cache.clone(), tx);
+        let recorder = CheckRecorder::new(
+            journal,
+            Arc::new(Metrics::new()),
+            cache.clone(),
+            tx,
+            Arc::default(),
+        );
         let setup = Setup {
             dir,
             desired,

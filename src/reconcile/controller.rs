@@ -37,7 +37,8 @@ use crate::remediation::{
 use crate::tickets::Journal;
 
 use super::builtin::BuiltIn;
-use super::checks::{CheckRecorder, CheckRestartMessage};
+use super::checks::{CheckRecorder, CheckRestartMessage, CheckViews};
+use super::disruption::Disruptions;
 use super::queue::WorkQueue;
 use super::state::RepairBudget;
 
@@ -311,6 +312,10 @@ pub(super) struct Shared {
     pub paused_at: Mutex<HashMap<ServiceKey, chrono::DateTime<chrono::Utc>>>,
     /// Why the quorum gate holds each key's action back (noted on its ticket once per reason).
     pub gated: Mutex<HashMap<ServiceKey, String>>,
+    /// What the controller has taken down and not yet seen live again (the gate's state).
+    pub disruptions: Disruptions,
+    /// The last verdict of each check, for telling when a member is live again.
+    pub check_views: Arc<CheckViews>,
     builtin: Arc<BuiltIn>,
     /// Remediators for policies other than `restart` (the agent).
     remediators: Vec<(Policy, Arc<dyn Remediator>)>,
@@ -452,6 +457,8 @@ impl ControllerBuilder {
                 leases: Mutex::new(Leases::default()),
                 paused_at: Mutex::new(HashMap::new()),
                 gated: Mutex::new(HashMap::new()),
+                disruptions: Disruptions::default(),
+                check_views: Arc::default(),
                 remediators: self.remediators,
                 completions,
                 completions_rx: Mutex::new(Some(completions_rx)),
@@ -516,6 +523,8 @@ impl Controller {
         lock(&shared.check_restarted_at).retain(|k, _| declared(k));
         lock(&shared.leases).active.retain(|k, _| declared(k));
         lock(&shared.paused_at).retain(|k, _| declared(k));
+        lock(&shared.gated).retain(|k, _| declared(k));
+        shared.disruptions.retain(declared);
         *shared.desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(desired);
         shared.desired_changed.notify_one();
         self.enqueue_all();
@@ -616,6 +625,7 @@ impl Controller {
                     shared.metrics.clone(),
                     shared.cache.clone(),
                     repairs_tx,
+                    shared.check_views.clone(),
                 );
                 let this = self.clone();
                 let stop = checks_cancel.clone();

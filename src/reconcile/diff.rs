@@ -236,6 +236,7 @@ mod tests {
             checks: vec![],
             agent: Default::default(),
             groups: Vec::new(),
+            max_concurrent_disruptions: None,
         }
     }
 

@@ -11,6 +11,7 @@ mod checks;
 pub mod controller;
 pub mod decide;
 pub mod diff;
+mod disruption;
 pub mod queue;
 pub mod quorum;
 mod removed;

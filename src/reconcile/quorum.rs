@@ -1,15 +1,21 @@
-//! The quorum gate: no disruptive action (a restart, a recreate) on a live member of a
-//! quorum group when it would leave the group with fewer live members than its quorum.
-//! Repairing a member that is already down is never blocked: it can only add a live one.
+//! The quorum gate: what the controller may take down now. No restart or recreate of a
+//! *live* member of a group when it would leave the group with fewer live members than its
+//! quorum; a rollout one member at a time, each only while every other member is live; at most
+//! `maxConcurrent` members of a group and `maxConcurrentDisruptions` containers of a cluster
+//! under way at once; and no more than `replacements.max` repairs of live members of a group
+//! in its window (past it a person is asked). Repairing a member that is already down is
+//! never held back: it can only add a live one.
 //!
-//! Pure: who is live is looked up by the caller (the container runs, not paused, and none of
-//! the group's live checks has an unresolved ticket on it).
+//! Pure: who is live and what is under way is looked up by the caller (the container runs,
+//! not paused, and none of the group's live checks has an unresolved ticket on it).
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::time::Duration;
 
 use crate::manifest::Cluster;
 
-/// An action the gate held back.
+/// An action that would break a group's quorum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
     pub group: String,
@@ -29,32 +35,224 @@ impl fmt::Display for Block {
     }
 }
 
-/// Why taking `service` down now would break a quorum of one of its groups, if it would.
-/// `live` says whether a member (any member, `service` included) is live now.
-pub fn blocked(cluster: &Cluster, service: &str, live: &dyn Fn(&str) -> bool) -> Option<Block> {
-    if !live(service) {
-        return None;
+/// What the controller is about to do to a running container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disruption {
+    /// Recreating it with an edited spec (a rollout): one member of a group at a time.
+    pub rollout: bool,
+    /// A repair, counted against the group's `replacements` (a rollout is asked for).
+    pub repair: bool,
+}
+
+/// Why the gate holds an action back (or, for [`Refusal::Churn`], gives it to a person).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Quorum(Block),
+    /// A rollout waits until every other member of the group is live (and not itself under
+    /// way).
+    Rollout {
+        group: String,
+        waiting_for: String,
+    },
+    /// The group already has `max` members under way.
+    GroupBusy {
+        group: String,
+        busy: Vec<String>,
+        max: usize,
+    },
+    /// The cluster already has `max` restarts or recreates under way.
+    ClusterBusy {
+        busy: Vec<String>,
+        max: usize,
+    },
+    /// The group had `max` repairs of live members in its window: churn, for a person.
+    Churn {
+        group: String,
+        count: usize,
+        max: u32,
+        window: Duration,
+    },
+}
+
+impl Refusal {
+    /// The group it is about, for `operator_actions_gated_total{group}` ("" for the cluster).
+    pub fn group(&self) -> &str {
+        match self {
+            Refusal::Quorum(b) => &b.group,
+            Refusal::Rollout { group, .. }
+            | Refusal::GroupBusy { group, .. }
+            | Refusal::Churn { group, .. } => group,
+            Refusal::ClusterBusy { .. } => "",
+        }
     }
-    cluster
+
+    /// A short name of the rule, for `operator_actions_gated_total{reason}`.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Refusal::Quorum(_) => "quorum",
+            Refusal::Rollout { .. } => "rollout",
+            Refusal::GroupBusy { .. } => "group-concurrency",
+            Refusal::ClusterBusy { .. } => "cluster-concurrency",
+            Refusal::Churn { .. } => "replacements",
+        }
+    }
+
+    /// Whether waiting cannot help: the action is escalated instead of held back.
+    pub fn escalates(&self) -> bool {
+        matches!(self, Refusal::Churn { .. })
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Quorum(b) => b.fmt(f),
+            Refusal::Rollout { group, waiting_for } => write!(
+                f,
+                "rolling {group} out one member at a time: waits until {waiting_for} is live"
+            ),
+            Refusal::GroupBusy { group, busy, max } => write!(
+                f,
+                "{group} already has {} under way (at most {max} at a time)",
+                busy.join(", ")
+            ),
+            Refusal::ClusterBusy { busy, max } => write!(
+                f,
+                "the cluster already has {} restarts or recreates under way ({}; at most {max} at a time)",
+                busy.len(),
+                busy.join(", ")
+            ),
+            Refusal::Churn {
+                group,
+                count,
+                max,
+                window,
+            } => write!(
+                f,
+                "{group} had {count} repairs that took a live member down in the last {} (replacements.max {max}): \
+                 something keeps breaking the group; a person should look",
+                as_written(*window)
+            ),
+        }
+    }
+}
+
+/// A window as a manifest would write it ("10m", "90s").
+fn as_written(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s if s > 0 => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
+    }
+}
+
+/// What the gate looks at besides the manifest.
+pub struct Snapshot<'a> {
+    /// Whether a member (any service of the cluster) is live now.
+    pub live: &'a dyn Fn(&str) -> bool,
+    /// Services of the cluster the controller has taken down and not yet seen live again.
+    pub taken: &'a BTreeSet<String>,
+    /// Repairs of live members of a group within its window.
+    pub recent: &'a dyn Fn(&str) -> usize,
+}
+
+/// Whether `service` may be taken down now for `what`.
+pub fn judge(
+    cluster: &Cluster,
+    service: &str,
+    what: Disruption,
+    now: &Snapshot<'_>,
+) -> Result<(), Refusal> {
+    if !(now.live)(service) {
+        return Ok(());
+    }
+    let others = |members: &[String]| -> Vec<String> {
+        members
+            .iter()
+            .filter(|m| *m != service && now.taken.contains(*m))
+            .cloned()
+            .collect()
+    };
+    if let Some(max) = cluster.max_concurrent_disruptions {
+        let busy: Vec<String> = now
+            .taken
+            .iter()
+            .filter(|m| *m != service)
+            .cloned()
+            .collect();
+        if busy.len() >= max {
+            return Err(Refusal::ClusterBusy { busy, max });
+        }
+    }
+    for g in cluster
         .groups
         .iter()
         .filter(|g| g.members.iter().any(|m| m == service))
-        .find_map(|g| {
-            let live_now = g.members.iter().filter(|m| live(m)).count();
-            let live_after = live_now - 1;
-            (live_after < g.needed()).then(|| Block {
+    {
+        let busy = others(&g.members);
+        if busy.len() >= g.max_concurrent {
+            return Err(Refusal::GroupBusy {
+                group: g.name.clone(),
+                busy,
+                max: g.max_concurrent,
+            });
+        }
+        let up = |m: &String| (now.live)(m) && !now.taken.contains(m);
+        let live_after = g.members.iter().filter(|m| *m != service && up(m)).count();
+        if live_after < g.needed() {
+            return Err(Refusal::Quorum(Block {
                 group: g.name.clone(),
                 live_after,
                 members: g.members.len(),
                 needed: g.needed(),
-            })
-        })
+            }));
+        }
+        if what.rollout
+            && let Some(down) = g.members.iter().find(|m| *m != service && !up(m))
+        {
+            return Err(Refusal::Rollout {
+                group: g.name.clone(),
+                waiting_for: down.clone(),
+            });
+        }
+        if what.repair {
+            let count = (now.recent)(&g.name);
+            if count >= g.replacements.max as usize {
+                return Err(Refusal::Churn {
+                    group: g.name.clone(),
+                    count,
+                    max: g.replacements.max,
+                    window: g.replacements.window,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Group, NetworkSpec, PrometheusSpec, Quorum};
+    use crate::manifest::{Group, NetworkSpec, PrometheusSpec, Quorum, Replacements};
+
+    /// Why taking `service` down now would break a quorum of one of its groups, if it would
+    /// (nothing under way, a repair that is not a rollout).
+    fn blocked(cluster: &Cluster, service: &str, live: &dyn Fn(&str) -> bool) -> Option<Block> {
+        let none = BTreeSet::new();
+        let snapshot = Snapshot {
+            live,
+            taken: &none,
+            recent: &|_| 0,
+        };
+        let what = Disruption {
+            rollout: false,
+            repair: false,
+        };
+        match judge(cluster, service, what, &snapshot) {
+            Err(Refusal::Quorum(b)) => Some(b),
+            _ => None,
+        }
+    }
 
     fn cluster(members: usize, quorum: Quorum) -> Cluster {
         let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
@@ -75,7 +273,14 @@ mod tests {
                 members: names,
                 quorum,
                 live_checks: Vec::new(),
+                live_timeout: Group::LIVE_TIMEOUT,
+                max_concurrent: 1,
+                replacements: Replacements {
+                    max: 2 * members as u32,
+                    window: Group::REPLACEMENT_WINDOW,
+                },
             }],
+            max_concurrent_disruptions: None,
         }
     }
 
@@ -91,6 +296,105 @@ mod tests {
         assert_eq!(blocked(&c, "m0", &|m| m != "m0"), None);
         // Not in any group: never blocked.
         assert_eq!(blocked(&c, "other", &|_| false), None);
+    }
+
+    fn judge_with(
+        c: &Cluster,
+        service: &str,
+        what: Disruption,
+        down: &[&str],
+        taken: &[&str],
+        recent: usize,
+    ) -> Result<(), Refusal> {
+        let taken: BTreeSet<String> = taken.iter().map(|s| s.to_string()).collect();
+        let live = |m: &str| !down.contains(&m);
+        judge(
+            c,
+            service,
+            what,
+            &Snapshot {
+                live: &live,
+                taken: &taken,
+                recent: &|_| recent,
+            },
+        )
+    }
+
+    const REPAIR: Disruption = Disruption {
+        rollout: false,
+        repair: true,
+    };
+    const ROLLOUT: Disruption = Disruption {
+        rollout: true,
+        repair: false,
+    };
+
+    #[test]
+    fn a_rollout_goes_one_member_at_a_time_and_only_from_a_whole_group() {
+        let mut c = cluster(5, Quorum::Majority);
+        // Nothing under way, all live: the first member may go.
+        assert_eq!(judge_with(&c, "m0", ROLLOUT, &[], &[], 0), Ok(()));
+        // m0 under way: the next waits (one at a time, whatever the quorum allows).
+        let r = judge_with(&c, "m1", ROLLOUT, &[], &["m0"], 0).unwrap_err();
+        assert_eq!(r.rule(), "group-concurrency");
+        assert_eq!(
+            r.to_string(),
+            "g already has m0 under way (at most 1 at a time)"
+        );
+        // m0 done but not live (it crashed on the new spec): the rollout stops there.
+        let r = judge_with(&c, "m1", ROLLOUT, &["m0"], &[], 0).unwrap_err();
+        assert_eq!(
+            r.to_string(),
+            "rolling g out one member at a time: waits until m0 is live"
+        );
+        // A repair of a live member is not a rollout: with one down, five keep a quorum.
+        assert_eq!(judge_with(&c, "m1", REPAIR, &["m0"], &[], 0), Ok(()));
+        // A rollout of a member that is down is the repair of a down member: never held.
+        assert_eq!(
+            judge_with(&c, "m0", ROLLOUT, &["m0", "m1"], &["m2"], 0),
+            Ok(())
+        );
+        // maxConcurrent 2: two under way at once, a third waits.
+        c.groups[0].max_concurrent = 2;
+        assert_eq!(judge_with(&c, "m1", REPAIR, &[], &["m0"], 0), Ok(()));
+        assert!(judge_with(&c, "m2", REPAIR, &[], &["m0", "m1"], 0).is_err());
+    }
+
+    #[test]
+    fn members_under_way_count_as_down_for_the_quorum() {
+        let mut c = cluster(3, Quorum::Majority);
+        c.groups[0].max_concurrent = 3;
+        let r = judge_with(&c, "m1", REPAIR, &[], &["m0"], 0).unwrap_err();
+        assert_eq!(r.to_string(), "would leave g with 1 of 3 live; needs 2");
+    }
+
+    #[test]
+    fn the_cluster_cap_counts_every_service_under_way() {
+        let mut c = cluster(3, Quorum::AtLeast(1));
+        c.groups[0].max_concurrent = 3;
+        c.max_concurrent_disruptions = Some(2);
+        assert_eq!(judge_with(&c, "m2", REPAIR, &[], &["web"], 0), Ok(()));
+        let r = judge_with(&c, "m2", REPAIR, &[], &["web", "m0"], 0).unwrap_err();
+        assert_eq!(r.rule(), "cluster-concurrency");
+        assert_eq!(r.group(), "");
+        // Not in any group: only the cluster cap applies.
+        assert!(judge_with(&c, "web", REPAIR, &[], &["m0", "m1"], 0).is_err());
+        assert_eq!(judge_with(&c, "web", REPAIR, &[], &["m0"], 0), Ok(()));
+    }
+
+    #[test]
+    fn repairs_past_the_replacement_cap_escalate_and_rollouts_do_not_count() {
+        let c = cluster(3, Quorum::Majority);
+        assert_eq!(judge_with(&c, "m0", REPAIR, &[], &[], 5), Ok(()));
+        let r = judge_with(&c, "m0", REPAIR, &[], &[], 6).unwrap_err();
+        assert!(r.escalates());
+        assert_eq!(
+            r.to_string(),
+            "g had 6 repairs that took a live member down in the last 10m (replacements.max 6): something keeps breaking the group; a person should look"
+        );
+        assert_eq!(judge_with(&c, "m0", ROLLOUT, &[], &[], 6), Ok(()));
+        // A member already down is repaired whatever the count.
+        assert_eq!(judge_with(&c, "m0", REPAIR, &["m0"], &[], 60), Ok(()));
     }
 
     #[test]

@@ -5,12 +5,13 @@ use serde::Serialize;
 
 use crate::docker::actions::{Actions, Limits};
 use crate::docker::{ContainerStatus, ObservedContainer, ServiceKey};
-use crate::drift::Drift;
+use crate::drift::{Drift, DriftKind};
 use crate::manifest::{Cluster, DesiredState, Policy};
 use crate::remediation::Action;
 use crate::tickets::{Journal, Selector};
 
 use super::diff::{action_for, diff};
+use super::quorum::{Disruption, Snapshot, judge};
 use super::service::observe;
 use super::state::{Clock, RepairBudget};
 
@@ -136,7 +137,7 @@ pub async fn report(
 /// What the quorum gate would hold back now, from the fresh observations of the cluster's
 /// services and its unresolved check tickets (as the controller judges it).
 async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [ServiceReport]) {
-    if cluster.groups.is_empty() {
+    if cluster.groups.is_empty() && cluster.max_concurrent_disruptions.is_none() {
         return;
     }
     let mut failing = std::collections::HashSet::new();
@@ -174,11 +175,31 @@ async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [Servi
                 .flat_map(|g| &g.live_checks)
                 .any(|c| failing.contains(&(c.clone(), m.to_string())))
     };
+    // Taken in turn, as the controller would: the first that may go is under way when the
+    // next is judged (a rollout goes one member at a time).
+    let mut taken = std::collections::BTreeSet::new();
     for r in reports.iter_mut().filter(|r| r.cluster == cluster.name) {
-        if r.policy == Policy::Restart
-            && matches!(r.action, Some(Action::Restart) | Some(Action::Recreate))
+        let rollout = r.drifts.iter().any(|d| d.kind == DriftKind::SpecChanged);
+        if !matches!(r.action, Some(Action::Restart) | Some(Action::Recreate))
+            || (r.policy != Policy::Restart && !rollout)
         {
-            r.gated = super::quorum::blocked(cluster, &r.service, &live).map(|b| b.to_string());
+            continue;
+        }
+        let what = Disruption {
+            rollout,
+            repair: !rollout,
+        };
+        let now = Snapshot {
+            live: &live,
+            taken: &taken,
+            recent: &|_| 0,
+        };
+        match judge(cluster, &r.service, what, &now) {
+            Ok(()) if live(&r.service) => {
+                taken.insert(r.service.clone());
+            }
+            Ok(()) => {}
+            Err(refusal) => r.gated = Some(refusal.to_string()),
         }
     }
 }

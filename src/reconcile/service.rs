@@ -34,6 +34,9 @@ use super::state::{AgentGate, Clock, Gate, RepairBudget, agent_gate};
 /// How soon an action the quorum gate held back is looked at again.
 const GATE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often a member the controller took down is looked at until it is live again.
+const LIVE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Observes one service fresh from the engine (never from the cache alone, so a repair is
 /// never based on a stale view): its container by name, whether its image is present when it
 /// must be created, and who holds the name if not this service.
@@ -351,6 +354,8 @@ impl KeyRun<'_> {
                 return Outcome::Settling;
             }
             Decision::Clean { verified } => {
+                self.follow_taken(cluster, service, verified, None, budget)
+                    .await;
                 let check_restart = lock(&shared.check_restarts).get(key).cloned();
                 if let Some(repair) = check_restart
                     && let Some(outcome) = self
@@ -417,6 +422,12 @@ impl KeyRun<'_> {
         }
 
         let ticket_id = ticket.as_ref().map(|t| t.id);
+        if !budget.escalated {
+            // Taken down by the controller and drifting still: past its deadline a rollout
+            // stops here.
+            self.follow_taken(cluster, service, false, ticket_id, budget)
+                .await;
+        }
         let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
         let detail = drifts[0].detail.clone();
         match decision {
@@ -498,64 +509,182 @@ impl KeyRun<'_> {
         }
     }
 
-    /// Whether taking `service` down now would leave one of its groups below quorum. A
-    /// member is live when its container runs (not paused) and none of the group's live
-    /// checks has an unresolved ticket on it.
-    async fn quorum_block(&self, cluster: &Cluster, service: &str) -> Option<quorum::Block> {
-        let groups: Vec<&crate::manifest::Group> = cluster
-            .groups
-            .iter()
-            .filter(|g| g.members.iter().any(|m| m == service))
-            .collect();
-        if groups.is_empty() {
-            return None;
-        }
-        let mut live = std::collections::HashMap::new();
-        for group in &groups {
-            let mut failing: std::collections::HashSet<String> = Default::default();
-            if let Some(journal) = self.journal() {
-                for check in &group.live_checks {
-                    let selector = Selector::Checks {
-                        cluster: cluster.name.clone(),
-                        check: Some(check.clone()),
-                    };
-                    // Unknown counts as failing: the gate errs on the side of the quorum.
-                    match journal.unresolved(selector).await {
-                        Ok(tickets) => failing.extend(
-                            tickets
-                                .into_iter()
-                                .map(|t| t.fingerprint.target.to_string()),
-                        ),
-                        Err(_) => failing.extend(group.members.iter().cloned()),
-                    }
+    /// Who is live now, for the quorum gate: every service of the cluster whose container
+    /// runs (not paused), except members of a group on which one of the group's live checks
+    /// has an unresolved ticket. A check's state that cannot be read counts as failing: the
+    /// gate errs on the side of the quorum.
+    async fn liveness(&self, cluster: &Cluster) -> std::collections::HashMap<String, bool> {
+        let mut failing: HashSet<(String, String)> = HashSet::new();
+        if let Some(journal) = self.journal() {
+            let checks: std::collections::BTreeSet<&String> =
+                cluster.groups.iter().flat_map(|g| &g.live_checks).collect();
+            for check in checks {
+                let selector = Selector::Checks {
+                    cluster: cluster.name.clone(),
+                    check: Some(check.clone()),
+                };
+                match journal.unresolved(selector).await {
+                    Ok(tickets) => failing.extend(
+                        tickets
+                            .into_iter()
+                            .map(|t| (check.clone(), t.fingerprint.target.to_string())),
+                    ),
+                    Err(_) => failing.extend(
+                        cluster
+                            .services
+                            .iter()
+                            .map(|s| (check.clone(), s.name.clone())),
+                    ),
                 }
             }
-            for member in &group.members {
+        }
+        cluster
+            .services
+            .iter()
+            .map(|s| {
                 let running = self
                     .shared
                     .cache
-                    .get(&ServiceKey::new(cluster.name.clone(), member.clone()))
+                    .get(&ServiceKey::new(cluster.name.clone(), s.name.clone()))
                     .is_some_and(|c| c.status == ContainerStatus::Running);
-                let is_live = running && !failing.contains(member);
-                live.entry(member.clone())
-                    .and_modify(|l: &mut bool| *l &= is_live)
-                    .or_insert(is_live);
+                let failing = cluster
+                    .groups
+                    .iter()
+                    .filter(|g| g.members.contains(&s.name))
+                    .flat_map(|g| &g.live_checks)
+                    .any(|c| failing.contains(&(c.clone(), s.name.clone())));
+                (s.name.clone(), running && !failing)
+            })
+            .collect()
+    }
+
+    /// How long the service has to be live again after the controller took it down: the
+    /// shortest `live.timeout` of its groups (`None`: in no group, nothing to wait for).
+    fn live_timeout(cluster: &Cluster, service: &str) -> Option<std::time::Duration> {
+        cluster
+            .groups
+            .iter()
+            .filter(|g| g.members.iter().any(|m| m == service))
+            .map(|g| g.live_timeout)
+            .min()
+    }
+
+    /// A member the controller took down: once it is live again (running, settled, healthy,
+    /// and each of its groups' live checks evaluated passing on it since), it is no longer
+    /// under way and the rest of its groups may go. Past its deadline a rollout stops there
+    /// (escalated, and the member stays under way so no other member follows it); any other
+    /// action is simply no longer waited for.
+    async fn follow_taken(
+        &self,
+        cluster: &Cluster,
+        service: &Service,
+        verified: bool,
+        ticket: Option<i64>,
+        budget: &mut RepairBudget,
+    ) {
+        let (shared, key, now) = (self.shared, self.key, self.clock.now);
+        let Some(taken) = shared.disruptions.get(key) else {
+            return;
+        };
+        let groups: Vec<&crate::manifest::Group> = cluster
+            .groups
+            .iter()
+            .filter(|g| g.members.contains(&service.name))
+            .collect();
+        if verified {
+            let clean_at = shared.disruptions.seen_clean(key, now).unwrap_or(now);
+            let fresh = groups.iter().flat_map(|g| &g.live_checks).all(|c| {
+                shared
+                    .check_views
+                    .passed_since(&cluster.name, c, &service.name, clean_at)
+            });
+            if fresh
+                && self
+                    .liveness(cluster)
+                    .await
+                    .get(&service.name)
+                    .copied()
+                    .unwrap_or(false)
+            {
+                shared.disruptions.release(key);
+                info!(service = %key, rollout = taken.rollout, "live again after the controller took it down; the rest of its group may go");
+                for member in groups.iter().flat_map(|g| &g.members) {
+                    if member != &service.name {
+                        shared
+                            .queue
+                            .schedule(ServiceKey::new(&key.cluster, member), now);
+                    }
+                }
+                return;
             }
         }
-        quorum::blocked(cluster, service, &|m| live.get(m).copied().unwrap_or(false))
+        let Some(deadline) = taken.deadline else {
+            return;
+        };
+        if now < deadline {
+            shared
+                .queue
+                .schedule(key.clone(), (now + LIVE_POLL).min(deadline));
+            return;
+        }
+        if !taken.rollout {
+            shared.disruptions.release(key);
+            warn!(service = %key, "not live again within its group's live.timeout after the controller restarted it; no longer waiting for it");
+            return;
+        }
+        if taken.gave_up {
+            // Escalated once already; stays under way until it is live again.
+            shared.queue.schedule(key.clone(), now + LIVE_POLL * 4);
+            return;
+        }
+        shared.disruptions.give_up(key);
+        let waited = Self::live_timeout(cluster, &service.name).unwrap_or_default();
+        let reason = format!(
+            "the rollout stopped at {}: not live within {}s of being recreated with the new spec; the rest of {} keep their old spec until it is live or the manifest changes",
+            service.name,
+            waited.as_secs(),
+            groups
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        error!(service = %key, ticket, %reason, "rollout stopped");
+        budget.escalated = true;
+        if let (Some(journal), Some(id)) = (self.journal(), ticket) {
+            let why = serde_json::json!({"reason": "rollout stopped", "detail": reason});
+            if let Err(e) = journal.escalate(id, why, self.clock.wall).await {
+                error!(service = %key, error = %e, "cannot mark the ticket escalated");
+            }
+        }
+        shared.queue.schedule(key.clone(), now + LIVE_POLL * 4);
+    }
+
+    /// Whether a person overrode the gate for the ticket's next action (`tickets retry ID
+    /// --force`, not yet used by an action): who, as recorded.
+    async fn forced(&self, ticket: Option<i64>) -> Option<serde_json::Value> {
+        let (journal, id) = (self.journal()?, ticket?);
+        let timeline = journal.timeline(id).await.ok()?;
+        let last = timeline
+            .iter()
+            .rev()
+            .find(|e| e.kind == EntryKind::ActionStarted || e.kind == EntryKind::Retried)?;
+        (last.kind == EntryKind::Retried && last.detail["force"] == true)
+            .then(|| last.detail.clone())
     }
 
     /// Holds the attempt back for the quorum: said on its ticket once per reason, counted,
     /// and looked at again shortly (the group's recovery may not touch this key).
-    async fn gated(&self, a: &Attempt<'_>, block: quorum::Block) -> Outcome {
+    async fn gated(&self, a: &Attempt<'_>, refusal: quorum::Refusal) -> Outcome {
         let (shared, key) = (self.shared, self.key);
-        let reason = block.to_string();
+        let reason = refusal.to_string();
         shared
             .metrics
             .actions_gated
             .get_or_create(&vec![
                 ("cluster", key.cluster.clone()),
-                ("group", block.group.clone()),
+                ("group", refusal.group().to_string()),
+                ("reason", refusal.rule().to_string()),
             ])
             .inc();
         let new = lock(&shared.gated).insert(key.clone(), reason.clone()) != Some(reason.clone());
@@ -580,8 +709,16 @@ impl KeyRun<'_> {
     }
 
     /// Escalates the attempt's ticket to a person (the budget is already marked escalated).
-    async fn escalate(&self, a: &Attempt<'_>, why: serde_json::Value, what: &str) -> Outcome {
+    async fn escalate(&self, a: &Attempt<'_>, mut why: serde_json::Value, what: &str) -> Outcome {
         let key = self.key;
+        if self.shared.disruptions.get(key).is_some_and(|t| t.rollout) {
+            // It stays under way: no other member of its group follows it onto the new spec.
+            self.shared.disruptions.give_up(key);
+            why["rollout"] = serde_json::json!(format!(
+                "stopped at {}: the rest of its group keep their old spec until it is live or the manifest changes",
+                a.service.name
+            ));
+        }
         if !self.escalated_before {
             let labels = a.reason.labels();
             error!(
@@ -693,13 +830,59 @@ impl KeyRun<'_> {
             }
         }
 
-        // The quorum gate: a built-in action that takes a live member of a quorum group
-        // down waits while the rest of the group could not keep its quorum.
+        // The quorum gate: a built-in action that takes a running container down waits
+        // while its group could not spare it (or the cluster has enough under way already).
+        let mut taken = false;
         if a.policy == Policy::Restart
             && matches!(a.action, Some(Action::Restart) | Some(Action::Recreate))
-            && let Some(block) = self.quorum_block(a.cluster, &a.service.name).await
         {
-            return self.gated(&a, block).await;
+            let what = quorum::Disruption {
+                rollout: a
+                    .reason
+                    .drifts()
+                    .iter()
+                    .any(|d| d.kind == DriftKind::SpecChanged),
+                repair: a.budgeted,
+            };
+            let live = self.liveness(a.cluster).await;
+            let live = |m: &str| live.get(m).copied().unwrap_or(false);
+            let disruptions = &shared.disruptions;
+            taken = match disruptions.take(a.cluster, key, what, &live, now, false) {
+                Ok(taken) => taken,
+                Err(refusal) => match self.forced(a.ticket).await {
+                    Some(by) => {
+                        warn!(service = %key, ticket = a.ticket, %refusal, "the gate is overridden by a person (tickets retry --force)");
+                        if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
+                            && let Err(e) = journal
+                                .note(
+                                    id,
+                                    EntryKind::Note,
+                                    serde_json::json!({
+                                        "note": format!("gate overridden (tickets retry --force): {refusal}"),
+                                        "override": by,
+                                    }),
+                                )
+                                .await
+                        {
+                            error!(service = %key, error = %e, "cannot note on the ticket");
+                        }
+                        disruptions
+                            .take(a.cluster, key, what, &live, now, true)
+                            .unwrap_or(false)
+                    }
+                    None if refusal.escalates() => {
+                        budget.escalated = true;
+                        let why = serde_json::json!({
+                            "reason": "group replacements spent",
+                            "group": refusal.group(),
+                            "detail": refusal.to_string(),
+                            "drift": labels.first(),
+                        });
+                        return self.escalate(&a, why, "group replacements spent").await;
+                    }
+                    None => return self.gated(&a, refusal).await,
+                },
+            };
         }
         lock(&shared.gated).remove(key);
 
@@ -739,10 +922,12 @@ impl KeyRun<'_> {
                 // Held or resolved since this reconcile began: hands off.
                 Ok(false) => {
                     *budget = unspent;
+                    shared.disruptions.release(key);
                     return Outcome::Held;
                 }
                 Err(e) => {
                     *budget = unspent;
+                    shared.disruptions.release(key);
                     self.retry_soon();
                     return Outcome::Unrecorded {
                         error: format!("the attempt could not be recorded: {e}"),
@@ -772,6 +957,7 @@ impl KeyRun<'_> {
             .await;
         let result = match dispatch {
             Dispatch::Started { session } => {
+                shared.disruptions.release(key);
                 // Leased until the session reports back; this worker and key are free now.
                 let early = lock(&shared.leases).grant(
                     key.clone(),
@@ -803,6 +989,20 @@ impl KeyRun<'_> {
             }
             Dispatch::Done(result) => result,
         };
+        if taken {
+            match &result {
+                // Under way until it is live again (or its group's live.timeout).
+                Ok(()) => {
+                    let timeout = Self::live_timeout(a.cluster, &a.service.name);
+                    if let Some(deadline) = shared.disruptions.acted(key, timeout) {
+                        shared.queue.schedule(key.clone(), deadline);
+                    }
+                }
+                Err(_) => {
+                    shared.disruptions.release(key);
+                }
+            }
+        }
         let (outcome, ok, entry) = match result {
             Ok(()) => {
                 shared.metrics.action(kind, "ok");

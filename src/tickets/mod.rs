@@ -43,7 +43,7 @@ pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry
 pub use owner::{Ownership, host as host_name, lock_path};
 pub use query::{Episode, TicketQuery};
 pub use requests::AgentRequest;
-pub use store::{DriftSighting, Selector, Store};
+pub use store::{DriftSighting, Override, Selector, Store};
 
 use std::path::PathBuf;
 

@@ -169,6 +169,15 @@ pub enum Selector {
 }
 
 /// The ticket database: blocking calls.
+/// A person's override of the quorum gate for a ticket's next action (`tickets retry
+/// --force`), recorded on its timeline.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// Who, as the shell says (`$USER`).
+    pub user: String,
+    pub reason: Option<String>,
+}
+
 pub struct Store {
     db: Db,
 }
@@ -784,26 +793,50 @@ impl Store {
         })
     }
 
-    /// Gives an escalated ticket's service a fresh budget and reopens the ticket.
-    pub fn retry(&self, id: i64, now: DateTime<Utc>) -> Result<Ticket, TicketError> {
+    /// Gives an escalated ticket's service a fresh budget and reopens the ticket. With
+    /// `force` (a person's override, recorded with who and why): also an open ticket, and
+    /// its next action passes the quorum gate whatever the gate would say.
+    pub fn retry(
+        &self,
+        id: i64,
+        force: Option<&Override>,
+        now: DateTime<Utc>,
+    ) -> Result<Ticket, TicketError> {
         self.write("retry a ticket", |tx| {
             let ticket = self.get_tx(tx, id)?.ok_or(TicketError::NotFound(id))?;
-            if ticket.status != Status::Escalated {
+            let allowed = match force {
+                None => ticket.status == Status::Escalated,
+                Some(_) => ticket.status != Status::Resolved,
+            };
+            if !allowed {
                 return Err(TicketError::WrongState {
                     id,
                     status: ticket.status,
-                    what: "only escalated tickets can be retried",
+                    what: if force.is_some() {
+                        "a resolved ticket has nothing to force"
+                    } else {
+                        "only escalated tickets can be retried (--force also overrides the quorum gate for an open one)"
+                    },
                 });
             }
-            tx.execute(
-                "UPDATE budgets SET attempts = 0, next_attempt_at = NULL, repairs = '[]', escalated = 0 \
-                 WHERE cluster = ?1 AND service = ?2",
-                params![ticket.cluster, ticket.service],
-            )
-            .map_err(self.err("reset a budget"))?;
-            tx.execute("UPDATE tickets SET status = 'open' WHERE id = ?1", params![id])
-                .map_err(self.err("retry a ticket"))?;
-            self.append_tx(tx, id, EntryKind::Retried, None, &serde_json::json!({"by": "human", "budget": "fresh"}), now)?;
+            let mut detail = serde_json::json!({"by": "human"});
+            if ticket.status == Status::Escalated {
+                tx.execute(
+                    "UPDATE budgets SET attempts = 0, next_attempt_at = NULL, repairs = '[]', escalated = 0 \
+                     WHERE cluster = ?1 AND service = ?2",
+                    params![ticket.cluster, ticket.service],
+                )
+                .map_err(self.err("reset a budget"))?;
+                tx.execute("UPDATE tickets SET status = 'open' WHERE id = ?1", params![id])
+                    .map_err(self.err("retry a ticket"))?;
+                detail["budget"] = serde_json::json!("fresh");
+            }
+            if let Some(o) = force {
+                detail["force"] = serde_json::json!(true);
+                detail["user"] = serde_json::json!(o.user);
+                detail["reason"] = serde_json::json!(o.reason);
+            }
+            self.append_tx(tx, id, EntryKind::Retried, None, &detail, now)?;
             self.get_tx(tx, id)?.ok_or(TicketError::NotFound(id))
         })
     }

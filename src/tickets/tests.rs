@@ -232,15 +232,43 @@ fn retry_gives_an_escalated_ticket_a_fresh_budget() {
         "escalated once"
     );
     assert!(matches!(
-        store.retry(9999, now),
+        store.retry(9999, None, now),
         Err(TicketError::NotFound(9999))
     ));
-    let t = store.retry(t.id, now).unwrap();
+    let t = store.retry(t.id, None, now).unwrap();
     assert_eq!(t.status, Status::Open);
     let b = store.load_budget("c", "s").unwrap().unwrap();
     assert_eq!((b.attempts, b.repairs.len(), b.escalated), (0, 0, false));
     assert!(matches!(
-        store.retry(t.id, now),
+        store.retry(t.id, None, now),
+        Err(TicketError::WrongState { .. })
+    ));
+}
+
+#[test]
+fn a_forced_retry_overrides_an_open_ticket_once_and_says_who() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let fp = Fingerprint::service("c", "s", DriftKind::Unhealthy);
+    let now = Utc::now();
+    let (t, _) = store
+        .record_drift(&sighting(&fp, "unhealthy"), now)
+        .unwrap();
+    let by = crate::tickets::Override {
+        user: "alice".into(),
+        reason: Some("pd1 is being replaced by hand".into()),
+    };
+    let forced = store.retry(t.id, Some(&by), now).unwrap();
+    assert_eq!(forced.status, Status::Open, "an open ticket stays open");
+    let last = store.timeline(t.id).unwrap().pop().unwrap();
+    assert_eq!(last.kind, EntryKind::Retried);
+    assert_eq!(last.detail["force"], true);
+    assert_eq!(last.detail["user"], "alice");
+    assert_eq!(last.detail["reason"], "pd1 is being replaced by hand");
+    assert!(last.detail.get("budget").is_none(), "no budget was reset");
+    store.resolve_by_human(t.id, None, now).unwrap();
+    assert!(matches!(
+        store.retry(t.id, Some(&by), now),
         Err(TicketError::WrongState { .. })
     ));
 }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::super::raw::{self, Scalar};
-use super::super::{Check, Group, Quorum, Service};
+use super::super::{Check, Group, Quorum, Replacements, Service};
 use super::{Validator, dns_label};
 
 impl Validator<'_, '_> {
@@ -110,7 +110,62 @@ impl Validator<'_, '_> {
                     Quorum::Majority
                 }
             };
-            let live_checks = g.live.map(|l| l.checks).unwrap_or_default();
+            let (live_checks, live_timeout) = match g.live {
+                None => (Vec::new(), None),
+                Some(l) => (l.checks, l.timeout),
+            };
+            let live_timeout = match live_timeout {
+                None => Group::LIVE_TIMEOUT,
+                Some(raw) => self
+                    .positive_duration(&format!("{path}.live.timeout"), Some(raw))
+                    .unwrap_or_else(|| {
+                        ok = false;
+                        Group::LIVE_TIMEOUT
+                    }),
+            };
+            let max_concurrent = match g.max_concurrent {
+                None => 1,
+                Some(0) => {
+                    self.error(
+                        &format!("{path}.maxConcurrent"),
+                        "maxConcurrent: 0 would never let the controller restart a live member; write 1 or more".into(),
+                    );
+                    ok = false;
+                    1
+                }
+                Some(n) => n as usize,
+            };
+            let default_max = 2 * members.len().max(1) as u32;
+            let replacements = match g.replacements {
+                None => Replacements {
+                    max: default_max,
+                    window: Group::REPLACEMENT_WINDOW,
+                },
+                Some(r) => {
+                    let window = match r.window {
+                        None => Group::REPLACEMENT_WINDOW,
+                        Some(raw) => self
+                            .positive_duration(&format!("{path}.replacements.window"), Some(raw))
+                            .unwrap_or_else(|| {
+                                ok = false;
+                                Group::REPLACEMENT_WINDOW
+                            }),
+                    };
+                    let max = match r.max {
+                        Some(0) => {
+                            self.error(
+                                &format!("{path}.replacements.max"),
+                                "max: 0 would escalate the first repair of a live member; write 1 or more".into(),
+                            );
+                            ok = false;
+                            default_max
+                        }
+                        Some(n) => n,
+                        None => default_max,
+                    };
+                    Replacements { max, window }
+                }
+            };
             for (j, c) in live_checks.iter().enumerate() {
                 if !checks.iter().any(|k| &k.name == c) {
                     self.error(
@@ -126,6 +181,9 @@ impl Validator<'_, '_> {
                     members,
                     quorum,
                     live_checks,
+                    live_timeout,
+                    max_concurrent,
+                    replacements,
                 });
             }
         }

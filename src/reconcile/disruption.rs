@@ -1,0 +1,248 @@
+//! What the controller has taken down and not yet seen live again, per cluster: the state
+//! the quorum gate ([`super::quorum::judge`]) is asked against. Checking and taking happen
+//! under one lock, so two members reconciled side by side can never both pass the gate on
+//! the same view of the group.
+//!
+//! In memory only: after a restart of the controller nothing is under way, and the gate
+//! judges from what runs and what is live (a rollout still waits for every other member to
+//! be live, so a member that crashed on its new spec still stops it).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::docker::ServiceKey;
+use crate::manifest::Cluster;
+
+use super::controller::lock;
+use super::quorum::{Disruption, Refusal, Snapshot, judge};
+
+/// A running container the controller took down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub rollout: bool,
+    /// When the action finished: from then on the member has until `deadline` to be live.
+    pub deadline: Option<Instant>,
+    /// When it was first seen running, settled and healthy again after the action (its live
+    /// checks must be evaluated after that, and pass, before it counts as live).
+    pub clean_at: Option<Instant>,
+    /// A rollout that stopped here (escalated once): it stays under way until it is live.
+    pub gave_up: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    taken: HashMap<ServiceKey, Taken>,
+    /// When repairs took a live member of each (cluster, group) down.
+    repairs: HashMap<(String, String), VecDeque<Instant>>,
+}
+
+/// The registry of what is under way (one per controller).
+#[derive(Default)]
+pub struct Disruptions {
+    inner: Mutex<Inner>,
+}
+
+impl Disruptions {
+    /// Takes `key` down for `what` if the gate allows it now (or `force`: a person said so),
+    /// and records it as under way. `live` is the caller's view of which services are live.
+    /// A service that is not live is not a disruption: allowed, and not recorded.
+    /// Returns whether it is now recorded (then [`Disruptions::acted`] must follow).
+    pub fn take(
+        &self,
+        cluster: &Cluster,
+        key: &ServiceKey,
+        what: Disruption,
+        live: &dyn Fn(&str) -> bool,
+        now: Instant,
+        force: bool,
+    ) -> Result<bool, Refusal> {
+        let mut inner = lock(&self.inner);
+        if inner.taken.contains_key(key) {
+            // Still under way from an earlier action (a crashed rollout being started
+            // again): the first deadline stands.
+            return Ok(true);
+        }
+        if !live(&key.service) {
+            return Ok(false);
+        }
+        let taken: BTreeSet<String> = inner
+            .taken
+            .keys()
+            .filter(|k| k.cluster == key.cluster)
+            .map(|k| k.service.clone())
+            .collect();
+        let mut recent: HashMap<String, usize> = HashMap::new();
+        for g in &cluster.groups {
+            let at = inner
+                .repairs
+                .entry((cluster.name.clone(), g.name.clone()))
+                .or_default();
+            while at
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= g.replacements.window)
+            {
+                at.pop_front();
+            }
+            recent.insert(g.name.clone(), at.len());
+        }
+        let verdict = judge(
+            cluster,
+            &key.service,
+            what,
+            &Snapshot {
+                live,
+                taken: &taken,
+                recent: &|g| recent.get(g).copied().unwrap_or(0),
+            },
+        );
+        if !force {
+            verdict?;
+        }
+        if what.repair {
+            for g in cluster
+                .groups
+                .iter()
+                .filter(|g| g.members.contains(&key.service))
+            {
+                inner
+                    .repairs
+                    .entry((cluster.name.clone(), g.name.clone()))
+                    .or_default()
+                    .push_back(now);
+            }
+        }
+        inner.taken.insert(
+            key.clone(),
+            Taken {
+                rollout: what.rollout,
+                deadline: None,
+                clean_at: None,
+                gave_up: false,
+            },
+        );
+        Ok(true)
+    }
+
+    /// The action on `key` finished: a member of a group now has `live_timeout` to be live
+    /// again (`None`: not in a group, nothing to wait for). Returns the deadline set.
+    pub fn acted(&self, key: &ServiceKey, live_timeout: Option<Duration>) -> Option<Instant> {
+        let mut inner = lock(&self.inner);
+        let Some(timeout) = live_timeout else {
+            inner.taken.remove(key);
+            return None;
+        };
+        let taken = inner.taken.get_mut(key)?;
+        Some(
+            *taken
+                .deadline
+                .get_or_insert_with(|| Instant::now() + timeout),
+        )
+    }
+
+    pub fn get(&self, key: &ServiceKey) -> Option<Taken> {
+        lock(&self.inner).taken.get(key).cloned()
+    }
+
+    /// Notes when the member was first seen clean again; returns that moment.
+    pub fn seen_clean(&self, key: &ServiceKey, now: Instant) -> Option<Instant> {
+        let mut inner = lock(&self.inner);
+        let taken = inner.taken.get_mut(key)?;
+        Some(*taken.clean_at.get_or_insert(now))
+    }
+
+    /// A rollout stopped at `key`: escalated once, and it stays under way.
+    pub fn give_up(&self, key: &ServiceKey) {
+        if let Some(t) = lock(&self.inner).taken.get_mut(key) {
+            t.gave_up = true;
+        }
+    }
+
+    /// The member is live again, gave up on, or the action failed: no longer under way.
+    pub fn release(&self, key: &ServiceKey) -> Option<Taken> {
+        lock(&self.inner).taken.remove(key)
+    }
+
+    /// Forgets everything about services the manifests no longer declare.
+    pub fn retain(&self, declared: impl Fn(&ServiceKey) -> bool) {
+        lock(&self.inner).taken.retain(|k, _| declared(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Group, NetworkSpec, PrometheusSpec, Quorum, Replacements};
+
+    fn cluster() -> Cluster {
+        Cluster {
+            name: "c".into(),
+            source: std::path::PathBuf::from("/m/c.yaml"),
+            network: NetworkSpec {
+                name: "c-net".into(),
+                external: false,
+                internal: false,
+            },
+            services: Vec::new(),
+            prometheus: PrometheusSpec::default(),
+            checks: Vec::new(),
+            agent: Default::default(),
+            groups: vec![Group {
+                name: "g".into(),
+                members: vec!["a".into(), "b".into(), "c".into()],
+                quorum: Quorum::Majority,
+                live_checks: Vec::new(),
+                live_timeout: Duration::from_secs(60),
+                max_concurrent: 1,
+                replacements: Replacements {
+                    max: 2,
+                    window: Duration::from_secs(600),
+                },
+            }],
+            max_concurrent_disruptions: None,
+        }
+    }
+
+    const REPAIR: Disruption = Disruption {
+        rollout: false,
+        repair: true,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn the_second_of_two_members_taken_at_once_waits_until_the_first_is_released() {
+        let (c, d) = (cluster(), Disruptions::default());
+        let (a, b) = (ServiceKey::new("c", "a"), ServiceKey::new("c", "b"));
+        let now = Instant::now();
+        assert_eq!(d.take(&c, &a, REPAIR, &|_| true, now, false), Ok(true));
+        let refused = d.take(&c, &b, REPAIR, &|_| true, now, false).unwrap_err();
+        assert_eq!(refused.rule(), "group-concurrency");
+        // The action finished: a has a minute to be live again, and is still under way.
+        let deadline = d.acted(&a, Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(deadline, now + Duration::from_secs(60));
+        assert!(d.take(&c, &b, REPAIR, &|_| true, now, false).is_err());
+        // Forced by a person: taken all the same.
+        assert_eq!(d.take(&c, &b, REPAIR, &|_| true, now, true), Ok(true));
+        d.release(&a);
+        d.release(&b);
+        // A member that is down is not a disruption: allowed and not recorded.
+        assert_eq!(d.take(&c, &b, REPAIR, &|m| m != "b", now, false), Ok(false));
+        assert!(d.get(&b).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repairs_in_the_window_are_counted_and_forgotten_after_it() {
+        let (c, d) = (cluster(), Disruptions::default());
+        let a = ServiceKey::new("c", "a");
+        let now = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(d.take(&c, &a, REPAIR, &|_| true, now, false), Ok(true));
+            d.release(&a);
+        }
+        let churn = d.take(&c, &a, REPAIR, &|_| true, now, false).unwrap_err();
+        assert!(churn.escalates(), "{churn}");
+        let later = now + Duration::from_secs(600);
+        assert_eq!(d.take(&c, &a, REPAIR, &|_| true, later, false), Ok(true));
+    }
+}
