@@ -184,6 +184,7 @@ mod tests {
             labels: BTreeMap::new(),
             healthcheck: None,
             depends_on: Vec::new(),
+            restart_with: Vec::new(),
             restart_policy: RestartPolicy::No,
             stop_timeout: None,
             stop_signal: None,

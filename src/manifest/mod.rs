@@ -316,6 +316,10 @@ pub struct Service {
     pub labels: BTreeMap<String, String>,
     pub healthcheck: Option<Healthcheck>,
     pub depends_on: Vec<String>,
+    /// `restartWith`: dependencies (each also in `depends_on`) whose restart or recreation
+    /// restarts this service too: a container started before its dependency's current one
+    /// is restarted.
+    pub restart_with: Vec<String>,
     pub restart_policy: RestartPolicy,
     /// `stopTimeout`: how long a stop waits after the stop signal before the engine kills
     /// (whole seconds, at most [`MAX_STOP_TIMEOUT`]). `None`: the engine's default, 10 s.
@@ -677,6 +681,7 @@ mod tests {
         changed.remediation.policy = Policy::Observe;
         changed.remediation.max_restarts = 99;
         changed.depends_on.clear();
+        changed.restart_with = vec!["db".into()];
         assert_eq!(changed.spec_hash(), base.spec_hash());
     }
 

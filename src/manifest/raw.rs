@@ -237,6 +237,8 @@ pub(super) struct Service {
     #[serde(default)]
     pub depends_on: Vec<String>,
     #[serde(default)]
+    pub restart_with: Vec<String>,
+    #[serde(default)]
     pub restart_policy: Option<Scalar>,
     #[serde(default)]
     pub stop_timeout: Option<Scalar>,

@@ -430,6 +430,7 @@ impl Validator<'_, '_> {
             healthcheck,
             // Checked by `dependencies` once every name of the cluster is known.
             depends_on: raw.depends_on,
+            restart_with: raw.restart_with,
             restart_policy,
             stop_timeout,
             stop_signal,
@@ -887,6 +888,26 @@ impl Validator<'_, '_> {
             }
             service.depends_on = kept;
             edges.push(targets);
+            let mut with = Vec::new();
+            for (j, dep) in std::mem::take(&mut service.restart_with)
+                .into_iter()
+                .enumerate()
+            {
+                let field = format!("spec.services[{i}].restartWith[{j}]");
+                if with.contains(&dep) {
+                    self.error(&field, format!("\"{dep}\" is listed twice"));
+                } else if !service.depends_on.contains(&dep) {
+                    self.error(
+                        &field,
+                        format!(
+                            "\"{dep}\" is not in dependsOn: a service restarts with what it depends on (add it to dependsOn)"
+                        ),
+                    );
+                } else {
+                    with.push(dep);
+                }
+            }
+            service.restart_with = with;
         }
         for cycle in graph::cycles(&edges) {
             let names: Vec<&str> = cycle.iter().map(|&i| services[i].name.as_str()).collect();
@@ -1675,6 +1696,33 @@ mod tests {
             "spec.services[0].dependsOn[1]",
             &["depends on itself"],
         );
+    }
+
+    #[test]
+    fn restart_with_names_dependencies_only() {
+        let text = manifest(
+            "demo",
+            &(service(
+                "web",
+                "      dependsOn: [db]\n      restartWith: [db, cache, db]\n",
+            ) + &service("db", "")
+                + &service("cache", "")),
+        );
+        let diags = diagnostics(&text);
+        let line = line_of(&text, "restartWith", 0);
+        assert_reported(
+            &diags,
+            line,
+            "spec.services[0].restartWith[1]",
+            &["\"cache\" is not in dependsOn", "add it to dependsOn"],
+        );
+        assert_reported(
+            &diags,
+            line,
+            "spec.services[0].restartWith[2]",
+            &["\"db\" is listed twice"],
+        );
+        assert_eq!(diags.len(), 2, "{diags:#?}");
     }
 
     #[test]

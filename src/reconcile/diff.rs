@@ -253,6 +253,7 @@ mod tests {
             labels: BTreeMap::new(),
             healthcheck: None,
             depends_on: vec![],
+            restart_with: vec![],
             restart_policy: RestartPolicy::No,
             stop_timeout: None,
             stop_signal: None,

@@ -153,6 +153,8 @@ enum Reason<'a> {
     Drifts(&'a [Drift]),
     /// A failing check with `policy: restart`.
     Check(&'a str),
+    /// A `restartWith` dependency started after this service's container did.
+    Dependency(&'a str),
 }
 
 impl Reason<'_> {
@@ -162,13 +164,14 @@ impl Reason<'_> {
         match self {
             Reason::Drifts(drifts) => drifts.iter().map(|d| d.kind.to_string()).collect(),
             Reason::Check(check) => vec![format!("{}:{check}", DriftKind::CheckFailed)],
+            Reason::Dependency(dependency) => vec![format!("dependency-restarted:{dependency}")],
         }
     }
 
     fn drifts(&self) -> &[Drift] {
         match self {
             Reason::Drifts(d) => d,
-            Reason::Check(_) => &[],
+            Reason::Check(_) | Reason::Dependency(_) => &[],
         }
     }
 }
@@ -363,6 +366,43 @@ impl KeyRun<'_> {
                         .await
                 {
                     return outcome;
+                }
+                if verified {
+                    // Settled: whatever restarts with it may follow now.
+                    for dependent in cluster
+                        .services
+                        .iter()
+                        .filter(|s| s.restart_with.contains(&service.name))
+                    {
+                        shared
+                            .queue
+                            .schedule(ServiceKey::new(&key.cluster, &dependent.name), now);
+                    }
+                    if !holds.held
+                        && service.remediation.policy != Policy::Observe
+                        && let Some(dependency) = self.restarted_dependency(service, &observed)
+                    {
+                        let detail = format!(
+                            "{dependency} was restarted or recreated after this container started (restartWith)"
+                        );
+                        return self
+                            .attempt(
+                                Attempt {
+                                    cluster,
+                                    service,
+                                    policy: Policy::Restart,
+                                    action: Some(Action::Restart),
+                                    budgeted: false,
+                                    remediation: r,
+                                    ticket: None,
+                                    reason: Reason::Dependency(&dependency),
+                                    detail,
+                                    container: observed.container.as_ref(),
+                                },
+                                budget,
+                            )
+                            .await;
+                    }
                 }
                 if let Some(reset_at) = budget.saw_clean(now, verified, r) {
                     // Look again when the backoff is due to reset.
@@ -1248,6 +1288,25 @@ impl KeyRun<'_> {
                 false
             }
         }
+    }
+
+    /// The first `restartWith` dependency whose running container started after this
+    /// service's did (by the engine's clock): this one still talks to the one before it.
+    fn restarted_dependency(&self, service: &Service, observed: &Observation) -> Option<String> {
+        let mine = observed.container.as_ref()?.started_at?;
+        service
+            .restart_with
+            .iter()
+            .find(|dependency| {
+                self.shared
+                    .cache
+                    .get(&ServiceKey::new(&self.key.cluster, dependency.as_str()))
+                    .is_some_and(|c| {
+                        c.status == ContainerStatus::Running
+                            && c.started_at.is_some_and(|started| started > mine)
+                    })
+            })
+            .cloned()
     }
 
     /// Whether a dependency's container is running now (asked fresh from the engine).
