@@ -692,7 +692,7 @@ impl KeyRun<'_> {
         error!(service = %key, ticket, %reason, "rollout stopped");
         budget.escalated = true;
         if let (Some(journal), Some(id)) = (self.journal(), ticket) {
-            let why = serde_json::json!({"reason": "rollout stopped", "detail": reason});
+            let why = serde_json::json!({"reason": "rollout stopped", "rollout": reason});
             if let Err(e) = journal.escalate(id, why, self.clock.wall).await {
                 error!(service = %key, error = %e, "cannot mark the ticket escalated");
             }
