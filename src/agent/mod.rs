@@ -5,6 +5,7 @@
 pub mod api;
 pub mod audit;
 pub mod dispatcher;
+pub mod guard;
 pub mod prompt;
 pub mod safety;
 pub mod session;

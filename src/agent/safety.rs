@@ -127,6 +127,9 @@ pub struct SafetyContext {
     pub controller_containers: Vec<String>,
     /// The controller's process ids (its own, a dispatcher's).
     pub controller_pids: Vec<u32>,
+    /// Managed containers (names and ids) the quorum gate protects now, with its reason: no
+    /// command may stop, kill, restart, remove or pause them ([`super::guard::guarded`]).
+    pub quorum_guarded: Vec<(String, String)>,
     /// Absolute paths no command may name: files and directories.
     pub protected_paths: Vec<PathBuf>,
     /// File names no command may name, in any directory.
@@ -1841,64 +1844,15 @@ fn deny_docker(argv: &[Word], ctx: &Ctx, from_xargs: bool) -> Option<String> {
         }
         _ => {}
     }
+    let targets = container_targets(key.as_str(), args)?;
     if !ctx.raw.controller_containers.is_empty() {
-        let targets: Vec<&Word> = match key.as_str() {
-            "rm" | "pause" => non_options(args, &[]),
-            "stop" | "restart" => {
-                non_options(args, &["-t", "--time", "--timeout", "-s", "--signal"])
-            }
-            "kill" => non_options(args, &["-s", "--signal"]),
-            "update" => non_options(args, &["--*", "-c", "-m"]),
-            "exec" => non_options(
-                args,
-                &[
-                    "-e",
-                    "--env",
-                    "--env-file",
-                    "-u",
-                    "--user",
-                    "-w",
-                    "--workdir",
-                    "--detach-keys",
-                ],
-            )
-            .into_iter()
-            .take(1)
-            .collect(),
-            "commit" => non_options(
-                args,
-                &["-a", "--author", "-c", "--change", "-m", "--message"],
-            )
-            .into_iter()
-            .take(1)
-            .collect(),
-            "attach" | "rename" => non_options(args, &["--detach-keys"])
-                .into_iter()
-                .take(1)
-                .collect(),
-            "cp" => non_options(args, &[])
-                .into_iter()
-                .filter(|w| w.text.contains(':') && !w.text.starts_with(['/', '.']))
-                .collect(),
-            "network disconnect" => non_options(args, &[]),
-            _ => return None,
-        };
         let controller = |w: &Word| {
-            let t = w
-                .text
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .trim_start_matches('/');
             w.dynamic
-                || ctx.raw.controller_containers.iter().any(|c| {
-                    t == c
-                        || (t.len() >= 3
-                            && c.len() >= 12
-                            && t.chars().all(|ch| ch.is_ascii_hexdigit())
-                            && c.chars().all(|ch| ch.is_ascii_hexdigit())
-                            && c.starts_with(t))
-                })
+                || ctx
+                    .raw
+                    .controller_containers
+                    .iter()
+                    .any(|c| names_container(w, c))
         };
         if from_xargs || targets.iter().any(|w| controller(w)) {
             let named = targets
@@ -1912,7 +1866,89 @@ fn deny_docker(argv: &[Word], ctx: &Ctx, from_xargs: bool) -> Option<String> {
             ));
         }
     }
+    let guarded = &ctx.raw.quorum_guarded;
+    if !guarded.is_empty() && matches!(key.as_str(), "stop" | "restart" | "kill" | "rm" | "pause") {
+        if let Some((w, (_, why))) = targets.iter().find_map(|w| {
+            guarded
+                .iter()
+                .find(|(c, _)| names_container(w, c))
+                .map(|g| (w, g))
+        }) {
+            return Some(format!(
+                "`docker {key} {}` is held back by the quorum gate: {why}",
+                display(w)
+            ));
+        }
+        if from_xargs || targets.iter().any(|w| w.dynamic) {
+            let mut protected: Vec<&str> = guarded.iter().map(|(c, _)| c.as_str()).collect();
+            protected.dedup();
+            return Some(format!(
+                "`docker {key}` on containers known only at run time could take down a member \
+                 the quorum gate protects now ({}); name the container",
+                protected.join(", ")
+            ));
+        }
+    }
     None
+}
+
+/// The containers a `docker KEY ...` call names (`None`: a call that names none).
+fn container_targets<'a>(key: &str, args: &'a [Word]) -> Option<Vec<&'a Word>> {
+    Some(match key {
+        "rm" | "pause" => non_options(args, &[]),
+        "stop" | "restart" => non_options(args, &["-t", "--time", "--timeout", "-s", "--signal"]),
+        "kill" => non_options(args, &["-s", "--signal"]),
+        "update" => non_options(args, &["--*", "-c", "-m"]),
+        "exec" => non_options(
+            args,
+            &[
+                "-e",
+                "--env",
+                "--env-file",
+                "-u",
+                "--user",
+                "-w",
+                "--workdir",
+                "--detach-keys",
+            ],
+        )
+        .into_iter()
+        .take(1)
+        .collect(),
+        "commit" => non_options(
+            args,
+            &["-a", "--author", "-c", "--change", "-m", "--message"],
+        )
+        .into_iter()
+        .take(1)
+        .collect(),
+        "attach" | "rename" => non_options(args, &["--detach-keys"])
+            .into_iter()
+            .take(1)
+            .collect(),
+        "cp" => non_options(args, &[])
+            .into_iter()
+            .filter(|w| w.text.contains(':') && !w.text.starts_with(['/', '.']))
+            .collect(),
+        "network disconnect" => non_options(args, &[]),
+        _ => return None,
+    })
+}
+
+/// Whether word `w` names container `c` (a name, or an id by a prefix of at least 3 hex digits).
+fn names_container(w: &Word, c: &str) -> bool {
+    let t = w
+        .text
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('/');
+    t == c
+        || (t.len() >= 3
+            && c.len() >= 12
+            && t.chars().all(|ch| ch.is_ascii_hexdigit())
+            && c.chars().all(|ch| ch.is_ascii_hexdigit())
+            && c.starts_with(t))
 }
 
 /// `docker run|create` mounting a managed volume read-write, or a protected path.
@@ -2874,6 +2910,40 @@ mod tests {
         assert!(judge(SafetyMode::Execute, "docker stop $(docker ps -q)", &ctx).is_allow());
         assert!(judge(SafetyMode::Execute, "docker stop operator", &ctx).is_allow());
         assert!(!judge(SafetyMode::Execute, "docker system prune -f", &ctx).is_allow());
+    }
+
+    #[test]
+    fn the_quorum_gate_refuses_taking_a_protected_member_down_in_every_mode() {
+        let why = "would leave members with 1 of 3 live; needs 2";
+        let ctx = SafetyContext {
+            quorum_guarded: vec![
+                ("etcd1".into(), why.into()),
+                ("4f2a9c1d7e3b5a6c8d9e0f1a".into(), why.into()),
+            ],
+            ..SafetyContext::default()
+        };
+        for command in [
+            "docker stop etcd1",
+            "docker restart -t 1 etcd1",
+            "docker kill -s KILL etcd1",
+            "docker rm -f etcd1",
+            "docker pause etcd1",
+            "docker container stop 4f2a9c",
+        ] {
+            let j = judge(SafetyMode::Execute, command, &ctx);
+            assert_eq!(j.as_str(), "deny", "{command}: {j:?}");
+            assert!(
+                j.reason().contains("held back by the quorum gate"),
+                "{command}: {j:?}"
+            );
+            assert!(j.reason().contains(why), "{command}: {j:?}");
+        }
+        let unknown = judge(SafetyMode::Execute, "docker restart $(docker ps -q)", &ctx);
+        assert_eq!(unknown.as_str(), "deny", "{unknown:?}");
+        assert!(unknown.reason().contains("etcd1"), "{unknown:?}");
+        // Another member, and reading the protected one, are not the gate's business.
+        assert!(judge(SafetyMode::Execute, "docker restart etcd0", &ctx).is_allow());
+        assert!(judge(SafetyMode::Observe, "docker logs etcd1", &ctx).is_allow());
     }
 
     #[test]

@@ -537,7 +537,14 @@ impl Loop<'_> {
                 .await;
         };
         let audit = &self.deps.audit;
-        match safety::judge(self.cfg.mode, command, &self.deps.safety) {
+        // The quorum gate as it stands now: the group may have changed since the last command.
+        let mut judged_by = self.deps.safety.clone();
+        let tools = &self.deps.tools;
+        if let Some(cluster) = tools.desired.cluster(&tools.cluster) {
+            judged_by.quorum_guarded =
+                super::guard::guarded(&tools.docker, &tools.journal, cluster).await;
+        }
+        match safety::judge(self.cfg.mode, command, &judged_by) {
             Judgement::Deny { reason } => {
                 audit
                     .decision(AuditKind::Denied, &call.id, "shell", command, &reason)
