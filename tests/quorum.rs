@@ -4,105 +4,26 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::etcd::Members;
 use common::operator::{inspect, wait_until};
-use common::{EMPTY_IMAGE, Fixture, docker_ok, free_port};
+use common::switch::Switch;
+use common::{Fixture, docker_ok};
 
-/// A loopback HTTP endpoint answering 200 while `healthy`, 500 otherwise: a check the test
-/// can make fail on one member at will.
-struct Switch {
-    healthy: Arc<AtomicBool>,
-    port: u16,
-}
-
-impl Switch {
-    fn start() -> Switch {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let healthy = Arc::new(AtomicBool::new(true));
-        let flag = healthy.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut buf = [0u8; 1024];
-                let _ = stream.read(&mut buf);
-                let status = if flag.load(Ordering::SeqCst) {
-                    "200 OK"
-                } else {
-                    "500 Internal Server Error"
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
-            }
-        });
-        Switch { healthy, port }
-    }
-
-    fn set(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::SeqCst);
-    }
-}
-
-/// Three members in one group (majority); `observe`: the member the controller only watches
-/// (left stopped by the test); e1 has a check on the switch with `policy: restart`.
-fn manifest(
-    cluster: &str,
-    client: &[u16; 3],
-    peer: &[u16; 3],
-    switch: u16,
-    observe: Option<usize>,
-) -> String {
-    let initial: Vec<String> = (0..3)
-        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
-        .collect();
-    let mut services = String::new();
-    for i in 0..3 {
-        let policy = if observe == Some(i) {
-            "observe"
-        } else {
-            "restart"
-        };
-        services += &format!(
-            r#"    - name: {cluster}-e{i}
-      image: {EMPTY_IMAGE}
-      networkMode: host
-      volumes: ["/usr:/usr:ro", "/lib:/lib:ro", "/lib64:/lib64:ro", "/bin:/bin:ro", "/etc:/etc:ro"]
-      command: ["/usr/bin/etcd", "--name", "e{i}", "--data-dir", "/data",
-                "--listen-client-urls", "http://127.0.0.1:{c}", "--advertise-client-urls", "http://127.0.0.1:{c}",
-                "--listen-peer-urls", "http://127.0.0.1:{p}", "--initial-advertise-peer-urls", "http://127.0.0.1:{p}",
-                "--initial-cluster", "{initial}", "--initial-cluster-state", "new", "--initial-cluster-token", "{cluster}"]
-      remediation: {{policy: {policy}, backoff: {{initial: 200ms, max: 2s}}}}
-"#,
-            c = client[i],
-            p = peer[i],
-            initial = initial.join(","),
-        );
-    }
+/// The checks and the group beside the three members: e1 has a check on the switch with
+/// `policy: restart`; one group of the three (majority).
+fn spec(members: &Members, switch: u16) -> String {
     format!(
-        r#"apiVersion: operator/v1
-kind: Cluster
-metadata:
-  name: {cluster}
-spec:
-  services:
-{services}  checks:
+        r#"  checks:
     - name: e1-switch
       http: {{url: "http://127.0.0.1:{switch}/", status: 200, timeout: 1s}}
       for: 1s
-      service: {cluster}-e1
+      service: {e1}
       remediation: {{policy: restart, backoff: {{initial: 200ms, max: 2s}}}}
-  groups:
-    - name: members
-      members: [{cluster}-e0, {cluster}-e1, {cluster}-e2]
-      quorum: majority
-"#
+{groups}"#,
+        e1 = members.name(1),
+        groups = members.groups_yaml("members", "majority"),
     )
 }
 
@@ -116,15 +37,15 @@ fn started_at(name: &str) -> String {
 #[test]
 fn a_restart_that_would_break_the_quorum_waits_says_why_and_goes_ahead_once_the_group_recovers() {
     let switch = Switch::start();
-    let client = [free_port(), free_port(), free_port()];
-    let peer = [free_port(), free_port(), free_port()];
-    let port = switch.port;
+    let b = Fixture::builder("quorum");
+    let members = Members::new(b.cluster(), 3);
+    let spec = spec(&members, switch.port);
     // Created with every member under restart, then watched with e0 only observed.
-    let f = Fixture::builder("quorum")
-        .manifest("cluster.yaml", |c| manifest(c, &client, &peer, port, None))
+    let f = b
+        .manifest("cluster.yaml", |_| members.manifest(&spec))
         .run_once()
-        .manifest("cluster.yaml", |c| {
-            manifest(c, &client, &peer, port, Some(0))
+        .manifest("cluster.yaml", |_| {
+            members.clone().observe(&[0]).manifest(&spec)
         })
         .args(&["--settle", "1s"])
         .resync("1s")

@@ -20,6 +20,9 @@
 //! * [`PrivateDockerd`]: a second, private engine that a test may kill and restart.
 //! * [`operator`]: running the real `operator` binary (manifests, logs, metrics, tickets).
 //! * [`prometheus::Prometheus`]: Debian's Prometheus on the host, scraping loopback targets.
+//! * [`etcd::Members`]: N etcd members run by the controller (their services, groups and
+//!   whole manifest), [`etcd::health`] (one `/health` probe) and [`etcd::HealthSampler`]
+//!   (how many members are healthy, every 50 ms, in the background).
 //! * [`claude::ClaudeStandIn`]: a local Claude Messages API answering from a script, strict
 //!   about requests the real API refuses (no Docker needed).
 //!
@@ -29,10 +32,12 @@
 #![allow(dead_code)]
 
 pub mod claude;
+pub mod etcd;
 mod fixture;
 pub mod operator;
 mod private_dockerd;
 pub mod prometheus;
+pub mod switch;
 
 #[allow(unused_imports)] // each test file uses only some helpers
 pub use fixture::{Fixture, FixtureBuilder};
