@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use common::etcd::Members;
 use common::operator::{TempDir, inspect, operator, operator_bin, wait_until};
 use common::prometheus::Prometheus;
-use common::{Cleanup, EMPTY_IMAGE, free_port, require_docker, unique};
+use common::{Cleanup, free_port, require_docker, unique};
 
 /// Three etcd members on host networking (loopback ports of their own) watched by a
 /// Prometheus; nothing runs until a drill's runner starts its controller.
 struct Etcd {
     cluster: String,
     dir: TempDir,
-    client: [u16; 3],
+    members: Members,
     _prom: Prometheus,
     // Dropped last: removes every container and volume of the cluster.
     _cleanup: Cleanup,
@@ -32,16 +33,18 @@ impl Etcd {
         let cluster = unique(prefix);
         let cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
         let dir = TempDir::new(&cluster);
-        let client = [free_port(), free_port(), free_port()];
-        let peer = [free_port(), free_port(), free_port()];
-        let prom = Prometheus::start(dir.path().join("prom"), free_port(), "etcd", &client);
+        let members = Members::new(&cluster, 3);
+        let prom = Prometheus::start(
+            dir.path().join("prom"),
+            free_port(),
+            "etcd",
+            &members.client,
+        );
+        let spec = spec(&members, prom.port());
         if observe.is_some() {
             // A member under `observe` is never created by the controller: create them all
             // first, then hand the drill the manifest that only watches that one.
-            let path = dir.write(
-                "cluster.yaml",
-                &manifest(&cluster, &client, &peer, prom.port(), None),
-            );
+            let path = dir.write("cluster.yaml", &members.manifest(&spec));
             let db = dir.path().join("tickets.db");
             let out = operator(
                 &[
@@ -59,19 +62,19 @@ impl Etcd {
         }
         dir.write(
             "cluster.yaml",
-            &manifest(&cluster, &client, &peer, prom.port(), observe),
+            &members.clone().observe(observe.as_slice()).manifest(&spec),
         );
         Etcd {
             cluster,
             dir,
-            client,
+            members,
             _prom: prom,
             _cleanup: cleanup,
         }
     }
 
     fn member(&self, i: usize) -> String {
-        format!("{}-e{i}", self.cluster)
+        self.members.name(i)
     }
 
     fn db(&self) -> PathBuf {
@@ -84,10 +87,8 @@ impl Etcd {
 
     /// Writes a drill file with these faults (YAML list items under `faults:`).
     fn drill(&self, name: &str, faults: &str, extra: &str) -> PathBuf {
-        let endpoints: Vec<String> = self
-            .client
-            .iter()
-            .map(|p| format!("\"http://127.0.0.1:{p}\""))
+        let endpoints: Vec<String> = (0..self.members.len())
+            .map(|i| format!("\"{}\"", self.members.client_url(i)))
             .collect();
         self.dir.write(
             &format!("{name}.yaml"),
@@ -156,53 +157,12 @@ spec:
     }
 }
 
-fn manifest(
-    cluster: &str,
-    client: &[u16; 3],
-    peer: &[u16; 3],
-    prom: u16,
-    observe: Option<usize>,
-) -> String {
-    let initial: Vec<String> = (0..3)
-        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
-        .collect();
-    let mut services = String::new();
-    for i in 0..3 {
-        let policy = if observe == Some(i) {
-            "observe"
-        } else {
-            "restart"
-        };
-        services += &format!(
-            r#"    - name: {cluster}-e{i}
-      image: {EMPTY_IMAGE}
-      networkMode: host
-      volumes: ["/usr:/usr:ro", "/lib:/lib:ro", "/lib64:/lib64:ro", "/bin:/bin:ro", "/etc:/etc:ro"]
-      command: ["/usr/bin/etcd", "--name", "e{i}", "--data-dir", "/data",
-                "--listen-client-urls", "http://127.0.0.1:{c}", "--advertise-client-urls", "http://127.0.0.1:{c}",
-                "--listen-peer-urls", "http://127.0.0.1:{p}", "--initial-advertise-peer-urls", "http://127.0.0.1:{p}",
-                "--initial-cluster", "{initial}", "--initial-cluster-state", "new", "--initial-cluster-token", "{cluster}"]
-      remediation:
-        policy: {policy}
-        backoff: {{initial: 200ms, max: 2s}}
-"#,
-            c = client[i],
-            p = peer[i],
-            initial = initial.join(","),
-        );
-    }
-    let map: Vec<String> = (0..3)
-        .map(|i| format!("\"127.0.0.1:{}\": {cluster}-e{i}", client[i]))
-        .collect();
+/// Beside the members: the Prometheus scraping them and a `member-up` check that only
+/// observes.
+fn spec(members: &Members, prom: u16) -> String {
     format!(
-        r#"apiVersion: operator/v1
-kind: Cluster
-metadata:
-  name: {cluster}
-spec:
-  prometheus: {{url: "http://127.0.0.1:{prom}", interval: 1s, timeout: 2s}}
-  services:
-{services}  checks:
+        r#"  prometheus: {{url: "http://127.0.0.1:{prom}", interval: 1s, timeout: 2s}}
+  checks:
     - name: member-up
       expr: 'up{{job="etcd"}} == 0'
       for: 2s
@@ -210,7 +170,7 @@ spec:
       services: {{{map}}}
       remediation: {{policy: observe}}
 "#,
-        map = map.join(", ")
+        map = members.instance_map()
     )
 }
 

@@ -7,15 +7,16 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::etcd::Members;
 use common::operator::{TempDir, inspect, is_running, operator, remove_db, wait_until};
 use common::prometheus::Prometheus;
-use common::{Cleanup, EMPTY_IMAGE, Fixture, docker_ok, free_port, require_docker, unique};
+use common::{Cleanup, Fixture, docker_ok, free_port, require_docker, unique};
 
 /// Three etcd members (the controller creates them), a Prometheus scraping them, and the
 /// controller.
 struct Etcd {
     f: Fixture,
-    client: [u16; 3],
+    members: Members,
     // Dropped after the controller.
     prom: Prometheus,
 }
@@ -38,46 +39,40 @@ impl Etcd {
     /// `check_policy`: the remediation policy of the `member-up` check.
     fn start_with(prefix: &str, observe_member: Option<usize>, check_policy: &str) -> Etcd {
         let fixture = Fixture::builder(prefix);
-        let client = [free_port(), free_port(), free_port()];
-        let peer = [free_port(), free_port(), free_port()];
+        let members = Members::new(fixture.cluster(), 3);
         let prom = Prometheus::start(
             fixture.dir().path().join("prom"),
             free_port(),
             "etcd",
-            &client,
+            &members.client,
         );
-        let port = prom.port();
+        let spec = spec(&members, prom.port(), check_policy);
         // Create every member first; then (maybe) watch one without repairing it.
         let f = fixture
-            .manifest("cluster.yaml", |c| {
-                manifest(c, &client, &peer, port, None, check_policy)
-            })
+            .manifest("cluster.yaml", |_| members.manifest(&spec))
             .run_once()
-            .manifest("cluster.yaml", |c| {
-                manifest(c, &client, &peer, port, observe_member, check_policy)
+            .manifest("cluster.yaml", |_| {
+                members
+                    .clone()
+                    .observe(observe_member.as_slice())
+                    .manifest(&spec)
             })
             .resync("2s")
             .start();
-        let e = Etcd { f, client, prom };
+        let e = Etcd { f, members, prom };
         assert!(
             wait_until(Duration::from_secs(60), || e
                 .prom
                 .query("etcd_server_has_leader == 1")
                 .is_some_and(|r| r.len() == 3)),
             "the etcd cluster never had a leader on all members; member logs:\n{}",
-            (0..3)
-                .map(|i| {
-                    let out = common::docker(&["logs", "--tail", "5", &e.member(i)]);
-                    format!("{}: {}", e.member(i), String::from_utf8_lossy(&out.stderr))
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
+            e.members.logs(5)
         );
         e
     }
 
     fn member(&self, i: usize) -> String {
-        self.f.name(&format!("e{i}"))
+        self.members.name(i)
     }
 
     fn signal_member(&self, i: usize, signal: &str) {
@@ -92,55 +87,12 @@ impl Etcd {
     }
 }
 
-fn manifest(
-    cluster: &str,
-    client: &[u16; 3],
-    peer: &[u16; 3],
-    prom: u16,
-    observe: Option<usize>,
-    check_policy: &str,
-) -> String {
-    let initial: Vec<String> = (0..3)
-        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
-        .collect();
-    let mut services = String::new();
-    for i in 0..3 {
-        let policy = if observe == Some(i) {
-            "observe"
-        } else {
-            "restart"
-        };
-        services += &format!(
-            r#"    - name: {cluster}-e{i}
-      image: {EMPTY_IMAGE}
-      networkMode: host
-      volumes: ["/usr:/usr:ro", "/lib:/lib:ro", "/lib64:/lib64:ro", "/bin:/bin:ro", "/etc:/etc:ro"]
-      command: ["/usr/bin/etcd", "--name", "e{i}", "--data-dir", "/data",
-                "--listen-client-urls", "http://127.0.0.1:{c}", "--advertise-client-urls", "http://127.0.0.1:{c}",
-                "--listen-peer-urls", "http://127.0.0.1:{p}", "--initial-advertise-peer-urls", "http://127.0.0.1:{p}",
-                "--initial-cluster", "{initial}", "--initial-cluster-state", "new", "--initial-cluster-token", "{cluster}"]
-      remediation:
-        policy: {policy}
-        backoff: {{initial: 200ms, max: 2s}}
-"#,
-            c = client[i],
-            p = peer[i],
-            initial = initial.join(","),
-        );
-    }
-    let map: Vec<String> = (0..3)
-        .map(|i| format!("\"127.0.0.1:{}\": {cluster}-e{i}", client[i]))
-        .collect();
-    let map = map.join(", ");
+/// Beside the members: the Prometheus scraping them and the checks on them (`check_policy`:
+/// the remediation policy of `member-up`).
+fn spec(members: &Members, prom: u16, check_policy: &str) -> String {
     format!(
-        r#"apiVersion: operator/v1
-kind: Cluster
-metadata:
-  name: {cluster}
-spec:
-  prometheus: {{url: "http://127.0.0.1:{prom}", interval: 1s, timeout: 2s}}
-  services:
-{services}  checks:
+        r#"  prometheus: {{url: "http://127.0.0.1:{prom}", interval: 1s, timeout: 2s}}
+  checks:
     - name: member-up
       expr: 'up{{job="etcd"}} == 0'
       for: 2s
@@ -156,7 +108,8 @@ spec:
     - name: typo
       expr: 'etcd_server_has_leadr == 0'
       severity: warning
-"#
+"#,
+        map = members.instance_map(),
     )
 }
 
@@ -236,7 +189,7 @@ fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container(
     assert!(
         shown["timeline"][0]["detail"]["evidence"]["series"][0]["labels"]["instance"]
             .as_str()
-            .is_some_and(|i| i.ends_with(&f.client[0].to_string())),
+            .is_some_and(|i| i.ends_with(&f.members.client[0].to_string())),
         "the offending series is in the timeline: {shown:#}"
     );
     // ... which resolves, self-healed, when it answers again.

@@ -13,15 +13,19 @@ use crate::manifest::Cluster;
 use crate::reconcile::quorum::{Disruption, Snapshot, judge};
 use crate::tickets::{Journal, Selector};
 
-/// `(container name, why it may not be taken down now)` for every member of the cluster's
-/// groups the gate would protect from a restart.
-pub async fn guarded(
-    docker: &Docker,
-    journal: &Journal,
-    cluster: &Cluster,
-) -> Vec<(String, String)> {
+/// What the judge is told about the cluster's groups.
+#[derive(Debug, Default)]
+pub struct Guard {
+    /// `(container name or id, why it may not be taken down now)`.
+    pub protected: Vec<(String, String)>,
+    /// Every member's name and id: one command may take at most one of them down.
+    pub members: Vec<String>,
+}
+
+/// The members of the cluster's groups, and those the gate would protect from a restart now.
+pub async fn guarded(docker: &Docker, journal: &Journal, cluster: &Cluster) -> Guard {
     if cluster.groups.is_empty() {
-        return Vec::new();
+        return Guard::default();
     }
     let members: BTreeSet<&String> = cluster.groups.iter().flat_map(|g| &g.members).collect();
     let mut failing: HashSet<(String, String)> = HashSet::new();
@@ -40,14 +44,18 @@ pub async fn guarded(
             Err(e) => {
                 // Nothing can be judged: every member is protected until it can.
                 let why = format!("the quorum gate cannot read the ticket store ({e})");
-                return members
-                    .iter()
-                    .map(|m| (m.to_string(), why.clone()))
-                    .collect();
+                return Guard {
+                    protected: members
+                        .iter()
+                        .map(|m| (m.to_string(), why.clone()))
+                        .collect(),
+                    members: members.iter().map(|m| m.to_string()).collect(),
+                };
             }
         }
     }
     let mut live = HashMap::new();
+    let mut running_now = HashSet::new();
     let mut ids = HashMap::new();
     for member in &members {
         let key = ServiceKey::new(&cluster.name, member.as_str());
@@ -59,6 +67,9 @@ pub async fn guarded(
         let running = ours
             .as_ref()
             .is_some_and(|c| c.status == ContainerStatus::Running);
+        if running {
+            running_now.insert(member.to_string());
+        }
         if let Some(c) = ours {
             ids.insert(member.to_string(), c.id);
         }
@@ -71,10 +82,13 @@ pub async fn guarded(
         live.insert(member.to_string(), running && !checks_fail);
     }
     let none = BTreeSet::new();
+    let running = running_now;
     let live = |m: &str| live.get(m).copied().unwrap_or(false);
     let now = Snapshot {
+        running: &|m| running.contains(m),
         live: &live,
         taken: &none,
+        stopped: &none,
         recent: &|_| 0,
     };
     let what = Disruption {
@@ -82,15 +96,18 @@ pub async fn guarded(
         repair: false,
     };
     // By name and by id: a command may name either.
-    let mut out = Vec::new();
+    let mut guard = Guard::default();
     for m in members {
+        let id = ids.get(m.as_str());
+        guard.members.push(m.clone());
+        guard.members.extend(id.cloned());
         if let Err(refusal) = judge(cluster, m, what, &now) {
             let why = refusal.to_string();
-            if let Some(id) = ids.get(m.as_str()) {
-                out.push((id.clone(), why.clone()));
+            if let Some(id) = id {
+                guard.protected.push((id.clone(), why.clone()));
             }
-            out.push((m.clone(), why));
+            guard.protected.push((m.clone(), why));
         }
     }
-    out
+    guard
 }

@@ -130,6 +130,9 @@ pub struct SafetyContext {
     /// Managed containers (names and ids) the quorum gate protects now, with its reason: no
     /// command may stop, kill, restart, remove or pause them ([`super::guard::guarded`]).
     pub quorum_guarded: Vec<(String, String)>,
+    /// Every member of the cluster's quorum groups (names and ids): one command may take at
+    /// most one down.
+    pub quorum_members: Vec<String>,
     /// Absolute paths no command may name: files and directories.
     pub protected_paths: Vec<PathBuf>,
     /// File names no command may name, in any directory.
@@ -1867,7 +1870,37 @@ fn deny_docker(argv: &[Word], ctx: &Ctx, from_xargs: bool) -> Option<String> {
         }
     }
     let guarded = &ctx.raw.quorum_guarded;
-    if !guarded.is_empty() && matches!(key.as_str(), "stop" | "restart" | "kill" | "rm" | "pause") {
+    let members = &ctx.raw.quorum_members;
+    let disrupts = matches!(
+        key.as_str(),
+        "stop" | "restart" | "kill" | "rm" | "pause" | "network disconnect"
+    );
+    if disrupts && !members.is_empty() {
+        // One member at a time, as the controller goes: each is judged with the others up.
+        let mut distinct: Vec<&str> = Vec::new();
+        for w in &targets {
+            if let Some(m) = members.iter().find(|m| names_container(w, m))
+                && !distinct.contains(&m.as_str())
+            {
+                distinct.push(m);
+            }
+        }
+        if distinct.len() > 1 {
+            return Some(format!(
+                "`docker {key}` names {} members of a quorum group at once; the quorum gate takes \
+                 one member down at a time: one command per member, each once the one before is \
+                 live again",
+                distinct.len()
+            ));
+        }
+        if from_xargs || targets.iter().any(|w| w.dynamic) {
+            return Some(format!(
+                "`docker {key}` on containers known only at run time could take down members of \
+                 a quorum group; name the container"
+            ));
+        }
+    }
+    if !guarded.is_empty() && disrupts {
         if let Some((w, (_, why))) = targets.iter().find_map(|w| {
             guarded
                 .iter()
@@ -1935,7 +1968,7 @@ fn container_targets<'a>(key: &str, args: &'a [Word]) -> Option<Vec<&'a Word>> {
     })
 }
 
-/// Whether word `w` names container `c` (a name, or an id by a prefix of at least 3 hex digits).
+/// Whether word `w` names container `c` (a name, or an id by a prefix of its hex digits).
 fn names_container(w: &Word, c: &str) -> bool {
     let t = w
         .text
@@ -1943,8 +1976,9 @@ fn names_container(w: &Word, c: &str) -> bool {
         .next()
         .unwrap_or("")
         .trim_start_matches('/');
+    // The engine takes any unique prefix of an id, down to one hex digit.
     t == c
-        || (t.len() >= 3
+        || (!t.is_empty()
             && c.len() >= 12
             && t.chars().all(|ch| ch.is_ascii_hexdigit())
             && c.chars().all(|ch| ch.is_ascii_hexdigit())
@@ -2944,6 +2978,30 @@ mod tests {
         // Another member, and reading the protected one, are not the gate's business.
         assert!(judge(SafetyMode::Execute, "docker restart etcd0", &ctx).is_allow());
         assert!(judge(SafetyMode::Observe, "docker logs etcd1", &ctx).is_allow());
+        // The engine takes an id by any unique prefix.
+        assert_eq!(
+            judge(SafetyMode::Execute, "docker stop 4f", &ctx).as_str(),
+            "deny"
+        );
+
+        // Members of a group go one per command, each judged with the others up.
+        let ctx = SafetyContext {
+            quorum_members: vec!["etcd0".into(), "etcd1".into(), "etcd2".into()],
+            ..SafetyContext::default()
+        };
+        let both = judge(SafetyMode::Execute, "docker restart etcd0 etcd2", &ctx);
+        assert_eq!(both.as_str(), "deny", "{both:?}");
+        assert!(
+            both.reason().contains("one member down at a time"),
+            "{both:?}"
+        );
+        assert!(judge(SafetyMode::Execute, "docker restart etcd0", &ctx).is_allow());
+        let unknown = judge(
+            SafetyMode::Execute,
+            "docker ps -q | xargs docker stop",
+            &ctx,
+        );
+        assert_eq!(unknown.as_str(), "deny", "{unknown:?}");
     }
 
     #[test]

@@ -541,8 +541,9 @@ impl Loop<'_> {
         let mut judged_by = self.deps.safety.clone();
         let tools = &self.deps.tools;
         if let Some(cluster) = tools.desired.cluster(&tools.cluster) {
-            judged_by.quorum_guarded =
-                super::guard::guarded(&tools.docker, &tools.journal, cluster).await;
+            let guard = super::guard::guarded(&tools.docker, &tools.journal, cluster).await;
+            judged_by.quorum_guarded = guard.protected;
+            judged_by.quorum_members = guard.members;
         }
         match safety::judge(self.cfg.mode, command, &judged_by) {
             Judgement::Deny { reason } => {

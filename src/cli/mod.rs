@@ -308,9 +308,9 @@ pub enum TicketsCommand {
     /// Give an escalated ticket's service a fresh restart budget; the controller tries again.
     ///
     /// With --force, also on an open ticket whose action the quorum gate holds back: its next
-    /// restart or recreate goes ahead whatever the gate says (a member's quorum, a rollout
-    /// waiting, the concurrency and replacement caps). Recorded on the ticket with $USER and
-    /// the reason; used once.
+    /// restart or recreate goes ahead whatever the gate says (a member's quorum, the
+    /// concurrency and replacement caps). Recorded on the ticket with $USER and the reason;
+    /// used once. A rollout's first try has no ticket: edit the manifest instead.
     Retry {
         id: i64,
         /// Override the quorum gate for the ticket's next action.

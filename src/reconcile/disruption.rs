@@ -19,6 +19,9 @@ use crate::manifest::Cluster;
 use super::controller::lock;
 use super::quorum::{Disruption, Refusal, Snapshot, judge};
 
+/// The caller's view of the cluster's services: whether each runs, and whether it is live.
+pub type View<'a> = (&'a dyn Fn(&str) -> bool, &'a dyn Fn(&str) -> bool);
+
 /// A running container the controller took down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {
@@ -47,32 +50,45 @@ pub struct Disruptions {
 
 impl Disruptions {
     /// Takes `key` down for `what` if the gate allows it now (or `force`: a person said so),
-    /// and records it as under way. `live` is the caller's view of which services are live.
-    /// A service that is not live is not a disruption: allowed, and not recorded.
-    /// Returns whether it is now recorded (then [`Disruptions::acted`] must follow).
+    /// and records it as under way. `running` and `live` are the caller's view of the
+    /// cluster's services. A container that does not run is not a disruption: allowed, and
+    /// not recorded. Returns whether it is now recorded (then [`Disruptions::acted`] or
+    /// [`Disruptions::release`] must follow).
     pub fn take(
         &self,
         cluster: &Cluster,
         key: &ServiceKey,
         what: Disruption,
-        live: &dyn Fn(&str) -> bool,
+        (running, live): View<'_>,
         now: Instant,
         force: bool,
     ) -> Result<bool, Refusal> {
         let mut inner = lock(&self.inner);
-        if inner.taken.contains_key(key) {
-            // Still under way from an earlier action (a crashed rollout being started
-            // again): the first deadline stands.
+        if let Some(taken) = inner.taken.get_mut(key) {
+            // Still under way from an earlier action: this one is its next step (a crashed
+            // member started again, a stopped rollout's member recreated on a fixed spec).
+            // Its wait for the member to be live starts again when this action finishes.
+            taken.rollout |= what.rollout;
+            taken.deadline = None;
+            taken.clean_at = None;
+            taken.gave_up = false;
             return Ok(true);
         }
-        if !live(&key.service) {
+        if !running(&key.service) {
             return Ok(false);
         }
+        let mine = |k: &&ServiceKey| k.cluster == key.cluster;
         let taken: BTreeSet<String> = inner
             .taken
             .keys()
-            .filter(|k| k.cluster == key.cluster)
+            .filter(mine)
             .map(|k| k.service.clone())
+            .collect();
+        let stopped: BTreeSet<String> = inner
+            .taken
+            .iter()
+            .filter(|(k, t)| mine(k) && t.gave_up)
+            .map(|(k, _)| k.service.clone())
             .collect();
         let mut recent: HashMap<String, usize> = HashMap::new();
         for g in &cluster.groups {
@@ -93,15 +109,17 @@ impl Disruptions {
             &key.service,
             what,
             &Snapshot {
+                running,
                 live,
                 taken: &taken,
+                stopped: &stopped,
                 recent: &|g| recent.get(g).copied().unwrap_or(0),
             },
         );
         if !force {
             verdict?;
         }
-        if what.repair {
+        if what.repair && live(&key.service) {
             for g in cluster
                 .groups
                 .iter()
@@ -215,19 +233,33 @@ mod tests {
         let (c, d) = (cluster(), Disruptions::default());
         let (a, b) = (ServiceKey::new("c", "a"), ServiceKey::new("c", "b"));
         let now = Instant::now();
-        assert_eq!(d.take(&c, &a, REPAIR, &|_| true, now, false), Ok(true));
-        let refused = d.take(&c, &b, REPAIR, &|_| true, now, false).unwrap_err();
+        assert_eq!(
+            d.take(&c, &a, REPAIR, (&|_| true, &|_| true), now, false),
+            Ok(true)
+        );
+        let refused = d
+            .take(&c, &b, REPAIR, (&|_| true, &|_| true), now, false)
+            .unwrap_err();
         assert_eq!(refused.rule(), "group-concurrency");
         // The action finished: a has a minute to be live again, and is still under way.
         let deadline = d.acted(&a, Some(Duration::from_secs(60))).unwrap();
         assert_eq!(deadline, now + Duration::from_secs(60));
-        assert!(d.take(&c, &b, REPAIR, &|_| true, now, false).is_err());
+        assert!(
+            d.take(&c, &b, REPAIR, (&|_| true, &|_| true), now, false)
+                .is_err()
+        );
         // Forced by a person: taken all the same.
-        assert_eq!(d.take(&c, &b, REPAIR, &|_| true, now, true), Ok(true));
+        assert_eq!(
+            d.take(&c, &b, REPAIR, (&|_| true, &|_| true), now, true),
+            Ok(true)
+        );
         d.release(&a);
         d.release(&b);
-        // A member that is down is not a disruption: allowed and not recorded.
-        assert_eq!(d.take(&c, &b, REPAIR, &|m| m != "b", now, false), Ok(false));
+        // A container that does not run is not a disruption: allowed and not recorded.
+        assert_eq!(
+            d.take(&c, &b, REPAIR, (&|m| m != "b", &|m| m != "b"), now, false),
+            Ok(false)
+        );
         assert!(d.get(&b).is_none());
     }
 
@@ -237,12 +269,20 @@ mod tests {
         let a = ServiceKey::new("c", "a");
         let now = Instant::now();
         for _ in 0..2 {
-            assert_eq!(d.take(&c, &a, REPAIR, &|_| true, now, false), Ok(true));
+            assert_eq!(
+                d.take(&c, &a, REPAIR, (&|_| true, &|_| true), now, false),
+                Ok(true)
+            );
             d.release(&a);
         }
-        let churn = d.take(&c, &a, REPAIR, &|_| true, now, false).unwrap_err();
+        let churn = d
+            .take(&c, &a, REPAIR, (&|_| true, &|_| true), now, false)
+            .unwrap_err();
         assert!(churn.escalates(), "{churn}");
         let later = now + Duration::from_secs(600);
-        assert_eq!(d.take(&c, &a, REPAIR, &|_| true, later, false), Ok(true));
+        assert_eq!(
+            d.take(&c, &a, REPAIR, (&|_| true, &|_| true), later, false),
+            Ok(true)
+        );
     }
 }

@@ -148,10 +148,15 @@ fn as_written(d: Duration) -> String {
 
 /// What the gate looks at besides the manifest.
 pub struct Snapshot<'a> {
+    /// Whether a service's container runs (it may still not be live).
+    pub running: &'a dyn Fn(&str) -> bool,
     /// Whether a member (any service of the cluster) is live now.
     pub live: &'a dyn Fn(&str) -> bool,
     /// Services of the cluster the controller has taken down and not yet seen live again.
     pub taken: &'a BTreeSet<String>,
+    /// Of those, the ones a rollout stopped at (waiting for a person): they hold their group
+    /// back, not the rest of the cluster.
+    pub stopped: &'a BTreeSet<String>,
     /// Repairs of live members of a group within its window.
     pub recent: &'a dyn Fn(&str) -> usize,
 }
@@ -163,9 +168,13 @@ pub fn judge(
     what: Disruption,
     now: &Snapshot<'_>,
 ) -> Result<(), Refusal> {
-    if !(now.live)(service) {
+    // A container that does not run is not taken down by restarting it: nothing to hold.
+    // One that runs but is not live (a hung member) may go whatever the quorum says, but it
+    // is one more action under way: the caps apply.
+    if !(now.running)(service) {
         return Ok(());
     }
+    let live = (now.live)(service);
     let others = |members: &[String]| -> Vec<String> {
         members
             .iter()
@@ -177,7 +186,7 @@ pub fn judge(
         let busy: Vec<String> = now
             .taken
             .iter()
-            .filter(|m| *m != service)
+            .filter(|m| *m != service && !now.stopped.contains(*m))
             .cloned()
             .collect();
         if busy.len() >= max {
@@ -196,6 +205,9 @@ pub fn judge(
                 busy,
                 max: g.max_concurrent,
             });
+        }
+        if !live {
+            continue;
         }
         let up = |m: &String| (now.live)(m) && !now.taken.contains(m);
         let live_after = g.members.iter().filter(|m| *m != service && up(m)).count();
@@ -240,8 +252,10 @@ mod tests {
     fn blocked(cluster: &Cluster, service: &str, live: &dyn Fn(&str) -> bool) -> Option<Block> {
         let none = BTreeSet::new();
         let snapshot = Snapshot {
+            running: &|_| true,
             live,
             taken: &none,
+            stopped: &none,
             recent: &|_| 0,
         };
         let what = Disruption {
@@ -313,8 +327,10 @@ mod tests {
             service,
             what,
             &Snapshot {
+                running: &live,
                 live: &live,
                 taken: &taken,
+                stopped: &BTreeSet::new(),
                 recent: &|_| recent,
             },
         )
@@ -358,6 +374,52 @@ mod tests {
         c.groups[0].max_concurrent = 2;
         assert_eq!(judge_with(&c, "m1", REPAIR, &[], &["m0"], 0), Ok(()));
         assert!(judge_with(&c, "m2", REPAIR, &[], &["m0", "m1"], 0).is_err());
+    }
+
+    #[test]
+    fn a_running_member_that_is_not_live_may_go_but_counts_against_the_caps() {
+        let c = cluster(3, Quorum::Majority);
+        let none = BTreeSet::new();
+        let hung = |m: &str| m != "m0" && m != "m1";
+        let judged = |service: &str, taken: &BTreeSet<String>, stopped: &BTreeSet<String>| {
+            judge(
+                &c,
+                service,
+                REPAIR,
+                &Snapshot {
+                    running: &|_| true,
+                    live: &hung,
+                    taken,
+                    stopped,
+                    recent: &|_| 0,
+                },
+            )
+        };
+        // m0 and m1 hang (running, not live): restarting m0 loses nothing live.
+        assert_eq!(judged("m0", &none, &none), Ok(()));
+        // But m0's restart is under way: m1's waits its turn (maxConcurrent 1).
+        let m0: BTreeSet<String> = ["m0".to_string()].into();
+        assert_eq!(
+            judged("m1", &m0, &none).unwrap_err().rule(),
+            "group-concurrency"
+        );
+        // A rollout stopped at m0 holds its group back, not the cluster cap.
+        let mut capped = c.clone();
+        capped.groups[0].max_concurrent = 3;
+        capped.max_concurrent_disruptions = Some(1);
+        let web = judge(
+            &capped,
+            "web",
+            REPAIR,
+            &Snapshot {
+                running: &|_| true,
+                live: &|_| true,
+                taken: &m0,
+                stopped: &m0,
+                recent: &|_| 0,
+            },
+        );
+        assert_eq!(web, Ok(()));
     }
 
     #[test]

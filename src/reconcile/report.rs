@@ -178,9 +178,13 @@ async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [Servi
     // Taken in turn, as the controller would: the first that may go is under way when the
     // next is judged (a rollout goes one member at a time).
     let mut taken = std::collections::BTreeSet::new();
+    let none = std::collections::BTreeSet::new();
     for r in reports.iter_mut().filter(|r| r.cluster == cluster.name) {
         let rollout = r.drifts.iter().any(|d| d.kind == DriftKind::SpecChanged);
+        // What the controller would carry out: a rollout under any policy that acts, a
+        // repair under `restart`.
         if !matches!(r.action, Some(Action::Restart) | Some(Action::Recreate))
+            || r.policy == Policy::Observe
             || (r.policy != Policy::Restart && !rollout)
         {
             continue;
@@ -190,12 +194,14 @@ async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [Servi
             repair: !rollout,
         };
         let now = Snapshot {
+            running: &|m| running.contains(m),
             live: &live,
             taken: &taken,
+            stopped: &none,
             recent: &|_| 0,
         };
         match judge(cluster, &r.service, what, &now) {
-            Ok(()) if live(&r.service) => {
+            Ok(()) if running.contains(&r.service) => {
                 taken.insert(r.service.clone());
             }
             Ok(()) => {}

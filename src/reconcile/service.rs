@@ -357,7 +357,11 @@ impl KeyRun<'_> {
                 return Outcome::Settling;
             }
             Decision::Clean { verified } => {
-                self.follow_taken(cluster, service, verified, None, budget)
+                let why_not_live = tickets
+                    .iter()
+                    .find(|t| t.fingerprint.is_check())
+                    .map(|t| t.id);
+                self.follow_taken(cluster, service, verified, why_not_live, budget)
                     .await;
                 let check_restart = lock(&shared.check_restarts).get(key).cloned();
                 if let Some(repair) = check_restart
@@ -366,6 +370,26 @@ impl KeyRun<'_> {
                         .await
                 {
                     return outcome;
+                }
+                if let Some(reset_at) = budget.saw_clean(now, verified, r) {
+                    // Look again when the backoff is due to reset.
+                    shared.queue.schedule(key.clone(), reset_at);
+                }
+                // Running but not yet healthy: an unhealthy episode is not over yet.
+                let still: HashSet<Fingerprint> = if verified {
+                    HashSet::new()
+                } else {
+                    HashSet::from([Fingerprint::service(
+                        &key.cluster,
+                        &key.service,
+                        DriftKind::Unhealthy,
+                    )])
+                };
+                if self
+                    .resolve_over(tickets, &still, false, observed.container.as_ref())
+                    .await
+                {
+                    budget.end_escalation();
                 }
                 if verified {
                     // Settled: whatever restarts with it may follow now.
@@ -378,6 +402,8 @@ impl KeyRun<'_> {
                             .queue
                             .schedule(ServiceKey::new(&key.cluster, &dependent.name), now);
                     }
+                    // After its tickets are resolved: the restart is a deliberate step, not
+                    // a reason to keep an incident open.
                     if !holds.held
                         && service.remediation.policy != Policy::Observe
                         && let Some(dependency) = self.restarted_dependency(service, &observed)
@@ -403,26 +429,6 @@ impl KeyRun<'_> {
                             )
                             .await;
                     }
-                }
-                if let Some(reset_at) = budget.saw_clean(now, verified, r) {
-                    // Look again when the backoff is due to reset.
-                    shared.queue.schedule(key.clone(), reset_at);
-                }
-                // Running but not yet healthy: an unhealthy episode is not over yet.
-                let still: HashSet<Fingerprint> = if verified {
-                    HashSet::new()
-                } else {
-                    HashSet::from([Fingerprint::service(
-                        &key.cluster,
-                        &key.service,
-                        DriftKind::Unhealthy,
-                    )])
-                };
-                if self
-                    .resolve_over(tickets, &still, false, observed.container.as_ref())
-                    .await
-                {
-                    budget.end_escalation();
                 }
                 return Outcome::Clean;
             }
@@ -465,8 +471,12 @@ impl KeyRun<'_> {
         if !budget.escalated {
             // Taken down by the controller and drifting still: past its deadline a rollout
             // stops here.
-            self.follow_taken(cluster, service, false, ticket_id, budget)
-                .await;
+            if self
+                .follow_taken(cluster, service, false, ticket_id, budget)
+                .await
+            {
+                return Outcome::Escalated;
+            }
         }
         let kinds: Vec<&str> = drifts.iter().map(|d| d.kind.as_str()).collect();
         let detail = drifts[0].detail.clone();
@@ -549,11 +559,14 @@ impl KeyRun<'_> {
         }
     }
 
-    /// Who is live now, for the quorum gate: every service of the cluster whose container
-    /// runs (not paused), except members of a group on which one of the group's live checks
-    /// has an unresolved ticket. A check's state that cannot be read counts as failing: the
-    /// gate errs on the side of the quorum.
-    async fn liveness(&self, cluster: &Cluster) -> std::collections::HashMap<String, bool> {
+    /// Who runs and who is live now, for the quorum gate, per service of the cluster: live
+    /// when its container runs (not paused), has settled, is not unhealthy, and (for members
+    /// of a group) none of the group's live checks has an unresolved ticket on it. A ticket
+    /// store that cannot be read is an error: the gate judges nothing it cannot see.
+    async fn liveness(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<std::collections::HashMap<String, (bool, bool)>, TicketError> {
         let mut failing: HashSet<(String, String)> = HashSet::new();
         if let Some(journal) = self.journal() {
             let checks: std::collections::BTreeSet<&String> =
@@ -563,39 +576,42 @@ impl KeyRun<'_> {
                     cluster: cluster.name.clone(),
                     check: Some(check.clone()),
                 };
-                match journal.unresolved(selector).await {
-                    Ok(tickets) => failing.extend(
-                        tickets
-                            .into_iter()
-                            .map(|t| (check.clone(), t.fingerprint.target.to_string())),
-                    ),
-                    Err(_) => failing.extend(
-                        cluster
-                            .services
-                            .iter()
-                            .map(|s| (check.clone(), s.name.clone())),
-                    ),
-                }
+                failing.extend(
+                    journal
+                        .unresolved(selector)
+                        .await?
+                        .into_iter()
+                        .map(|t| (check.clone(), t.fingerprint.target.to_string())),
+                );
             }
         }
-        cluster
+        let settled_before = self.clock.wall
+            - chrono::Duration::from_std(self.shared.config.settle).unwrap_or_default();
+        Ok(cluster
             .services
             .iter()
             .map(|s| {
-                let running = self
+                let container = self
                     .shared
                     .cache
-                    .get(&ServiceKey::new(cluster.name.clone(), s.name.clone()))
+                    .get(&ServiceKey::new(cluster.name.clone(), s.name.clone()));
+                let running = container
+                    .as_ref()
                     .is_some_and(|c| c.status == ContainerStatus::Running);
+                // A member crash-looping under the engine's restart policy runs for moments.
+                let sound = container.as_ref().is_some_and(|c| {
+                    c.started_at.is_some_and(|t| t <= settled_before)
+                        && c.health != Some(crate::docker::HealthState::Unhealthy)
+                });
                 let failing = cluster
                     .groups
                     .iter()
                     .filter(|g| g.members.contains(&s.name))
                     .flat_map(|g| &g.live_checks)
                     .any(|c| failing.contains(&(c.clone(), s.name.clone())));
-                (s.name.clone(), running && !failing)
+                (s.name.clone(), (running, running && sound && !failing))
             })
-            .collect()
+            .collect())
     }
 
     /// How long the service has to be live again after the controller took it down: the
@@ -621,10 +637,10 @@ impl KeyRun<'_> {
         verified: bool,
         ticket: Option<i64>,
         budget: &mut RepairBudget,
-    ) {
+    ) -> bool {
         let (shared, key, now) = (self.shared, self.key, self.clock.now);
         let Some(taken) = shared.disruptions.get(key) else {
-            return;
+            return false;
         };
         let groups: Vec<&crate::manifest::Group> = cluster
             .groups
@@ -642,9 +658,7 @@ impl KeyRun<'_> {
                 && self
                     .liveness(cluster)
                     .await
-                    .get(&service.name)
-                    .copied()
-                    .unwrap_or(false)
+                    .is_ok_and(|live| live.get(&service.name).is_some_and(|&(_, live)| live))
             {
                 shared.disruptions.release(key);
                 info!(service = %key, rollout = taken.rollout, "live again after the controller took it down; the rest of its group may go");
@@ -655,27 +669,32 @@ impl KeyRun<'_> {
                             .schedule(ServiceKey::new(&key.cluster, member), now);
                     }
                 }
-                return;
+                return false;
             }
         }
         let Some(deadline) = taken.deadline else {
-            return;
+            return false;
         };
         if now < deadline {
-            shared
-                .queue
-                .schedule(key.clone(), (now + LIVE_POLL).min(deadline));
-            return;
+            // Running: look again soon for the fresh verdict. Down: its own events bring it
+            // back here; the deadline is looked at in any case.
+            let next = if verified {
+                (now + LIVE_POLL).min(deadline)
+            } else {
+                deadline
+            };
+            shared.queue.schedule(key.clone(), next);
+            return false;
         }
         if !taken.rollout {
             shared.disruptions.release(key);
             warn!(service = %key, "not live again within its group's live.timeout after the controller restarted it; no longer waiting for it");
-            return;
+            return false;
         }
         if taken.gave_up {
             // Escalated once already; stays under way until it is live again.
             shared.queue.schedule(key.clone(), now + LIVE_POLL * 4);
-            return;
+            return false;
         }
         shared.disruptions.give_up(key);
         let waited = Self::live_timeout(cluster, &service.name).unwrap_or_default();
@@ -690,14 +709,19 @@ impl KeyRun<'_> {
                 .join(", "),
         );
         error!(service = %key, ticket, %reason, "rollout stopped");
-        budget.escalated = true;
-        if let (Some(journal), Some(id)) = (self.journal(), ticket) {
-            let why = serde_json::json!({"reason": "rollout stopped", "rollout": reason});
-            if let Err(e) = journal.escalate(id, why, self.clock.wall).await {
-                error!(service = %key, error = %e, "cannot mark the ticket escalated");
-            }
-        }
         shared.queue.schedule(key.clone(), now + LIVE_POLL * 4);
+        // Escalated on the ticket that shows why it is not live (its drift, or a failing live
+        // check): a budget marked escalated with no ticket to end it would never end.
+        let (Some(journal), Some(id)) = (self.journal(), ticket) else {
+            return false;
+        };
+        let why = serde_json::json!({"reason": "rollout stopped", "rollout": reason});
+        if let Err(e) = journal.escalate(id, why, self.clock.wall).await {
+            error!(service = %key, error = %e, "cannot mark the ticket escalated");
+            return false;
+        }
+        budget.escalated = true;
+        true
     }
 
     /// Whether a person overrode the gate for the ticket's next action (`tickets retry ID
@@ -884,10 +908,21 @@ impl KeyRun<'_> {
                     .any(|d| d.kind == DriftKind::SpecChanged),
                 repair: a.budgeted,
             };
-            let live = self.liveness(a.cluster).await;
-            let live = |m: &str| live.get(m).copied().unwrap_or(false);
+            let states = match self.liveness(a.cluster).await {
+                Ok(states) => states,
+                Err(e) => {
+                    self.retry_soon();
+                    return Outcome::Unknown {
+                        error: format!("the quorum gate cannot read the live checks: {e}"),
+                    };
+                }
+            };
+            let running = |m: &str| states.get(m).is_some_and(|&(running, _)| running);
+            let live = |m: &str| states.get(m).is_some_and(|&(_, live)| live);
             let disruptions = &shared.disruptions;
-            taken = match disruptions.take(a.cluster, key, what, &live, now, false) {
+            // A statement of its own: the view (not `Sync`) must not live across an await.
+            let first = disruptions.take(a.cluster, key, what, (&running, &live), now, false);
+            taken = match first {
                 Ok(taken) => taken,
                 Err(refusal) => match self.forced(a.ticket).await {
                     Some(by) => {
@@ -907,7 +942,7 @@ impl KeyRun<'_> {
                             error!(service = %key, error = %e, "cannot note on the ticket");
                         }
                         disruptions
-                            .take(a.cluster, key, what, &live, now, true)
+                            .take(a.cluster, key, what, (&running, &live), now, true)
                             .unwrap_or(false)
                     }
                     None if refusal.escalates() => {
@@ -1294,6 +1329,10 @@ impl KeyRun<'_> {
     /// service's did (by the engine's clock): this one still talks to the one before it.
     fn restarted_dependency(&self, service: &Service, observed: &Observation) -> Option<String> {
         let mine = observed.container.as_ref()?.started_at?;
+        // Only once the dependency has settled: a dependent restarted against a dependency
+        // that is still starting (or crash-looping) would only have to be restarted again.
+        let settled_before = self.clock.wall
+            - chrono::Duration::from_std(self.shared.config.settle).unwrap_or_default();
         service
             .restart_with
             .iter()
@@ -1303,7 +1342,8 @@ impl KeyRun<'_> {
                     .get(&ServiceKey::new(&self.key.cluster, dependency.as_str()))
                     .is_some_and(|c| {
                         c.status == ContainerStatus::Running
-                            && c.started_at.is_some_and(|started| started > mine)
+                            && c.started_at
+                                .is_some_and(|started| started > mine && started <= settled_before)
                     })
             })
             .cloned()

@@ -168,7 +168,6 @@ pub enum Selector {
     All,
 }
 
-/// The ticket database: blocking calls.
 /// A person's override of the quorum gate for a ticket's next action (`tickets retry
 /// --force`), recorded on its timeline.
 #[derive(Debug, Clone)]
@@ -178,6 +177,7 @@ pub struct Override {
     pub reason: Option<String>,
 }
 
+/// The ticket database: blocking calls.
 pub struct Store {
     db: Db,
 }
