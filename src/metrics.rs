@@ -90,7 +90,7 @@ impl Metrics {
         let actions_gated = Family::<Labels, Counter>::default();
         registry.register(
             "actions_gated",
-            "Looks at a restart or recreate held back by the quorum gate, by cluster, group (empty for the cluster cap) and reason (quorum, rollout, group-concurrency, cluster-concurrency, replacements)",
+            "Restarts and recreates held back by the quorum gate (once per hold and reason), by cluster, group (empty for the cluster cap) and reason (quorum, rollout, group-concurrency, cluster-concurrency, replacements)",
             actions_gated.clone(),
         );
         let watch_restarts = Counter::default();

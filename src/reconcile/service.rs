@@ -742,17 +742,18 @@ impl KeyRun<'_> {
     async fn gated(&self, a: &Attempt<'_>, refusal: quorum::Refusal) -> Outcome {
         let (shared, key) = (self.shared, self.key);
         let reason = refusal.to_string();
-        shared
-            .metrics
-            .actions_gated
-            .get_or_create(&vec![
-                ("cluster", key.cluster.clone()),
-                ("group", refusal.group().to_string()),
-                ("reason", refusal.rule().to_string()),
-            ])
-            .inc();
         let new = lock(&shared.gated).insert(key.clone(), reason.clone()) != Some(reason.clone());
         if new {
+            // Once per hold (and per changed reason), not per look every 2 s.
+            shared
+                .metrics
+                .actions_gated
+                .get_or_create(&vec![
+                    ("cluster", key.cluster.clone()),
+                    ("group", refusal.group().to_string()),
+                    ("reason", refusal.rule().to_string()),
+                ])
+                .inc();
             warn!(service = %key, ticket = a.ticket, action = a.action.as_ref().map(|x| x.as_str()), %reason, "held back by the quorum gate");
             if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
                 && let Err(e) = journal
