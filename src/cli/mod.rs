@@ -4,6 +4,7 @@
 mod agent;
 mod audit;
 mod chaos;
+mod companions;
 mod logging;
 mod reload;
 mod report;
@@ -38,9 +39,17 @@ Examples:
 
 The Docker engine is found through DOCKER_HOST or the default socket.";
 
+/// The version and the commit it was built from (`operator --version`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OPERATOR_COMMIT"),
+    ")"
+);
+
 /// A reconciling controller for plain Docker: keeps containers in the state YAML manifests declare.
 #[derive(Debug, Parser)]
-#[command(name = "operator", version, after_help = AFTER_HELP)]
+#[command(name = "operator", version = VERSION, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "OPERATOR_LOG_FORMAT")]
@@ -93,6 +102,25 @@ pub enum Command {
     /// Chaos drills: break a managed cluster on purpose and undo every fault afterwards.
     #[command(subcommand)]
     Chaos(ChaosCommand),
+    /// Print a shell completion script for operator's commands, flags and values.
+    #[command(after_help = "Examples:
+  operator completions bash > /etc/bash_completion.d/operator
+  operator completions zsh > \"${fpath[1]}/_operator\"
+  operator completions fish > ~/.config/fish/completions/operator.fish
+  source <(operator completions bash)          just for this shell")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page operator(1), or write one page per command into a folder.
+    #[command(after_help = "Examples:
+  operator man | man -l -                      read it now
+  operator man --dir /usr/local/share/man/man1 operator.1, operator-run.1, operator-tickets-retry.1, ...")]
+    Man {
+        /// Write operator.1 and a page per command (operator-tickets-retry.1, ...) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -533,6 +561,8 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Tickets(command) => tickets::run(command),
             Command::Audit(command) => audit::run(command),
             Command::Chaos(command) => chaos::run(command).await,
+            Command::Completions { shell } => companions::completions(shell),
+            Command::Man { dir } => companions::man(dir.as_deref()),
         }
     });
     match result {
