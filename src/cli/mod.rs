@@ -80,7 +80,15 @@ pub enum Command {
     /// Show what a reconcile would do now, changing nothing.
     Plan(StatusArgs),
     /// Show each declared service, desired against observed, one row a service.
-    Status(StatusArgs),
+    ///
+    /// With --watch, a live view redrawn every --interval until Ctrl-C: the services (with
+    /// what the quorum gate holds back), the checks, the open tickets and the agent sessions
+    /// still running.
+    #[command(after_help = "Examples:
+  operator status manifests/examples               once
+  operator status manifests/examples --watch       the live view, redrawn every second
+  operator status manifests/examples --json        for scripts")]
+    Status(StatusCommandArgs),
     /// Read and act on tickets: one per drift episode, with what was seen and done.
     #[command(subcommand)]
     Tickets(TicketsCommand),
@@ -377,6 +385,19 @@ pub struct StatusArgs {
     pub report: ReportArgs,
     #[command(flatten)]
     pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusCommandArgs {
+    #[command(flatten)]
+    pub status: StatusArgs,
+    /// Redraw the view every --interval until Ctrl-C, with the open tickets and the agent
+    /// sessions still running.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    /// How often --watch redraws (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration, value_name = "DUR", requires = "watch")]
+    pub interval: Duration,
 }
 
 #[derive(Debug, Args)]

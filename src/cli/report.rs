@@ -227,16 +227,130 @@ pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
-    let db = args.db;
-    let args = args.report;
+pub async fn status(args: super::StatusCommandArgs) -> Result<ExitCode, Failure> {
+    if !args.watch {
+        return status_once(&args.status).await;
+    }
+    // Clear and redraw on a terminal; piped, each view follows the last.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut first = true;
+    loop {
+        if terminal {
+            use std::io::Write as _;
+            write!(std::io::stdout().lock(), "\x1b[H\x1b[2J")?;
+        }
+        outln!(
+            "operator status, {} (every {}; Ctrl-C to stop)",
+            chrono::Local::now().format("%H:%M:%S"),
+            super::audit::human(chrono::Duration::from_std(args.interval).unwrap_or_default())
+        );
+        outln!();
+        if let Err(e) = status_once(&args.status).await {
+            // A mistake in the command (no such manifest or database) ends it at once; a view
+            // that cannot be drawn later (the engine restarting) is said, then tried again.
+            if first || e.broken_pipe {
+                return Err(e);
+            }
+            outln!("cannot draw the view now: {}", e.message);
+        }
+        first = false;
+        print_activity(&args.status.db)?;
+        if !terminal {
+            outln!();
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(args.interval) => {}
+        }
+    }
+}
+
+/// The live view's second half: the open tickets and the agent sessions still running.
+fn print_activity(db: &super::DbArgs) -> Result<(), Failure> {
+    const SHOWN: usize = 20;
+    let path = db.path();
+    if !path.exists() {
+        return Ok(());
+    }
+    let store = Store::open_read_only(&path)?;
+    let now = chrono::Utc::now();
+    let open: Vec<crate::tickets::Ticket> = store
+        .list(None)?
+        .into_iter()
+        .filter(|t| t.status != crate::tickets::Status::Resolved)
+        .collect();
+    outln!();
+    if open.is_empty() {
+        outln!("no open tickets");
+    } else {
+        let mut table = Table::new(&[
+            "TICKET", "CLUSTER", "TARGET", "DRIFT", "STATUS", "FOR", "ACTIONS", "DETAIL",
+        ]);
+        for t in open.iter().take(SHOWN) {
+            let mut detail: String = t.detail.chars().take(60).collect();
+            if t.detail.chars().count() > 60 {
+                detail.push_str("...");
+            }
+            table.row(vec![
+                format!("#{}", t.id),
+                t.cluster.clone(),
+                t.target().to_string(),
+                t.drift.as_str().to_string(),
+                if t.held {
+                    format!("{} (held)", t.status.as_str())
+                } else {
+                    t.status.as_str().to_string()
+                },
+                super::audit::human(now - t.episode_at),
+                t.actions.to_string(),
+                detail,
+            ]);
+        }
+        if open.len() > SHOWN {
+            table.note(format!(
+                "    ... and {} more: operator tickets list --status open",
+                open.len() - SHOWN
+            ));
+        }
+        table.print()?;
+    }
+    let since = now - chrono::Duration::days(1);
+    let running: Vec<crate::tickets::AgentSession> = store
+        .sessions(&crate::tickets::SessionQuery {
+            ticket: None,
+            since: Some(since),
+        })?
+        .into_iter()
+        .filter(|s| s.ended_at.is_none())
+        .collect();
+    if !running.is_empty() {
+        outln!();
+        let mut table = Table::new(&["SESSION", "TICKET", "SERVICE", "HOLDER", "FOR", "TURNS"]);
+        for s in &running {
+            table.row(vec![
+                s.id.clone(),
+                format!("#{}", s.ticket_id),
+                format!("{}/{}", s.cluster, s.service),
+                s.holder.clone(),
+                super::audit::human(now - s.started_at),
+                s.turns.to_string(),
+            ]);
+        }
+        table.print()?;
+    }
+    Ok(())
+}
+
+async fn status_once(args: &StatusArgs) -> Result<ExitCode, Failure> {
+    let db = &args.db;
+    let args = &args.report;
     let desired = manifest::load(&args.paths.paths)?;
     let Reports {
         services: reports,
         undeclared,
-    } = reports(desired.clone(), &db).await?;
+    } = reports(desired.clone(), db).await?;
     let health = crate::health::Monitor::instant().round(&desired).await;
-    let agent = agent_state(&desired, &db);
+    let agent = agent_state(&desired, db);
     if args.json {
         let out = serde_json::json!({"services": reports, "undeclared": undeclared, "health": health, "agent": agent});
         outln!("{}", serde_json::to_string_pretty(&out)?);
