@@ -1,5 +1,6 @@
 //! clap's companions from the real binary: completion scripts for bash, zsh and fish, the man
-//! pages, `--version` with the commit, and output cut short by its reader. No Docker needed.
+//! pages, `--version` with the commit, output cut short by its reader, and a healthcheck with
+//! nothing to ask. No Docker needed.
 
 mod common;
 
@@ -133,4 +134,27 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
         .unwrap();
     assert!(status.success(), "{status}: {err}");
     assert!(err.is_empty(), "{err}");
+}
+
+#[test]
+fn a_healthcheck_with_no_controller_behind_it_fails_in_one_line() {
+    let port = common::free_port().to_string();
+    let out = operator(
+        &[
+            "healthcheck",
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--timeout",
+            "1s",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "error: no controller answers at http://127.0.0.1:{port}/healthz"
+        )) && err.lines().count() == 1,
+        "{err}"
+    );
 }

@@ -1,5 +1,5 @@
 //! `operator status --watch`: the live view redraws with the services and the open tickets,
-//! and ends quietly when its reader goes away.
+//! and ends quietly when its reader goes away; `operator healthcheck` asks the same controller.
 
 mod common;
 
@@ -78,4 +78,14 @@ fn the_live_view_redraws_the_services_and_the_open_tickets() {
     );
     assert!(status.success(), "{status}: {err}");
     assert!(err.is_empty(), "{err}");
+
+    // The controller answers its healthcheck (what an image's HEALTHCHECK runs).
+    let listen = f.operator.listen_addr().expect("the controller's address");
+    let out = common::operator::operator(&["healthcheck", "--listen", &listen], None);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.starts_with("healthy: "),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

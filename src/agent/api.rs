@@ -433,7 +433,7 @@ fn messages_url(base: &str) -> Result<reqwest::Url, ApiError> {
 }
 
 /// An error and all its sources, one line (reqwest's own message omits the cause).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod chaos;
 mod companions;
+mod healthcheck;
 mod logging;
 mod reload;
 mod report;
@@ -120,6 +121,14 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Ask a running controller's /healthz: exit 0 when it answers healthy, 1 otherwise.
+    ///
+    /// For a container HEALTHCHECK that needs no curl in the image, or a script's check
+    /// before it goes on. A controller listening on 0.0.0.0 is asked on 127.0.0.1.
+    #[command(after_help = "Examples:
+  operator healthcheck                                the controller on 127.0.0.1:9464
+  operator healthcheck --listen 127.0.0.1:19464 --timeout 2s")]
+    Healthcheck(HealthcheckArgs),
     /// Print the man page operator(1), or write one page per command into a folder.
     #[command(after_help = "Examples:
   operator man | man -l -                      read it now
@@ -388,6 +397,16 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The address the controller serves /metrics and /healthz on (its run --listen).
+    #[arg(long, default_value = crate::server::DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "3s", value_parser = parse_positive_duration, value_name = "DUR")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusCommandArgs {
     #[command(flatten)]
     pub status: StatusArgs,
@@ -583,6 +602,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Audit(command) => audit::run(command),
             Command::Chaos(command) => chaos::run(command).await,
             Command::Completions { shell } => companions::completions(shell),
+            Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Man { dir } => companions::man(dir.as_deref()),
         }
     });
