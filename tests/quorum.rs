@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::Members;
-use common::operator::{inspect, wait_until};
+use common::operator::{started_at, wait_until};
 use common::switch::Switch;
 use common::{Fixture, docker_ok};
 
@@ -25,13 +25,6 @@ fn spec(members: &Members, switch: u16) -> String {
         e1 = members.name(1),
         groups = members.groups_yaml("members", "majority"),
     )
-}
-
-fn started_at(name: &str) -> String {
-    inspect(name, None).unwrap()["State"]["StartedAt"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -59,18 +52,12 @@ fn a_restart_that_would_break_the_quorum_waits_says_why_and_goes_ahead_once_the_
     let before = started_at(&e1);
     switch.set(false);
     let note = "held back: would leave members with 1 of 3 live; needs 2";
-    let held_back = || {
-        f.ticket("check-failed", &e1).is_some_and(|t| {
-            let shown = f.operator.ticket_json(t["id"].as_i64().unwrap());
-            shown["timeline"].as_array().unwrap().iter().any(|e| {
-                e["detail"]["note"]
-                    .as_str()
-                    .is_some_and(|n| n.contains(note))
-            })
-        })
-    };
     assert!(
-        wait_until(Duration::from_secs(60), held_back),
+        wait_until(Duration::from_secs(60), || f.noted(
+            "check-failed",
+            &e1,
+            note
+        )),
         "the restart was not held back with its reason: {:#?}; log:\n{}",
         f.tickets(),
         f.operator.log()

@@ -9,13 +9,14 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::{Members, health};
-use common::operator::{inspect, wait_until};
+use common::operator::{inspect, started, started_at, wait_until};
 use common::{BUSYBOX_IMAGE, Fixture, docker_ok};
 
-/// Each member's own `/health` as a check on it (evaluated every second), and the group
-/// judging members live by them: a member the controller recreated counts as live again
-/// only once its own etcd answers healthy.
-fn health_checks_and_group(members: &Members, quorum: &str, extra_group: &str) -> String {
+/// Each member's own `/health` as a check on it (evaluated every second), `extra_checks`
+/// (list items of `checks:`), and one group (majority) judging members live by the health
+/// checks: a member the controller recreated counts as live again only once its own etcd
+/// answers healthy.
+fn health_checks_and_group(members: &Members, extra_checks: &str) -> String {
     let mut spec = String::from("  prometheus: {interval: 1s}\n  checks:\n");
     let mut names = Vec::new();
     for i in 0..members.len() {
@@ -32,12 +33,36 @@ fn health_checks_and_group(members: &Members, quorum: &str, extra_group: &str) -
         );
         names.push(name);
     }
-    spec += &members.groups_yaml("members", quorum);
+    spec += extra_checks;
+    spec += &members.groups_yaml("members", "majority");
     spec += &format!(
-        "      live: {{checks: [{}], timeout: 30s}}\n{extra_group}",
+        "      live: {{checks: [{}], timeout: 30s}}\n",
         names.join(", ")
     );
     spec
+}
+
+/// Waits (bounded) until every member answers `/health`; panics with their logs if not.
+fn assert_all_healthy(members: &Members) {
+    assert!(
+        members.wait_healthy(Duration::from_secs(90)),
+        "the members never all answered /health:\n{}",
+        members.logs(5)
+    );
+}
+
+/// Three members with their data kept, created and watched by a controller, all healthy;
+/// and the spec section they were declared with (to edit the members under it).
+fn three_members(prefix: &str) -> (Fixture, Members, String) {
+    let b = Fixture::builder(prefix);
+    let members = keep_data(Members::new(b.cluster(), 3), b.dir().path());
+    let spec = health_checks_and_group(&members, "");
+    let f = b
+        .manifest("cluster.yaml", |_| members.manifest(&spec))
+        .args(&["--settle", "1s"])
+        .start();
+    assert_all_healthy(&members);
+    (f, members, spec)
 }
 
 /// Each member's data in a folder of the test's own (removed with it): a recreated member
@@ -63,31 +88,10 @@ fn spec_hash(name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// When the container last started, by the engine's clock (parsed: the engine trims trailing
-/// zeros of the fraction, so the text does not sort).
-fn started_at(name: &str) -> chrono::DateTime<chrono::FixedOffset> {
-    started(&inspect(name, None).unwrap())
-}
-
-fn started(inspected: &serde_json::Value) -> chrono::DateTime<chrono::FixedOffset> {
-    chrono::DateTime::parse_from_rfc3339(inspected["State"]["StartedAt"].as_str().unwrap()).unwrap()
-}
-
 #[test]
 fn a_spec_change_rolls_out_one_member_at_a_time_and_the_group_keeps_its_quorum() {
-    let b = Fixture::builder("rollout");
-    let members = keep_data(Members::new(b.cluster(), 3), b.dir().path());
-    let spec = health_checks_and_group(&members, "majority", "");
+    let (f, members, spec) = three_members("rollout");
     let edited = members.clone().extra_args(&["--heartbeat-interval=150"]);
-    let f = b
-        .manifest("cluster.yaml", |_| members.manifest(&spec))
-        .args(&["--settle", "1s"])
-        .start();
-    assert!(
-        members.wait_healthy(Duration::from_secs(90)),
-        "the members never all answered /health:\n{}",
-        members.logs(5)
-    );
     let old: Vec<String> = members.names().iter().map(|n| spec_hash(n)).collect();
 
     let sampler = members.sampler();
@@ -133,19 +137,8 @@ fn a_spec_change_rolls_out_one_member_at_a_time_and_the_group_keeps_its_quorum()
 
 #[test]
 fn a_rollout_whose_new_spec_cannot_start_stops_at_its_first_member_and_escalates() {
-    let b = Fixture::builder("badroll");
-    let members = keep_data(Members::new(b.cluster(), 3), b.dir().path());
-    let spec = health_checks_and_group(&members, "majority", "");
+    let (f, members, spec) = three_members("badroll");
     let bad = members.clone().extra_args(&["--no-such-flag"]);
-    let f = b
-        .manifest("cluster.yaml", |_| members.manifest(&spec))
-        .args(&["--settle", "1s"])
-        .start();
-    assert!(
-        members.wait_healthy(Duration::from_secs(90)),
-        "the members never all answered /health:\n{}",
-        members.logs(5)
-    );
     let old: Vec<String> = members.names().iter().map(|n| spec_hash(n)).collect();
     f.dir.write("cluster.yaml", &bad.manifest(&spec));
 
@@ -193,16 +186,14 @@ fn five_members_tolerate_two_down_and_the_third_waits_until_a_person_forces_it()
     let members = keep_data(Members::new(b.cluster(), 5), b.dir().path());
     let watched = members.clone().observe(&[0, 1]);
     let switch = common::switch::Switch::start();
-    let mut spec = health_checks_and_group(&members, "majority", "");
-    spec = spec.replace(
-        "  groups:\n",
+    let spec = health_checks_and_group(
+        &members,
         &format!(
             r#"    - name: e2-switch
       http: {{url: "http://127.0.0.1:{port}/", status: 200, timeout: 1s}}
       for: 1s
       service: {e2}
       remediation: {{policy: restart, backoff: {{initial: 200ms, max: 2s}}}}
-  groups:
 "#,
             port = switch.port,
             e2 = members.name(2),
@@ -215,11 +206,7 @@ fn five_members_tolerate_two_down_and_the_third_waits_until_a_person_forces_it()
         .manifest("cluster.yaml", |_| watched.manifest(&spec))
         .args(&["--settle", "1s"])
         .start();
-    assert!(
-        members.wait_healthy(Duration::from_secs(90)),
-        "the members never all answered /health:\n{}",
-        members.logs(5)
-    );
+    assert_all_healthy(&members);
     let (e0, e1, e2) = (members.name(0), members.name(1), members.name(2));
     docker_ok(&["stop", "--time", "1", &e0]);
     docker_ok(&["stop", "--time", "1", &e1]);
@@ -234,20 +221,12 @@ fn five_members_tolerate_two_down_and_the_third_waits_until_a_person_forces_it()
     let before = started_at(&e2);
     switch.set(false);
     let reason = "would leave members with 2 of 5 live; needs 3";
-    let held = || {
-        f.ticket("check-failed", &e2).is_some_and(|t| {
-            f.operator
-                .timeline(t["id"].as_i64().unwrap(), "note")
-                .iter()
-                .any(|e| {
-                    e["detail"]["note"]
-                        .as_str()
-                        .is_some_and(|n| n.contains(reason))
-                })
-        })
-    };
     assert!(
-        wait_until(Duration::from_secs(60), held),
+        wait_until(Duration::from_secs(60), || f.noted(
+            "check-failed",
+            &e2,
+            reason
+        )),
         "the third member's restart was not held back: {:#?}\nlog:\n{}",
         f.tickets(),
         f.operator.log()

@@ -506,6 +506,13 @@ impl Cluster {
         self.checks.iter().find(|c| c.name == name)
     }
 
+    /// The quorum groups `service` is a member of.
+    pub fn groups_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Group> + 'a {
+        self.groups
+            .iter()
+            .filter(move |g| g.members.iter().any(|m| m == service))
+    }
+
     /// Services in start order: every service after the services it depends on; services
     /// that could start at the same time keep their declaration order.
     ///

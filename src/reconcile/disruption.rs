@@ -120,11 +120,7 @@ impl Disruptions {
             verdict?;
         }
         if what.repair && live(&key.service) {
-            for g in cluster
-                .groups
-                .iter()
-                .filter(|g| g.members.contains(&key.service))
-            {
+            for g in cluster.groups_of(&key.service) {
                 inner
                     .repairs
                     .entry((cluster.name.clone(), g.name.clone()))
@@ -192,35 +188,13 @@ impl Disruptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Group, NetworkSpec, PrometheusSpec, Quorum, Replacements};
+    use crate::manifest::Quorum;
 
+    /// Three members `m0`..`m2`, two repairs per window.
     fn cluster() -> Cluster {
-        Cluster {
-            name: "c".into(),
-            source: std::path::PathBuf::from("/m/c.yaml"),
-            network: NetworkSpec {
-                name: "c-net".into(),
-                external: false,
-                internal: false,
-            },
-            services: Vec::new(),
-            prometheus: PrometheusSpec::default(),
-            checks: Vec::new(),
-            agent: Default::default(),
-            groups: vec![Group {
-                name: "g".into(),
-                members: vec!["a".into(), "b".into(), "c".into()],
-                quorum: Quorum::Majority,
-                live_checks: Vec::new(),
-                live_timeout: Duration::from_secs(60),
-                max_concurrent: 1,
-                replacements: Replacements {
-                    max: 2,
-                    window: Duration::from_secs(600),
-                },
-            }],
-            max_concurrent_disruptions: None,
-        }
+        let mut c = super::super::quorum::tests::cluster(3, Quorum::Majority);
+        c.groups[0].replacements.max = 2;
+        c
     }
 
     const REPAIR: Disruption = Disruption {
@@ -231,7 +205,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_second_of_two_members_taken_at_once_waits_until_the_first_is_released() {
         let (c, d) = (cluster(), Disruptions::default());
-        let (a, b) = (ServiceKey::new("c", "a"), ServiceKey::new("c", "b"));
+        let (a, b) = (ServiceKey::new("c", "m0"), ServiceKey::new("c", "m1"));
         let now = Instant::now();
         assert_eq!(
             d.take(&c, &a, REPAIR, (&|_| true, &|_| true), now, false),
@@ -241,7 +215,7 @@ mod tests {
             .take(&c, &b, REPAIR, (&|_| true, &|_| true), now, false)
             .unwrap_err();
         assert_eq!(refused.rule(), "group-concurrency");
-        // The action finished: a has a minute to be live again, and is still under way.
+        // The action finished: m0 has a minute to be live again, and is still under way.
         let deadline = d.acted(&a, Some(Duration::from_secs(60))).unwrap();
         assert_eq!(deadline, now + Duration::from_secs(60));
         assert!(
@@ -257,7 +231,7 @@ mod tests {
         d.release(&b);
         // A container that does not run is not a disruption: allowed and not recorded.
         assert_eq!(
-            d.take(&c, &b, REPAIR, (&|m| m != "b", &|m| m != "b"), now, false),
+            d.take(&c, &b, REPAIR, (&|m| m != "m1", &|m| m != "m1"), now, false),
             Ok(false)
         );
         assert!(d.get(&b).is_none());
@@ -266,7 +240,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn repairs_in_the_window_are_counted_and_forgotten_after_it() {
         let (c, d) = (cluster(), Disruptions::default());
-        let a = ServiceKey::new("c", "a");
+        let a = ServiceKey::new("c", "m0");
         let now = Instant::now();
         for _ in 0..2 {
             assert_eq!(

@@ -6,14 +6,53 @@
 //! in its window (past it a person is asked). Repairing a member that is already down is
 //! never held back: it can only add a live one.
 //!
-//! Pure: who is live and what is under way is looked up by the caller (the container runs,
-//! not paused, and none of the group's live checks has an unresolved ticket on it).
+//! Pure, but for [`LiveCheckFailures::read`]: who runs and what is under way is looked up
+//! by the caller (the controller from its cache and registry, `plan` from its observation,
+//! the agent's guard from the engine); which live checks fail is read from the ticket store
+//! the same way by all three.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::time::Duration;
 
 use crate::manifest::Cluster;
+use crate::tickets::{Journal, Selector, TicketError};
+
+/// Which members fail which of their groups' live checks: an unresolved ticket of the
+/// check on the member.
+#[derive(Debug, Default)]
+pub struct LiveCheckFailures(HashSet<(String, String)>);
+
+impl LiveCheckFailures {
+    /// Reads the unresolved tickets of every live check of the cluster's groups.
+    pub async fn read(journal: &Journal, cluster: &Cluster) -> Result<Self, TicketError> {
+        let checks: BTreeSet<&String> =
+            cluster.groups.iter().flat_map(|g| &g.live_checks).collect();
+        let mut failing = HashSet::new();
+        for check in checks {
+            let selector = Selector::Checks {
+                cluster: cluster.name.clone(),
+                check: Some(check.clone()),
+            };
+            failing.extend(
+                journal
+                    .unresolved(selector)
+                    .await?
+                    .into_iter()
+                    .map(|t| (check.clone(), t.fingerprint.target.to_string())),
+            );
+        }
+        Ok(LiveCheckFailures(failing))
+    }
+
+    /// Whether one of the live checks of `member`'s groups fails on it.
+    pub fn fail(&self, cluster: &Cluster, member: &str) -> bool {
+        cluster
+            .groups_of(member)
+            .flat_map(|g| &g.live_checks)
+            .any(|c| self.0.contains(&(c.clone(), member.to_string())))
+    }
+}
 
 /// An action that would break a group's quorum.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +81,15 @@ pub struct Disruption {
     pub rollout: bool,
     /// A repair, counted against the group's `replacements` (a rollout is asked for).
     pub repair: bool,
+}
+
+impl Disruption {
+    /// A restart that is neither a rollout nor counted against the group's replacements:
+    /// what a person's (or the agent's) command is judged as.
+    pub const PLAIN: Disruption = Disruption {
+        rollout: false,
+        repair: false,
+    };
 }
 
 /// Why the gate holds an action back (or, for [`Refusal::Churn`], gives it to a person).
@@ -161,6 +209,30 @@ pub struct Snapshot<'a> {
     pub recent: &'a dyn Fn(&str) -> usize,
 }
 
+/// Nothing under way, nothing repaired in any window.
+static NOTHING: BTreeSet<String> = BTreeSet::new();
+
+fn no_repairs(_group: &str) -> usize {
+    0
+}
+
+impl<'a> Snapshot<'a> {
+    /// Who runs and who is live, with nothing under way: how a process that cannot see the
+    /// controller's registry judges (the agent's guard, `plan` before it takes anything).
+    pub fn nothing_under_way(
+        running: &'a dyn Fn(&str) -> bool,
+        live: &'a dyn Fn(&str) -> bool,
+    ) -> Snapshot<'a> {
+        Snapshot {
+            running,
+            live,
+            taken: &NOTHING,
+            stopped: &NOTHING,
+            recent: &no_repairs,
+        }
+    }
+}
+
 /// Whether `service` may be taken down now for `what`.
 pub fn judge(
     cluster: &Cluster,
@@ -193,11 +265,7 @@ pub fn judge(
             return Err(Refusal::ClusterBusy { busy, max });
         }
     }
-    for g in cluster
-        .groups
-        .iter()
-        .filter(|g| g.members.iter().any(|m| m == service))
-    {
+    for g in cluster.groups_of(service) {
         let busy = others(&g.members);
         if busy.len() >= g.max_concurrent {
             return Err(Refusal::GroupBusy {
@@ -243,32 +311,22 @@ pub fn judge(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::manifest::{Group, NetworkSpec, PrometheusSpec, Quorum, Replacements};
 
     /// Why taking `service` down now would break a quorum of one of its groups, if it would
     /// (nothing under way, a repair that is not a rollout).
     fn blocked(cluster: &Cluster, service: &str, live: &dyn Fn(&str) -> bool) -> Option<Block> {
-        let none = BTreeSet::new();
-        let snapshot = Snapshot {
-            running: &|_| true,
-            live,
-            taken: &none,
-            stopped: &none,
-            recent: &|_| 0,
-        };
-        let what = Disruption {
-            rollout: false,
-            repair: false,
-        };
-        match judge(cluster, service, what, &snapshot) {
+        let snapshot = Snapshot::nothing_under_way(&|_| true, live);
+        match judge(cluster, service, Disruption::PLAIN, &snapshot) {
             Err(Refusal::Quorum(b)) => Some(b),
             _ => None,
         }
     }
 
-    fn cluster(members: usize, quorum: Quorum) -> Cluster {
+    /// One cluster `c` with one group `g` of `members` services `m0`, `m1`...
+    pub(in crate::reconcile) fn cluster(members: usize, quorum: Quorum) -> Cluster {
         let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
         Cluster {
             name: "c".into(),

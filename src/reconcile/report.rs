@@ -11,7 +11,7 @@ use crate::remediation::Action;
 use crate::tickets::{Journal, Selector};
 
 use super::diff::{action_for, diff};
-use super::quorum::{Disruption, Snapshot, judge};
+use super::quorum::{Disruption, LiveCheckFailures, Snapshot, judge};
 use super::service::observe;
 use super::state::{Clock, RepairBudget};
 
@@ -140,21 +140,14 @@ async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [Servi
     if cluster.groups.is_empty() && cluster.max_concurrent_disruptions.is_none() {
         return;
     }
-    let mut failing = std::collections::HashSet::new();
-    for check in cluster.groups.iter().flat_map(|g| &g.live_checks) {
-        let Some(journal) = journal else { break };
-        let selector = Selector::Checks {
-            cluster: cluster.name.clone(),
-            check: Some(check.clone()),
-        };
-        if let Ok(tickets) = journal.unresolved(selector).await {
-            failing.extend(
-                tickets
-                    .into_iter()
-                    .map(|t| (check.clone(), t.fingerprint.target.to_string())),
-            );
-        }
-    }
+    // A store that cannot be read shows every member by its container alone: `plan` says
+    // what it can see rather than nothing.
+    let failing = match journal {
+        Some(journal) => LiveCheckFailures::read(journal, cluster)
+            .await
+            .unwrap_or_default(),
+        None => LiveCheckFailures::default(),
+    };
     let ours = |r: &ServiceReport| r.cluster == cluster.name;
     let running: std::collections::HashSet<String> = reports
         .iter()
@@ -166,19 +159,11 @@ async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [Servi
         })
         .map(|r| r.service.clone())
         .collect();
-    let live = |m: &str| {
-        running.contains(m)
-            && !cluster
-                .groups
-                .iter()
-                .filter(|g| g.members.iter().any(|x| x == m))
-                .flat_map(|g| &g.live_checks)
-                .any(|c| failing.contains(&(c.clone(), m.to_string())))
-    };
+    let runs = |m: &str| running.contains(m);
+    let live = |m: &str| running.contains(m) && !failing.fail(cluster, m);
     // Taken in turn, as the controller would: the first that may go is under way when the
     // next is judged (a rollout goes one member at a time).
     let mut taken = std::collections::BTreeSet::new();
-    let none = std::collections::BTreeSet::new();
     for r in reports.iter_mut().filter(|r| r.cluster == cluster.name) {
         let rollout = r.drifts.iter().any(|d| d.kind == DriftKind::SpecChanged);
         // What the controller would carry out: a rollout under any policy that acts, a
@@ -194,11 +179,8 @@ async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [Servi
             repair: !rollout,
         };
         let now = Snapshot {
-            running: &|m| running.contains(m),
-            live: &live,
             taken: &taken,
-            stopped: &none,
-            recent: &|_| 0,
+            ..Snapshot::nothing_under_way(&runs, &live)
         };
         match judge(cluster, &r.service, what, &now) {
             Ok(()) if running.contains(&r.service) => {

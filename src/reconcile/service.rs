@@ -567,24 +567,10 @@ impl KeyRun<'_> {
         &self,
         cluster: &Cluster,
     ) -> Result<std::collections::HashMap<String, (bool, bool)>, TicketError> {
-        let mut failing: HashSet<(String, String)> = HashSet::new();
-        if let Some(journal) = self.journal() {
-            let checks: std::collections::BTreeSet<&String> =
-                cluster.groups.iter().flat_map(|g| &g.live_checks).collect();
-            for check in checks {
-                let selector = Selector::Checks {
-                    cluster: cluster.name.clone(),
-                    check: Some(check.clone()),
-                };
-                failing.extend(
-                    journal
-                        .unresolved(selector)
-                        .await?
-                        .into_iter()
-                        .map(|t| (check.clone(), t.fingerprint.target.to_string())),
-                );
-            }
-        }
+        let failing = match self.journal() {
+            Some(journal) => quorum::LiveCheckFailures::read(journal, cluster).await?,
+            None => quorum::LiveCheckFailures::default(),
+        };
         let settled_before = self.clock.wall
             - chrono::Duration::from_std(self.shared.config.settle).unwrap_or_default();
         Ok(cluster
@@ -603,12 +589,7 @@ impl KeyRun<'_> {
                     c.started_at.is_some_and(|t| t <= settled_before)
                         && c.health != Some(crate::docker::HealthState::Unhealthy)
                 });
-                let failing = cluster
-                    .groups
-                    .iter()
-                    .filter(|g| g.members.contains(&s.name))
-                    .flat_map(|g| &g.live_checks)
-                    .any(|c| failing.contains(&(c.clone(), s.name.clone())));
+                let failing = failing.fail(cluster, &s.name);
                 (s.name.clone(), (running, running && sound && !failing))
             })
             .collect())
@@ -617,12 +598,7 @@ impl KeyRun<'_> {
     /// How long the service has to be live again after the controller took it down: the
     /// shortest `live.timeout` of its groups (`None`: in no group, nothing to wait for).
     fn live_timeout(cluster: &Cluster, service: &str) -> Option<std::time::Duration> {
-        cluster
-            .groups
-            .iter()
-            .filter(|g| g.members.iter().any(|m| m == service))
-            .map(|g| g.live_timeout)
-            .min()
+        cluster.groups_of(service).map(|g| g.live_timeout).min()
     }
 
     /// A member the controller took down: once it is live again (running, settled, healthy,
@@ -642,11 +618,7 @@ impl KeyRun<'_> {
         let Some(taken) = shared.disruptions.get(key) else {
             return false;
         };
-        let groups: Vec<&crate::manifest::Group> = cluster
-            .groups
-            .iter()
-            .filter(|g| g.members.contains(&service.name))
-            .collect();
+        let groups: Vec<&crate::manifest::Group> = cluster.groups_of(&service.name).collect();
         if verified {
             let clean_at = shared.disruptions.seen_clean(key, now).unwrap_or(now);
             let fresh = groups.iter().flat_map(|g| &g.live_checks).all(|c| {

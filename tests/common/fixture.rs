@@ -118,6 +118,21 @@ impl Fixture {
             .find(|t| t["drift"] == drift && t["service"] == service)
     }
 
+    /// Whether the newest ticket of `service` with drift `drift` has a note on its timeline
+    /// containing `text` (what the quorum gate says when it holds an action back).
+    pub fn noted(&self, drift: &str, service: &str, text: &str) -> bool {
+        self.ticket(drift, service).is_some_and(|t| {
+            self.operator
+                .timeline(t["id"].as_i64().unwrap(), "note")
+                .iter()
+                .any(|e| {
+                    e["detail"]["note"]
+                        .as_str()
+                        .is_some_and(|n| n.contains(text))
+                })
+        })
+    }
+
     /// SIGKILLs the controller and starts a new one on the same manifests, database, engine
     /// and arguments (what a controller crash and a supervisor's restart look like); waits
     /// until it is ready.

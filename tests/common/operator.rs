@@ -83,6 +83,17 @@ pub fn inspect(name: &str, host: Option<&str>) -> Option<serde_json::Value> {
     all.pop()
 }
 
+/// When the container last started, by the engine's clock (parsed: the engine trims trailing
+/// zeros of the fraction, so the text does not sort). Panics if it does not exist.
+pub fn started_at(name: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    started(&inspect(name, None).unwrap_or_else(|| panic!("no container {name}")))
+}
+
+/// `State.StartedAt` of an inspected container.
+pub fn started(inspected: &serde_json::Value) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(inspected["State"]["StartedAt"].as_str().unwrap()).unwrap()
+}
+
 /// The container's state string ("running", "exited", ...) and id.
 pub fn state(name: &str, host: Option<&str>) -> Option<(String, String)> {
     let c = inspect(name, host)?;
