@@ -372,7 +372,12 @@ async fn status_once(args: &StatusArgs) -> Result<ExitCode, Failure> {
                 c.health
                     .map(|h| h.as_str().to_string())
                     .unwrap_or_else(|| "-".into()),
-                c.id.chars().take(12).collect::<String>(),
+                // An adopted container is marked: it is managed without our labels.
+                format!(
+                    "{}{}",
+                    c.id.chars().take(12).collect::<String>(),
+                    if c.adopted { " (adopted)" } else { "" }
+                ),
             ),
             None if r.error.is_some() => ("unknown".into(), "-".into(), "-".into()),
             None => ("absent".into(), "-".into(), "-".into()),

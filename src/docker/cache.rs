@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 
 use super::{ObservedContainer, ServiceKey};
+use crate::manifest::DesiredState;
 
 pub struct Cache {
     containers: RwLock<HashMap<String, ObservedContainer>>,
+    /// Container names the manifests adopt (`adopt`), and the key each realises.
+    adoptable: RwLock<HashMap<String, ServiceKey>>,
     ready: watch::Sender<bool>,
     connected: AtomicBool,
 }
@@ -23,6 +26,7 @@ impl Default for Cache {
     fn default() -> Self {
         Cache {
             containers: RwLock::new(HashMap::new()),
+            adoptable: RwLock::new(HashMap::new()),
             ready: watch::Sender::new(false),
             connected: AtomicBool::new(false),
         }
@@ -71,6 +75,45 @@ impl Cache {
             }
         }
         found.cloned()
+    }
+
+    /// Sets the container names the manifests adopt. An adopted container whose name is no
+    /// longer adopted for its key is forgotten at once: it was never labelled ours, so it
+    /// is handed back, not left under management.
+    pub fn set_adoptable(&self, desired: &DesiredState) {
+        let names: HashMap<String, ServiceKey> = desired
+            .clusters
+            .iter()
+            .flat_map(|cluster| {
+                cluster
+                    .services
+                    .iter()
+                    .filter(|s| s.adopt.is_some())
+                    .map(|s| (s.name.clone(), ServiceKey::new(&cluster.name, &s.name)))
+            })
+            .collect();
+        self.containers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, c| !c.adopted || names.get(&c.name) == Some(&c.key));
+        *self.adoptable.write().unwrap_or_else(|e| e.into_inner()) = names;
+    }
+
+    /// The key the container named `name` is adopted for, if the manifests adopt it.
+    pub fn adoptable(&self, name: &str) -> Option<ServiceKey> {
+        self.adoptable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every adopted name and its key.
+    pub fn adoptable_names(&self) -> HashMap<String, ServiceKey> {
+        self.adoptable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -74,6 +74,9 @@ pub struct ObservedContainer {
     pub finished_at: Option<DateTime<Utc>>,
     /// When the newest healthcheck probe began: `health` is no fresher than this.
     pub health_probed_at: Option<DateTime<Utc>>,
+    /// Not created by the controller but adopted by name (`adopt` in the manifest): it has
+    /// none of our labels, so no spec hash either.
+    pub adopted: bool,
 }
 
 /// Whether a label set marks a container as ours.
@@ -85,17 +88,36 @@ impl ObservedContainer {
     /// Reduces an inspect response. `None` when the container is not owned by the
     /// controller (no managed-by label, or no cluster/service labels).
     pub fn from_inspect(c: &ContainerInspectResponse) -> Option<ObservedContainer> {
-        let labels: BTreeMap<String, String> = c
-            .config
-            .as_ref()
-            .and_then(|cfg| cfg.labels.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let labels = labels_of(c);
         if !is_managed(&labels) {
             return None;
         }
         let key = ServiceKey::new(labels.get(LABEL_CLUSTER)?, labels.get(LABEL_SERVICE)?);
+        Some(Self::reduce(c, key, &labels, false))
+    }
+
+    /// Reduces an inspect response of a container the manifest adopts for `key`. `None`
+    /// when it carries our labels (then it is ours by them, for whichever key they name).
+    pub fn adopted(c: &ContainerInspectResponse, key: ServiceKey) -> Option<ObservedContainer> {
+        let labels = labels_of(c);
+        (!is_managed(&labels)).then(|| Self::reduce(c, key, &labels, true))
+    }
+
+    /// Ours by its labels, or adopted: its name is one the manifests adopt (`adoptable`
+    /// gives the key a container name is adopted for).
+    pub fn recognise(
+        c: &ContainerInspectResponse,
+        adoptable: impl FnOnce(&str) -> Option<ServiceKey>,
+    ) -> Option<ObservedContainer> {
+        Self::from_inspect(c).or_else(|| Self::adopted(c, adoptable(&name_of(c))?))
+    }
+
+    fn reduce(
+        c: &ContainerInspectResponse,
+        key: ServiceKey,
+        labels: &BTreeMap<String, String>,
+        adopted: bool,
+    ) -> ObservedContainer {
         let state = c.state.clone().unwrap_or_default();
         let status = match state.status {
             Some(ContainerStateStatusEnum::RUNNING) => ContainerStatus::Running,
@@ -140,14 +162,9 @@ impl ObservedContainer {
             .as_ref()
             .and_then(|h| h.network_mode.clone())
             .unwrap_or_default();
-        Some(ObservedContainer {
+        ObservedContainer {
             id: c.id.clone().unwrap_or_default(),
-            name: c
-                .name
-                .as_deref()
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string(),
+            name: name_of(c),
             spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
             key,
             image: c
@@ -164,8 +181,27 @@ impl ObservedContainer {
             started_at: parse_time(state.started_at.as_deref()),
             finished_at: parse_time(state.finished_at.as_deref()),
             health_probed_at,
-        })
+            adopted,
+        }
     }
+}
+
+fn labels_of(c: &ContainerInspectResponse) -> BTreeMap<String, String> {
+    c.config
+        .as_ref()
+        .and_then(|cfg| cfg.labels.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+/// The container's name without Docker's leading `/`.
+fn name_of(c: &ContainerInspectResponse) -> String {
+    c.name
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string()
 }
 
 /// Docker reports "0001-01-01T00:00:00Z" for "never"; that is `None` here.

@@ -185,6 +185,7 @@ mod tests {
             healthcheck: None,
             depends_on: Vec::new(),
             restart_with: Vec::new(),
+            adopt: None,
             restart_policy: RestartPolicy::No,
             stop_timeout: None,
             stop_signal: None,

@@ -140,9 +140,10 @@ impl Watcher {
             .build();
         let mut stream = self.docker.events(Some(options));
 
+        let adoptable = self.cache.adoptable_names();
         let listed = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            listed = list_owned(&self.docker) => listed?,
+            listed = list_owned(&self.docker, &adoptable) => listed?,
         };
         info!(
             containers = listed.len(),
@@ -208,15 +209,17 @@ impl Watcher {
             return Ok(None);
         };
         let key = match result {
-            Ok(c) => ObservedContainer::from_inspect(&c).map(|observed| {
-                let key = observed.key.clone();
-                // Destroyed meanwhile: this look is older than the destroy, which the cache
-                // already applied.
-                if !done.destroyed {
-                    self.cache.upsert(observed);
-                }
-                key
-            }),
+            Ok(c) => ObservedContainer::recognise(&c, |name| self.cache.adoptable(name)).map(
+                |observed| {
+                    let key = observed.key.clone();
+                    // Destroyed meanwhile: this look is older than the destroy, which the cache
+                    // already applied.
+                    if !done.destroyed {
+                        self.cache.upsert(observed);
+                    }
+                    key
+                },
+            ),
             // Removed between the event and the inspect: the destroy event follows.
             Err(e) if is_not_found(&e) => self.cache.remove(&id).map(|c| c.key),
             Err(source) => {
@@ -242,7 +245,11 @@ impl Watcher {
                     return None;
                 }
                 let labels: BTreeMap<String, String> = attributes.clone().into_iter().collect();
-                if !is_managed(&labels) {
+                let adopted = || {
+                    let name = attributes.get("name")?;
+                    self.cache.adoptable(name)
+                };
+                if !is_managed(&labels) && adopted().is_none() {
                     return None;
                 }
                 actor.id.unwrap_or_default()
@@ -271,12 +278,17 @@ impl Watcher {
         in_flight.destroyed(&id);
         // A container destroyed before its first inspect finished is not in the cache yet;
         // its labels still name the key.
-        let key = self.cache.remove(&id).map(|c| c.key).or_else(|| {
-            Some(ServiceKey::new(
-                attributes.get(LABEL_CLUSTER)?,
-                attributes.get(LABEL_SERVICE)?,
-            ))
-        });
+        let key = self
+            .cache
+            .remove(&id)
+            .map(|c| c.key)
+            .or_else(|| {
+                Some(ServiceKey::new(
+                    attributes.get(LABEL_CLUSTER)?,
+                    attributes.get(LABEL_SERVICE)?,
+                ))
+            })
+            .or_else(|| self.cache.adoptable(attributes.get("name")?));
         if let Some(key) = key {
             let _ = self.events.send(WatchEvent::Changed { key, at });
         }
@@ -368,31 +380,59 @@ impl InFlight {
     }
 }
 
-/// Lists every container carrying our label, inspected for health and networks.
-pub async fn list_owned(docker: &Docker) -> Result<Vec<ObservedContainer>, DockerError> {
+/// Lists every container carrying our label, and those the manifests adopt by name
+/// (`adoptable`: name to key), inspected for health and networks.
+pub async fn list_owned(
+    docker: &Docker,
+    adoptable: &HashMap<String, ServiceKey>,
+) -> Result<Vec<ObservedContainer>, DockerError> {
     let label = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
     let filters = HashMap::from([("label", vec![label.as_str()])]);
-    let options = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
+    // Adopted containers carry no label to filter on: then every container is listed and
+    // only ours and the adopted names are inspected.
+    let options = if adoptable.is_empty() {
+        ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build()
+    } else {
+        ListContainersOptionsBuilder::default().all(true).build()
+    };
     let summaries = docker
         .list_containers(Some(options))
         .await
         .map_err(|source| DockerError::api("list containers", source))?;
+    let wanted = |s: &bollard::models::ContainerSummary| {
+        let managed = s
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_MANAGED_BY))
+            .is_some_and(|v| v == MANAGED_BY_VALUE);
+        managed
+            || s.names
+                .iter()
+                .flatten()
+                .any(|n| adoptable.contains_key(n.trim_start_matches('/')))
+    };
     // Side by side: one container the engine is cleaning up after must not hold up the rest.
-    let owned: Vec<Option<ObservedContainer>> =
-        futures::stream::iter(summaries.into_iter().filter_map(|s| s.id))
-            .map(|id| async move {
-                match docker.inspect_container(&id, None).await {
-                    Ok(c) => Ok(ObservedContainer::from_inspect(&c)),
-                    Err(e) if is_not_found(&e) => Ok(None),
-                    Err(source) => Err(DockerError::api(format!("inspect container {id}"), source)),
-                }
-            })
-            .buffered(LIST_INSPECTS)
-            .try_collect()
-            .await?;
+    let owned: Vec<Option<ObservedContainer>> = futures::stream::iter(
+        summaries
+            .into_iter()
+            .filter(|s| wanted(s))
+            .filter_map(|s| s.id),
+    )
+    .map(|id| async move {
+        match docker.inspect_container(&id, None).await {
+            Ok(c) => Ok(ObservedContainer::recognise(&c, |name| {
+                adoptable.get(name).cloned()
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(DockerError::api(format!("inspect container {id}"), source)),
+        }
+    })
+    .buffered(LIST_INSPECTS)
+    .try_collect()
+    .await?;
     Ok(owned.into_iter().flatten().collect())
 }
 

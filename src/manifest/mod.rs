@@ -328,6 +328,41 @@ pub struct Service {
     /// the image's, else `SIGTERM`.
     pub stop_signal: Option<String>,
     pub remediation: Remediation,
+    /// `adopt`: the service's container already exists, started by compose or by hand, and
+    /// is taken over by its name (the service's) instead of being created. `None`: the
+    /// controller creates the container, and a container of that name it did not create is
+    /// a name conflict it never touches.
+    pub adopt: Option<Adopt>,
+}
+
+/// How an adopted container's spec is treated (`adopt: {spec: ...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Adopt {
+    /// The container keeps the spec it was started with: a difference from the manifest is
+    /// never a reason to recreate it (the default: compose, or whoever started it, owns its
+    /// definition). It is still started, unpaused, restarted, reconnected and, when it is
+    /// gone, created from the manifest.
+    Observed,
+    /// The manifest's spec is the truth: an adopted container is recreated from it (as a
+    /// rollout, one member of a group at a time), and is from then on the controller's own.
+    Owned,
+}
+
+impl Adopt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Adopt::Observed => "observed",
+            Adopt::Owned => "owned",
+        }
+    }
+}
+
+impl Service {
+    /// Whether a container adopted for this service is kept whatever its spec.
+    pub fn keeps_adopted_spec(&self) -> bool {
+        self.adopt == Some(Adopt::Observed)
+    }
 }
 
 /// The longest `stopTimeout`: a stop holds one reconcile worker for that long.

@@ -247,6 +247,26 @@ pub(super) struct Service {
     pub stop_signal: Option<Scalar>,
     #[serde(default)]
     pub remediation: Option<Remediation>,
+    #[serde(default)]
+    pub adopt: Option<Adopt>,
+}
+
+/// `adopt: true` (or `false`), or `adopt: {spec: observed | owned}`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "true, false, or a mapping with spec (observed or owned)"
+)]
+pub(super) enum Adopt {
+    Flag(bool),
+    With(AdoptWith),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdoptWith {
+    #[serde(default)]
+    pub spec: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

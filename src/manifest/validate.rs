@@ -13,7 +13,7 @@ use super::raw::{self, Args, Scalar};
 use super::signal::{SIGNAL_FORMAT, parse_signal};
 use super::volume::{VOLUME_FORMAT, parse_volume};
 use super::{
-    AgentSpec, Cluster, Diagnostic, EscalateTo, Healthcheck, MAX_STOP_TIMEOUT, NetworkMode,
+    Adopt, AgentSpec, Cluster, Diagnostic, EscalateTo, Healthcheck, MAX_STOP_TIMEOUT, NetworkMode,
     NetworkSpec, Policy, PortMapping, Remediation, RestartPolicy, SafetyMode, Service, VolumeMount,
     graph,
 };
@@ -417,6 +417,10 @@ impl Validator<'_, '_> {
             Some(r) => self.remediation(&format!("{path}.remediation"), r, Remediation::default()),
         };
 
+        let adopt = raw
+            .adopt
+            .and_then(|a| self.adopt(&format!("{path}.adopt"), a));
+
         let service = Service {
             name: raw.name,
             image: raw.image,
@@ -435,8 +439,32 @@ impl Validator<'_, '_> {
             stop_timeout,
             stop_signal,
             remediation,
+            adopt,
         };
         (service, port_indices)
+    }
+
+    fn adopt(&mut self, field: &str, raw: raw::Adopt) -> Option<Adopt> {
+        match raw {
+            raw::Adopt::Flag(false) => None,
+            raw::Adopt::Flag(true) | raw::Adopt::With(raw::AdoptWith { spec: None }) => {
+                Some(Adopt::Observed)
+            }
+            raw::Adopt::With(raw::AdoptWith { spec: Some(spec) }) => match spec.as_str() {
+                "observed" => Some(Adopt::Observed),
+                "owned" => Some(Adopt::Owned),
+                other => {
+                    self.error(
+                        &format!("{field}.spec"),
+                        format!(
+                            "invalid adopt spec \"{other}\": expected observed (keep the \
+                             container's own spec) or owned (recreate it from the manifest)"
+                        ),
+                    );
+                    None
+                }
+            },
+        }
     }
 
     fn command(&mut self, field: &str, args: Args) -> Option<Vec<String>> {
@@ -1463,6 +1491,34 @@ mod tests {
             line_of(&text, "backoff", 0),
             "spec.services[0].remediation.backoff.max",
             &["shorter than backoff initial"],
+        );
+    }
+
+    #[test]
+    fn adopt_is_read_in_each_form_and_a_wrong_spec_is_named() {
+        let read = |extra: &str| only_service(&manifest("demo", &service("web", extra)));
+        assert_eq!(read("").adopt, None);
+        assert_eq!(read("      adopt: false\n").adopt, None);
+        assert_eq!(read("      adopt: true\n").adopt, Some(Adopt::Observed));
+        assert_eq!(read("      adopt: {}\n").adopt, Some(Adopt::Observed));
+        assert_eq!(
+            read("      adopt: {spec: owned}\n").adopt,
+            Some(Adopt::Owned)
+        );
+        let text = manifest("demo", &service("web", "      adopt: {spec: mine}\n"));
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "adopt", 0),
+            "spec.services[0].adopt.spec",
+            &["\"mine\"", "observed", "owned"],
+        );
+        let text = manifest("demo", &service("web", "      adopt: yes please\n"));
+        let diags = diagnostics(&text);
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.message.contains("true, false, or a mapping with spec")),
+            "{diags:#?}"
         );
     }
 

@@ -609,6 +609,7 @@ mod tests {
                 started_at: None,
                 finished_at: None,
                 health_probed_at: None,
+                adopted: false,
             }]);
             cache.set_connected(true);
         }

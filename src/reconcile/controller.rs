@@ -312,6 +312,9 @@ pub(super) struct Shared {
     pub paused_at: Mutex<HashMap<ServiceKey, chrono::DateTime<chrono::Utc>>>,
     /// Why the quorum gate holds each key's action back (noted on its ticket once per reason).
     pub gated: Mutex<HashMap<ServiceKey, String>>,
+    /// The adopted container recorded for each key by this process (see
+    /// [`crate::tickets::Adoption`]), so the record is written once per container.
+    pub adopted: Mutex<HashMap<ServiceKey, String>>,
     /// What the controller has taken down and not yet seen live again (the gate's state).
     pub disruptions: Disruptions,
     /// The last verdict of each check, for telling when a member is live again.
@@ -440,11 +443,13 @@ impl ControllerBuilder {
     pub fn build(self) -> Controller {
         let actions = Actions::new(self.docker, self.config.limits.clone());
         let (completions, completions_rx) = mpsc::unbounded_channel();
+        let cache = self.cache.unwrap_or_else(|| Arc::new(Cache::new()));
+        cache.set_adoptable(&self.desired);
         Controller {
             shared: Arc::new(Shared {
                 builtin: Arc::new(BuiltIn::new(actions.clone())),
                 actions,
-                cache: self.cache.unwrap_or_else(|| Arc::new(Cache::new())),
+                cache,
                 desired: RwLock::new(Arc::new(self.desired)),
                 queue: WorkQueue::new(),
                 budgets: Mutex::new(HashMap::new()),
@@ -457,6 +462,7 @@ impl ControllerBuilder {
                 leases: Mutex::new(Leases::default()),
                 paused_at: Mutex::new(HashMap::new()),
                 gated: Mutex::new(HashMap::new()),
+                adopted: Mutex::new(HashMap::new()),
                 disruptions: Disruptions::default(),
                 check_views: Arc::default(),
                 remediators: self.remediators,
@@ -524,7 +530,9 @@ impl Controller {
         lock(&shared.leases).active.retain(|k, _| declared(k));
         lock(&shared.paused_at).retain(|k, _| declared(k));
         lock(&shared.gated).retain(|k, _| declared(k));
+        lock(&shared.adopted).retain(|k, _| declared(k));
         shared.disruptions.retain(declared);
+        shared.cache.set_adoptable(&desired);
         *shared.desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(desired);
         shared.desired_changed.notify_one();
         self.enqueue_all();
@@ -831,7 +839,7 @@ impl Controller {
     /// reconcile each key once. For `operator run --once`.
     pub async fn reconcile_once(&self) -> Result<Vec<(ServiceKey, Outcome)>, ControllerError> {
         let shared = &self.shared;
-        let listed = list_owned(shared.actions.docker())
+        let listed = list_owned(shared.actions.docker(), &shared.cache.adoptable_names())
             .await
             .map_err(ControllerError::List)?;
         shared.cache.replace_all(listed);

@@ -84,10 +84,14 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
         ));
         return drifts;
     }
-    let desired_hash = service.spec_hash();
-    if c.spec_hash != desired_hash {
-        drifts.push(Drift::new(
-            DriftKind::SpecChanged,
+    if spec_differs(c, service) {
+        let desired_hash = service.spec_hash();
+        let why = if c.adopted {
+            format!(
+                "adopted container runs its own spec; the manifest owns it (adopt.spec: owned) \
+                 and says {desired_hash}"
+            )
+        } else {
             format!(
                 "container built from spec {}, manifest now says {desired_hash}",
                 if c.spec_hash.is_empty() {
@@ -95,8 +99,9 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
                 } else {
                     &c.spec_hash
                 }
-            ),
-        ));
+            )
+        };
+        drifts.push(Drift::new(DriftKind::SpecChanged, why));
         if image_missing {
             drifts.push(Drift::new(
                 DriftKind::ImageMissing,
@@ -153,6 +158,16 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
         ContainerStatus::Removing | ContainerStatus::Restarting => {}
     }
     drifts
+}
+
+/// Whether the container must be recreated to match the manifest's spec. An adopted
+/// container has no spec hash: it differs only when the manifest owns its spec
+/// (`adopt: {spec: owned}`); by default it keeps the spec it was started with.
+pub fn spec_differs(c: &ObservedContainer, service: &Service) -> bool {
+    if c.adopted && service.keeps_adopted_spec() {
+        return false;
+    }
+    c.spec_hash != service.spec_hash()
 }
 
 /// The one built-in repair that addresses the drifts, if any can.
@@ -254,6 +269,7 @@ mod tests {
             healthcheck: None,
             depends_on: vec![],
             restart_with: vec![],
+            adopt: None,
             restart_policy: RestartPolicy::No,
             stop_timeout: None,
             stop_signal: None,
@@ -277,6 +293,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             health_probed_at: None,
+            adopted: false,
         }
     }
 
@@ -292,6 +309,40 @@ mod tests {
             .into_iter()
             .map(|d| d.kind)
             .collect()
+    }
+
+    /// A container started by compose: no labels, so no spec hash.
+    fn adopted(status: ContainerStatus) -> ObservedContainer {
+        ObservedContainer {
+            spec_hash: String::new(),
+            adopted: true,
+            status,
+            ..running()
+        }
+    }
+
+    #[test]
+    fn an_adopted_container_keeps_its_own_spec_unless_the_manifest_owns_it() {
+        let mut observed = service();
+        observed.adopt = Some(crate::manifest::Adopt::Observed);
+        let obs = with(adopted(ContainerStatus::Running));
+        assert!(diff(&cluster(), &observed, &obs).is_empty());
+        // Healed all the same: stopped is started, not recreated.
+        let obs = with(adopted(ContainerStatus::Exited));
+        let drifts = diff(&cluster(), &observed, &obs);
+        assert_eq!(
+            drifts.iter().map(|d| d.kind).collect::<Vec<_>>(),
+            vec![DriftKind::Stopped]
+        );
+        assert_eq!(action_for(&drifts, &obs), Some(Action::Start));
+
+        let mut owned = service();
+        owned.adopt = Some(crate::manifest::Adopt::Owned);
+        let obs = with(adopted(ContainerStatus::Running));
+        let drifts = diff(&cluster(), &owned, &obs);
+        assert_eq!(drifts[0].kind, DriftKind::SpecChanged);
+        assert!(drifts[0].detail.contains("adopt.spec: owned"), "{drifts:?}");
+        assert_eq!(action_for(&drifts, &obs), Some(Action::Recreate));
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub async fn undeclared(
     docker: &bollard::Docker,
     desired: &DesiredState,
 ) -> Result<Vec<ObservedContainer>, crate::docker::DockerError> {
-    let mut owned = crate::docker::watcher::list_owned(docker).await?;
+    let mut owned = crate::docker::watcher::list_owned(docker, &Default::default()).await?;
     owned.retain(|c| {
         desired
             .cluster(&c.key.cluster)

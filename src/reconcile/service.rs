@@ -49,10 +49,18 @@ pub(super) async fn observe(
     let key = ServiceKey::new(&cluster.name, &service.name);
     let (container, name_conflict) = match actions.inspect(&service.name).await? {
         None => (None, None),
-        Some(raw) => match ObservedContainer::from_inspect(&raw) {
+        // A container of the service's name without our labels is adopted only when the
+        // manifest says so: ownership is never taken silently.
+        Some(raw) => match ObservedContainer::recognise(&raw, |_| {
+            service.adopt.is_some().then(|| key.clone())
+        }) {
             None => (
                 None,
-                Some("is not managed by operator (no operator.managed-by label)".to_string()),
+                Some(
+                    "is not managed by operator (no operator.managed-by label; set `adopt: \
+                     true` on the service to take it over)"
+                        .to_string(),
+                ),
             ),
             Some(c) if c.key != key => (
                 None,
@@ -64,7 +72,7 @@ pub(super) async fn observe(
     let needs_create = name_conflict.is_none()
         && container
             .as_ref()
-            .is_none_or(|c| c.spec_hash != service.spec_hash());
+            .is_none_or(|c| super::diff::spec_differs(c, service));
     let image_present = if needs_create {
         Some(actions.image_present(&service.image).await?)
     } else {
@@ -258,6 +266,46 @@ impl KeyRun<'_> {
         self.shared.journal.as_ref()
     }
 
+    /// Records, once per container, that the manifest's `adopt` took `c` over, and says so
+    /// in the log. The cache learns of it too when the watcher has not yet (an `adopt`
+    /// added by a manifest edit; its events are followed from now on).
+    async fn record_adoption(
+        &self,
+        service: &Service,
+        c: &ObservedContainer,
+    ) -> Result<(), TicketError> {
+        let (shared, key) = (self.shared, self.key);
+        if lock(&shared.adopted).get(key) == Some(&c.id) {
+            return Ok(());
+        }
+        if shared.cache.by_id(&c.id).is_none() {
+            shared.cache.upsert(c.clone());
+        }
+        if let Some(journal) = self.journal() {
+            let first = journal
+                .record_adoption(crate::tickets::Adoption {
+                    cluster: key.cluster.clone(),
+                    service: key.service.clone(),
+                    container_id: c.id.clone(),
+                    name: c.name.clone(),
+                    adopted_at: self.clock.wall,
+                })
+                .await?;
+            if first {
+                info!(
+                    cluster = %key.cluster,
+                    service = %key.service,
+                    container = %c.id.get(..12).unwrap_or(&c.id),
+                    spec = service.adopt.map_or("observed", |a| a.as_str()),
+                    "adopted container {} (named by the manifest's adopt)",
+                    c.name
+                );
+            }
+        }
+        lock(&shared.adopted).insert(key.clone(), c.id.clone());
+        Ok(())
+    }
+
     async fn reconcile(
         &self,
         cluster: &Cluster,
@@ -278,6 +326,15 @@ impl KeyRun<'_> {
                 };
             }
         };
+        if let Some(c) = observed.container.as_ref().filter(|c| c.adopted)
+            && let Err(e) = self.record_adoption(service, c).await
+        {
+            // Nothing is done to a container whose adoption could not be recorded.
+            self.retry_soon();
+            return Outcome::Unknown {
+                error: e.to_string(),
+            };
+        }
         observed.health_trusted_after = {
             let mut paused_at = lock(&shared.paused_at);
             if observed

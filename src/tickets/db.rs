@@ -200,6 +200,10 @@ pub const MIGRATIONS: &[Migration] = &[
                written before the fault is applied",
         sql: super::chaos::MIGRATION,
     },
+    Migration {
+        adds: "the record of containers adopted by name (started by compose or by hand)",
+        sql: super::adoptions::MIGRATION,
+    },
 ];
 
 /// `$HOME/.operator/tickets.db`.

@@ -219,6 +219,12 @@ impl Journal {
     }
 
     /// A number that changes when another process commits to the store.
+    /// Records an adopted container; true when it was not recorded before.
+    pub async fn record_adoption(&self, adoption: super::Adoption) -> Result<bool, TicketError> {
+        self.write(move |store| store.record_adoption(&adoption))
+            .await
+    }
+
     pub async fn data_version(&self) -> Result<i64, TicketError> {
         self.call(|s| s.data_version()).await
     }

@@ -19,6 +19,7 @@
 //! agent's sessions, claims and approvals (with its own async facade, `AuditJournal`).
 //! `chaos` the fault ledger of chaos drills (runs, and every fault written before it is applied).
 
+mod adoptions;
 mod audit;
 mod budget;
 mod chaos;
@@ -30,6 +31,7 @@ mod query;
 mod requests;
 mod store;
 
+pub use adoptions::Adoption;
 pub use audit::{
     AgentSession, Approval, AuditJournal, AuditKind, Claim, ClaimOutcome, Decision, NewEntry,
     NewSession, Outcome, SafetyMode, SessionEnd, SessionEntry, SessionLog, SessionQuery,

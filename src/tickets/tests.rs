@@ -1006,3 +1006,30 @@ fn agent_requests_are_taken_once_in_ticket_order_and_a_dead_holders_are_ended() 
         "once"
     );
 }
+
+#[test]
+fn an_adoption_is_recorded_once_per_container_and_replaced_by_the_next() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let adoption = |id: &str| Adoption {
+        cluster: "tikv".into(),
+        service: "pd0".into(),
+        container_id: id.into(),
+        name: "pd0".into(),
+        adopted_at: Utc::now(),
+    };
+    assert!(store.record_adoption(&adoption("aaa")).unwrap());
+    assert!(
+        !store.record_adoption(&adoption("aaa")).unwrap(),
+        "same container"
+    );
+    // Compose recreated it: the new container is the one adopted.
+    assert!(store.record_adoption(&adoption("bbb")).unwrap());
+    let all = store.adoptions().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].container_id, "bbb");
+    drop(store);
+    // Kept across a restart.
+    let store = Store::open(&db.path()).unwrap();
+    assert_eq!(store.adoptions().unwrap()[0].container_id, "bbb");
+}
