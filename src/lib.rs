@@ -10,6 +10,7 @@ pub mod agent;
 pub mod backoff;
 pub mod chaos;
 pub mod cli;
+pub mod compose;
 pub mod docker;
 pub mod drift;
 pub mod health;

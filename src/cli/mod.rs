@@ -6,6 +6,7 @@ mod audit;
 mod chaos;
 mod companions;
 mod healthcheck;
+mod import;
 mod logging;
 mod reload;
 mod report;
@@ -37,6 +38,7 @@ Examples:
   operator audit list --since 1d             what agent sessions ran, and the verdicts
   operator audit show SESSION                every step of one session: commands, results
   operator chaos cleanup                     undo the faults a killed drill left behind
+  operator import compose compose.yaml -o manifests   a manifest from a compose file
 
 The Docker engine is found through DOCKER_HOST or the default socket.";
 
@@ -111,6 +113,9 @@ pub enum Command {
     /// Chaos drills: break a managed cluster on purpose and undo every fault afterwards.
     #[command(subcommand)]
     Chaos(ChaosCommand),
+    /// Write manifests from other tools' files.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Print a shell completion script for operator's commands, flags and values.
     #[command(after_help = "Examples:
   operator completions bash > /etc/bash_completion.d/operator
@@ -138,6 +143,48 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A manifest from Docker Compose files: one `kind: Cluster` for the project.
+    ///
+    /// Later files override earlier ones, as with `docker-compose -f A -f B`. Carried over:
+    /// services, image, command, entrypoint, environment, ports, volumes (relative binds
+    /// resolved against the first file's folder, named volumes by their name in the
+    /// engine), the network (compose's default network joined as `external: true`),
+    /// healthcheck, depends_on, restart (as the controller's remediation), labels,
+    /// stop_grace_period, stop_signal and container_name. Every other key is named in a
+    /// comment at its service, with why. `${VARIABLES}` are substituted from the
+    /// environment and the first file's folder's .env, as compose does. The manifest is
+    /// checked as `operator validate` would; exit 1 if it does not pass (it is still
+    /// written, to be fixed).
+    ///
+    /// The project name: --project, else the files' top-level `name:`, else the first
+    /// file's folder name (lowercased, [a-z0-9_-] only), as compose chooses it.
+    #[command(after_help = "Examples:
+  operator import compose docker/tikv/compose.yaml                 the manifest on standard output
+  operator import compose docker/tikv/compose.yaml -o manifests    manifests/tikv.yaml
+  operator import compose compose.yaml compose.prod.yaml -o out --project shop --force")]
+    Compose(ImportComposeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportComposeArgs {
+    /// Compose files, in override order.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Write DIR/<project>.yaml (the folder is made if missing) instead of standard output;
+    /// bind mounts are then written relative to DIR where they can be.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// The compose project's name (the cluster's name, and `<project>_default`, its
+    /// network).
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
+    /// Overwrite DIR/<project>.yaml if it exists.
+    #[arg(long, requires = "output")]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -601,6 +648,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Tickets(command) => tickets::run(command),
             Command::Audit(command) => audit::run(command),
             Command::Chaos(command) => chaos::run(command).await,
+            Command::Import(ImportCommand::Compose(args)) => import::compose(args),
             Command::Completions { shell } => companions::completions(shell),
             Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Man { dir } => companions::man(dir.as_deref()),
