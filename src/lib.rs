@@ -13,6 +13,7 @@ pub mod cli;
 pub mod docker;
 pub mod drift;
 pub mod health;
+pub mod identity;
 pub mod manifest;
 pub mod metrics;
 pub mod promql;
