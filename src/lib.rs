@@ -14,6 +14,7 @@ pub mod compose;
 pub mod docker;
 pub mod drift;
 pub mod health;
+pub mod identity;
 pub mod manifest;
 pub mod metrics;
 pub mod promql;

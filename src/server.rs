@@ -52,25 +52,67 @@ async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// 200 once the first full list is in and the event stream is attached; 503 otherwise,
 /// with the reason.
+///
+/// A cluster whose Prometheus cannot be asked leaves it 200, said on the body's first line
+/// (`ok (degraded: ...)`): the controller still keeps every container in its declared state
+/// (that Prometheus may be one of them), only the checks are frozen, and that episode is an
+/// `observability-lost` ticket. A 503 there would have a health-driven restarter restart
+/// the one process that can bring Prometheus back.
 async fn serve_healthz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.cache.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: first list of containers not complete\n",
+            "not ready: first list of containers not complete\n".to_string(),
         )
     } else if !state.cache.is_connected() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "degraded: docker event stream disconnected, reconnecting\n",
+            "degraded: docker event stream disconnected, reconnecting\n".to_string(),
         )
     } else if state.metrics.store_writable.get() == 0 {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "degraded: the ticket store cannot be written; no repairs until it can\n",
+            "degraded: the ticket store cannot be written; no repairs until it can\n".to_string(),
         )
     } else {
-        (StatusCode::OK, "ok\n")
+        let blind = blind_clusters(&state.metrics);
+        if blind.is_empty() {
+            return (StatusCode::OK, "ok\n".to_string());
+        }
+        (
+            StatusCode::OK,
+            format!(
+                "ok (degraded: Prometheus cannot be asked for cluster {}; its checks are frozen, \
+                 containers are still repaired)\n",
+                blind.join(", ")
+            ),
+        )
     }
+}
+
+/// The clusters whose Prometheus cannot be asked now (`operator_observability_up` 0), read
+/// from the exposition the controller serves, where that state is kept.
+fn blind_clusters(metrics: &Metrics) -> Vec<String> {
+    let mut blind: Vec<String> = metrics
+        .render()
+        .lines()
+        .filter_map(|line| {
+            let (labels, value) = line
+                .strip_prefix("operator_observability_up{")?
+                .rsplit_once("} ")?;
+            if value.trim() != "0" {
+                return None;
+            }
+            // Cluster names are DNS labels: no quote or comma to unescape.
+            let cluster = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("cluster=\""))?
+                .strip_suffix('"')?;
+            Some(cluster.to_string())
+        })
+        .collect();
+    blind.sort();
+    blind
 }
 
 /// Binds now (so a taken port is an error at start-up) and returns the bound address and
@@ -129,5 +171,37 @@ mod tests {
         let (status, body) = healthz(&metrics, &cache).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("ticket store cannot be written"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn healthz_stays_ok_but_says_degraded_while_a_clusters_prometheus_is_lost() {
+        let (metrics, cache) = (Arc::new(Metrics::new()), Arc::new(Cache::new()));
+        cache.replace_all(Vec::new());
+        cache.set_connected(true);
+        let up = |cluster: &str| {
+            metrics
+                .observability_up
+                .get_or_create(&vec![("cluster", cluster.to_string())])
+                .clone()
+        };
+        up("seen").set(1);
+        assert_eq!(
+            healthz(&metrics, &cache).await,
+            (StatusCode::OK, "ok\n".into())
+        );
+        up("tikv").set(0);
+        up("etcd").set(0);
+        let (status, body) = healthz(&metrics, &cache).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.starts_with("ok (degraded: Prometheus cannot be asked for cluster etcd, tikv;"),
+            "{body}"
+        );
+        // A store that cannot be written is worse, and wins.
+        metrics.store_writable.set(0);
+        assert_eq!(
+            healthz(&metrics, &cache).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -62,9 +62,7 @@ pub async fn run(args: AgentCommandArgs) -> Result<ExitCode, Failure> {
         ));
     };
     let db = args.db.path();
-    if !db.exists() {
-        return Err(crate::tickets::TicketError::Missing { path: db }.into());
-    }
+    crate::tickets::require_existing(&db)?;
     // Not the controller's lock: the controller owns the database; this process only takes
     // requests from it, under claims.
     let store = Arc::new(Store::open(&db)?);

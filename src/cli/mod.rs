@@ -446,7 +446,7 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
     /// The address the controller serves /metrics and /healthz on (its run --listen).
-    #[arg(long, default_value = crate::server::DEFAULT_LISTEN, value_name = "ADDR")]
+    #[arg(long, default_value = crate::server::DEFAULT_LISTEN, value_parser = parse_listen, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
     /// How long to wait for the answer.
     #[arg(long, default_value = "3s", value_parser = parse_positive_duration, value_name = "DUR")]
@@ -497,7 +497,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub paths: PathArgs,
     /// Address for /metrics and /healthz.
-    #[arg(long, default_value = crate::server::DEFAULT_LISTEN, value_name = "ADDR")]
+    #[arg(long, default_value = crate::server::DEFAULT_LISTEN, value_parser = parse_listen, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
     /// Re-diff every service this often, whatever the events say (e.g. 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration, value_name = "DUR")]
@@ -570,6 +570,16 @@ pub struct AgentArgs {
     pub agent_claim_ttl: Duration,
 }
 
+/// An address to listen on: `IP:PORT`. The message says the form, since a host name
+/// (`localhost:9464`) or a bare port is the usual slip.
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        "expected IP:PORT, e.g. 127.0.0.1:9464 (this host only) or 0.0.0.0:9464 (every \
+         interface); a host name is not accepted"
+            .to_string()
+    })
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match crate::manifest::parse_duration(s)? {
         d if d.is_zero() => Err("must be more than zero".into()),
@@ -626,15 +636,37 @@ pub fn init_logging(cli: &Cli) -> Result<(), String> {
     logging::init(cli.log_format, cli.log_level.as_deref())
 }
 
+/// Says why the command failed: one line on stderr, whatever the message holds (a list of
+/// manifest errors included). `error: ...` for people; with `--log-format json` a JSON
+/// object like the log's own lines (level `ERROR`), so a log collector reading the JSON
+/// lines gets the reason too. Written directly, not through the log filter, which may be
+/// `off`.
+pub fn report_failure(format: LogFormat, message: &str) {
+    let line = match format {
+        LogFormat::Text => format!("error: {message}"),
+        // Built in the log's own field order (a `json!` map would sort the keys).
+        LogFormat::Json => format!(
+            "{{\"timestamp\":{},\"level\":\"ERROR\",\"message\":{},\"target\":\"operator\"}}",
+            serde_json::Value::from(
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ),
+            serde_json::Value::from(message),
+        ),
+    };
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Runs a parsed command line; the exit code is what the process should return.
 pub fn execute(cli: Cli) -> ExitCode {
+    let format = cli.log_format;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report_failure(format, &format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -660,7 +692,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             broken_pipe: true, ..
         }) => ExitCode::SUCCESS,
         Err(Failure { message, .. }) => {
-            eprintln!("error: {message}");
+            report_failure(format, &message);
             ExitCode::FAILURE
         }
     }

@@ -16,17 +16,26 @@ use super::{Failure, StatusArgs, ValidateArgs, outln};
 /// How long connecting to the engine may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A cluster whose Prometheus could not be asked to parse its checks' PromQL.
+pub struct Unchecked {
+    pub cluster: String,
+    pub url: String,
+    pub reason: String,
+}
+
 /// Asks each cluster's Prometheus to parse its check queries. Every query it refuses is an
 /// error at the query's line, counted with the others; a Prometheus that cannot be asked is
-/// a note, or with `strict` an error at `spec.prometheus.url`.
+/// returned for the caller to note (`validate` prints it, `run` logs it), or with `strict`
+/// an error at `spec.prometheus.url`.
 pub async fn check_promql(
     desired: &manifest::DesiredState,
     positions: &manifest::Positions,
     strict: bool,
-) -> Result<(), Failure> {
+) -> Result<Vec<Unchecked>, Failure> {
     let found = crate::health::check_queries(desired).await;
     let cluster = |name: &str| desired.clusters.iter().find(|c| c.name == name);
     let mut diagnostics = Vec::new();
+    let mut unchecked = Vec::new();
     for (cluster_name, url, reason) in &found.unreachable {
         match cluster(cluster_name) {
             Some(c) if strict => diagnostics.push(positions.diagnostic(
@@ -36,10 +45,11 @@ pub async fn check_promql(
                     "Prometheus at {url} cannot be asked ({reason}): the PromQL of the checks is unchecked, which --strict refuses"
                 ),
             )),
-            _ => eprintln!(
-                "note: cluster {cluster_name}: PromQL not checked, Prometheus at {url} is unreachable ({reason}); \
-                 `operator run` checks it once Prometheus answers (`validate --strict` makes this an error)"
-            ),
+            _ => unchecked.push(Unchecked {
+                cluster: cluster_name.clone(),
+                url: url.clone(),
+                reason: reason.clone(),
+            }),
         }
     }
     for (_, cluster_name, check, reason) in &found.invalid {
@@ -53,7 +63,7 @@ pub async fn check_promql(
         }
     }
     if diagnostics.is_empty() {
-        return Ok(());
+        return Ok(unchecked);
     }
     diagnostics.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
     Err(manifest::ManifestError::Invalid(diagnostics).into())
@@ -61,7 +71,13 @@ pub async fn check_promql(
 
 pub async fn validate(args: ValidateArgs) -> Result<ExitCode, Failure> {
     let (desired, positions) = manifest::load_with_positions(&args.paths.paths)?;
-    check_promql(&desired, &positions, args.strict).await?;
+    for u in check_promql(&desired, &positions, args.strict).await? {
+        eprintln!(
+            "note: cluster {}: PromQL not checked, Prometheus at {} is unreachable ({}); \
+             `operator run` checks it once Prometheus answers (`validate --strict` makes this an error)",
+            u.cluster, u.url, u.reason
+        );
+    }
     for cluster in &desired.clusters {
         let on_network = cluster
             .services
@@ -88,8 +104,8 @@ pub async fn validate(args: ValidateArgs) -> Result<ExitCode, Failure> {
 /// a fresh machine, a missing `--db` a typo and an error.
 async fn reports(desired: manifest::DesiredState, db: &super::DbArgs) -> Result<Reports, Failure> {
     let path = db.path();
-    if db.db.is_some() && !path.exists() {
-        return Err(TicketError::Missing { path }.into());
+    if db.db.is_some() {
+        crate::tickets::require_existing(&path)?;
     }
     let journal = if path.exists() {
         match Store::open_read_only(&path) {

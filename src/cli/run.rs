@@ -24,14 +24,24 @@ const RELOAD_POLL: Duration = Duration::from_secs(2);
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // Validate everything before touching Docker.
     let (desired, positions) = manifest::load_with_positions(&args.paths.paths)?;
-    // A Prometheus that is down now is the controller's to watch for (observability-lost).
-    super::report::check_promql(&desired, &positions, false).await?;
+    // A Prometheus that is down now is the controller's to watch for: it runs with those
+    // checks frozen, and their observability-lost ticket (one warning) opens if it lasts.
+    // So this is said once, at info level, not as a second warning.
+    for u in super::report::check_promql(&desired, &positions, false).await? {
+        info!(
+            cluster = %u.cluster,
+            prometheus = %u.url,
+            reason = %u.reason,
+            "Prometheus cannot be asked at start: the checks are frozen and their PromQL unchecked until it answers"
+        );
+    }
     // One controller per database, taken before anything is opened or migrated; held until
     // this function returns.
     let db = args.db.path();
     let ownership = crate::tickets::Ownership::acquire(&db)?;
     info!(lock = %ownership.path().display(), "this controller owns the ticket database");
-    // The listener next, so a taken port fails before a database is created or migrated.
+    // The listener next, then the engine (essential: no engine, no controller), so a taken
+    // port or a missing socket fails before a database is created or migrated.
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(crate::docker::Cache::new());
     let cancel = CancellationToken::new();
@@ -44,9 +54,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         info!(listen = %bound, "serving /metrics and /healthz");
         Some(serve)
     };
+    let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
     let store = Arc::new(crate::tickets::Store::open(&db)?);
     info!(db = %store.path().display(), "ticket store open");
-    let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
     // A drill killed mid-fault left its faults behind (a paused container, a fill file...):
     // undone before the loop, so the controller does not start by "repairing" a fault that
     // nobody will undo. Never fails the start.

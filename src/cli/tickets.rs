@@ -71,11 +71,7 @@ fn print_one(ticket: &Ticket, json_out: bool) -> Result<(), Failure> {
 
 /// Opens an existing database to change it; a mistyped `--db` is an error, not a new file.
 pub(super) fn open_to_change(path: &std::path::Path) -> Result<Store, crate::tickets::TicketError> {
-    if !path.exists() {
-        return Err(crate::tickets::TicketError::Missing {
-            path: path.to_path_buf(),
-        });
-    }
+    crate::tickets::require_existing(path)?;
     Store::open(path)
 }
 

@@ -57,6 +57,14 @@ impl fmt::Display for ServiceKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
+    /// The engine cannot be reached for a reason a person can fix (a socket that is not
+    /// there, one this user may not open, nothing listening): what is wrong, then the fix.
+    #[error("cannot reach the Docker engine at {endpoint}: {problem}; {fix}")]
+    Unreachable {
+        endpoint: String,
+        problem: String,
+        fix: String,
+    },
     #[error("cannot connect to the Docker engine ({endpoint}): {source}")]
     Connect {
         endpoint: String,
@@ -113,27 +121,147 @@ impl DockerError {
     }
 }
 
+/// The default engine address, used when `DOCKER_HOST` is not set.
+pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
+
 /// Where the engine is, for messages: `DOCKER_HOST` or the default socket.
 pub fn endpoint() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string())
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string())
 }
 
 /// Connects through `DOCKER_HOST` (or the default socket) and negotiates the API version,
 /// so that older engines (Debian's 20.10 speaks 1.41) are spoken to in their own version.
 ///
 /// Bounded: the handshake gives up after `timeout`.
+///
+/// # Errors
+/// A socket that is missing, that this user may not open, or where nothing listens is
+/// [`DockerError::Unreachable`], naming the socket and the fix (mount the socket, add the
+/// socket's group, start the engine, correct `DOCKER_HOST`).
 pub async fn connect(timeout: std::time::Duration) -> Result<Docker, DockerError> {
     let endpoint = endpoint();
-    let docker = Docker::connect_with_defaults().map_err(|source| DockerError::Connect {
-        endpoint: endpoint.clone(),
-        source,
+    let given = std::env::var_os("DOCKER_HOST").is_some();
+    let docker = Docker::connect_with_defaults().map_err(|source| {
+        diagnose(&endpoint, given, &source).unwrap_or(DockerError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        })
     })?;
     match tokio::time::timeout(timeout, docker.negotiate_version()).await {
         Ok(Ok(docker)) => Ok(docker),
-        Ok(Err(source)) => Err(DockerError::Negotiate { endpoint, source }),
+        Ok(Err(source)) => Err(diagnose(&endpoint, given, &source)
+            .unwrap_or(DockerError::Negotiate { endpoint, source })),
         Err(_) => Err(DockerError::Timeout {
             doing: format!("reach the Docker engine at {endpoint}"),
             seconds: timeout.as_secs(),
         }),
     }
+}
+
+/// Says why a connection to `endpoint` failed and what would fix it, when the cause is one
+/// a person can act on; `None` otherwise (the engine's own error is then reported as is).
+/// `given`: the endpoint came from `DOCKER_HOST` rather than being the default.
+fn diagnose(endpoint: &str, given: bool, error: &bollard::errors::Error) -> Option<DockerError> {
+    let socket = endpoint.strip_prefix("unix://");
+    let io_kind = io_cause(error).map(std::io::Error::kind);
+    let missing = matches!(error, bollard::errors::Error::SocketNotFoundError(_))
+        || io_kind == Some(std::io::ErrorKind::NotFound);
+    let unreachable = |problem: String, fix: String| {
+        Some(DockerError::Unreachable {
+            endpoint: endpoint.to_string(),
+            problem,
+            fix,
+        })
+    };
+    match (socket, io_kind) {
+        // bollard says "not found" for a socket it cannot even look at: tell them apart.
+        (Some(path), _) if missing => match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                unreachable(format!("{path} cannot be looked at: {e}"), denied_fix(path))
+            }
+            _ if !given => unreachable(
+                format!("there is no socket at {path}"),
+                format!(
+                    "is {path} mounted? Run the container with -v {path}:{path}, start the \
+                     engine (dockerd), or set DOCKER_HOST to where it listens"
+                ),
+            ),
+            _ => unreachable(
+                format!("there is no socket at {path}"),
+                format!(
+                    "is the engine running, and is DOCKER_HOST={endpoint} where it listens? \
+                     (unset DOCKER_HOST for the default {DEFAULT_ENDPOINT})"
+                ),
+            ),
+        },
+        (Some(path), Some(std::io::ErrorKind::PermissionDenied)) => unreachable(
+            format!("permission denied on {path} ({})", socket_owner(path)),
+            denied_fix(path),
+        ),
+        (_, Some(std::io::ErrorKind::ConnectionRefused)) => unreachable(
+            match socket {
+                Some(path) => {
+                    format!("nothing listens on {path} (a socket left by an engine that stopped?)")
+                }
+                None => "nothing listens there (connection refused)".to_string(),
+            },
+            if given {
+                "start the engine (dockerd), or point DOCKER_HOST at a running one".to_string()
+            } else {
+                "start the engine (dockerd), or set DOCKER_HOST to a running one".to_string()
+            },
+        ),
+        _ => None,
+    }
+}
+
+/// The fix for a socket this user may not open.
+fn denied_fix(path: &str) -> String {
+    let group = std::fs::metadata(path)
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m));
+    match group {
+        Some(gid) => {
+            let name = crate::identity::group_name(gid).unwrap_or_else(|| "docker".into());
+            format!(
+                "add this user to the socket's group {gid} (`--group-add {gid}` for a \
+                 container, `usermod -aG {name} USER` on a host) or run it as root"
+            )
+        }
+        None => "let this user reach the socket (its folder's and its own permissions), or \
+                 run it as root"
+            .to_string(),
+    }
+}
+
+/// "owner uid 0, group 999, mode 660; this process: uid 65534, gid 65534, no other groups".
+fn socket_owner(path: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let me = crate::identity::Identity::current()
+        .map(|me| format!("; this process: {me}"))
+        .unwrap_or_default();
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "owner uid {}, group {}{}, mode {:o}{me}",
+            m.uid(),
+            m.gid(),
+            crate::identity::group_name(m.gid())
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => me.trim_start_matches("; ").to_string(),
+    }
+}
+
+/// The operating system's error under a bollard error (through hyper's layers), if any.
+fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cause = e.source();
+    }
+    None
 }

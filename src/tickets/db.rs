@@ -214,6 +214,182 @@ pub fn default_path() -> PathBuf {
     home.join(DEFAULT_DB)
 }
 
+/// Refuses a database path that is a folder (a `--db ~/.operator` meant as the folder).
+pub(crate) fn not_a_folder(path: &Path) -> Result<(), TicketError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(TicketError::IsFolder {
+            path: path.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that a database a command reads or changes (but never creates) is there: a
+/// missing file is [`TicketError::Missing`]; one that cannot even be looked at (a folder
+/// this user may not enter) is said so, not called missing.
+pub fn require_existing(path: &Path) -> Result<(), TicketError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(TicketError::IsFolder {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(TicketError::Missing {
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(explain(
+            path,
+            false,
+            TicketError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            },
+        )),
+    }
+}
+
+/// Below this much free space a failed write is put down to a full disk.
+const LOW_SPACE: u64 = 1 << 20;
+
+/// A failure to open, lock or create the database, explained from the file system's side
+/// when it can be: a read-only or full file system, a folder or file this user may not use.
+/// The one line a person reads at start then says what is wrong and what fixes it, instead
+/// of SQLite's "disk I/O error". Errors that are not about the file system (a foreign file,
+/// another controller) and failures nothing visible explains are returned as they are.
+/// `write`: whether the database was to be written (else only read).
+pub(crate) fn explain(path: &Path, write: bool, error: TicketError) -> TicketError {
+    let about_files = matches!(
+        error,
+        TicketError::Folder { .. }
+            | TicketError::Open { .. }
+            | TicketError::Lock { .. }
+            | TicketError::Permissions { .. }
+            | TicketError::Query { .. }
+            | TicketError::Migration { .. }
+            | TicketError::Unreadable { .. }
+    );
+    if !about_files {
+        return error;
+    }
+    match diagnose(path, write) {
+        Some((problem, fix)) => TicketError::Unusable {
+            path: path.to_path_buf(),
+            problem,
+            cause: root_cause(&error),
+            fix: format!("{fix}, or point --db / OPERATOR_DB at another file"),
+        },
+        None => error,
+    }
+}
+
+/// What is visibly wrong with the place of `path`, with its fix; `None` if nothing is.
+fn diagnose(path: &Path, write: bool) -> Option<(String, String)> {
+    let folder = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // A folder still to be created is judged by the nearest one that exists.
+    let existing = folder
+        .ancestors()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .find(|d| d.is_dir())
+        .unwrap_or(folder);
+    let me = crate::identity::Identity::current()
+        .map(|me| me.to_string())
+        .unwrap_or_else(|| "this user".into());
+    let access_fix = "give this user access (chown or chmod it; in a container, run as its \
+                      owner with --user, or mount a folder this user owns)";
+    let space = if write { statvfs(existing) } else { None };
+    if let Some((_, true)) = space {
+        return Some((
+            format!("the file system under {} is read-only", existing.display()),
+            "mount it read-write".to_string(),
+        ));
+    }
+    let folder_mode = if write {
+        libc::W_OK | libc::X_OK
+    } else {
+        libc::X_OK
+    };
+    if !accessible(existing, folder_mode) {
+        let what = if write { "writable" } else { "searchable" };
+        return Some((
+            format!("the folder {} is not {what} by {me}", existing.display()),
+            access_fix.to_string(),
+        ));
+    }
+    let file_mode = if write {
+        libc::R_OK | libc::W_OK
+    } else {
+        libc::R_OK
+    };
+    if path.exists() && !accessible(path, file_mode) {
+        let what = if write {
+            "readable and writable"
+        } else {
+            "readable"
+        };
+        return Some((
+            format!("the file is not {what} by {me}"),
+            access_fix.to_string(),
+        ));
+    }
+    if let Some((free, _)) = space
+        && free < LOW_SPACE
+    {
+        return Some((
+            format!(
+                "the file system under {} is full: {} KiB free",
+                existing.display(),
+                free / 1024
+            ),
+            "free space there (SQLite also needs room for the -wal file beside the database)"
+                .to_string(),
+        ));
+    }
+    None
+}
+
+/// Free bytes for this user and whether the file system is mounted read-only.
+fn statvfs(path: &Path) -> Option<(u64, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a zeroed out-parameter the call
+    // fills; nothing is kept past the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    Some((free, st.f_flag & libc::ST_RDONLY != 0))
+}
+
+/// Whether this process (its effective ids, as the kernel will judge the open) may use
+/// `path` in `mode` (`libc::R_OK`, `W_OK`, `X_OK`).
+fn accessible(path: &Path, mode: libc::c_int) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path; faccessat only reads it.
+    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+}
+
+/// The innermost cause of an error: what the system or SQLite said ("No space left on
+/// device (os error 28)", "disk I/O error"), without the layers that name the path again.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = error;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
 /// Creates the folder of `path` (mode 0700) if it is missing.
 pub(crate) fn private_folder_of(path: &Path) -> Result<(), TicketError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
@@ -248,19 +424,41 @@ const READERS: usize = 4;
 
 /// Checks, without writing anything, that an existing file is ours or empty.
 fn check_existing(path: &Path) -> Result<(), TicketError> {
-    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let unreadable = |source| TicketError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(unreadable(e)),
+    };
     if len == 0 {
         return Ok(());
     }
+    // A file this user may not read is a permission problem, not a foreign file.
+    std::fs::File::open(path).map_err(unreadable)?;
     let foreign = |reason: String| TicketError::Foreign {
         path: path.to_path_buf(),
         reason,
     };
+    // Only SQLite's own verdict on the bytes makes a file foreign; an I/O failure (a full
+    // disk where the `-shm` file cannot grow, a lock) is a failure to open, explained by
+    // the caller, never a reason to call the file someone else's.
+    let failed = |what: &str, e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            foreign(format!("{what}: {e}"))
+        }
+        _ => TicketError::Open {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    };
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| foreign(format!("not a readable SQLite file: {e}")))?;
+        .map_err(|e| failed("not a readable SQLite file", e))?;
     let read = |sql: &str| -> Result<i64, TicketError> {
         conn.query_row(sql, [], |r| r.get(0))
-            .map_err(|e| foreign(format!("not a SQLite database: {e}")))
+            .map_err(|e| failed("not a SQLite database", e))
     };
     let app_id = read("PRAGMA application_id")?;
     let version = read("PRAGMA user_version")?;
@@ -285,8 +483,14 @@ fn check_existing(path: &Path) -> Result<(), TicketError> {
 }
 
 impl Db {
-    /// Opens (creating if missing) the database at `path`, applying migrations.
+    /// Opens (creating if missing) the database at `path`, applying migrations. A failure
+    /// the file system explains (full, read-only, not this user's) says so: see [`explain`].
     pub(crate) fn open(path: &Path) -> Result<Db, TicketError> {
+        not_a_folder(path)?;
+        Self::open_writable(path).map_err(|e| explain(path, true, e))
+    }
+
+    fn open_writable(path: &Path) -> Result<Db, TicketError> {
         private_folder_of(path)?;
         check_existing(path)?;
         if !path.exists() {
@@ -347,11 +551,11 @@ impl Db {
     /// Opens an existing database for reading only: never creates, migrates or changes it.
     /// A database not yet migrated to this operator's schema is refused with the fix.
     pub(crate) fn open_read_only(path: &Path) -> Result<Db, TicketError> {
-        if !path.exists() {
-            return Err(TicketError::Missing {
-                path: path.to_path_buf(),
-            });
-        }
+        require_existing(path)?;
+        Self::open_for_reading(path).map_err(|e| explain(path, false, e))
+    }
+
+    fn open_for_reading(path: &Path) -> Result<Db, TicketError> {
         check_existing(path)?;
         let open_err = |source| TicketError::Open {
             path: path.to_path_buf(),

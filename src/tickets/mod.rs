@@ -39,7 +39,7 @@ pub use audit::{
 };
 pub use budget::Budget;
 pub use chaos::{ChaosRun, FaultRow, FaultState, NewFault};
-pub use db::{DEFAULT_DB, MIGRATIONS, Migration, default_path};
+pub use db::{DEFAULT_DB, MIGRATIONS, Migration, default_path, require_existing};
 pub use journal::{Journal, Recheck};
 pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
 pub use owner::{Ownership, host as host_name, lock_path};
@@ -121,6 +121,27 @@ pub enum TicketError {
         "no ticket database at {path} (the controller creates it: `operator run`; or point --db / OPERATOR_DB at it)"
     )]
     Missing { path: PathBuf },
+    #[error(
+        "{path} is a folder, not a ticket database file: point --db / OPERATOR_DB at a file \
+         (e.g. {}/tickets.db)",
+        path.display()
+    )]
+    IsFolder { path: PathBuf },
+    #[error("cannot read the ticket database {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A failure to open or lock the database, explained from the file system's side (see
+    /// `db::explain`): what is wrong, what the system said, and the fix.
+    #[error("cannot use the ticket database {path}: {problem} ({cause}); {fix}")]
+    Unusable {
+        path: PathBuf,
+        problem: String,
+        cause: String,
+        fix: String,
+    },
     #[error("no ticket with id {0} (see `operator tickets list`)")]
     NotFound(i64),
     #[error("ticket {id} is {status}; {what}")]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use chrono::{SecondsFormat, Utc};
 
 use super::TicketError;
-use super::db::private_folder_of;
+use super::db::{explain, not_a_folder, private_folder_of};
 
 /// The lock, held while this value lives.
 #[derive(Debug)]
@@ -42,8 +42,15 @@ pub fn host() -> String {
 }
 
 impl Ownership {
-    /// Takes the database for this process, or says who has it.
+    /// Takes the database for this process, or says who has it. A lock file that cannot
+    /// be made or written (a full, read-only or foreign folder) is explained: see
+    /// [`explain`].
     pub fn acquire(db: &Path) -> Result<Ownership, TicketError> {
+        not_a_folder(db)?;
+        Self::take(db).map_err(|e| explain(db, true, e))
+    }
+
+    fn take(db: &Path) -> Result<Ownership, TicketError> {
         private_folder_of(db)?;
         let path = lock_path(db);
         let io = |source| TicketError::Lock {
