@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::operator::{TempDir, operator};
 use common::{run_with_timeout, unique};
-use operator::manifest::{Cluster, DesiredState, Remediation, Service, load};
+use operator::manifest::{Adopt, Cluster, DesiredState, Remediation, Service, load};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -47,11 +47,14 @@ fn load_one(path: &Path) -> Cluster {
 
 /// Everything that makes the container, and what it waits for: the fields a compose file
 /// and a manifest share. Remediation and restartWith are the controller's own (compose's
-/// `restart: "no"` imports as `observe`, while the flagship declares its budgets).
+/// `restart: "no"` imports as `observe`, while the flagship declares its budgets). `adopt` too:
+/// every service of the compose file has a `container_name`, so the import adopts it, while
+/// the flagship creates its own containers.
 fn container_fields(s: &Service) -> Service {
     Service {
         remediation: Remediation::default(),
         restart_with: Vec::new(),
+        adopt: None,
         ..s.clone()
     }
 }
@@ -67,6 +70,14 @@ fn assert_same_services(imported: &Cluster, expected: &Cluster, any_order: bool)
         names
     };
     assert_eq!(names(imported), names(expected));
+    for s in &imported.services {
+        assert_eq!(
+            s.adopt,
+            Some(Adopt::Observed),
+            "service {} (container_name)",
+            s.name
+        );
+    }
     for want in &expected.services {
         let got = imported.service(&want.name).expect("checked above");
         assert_eq!(

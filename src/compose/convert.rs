@@ -12,12 +12,6 @@ use crate::manifest::signal::parse_signal;
 use crate::manifest::validate::dns_label;
 use crate::manifest::volume::normalize;
 
-/// Whether a service with `container_name` is written with `adopt: true`. Adoption (the
-/// controller taking over an existing container by its name) is being added to the manifest
-/// format; until the loader accepts the field this stays off, and such a service gets a
-/// comment instead, so that every import still passes `operator validate`.
-pub const EMIT_ADOPT: bool = false;
-
 /// What the conversion needs to know besides the compose tree.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
@@ -563,21 +557,18 @@ impl Project<'_> {
                 key.to_ascii_lowercase()
             ));
         }
-        match node.get("container_name") {
-            Some(_) if EMIT_ADOPT => out.adopt = true,
-            Some(_) => comments.insert(
-                0,
-                format!(
-                    "container_name {name}: the controller would adopt the existing container {name} with `adopt: true`, which this operator's manifests do not accept yet"
-                ),
-            ),
-            None => comments.insert(
+        // A `container_name` is the name of a container compose already started: the
+        // manifest names it for adoption, so that the controller manages it in place.
+        if node.get("container_name").is_some() {
+            out.adopt = true;
+        } else {
+            comments.insert(
                 0,
                 format!(
                     "compose names this container {p}_{key}_1 (docker-compose 1.x) or {p}-{key}-1 (v2); the controller adopts containers by the service's name, so add `container_name: {key}` in the compose file to adopt it",
                     p = self.ctx.project
                 ),
-            ),
+            );
         }
         out.comments = comments;
         Ok((out, attached))

@@ -22,7 +22,6 @@ mod node;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use convert::EMIT_ADOPT;
 pub use emit::{Healthcheck, Manifest, Network, Remediation, Service};
 
 use crate::yamldoc::Diagnostic;

@@ -124,6 +124,7 @@ volumes:
 "#,
     );
     assert_eq!(web.name, "shop-web");
+    assert!(web.adopt, "a container_name is adopted");
     assert_eq!(web.image, "nginx:1.27");
     assert_eq!(
         web.command.as_deref(),
