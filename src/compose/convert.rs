@@ -927,7 +927,7 @@ fn restart(value: &Node, comments: &mut Vec<String>) -> Result<emit::Remediation
     };
     let healed = |max_restarts, comments: &mut Vec<String>| {
         comments.push(format!(
-            "compose restart: {policy}: the controller restarts it in place of the engine (remediation.policy restart; the engine's restartPolicy stays no, so that one healer acts)"
+            "compose restart: {policy}: the controller restarts it in place of the engine (remediation.policy restart; a container the controller creates gets the engine's restartPolicy no, so that one healer acts; an adopted container keeps compose's policy until it is recreated)"
         ));
         emit::Remediation {
             policy: "restart",
