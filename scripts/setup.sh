@@ -33,7 +33,7 @@ for arg in "$@"; do
 done
 
 START_TIME=$(date +%s)
-PACKAGES=(docker.io busybox-static etcd-server prometheus iproute2 iptables procps docker-compose)
+PACKAGES=(docker.io busybox-static etcd-server prometheus iproute2 iptables procps docker-compose debootstrap)
 
 need_root() {
   [[ "$(id -u)" == 0 ]] || die "$1 needs root (run scripts/setup.sh as root)"

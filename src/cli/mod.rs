@@ -445,8 +445,9 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// The address the controller serves /metrics and /healthz on (its run --listen).
-    #[arg(long, default_value = crate::server::DEFAULT_LISTEN, value_parser = parse_listen, value_name = "ADDR")]
+    /// The address the controller serves /metrics and /healthz on (its run --listen; the
+    /// same OPERATOR_LISTEN, so an image that sets it needs no flag for either).
+    #[arg(long, env = "OPERATOR_LISTEN", default_value = crate::server::DEFAULT_LISTEN, value_parser = parse_listen, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
     /// How long to wait for the answer.
     #[arg(long, default_value = "3s", value_parser = parse_positive_duration, value_name = "DUR")]
@@ -496,8 +497,9 @@ pub struct ReportArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub paths: PathArgs,
-    /// Address for /metrics and /healthz.
-    #[arg(long, default_value = crate::server::DEFAULT_LISTEN, value_parser = parse_listen, value_name = "ADDR")]
+    /// Address for /metrics and /healthz (loopback unless told otherwise; the sidecar image
+    /// sets OPERATOR_LISTEN=0.0.0.0:9464 so its network can scrape it).
+    #[arg(long, env = "OPERATOR_LISTEN", default_value = crate::server::DEFAULT_LISTEN, value_parser = parse_listen, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
     /// Re-diff every service this often, whatever the events say (e.g. 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration, value_name = "DUR")]

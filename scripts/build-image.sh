@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Build the sidecar image without any registry: the layout of docker/Dockerfile, from Debian's
+# packages. Runs as root (debootstrap and chroot need it); about a minute here.
+#
+#   1. a minimal Debian root file system (debootstrap --variant=minbase bookworm) with the
+#      agent's shell tools: ca-certificates, curl, jq;
+#   2. only the docker client binary from Debian's docker.io package (not the engine);
+#   3. the release binary (cargo build --release, unless --binary FILE) and manifests/tikv;
+#   4. the user operator (10001:10001), docs and caches removed;
+#   5. docker import with docker/Dockerfile's runtime instructions (ENTRYPOINT, CMD, ENV,
+#      USER, WORKDIR, EXPOSE, LABEL, HEALTHCHECK), plus the commit it was built from.
+#
+# Usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--mirror URL]
+#   --tag NAME     the image's name (default operator:latest)
+#   --binary FILE  put this operator binary in the image instead of building one
+#   --mirror URL   the Debian mirror (default: the first deb.debian.org-style URI apt uses,
+#                  else http://deb.debian.org/debian)
+# Prints the image's id, size and tag on its last line.
+set -euo pipefail
+
+LOG_TAG=build-image
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+TAG=operator:latest
+BINARY=
+MIRROR=
+while (($#)); do
+  case "$1" in
+    --tag) TAG="${2:?--tag needs a NAME}"; shift 2 ;;
+    --binary) BINARY="${2:?--binary needs a FILE}"; shift 2 ;;
+    --mirror) MIRROR="${2:?--mirror needs a URL}"; shift 2 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) die "unknown argument: $1 (usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--mirror URL])" ;;
+  esac
+done
+
+[[ "$(id -u)" == 0 ]] || die "building the image needs root (debootstrap, chroot); run it as root"
+command -v debootstrap >/dev/null || die "debootstrap is not installed: apt-get install debootstrap (scripts/setup.sh installs it)"
+engine_answers || die "no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset}); scripts/setup.sh starts one"
+[[ -f docker/Dockerfile ]] || die "docker/Dockerfile is missing"
+
+if [[ -z "$MIRROR" ]]; then
+  # The mirror apt already uses, so a machine behind its own mirror builds from it too.
+  MIRROR=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+    awk '{print $2}' | grep -v security | head -n1 || true)
+  MIRROR=${MIRROR:-http://deb.debian.org/debian}
+fi
+
+started=$(date +%s)
+work=$(mktemp -d /var/tmp/operator-image.XXXXXX)
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+root="$work/root"
+
+# --- the binary ------------------------------------------------------------------------
+if [[ -z "$BINARY" ]]; then
+  log "cargo build --release --locked"
+  cargo build --release --locked --quiet
+  BINARY=target/release/operator
+fi
+[[ -x "$BINARY" ]] || die "$BINARY is not an executable file"
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+
+# --- the root file system ----------------------------------------------------------------
+log "debootstrap --variant=minbase bookworm from $MIRROR"
+debootstrap --variant=minbase --include=ca-certificates,curl,jq bookworm "$root" "$MIRROR" \
+  >"$work/debootstrap.log" 2>&1 || {
+  tail -n 20 "$work/debootstrap.log" >&2
+  die "debootstrap failed (log above)"
+}
+
+# --- only the docker client from docker.io ------------------------------------------------
+log "the docker client from Debian's docker.io"
+mkdir -p "$work/deb"
+(cd "$work/deb" && apt-get download docker.io >/dev/null 2>&1) ||
+  { apt-get update -qq && (cd "$work/deb" && apt-get download docker.io >/dev/null); } ||
+  die "apt-get download docker.io failed"
+dpkg-deb --fsys-tarfile "$work"/deb/docker.io_*.deb | tar -x -C "$work/deb" ./usr/bin/docker
+install -m 0755 "$work/deb/usr/bin/docker" "$root/usr/bin/docker"
+
+# --- the controller, its manifests, its user ------------------------------------------------
+install -m 0755 "$BINARY" "$root/usr/local/bin/operator"
+strip "$root/usr/local/bin/operator" 2>/dev/null || true
+mkdir -p "$root/etc/operator/manifests"
+cp manifests/tikv/*.yaml "$root/etc/operator/manifests/"
+echo 'operator:x:10001:10001:operator:/home/operator:/usr/sbin/nologin' >>"$root/etc/passwd"
+echo 'operator:x:10001:' >>"$root/etc/group"
+echo 'operator:*:20000:0:99999:7:::' >>"$root/etc/shadow"
+install -d -m 0700 -o 10001 -g 10001 "$root/home/operator"
+
+# --- small: what a runtime never reads ------------------------------------------------------
+rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,linda} "$root"/var/cache/apt/* \
+  "$root"/var/lib/apt/lists/* "$root"/var/log/* "$root"/usr/share/common-licenses
+# debootstrap leaves the host's resolver; the engine writes the container's own.
+: >"$root/etc/resolv.conf"
+# A check that the binary runs in this root (glibc, its libraries), before importing it.
+chroot "$root" /usr/local/bin/operator --version >/dev/null ||
+  die "the operator binary does not run inside the image's root (a library missing?)"
+chroot "$root" /usr/bin/docker --version >/dev/null || die "the docker client does not run inside the image's root"
+
+# --- import with the Dockerfile's runtime instructions ----------------------------------------
+changes=()
+while IFS= read -r line; do
+  changes+=(--change "$line")
+done < <(awk '/^FROM /{buf=""} /^(ENTRYPOINT|CMD|ENV|USER|WORKDIR|EXPOSE|LABEL|HEALTHCHECK) /{buf=buf $0 "\n"} END{printf "%s", buf}' docker/Dockerfile)
+((${#changes[@]} > 0)) || die "no runtime instructions found in docker/Dockerfile's last stage"
+changes+=(--change "LABEL org.opencontainers.image.revision=$commit")
+changes+=(--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+
+log "docker import as $TAG"
+id=$(tar --numeric-owner -C "$root" -c . | docker import "${changes[@]}" \
+  --message "operator $commit, built by scripts/build-image.sh" - "$TAG")
+size=$(docker image inspect -f '{{.Size}}' "$TAG")
+log "built $TAG (${id#sha256:}) from $commit in $(($(date +%s) - started)) s: $((size / 1000000)) MB"
+echo "${id#sha256:} $size $TAG"
