@@ -1,0 +1,399 @@
+//! The sidecar, end to end, as its users run it: the image built by scripts/build-image.sh
+//! (no registry), a three-member etcd started by docker-compose from a compose file, a
+//! manifest written from that file by `operator import compose`, and the controller running
+//! as a container with the engine's socket and a database folder mounted. A member is
+//! SIGKILLed; the sidecar starts the same container again, and the host reads the resolved
+//! ticket from the mounted database with `operator tickets list`.
+//!
+//! Everything it creates carries the label `operator.test.sidecar=<run>` and a name of its
+//! own, and is removed on the way out (also on panic): the compose project (containers and
+//! network), the sidecar container and the image.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::operator::{TempDir, inspect, operator, operator_bin, wait_until};
+use common::{
+    EMPTY_IMAGE, TEST_LABEL, docker, docker_ok, require_docker, run_with_timeout, unique,
+};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn succeeded(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Builds the image with the script users run, around the binary these tests were built
+/// with, under a tag of this run's own; removed again on drop.
+struct Image {
+    tag: String,
+}
+
+impl Image {
+    fn build() -> Self {
+        let image = Image {
+            tag: format!("{}:latest", unique("operator-test-sidecar")),
+        };
+        let mut cmd = Command::new(repo("scripts/build-image.sh"));
+        cmd.args(["--tag", &image.tag, "--binary", operator_bin()]);
+        let out = run_with_timeout(cmd, Duration::from_secs(600));
+        succeeded(&out, "scripts/build-image.sh");
+        image
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", "-f", &self.tag]);
+    }
+}
+
+/// Docker's own group for the socket, which the sidecar needs as a supplementary group.
+fn socket_gid() -> String {
+    let meta = std::fs::metadata("/var/run/docker.sock").expect("/var/run/docker.sock");
+    std::os::unix::fs::MetadataExt::gid(&meta).to_string()
+}
+
+fn ids() -> (String, String) {
+    // Through the `id` command: this test needs no libc binding for two numbers.
+    let uid = text(&Command::new("id").arg("-u").output().expect("id -u").stdout);
+    let gid = text(&Command::new("id").arg("-g").output().expect("id -g").stdout);
+    (uid.trim().to_string(), gid.trim().to_string())
+}
+
+/// A compose project of three etcd members (host binaries in the empty image, the stand-in
+/// for PD here), the way a user starts a stack: `docker-compose -p P -f F up -d`.
+fn compose_file(project: &str, label: &str) -> String {
+    let member = |i: usize| {
+        let name = format!("{project}-etcd{i}");
+        let cluster = (0..3)
+            .map(|j| format!("{project}-etcd{j}=http://{project}-etcd{j}:2380"))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            r#"  etcd{i}:
+    image: {EMPTY_IMAGE}
+    container_name: {name}
+    command:
+      - /usr/bin/etcd
+      - --name={name}
+      - --data-dir=/var/lib/etcd-data
+      - --listen-client-urls=http://0.0.0.0:2379
+      - --advertise-client-urls=http://{name}:2379
+      - --listen-peer-urls=http://0.0.0.0:2380
+      - --initial-advertise-peer-urls=http://{name}:2380
+      - --initial-cluster={cluster}
+      - --initial-cluster-state=new
+      - --initial-cluster-token={project}
+    volumes:
+      - /usr:/usr:ro
+      - /lib:/lib:ro
+      - /lib64:/lib64:ro
+      - /bin:/bin:ro
+      - /etc:/etc:ro
+    labels:
+      {test_key}: "true"
+      {label_key}: "{label_value}"
+    healthcheck:
+      test: ["CMD", "/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:2379/health"]
+      interval: 2s
+      timeout: 3s
+      retries: 3
+      start_period: 20s
+    restart: "no"
+"#,
+            test_key = TEST_LABEL.split('=').next().expect("key"),
+            label_key = label.split('=').next().expect("key"),
+            label_value = label.split('=').nth(1).expect("value"),
+        )
+    };
+    format!("services:\n{}{}{}", member(0), member(1), member(2))
+}
+
+/// What one test made; removed in reverse on drop.
+struct Stack {
+    dir: TempDir,
+    project: String,
+    label: String,
+    sidecar: String,
+}
+
+impl Stack {
+    fn new(prefix: &str) -> Self {
+        let project = unique(prefix).replace('-', "");
+        let dir = TempDir::new(&project);
+        Stack {
+            label: format!("operator.test.sidecar={project}"),
+            sidecar: format!("{project}-operator"),
+            dir,
+            project,
+        }
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("docker-compose");
+        cmd.args(["-p", &self.project, "-f"])
+            .arg(self.dir.path().join("compose.yaml"))
+            .args(args);
+        run_with_timeout(cmd, Duration::from_secs(180))
+    }
+
+    fn member(&self, i: usize) -> String {
+        format!("{}-etcd{i}", self.project)
+    }
+
+    fn network(&self) -> String {
+        format!("{}_default", self.project)
+    }
+
+    fn db_dir(&self) -> PathBuf {
+        self.dir.path().join("operator")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.sidecar]);
+        let _ = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
+        // Anything the controller made (a recreated member carries our label too).
+        common::remove_labelled(&self.label);
+        let _ = docker(&["network", "rm", &self.network()]);
+    }
+}
+
+/// The README's sidecar route, on the etcd stand-in: compose up, import, run the image
+/// with the socket and the database folder mounted, SIGKILL a member, read the ticket.
+#[test]
+fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
+    require_docker();
+    let image = Image::build();
+    let stack = Stack::new("sc");
+
+    // The image itself: what the Dockerfile's runtime instructions say, small, and a docker
+    // client inside that talks to the host's engine through the mounted socket.
+    let config: serde_json::Value = serde_json::from_str(&docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config}}",
+        &image.tag,
+    ]))
+    .expect("image config");
+    assert_eq!(
+        config["Entrypoint"][0], "/usr/local/bin/operator",
+        "{config}"
+    );
+    assert_eq!(config["Cmd"][1], "/etc/operator/manifests", "{config}");
+    assert_eq!(config["User"], "10001:10001", "{config}");
+    assert_eq!(
+        config["Healthcheck"]["Test"],
+        serde_json::json!(["CMD", "/usr/local/bin/operator", "healthcheck"]),
+        "{config}"
+    );
+    assert!(
+        config["Env"]
+            .as_array()
+            .is_some_and(|env| env.iter().any(|e| e == "OPERATOR_LISTEN=0.0.0.0:9464")),
+        "{config}"
+    );
+    let size: u64 = docker_ok(&["image", "inspect", "-f", "{{.Size}}", &image.tag])
+        .parse()
+        .expect("size");
+    // The prototype's agent image was 675 MB; this one is about 150 MB with a release binary
+    // (a test's debug binary adds a little). Well over that means an engine or a toolchain
+    // slipped in.
+    assert!(size < 300_000_000, "the image is {size} bytes");
+    let (uid, gid) = ids();
+    let socket_group = socket_gid();
+    let client = docker(&[
+        "run",
+        "--rm",
+        "--label",
+        &stack.label,
+        "--user",
+        &format!("{uid}:{gid}"),
+        "--group-add",
+        &socket_group,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "--entrypoint",
+        "sh",
+        &image.tag,
+        "-c",
+        "docker version --format '{{.Server.APIVersion}}' && curl --version >/dev/null && jq --version && ! command -v dockerd",
+    ]);
+    succeeded(
+        &client,
+        "docker, curl and jq inside the image (and no engine)",
+    );
+
+    // 1. The stack, as its user starts it.
+    stack
+        .dir
+        .write("compose.yaml", &compose_file(&stack.project, &stack.label));
+    succeeded(&stack.compose(&["up", "-d"]), "docker-compose up -d");
+
+    // 2. The manifest, from the user's own compose file. Compose's `restart: always` becomes
+    //    the controller's restart remediation; the members are adopted by their names.
+    let manifests = stack.dir.path().join("manifests");
+    let compose_path = stack.dir.path().join("compose.yaml");
+    let out = operator(
+        &[
+            "import",
+            "compose",
+            compose_path.to_str().expect("utf-8"),
+            "--project",
+            &stack.project,
+            "-o",
+            manifests.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    succeeded(&out, "operator import compose");
+    let manifest = std::fs::read_to_string(manifests.join(format!("{}.yaml", stack.project)))
+        .expect("imported manifest");
+    assert!(
+        manifest.contains("adopt: true"),
+        "the importer adopts services with a container_name:\n{manifest}"
+    );
+    // Compose's `restart: "no"` imports as `policy: observe` (nothing restarts it under
+    // compose either); the user lets the controller heal it, as the import's comment says.
+    assert!(
+        manifest.contains("policy: observe"),
+        "compose restart: no becomes remediation policy observe:\n{manifest}"
+    );
+    let manifest = manifest.replace("policy: observe", "policy: restart");
+    std::fs::write(manifests.join(format!("{}.yaml", stack.project)), &manifest)
+        .expect("edit the imported manifest");
+
+    // 3. The sidecar: the image's defaults, the socket, the database folder, the manifests.
+    let db_dir = stack.db_dir();
+    std::fs::create_dir_all(&db_dir).expect("db dir");
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let db_mount = format!("{}:/home/operator/.operator", db_dir.display());
+    let manifest_mount = format!("{}:/etc/operator/manifests:ro", manifests.display());
+    let id = docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &stack.sidecar,
+        "--label",
+        TEST_LABEL,
+        "--label",
+        &stack.label,
+        "--network",
+        &stack.network(),
+        "--user",
+        &format!("{uid}:{gid}"),
+        "--group-add",
+        &socket_group,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        &db_mount,
+        "-v",
+        &manifest_mount,
+        &image.tag,
+    ]);
+    assert!(!id.is_empty(), "docker run printed no id");
+
+    // The image's HEALTHCHECK (`operator healthcheck`, no curl) turns healthy once the
+    // controller has listed the engine and serves /healthz on its OPERATOR_LISTEN.
+    let health = || {
+        inspect(&stack.sidecar, None)
+            .and_then(|v| v["State"]["Health"]["Status"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let healthy = wait_until(Duration::from_secs(120), || health() == "healthy");
+    assert!(
+        healthy,
+        "the sidecar never turned healthy (now {:?}); its log:\n{}",
+        health(),
+        sidecar_log(&stack)
+    );
+    for i in 0..3 {
+        let adopted = wait_until(Duration::from_secs(60), || {
+            sidecar_log(&stack).contains(&format!("adopted container {}", stack.member(i)))
+        });
+        assert!(
+            adopted,
+            "member {i} was not adopted:\n{}",
+            sidecar_log(&stack)
+        );
+    }
+
+    // The database the sidecar writes is the host's file, owner-only.
+    let db = db_dir.join("tickets.db");
+    let mode = std::fs::metadata(&db)
+        .expect("tickets.db")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "tickets.db must be readable by its owner only");
+
+    // 4. SIGKILL a member: the sidecar starts the same container again.
+    let victim = stack.member(1);
+    let before = docker_ok(&["inspect", "-f", "{{.Id}}", &victim]);
+    docker_ok(&["kill", "-s", "KILL", &victim]);
+    let db_arg = db.to_str().expect("utf-8").to_string();
+    let resolved = || -> Option<serde_json::Value> {
+        let out = operator(&["tickets", "list", "--db", &db_arg, "--json"], None);
+        if !out.status.success() {
+            return None;
+        }
+        let tickets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        tickets
+            .into_iter()
+            .find(|t| t["service"] == victim.as_str() && t["status"] == "resolved")
+    };
+    let healed = wait_until(Duration::from_secs(120), || resolved().is_some());
+    assert!(
+        healed,
+        "no resolved ticket for {victim} in the mounted database; tickets:\n{}\nsidecar log:\n{}",
+        text(&operator(&["tickets", "list", "--db", &db_arg], None).stdout),
+        sidecar_log(&stack)
+    );
+    let ticket = resolved().expect("resolved ticket");
+    assert_eq!(ticket["resolved_by"], "controller", "ticket: {ticket}");
+    let after = docker_ok(&["inspect", "-f", "{{.Id}} {{.State.Running}}", &victim]);
+    assert_eq!(
+        after,
+        format!("{before} true"),
+        "the same container runs again, not a new one"
+    );
+    // The member serves again: asked from inside the sidecar with the image's curl.
+    let served = wait_until(Duration::from_secs(60), || {
+        let out = docker(&[
+            "exec",
+            &stack.sidecar,
+            "curl",
+            "-fsS",
+            "--max-time",
+            "3",
+            &format!("http://{victim}:2379/health"),
+        ]);
+        out.status.success() && text(&out.stdout).contains("true")
+    });
+    assert!(served, "{victim} does not answer /health after the repair");
+}
+
+fn sidecar_log(stack: &Stack) -> String {
+    let out = docker(&["logs", &stack.sidecar]);
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
