@@ -397,3 +397,68 @@ fn sidecar_log(stack: &Stack) -> String {
     let out = docker(&["logs", &stack.sidecar]);
     format!("{}{}", text(&out.stdout), text(&out.stderr))
 }
+
+/// Debian's docker-compose accepts the sidecar's compose file offline, with what it says it
+/// needs; without OPERATOR_UID it refuses, naming the variable and how to set it.
+#[test]
+fn docker_compose_accepts_the_sidecar_compose_file_and_names_what_is_missing() {
+    let config = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("-f")
+            .arg(repo("docker/compose.yaml"))
+            .arg("config")
+            .env_remove("OPERATOR_UID")
+            .env_remove("OPERATOR_GID")
+            .env_remove("DOCKER_GID")
+            .env_remove("ANTHROPIC_API_KEY")
+            .envs(env.iter().copied());
+        run_with_timeout(cmd, Duration::from_secs(60))
+    };
+    let out = config(&[
+        ("OPERATOR_UID", "1000"),
+        ("OPERATOR_GID", "1000"),
+        ("DOCKER_GID", "998"),
+    ]);
+    succeeded(&out, "docker-compose -f docker/compose.yaml config");
+    let rendered: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).expect("config yaml");
+    let svc = &rendered["services"]["operator"];
+    assert_eq!(svc["user"], "1000:1000");
+    assert_eq!(svc["group_add"][0], "998");
+    assert_eq!(rendered["networks"]["tikv"]["name"], "tikv_default");
+    assert_eq!(rendered["networks"]["tikv"]["external"], true);
+    let volumes: Vec<&str> = svc["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.starts_with("/var/run/docker.sock:"))
+            && volumes
+                .iter()
+                .any(|v| v.ends_with(":/home/operator/.operator:rw"))
+            && volumes
+                .iter()
+                .any(|v| v.ends_with(":/etc/operator/manifests:ro")),
+        "socket, database folder and manifests are mounted: {volumes:?}"
+    );
+    assert!(
+        svc["ports"].is_null(),
+        "nothing published: the metrics port is for the stack's network only"
+    );
+    // The key is passed through from the shell, never written: unset, it has no value.
+    assert!(svc["environment"]["ANTHROPIC_API_KEY"].is_null(), "{svc:?}");
+
+    let missing = config(&[("OPERATOR_GID", "1000"), ("DOCKER_GID", "998")]);
+    assert!(
+        !missing.status.success(),
+        "config without OPERATOR_UID must fail"
+    );
+    assert!(
+        text(&missing.stderr).contains("set OPERATOR_UID=$(id -u)"),
+        "the error says how to set it: {}",
+        text(&missing.stderr)
+    );
+}
