@@ -402,9 +402,15 @@ fn sidecar_log(stack: &Stack) -> String {
 /// needs; without OPERATOR_UID it refuses, naming the variable and how to set it.
 #[test]
 fn docker_compose_accepts_the_sidecar_compose_file_and_names_what_is_missing() {
+    let dir = TempDir::new(&unique("sidecar-compose"));
+    let empty_env = dir.write("empty.env", "");
     let config = |env: &[(&str, &str)]| {
+        // An empty env file: a docker/.env on this machine (docs/sidecar.md) must not
+        // stand in for the variables under test.
         let mut cmd = Command::new("docker-compose");
-        cmd.arg("-f")
+        cmd.arg("--env-file")
+            .arg(&empty_env)
+            .arg("-f")
             .arg(repo("docker/compose.yaml"))
             .arg("config")
             .env_remove("OPERATOR_UID")

@@ -27,8 +27,34 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
         // The default timer prints UTC in RFC 3339: one zone everywhere.
         .with_timer(tracing_subscriber::fmt::time::SystemTime);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        // Colours only for a person at a terminal: a container's log (`docker logs`), a
+        // file or a pipe gets plain text, and NO_COLOR (https://no-color.org) turns them off.
+        LogFormat::Text => builder
+            .with_ansi(colour(std::env::var_os("NO_COLOR")))
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     Ok(())
+}
+
+/// Whether text logs may carry ANSI colours: stderr is a terminal and NO_COLOR is unset or
+/// empty.
+fn colour(no_color: Option<std::ffi::OsString>) -> bool {
+    use std::io::IsTerminal;
+    no_color.is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_colour_when_no_color_is_set_or_stderr_is_not_a_terminal() {
+        assert!(!colour(Some("1".into())));
+        // Under cargo test stderr is captured or piped, never this process's terminal
+        // unless run by hand with --nocapture at one; compare with what IsTerminal says.
+        use std::io::IsTerminal;
+        assert_eq!(colour(None), std::io::stderr().is_terminal());
+        assert_eq!(colour(Some("".into())), std::io::stderr().is_terminal());
+    }
 }
