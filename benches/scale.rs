@@ -2,10 +2,13 @@
 //!
 //! Needs a Docker engine and the local images (`scripts/setup.sh`). Run:
 //!
-//!     cargo bench --bench scale -- [N...] [--idle-secs S] [--kills K]
+//!     cargo bench --bench scale -- [N...] [--idle-secs S] [--kills K] [--shared-engine]
 //!
 //! (defaults `100 500 1000`, 60 s, 20 kills; `cargo bench --bench scale -- 100 --idle-secs 10`
-//! is a quick run). For each N, one cluster of N busybox services (`sleep`, on the host's
+//! is a quick run). The fleets live on a private Docker engine this program starts
+//! (`tests/common` `PrivateDockerd`: no bridge, no iptables, removed at the end), so a
+//! thousand containers never crowd the engine other work shares; `--shared-engine` uses the
+//! default one instead. For each N, one cluster of N busybox services (`sleep`, on the host's
 //! network: no network namespace or bridge port per container; `none` cannot be used, the
 //! controller gives each container its service name as a network alias) is created by a
 //! first `operator run`, which is then stopped. Then, against that existing fleet, on the same manifests and ticket database:
@@ -40,7 +43,7 @@ mod common;
 mod stats;
 
 use common::operator::{metric_value, operator_bin};
-use common::{BUSYBOX_IMAGE as IMAGE, Fixture, docker, docker_ok};
+use common::{BUSYBOX_IMAGE as IMAGE, Fixture, PrivateDockerd, docker, docker_on};
 use stats::{percentile, summary};
 
 /// The goals of issue 12, printed beside the figures.
@@ -56,12 +59,34 @@ struct Options {
     sizes: Vec<usize>,
     idle: Duration,
     kills: usize,
+    shared_engine: bool,
+}
+
+/// `docker [-H HOST] ARGS` (bounded).
+fn dk(host: Option<&str>, args: &[&str]) -> std::process::Output {
+    match host {
+        Some(h) => docker_on(h, args),
+        None => docker(args),
+    }
+}
+
+/// [`dk`]; panics unless it succeeds; stdout, trimmed.
+fn dk_ok(host: Option<&str>, args: &[&str]) -> String {
+    let out = dk(host, args);
+    assert!(
+        out.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn options() -> Options {
     let mut sizes = Vec::new();
     let mut idle = Duration::from_secs(60);
     let mut kills = 20;
+    let mut shared_engine = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -73,6 +98,7 @@ fn options() -> Options {
                 )
             }
             "--kills" => kills = args.next().and_then(|v| v.parse().ok()).expect("--kills K"),
+            "--shared-engine" => shared_engine = true,
             // `cargo bench` passes `--bench` to a harness = false target.
             other => {
                 if let Ok(n) = other.parse() {
@@ -84,7 +110,12 @@ fn options() -> Options {
     if sizes.is_empty() {
         sizes = vec![100, 500, 1000];
     }
-    Options { sizes, idle, kills }
+    Options {
+        sizes,
+        idle,
+        kills,
+        shared_engine,
+    }
 }
 
 /// One `operator run` child; SIGKILLed on drop (before the fixture's cleanup, which is
@@ -95,10 +126,14 @@ struct Run {
 }
 
 impl Run {
-    fn start(dir: &Path, db: &Path, extra: &[&str]) -> Run {
+    fn start(host: Option<&str>, dir: &Path, db: &Path, extra: &[&str]) -> Run {
         let log = std::env::temp_dir().join(format!("{}.log", common::unique("scale-run")));
         let file = std::fs::File::create(&log).expect("create log file");
-        let child = Command::new(operator_bin())
+        let mut cmd = Command::new(operator_bin());
+        if let Some(host) = host {
+            cmd.env("DOCKER_HOST", host);
+        }
+        let child = cmd
             .arg("run")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -251,7 +286,7 @@ fn manifest(cluster: &str, n: usize) -> String {
 }
 
 /// Ids of the cluster's containers (`status=running` only, or all).
-fn containers(cluster: &str, running_only: bool) -> Vec<String> {
+fn containers(host: Option<&str>, cluster: &str, running_only: bool) -> Vec<String> {
     let label = format!("label=operator.cluster={cluster}");
     let mut args = vec!["ps", "-q", "--filter", &label];
     if running_only {
@@ -259,19 +294,19 @@ fn containers(cluster: &str, running_only: bool) -> Vec<String> {
     } else {
         args.push("-a");
     }
-    String::from_utf8_lossy(&docker(&args).stdout)
+    String::from_utf8_lossy(&dk(host, &args).stdout)
         .split_whitespace()
         .map(str::to_string)
         .collect()
 }
 
-fn wait_fleet(cluster: &str, n: usize, run: &mut Run) {
+fn wait_fleet(host: Option<&str>, cluster: &str, n: usize, run: &mut Run) {
     let deadline = Instant::now() + FLEET_TIMEOUT;
     let mut last = 0;
     let started = Instant::now();
     loop {
         run.assert_alive();
-        let up = containers(cluster, true).len();
+        let up = containers(host, cluster, true).len();
         if up >= n {
             eprintln!(
                 "  {n} containers running after {:.0} s",
@@ -295,17 +330,18 @@ fn wait_fleet(cluster: &str, n: usize, run: &mut Run) {
 }
 
 /// Removes the cluster's containers, 50 per `docker rm -f` call, 4 calls at a time.
-fn remove_fleet(cluster: &str) {
-    let ids = containers(cluster, false);
+fn remove_fleet(host: Option<&str>, cluster: &str) {
+    let ids = containers(host, cluster, false);
     for batch in ids.chunks(200) {
         let handles: Vec<_> = batch
             .chunks(50)
             .map(|chunk| {
                 let chunk = chunk.to_vec();
+                let host = host.map(str::to_string);
                 std::thread::spawn(move || {
                     let mut args = vec!["rm", "-f", "-v"];
                     args.extend(chunk.iter().map(String::as_str));
-                    docker(&args)
+                    dk(host.as_deref(), &args)
                 })
             })
             .collect();
@@ -315,17 +351,17 @@ fn remove_fleet(cluster: &str) {
     }
 }
 
-fn pid_of(name: &str) -> Option<u32> {
-    docker_ok(&["inspect", "-f", "{{.State.Pid}}", name])
+fn pid_of(host: Option<&str>, name: &str) -> Option<u32> {
+    dk_ok(host, &["inspect", "-f", "{{.State.Pid}}", name])
         .parse()
         .ok()
         .filter(|p| *p > 0)
 }
 
-fn wait_running_again(name: &str, old_pid: u32) {
+fn wait_running_again(host: Option<&str>, name: &str, old_pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        if pid_of(name).is_some_and(|p| p != old_pid) {
+        if pid_of(host, name).is_some_and(|p| p != old_pid) {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -348,25 +384,29 @@ struct Row {
     e2d: Vec<f64>,
 }
 
-fn measure(n: usize, opts: &Options) -> Row {
+fn measure(host: Option<&str>, n: usize, opts: &Options) -> Row {
     eprintln!("\n== N = {n} ==");
     // Its guard removes every container of the cluster, also on panic, after every `Run`
     // below (declared later, dropped earlier) has been killed.
-    let fixture = Fixture::builder("scale").manifest("scale.yaml", |c| manifest(c, n));
+    let mut fixture = Fixture::builder("scale");
+    if let Some(host) = host {
+        fixture = fixture.docker_host(host);
+    }
+    let fixture = fixture.manifest("scale.yaml", |c| manifest(c, n));
     let cluster = fixture.cluster().to_string();
     let dir = fixture.dir().path().to_path_buf();
     let db = fixture.db().to_path_buf();
 
     eprintln!("  creating the fleet with a first controller");
-    let mut creator = Run::start(&dir, &db, &[]);
-    wait_fleet(&cluster, n, &mut creator);
+    let mut creator = Run::start(host, &dir, &db, &[]);
+    wait_fleet(host, &cluster, n, &mut creator);
     creator.wait_first_reconcile();
     // Its settle re-checks (3 s) are over before it stops.
     std::thread::sleep(Duration::from_secs(5));
     creator.stop();
 
     eprintln!("  a fresh controller on the existing fleet (default flags)");
-    let mut run = Run::start(&dir, &db, &[]);
+    let mut run = Run::start(host, &dir, &db, &[]);
     let first_s = run.wait_first_reconcile();
     eprintln!(
         "  first full reconcile {:.0} ms after the start",
@@ -389,13 +429,13 @@ fn measure(n: usize, opts: &Options) -> Row {
     let step = (n / opts.kills.max(1)).max(1);
     for k in 0..opts.kills.min(n) {
         let name = format!("{cluster}-s{}", (k * step) % n);
-        let pid = pid_of(&name).expect("the container runs before its kill");
+        let pid = pid_of(host, &name).expect("the container runs before its kill");
         let status = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -KILL {pid} ({name})");
-        wait_running_again(&name, pid);
+        wait_running_again(host, &name, pid);
         std::thread::sleep(Duration::from_secs(1));
     }
     let mut e2d: Vec<f64> = run
@@ -408,7 +448,7 @@ fn measure(n: usize, opts: &Options) -> Row {
     run.stop();
 
     eprintln!("  a fresh controller with --resync 2s");
-    let mut resync = Run::start(&dir, &db, &["--resync", "2s"]);
+    let mut resync = Run::start(host, &dir, &db, &["--resync", "2s"]);
     let first_again_s = resync.wait_first_reconcile();
     let deadline = Instant::now() + Duration::from_secs(120);
     let (sum, count) = loop {
@@ -424,8 +464,13 @@ fn measure(n: usize, opts: &Options) -> Row {
     resync.stop();
 
     eprintln!("  removing the fleet");
-    remove_fleet(&cluster);
+    remove_fleet(host, &cluster);
     drop(fixture);
+    let left = containers(host, &cluster, false).len();
+    assert_eq!(
+        left, 0,
+        "{left} containers of {cluster} are left after the cleanup"
+    );
     Row {
         n,
         first_s,
@@ -451,9 +496,18 @@ fn mark(ok: bool) -> &'static str {
 
 fn main() {
     let opts = options();
-    let before = docker_ok(&["ps", "-aq"]).lines().count();
-    let rows: Vec<Row> = opts.sizes.iter().map(|&n| measure(n, &opts)).collect();
-    let after = docker_ok(&["ps", "-aq"]).lines().count();
+    let engine = (!opts.shared_engine).then(|| {
+        let engine = PrivateDockerd::new();
+        engine.import_busybox();
+        engine
+    });
+    let host = engine.as_ref().map(PrivateDockerd::host);
+    let rows: Vec<Row> = opts
+        .sizes
+        .iter()
+        .map(|&n| measure(host.as_deref(), n, &opts))
+        .collect();
+    drop(engine);
 
     println!(
         "\nthe controller over an existing fleet (idle over {} s, {} kills for event -> drift):",
@@ -510,14 +564,16 @@ fn main() {
     for r in &rows {
         summary(&format!("N = {}", r.n), r.e2d.clone());
     }
-    if after != before {
-        println!("\nwarning: {before} containers before the run, {after} after");
-    }
     let args: Vec<String> = opts.sizes.iter().map(usize::to_string).collect();
     println!(
-        "\nreproduce: cargo bench --bench scale -- {} --idle-secs {} --kills {}",
+        "\nreproduce: cargo bench --bench scale -- {} --idle-secs {} --kills {}{}",
         args.join(" "),
         opts.idle.as_secs(),
-        opts.kills
+        opts.kills,
+        if opts.shared_engine {
+            " --shared-engine"
+        } else {
+            ""
+        }
     );
 }
