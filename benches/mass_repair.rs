@@ -1,5 +1,6 @@
-//! Mass-repair benchmark: N containers killed at once, under this controller and under the
-//! engine's own `--restart always`, side by side in one run, until all N run again.
+//! Mass-repair benchmark: N containers killed at once, under this controller, under the
+//! engine's own `--restart always` and under a 5-second polling restarter (the autoheal
+//! model, `benches/arms`), side by side in one run, until all N run again.
 //!
 //! Needs a Docker engine and the local images (`scripts/setup.sh`). Run:
 //!
@@ -9,14 +10,16 @@
 //! settings; the figures to report are with the defaults). `MASS_REPAIR_LOG=FILE` keeps the
 //! controller's JSON log (debug level) there.
 //!
-//! Two arms of N identical busybox containers (host network, same command) live through the
-//! whole run: the engine's, created with `--restart always` and not owned by the controller,
-//! and the controller's, declared in one manifest and run by the release `operator run` with
-//! its default flags. Each round kills one arm, then the other (the order alternates), by
+//! Three arms of N identical busybox containers (host network, same command) live through
+//! the whole run: the engine's, created with `--restart always` and not owned by the
+//! controller; the poller's, created with `--restart no` and started again by a thread of
+//! this program that lists the exited ones every 5 s and runs one `docker start` for them
+//! all; and the controller's, declared in one manifest and run by the release `operator run`
+//! with its default flags. Each round kills one arm after the other (the order rotates), by
 //! SIGKILLing every container's main process from the host in one `kill` call: `docker kill`
 //! counts as a stop by the user and the engine does not restart it (checked on Debian's
-//! 20.10), so both arms die the same way. The figure is the engine's own time from the first
-//! `die` event to the last `start` event of the arm (one clock for both arms).
+//! 20.10), so all arms die the same way. The figure is the engine's own time from the first
+//! `die` event to the last `start` event of the arm (one clock for all arms).
 //!
 //! Caution: N=200 (400 containers on the host network) wedged Debian's dockerd 20.10 in its
 //! third engine round (every `docker` call hung, goroutines stuck on libnetwork's `host`
@@ -33,9 +36,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod arms;
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod stats;
+
+use arms::{POLL_PERIOD, Poller};
 
 use common::{BUSYBOX_IMAGE as IMAGE, Fixture, TEST_LABEL, docker, docker_ok};
 use stats::summary;
@@ -48,20 +54,33 @@ const ARM_TIMEOUT: Duration = Duration::from_secs(300);
 enum Arm {
     Operator,
     Engine,
+    Poller,
 }
 
 impl Arm {
+    const ALL: [Arm; 3] = [Arm::Operator, Arm::Engine, Arm::Poller];
+
     fn label(self) -> &'static str {
         match self {
             Arm::Operator => "operator (controller repairs)",
             Arm::Engine => "docker --restart always",
+            Arm::Poller => "polling restarter (5 s, autoheal model)",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
-/// `<cluster>-c<i>` (the controller's) and `<cluster>-e<i>` (the engine's).
+/// `<cluster>-c<i>` (the controller's), `<cluster>-e<i>` (the engine's) and `<cluster>-p<i>`
+/// (the poller's).
 fn names(cluster: &str, arm: Arm, n: usize) -> Vec<String> {
-    let tag = if arm == Arm::Operator { 'c' } else { 'e' };
+    let tag = match arm {
+        Arm::Operator => 'c',
+        Arm::Engine => 'e',
+        Arm::Poller => 'p',
+    };
     (0..n).map(|i| format!("{cluster}-{tag}{i}")).collect()
 }
 
@@ -180,8 +199,9 @@ fn kill_and_time(
     ))
 }
 
-/// Runs `docker run -d` for the engine's arm, eight at a time.
-fn create_engine_arm(names: &[String], label: &str) {
+/// Runs `docker run -d --restart RESTART` for an arm not owned by the controller, eight at
+/// a time.
+fn create_arm(names: &[String], label: &str, restart: &'static str) {
     for chunk in names.chunks(8) {
         let handles: Vec<_> = chunk
             .iter()
@@ -200,7 +220,7 @@ fn create_engine_arm(names: &[String], label: &str) {
                         "--network",
                         "host",
                         "--restart",
-                        "always",
+                        restart,
                         IMAGE,
                         "sh",
                         "-c",
@@ -227,6 +247,22 @@ fn manifest(cluster: &str, n: usize) -> String {
     common::cluster_yaml(cluster, &services)
 }
 
+/// One row per arm, then the controller's median over each other arm's.
+fn side_by_side(figures: &[Vec<f64>; 3]) {
+    let p50: Vec<f64> = Arm::ALL
+        .iter()
+        .map(|arm| summary(arm.label(), figures[arm.index()].clone()))
+        .collect();
+    println!(
+        "ratio of medians operator / engine: {:.2}",
+        p50[Arm::Operator.index()] / p50[Arm::Engine.index()]
+    );
+    println!(
+        "ratio of medians operator / poller: {:.2}",
+        p50[Arm::Operator.index()] / p50[Arm::Poller.index()]
+    );
+}
+
 fn main() {
     let mut numbers = std::env::args()
         .skip(1)
@@ -240,13 +276,20 @@ fn main() {
     let fixture = Fixture::builder("mass");
     let cluster = fixture.cluster().to_string();
     let engine_label = format!("operator.test.mass={cluster}");
-    let fixture = fixture.also_clean(engine_label.clone());
+    let poller_label = format!("operator.test.poll={cluster}");
+    let fixture = fixture
+        .also_clean(engine_label.clone())
+        .also_clean(poller_label.clone());
     let engine = names(&cluster, Arm::Engine, n);
+    let poller = names(&cluster, Arm::Poller, n);
     let operator = names(&cluster, Arm::Operator, n);
     let (mut events, rx) = follow_events(&format!("{cluster}-"));
 
     eprintln!("creating {n} containers under --restart always");
-    create_engine_arm(&engine, &engine_label);
+    create_arm(&engine, &engine_label, "always");
+    eprintln!("creating {n} containers for the polling restarter");
+    create_arm(&poller, &poller_label, "no");
+    let polling = Poller::start(&poller_label, POLL_PERIOD);
     eprintln!("starting the controller on {n} services");
     let extra = std::env::var("MASS_REPAIR_OPERATOR_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
@@ -256,21 +299,20 @@ fn main() {
         .start();
     wait_all_running(&operator, "the controller's containers");
     wait_all_running(&engine, "the engine's containers");
+    wait_all_running(&poller, "the poller's containers");
     std::thread::sleep(quiet);
 
-    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    let mut walls: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut walls: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
-        // Alternate who goes first so neither is systematically ahead.
-        let order = if round % 2 == 0 {
-            [Arm::Operator, Arm::Engine]
-        } else {
-            [Arm::Engine, Arm::Operator]
-        };
+        // Rotate who goes first so none is systematically ahead.
+        let order = [0, 1, 2].map(|k| Arm::ALL[(round + k) % 3]);
         for arm in order {
-            let (i, arm_names) = match arm {
-                Arm::Operator => (0, &operator),
-                Arm::Engine => (1, &engine),
+            let i = arm.index();
+            let arm_names = match arm {
+                Arm::Operator => &operator,
+                Arm::Engine => &engine,
+                Arm::Poller => &poller,
             };
             wait_all_running(arm_names, arm.label());
             if let Some((engine_ms, wall_ms)) = kill_and_time(arm_names, &rx) {
@@ -287,6 +329,8 @@ fn main() {
     }
     let _ = events.kill();
     let _ = events.wait();
+    let poller_starts = polling.started();
+    drop(polling);
     f.operator.crash();
     // No product output carries this figure per event: it is the controller's debug log.
     let log = f.operator.log();
@@ -304,13 +348,10 @@ fn main() {
     println!(
         "\n{n} containers SIGKILLed at once, until all run again (engine's first die -> last start), {rounds} rounds:"
     );
-    let ours = summary(Arm::Operator.label(), times[0].clone());
-    let theirs = summary(Arm::Engine.label(), times[1].clone());
-    println!("ratio of medians operator / engine: {:.2}", ours / theirs);
+    side_by_side(&times);
+    println!("(the poller started {poller_starts} containers in all)");
     println!("\nthe same, wall time from the kill to the last start event seen:");
-    let ours = summary(Arm::Operator.label(), walls[0].clone());
-    let theirs = summary(Arm::Engine.label(), walls[1].clone());
-    println!("ratio of medians operator / engine: {:.2}", ours / theirs);
+    side_by_side(&walls);
     println!("\ntime from a container's Docker event to its reconcile finding the drift:");
     summary("event -> drift detected", detect);
     let extra = if extra.is_empty() {

@@ -1,24 +1,30 @@
-//! Recovery benchmark: time from SIGKILL to running again under this controller and under the
-//! engine's own `--restart always`, side by side on the same image and command in one run,
-//! plus the time from the Docker event to the drift being detected.
+//! Recovery benchmark: time from SIGKILL to running again under this controller, under the
+//! engine's own `--restart always` and under a 5-second polling restarter (the autoheal
+//! model, `benches/arms`), side by side on the same image and command in one run, plus the
+//! time from the Docker event to the drift being detected.
 //!
 //! Needs a Docker engine and the local images (`scripts/setup.sh`). Run:
 //!
 //!     cargo bench --bench recovery -- [ROUNDS]        (default 15 rounds)
 //!
-//! Each round SIGKILLs both containers' main process at once and reads the engine's own
-//! `die` and `start` events (one clock for both). Rounds are 11 s apart because the engine
-//! resets its restart backoff only after a container has run for 10 s; the controller's
-//! `stableAfter` is set to the same 10 s so both start every round from a reset backoff.
+//! Each round SIGKILLs the three containers' main processes at once (the order rotates) and
+//! reads the engine's own `die` and `start` events (one clock for all). Rounds are 11 s
+//! apart because the engine resets its restart backoff only after a container has run for
+//! 10 s; the controller's `stableAfter` is set to the same 10 s so both start every round
+//! from a reset backoff. The poller has no backoff: it starts what exited at its next tick,
+//! whose phase against the kill is whatever it is (0 to 5 s, 2.5 s on average).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod arms;
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod stats;
+
+use arms::{POLL_PERIOD, Poller};
 
 use common::{BUSYBOX_IMAGE as IMAGE, Fixture, TEST_LABEL, docker_ok};
 use stats::summary;
@@ -74,29 +80,40 @@ fn main() {
         .unwrap_or(15);
     // The managed container is the controller's; the engine-restarted one is labelled for
     // this run alone. The fixture removes both (and stops the controller), also on panic.
+    // The poller's container carries a label of its own, which the poller follows.
     let fixture = Fixture::builder("bench");
     let engine_label = format!("operator.test.bench={}", fixture.cluster());
-    let fixture = fixture.also_clean(engine_label.clone());
+    let poller_label = format!("operator.test.poll={}", fixture.cluster());
+    let fixture = fixture
+        .also_clean(engine_label.clone())
+        .also_clean(poller_label.clone());
     let command = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
     let engine = format!("{}-engine", fixture.cluster());
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &engine,
-        "--label",
-        TEST_LABEL,
-        "--label",
-        &engine_label,
-        "--network",
-        "host",
-        "--restart",
-        "always",
-        IMAGE,
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
-    ]);
+    let poller = format!("{}-poller", fixture.cluster());
+    for (name, label, restart) in [
+        (&engine, &engine_label, "always"),
+        (&poller, &poller_label, "no"),
+    ] {
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            TEST_LABEL,
+            "--label",
+            label,
+            "--network",
+            "host",
+            "--restart",
+            restart,
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 1; done",
+        ]);
+    }
+    let polling = Poller::start(&poller_label, POLL_PERIOD);
     let mut f = fixture
         .manifest("bench.yaml", |cluster| {
             format!(
@@ -107,40 +124,39 @@ fn main() {
     let managed = f.name("managed");
     f.wait_running(&managed, "the start (managed container)");
     f.wait_running(&engine, "the start (engine container)");
-    let (mut events, rx) = follow_events(&[&managed, &engine]);
+    f.wait_running(&poller, "the start (poller's container)");
+    let names = [managed.clone(), engine.clone(), poller.clone()];
+    let (mut events, rx) = follow_events(&[&managed, &engine, &poller]);
     std::thread::sleep(Duration::from_secs(11));
 
-    let mut recovery = [Vec::new(), Vec::new()];
+    let mut recovery = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..rounds {
         while rx.try_recv().is_ok() {}
-        // Alternate who is killed first so neither is systematically ahead.
-        let order = if round % 2 == 0 {
-            [&managed, &engine]
-        } else {
-            [&engine, &managed]
-        };
-        for name in order {
-            if let Some(pid) = pid_of(name) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
+        // Rotate who is killed first so none is systematically ahead. The pids are read
+        // first so the three kills are as close together as they can be.
+        let pids: Vec<Option<u32>> = (0..3).map(|k| pid_of(&names[(round + k) % 3])).collect();
+        for pid in pids.into_iter().flatten() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
-        let mut die = [None, None];
-        let mut start = [None, None];
+        let mut die = [None, None, None];
+        let mut start = [None, None, None];
         let deadline = Instant::now() + Duration::from_secs(30);
-        while (start[0].is_none() || start[1].is_none()) && Instant::now() < deadline {
+        while start.iter().any(Option::is_none) && Instant::now() < deadline {
             let Ok((name, action, t)) = rx.recv_timeout(Duration::from_millis(200)) else {
                 continue;
             };
-            let i = usize::from(name == engine);
+            let Some(i) = names.iter().position(|n| *n == name) else {
+                continue;
+            };
             match action.as_str() {
                 "die" => die[i] = Some(t),
                 "start" if die[i].is_some() => start[i] = Some(t),
                 _ => {}
             }
         }
-        for i in 0..2 {
+        for i in 0..3 {
             if let (Some(d), Some(s)) = (die[i], start[i]) {
                 recovery[i].push((s - d) as f64 / 1e6);
             }
@@ -150,6 +166,8 @@ fn main() {
     }
     let _ = events.kill();
     let _ = events.wait();
+    let poller_starts = polling.started();
+    drop(polling);
     f.operator.crash();
 
     // No product output carries this figure: it is the controller's debug log.
@@ -169,8 +187,20 @@ fn main() {
         "operator (restartPolicy no, controller heals)",
         recovery[0].clone(),
     );
-    let theirs = summary("docker --restart always", recovery[1].clone());
-    println!("ratio of medians operator / engine: {:.2}", ours / theirs);
+    let engine_p50 = summary("docker --restart always", recovery[1].clone());
+    let poller_p50 = summary(
+        "polling restarter (every 5 s, autoheal model)",
+        recovery[2].clone(),
+    );
+    println!(
+        "ratio of medians operator / engine: {:.2}",
+        ours / engine_p50
+    );
+    println!(
+        "ratio of medians operator / poller: {:.2}",
+        ours / poller_p50
+    );
+    println!("(the poller started {poller_starts} containers)");
     println!("\ntime from the Docker event to the drift being detected:");
     summary("event -> drift detected", detect);
     println!("\nreproduce: cargo bench --bench recovery -- {rounds}");

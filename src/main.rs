@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    operator::metrics::mark_process_start();
     let cli = operator::cli::Cli::parse();
     if let Err(message) = operator::cli::init_logging(&cli) {
         eprintln!("error: {message}");

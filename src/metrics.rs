@@ -4,7 +4,9 @@
 //! `operator_reconcile_total{result}`, `operator_reconcile_duration_seconds`,
 //! `operator_workqueue_depth`, plus drift, action and watch counters.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -46,6 +48,25 @@ pub struct Metrics {
     pub agent_dispatching: Gauge,
     /// Disruptive actions the quorum gate held back, by cluster and group.
     pub actions_gated: Family<Labels, Counter>,
+    /// Seconds from the process's start to the end of its first full pass over every
+    /// service (0 until then).
+    pub first_reconcile: Gauge<f64, AtomicU64>,
+    /// Time one periodic resync takes to reconcile every service once.
+    pub resync_seconds: Histogram,
+}
+
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Notes that the process starts now (the first thing `main` does); later calls change
+/// nothing.
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(Instant::now);
+}
+
+/// When the process started ([`mark_process_start`]; the first call of either if `main`
+/// did not mark it, as in tests).
+pub fn process_start() -> Instant {
+    *PROCESS_START.get_or_init(Instant::now)
 }
 
 impl Default for Metrics {
@@ -190,8 +211,22 @@ impl Metrics {
             "Time one evaluation round of every check takes",
             check_round_seconds.clone(),
         );
+        let first_reconcile = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "first_reconcile_seconds",
+            "Seconds from the process's start to the end of its first full pass over every service (0 until then)",
+            first_reconcile.clone(),
+        );
+        let resync_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "resync_seconds",
+            "Time one periodic resync takes to reconcile every service once",
+            resync_seconds.clone(),
+        );
         Metrics {
             registry,
+            first_reconcile,
+            resync_seconds,
             check_failing,
             check_no_data,
             observability_up,
@@ -295,6 +330,8 @@ mod tests {
             "operator_actions_total{kind=\"start\",result=\"ok\"} 1",
             "operator_watch_restarts_total",
             "operator_event_to_drift_seconds_count 1",
+            "operator_first_reconcile_seconds 0",
+            "operator_resync_seconds_count 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

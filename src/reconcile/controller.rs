@@ -39,6 +39,7 @@ use crate::tickets::Journal;
 use super::builtin::BuiltIn;
 use super::checks::{CheckRecorder, CheckRestartMessage, CheckViews};
 use super::disruption::Disruptions;
+use super::passes::{Finished, PassKind, Passes};
 use super::queue::WorkQueue;
 use super::state::RepairBudget;
 
@@ -326,6 +327,8 @@ pub(super) struct Shared {
     completions_rx: Mutex<Option<mpsc::UnboundedReceiver<Completed>>>,
     /// Signalled by `set_desired`: the loop closes the tickets of what was removed.
     desired_changed: tokio::sync::Notify,
+    /// The first pass and the resync under way, for their timings.
+    passes: Mutex<Passes<ServiceKey>>,
 }
 
 /// Drops the series of checks (and of clusters' observability) that `before` declared and
@@ -469,6 +472,7 @@ impl ControllerBuilder {
                 completions,
                 completions_rx: Mutex::new(Some(completions_rx)),
                 desired_changed: tokio::sync::Notify::new(),
+                passes: Mutex::new(Passes::new()),
             }),
         }
     }
@@ -532,6 +536,8 @@ impl Controller {
         lock(&shared.gated).retain(|k, _| declared(k));
         lock(&shared.adopted).retain(|k, _| declared(k));
         shared.disruptions.retain(declared);
+        let done = lock(&shared.passes).retain(declared, std::time::Instant::now());
+        self.passes_done(done);
         shared.cache.set_adoptable(&desired);
         *shared.desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(desired);
         shared.desired_changed.notify_one();
@@ -581,6 +587,46 @@ impl Controller {
             .set(self.shared.queue.len() as i64);
     }
 
+    /// Begins timing a full pass over every key now declared (enqueue them right after).
+    fn begin_pass(&self, kind: PassKind) {
+        let begun = lock(&self.shared.passes).begin(kind, self.keys(), std::time::Instant::now());
+        if let Err(done) = begun {
+            self.passes_done(vec![done]);
+        }
+    }
+
+    /// Reports the passes that are done: the first one's time since the process started
+    /// (`operator_first_reconcile_seconds` and a log line), each resync's duration
+    /// (`operator_resync_seconds`).
+    fn passes_done(&self, done: Vec<Finished>) {
+        let metrics = &self.shared.metrics;
+        for pass in done {
+            match pass.kind {
+                PassKind::First => {
+                    let since_start = crate::metrics::process_start().elapsed();
+                    metrics.first_reconcile.set(since_start.as_secs_f64());
+                    info!(
+                        services = pass.keys,
+                        removed = pass.removed,
+                        since_start_ms = since_start.as_millis() as u64,
+                        pass_ms = pass.took.as_millis() as u64,
+                        "first full reconcile done in {} ms ({} services)",
+                        since_start.as_millis(),
+                        pass.keys
+                    );
+                }
+                PassKind::Resync => {
+                    metrics.resync_seconds.observe(pass.took.as_secs_f64());
+                    debug!(
+                        services = pass.keys,
+                        pass_ms = pass.took.as_millis() as u64,
+                        "resync pass done"
+                    );
+                }
+            }
+        }
+    }
+
     /// Runs the loop until `cancel` fires, then finishes in-flight reconciles.
     pub async fn run(&self, cancel: CancellationToken) -> Result<(), ControllerError> {
         let shared = &self.shared;
@@ -622,6 +668,7 @@ impl Controller {
         }
         // Whatever was removed while the controller was stopped.
         self.close_removed().await;
+        self.begin_pass(PassKind::First);
         self.enqueue_all();
 
         let (repairs_tx, mut repairs_rx) = mpsc::unbounded_channel();
@@ -685,6 +732,7 @@ impl Controller {
                 _ = resync.tick() => {
                     debug!("periodic resync");
                     self.expire_leases().await;
+                    self.begin_pass(PassKind::Resync);
                     self.enqueue_all();
                 }
                 _ = store_poll.tick(), if shared.journal.is_some() => {
@@ -882,9 +930,12 @@ impl Controller {
     pub async fn reconcile(&self, key: &ServiceKey) -> Outcome {
         let started = std::time::Instant::now();
         let outcome = super::service::reconcile(&self.shared, key).await;
+        let ended = std::time::Instant::now();
         self.shared
             .metrics
-            .reconciled(outcome.label(), started.elapsed());
+            .reconciled(outcome.label(), ended - started);
+        let done = lock(&self.shared.passes).reconciled(key, started, ended);
+        self.passes_done(done);
         match &outcome {
             Outcome::Failed { action, error } => {
                 warn!(service = %key, %action, %error, "repair failed");

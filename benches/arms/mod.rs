@@ -1,0 +1,97 @@
+//! The third arm of the repair benchmarks: a polling restarter, the autoheal model. Every
+//! period (5 s) it lists the containers carrying one label that have exited
+//! (`docker ps -a --filter label=... --filter status=exited -q`) and starts them all with
+//! one `docker start` (the CLI starts them one after the other, as autoheal does). Its
+//! containers run with `--restart no`, so nothing else brings them back.
+//!
+//! It runs in a thread of the benchmark; [`Poller`] stops it when dropped (also on panic).
+//! Its containers are the benchmark's to label and clean up, like the engine arm's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::common::docker;
+
+/// autoheal's default interval (`AUTOHEAL_INTERVAL=5`).
+pub const POLL_PERIOD: Duration = Duration::from_secs(5);
+
+/// A running polling restarter; stops (and joins its thread) on drop.
+pub struct Poller {
+    stop: Arc<AtomicBool>,
+    started: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Poller {
+    /// Starts polling for exited containers labelled `label` (`key=value`) every `period`,
+    /// on a fixed schedule (a slow round does not shift the next ones).
+    pub fn start(label: &str, period: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicUsize::new(0));
+        let filter = format!("label={label}");
+        let thread = {
+            let (stop, started) = (stop.clone(), started.clone());
+            std::thread::spawn(move || {
+                let mut next = Instant::now() + period;
+                while !stop.load(Ordering::Relaxed) {
+                    // Sleep in short steps so a stop is quick.
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::sleep((next - now).min(Duration::from_millis(100)));
+                        continue;
+                    }
+                    while next <= Instant::now() {
+                        next += period;
+                    }
+                    let out = docker(&[
+                        "ps",
+                        "-a",
+                        "-q",
+                        "--filter",
+                        &filter,
+                        "--filter",
+                        "status=exited",
+                    ]);
+                    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let mut args = vec!["start"];
+                    args.extend(ids.iter().map(String::as_str));
+                    let out = docker(&args);
+                    if !out.status.success() {
+                        eprintln!(
+                            "[poller] docker start failed: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                    started.fetch_add(ids.len(), Ordering::Relaxed);
+                }
+            })
+        };
+        Poller {
+            stop,
+            started,
+            thread: Some(thread),
+        }
+    }
+
+    /// Containers it has started so far.
+    pub fn started(&self) -> usize {
+        self.started.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
