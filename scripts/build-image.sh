@@ -2,7 +2,7 @@
 # Build the sidecar image without any registry: the layout of docker/Dockerfile, from Debian's
 # packages. Runs as root (debootstrap and chroot need it); about a minute here.
 #
-#   1. a minimal Debian root file system (debootstrap --variant=minbase bookworm) with the
+#   1. a minimal Debian root file system (debootstrap --variant=minbase, this host's release) with the
 #      agent's shell tools: ca-certificates, curl, jq;
 #   2. only the docker client binary from Debian's docker.io package (not the engine);
 #   3. the release binary (cargo build --release, unless --binary FILE) and manifests/tikv;
@@ -10,11 +10,13 @@
 #   5. docker import with docker/Dockerfile's runtime instructions (ENTRYPOINT, CMD, ENV,
 #      USER, WORKDIR, EXPOSE, LABEL, HEALTHCHECK), plus the commit it was built from.
 #
-# Usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--mirror URL]
+# Usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--suite NAME] [--mirror URL]
 #   --tag NAME     the image's name (default operator:latest)
 #   --binary FILE  put this operator binary in the image instead of building one
-#   --mirror URL   the Debian mirror (default: the first deb.debian.org-style URI apt uses,
-#                  else http://deb.debian.org/debian)
+#   --suite NAME   the Debian release of the image (default: this host's, from
+#                  /etc/os-release, so the binary built here finds the glibc it was linked to)
+#   --mirror URL   the Debian mirror (default: the one apt uses for Debian itself, else
+#                  http://deb.debian.org/debian)
 # Prints the image's id, size and tag on its last line.
 set -euo pipefail
 
@@ -25,14 +27,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 TAG=operator:latest
 BINARY=
+SUITE=
 MIRROR=
 while (($#)); do
   case "$1" in
     --tag) TAG="${2:?--tag needs a NAME}"; shift 2 ;;
     --binary) BINARY="${2:?--binary needs a FILE}"; shift 2 ;;
+    --suite) SUITE="${2:?--suite needs a NAME}"; shift 2 ;;
     --mirror) MIRROR="${2:?--mirror needs a URL}"; shift 2 ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
-    *) die "unknown argument: $1 (usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--mirror URL])" ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) die "unknown argument: $1 (usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--suite NAME] [--mirror URL])" ;;
   esac
 done
 
@@ -41,17 +45,31 @@ command -v debootstrap >/dev/null || die "debootstrap is not installed: apt-get 
 engine_answers || die "no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset}); scripts/setup.sh starts one"
 [[ -f docker/Dockerfile ]] || die "docker/Dockerfile is missing"
 
+if [[ -z "$SUITE" ]]; then
+  SUITE=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+  [[ -n "$SUITE" ]] || die "cannot tell this host's Debian release from /etc/os-release; say it with --suite (e.g. bookworm)"
+fi
 if [[ -z "$MIRROR" ]]; then
-  # The mirror apt already uses, so a machine behind its own mirror builds from it too.
+  # The mirror apt already uses for Debian itself (not its security archive, not a
+  # third-party repository), so a machine behind its own mirror builds from it too.
   MIRROR=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
-    awk '{print $2}' | grep -v security | head -n1 || true)
+    awk '{print $2}' | grep -E '/debian/?$' | head -n1 || true)
   MIRROR=${MIRROR:-http://deb.debian.org/debian}
 fi
 
 started=$(date +%s)
 work=$(mktemp -d /var/tmp/operator-image.XXXXXX)
-cleanup() { rm -rf "$work"; }
+# Also on Ctrl-C and kill: a half-built root is hundreds of MB, and debootstrap interrupted
+# can leave /proc and /sys mounted inside it, which must be unmounted, never walked into.
+cleanup() {
+  local mnt
+  trap - EXIT INT TERM HUP
+  while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done < <(awk -v r="$work/" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r)
+  rm -rf --one-file-system "$work"
+}
 trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM HUP
 root="$work/root"
 
 # --- the binary ------------------------------------------------------------------------
@@ -64,8 +82,8 @@ fi
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 
 # --- the root file system ----------------------------------------------------------------
-log "debootstrap --variant=minbase bookworm from $MIRROR"
-debootstrap --variant=minbase --include=ca-certificates,curl,jq bookworm "$root" "$MIRROR" \
+log "debootstrap --variant=minbase $SUITE from $MIRROR"
+debootstrap --variant=minbase --include=ca-certificates,curl,jq "$SUITE" "$root" "$MIRROR" \
   >"$work/debootstrap.log" 2>&1 || {
   tail -n 20 "$work/debootstrap.log" >&2
   die "debootstrap failed (log above)"
@@ -88,7 +106,9 @@ cp manifests/tikv/*.yaml "$root/etc/operator/manifests/"
 echo 'operator:x:10001:10001:operator:/home/operator:/usr/sbin/nologin' >>"$root/etc/passwd"
 echo 'operator:x:10001:' >>"$root/etc/group"
 echo 'operator:*:20000:0:99999:7:::' >>"$root/etc/shadow"
-install -d -m 0700 -o 10001 -g 10001 "$root/home/operator"
+# 0755, as useradd -m makes it: compose runs the sidecar as you (OPERATOR_UID), who must
+# reach the database folder mounted below it.
+install -d -m 0755 -o 10001 -g 10001 "$root/home/operator"
 
 # --- small: what a runtime never reads ------------------------------------------------------
 rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,linda} "$root"/var/cache/apt/* \

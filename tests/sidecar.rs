@@ -21,6 +21,9 @@ use common::{
     EMPTY_IMAGE, TEST_LABEL, docker, docker_ok, require_docker, run_with_timeout, unique,
 };
 
+/// The user the sidecar runs as here: not root, not the image's 10001.
+const NOBODY: u32 = 65534;
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -68,13 +71,6 @@ impl Drop for Image {
 fn socket_gid() -> String {
     let meta = std::fs::metadata("/var/run/docker.sock").expect("/var/run/docker.sock");
     std::os::unix::fs::MetadataExt::gid(&meta).to_string()
-}
-
-fn ids() -> (String, String) {
-    // Through the `id` command: this test needs no libc binding for two numbers.
-    let uid = text(&Command::new("id").arg("-u").output().expect("id -u").stdout);
-    let gid = text(&Command::new("id").arg("-g").output().expect("id -g").stdout);
-    (uid.trim().to_string(), gid.trim().to_string())
 }
 
 /// A compose project of three etcd members (host binaries in the empty image, the stand-in
@@ -219,15 +215,16 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
     // (a test's debug binary adds a little). Well over that means an engine or a toolchain
     // slipped in.
     assert!(size < 300_000_000, "the image is {size} bytes");
-    let (uid, gid) = ids();
     let socket_group = socket_gid();
     let client = docker(&[
         "run",
         "--rm",
+        "--network",
+        "none",
         "--label",
         &stack.label,
         "--user",
-        &format!("{uid}:{gid}"),
+        &format!("{NOBODY}:{NOBODY}"),
         "--group-add",
         &socket_group,
         "-v",
@@ -283,8 +280,11 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
         .expect("edit the imported manifest");
 
     // 3. The sidecar: the image's defaults, the socket, the database folder, the manifests.
+    //    It runs as a user who is neither root nor the image's own (docker/compose.yaml runs
+    //    it as whoever owns ~/.operator): nobody, owning the database folder.
     let db_dir = stack.db_dir();
     std::fs::create_dir_all(&db_dir).expect("db dir");
+    std::os::unix::fs::chown(&db_dir, Some(NOBODY), Some(NOBODY)).expect("chown db dir");
     std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let db_mount = format!("{}:/home/operator/.operator", db_dir.display());
     let manifest_mount = format!("{}:/etc/operator/manifests:ro", manifests.display());
@@ -300,7 +300,7 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
         "--network",
         &stack.network(),
         "--user",
-        &format!("{uid}:{gid}"),
+        &format!("{NOBODY}:{NOBODY}"),
         "--group-add",
         &socket_group,
         "-v",
@@ -340,12 +340,17 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
 
     // The database the sidecar writes is the host's file, owner-only.
     let db = db_dir.join("tickets.db");
-    let mode = std::fs::metadata(&db)
-        .expect("tickets.db")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600, "tickets.db must be readable by its owner only");
+    let meta = std::fs::metadata(&db).expect("tickets.db");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "tickets.db must be readable by its owner only"
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        NOBODY,
+        "written as the sidecar's user"
+    );
 
     // 4. SIGKILL a member: the sidecar starts the same container again.
     let victim = stack.member(1);

@@ -30,18 +30,19 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
         // Colours only for a person at a terminal: a container's log (`docker logs`), a
         // file or a pipe gets plain text, and NO_COLOR (https://no-color.org) turns them off.
         LogFormat::Text => builder
-            .with_ansi(colour(std::env::var_os("NO_COLOR")))
+            .with_ansi(colour(
+                std::env::var_os("NO_COLOR"),
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            ))
             .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     Ok(())
 }
 
-/// Whether text logs may carry ANSI colours: stderr is a terminal and NO_COLOR is unset or
-/// empty.
-fn colour(no_color: Option<std::ffi::OsString>) -> bool {
-    use std::io::IsTerminal;
-    no_color.is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+/// Whether text logs may carry ANSI colours: NO_COLOR unset or empty, and stderr a terminal.
+fn colour(no_color: Option<std::ffi::OsString>, stderr_is_terminal: bool) -> bool {
+    no_color.is_none_or(|v| v.is_empty()) && stderr_is_terminal
 }
 
 #[cfg(test)]
@@ -49,12 +50,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_colour_when_no_color_is_set_or_stderr_is_not_a_terminal() {
-        assert!(!colour(Some("1".into())));
-        // Under cargo test stderr is captured or piped, never this process's terminal
-        // unless run by hand with --nocapture at one; compare with what IsTerminal says.
-        use std::io::IsTerminal;
-        assert_eq!(colour(None), std::io::stderr().is_terminal());
-        assert_eq!(colour(Some("".into())), std::io::stderr().is_terminal());
+    fn colour_only_at_a_terminal_and_never_under_no_color() {
+        assert!(colour(None, true));
+        assert!(colour(Some("".into()), true), "an empty NO_COLOR is unset");
+        assert!(!colour(Some("1".into()), true));
+        assert!(!colour(None, false), "docker logs, a file or a pipe");
+        assert!(!colour(Some("1".into()), false));
     }
 }

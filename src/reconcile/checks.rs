@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::docker::actions::Actions;
 use crate::docker::{Cache, ContainerStatus, ServiceKey};
 use crate::drift::{DriftKind, Fingerprint, Target};
 use crate::health::{CheckState, ClusterHealth, Monitor, Observability};
@@ -148,6 +149,9 @@ pub(super) struct CheckRecorder {
     journal: Journal,
     metrics: Arc<Metrics>,
     cache: Arc<Cache>,
+    /// Asks the engine itself when the cache says a failing target's container runs (see
+    /// `down_behind_the_cache`); `None` in unit tests, where the cache alone decides.
+    engine: Option<Actions>,
     repairs: mpsc::UnboundedSender<CheckRestartMessage>,
     memory: CheckMemory,
     views: Arc<CheckViews>,
@@ -164,6 +168,7 @@ impl CheckRecorder {
         journal: Journal,
         metrics: Arc<Metrics>,
         cache: Arc<Cache>,
+        engine: Option<Actions>,
         repairs: mpsc::UnboundedSender<CheckRestartMessage>,
         views: Arc<CheckViews>,
     ) -> Self {
@@ -171,6 +176,7 @@ impl CheckRecorder {
             journal,
             metrics,
             cache,
+            engine,
             repairs,
             memory: CheckMemory::default(),
             views,
@@ -366,7 +372,8 @@ impl CheckRecorder {
                     "series": failing.series,
                 });
                 if let Some(service) = &failing.target
-                    && self.container_down(cluster, service)
+                    && (self.container_down(cluster, service)
+                        || self.down_behind_the_cache(cluster, service).await)
                 {
                     self.attach_to_container_ticket(cluster, service, name, evidence)
                         .await?;
@@ -466,6 +473,25 @@ impl CheckRecorder {
                 .cache
                 .get(&ServiceKey::new(cluster, service))
                 .is_none_or(|c| c.status != ContainerStatus::Running)
+    }
+
+    /// Whether the engine says the container is not running although the cache has not
+    /// heard so yet. A stopped member fails its check about as soon as its `die` event
+    /// arrives; on a loaded machine the check round can win that race, and would open a
+    /// check ticket beside the container's. Asked only for a failing target, so rarely.
+    async fn down_behind_the_cache(&self, cluster: &str, service: &str) -> bool {
+        let (Some(engine), Some(cached)) = (
+            &self.engine,
+            self.cache.get(&ServiceKey::new(cluster, service)),
+        ) else {
+            return false;
+        };
+        match engine.inspect(&cached.id).await {
+            Ok(Some(c)) => c.state.and_then(|s| s.running) == Some(false),
+            Ok(None) => true,
+            // The engine cannot be asked: the cache's word stands.
+            Err(_) => false,
+        }
     }
 
     async fn attach_to_container_ticket(
@@ -576,6 +602,7 @@ mod tests {
             journal,
             Arc::new(Metrics::new()),
             cache.clone(),
+            None,
             tx,
             Arc::default(),
         );

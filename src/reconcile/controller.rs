@@ -679,6 +679,7 @@ impl Controller {
                     journal.clone(),
                     shared.metrics.clone(),
                     shared.cache.clone(),
+                    Some(shared.actions.clone()),
                     repairs_tx,
                     shared.check_views.clone(),
                 );
