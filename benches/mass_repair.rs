@@ -28,7 +28,8 @@
 //! Between kills the machine is left quiet for QUIET_S: the engine resets its restart
 //! backoff only after a container has run for 10 s, and the controller's `stableAfter` is
 //! set to the same 10 s, so both start every round from a reset backoff; the controller's
-//! settle re-checks (3 s) are over too.
+//! settle re-checks (3 s) are over too. Each quiet time has 0 to 5 s added, so the kills fall
+//! at a random phase of the poller's 5 s schedule.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -41,7 +42,7 @@ mod arms;
 mod common;
 mod stats;
 
-use arms::{POLL_PERIOD, Poller};
+use arms::{POLL_PERIOD, Poller, phase_jitter};
 
 use common::{BUSYBOX_IMAGE as IMAGE, Fixture, TEST_LABEL, docker, docker_ok};
 use stats::summary;
@@ -317,14 +318,14 @@ fn main() {
             wait_all_running(arm_names, arm.label());
             if let Some((engine_ms, wall_ms)) = kill_and_time(arm_names, &rx) {
                 eprintln!(
-                    "round {}/{rounds} {:<32} all {n} running again after {engine_ms:>8.1} ms (wall {wall_ms:>8.1} ms)",
+                    "round {}/{rounds} {:<40} all {n} running again after {engine_ms:>8.1} ms (wall {wall_ms:>8.1} ms)",
                     round + 1,
                     arm.label()
                 );
                 times[i].push(engine_ms);
                 walls[i].push(wall_ms);
             }
-            std::thread::sleep(quiet);
+            std::thread::sleep(quiet + phase_jitter());
         }
     }
     let _ = events.kill();

@@ -12,7 +12,8 @@
 //! apart because the engine resets its restart backoff only after a container has run for
 //! 10 s; the controller's `stableAfter` is set to the same 10 s so both start every round
 //! from a reset backoff. The poller has no backoff: it starts what exited at its next tick,
-//! whose phase against the kill is whatever it is (0 to 5 s, 2.5 s on average).
+//! whose phase against the kill is random (each round's wait has 0 to 5 s added): 0 to 5 s,
+//! 2.5 s on average, plus the start itself.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +25,7 @@ mod arms;
 mod common;
 mod stats;
 
-use arms::{POLL_PERIOD, Poller};
+use arms::{POLL_PERIOD, Poller, phase_jitter};
 
 use common::{BUSYBOX_IMAGE as IMAGE, Fixture, TEST_LABEL, docker_ok};
 use stats::summary;
@@ -162,7 +163,7 @@ fn main() {
             }
         }
         eprintln!("round {}/{rounds} done", round + 1);
-        std::thread::sleep(Duration::from_secs(11));
+        std::thread::sleep(Duration::from_secs(11) + phase_jitter());
     }
     let _ = events.kill();
     let _ = events.wait();
@@ -189,7 +190,7 @@ fn main() {
     );
     let engine_p50 = summary("docker --restart always", recovery[1].clone());
     let poller_p50 = summary(
-        "polling restarter (every 5 s, autoheal model)",
+        "polling restarter (5 s, autoheal model)",
         recovery[2].clone(),
     );
     println!(

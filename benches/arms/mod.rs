@@ -17,6 +17,22 @@ use crate::common::docker;
 /// autoheal's default interval (`AUTOHEAL_INTERVAL=5`).
 pub const POLL_PERIOD: Duration = Duration::from_secs(5);
 
+/// A pause of 0 to [`POLL_PERIOD`], different every call: added to the wait before a kill,
+/// it puts the kill at a random phase of the poller's schedule, as a real crash is (without
+/// it, rounds of a fixed length hit the same phase every time and the poller's figure is
+/// one point of its 0 to 5 s range, not its spread).
+pub fn phase_jitter() -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    Duration::from_millis(h.finish() % POLL_PERIOD.as_millis() as u64)
+}
+
 /// A running polling restarter; stops (and joins its thread) on drop.
 pub struct Poller {
     stop: Arc<AtomicBool>,
