@@ -587,7 +587,11 @@ impl Dispatcher {
             }
         }
         if let Ok(me) = std::env::var("HOSTNAME") {
-            // In a container, the controller's own container answers to its hostname.
+            // In a container, the controller's own container answers to its hostname (its
+            // short id), and the engine knows it by its name and full id too.
+            for alias in own_container_aliases(&inner.docker, &me).await {
+                safety = safety.controller_container(alias);
+            }
             safety = safety.controller_container(me);
         }
         let limits = prompt::Limits {
@@ -802,5 +806,57 @@ impl Remediator for Dispatcher {
             }
         }
         .boxed()
+    }
+}
+
+/// The name and full id of the container this process runs in, when `hostname` is one the
+/// engine knows and it is this process's own (the engine bind-mounts
+/// `/var/lib/docker/containers/<id>/hostname` into it, which `/proc/self/mountinfo` shows).
+/// On a host whose name a container happens to carry, nothing: that one is not ours.
+async fn own_container_aliases(docker: &bollard::Docker, hostname: &str) -> Vec<String> {
+    let inspected = tokio::time::timeout(
+        Duration::from_secs(5),
+        docker.inspect_container(hostname, None),
+    )
+    .await;
+    let Ok(Ok(c)) = inspected else {
+        return Vec::new();
+    };
+    let Some(id) = c.id else {
+        return Vec::new();
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !mounts_show_container(&mountinfo, &id) {
+        return Vec::new();
+    }
+    let mut aliases = vec![id];
+    if let Some(name) = c.name {
+        aliases.push(name.trim_start_matches('/').to_string());
+    }
+    aliases
+}
+
+/// Whether a mount table shows the files the engine gives container `id` (its hostname,
+/// hosts, resolv.conf), i.e. whether the reader runs in that container.
+fn mounts_show_container(mountinfo: &str, id: &str) -> bool {
+    id.len() == 64 && mountinfo.contains(&format!("/containers/{id}/"))
+}
+
+#[cfg(test)]
+mod own_container_tests {
+    #[test]
+    fn its_own_container_is_recognised_by_its_mounts_only() {
+        let id = "a".repeat(64);
+        let inside = format!(
+            "812 790 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n"
+        );
+        assert!(super::mounts_show_container(&inside, &id));
+        let other = "b".repeat(64);
+        assert!(!super::mounts_show_container(&inside, &other));
+        assert!(!super::mounts_show_container("", &id), "on the host");
+        assert!(
+            !super::mounts_show_container(&inside, "aaaaaaaaaaaa"),
+            "a short id is not enough"
+        );
     }
 }
