@@ -35,7 +35,7 @@ while (($#)); do
     --binary) BINARY="${2:?--binary needs a FILE}"; shift 2 ;;
     --suite) SUITE="${2:?--suite needs a NAME}"; shift 2 ;;
     --mirror) MIRROR="${2:?--mirror needs a URL}"; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--suite NAME] [--mirror URL])" ;;
   esac
 done
