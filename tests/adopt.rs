@@ -15,6 +15,15 @@ struct HandStarted {
     network: String,
 }
 
+/// Whatever the test did, the hand-started containers and their network go with it (the
+/// fixture removes them too once it exists; this covers a failure before it does).
+impl Drop for HandStarted {
+    fn drop(&mut self) {
+        common::remove_labelled(&self.label);
+        let _ = common::docker(&["network", "rm", &self.network]);
+    }
+}
+
 impl HandStarted {
     fn new(cluster: &str) -> Self {
         let label = format!("operator.test.adopt={cluster}");
