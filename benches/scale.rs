@@ -261,6 +261,14 @@ fn status_kb(pid: u32, field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The machine's 1-minute load average (`/proc/loadavg`): how much else ran beside.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// `utime + stime` of `/proc/PID/stat`, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
@@ -382,6 +390,8 @@ struct Row {
     e2d_p50_ms: f64,
     e2d_p99_ms: f64,
     e2d: Vec<f64>,
+    /// The machine's load average at the end of the idle minute.
+    load: f64,
 }
 
 fn measure(host: Option<&str>, n: usize, opts: &Options) -> Row {
@@ -422,8 +432,9 @@ fn measure(host: Option<&str>, n: usize, opts: &Options) -> Row {
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(opts.idle);
     let idle_pct = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let load = load_average();
     run.assert_alive();
-    eprintln!("  idle CPU {idle_pct:.2} % of a core");
+    eprintln!("  idle CPU {idle_pct:.2} % of a core (machine load average {load:.1})");
 
     eprintln!("  {} SIGKILLs one by one", opts.kills);
     let step = (n / opts.kills.max(1)).max(1);
@@ -487,6 +498,7 @@ fn measure(host: Option<&str>, n: usize, opts: &Options) -> Row {
         e2d_p50_ms: percentile(&e2d, 50.0),
         e2d_p99_ms: percentile(&e2d, 99.0),
         e2d,
+        load,
     }
 }
 
@@ -549,7 +561,7 @@ fn main() {
     println!("\nmet (first reconcile < 2 s, resync < 200 ms, RSS < 50 MB, idle < 1 % of a core):");
     for r in &rows {
         println!(
-            "{:>5}  first {}  resync {}  RSS {}  idle {}   (second start's first reconcile {:.0} ms; {} resync passes; {} event -> drift samples)",
+            "{:>5}  first {}  resync {}  RSS {}  idle {}   (second start's first reconcile {:.0} ms; {} resync passes; {} event -> drift samples; machine load average {:.1})",
             r.n,
             mark(r.first_s < GOAL_FIRST_S),
             mark(r.resync_ms < GOAL_RESYNC_MS),
@@ -557,7 +569,8 @@ fn main() {
             mark(r.idle_pct < GOAL_IDLE_PCT),
             r.first_again_s * 1e3,
             r.resync_passes,
-            r.e2d.len()
+            r.e2d.len(),
+            r.load
         );
     }
     println!("\ntime from a container's Docker event to its reconcile finding the drift:");
