@@ -13,7 +13,7 @@ use serde_json::Value;
 use common::etcd::Members;
 use common::operator::{TempDir, inspect, operator, operator_bin, wait_until};
 use common::prometheus::Prometheus;
-use common::{Cleanup, free_port, require_docker, unique};
+use common::{Cleanup, free_port, require_docker, run_with_timeout, unique};
 
 /// Three etcd members on host networking (loopback ports of their own) watched by a
 /// Prometheus; nothing runs until a drill's runner starts its controller.
@@ -126,7 +126,13 @@ spec:
             report.to_str().unwrap(),
         ];
         all.extend_from_slice(args);
-        operator(&all, None)
+        // The drill bounds itself: each trial waits at most its settle timeout (60 s) for
+        // the steady state. Two trials and as many under the baseline on a loaded machine
+        // can take minutes, so this bound sits above the sum of the drill's own and only
+        // catches a hang (the 120 s of `operator()` once cut a slow but healthy run).
+        let mut cmd = Command::new(operator_bin());
+        cmd.args(&all);
+        run_with_timeout(cmd, Duration::from_secs(600))
     }
 
     /// The same, in the background, its output in `log`.
