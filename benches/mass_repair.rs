@@ -42,12 +42,11 @@ mod arms;
 mod common;
 mod stats;
 
-use arms::{POLL_PERIOD, Poller, phase_jitter};
+use arms::{COMMAND, POLL_PERIOD, Poller, phase_jitter, run_arm_container};
 
-use common::{BUSYBOX_IMAGE as IMAGE, Fixture, TEST_LABEL, docker, docker_ok};
+use common::{BUSYBOX_IMAGE as IMAGE, Fixture, docker};
 use stats::summary;
 
-const COMMAND: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
 /// How long one arm may take to run again before the round is given up.
 const ARM_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -209,24 +208,7 @@ fn create_arm(names: &[String], label: &str, restart: &'static str) {
             .map(|name| {
                 let (name, label) = (name.clone(), label.to_string());
                 std::thread::spawn(move || {
-                    docker_ok(&[
-                        "run",
-                        "-d",
-                        "--name",
-                        &name,
-                        "--label",
-                        TEST_LABEL,
-                        "--label",
-                        &label,
-                        "--network",
-                        "host",
-                        "--restart",
-                        restart,
-                        IMAGE,
-                        "sh",
-                        "-c",
-                        COMMAND,
-                    ]);
+                    run_arm_container(&name, &label, restart);
                 })
             })
             .collect();

@@ -25,9 +25,9 @@ mod arms;
 mod common;
 mod stats;
 
-use arms::{POLL_PERIOD, Poller, phase_jitter};
+use arms::{POLL_PERIOD, Poller, phase_jitter, run_arm_container};
 
-use common::{BUSYBOX_IMAGE as IMAGE, Fixture, TEST_LABEL, docker_ok};
+use common::{BUSYBOX_IMAGE as IMAGE, Fixture, docker_ok};
 use stats::summary;
 
 fn pid_of(name: &str) -> Option<u32> {
@@ -95,24 +95,7 @@ fn main() {
         (&engine, &engine_label, "always"),
         (&poller, &poller_label, "no"),
     ] {
-        docker_ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--label",
-            TEST_LABEL,
-            "--label",
-            label,
-            "--network",
-            "host",
-            "--restart",
-            restart,
-            IMAGE,
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; while true; do sleep 1; done",
-        ]);
+        run_arm_container(name, label, restart);
     }
     let polling = Poller::start(&poller_label, POLL_PERIOD);
     let mut f = fixture

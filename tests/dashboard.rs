@@ -6,17 +6,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::operator::TempDir;
 use common::prometheus::Prometheus;
-use common::{free_port, run_with_timeout, unique};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use common::{free_port, repo, run_with_timeout, unique};
 
 fn dashboard(name: &str) -> serde_json::Value {
     let path = repo(&format!("docker/tikv/grafana/dashboards/{name}"));

@@ -6,31 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::operator::{TempDir, operator};
-use common::{run_with_timeout, unique};
+use common::{repo, run_with_timeout, succeeded, text, unique};
 use operator::manifest::{Adopt, Cluster, DesiredState, Remediation, Service, load};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn succeeded(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
 
 /// `operator import compose ARGS...`.
 fn import(args: &[&str]) -> Output {

@@ -12,35 +12,18 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::operator::{TempDir, inspect, operator, operator_bin, wait_until};
 use common::{
-    EMPTY_IMAGE, TEST_LABEL, docker, docker_ok, require_docker, run_with_timeout, unique,
+    EMPTY_IMAGE, TEST_LABEL, docker, docker_ok, repo, require_docker, run_with_timeout, succeeded,
+    text, unique,
 };
 
 /// The user the sidecar runs as here: not root, not the image's 10001.
 const NOBODY: u32 = 65534;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn succeeded(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
 
 /// Builds the image with the script users run, around the binary these tests were built
 /// with, under a tag of this run's own; removed again on drop.

@@ -12,7 +12,33 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::docker;
+use crate::common::{BUSYBOX_IMAGE, TEST_LABEL, docker, docker_ok};
+
+/// What every arm's container runs: a loop that ends at once on SIGTERM.
+pub const COMMAND: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+/// Starts `name` for an arm the controller does not own (the engine's or the poller's):
+/// labelled for the run, host network, the engine's restart policy `restart`.
+pub fn run_arm_container(name: &str, label: &str, restart: &str) {
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        TEST_LABEL,
+        "--label",
+        label,
+        "--network",
+        "host",
+        "--restart",
+        restart,
+        BUSYBOX_IMAGE,
+        "sh",
+        "-c",
+        COMMAND,
+    ]);
+}
 
 /// autoheal's default interval (`AUTOHEAL_INTERVAL=5`).
 pub const POLL_PERIOD: Duration = Duration::from_secs(5);

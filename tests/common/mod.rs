@@ -270,6 +270,27 @@ pub fn docker(args: &[&str]) -> Output {
     run_with_timeout(docker_command(None, args), docker_timeout())
 }
 
+/// A path inside this repository (the shipped compose files, dashboards, scripts).
+pub fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A program's output as text, lossily.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Panics, with the status, stdout and stderr, unless the program `what` succeeded.
+pub fn succeeded(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
 /// Runs `docker ARGS`; panics with its stderr unless it succeeds; returns stdout, trimmed.
 pub fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);
