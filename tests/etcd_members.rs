@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::etcd::{Members, health};
+use common::etcd::{Members, Probe, health, probe};
 use common::operator::inspect;
 use common::{Fixture, free_port};
 
@@ -27,6 +27,7 @@ fn three_members_from_the_builder_are_all_healthy_and_the_sampler_sees_it() {
     let started = Instant::now();
     // Nothing listens there: the probe says so rather than hanging or erring.
     assert!(!health(free_port()));
+    assert_eq!(probe(free_port()), Probe::Down);
 
     let b = Fixture::builder("members");
     let members = Members::new(b.cluster(), 3);
@@ -71,6 +72,10 @@ fn three_members_from_the_builder_are_all_healthy_and_the_sampler_sees_it() {
         "a frozen member counted: {frozen:?}"
     );
     assert_eq!(frozen.fraction_with_quorum(3), 0.0, "{frozen:?}");
+    // Frozen is there but unhealthy, never down: a rollout's "at most one down" must not
+    // count a member that is only slow.
+    assert_eq!(frozen.max_down(), 0, "{frozen:?}");
+    assert!(!frozen.saw_down(2), "{frozen:?}");
 
     eprintln!("etcd_members: {:?}", started.elapsed());
 }

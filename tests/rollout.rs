@@ -105,6 +105,7 @@ fn a_spec_change_rolls_out_one_member_at_a_time_and_the_group_keeps_its_quorum()
     // A moment more of sampling after the last member is back.
     std::thread::sleep(Duration::from_secs(1));
     let samples = sampler.stop();
+    eprintln!("rollout: {samples:?}");
     assert!(
         rolled,
         "not every member was rolled out; log:\n{}\n{}",
@@ -112,11 +113,22 @@ fn a_spec_change_rolls_out_one_member_at_a_time_and_the_group_keeps_its_quorum()
         members.logs(5)
     );
     assert!(samples.len() > 20, "too few samples: {samples:?}");
+    // The quorum is kept when no two members are away at once. Counted by members down
+    // (nothing serves their port), not by members answering healthy: while leadership moves
+    // off a member being stopped, etcd 3.4's `/health` (a quorum read) answers late on every
+    // member for a moment, with the group intact (CI once sampled 0 of 3 healthy, once).
     assert!(
-        samples.min_healthy() >= 2,
-        "fewer than two members answered /health during the rollout: {samples:?}\nlog:\n{}",
+        samples.max_down() <= 1,
+        "two members were down at once during the rollout: {samples:?}\nlog:\n{}",
         f.operator.log()
     );
+    // And the sampler saw each member go (or it could not have seen two at once).
+    for (i, name) in members.names().iter().enumerate() {
+        assert!(
+            samples.saw_down(i),
+            "{name} was never seen down, though it was recreated: {samples:?}"
+        );
+    }
     // One at a time: the log names each member held back while another was under way.
     let held = f
         .operator

@@ -22,7 +22,7 @@
 //! assert_eq!(samples.fraction_with_quorum(2), 1.0, "{samples:?}");
 //! ```
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -323,48 +323,80 @@ fn quote(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
+/// What one `/health` probe of a member saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// 200 with `{"health": "true"}`.
+    Healthy,
+    /// The member is there but not healthy: it answered anything else (503 while it has no
+    /// leader, say), or took the connection and did not answer within [`HEALTH_TIMEOUT`]
+    /// (frozen, or waiting on Raft: etcd 3.4's `/health` is a quorum read of up to 1 s, so
+    /// every member of a healthy group answers late for a moment while leadership moves).
+    Unhealthy,
+    /// Nothing serves the port: refused, or closed or reset before a byte of an answer (a
+    /// stopped, removed or not yet started member on host networking).
+    Down,
+}
+
 /// `GET http://127.0.0.1:PORT/health` with [`HEALTH_TIMEOUT`] to connect and to read: true
 /// iff the answer is 200 with a JSON body whose `health` is `"true"`. Anything else (refused,
 /// timed out, 503, no leader, garbage) is false.
 pub fn health(client_port: u16) -> bool {
+    probe(client_port) == Probe::Healthy
+}
+
+/// One `/health` probe of the member on `client_port`, told apart as [`Probe`] says.
+pub fn probe(client_port: u16) -> Probe {
     let addr = SocketAddr::from(([127, 0, 0, 1], client_port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, HEALTH_TIMEOUT) else {
-        return false;
+    let mut stream = match TcpStream::connect_timeout(&addr, HEALTH_TIMEOUT) {
+        Ok(stream) => stream,
+        // A full backlog on loopback: something holds the port but does not accept.
+        Err(e) if e.kind() == ErrorKind::TimedOut => return Probe::Unhealthy,
+        Err(_) => return Probe::Down,
     };
     let deadline = Instant::now() + HEALTH_TIMEOUT;
     if stream.set_write_timeout(Some(HEALTH_TIMEOUT)).is_err() {
-        return false;
+        return Probe::Unhealthy;
     }
     // HTTP/1.0: the server closes after one answer and never chunks it.
     let request = format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{client_port}\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
-        return false;
+        return Probe::Down;
     }
     let mut response = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return false;
+            return Probe::Unhealthy;
         }
         match stream.read(&mut buf) {
+            Ok(0) if response.is_empty() => return Probe::Down,
             Ok(0) => break,
             Ok(n) => response.extend_from_slice(&buf[..n]),
-            Err(_) => return false,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Probe::Unhealthy;
+            }
+            Err(_) if response.is_empty() => return Probe::Down,
+            Err(_) => return Probe::Unhealthy,
         }
         if response.len() > 64 * 1024 {
-            return false;
+            return Probe::Unhealthy;
         }
     }
     let text = String::from_utf8_lossy(&response);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
+        return Probe::Unhealthy;
     };
     let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return false;
+    let healthy = status.split_whitespace().nth(1) == Some("200")
+        && serde_json::from_str::<serde_json::Value>(body.trim())
+            .is_ok_and(|v| v["health"] == "true");
+    if healthy {
+        Probe::Healthy
+    } else {
+        Probe::Unhealthy
     }
-    serde_json::from_str::<serde_json::Value>(body.trim()).is_ok_and(|v| v["health"] == "true")
 }
 
 /// A background thread probing `/health` of every member (all at once) every
@@ -372,7 +404,7 @@ pub fn health(client_port: u16) -> bool {
 /// too.
 pub struct HealthSampler {
     stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<Vec<usize>>>,
+    thread: Option<JoinHandle<Vec<Vec<Probe>>>>,
     members: usize,
 }
 
@@ -388,16 +420,15 @@ impl HealthSampler {
                 let mut samples = Vec::new();
                 loop {
                     let started = Instant::now();
-                    let healthy = std::thread::scope(|s| {
+                    let sample = std::thread::scope(|s| {
                         let probes: Vec<_> =
-                            ports.iter().map(|&p| s.spawn(move || health(p))).collect();
+                            ports.iter().map(|&p| s.spawn(move || probe(p))).collect();
                         probes
                             .into_iter()
-                            .map(|h| h.join().unwrap_or(false))
-                            .filter(|&ok| ok)
-                            .count()
+                            .map(|h| h.join().unwrap_or(Probe::Unhealthy))
+                            .collect::<Vec<_>>()
                     });
-                    samples.push(healthy);
+                    samples.push(sample);
                     let wait = SAMPLE_INTERVAL.saturating_sub(started.elapsed());
                     match stopped.recv_timeout(wait) {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -416,14 +447,22 @@ impl HealthSampler {
 
     /// Stops the thread (after the sample in flight) and returns what it saw.
     pub fn stop(mut self) -> Samples {
-        let healthy = self.finish();
+        let probes = self.finish();
+        let count = |want: Probe| -> Vec<usize> {
+            probes
+                .iter()
+                .map(|sample| sample.iter().filter(|&&p| p == want).count())
+                .collect()
+        };
         Samples {
-            healthy,
+            healthy: count(Probe::Healthy),
+            down: count(Probe::Down),
+            probes,
             members: self.members,
         }
     }
 
-    fn finish(&mut self) -> Vec<usize> {
+    fn finish(&mut self) -> Vec<Vec<Probe>> {
         drop(self.stop.take());
         self.thread
             .take()
@@ -443,11 +482,16 @@ impl Drop for HealthSampler {
     }
 }
 
-/// What a [`HealthSampler`] saw: per sample instant, how many members answered healthy.
-#[derive(Clone, Debug)]
+/// What a [`HealthSampler`] saw: per sample instant, how many members answered healthy and
+/// how many were down (see [`Probe`]).
+#[derive(Clone)]
 pub struct Samples {
     /// Healthy members at each sample, in order.
     pub healthy: Vec<usize>,
+    /// Members down (nothing serving their port) at each sample, in order.
+    pub down: Vec<usize>,
+    /// Each member's probe at each sample, in order.
+    pub probes: Vec<Vec<Probe>>,
     /// How many members were probed at each sample.
     pub members: usize,
 }
@@ -477,8 +521,60 @@ impl Samples {
         self.healthy.iter().copied().min().unwrap_or(0)
     }
 
+    /// The most members down at once at any sample (0 when nothing was sampled).
+    pub fn max_down(&self) -> usize {
+        self.down.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Whether member `i` was down at some sample.
+    pub fn saw_down(&self, i: usize) -> bool {
+        self.probes.iter().any(|s| s.get(i) == Some(&Probe::Down))
+    }
+
     /// The most healthy members at any sample (0 when nothing was sampled).
     pub fn max_healthy(&self) -> usize {
         self.healthy.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// One line per sample (`H` healthy, `u` unhealthy, `.` down, a column per member), run
+/// together where samples repeat: `HHH x40, HuH, H.H x12, ...`. Readable in a failed
+/// assertion, unlike a few hundred numbers.
+impl std::fmt::Debug for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let row = |s: &Vec<Probe>| -> String {
+            s.iter()
+                .map(|p| match p {
+                    Probe::Healthy => 'H',
+                    Probe::Unhealthy => 'u',
+                    Probe::Down => '.',
+                })
+                .collect()
+        };
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for sample in &self.probes {
+            let r = row(sample);
+            match runs.last_mut() {
+                Some((last, n)) if *last == r => *n += 1,
+                _ => runs.push((r, 1)),
+            }
+        }
+        let text: Vec<String> = runs
+            .iter()
+            .map(|(r, n)| {
+                if *n == 1 {
+                    r.clone()
+                } else {
+                    format!("{r} x{n}")
+                }
+            })
+            .collect();
+        write!(
+            f,
+            "{} samples of {} members: {}",
+            self.probes.len(),
+            self.members,
+            text.join(", ")
+        )
     }
 }
