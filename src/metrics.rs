@@ -53,6 +53,9 @@ pub struct Metrics {
     pub first_reconcile: Gauge<f64, AtomicU64>,
     /// Time one periodic resync takes to reconcile every service once.
     pub resync_seconds: Histogram,
+    /// Services a resync counted as looked at because the engine's list showed them as at
+    /// their last clean reconcile (not inspected again).
+    pub resync_unchanged: Counter,
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -223,10 +226,17 @@ impl Metrics {
             "Time one periodic resync takes to reconcile every service once",
             resync_seconds.clone(),
         );
+        let resync_unchanged = Counter::default();
+        registry.register(
+            "resync_unchanged",
+            "Services a resync counted as looked at because the engine's list showed them as at their last clean reconcile",
+            resync_unchanged.clone(),
+        );
         Metrics {
             registry,
             first_reconcile,
             resync_seconds,
+            resync_unchanged,
             check_failing,
             check_no_data,
             observability_up,

@@ -501,7 +501,9 @@ pub struct RunArgs {
     /// sets OPERATOR_LISTEN=0.0.0.0:9464 so its network can scrape it).
     #[arg(long, env = "OPERATOR_LISTEN", default_value = crate::server::DEFAULT_LISTEN, value_parser = parse_listen, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
-    /// Re-diff every service this often, whatever the events say (e.g. 30s, 5m).
+    /// Compare every service with the engine this often, whatever the events say (e.g.
+    /// 30s, 5m): one list of the engine; a service it shows as at its last clean look is not
+    /// inspected again, each is looked at in full at least every 10 resyncs.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration, value_name = "DUR")]
     pub resync: Duration,
     #[command(flatten)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::EndpointSettings;
 use bollard::models::{
-    ContainerInspectResponse, NetworkConnectRequest, NetworkCreateRequest,
+    ContainerInspectResponse, ContainerSummary, NetworkConnectRequest, NetworkCreateRequest,
     NetworkDisconnectRequest, NetworkInspect,
 };
 use bollard::query_parameters::{
@@ -124,6 +124,18 @@ impl Actions {
         )
         .await?
         .found()
+    }
+
+    /// The engine's list line of every container of ours (of every container when
+    /// `adopting`): one call, for a periodic resync.
+    pub async fn list(&self, adopting: bool) -> Result<Vec<ContainerSummary>, DockerError> {
+        call(
+            "list containers",
+            self.limits.call,
+            super::watcher::list_lines(&self.docker, adopting),
+        )
+        .await?
+        .required()
     }
 
     pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
-use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, EventMessage, EventMessageTypeEnum,
+};
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -380,26 +382,32 @@ impl InFlight {
     }
 }
 
+/// The engine's list line of every container carrying our label, stopped ones too; of every
+/// container when `adopting` (adopted containers carry no label to filter on).
+pub async fn list_lines(
+    docker: &Docker,
+    adopting: bool,
+) -> Result<Vec<ContainerSummary>, bollard::errors::Error> {
+    let label = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
+    let filters = HashMap::from([("label", vec![label.as_str()])]);
+    let options = if adopting {
+        ListContainersOptionsBuilder::default().all(true).build()
+    } else {
+        ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build()
+    };
+    docker.list_containers(Some(options)).await
+}
+
 /// Lists every container carrying our label, and those the manifests adopt by name
 /// (`adoptable`: name to key), inspected for health and networks.
 pub async fn list_owned(
     docker: &Docker,
     adoptable: &HashMap<String, ServiceKey>,
 ) -> Result<Vec<ObservedContainer>, DockerError> {
-    let label = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
-    let filters = HashMap::from([("label", vec![label.as_str()])]);
-    // Adopted containers carry no label to filter on: then every container is listed and
-    // only ours and the adopted names are inspected.
-    let options = if adoptable.is_empty() {
-        ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build()
-    } else {
-        ListContainersOptionsBuilder::default().all(true).build()
-    };
-    let summaries = docker
-        .list_containers(Some(options))
+    let summaries = list_lines(docker, !adoptable.is_empty())
         .await
         .map_err(|source| DockerError::api("list containers", source))?;
     let wanted = |s: &bollard::models::ContainerSummary| {

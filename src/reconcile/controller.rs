@@ -41,10 +41,16 @@ use super::checks::{CheckRecorder, CheckRestartMessage, CheckViews};
 use super::disruption::Disruptions;
 use super::passes::{Finished, PassKind, Passes};
 use super::queue::WorkQueue;
+use super::resync::{Appearance, CleanLooks};
 use super::state::RepairBudget;
 
 /// How long `--once` waits past the settle time for a repaired service's healthcheck.
 const ONCE_HEALTH_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a resync waits for the engine's list before it looks at every service in full.
+/// The loop waits with it (events queue in their channel), so it is short: a list of a
+/// thousand containers takes tens of milliseconds.
+const RESYNC_LIST_LIMIT: Duration = Duration::from_secs(5);
 
 /// How often the ticket store is checked for changes made by other processes.
 const STORE_POLL: Duration = Duration::from_secs(1);
@@ -329,6 +335,9 @@ pub(super) struct Shared {
     desired_changed: tokio::sync::Notify,
     /// The first pass and the resync under way, for their timings.
     passes: Mutex<Passes<ServiceKey>>,
+    /// What each quiet, clean key looked like at its last reconcile, so a resync need not
+    /// look at it in full while the engine's list shows it unchanged.
+    pub clean_looks: Mutex<CleanLooks>,
 }
 
 /// Drops the series of checks (and of clusters' observability) that `before` declared and
@@ -473,6 +482,7 @@ impl ControllerBuilder {
                 completions_rx: Mutex::new(Some(completions_rx)),
                 desired_changed: tokio::sync::Notify::new(),
                 passes: Mutex::new(Passes::new()),
+                clean_looks: Mutex::new(CleanLooks::default()),
             }),
         }
     }
@@ -539,6 +549,7 @@ impl Controller {
         let done = lock(&shared.passes).retain(declared, std::time::Instant::now());
         self.passes_done(done);
         shared.cache.set_adoptable(&desired);
+        lock(&shared.clean_looks).clear();
         *shared.desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(desired);
         shared.desired_changed.notify_one();
         self.enqueue_all();
@@ -585,6 +596,63 @@ impl Controller {
             .metrics
             .queue_depth
             .set(self.shared.queue.len() as i64);
+    }
+
+    /// A periodic resync: one list of the engine; the keys it shows unchanged since their
+    /// last clean look count as looked at, the rest are reconciled in full (see
+    /// [`super::resync`]). The list is bounded by [`RESYNC_LIST_LIMIT`] (events wait in
+    /// their channel meanwhile); without it, every key is reconciled in full.
+    async fn resync(&self) {
+        let shared = &self.shared;
+        self.begin_pass(PassKind::Resync);
+        let adoptable = shared.cache.adoptable_names();
+        let listed = tokio::time::timeout(
+            RESYNC_LIST_LIMIT,
+            shared.actions.list(!adoptable.is_empty()),
+        )
+        .await;
+        let lines = match listed {
+            Ok(Ok(lines)) => lines,
+            Ok(Err(e)) => {
+                debug!(error = %e, "resync: cannot list the engine; looking at every service");
+                return self.enqueue_all();
+            }
+            Err(_) => {
+                debug!(
+                    limit_s = RESYNC_LIST_LIMIT.as_secs(),
+                    "resync: the engine's list took too long; looking at every service"
+                );
+                return self.enqueue_all();
+            }
+        };
+        let listed: HashMap<String, Appearance> = lines
+            .iter()
+            .filter_map(|line| Appearance::listed(line, &adoptable))
+            .collect();
+        let now = Instant::now();
+        let plan = lock(&shared.clean_looks).plan(self.keys(), &listed, now, shared.config.resync);
+        debug!(
+            unchanged = plan.unchanged.len(),
+            look = plan.look.len(),
+            "resync: the engine's list shows {} services as at their last clean look",
+            plan.unchanged.len()
+        );
+        for key in plan.look {
+            shared.queue.add(key);
+        }
+        shared.metrics.queue_depth.set(shared.queue.len() as i64);
+        shared
+            .metrics
+            .resync_unchanged
+            .inc_by(plan.unchanged.len() as u64);
+        let mut passes = lock(&shared.passes);
+        let done: Vec<Finished> = plan
+            .unchanged
+            .iter()
+            .flat_map(|key| passes.reconciled(key, now.into_std(), now.into_std()))
+            .collect();
+        drop(passes);
+        self.passes_done(done);
     }
 
     /// Begins timing a full pass over every key now declared (enqueue them right after).
@@ -733,8 +801,7 @@ impl Controller {
                 _ = resync.tick() => {
                     debug!("periodic resync");
                     self.expire_leases().await;
-                    self.begin_pass(PassKind::Resync);
-                    self.enqueue_all();
+                    self.resync().await;
                 }
                 _ = store_poll.tick(), if shared.journal.is_some() => {
                     let Some(journal) = &shared.journal else { continue };

@@ -17,6 +17,7 @@ pub mod queue;
 pub mod quorum;
 mod removed;
 pub mod report;
+pub mod resync;
 mod service;
 pub mod state;
 

@@ -29,6 +29,7 @@ use super::controller::{CheckRestart, Lease, Outcome, Shared, lock};
 use super::decide::{Decision, Holds, decide};
 use super::diff::{Observation, diff};
 use super::quorum;
+use super::resync::Appearance;
 use super::state::{AgentGate, Clock, Gate, RepairBudget, agent_gate};
 
 /// How soon an action the quorum gate held back is looked at again.
@@ -215,6 +216,8 @@ struct KeyRun<'a> {
 /// Reconciles one key: observe, diff, decide, and (policy, budget and backoff permitting)
 /// remediate.
 pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
+    // Whatever this look finds, the last clean one no longer speaks for the key.
+    lock(&shared.clean_looks).forget(key);
     let event_at = lock(&shared.pending_events).remove(key);
     let desired = shared.desired();
     let Some(cluster) = desired.cluster(&key.cluster) else {
@@ -414,6 +417,13 @@ impl KeyRun<'_> {
                 return Outcome::Settling;
             }
             Decision::Clean { verified } => {
+                // Quiet: nothing to follow up that only a full look would see (a ticket to
+                // resolve, a check's restart, a member the gate waits for, a backoff to
+                // reset, restartWith); a resync may then trust the engine's list for it.
+                let mut quiet = verified
+                    && tickets.is_empty()
+                    && service.restart_with.is_empty()
+                    && !lock(&shared.check_restarts).contains_key(key);
                 let why_not_live = tickets
                     .iter()
                     .find(|t| t.fingerprint.is_check())
@@ -431,6 +441,7 @@ impl KeyRun<'_> {
                 if let Some(reset_at) = budget.saw_clean(now, verified, r) {
                     // Look again when the backoff is due to reset.
                     shared.queue.schedule(key.clone(), reset_at);
+                    quiet = false;
                 }
                 // Running but not yet healthy: an unhealthy episode is not over yet.
                 let still: HashSet<Fingerprint> = if verified {
@@ -486,6 +497,13 @@ impl KeyRun<'_> {
                             )
                             .await;
                     }
+                }
+                if quiet
+                    && !budget.escalated
+                    && shared.disruptions.get(key).is_none()
+                    && let Some(c) = observed.container.as_ref()
+                {
+                    lock(&shared.clean_looks).record(key.clone(), Appearance::observed(c), now);
                 }
                 return Outcome::Clean;
             }
