@@ -228,3 +228,37 @@ fn unique_names_do_not_collide() {
         "{name}"
     );
 }
+
+/// Whether a process runs (not gone, not a zombie).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_timed_out_command_is_stopped_with_what_it_started() {
+    // The shell's child keeps the output pipe open: stopping the shell alone would leave it
+    // running and the readers waiting for it (300 s).
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "sleep 300 & echo $!; wait"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(common::run_with_timeout(
+            cmd,
+            std::time::Duration::from_secs(1),
+        ));
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("run_with_timeout did not return within 60 s of its 1 s timeout");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("killed after"));
+    let sleeper: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the background sleep's pid");
+    assert!(!runs(sleeper), "the background sleep {sleeper} still runs");
+}

@@ -182,9 +182,9 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{pid}-{n}-{suffix}")
 }
 
-/// Runs `cmd` with stdin closed, collecting stdout and stderr; kills it after `timeout`
-/// (the returned status is then the kill's, and stderr says so). Panics only if the
-/// program cannot be started.
+/// Runs `cmd` with stdin closed, collecting stdout and stderr; after `timeout` it is
+/// stopped with everything it started ([`stop_tree`]; the returned status is then the
+/// kill's, and stderr says so). Panics only if the program cannot be started.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -212,6 +212,9 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
                 timed_out = true;
+                // Its children too: they would go on (a debootstrap under build-image.sh)
+                // and hold the output pipes open, so the readers below would never end.
+                stop_tree(child.id());
                 let _ = child.kill();
                 break child.wait().expect("wait for a killed child");
             }
@@ -232,6 +235,74 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
         stdout,
         stderr,
     }
+}
+
+/// SIGTERM to `pid` and every process under it (so a script's own trap can clean up), up to
+/// 10 s for them to go, then SIGKILL to whatever is left. Found through `/proc` (each
+/// process's parent), so it stays in the caller's process group: a Ctrl-C still reaches it.
+pub fn stop_tree(pid: u32) {
+    fn tree(root: u32) -> Vec<u32> {
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                // The command name may hold spaces and parens: the fields follow the last ')'.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+                Some((p, ppid))
+            })
+            .collect();
+        let mut found = vec![root];
+        let mut i = 0;
+        while i < found.len() {
+            let parent = found[i];
+            found.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        found
+    }
+    let signal = |sig: &str, pids: &[u32]| {
+        if pids.is_empty() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg(sig)
+            .args(pids.iter().map(u32::to_string))
+            .stderr(Stdio::null())
+            .status();
+    };
+    // Gathered as they are seen: once the root is gone, what it started belongs to init
+    // and no longer shows under it.
+    let mut seen: Vec<u32> = tree(pid);
+    signal("-TERM", &seen);
+    let alive = |seen: &[u32]| -> Vec<u32> {
+        seen.iter()
+            .copied()
+            .filter(|&p| p != pid && std::path::Path::new(&format!("/proc/{p}")).exists())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The root is the caller's child and stays a zombie until reaped: only the others are
+    // waited for.
+    while Instant::now() < deadline && !alive(&seen).is_empty() {
+        thread::sleep(Duration::from_millis(100));
+        for p in tree(pid) {
+            if !seen.contains(&p) {
+                seen.push(p);
+            }
+        }
+    }
+    let mut left = alive(&seen);
+    left.push(pid);
+    signal("-KILL", &left);
 }
 
 /// A `docker` CLI command, aimed at `host` (`-H`, e.g. `unix:///...`) or, with `None`, at
