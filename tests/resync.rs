@@ -53,7 +53,7 @@ fn resyncs(log: &str) -> Vec<(u64, u64)> {
         .filter(|v| {
             v["message"]
                 .as_str()
-                .is_some_and(|m| m.starts_with("resync: the engine's list shows"))
+                .is_some_and(|m| m.starts_with("resync: ") && m.contains(" unchanged in "))
         })
         .filter_map(|v| Some((v["unchanged"].as_u64()?, v["look"].as_u64()?)))
         .collect()

@@ -65,7 +65,8 @@ pub const DEFAULT_WORKERS: usize = 256;
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ControllerConfig {
-    /// Every key is re-diffed this often, whatever the events say.
+    /// How often every key is compared with the engine, whatever the events say (one list;
+    /// see [`super::resync`]).
     pub resync: Duration,
     /// Keys reconciled in parallel, each in a task of its own (never the same key twice).
     pub workers: usize,
@@ -634,8 +635,9 @@ impl Controller {
         debug!(
             unchanged = plan.unchanged.len(),
             look = plan.look.len(),
-            "resync: the engine's list shows {} services as at their last clean look",
-            plan.unchanged.len()
+            "resync: {} of {} services unchanged in the engine's list since their last clean look",
+            plan.unchanged.len(),
+            plan.unchanged.len() + plan.look.len()
         );
         for key in plan.look {
             shared.queue.add(key);
