@@ -51,7 +51,8 @@ pub struct Metrics {
     /// Seconds from the process's start to the end of its first full pass over every
     /// service (0 until then).
     pub first_reconcile: Gauge<f64, AtomicU64>,
-    /// Time one periodic resync takes to reconcile every service once.
+    /// Time one periodic resync takes, from its tick until every service was looked at (in
+    /// full, or found unchanged in the engine's list).
     pub resync_seconds: Histogram,
     /// Services a resync counted as looked at because the engine's list showed them as at
     /// their last clean reconcile (not inspected again).
@@ -223,7 +224,7 @@ impl Metrics {
         let resync_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "resync_seconds",
-            "Time one periodic resync takes to reconcile every service once",
+            "Time one periodic resync takes, from its tick until every service was looked at (in full, or found unchanged in the engine's list)",
             resync_seconds.clone(),
         );
         let resync_unchanged = Counter::default();

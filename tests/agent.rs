@@ -10,12 +10,10 @@ use serde_json::{Value, json};
 
 use common::claude::{ClaudeStandIn, Script, TEST_KEY};
 use common::operator::{is_running, operator, wait_until};
-use common::{BUSYBOX_IMAGE, Fixture, FixtureBuilder, cluster_yaml, docker_ok};
+use common::{BUSYBOX_IMAGE, Fixture, FixtureBuilder, LOOP, cluster_yaml, docker_ok};
 
 /// A secret in a manifest's env: `docker inspect` shows it, the model and the audit must not.
 const MANIFEST_SECRET: &str = "manifest-secret-0123456789";
-
-const LOOP: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
 
 /// One service `{cluster}-app` under `policy`, and the agent block.
 fn manifest(cluster: &str, remediation: &str, agent: &str) -> String {

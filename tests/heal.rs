@@ -7,10 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use common::operator::{inspect, is_running, state, tcp_listeners, wait_until};
-use common::{BUSYBOX_IMAGE, Fixture, TEST_LABEL, cluster_yaml, docker, docker_ok};
-
-/// A process that exits promptly on SIGTERM (busybox `sleep` as PID 1 would ignore it).
-const LOOP: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
+use common::{BUSYBOX_IMAGE, Fixture, LOOP, TEST_LABEL, cluster_yaml, docker, docker_ok};
 
 fn manifest(cluster: &str, env_value: &str) -> String {
     format!(

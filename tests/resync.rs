@@ -8,22 +8,13 @@ mod common;
 use std::time::Duration;
 
 use common::operator::wait_until;
-use common::{BUSYBOX_IMAGE, Fixture, TEST_LABEL, docker_ok};
-
-/// A process that exits promptly on SIGTERM (busybox `sleep` as PID 1 would ignore it).
-const LOOP: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
+use common::{BUSYBOX_IMAGE, Fixture, LOOP, TEST_LABEL, cluster_yaml, docker_ok};
 
 /// Three kinds of container a list line must read right: one with a healthcheck on the
 /// cluster's own network, one on host networking, and one started by hand and adopted.
 fn manifest(cluster: &str) -> String {
-    format!(
-        r#"apiVersion: operator/v1
-kind: Cluster
-metadata:
-  name: {cluster}
-spec:
-  services:
-    - name: {cluster}-checked
+    let services = format!(
+        r#"    - name: {cluster}-checked
       image: {BUSYBOX_IMAGE}
       command: {LOOP}
       healthcheck:
@@ -43,7 +34,8 @@ spec:
       command: {LOOP}
       adopt: true
 "#
-    )
+    );
+    cluster_yaml(cluster, &services)
 }
 
 /// Each resync's `(unchanged, look)` counts from the controller's JSON log, in order.

@@ -47,10 +47,18 @@ use super::state::RepairBudget;
 /// How long `--once` waits past the settle time for a repaired service's healthcheck.
 const ONCE_HEALTH_WAIT: Duration = Duration::from_secs(30);
 
-/// How long a resync waits for the engine's list before it looks at every service in full.
-/// The loop waits with it (events queue in their channel), so it is short: a list of a
-/// thousand containers takes tens of milliseconds.
+/// How long a resync waits for the engine's list before it looks at every service in full
+/// (a list of a thousand containers takes about 150 ms here).
 const RESYNC_LIST_LIMIT: Duration = Duration::from_secs(5);
+
+/// A resync's list of the engine (or why there is none), with the adopted names it was
+/// asked with.
+struct Listed {
+    lines: Result<Vec<bollard::models::ContainerSummary>, String>,
+    adoptable: HashMap<String, ServiceKey>,
+}
+
+type ListedTx = mpsc::UnboundedSender<Listed>;
 
 /// How often the ticket store is checked for changes made by other processes.
 const STORE_POLL: Duration = Duration::from_secs(1);
@@ -599,39 +607,51 @@ impl Controller {
             .set(self.shared.queue.len() as i64);
     }
 
-    /// A periodic resync: one list of the engine; the keys it shows unchanged since their
-    /// last clean look count as looked at, the rest are reconciled in full (see
-    /// [`super::resync`]). The list is bounded by [`RESYNC_LIST_LIMIT`] (events wait in
-    /// their channel meanwhile); without it, every key is reconciled in full.
-    async fn resync(&self) {
+    /// Lists the engine for a resync in a task of its own (bounded by [`RESYNC_LIST_LIMIT`]),
+    /// so events, completions and a stop are not held up by a slow engine; the answer comes
+    /// back on `listed`, for [`Controller::resync_listed`].
+    fn list_for_resync(&self, listed: &ListedTx) {
+        let actions = self.shared.actions.clone();
+        let adoptable = self.shared.cache.adoptable_names();
+        let listed = listed.clone();
+        tokio::spawn(async move {
+            let lines =
+                match tokio::time::timeout(RESYNC_LIST_LIMIT, actions.list(!adoptable.is_empty()))
+                    .await
+                {
+                    Ok(Ok(lines)) => Ok(lines),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!(
+                        "no answer within {} s",
+                        RESYNC_LIST_LIMIT.as_secs()
+                    )),
+                };
+            let _ = listed.send(Listed { lines, adoptable });
+        });
+    }
+
+    /// The resync's list is in: the keys it shows unchanged since their last clean look
+    /// count as looked at, the rest are reconciled in full (see [`super::resync`]); without
+    /// a list, every key is.
+    fn resync_listed(&self, listed: Listed) {
         let shared = &self.shared;
-        self.begin_pass(PassKind::Resync);
-        let adoptable = shared.cache.adoptable_names();
-        let listed = tokio::time::timeout(
-            RESYNC_LIST_LIMIT,
-            shared.actions.list(!adoptable.is_empty()),
-        )
-        .await;
-        let lines = match listed {
-            Ok(Ok(lines)) => lines,
-            Ok(Err(e)) => {
-                debug!(error = %e, "resync: cannot list the engine; looking at every service");
-                return self.enqueue_all();
-            }
-            Err(_) => {
-                debug!(
-                    limit_s = RESYNC_LIST_LIMIT.as_secs(),
-                    "resync: the engine's list took too long; looking at every service"
-                );
+        let lines = match listed.lines {
+            Ok(lines) => lines,
+            Err(error) => {
+                debug!(%error, "resync: cannot list the engine; looking at every service");
                 return self.enqueue_all();
             }
         };
-        let listed: HashMap<String, Appearance> = lines
+        let appearances: HashMap<String, Appearance> = lines
             .iter()
-            .filter_map(|line| Appearance::listed(line, &adoptable))
+            .filter_map(|line| Appearance::listed(line, &listed.adoptable))
             .collect();
-        let now = Instant::now();
-        let plan = lock(&shared.clean_looks).plan(self.keys(), &listed, now, shared.config.resync);
+        let plan = lock(&shared.clean_looks).plan(
+            self.keys(),
+            &appearances,
+            Instant::now(),
+            shared.config.resync,
+        );
         debug!(
             unchanged = plan.unchanged.len(),
             look = plan.look.len(),
@@ -647,11 +667,13 @@ impl Controller {
             .metrics
             .resync_unchanged
             .inc_by(plan.unchanged.len() as u64);
+        // Passes time by the process's clock (`std`), as `begin_pass` began it.
+        let now = std::time::Instant::now();
         let mut passes = lock(&shared.passes);
         let done: Vec<Finished> = plan
             .unchanged
             .iter()
-            .flat_map(|key| passes.reconciled(key, now.into_std(), now.into_std()))
+            .flat_map(|key| passes.reconciled(key, now, now))
             .collect();
         drop(passes);
         self.passes_done(done);
@@ -742,6 +764,9 @@ impl Controller {
         self.enqueue_all();
 
         let (repairs_tx, mut repairs_rx) = mpsc::unbounded_channel();
+        // The resync's list of the engine, answered by a task of its own.
+        let (listed_tx, mut listed_rx) = mpsc::unbounded_channel::<Listed>();
+        let mut listing = false;
         let checks_cancel = cancel.child_token();
         let checks_task = match &shared.journal {
             Some(journal) => {
@@ -803,7 +828,16 @@ impl Controller {
                 _ = resync.tick() => {
                     debug!("periodic resync");
                     self.expire_leases().await;
-                    self.resync().await;
+                    self.begin_pass(PassKind::Resync);
+                    // A list still under way from the previous tick answers for both.
+                    if !listing {
+                        listing = true;
+                        self.list_for_resync(&listed_tx);
+                    }
+                }
+                Some(listed) = listed_rx.recv() => {
+                    listing = false;
+                    self.resync_listed(listed);
                 }
                 _ = store_poll.tick(), if shared.journal.is_some() => {
                     let Some(journal) = &shared.journal else { continue };

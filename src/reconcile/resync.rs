@@ -11,9 +11,12 @@
 //! # Guarantees
 //! - A skip needs a match on everything the list shows of the container that a clean
 //!   verdict rests on: its id (a recreate), state, health, spec hash, owner and networks.
-//!   Anything else (a missed `docker update`, say) is caught by the full look every key gets
-//!   at least every [`FULL_LOOK_EVERY`] resyncs; the keys' turns are spread over resyncs
-//!   (by a hash of the key), so no one resync pays for all of them.
+//!   What a list line cannot show (a restart in place, whose `die` and `start` the event
+//!   stream missed; the options of the cluster's network; when the last healthcheck probe
+//!   ran) is caught by the full look every key gets at least every [`FULL_LOOK_EVERY`]
+//!   resyncs, 5 to 10 resyncs after its last (2.5 to 5 minutes at the default 30 s) instead
+//!   of at the next. The keys' turns are spread over resyncs (by a hash of the key), so no
+//!   one resync pays for all of them.
 //! - The controller forgets a key's appearance when its reconcile begins, and every manifest
 //!   change forgets them all: an appearance is only ever as new as the last clean verdict.
 //! - A failed list skips nothing.
@@ -148,6 +151,8 @@ struct CleanLook {
 #[derive(Debug, Default)]
 pub struct CleanLooks {
     looks: HashMap<ServiceKey, CleanLook>,
+    /// Counts manifest changes: a look begun under an older manifest is not recorded.
+    generation: u64,
 }
 
 /// What a resync does with each key.
@@ -160,20 +165,27 @@ pub struct Plan {
 }
 
 impl CleanLooks {
-    /// `key` was found clean and quiet at `now`, its container as `seen`.
-    pub fn record(&mut self, key: ServiceKey, seen: Appearance, now: Instant) {
-        self.looks.insert(key, CleanLook { seen, at: now });
+    /// `key` was found clean and quiet at `now`, its container as `seen`, by a look that
+    /// began at `generation` (what [`CleanLooks::forget`] returned): recorded unless the
+    /// manifests changed since.
+    pub fn record(&mut self, key: ServiceKey, seen: Appearance, now: Instant, generation: u64) {
+        if generation == self.generation {
+            self.looks.insert(key, CleanLook { seen, at: now });
+        }
     }
 
-    /// Something is about to look at `key` (or happened to it): its appearance no longer
-    /// speaks for it.
-    pub fn forget(&mut self, key: &ServiceKey) {
+    /// A look at `key` begins: its appearance no longer speaks for it. Returns the
+    /// generation to record the look's verdict with.
+    pub fn forget(&mut self, key: &ServiceKey) -> u64 {
         self.looks.remove(key);
+        self.generation
     }
 
-    /// The manifests changed: no appearance speaks for the new desired state.
+    /// The manifests changed: no appearance speaks for the new desired state, nor will one
+    /// from a look begun before.
     pub fn clear(&mut self) {
         self.looks.clear();
+        self.generation += 1;
     }
 
     pub fn len(&self) -> usize {
@@ -314,7 +326,8 @@ mod tests {
         let t0 = Instant::now();
         let mut looks = CleanLooks::default();
         for s in ["a", "b", "c", "d", "e", "f"] {
-            looks.record(key(s), appearance(s), t0);
+            let g = looks.forget(&key(s));
+            looks.record(key(s), appearance(s), t0, g);
         }
         let mut lines = vec![summary("a")];
         let mut stopped = summary("b");
@@ -337,12 +350,21 @@ mod tests {
         assert_eq!(plan.unchanged, vec![key("a")]);
         assert_eq!(plan.look, ["b", "c", "d", "e", "f", "g"].map(key).to_vec());
 
-        looks.forget(&key("a"));
+        let g = looks.forget(&key("a"));
         let plan = looks.plan([key("a")], &listed(&lines), t0 + RESYNC, RESYNC);
         assert_eq!(plan.look, vec![key("a")], "forgotten: looked at in full");
-        looks.record(key("a"), appearance("a"), t0);
+        // A manifest change while that look was under way: its verdict speaks for the old
+        // manifest and is not recorded; a look begun after it is.
         looks.clear();
         assert!(looks.is_empty());
+        looks.record(key("a"), appearance("a"), t0, g);
+        assert!(
+            looks.is_empty(),
+            "a look from before the change was recorded"
+        );
+        let g = looks.forget(&key("a"));
+        looks.record(key("a"), appearance("a"), t0, g);
+        assert_eq!(looks.len(), 1);
     }
 
     #[test]
@@ -353,7 +375,8 @@ mod tests {
         let names: Vec<String> = (0..1000).map(|i| format!("s{i}")).collect();
         let mut lines = Vec::new();
         for n in &names {
-            looks.record(key(n), appearance(n), t0);
+            let g = looks.forget(&key(n));
+            looks.record(key(n), appearance(n), t0, g);
             lines.push(summary(n));
         }
         let lines = listed(&lines);

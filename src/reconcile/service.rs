@@ -211,13 +211,15 @@ struct KeyRun<'a> {
     /// (so a `tickets retry` made while the action ran is not overwritten by an unchanged
     /// budget).
     stored: std::sync::Mutex<Option<crate::tickets::Budget>>,
+    /// The clean looks' generation when this reconcile began (see [`super::resync`]).
+    looks_generation: u64,
 }
 
 /// Reconciles one key: observe, diff, decide, and (policy, budget and backoff permitting)
 /// remediate.
 pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
     // Whatever this look finds, the last clean one no longer speaks for the key.
-    lock(&shared.clean_looks).forget(key);
+    let looks_generation = lock(&shared.clean_looks).forget(key);
     let event_at = lock(&shared.pending_events).remove(key);
     let desired = shared.desired();
     let Some(cluster) = desired.cluster(&key.cluster) else {
@@ -239,6 +241,7 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
         clock: Clock::now(),
         escalated_before: false,
         stored: std::sync::Mutex::new(None),
+        looks_generation,
     };
     let mut budget = match run.load_budget().await {
         Ok(budget) => budget,
@@ -503,7 +506,12 @@ impl KeyRun<'_> {
                     && shared.disruptions.get(key).is_none()
                     && let Some(c) = observed.container.as_ref()
                 {
-                    lock(&shared.clean_looks).record(key.clone(), Appearance::observed(c), now);
+                    lock(&shared.clean_looks).record(
+                        key.clone(),
+                        Appearance::observed(c),
+                        now,
+                        self.looks_generation,
+                    );
                 }
                 return Outcome::Clean;
             }

@@ -56,6 +56,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const TEST_LABEL: &str = "operator.test=true";
 /// Static busybox (sh, sleep, httpd, wget, nc, ...; `PATH=/bin`), built by `scripts/setup.sh`.
 pub const BUSYBOX_IMAGE: &str = "operator-local/busybox:latest";
+/// A manifest `command:` (a YAML flow list) for [`BUSYBOX_IMAGE`] that runs until stopped and
+/// exits at once on SIGTERM (busybox `sleep` as PID 1 would ignore it and wait out the stop
+/// timeout).
+pub const LOOP: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
 
 /// A one-cluster manifest: the header, then `services` (list items indented by 4 spaces).
 pub fn cluster_yaml(cluster: &str, services: &str) -> String {
