@@ -127,11 +127,16 @@ impl Actions {
     }
 
     /// The engine's list line of every container of ours (of every container when
-    /// `adopting`): one call, for a periodic resync.
-    pub async fn list(&self, adopting: bool) -> Result<Vec<ContainerSummary>, DockerError> {
+    /// `adopting`): one call, for a periodic resync, bounded by `limit` (shorter than
+    /// other calls': a resync without it looks at everything in full instead).
+    pub async fn list(
+        &self,
+        adopting: bool,
+        limit: Duration,
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
         call(
             "list containers",
-            self.limits.call,
+            limit,
             super::watcher::list_lines(&self.docker, adopting),
         )
         .await?

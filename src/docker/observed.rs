@@ -79,6 +79,22 @@ pub struct ObservedContainer {
     pub adopted: bool,
 }
 
+/// Whose a container with these labels and this name is, and whether it is adopted: ours
+/// by our labels (`None` if they name no cluster and service), or else adopted when the
+/// manifests adopt its name (`adoptable` gives the key a name is adopted for). One rule for
+/// an inspect ([`ObservedContainer::recognise`]) and a list line (the resync's).
+pub fn owner(
+    labels: &BTreeMap<String, String>,
+    name: &str,
+    adoptable: impl FnOnce(&str) -> Option<ServiceKey>,
+) -> Option<(ServiceKey, bool)> {
+    if is_managed(labels) {
+        let key = ServiceKey::new(labels.get(LABEL_CLUSTER)?, labels.get(LABEL_SERVICE)?);
+        return Some((key, false));
+    }
+    Some((adoptable(name)?, true))
+}
+
 /// Whether a label set marks a container as ours.
 pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
     labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE)
@@ -96,20 +112,15 @@ impl ObservedContainer {
         Some(Self::reduce(c, key, &labels, false))
     }
 
-    /// Reduces an inspect response of a container the manifest adopts for `key`. `None`
-    /// when it carries our labels (then it is ours by them, for whichever key they name).
-    pub fn adopted(c: &ContainerInspectResponse, key: ServiceKey) -> Option<ObservedContainer> {
-        let labels = labels_of(c);
-        (!is_managed(&labels)).then(|| Self::reduce(c, key, &labels, true))
-    }
-
     /// Ours by its labels, or adopted: its name is one the manifests adopt (`adoptable`
     /// gives the key a container name is adopted for).
     pub fn recognise(
         c: &ContainerInspectResponse,
         adoptable: impl FnOnce(&str) -> Option<ServiceKey>,
     ) -> Option<ObservedContainer> {
-        Self::from_inspect(c).or_else(|| Self::adopted(c, adoptable(&name_of(c))?))
+        let labels = labels_of(c);
+        let (key, adopted) = owner(&labels, &name_of(c), adoptable)?;
+        Some(Self::reduce(c, key, &labels, adopted))
     }
 
     fn reduce(

@@ -615,17 +615,10 @@ impl Controller {
         let adoptable = self.shared.cache.adoptable_names();
         let listed = listed.clone();
         tokio::spawn(async move {
-            let lines =
-                match tokio::time::timeout(RESYNC_LIST_LIMIT, actions.list(!adoptable.is_empty()))
-                    .await
-                {
-                    Ok(Ok(lines)) => Ok(lines),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!(
-                        "no answer within {} s",
-                        RESYNC_LIST_LIMIT.as_secs()
-                    )),
-                };
+            let lines = actions
+                .list(!adoptable.is_empty(), RESYNC_LIST_LIMIT)
+                .await
+                .map_err(|e| e.to_string());
             let _ = listed.send(Listed { lines, adoptable });
         });
     }

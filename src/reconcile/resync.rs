@@ -31,11 +31,8 @@ use bollard::models::{
     ContainerSummary, ContainerSummaryHealthStatusEnum, ContainerSummaryStateEnum,
 };
 
-use crate::docker::observed::is_managed;
-use crate::docker::{
-    ContainerStatus, HealthState, LABEL_CLUSTER, LABEL_SERVICE, LABEL_SPEC_HASH, ObservedContainer,
-    ServiceKey,
-};
+use crate::docker::observed::owner;
+use crate::docker::{ContainerStatus, HealthState, LABEL_SPEC_HASH, ObservedContainer, ServiceKey};
 
 /// A key is looked at in full at least once every this many resyncs (and at most half as
 /// often: its turn is jittered between the two).
@@ -80,11 +77,7 @@ impl Appearance {
             .to_string();
         let labels: std::collections::BTreeMap<String, String> =
             s.labels.clone().unwrap_or_default().into_iter().collect();
-        let key = if is_managed(&labels) {
-            ServiceKey::new(labels.get(LABEL_CLUSTER)?, labels.get(LABEL_SERVICE)?)
-        } else {
-            adoptable.get(&name)?.clone()
-        };
+        let (key, _) = owner(&labels, &name, |name| adoptable.get(name).cloned())?;
         // As an inspect reads them ("stopping" is no longer running); an empty state is
         // nothing to match on.
         let status = match s.state? {

@@ -447,17 +447,8 @@ impl HealthSampler {
 
     /// Stops the thread (after the sample in flight) and returns what it saw.
     pub fn stop(mut self) -> Samples {
-        let probes = self.finish();
-        let count = |want: Probe| -> Vec<usize> {
-            probes
-                .iter()
-                .map(|sample| sample.iter().filter(|&&p| p == want).count())
-                .collect()
-        };
         Samples {
-            healthy: count(Probe::Healthy),
-            down: count(Probe::Down),
-            probes,
+            probes: self.finish(),
             members: self.members,
         }
     }
@@ -482,14 +473,9 @@ impl Drop for HealthSampler {
     }
 }
 
-/// What a [`HealthSampler`] saw: per sample instant, how many members answered healthy and
-/// how many were down (see [`Probe`]).
+/// What a [`HealthSampler`] saw: each member's [`Probe`] at each sample instant.
 #[derive(Clone)]
 pub struct Samples {
-    /// Healthy members at each sample, in order.
-    pub healthy: Vec<usize>,
-    /// Members down (nothing serving their port) at each sample, in order.
-    pub down: Vec<usize>,
     /// Each member's probe at each sample, in order.
     pub probes: Vec<Vec<Probe>>,
     /// How many members were probed at each sample.
@@ -499,31 +485,38 @@ pub struct Samples {
 impl Samples {
     /// How many samples were taken.
     pub fn len(&self) -> usize {
-        self.healthy.len()
+        self.probes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.healthy.is_empty()
+        self.probes.is_empty()
+    }
+
+    /// How many members were `probe` at each sample, in order.
+    fn count(&self, probe: Probe) -> impl Iterator<Item = usize> + '_ {
+        self.probes
+            .iter()
+            .map(move |sample| sample.iter().filter(|&&p| p == probe).count())
     }
 
     /// The share of samples (0.0 to 1.0) with at least `needed` healthy members; 0.0 when
     /// nothing was sampled.
     pub fn fraction_with_quorum(&self, needed: usize) -> f64 {
-        if self.healthy.is_empty() {
+        if self.is_empty() {
             return 0.0;
         }
-        let ok = self.healthy.iter().filter(|&&h| h >= needed).count();
-        ok as f64 / self.healthy.len() as f64
+        let ok = self.count(Probe::Healthy).filter(|&h| h >= needed).count();
+        ok as f64 / self.len() as f64
     }
 
     /// The fewest healthy members at any sample (0 when nothing was sampled).
     pub fn min_healthy(&self) -> usize {
-        self.healthy.iter().copied().min().unwrap_or(0)
+        self.count(Probe::Healthy).min().unwrap_or(0)
     }
 
     /// The most members down at once at any sample (0 when nothing was sampled).
     pub fn max_down(&self) -> usize {
-        self.down.iter().copied().max().unwrap_or(0)
+        self.count(Probe::Down).max().unwrap_or(0)
     }
 
     /// Whether member `i` was down at some sample.
@@ -533,7 +526,7 @@ impl Samples {
 
     /// The most healthy members at any sample (0 when nothing was sampled).
     pub fn max_healthy(&self) -> usize {
-        self.healthy.iter().copied().max().unwrap_or(0)
+        self.count(Probe::Healthy).max().unwrap_or(0)
     }
 }
 

@@ -22,7 +22,7 @@
 //! * [`prometheus::Prometheus`]: Debian's Prometheus on the host, scraping loopback targets.
 //! * [`etcd::Members`]: N etcd members run by the controller (their services, groups and
 //!   whole manifest), [`etcd::health`] (one `/health` probe) and [`etcd::HealthSampler`]
-//!   (how many members are healthy, every 50 ms, in the background).
+//!   (each member healthy, unhealthy or down, every 50 ms, in the background).
 //! * [`claude::ClaudeStandIn`]: a local Claude Messages API answering from a script, strict
 //!   about requests the real API refuses (no Docker needed).
 //!
