@@ -10,7 +10,13 @@
 #   5. docker import with docker/Dockerfile's runtime instructions (ENTRYPOINT, CMD, ENV,
 #      USER, WORKDIR, EXPOSE, LABEL, HEALTHCHECK), plus the commit it was built from.
 #
-# Usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--suite NAME] [--mirror URL]
+# With --toolbox it builds the agent's toolbox instead (operator-toolbox:latest): the same root
+# and tools without the controller (no binary, no manifests), run as nobody (65534), whose
+# command is `sleep infinity`. The controller starts one container of it per agent session
+# (docs/agent.md); the sidecar uses its own image for that and needs no toolbox image.
+#
+# Usage: scripts/build-image.sh [--toolbox] [--tag NAME] [--binary FILE] [--suite NAME] [--mirror URL]
+#   --toolbox      build the agent's toolbox image (default tag operator-toolbox:latest)
 #   --tag NAME     the image's name (default operator:latest)
 #   --binary FILE  put this operator binary in the image instead of building one
 #   --suite NAME   the Debian release of the image (default: this host's, from
@@ -25,20 +31,29 @@ LOG_TAG=build-image
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-TAG=operator:latest
+TAG=
+TOOLBOX=0
 BINARY=
 SUITE=
 MIRROR=
 while (($#)); do
   case "$1" in
+    --toolbox) TOOLBOX=1; shift ;;
     --tag) TAG="${2:?--tag needs a NAME}"; shift 2 ;;
     --binary) BINARY="${2:?--binary needs a FILE}"; shift 2 ;;
     --suite) SUITE="${2:?--suite needs a NAME}"; shift 2 ;;
     --mirror) MIRROR="${2:?--mirror needs a URL}"; shift 2 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) die "unknown argument: $1 (usage: scripts/build-image.sh [--tag NAME] [--binary FILE] [--suite NAME] [--mirror URL])" ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    *) die "unknown argument: $1 (usage: scripts/build-image.sh [--toolbox] [--tag NAME] [--binary FILE] [--suite NAME] [--mirror URL])" ;;
   esac
 done
+
+if ((TOOLBOX)); then
+  TAG=${TAG:-operator-toolbox:latest}
+  [[ -z "$BINARY" ]] || die "--binary and --toolbox do not go together: the toolbox has no controller in it"
+else
+  TAG=${TAG:-operator:latest}
+fi
 
 [[ "$(id -u)" == 0 ]] || die "building the image needs root (debootstrap, chroot); run it as root"
 command -v debootstrap >/dev/null || die "debootstrap is not installed: apt-get install debootstrap (scripts/setup.sh installs it)"
@@ -73,12 +88,14 @@ trap 'cleanup; exit 143' TERM HUP
 root="$work/root"
 
 # --- the binary ------------------------------------------------------------------------
-if [[ -z "$BINARY" ]]; then
+if ((TOOLBOX)); then
+  :
+elif [[ -z "$BINARY" ]]; then
   log "cargo build --release --locked"
   cargo build --release --locked --quiet
   BINARY=target/release/operator
 fi
-[[ -x "$BINARY" ]] || die "$BINARY is not an executable file"
+((TOOLBOX)) || [[ -x "$BINARY" ]] || die "$BINARY is not an executable file"
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 
 # --- the root file system ----------------------------------------------------------------
@@ -99,6 +116,7 @@ dpkg-deb --fsys-tarfile "$work"/deb/docker.io_*.deb | tar -x -C "$work/deb" ./us
 install -m 0755 "$work/deb/usr/bin/docker" "$root/usr/bin/docker"
 
 # --- the controller, its manifests, its user ------------------------------------------------
+if ((!TOOLBOX)); then
 install -m 0755 "$BINARY" "$root/usr/local/bin/operator"
 strip "$root/usr/local/bin/operator" 2>/dev/null || true
 mkdir -p "$root/etc/operator/manifests"
@@ -109,6 +127,7 @@ echo 'operator:*:20000:0:99999:7:::' >>"$root/etc/shadow"
 # 0755, as useradd -m makes it: compose runs the sidecar as you (OPERATOR_UID), who must
 # reach the database folder mounted below it.
 install -d -m 0755 -o 10001 -g 10001 "$root/home/operator"
+fi
 
 # --- small: what a runtime never reads ------------------------------------------------------
 rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,linda} "$root"/var/cache/apt/* \
@@ -116,16 +135,25 @@ rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,linda} "$root"/var/cache/a
 # debootstrap leaves the host's resolver; the engine writes the container's own.
 : >"$root/etc/resolv.conf"
 # A check that the binary runs in this root (glibc, its libraries), before importing it.
-chroot "$root" /usr/local/bin/operator --version >/dev/null ||
-  die "the operator binary does not run inside the image's root (a library missing?)"
+if ((!TOOLBOX)); then
+  chroot "$root" /usr/local/bin/operator --version >/dev/null ||
+    die "the operator binary does not run inside the image's root (a library missing?)"
+fi
 chroot "$root" /usr/bin/docker --version >/dev/null || die "the docker client does not run inside the image's root"
 
 # --- import with the Dockerfile's runtime instructions ----------------------------------------
 changes=()
+if ((TOOLBOX)); then
+  # The controller gives every toolbox its own user, command, environment and mounts; these
+  # are what a person running the image by hand gets.
+  changes+=(--change 'USER 65534:65534' --change 'WORKDIR /tmp' --change 'ENV HOME=/tmp'
+    --change 'CMD ["sleep", "infinity"]' --change 'LABEL org.opencontainers.image.title=operator-toolbox')
+else
 while IFS= read -r line; do
   changes+=(--change "$line")
 done < <(awk '/^FROM /{buf=""} /^(ENTRYPOINT|CMD|ENV|USER|WORKDIR|EXPOSE|LABEL|HEALTHCHECK) /{buf=buf $0 "\n"} END{printf "%s", buf}' docker/Dockerfile)
 ((${#changes[@]} > 0)) || die "no runtime instructions found in docker/Dockerfile's last stage"
+fi
 changes+=(--change "LABEL org.opencontainers.image.revision=$commit")
 changes+=(--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 

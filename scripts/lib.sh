@@ -12,6 +12,8 @@ PRIVATE_DOCKERD_DIR="${OPERATOR_TEST_PRIVATE_DOCKERD_DIR:-$OPERATOR_CI_STATE/pri
 
 TEST_LABEL="operator.test=true"
 EMPTY_IMAGE="operator-local/empty:latest"
+# The agent's toolbox on a host (the sidecar uses its own image); the controller's default.
+TOOLBOX_IMAGE="operator-toolbox:latest"
 BUSYBOX_IMAGE="operator-local/busybox:latest"
 
 log() { printf '[%s] %s\n' "${LOG_TAG:-operator-ci}" "$*"; }

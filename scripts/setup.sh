@@ -9,7 +9,10 @@
 #        operator-local/empty:latest    empty image, run host binaries with the host's
 #                                       /usr /lib /lib64 /bin /etc bind-mounted read-only;
 #        operator-local/busybox:latest  static busybox with its applets in /bin;
-#   4. checks that both images run.
+#        operator-toolbox:latest        the agent's toolbox (scripts/build-image.sh --toolbox:
+#                                       Debian minbase with the docker client, curl, jq; about
+#                                       a minute, from Debian's mirror, once);
+#   4. checks that the images run.
 #
 # Usage: scripts/setup.sh [--rebuild]     (--rebuild: re-import the images even if present)
 # Env:   OPERATOR_CI_STATE (default /tmp/operator-ci), OPERATOR_CI_RUN_ID (set by scripts/test.sh),
@@ -216,6 +219,16 @@ build_busybox() {
 }
 
 # ---------------------------------------------------------------------------------------
+build_toolbox() {
+  if image_exists "$TOOLBOX_IMAGE" && ((!REBUILD)); then
+    log "image $TOOLBOX_IMAGE: present"
+    return
+  fi
+  log "image $TOOLBOX_IMAGE: scripts/build-image.sh --toolbox"
+  "$(dirname "${BASH_SOURCE[0]}")/build-image.sh" --toolbox --tag "$TOOLBOX_IMAGE" >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------
 # 4. Checks
 # ---------------------------------------------------------------------------------------
 verify() {
@@ -229,11 +242,17 @@ verify() {
     -v /usr:/usr:ro -v /lib:/lib:ro -v /lib64:/lib64:ro -v /bin:/bin:ro -v /etc:/etc:ro \
     "$EMPTY_IMAGE" /usr/bin/etcd --version) || die "cannot run /usr/bin/etcd in $EMPTY_IMAGE"
   log "check: $EMPTY_IMAGE runs host binaries ($(head -n 1 <<<"$out"))"
+
+  out=$(docker run --rm --label "$TEST_LABEL" --network none --read-only --cap-drop ALL \
+    "$TOOLBOX_IMAGE" sh -c 'docker --version && curl --version >/dev/null && jq --version >/dev/null') ||
+    die "cannot run $TOOLBOX_IMAGE (docker, curl and jq in it)"
+  log "check: $TOOLBOX_IMAGE runs ($out)"
 }
 
 install_packages
 start_dockerd
 build_empty
 build_busybox
+build_toolbox
 verify
 log "ready in $(($(date +%s) - START_TIME)) s"

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::docker::ServiceKey;
-use crate::manifest::{DesiredState, SafetyMode, VolumeMount};
+use crate::manifest::{DesiredState, SafetyMode};
 use crate::metrics::Metrics;
 use crate::remediation::{
     Completed, Completions, Dispatch, RemediationError, RemediationRequest, Remediator, SessionId,
@@ -42,7 +42,8 @@ use crate::tickets::{
 use super::api;
 use super::audit::{AuditLog, Redactor};
 use super::prompt;
-use super::safety::SafetyContext;
+use super::proxy::Registry;
+use super::sandbox::{OwnContainer, Sandbox, SandboxSpec};
 use super::session::{self, SessionConfig, SessionDeps};
 use super::shell::{ChildEnv, EnvPolicy};
 use super::tools::ToolContext;
@@ -75,6 +76,9 @@ pub struct AgentConfig {
     /// How long a ticket claim lasts unless renewed (a dead dispatcher frees its ticket after
     /// it).
     pub claim_ttl: Duration,
+    /// The toolbox image (`--toolbox-image`); by default the sidecar's own, or
+    /// [`super::toolbox::DEFAULT_IMAGE`] on a host.
+    pub toolbox_image: Option<String>,
 }
 
 /// How a budget refusal begins when the tokens used cannot be read.
@@ -121,6 +125,9 @@ struct Inner {
     /// Why dispatching stopped for good (a fatal API answer).
     stopped: Mutex<Option<String>>,
     http: reqwest::Client,
+    /// What the sessions' proxies have under way, per cluster (the quorum gate's state for
+    /// the agent's requests, shared by every session of this dispatcher).
+    registry: Arc<Registry>,
 }
 
 /// The agent remediator; clones share everything.
@@ -173,6 +180,7 @@ impl Dispatcher {
                 wake: Notify::new(),
                 stopped: Mutex::new(None),
                 http: reqwest::Client::new(),
+                registry: Arc::new(Registry::default()),
             }),
         })
     }
@@ -201,6 +209,7 @@ impl Dispatcher {
                 Err(e) => warn!(error = %e, "cannot withdraw the agent requests left queued"),
             }
         }
+        self.sweep_toolboxes().await;
         let serves = self.inner.mode != Mode::Queue && self.inner.client.is_some();
         let slots = Arc::new(Semaphore::new(self.inner.cfg.concurrency.max(1)));
         let mut running = tokio::task::JoinSet::new();
@@ -272,6 +281,89 @@ impl Dispatcher {
             .await;
         if let Err(e) = withdrawn {
             warn!(session, error = %e, "cannot withdraw the agent request");
+        }
+    }
+
+    /// Removes the toolboxes of this database left by a process that died mid-session (their
+    /// proxies died with it, so they reach nothing; removing them ends what they still run)
+    /// and marks their sessions interrupted. Only at the controller's start, and never a
+    /// toolbox whose session's dispatcher still holds a live claim (an `operator agent` on
+    /// the same database keeps serving while a controller restarts).
+    async fn sweep_toolboxes(&self) {
+        if self.inner.mode == Mode::Standalone {
+            return;
+        }
+        let inner = &self.inner;
+        let found = match super::toolbox::list(&inner.docker, &inner.cfg.db).await {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(error = %e, "cannot look for toolboxes left by an earlier run");
+                return;
+            }
+        };
+        let claims = match inner.audit.live_claims(Utc::now()).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                // Unknown: removing a live session's toolbox would be worse than leaving a
+                // dead one to its own lifetime.
+                warn!(error = %e, "cannot read the claims; leaving the toolboxes found");
+                return;
+            }
+        };
+        let sockets = super::sandbox::sockets_dir(&inner.cfg.db);
+        for toolbox in found {
+            let session = inner
+                .audit
+                .session(toolbox.session.clone())
+                .await
+                .ok()
+                .flatten();
+            let alive = session.as_ref().is_some_and(|s| {
+                s.session.holder != inner.cfg.holder
+                    && claims
+                        .iter()
+                        .any(|c| c.ticket_id == s.session.ticket_id && c.holder == s.session.holder)
+            });
+            if alive {
+                continue;
+            }
+            super::toolbox::remove_found(&inner.docker, &toolbox).await;
+            // Only this session's socket folder: the folder is shared by every database
+            // beside this one.
+            let _ = std::fs::remove_dir_all(sockets.join(&toolbox.session));
+            warn!(session = %toolbox.session, "removed a toolbox left by an earlier run of the controller");
+            let why = "interrupted: its controller stopped mid-session; the toolbox was removed at the next start, and a command it had open may have run";
+            let marked = inner
+                .audit
+                .mark_interrupted(toolbox.session.clone(), why.to_string(), Utc::now())
+                .await;
+            if let Ok(false) = marked {
+                let entry = crate::tickets::NewEntry::new(
+                    crate::tickets::AuditKind::Note,
+                    json!({"note": why}),
+                );
+                let _ = inner
+                    .audit
+                    .append_entry(toolbox.session.clone(), entry, Utc::now())
+                    .await;
+            }
+        }
+        // Socket folders whose toolbox is already gone (it ended by itself after its
+        // lifetime): this database's sessions only, and not one a live dispatcher serves.
+        let Ok(entries) = std::fs::read_dir(&sockets) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Ok(Some(log)) = inner.audit.session(name.clone()).await else {
+                continue;
+            };
+            let served = claims
+                .iter()
+                .any(|c| c.ticket_id == log.session.ticket_id && c.holder == log.session.holder);
+            if log.session.holder == inner.cfg.holder || !served {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
 
@@ -481,6 +573,7 @@ impl Dispatcher {
                 }
             })
         };
+        let began = Utc::now();
         let (result, log) = self.session(&job, &cancel).await;
         renewing.cancel();
         let _ = renew.await;
@@ -488,31 +581,42 @@ impl Dispatcher {
         // one whose dispatcher died.
         self.finish(&job, result.clone()).await;
         self.release(&job).await;
-        if let Some(log) = log {
+        if let Some((log, mutations)) = log {
             let journal = inner.journal.clone();
+            let audit = inner.audit.clone();
             let ticket = job.ticket;
-            tokio::spawn(async move { record_verdict(journal, log, ticket).await });
+            let credit = Credit {
+                began,
+                mutations: mutations.len(),
+            };
+            tokio::spawn(async move { record_verdict(journal, audit, log, ticket, credit).await });
         }
     }
 
-    /// Runs the session of `job`: `Ok` when the model finished its turn, and the session's
-    /// audit once it began.
+    /// Runs the session of `job`: `Ok` when the model finished its turn; the session's audit
+    /// once it began, with the mutations its proxy let through.
     async fn session(
         &self,
         job: &Job,
         cancel: &CancellationToken,
-    ) -> (Result<(), String>, Option<AuditLog>) {
+    ) -> (Result<(), String>, Option<(AuditLog, Vec<Mutation>)>) {
         match self.prepare(job).await {
-            Ok((deps, cfg, incident)) => {
+            Ok((deps, cfg, incident, sandbox)) => {
                 let result = self.converse(job, &deps, &cfg, incident, cancel).await;
-                (result, Some(deps.audit))
+                let mutations = sandbox.close().await;
+                (result, Some((deps.audit, mutations)))
             }
             Err(why) => (Err(why), None),
         }
     }
 
-    /// Everything a session of `job` needs, its audit opened.
-    async fn prepare(&self, job: &Job) -> Result<(SessionDeps, SessionConfig, String), String> {
+    /// Everything a session of `job` needs: its audit opened, its sandbox (proxy and
+    /// toolbox) up. A sandbox that cannot be opened ends the session before its first turn,
+    /// with one line on the ticket naming the fix: commands never run anywhere else.
+    async fn prepare(
+        &self,
+        job: &Job,
+    ) -> Result<(SessionDeps, SessionConfig, String, Sandbox), String> {
         let inner = &self.inner;
         let Some(client) = inner.client.clone() else {
             return Err("this dispatcher only queues (no API key here)".into());
@@ -572,28 +676,59 @@ impl Dispatcher {
         for value in &manifest_secrets {
             policy = policy.secret_value(value.clone());
         }
-        let home = std::env::var("HOME").ok();
-        let mut safety = SafetyContext::default()
-            .protect_database(inner.cfg.db.clone())
-            .protect_path(sessions_dir.clone());
-        if let Some(home) = &home {
-            safety = safety.home(home.clone());
-        }
-        for service in &cluster.services {
-            for volume in &service.volumes {
-                if let VolumeMount::Named { name, .. } = volume {
-                    safety = safety.managed_volume(name.clone());
-                }
+        let own = match std::env::var("HOSTNAME") {
+            // In a container, the controller's own container answers to its hostname.
+            Ok(me) => OwnContainer::find(&inner.docker, &me).await,
+            Err(_) => None,
+        };
+        let mut secret_values: Vec<String> = secret_names
+            .iter()
+            .filter_map(|n| std::env::var(n).ok())
+            .filter(|v| !v.is_empty())
+            .collect();
+        secret_values.extend(manifest_secrets.iter().cloned());
+        let sandbox = Sandbox::open(
+            &inner.docker,
+            &inner.journal,
+            &inner.registry,
+            SandboxSpec {
+                session: &job.session,
+                mode,
+                cluster: &cluster,
+                db: &inner.cfg.db,
+                image: inner.cfg.toolbox_image.as_deref(),
+                lifetime: cluster.agent.max_session_time,
+                secret_names: secret_names.iter().map(|n| n.to_string()).collect(),
+                secret_values,
+                own: own.as_ref(),
+            },
+            &audit,
+        )
+        .await;
+        let sandbox = match sandbox {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                let why = format!("the agent's session did not run: {e}");
+                error!(service = %job.key, ticket = job.ticket, session = %job.session, "{why}");
+                self.note(job.ticket, why.clone()).await;
+                let end = crate::tickets::SessionEnd {
+                    outcome: crate::tickets::Outcome::Failed,
+                    stop_reason: Some(crate::tickets::StopReason::ToolError),
+                    claim: None,
+                    tokens: Default::default(),
+                    turns: 0,
+                    request_ids: Vec::new(),
+                };
+                let _ = audit
+                    .record(crate::tickets::NewEntry::new(
+                        crate::tickets::AuditKind::Note,
+                        json!({"note": why}),
+                    ))
+                    .await;
+                let _ = audit.end(end).await;
+                return Err(why);
             }
-        }
-        if let Ok(me) = std::env::var("HOSTNAME") {
-            // In a container, the controller's own container answers to its hostname (its
-            // short id), and the engine knows it by its name and full id too.
-            for alias in own_container_aliases(&inner.docker, &me).await {
-                safety = safety.controller_container(alias);
-            }
-            safety = safety.controller_container(me);
-        }
+        };
         let limits = prompt::Limits {
             mode,
             max_turns: cluster.agent.max_turns,
@@ -624,12 +759,12 @@ impl Dispatcher {
                 http: inner.http.clone(),
             },
             env: ChildEnv::from_current(&policy),
-            safety,
+            toolbox: sandbox.toolbox.clone(),
             audit,
             approvals: inner.audit.clone(),
         };
         info!(service = %job.key, ticket = job.ticket, session = %job.session, mode = %mode, "agent session started");
-        Ok((deps, cfg, incident))
+        Ok((deps, cfg, incident, sandbox))
     }
 
     async fn converse(
@@ -695,9 +830,29 @@ impl Dispatcher {
     }
 }
 
+/// A mutation a session's proxy let through and the engine accepted: when, and what.
+type Mutation = (chrono::DateTime<Utc>, String);
+
+/// What a session did that could earn it the ticket's resolution.
+struct Credit {
+    /// When the session began.
+    began: chrono::DateTime<Utc>,
+    /// Mutations the engine accepted from its toolbox.
+    mutations: usize,
+}
+
 /// After the controller's re-check: the session's verdict is what happened to its ticket,
-/// read (never decided) here — resolved in the agent's name, or not.
-async fn record_verdict(journal: Journal, log: AuditLog, ticket: i64) {
+/// read (never decided) here. `resolved` only when the ticket was resolved in the agent's
+/// name, this session changed something (a session that changed nothing cannot have fixed
+/// it, whatever came after), and no later session of the ticket began before the
+/// resolution (the fix was not another's).
+async fn record_verdict(
+    journal: Journal,
+    audit: AuditJournal,
+    log: AuditLog,
+    ticket: i64,
+    credit: Credit,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -706,13 +861,21 @@ async fn record_verdict(journal: Journal, log: AuditLog, ticket: i64) {
         };
         let done = t.status == Status::Resolved;
         if done || tokio::time::Instant::now() >= deadline || t.status == Status::Escalated {
-            let verdict =
-                if done && t.resolved_by.map(|c| c.as_str()) == Some(Actor::Agent.as_str()) {
-                    Verdict::Resolved
-                } else {
-                    Verdict::NotResolved
-                };
-            let seen = json!({"ticket_status": t.status, "resolved_by": t.resolved_by});
+            let by_agent = done && t.resolved_by.map(|c| c.as_str()) == Some(Actor::Agent.as_str());
+            let resolved_at = t.resolved_at.unwrap_or_else(Utc::now);
+            let later = match audit.sessions_of_ticket(ticket).await {
+                Ok(sessions) => sessions.iter().any(|s| {
+                    s.id != log.id() && s.started_at > credit.began && s.started_at < resolved_at
+                }),
+                // Unknown is not "nobody else": no credit.
+                Err(_) => true,
+            };
+            let verdict = if by_agent && credit.mutations > 0 && !later {
+                Verdict::Resolved
+            } else {
+                Verdict::NotResolved
+            };
+            let seen = json!({"ticket_status": t.status, "resolved_by": t.resolved_by, "mutations": credit.mutations, "later_session": later});
             if let Err(e) = log.verdict(verdict, &seen).await {
                 warn!(ticket, error = %e, "cannot record the session's verdict");
             }
@@ -806,57 +969,5 @@ impl Remediator for Dispatcher {
             }
         }
         .boxed()
-    }
-}
-
-/// The name and full id of the container this process runs in, when `hostname` is one the
-/// engine knows and it is this process's own (the engine bind-mounts
-/// `/var/lib/docker/containers/<id>/hostname` into it, which `/proc/self/mountinfo` shows).
-/// On a host whose name a container happens to carry, nothing: that one is not ours.
-async fn own_container_aliases(docker: &bollard::Docker, hostname: &str) -> Vec<String> {
-    let inspected = tokio::time::timeout(
-        Duration::from_secs(5),
-        docker.inspect_container(hostname, None),
-    )
-    .await;
-    let Ok(Ok(c)) = inspected else {
-        return Vec::new();
-    };
-    let Some(id) = c.id else {
-        return Vec::new();
-    };
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if !mounts_show_container(&mountinfo, &id) {
-        return Vec::new();
-    }
-    let mut aliases = vec![id];
-    if let Some(name) = c.name {
-        aliases.push(name.trim_start_matches('/').to_string());
-    }
-    aliases
-}
-
-/// Whether a mount table shows the files the engine gives container `id` (its hostname,
-/// hosts, resolv.conf), i.e. whether the reader runs in that container.
-fn mounts_show_container(mountinfo: &str, id: &str) -> bool {
-    id.len() == 64 && mountinfo.contains(&format!("/containers/{id}/"))
-}
-
-#[cfg(test)]
-mod own_container_tests {
-    #[test]
-    fn its_own_container_is_recognised_by_its_mounts_only() {
-        let id = "a".repeat(64);
-        let inside = format!(
-            "812 790 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n"
-        );
-        assert!(super::mounts_show_container(&inside, &id));
-        let other = "b".repeat(64);
-        assert!(!super::mounts_show_container(&inside, &other));
-        assert!(!super::mounts_show_container("", &id), "on the host");
-        assert!(
-            !super::mounts_show_container(&inside, "aaaaaaaaaaaa"),
-            "a short id is not enough"
-        );
     }
 }

@@ -5,9 +5,11 @@
 pub mod api;
 pub mod audit;
 pub mod dispatcher;
-pub mod guard;
 pub mod prompt;
+pub mod proxy;
 pub mod safety;
+pub mod sandbox;
 pub mod session;
 pub mod shell;
+pub mod toolbox;
 pub mod tools;

@@ -10,8 +10,10 @@
 //! - Bounded: model turns, wall time (each request is cut at the session's deadline), input
 //!   and output tokens; on the last allowed turn the tools are withheld (`tool_choice: none`)
 //!   so the model summarises instead of starting something it cannot finish.
-//! - Every shell command is judged first ([`super::safety::judge`]); `approve` waits for a
-//!   person (`operator tickets approve|reject`), bounded by the approval timeout.
+//! - Every shell command runs in the session's toolbox ([`super::toolbox`]), whose only route
+//!   to Docker is the session's authorising proxy ([`super::proxy`]): the boundaries, not
+//!   the command's text, decide what it can reach. In `approve` every command first waits
+//!   for a person (`operator tickets approve|reject`), bounded by the approval timeout.
 //! - An identical call (same tool, same input) is run at most `repeat_limit` times; after
 //!   that the model is told so instead (HolmesGPT's loop guard).
 //! - Every step is written to the audit before the next one; a step that cannot be written
@@ -35,9 +37,10 @@ use super::api::{
 };
 use super::audit::{AuditError, AuditLog, ToolResultDetail};
 use super::prompt;
-use super::safety::{self, Judgement, SafetyContext, SafetyMode};
-use super::shell::{self, ChildEnv, ShellLimits};
+use super::shell::{ChildEnv, ShellLimits};
+use super::toolbox::Toolbox;
 use super::tools::{self, ToolContext};
+use crate::manifest::SafetyMode;
 
 /// Bytes of one read-only tool's answer sent back to the model (head and tail kept).
 pub const TOOL_OUTPUT_CAP: usize = 100_000;
@@ -64,8 +67,11 @@ pub struct SessionConfig {
 pub struct SessionDeps {
     pub client: api::Client,
     pub tools: ToolContext,
+    /// The secret values a command's output is redacted of (a second line: the toolbox
+    /// holds none of them, and the proxy masks them in the engine's answers).
     pub env: ChildEnv,
-    pub safety: SafetyContext,
+    /// Where the session's commands run.
+    pub toolbox: std::sync::Arc<Toolbox>,
     pub audit: AuditLog,
     /// For approvals: a person decides them from another process.
     pub approvals: AuditJournal,
@@ -537,39 +543,28 @@ impl Loop<'_> {
                 .await;
         };
         let audit = &self.deps.audit;
-        // The quorum gate as it stands now: the group may have changed since the last command.
-        let mut judged_by = self.deps.safety.clone();
-        let tools = &self.deps.tools;
-        if let Some(cluster) = tools.desired.cluster(&tools.cluster) {
-            let guard = super::guard::guarded(&tools.docker, &tools.journal, cluster).await;
-            judged_by.quorum_guarded = guard.protected;
-            judged_by.quorum_members = guard.members;
-        }
-        match safety::judge(self.cfg.mode, command, &judged_by) {
-            Judgement::Deny { reason } => {
-                audit
-                    .decision(AuditKind::Denied, &call.id, "shell", command, &reason)
-                    .await?;
-                let why = format!("refused (safety mode {}): {reason}", self.cfg.mode);
-                return self.error_result(call, why, started).await;
+        if self.cfg.mode == SafetyMode::Approve {
+            let reason = "approve mode: every command waits for a person";
+            if let Some(refusal) = self.approval(call, command, reason).await? {
+                return self.error_result(call, refusal, started).await;
             }
-            Judgement::NeedsApproval { reason } => {
-                if let Some(refusal) = self.approval(call, command, &reason).await? {
-                    return self.error_result(call, refusal, started).await;
+        } else {
+            let why = match self.cfg.mode {
+                SafetyMode::Observe => {
+                    "runs in the session's toolbox: no network, reads only through the proxy"
                 }
-            }
-            Judgement::Allow { reason } => {
-                audit
-                    .decision(AuditKind::Allowed, &call.id, "shell", command, &reason)
-                    .await?;
-            }
+                _ => "runs in the session's toolbox: the proxy authorises each Docker request",
+            };
+            audit
+                .decision(AuditKind::Allowed, &call.id, "shell", command, why)
+                .await?;
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
         let limits = ShellLimits::default().timeout(self.cfg.command_timeout.min(left));
         let ran = Instant::now();
         let output = tokio::select! {
-            out = shell::run(command, &self.deps.env, &limits) => out,
-            // Dropping the run kills the command's group (the shell's guard).
+            out = self.deps.toolbox.run(command, &limits, &self.deps.env) => out,
+            // Stopped listening; the toolbox's removal at the session's end takes what runs.
             _ = self.cancel.cancelled() => {
                 self.excluded += ran.elapsed();
                 return self
@@ -611,7 +606,7 @@ impl Loop<'_> {
     ) -> Result<Option<String>, AuditError> {
         let audit = &self.deps.audit;
         let asked = audit.request_approval(&call.id, "shell", command).await?;
-        info!(session = audit.id(), approval = asked.id, command = %audit.redactor().redact(command), "command waits for a person: operator tickets approve|reject");
+        info!(session = audit.id(), approval = asked.id, command = %super::safety::escape_for_display(&audit.redactor().redact(command)), "command waits for a person: operator tickets approve|reject");
         let waited = Instant::now();
         let limit = self
             .cfg

@@ -514,14 +514,45 @@ pub async fn run(
     let out = out.unwrap_or_else(|_| Capture::new(limits.output_cap));
     let err = err.unwrap_or_else(|_| Capture::new(limits.output_cap));
 
+    let (exit_code, signal) = exit_parts(status);
+    Ok(output(
+        &out,
+        &err,
+        limits,
+        env,
+        Ended {
+            exit_code,
+            signal,
+            timed_out,
+            duration: started.elapsed(),
+        },
+    ))
+}
+
+/// How a command ended, for [`output`].
+pub(crate) struct Ended {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub duration: Duration,
+}
+
+/// The [`ShellOutput`] of a command whose streams were captured in `out` and `err`: cut to
+/// `limits.output_cap` together, redacted, with the notes that say what was cut or killed.
+/// Shared by every way a command runs (here, and in the session's toolbox).
+pub(crate) fn output(
+    out: &Capture,
+    err: &Capture,
+    limits: &ShellLimits,
+    env: &ChildEnv,
+    ended: Ended,
+) -> ShellOutput {
     let (out_budget, err_budget) = budgets(out.total, err.total, limits.output_cap);
     let (stdout, out_cut) = out.render(out_budget, limits.output_cap, env);
     let (stderr, err_cut) = err.render(err_budget, limits.output_cap, env);
     let truncated = out_cut + err_cut > 0;
-
-    let (exit_code, signal) = exit_parts(status);
     let mut notes = Vec::new();
-    if timed_out {
+    if ended.timed_out {
         notes.push(format!(
             "the command was still running after the {} s timeout and was killed with its \
              whole process group",
@@ -535,18 +566,18 @@ pub async fn run(
             limits.output_cap, out_cut, out.total, err_cut, err.total
         ));
     }
-    Ok(ShellOutput {
+    ShellOutput {
         stdout,
         stderr,
-        exit_code,
-        signal,
-        timed_out,
-        duration: started.elapsed(),
+        exit_code: ended.exit_code,
+        signal: ended.signal,
+        timed_out: ended.timed_out,
+        duration: ended.duration,
         truncated,
         stdout_bytes: out.total,
         stderr_bytes: err.total,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
-    })
+    }
 }
 
 fn exit_parts(status: Option<ExitStatus>) -> (Option<i32>, Option<i32>) {
@@ -641,7 +672,7 @@ fn budgets(out: u64, err: u64, cap: usize) -> (usize, usize) {
 /// One stream: its first `cap / 2` bytes, its last `cap - cap / 2`, and its length. Enough
 /// to render it within any budget up to `cap`.
 #[derive(Debug)]
-struct Capture {
+pub(crate) struct Capture {
     head: Vec<u8>,
     head_cap: usize,
     tail: VecDeque<u8>,
@@ -650,7 +681,7 @@ struct Capture {
 }
 
 impl Capture {
-    fn new(cap: usize) -> Capture {
+    pub(crate) fn new(cap: usize) -> Capture {
         Capture {
             head: Vec::new(),
             head_cap: cap / 2,
@@ -660,7 +691,7 @@ impl Capture {
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.total += bytes.len() as u64;
         let room = self.head_cap - self.head.len();
         self.head.extend_from_slice(&bytes[..room.min(bytes.len())]);

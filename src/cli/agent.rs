@@ -49,6 +49,7 @@ pub fn config(args: &AgentArgs, db: &Path, key: Option<api::ApiKey>) -> AgentCon
             crate::tickets::host_name()
         ),
         claim_ttl: args.agent_claim_ttl,
+        toolbox_image: args.toolbox_image.clone().filter(|i| !i.trim().is_empty()),
     }
 }
 

@@ -95,7 +95,7 @@ fn print_list(sessions: &[AgentSession], now: DateTime<Utc>) -> Result<(), Failu
 fn call_text(entry: &SessionEntry) -> String {
     let input = &entry.detail["input"];
     match input.get("command").and_then(Value::as_str) {
-        Some(command) => command.to_string(),
+        Some(command) => crate::agent::safety::escape_for_display(command),
         None if input.is_null() => entry.detail.to_string(),
         None => input.to_string(),
     }
@@ -243,7 +243,12 @@ fn print_session(
             | AuditKind::Approved
             | AuditKind::Rejected
             | AuditKind::ApprovalRequested => {
-                let command = e.detail["command"].as_str().unwrap_or("");
+                let command = crate::agent::safety::escape_for_display(
+                    e.detail["command"]
+                        .as_str()
+                        .or(e.detail["docker_api"].as_str())
+                        .unwrap_or(""),
+                );
                 match e.detail["reason"].as_str() {
                     Some(reason) => format!("{tool}{id}: {command} ({reason})"),
                     None => format!("{tool}{id}: {command}"),

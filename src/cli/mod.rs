@@ -572,6 +572,12 @@ pub struct AgentArgs {
     /// its ticket after this.
     #[arg(long, default_value = "60s", value_parser = parse_positive_duration, value_name = "DUR")]
     pub agent_claim_ttl: Duration,
+    /// The image of the agent's toolbox, the container each session's commands run in
+    /// (it needs sh, coreutils' timeout, and the docker client; curl and jq help). Default:
+    /// in the sidecar, the sidecar's own image; on a host, operator-toolbox:latest
+    /// (`scripts/build-image.sh --toolbox` builds it; scripts/setup.sh does).
+    #[arg(long, env = "OPERATOR_TOOLBOX_IMAGE", value_name = "IMAGE")]
+    pub toolbox_image: Option<String>,
 }
 
 /// An address to listen on: `IP:PORT`. The message says the form, since a host name

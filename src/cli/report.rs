@@ -557,7 +557,7 @@ fn print_agent(agent: &serde_json::Value) -> Result<(), Failure> {
             "  waiting for approval: ticket #{} (session {}): {}   -> operator tickets approve|reject {}",
             w["ticket"],
             w["session"].as_str().unwrap_or("?"),
-            w["command"].as_str().unwrap_or("?"),
+            crate::agent::safety::escape_for_display(w["command"].as_str().unwrap_or("?")),
             w["ticket"]
         );
     }

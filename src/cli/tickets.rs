@@ -196,7 +196,7 @@ fn decide(
         "{} for ticket {id} (session {}): {}",
         decision.as_str(),
         decided.session_id,
-        decided.command
+        crate::agent::safety::escape_for_display(&decided.command)
     );
     Ok(())
 }

@@ -1,0 +1,342 @@
+//! The quorum gate as the proxy asks it, and the [`Registry`] of what sessions have under
+//! way: the members they took down and have not yet seen back, and the members they exec'd
+//! into.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bollard::Docker;
+use chrono::{DateTime, Utc};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::docker::{ContainerStatus, ObservedContainer, ServiceKey};
+use crate::manifest::Cluster;
+use crate::reconcile::quorum::{Disruption, LiveCheckFailures, Snapshot, judge};
+use crate::tickets::Journal;
+
+/// How long a member a session stopped, killed, restarted, paused, updated, renamed or
+/// disconnected must have been seen running before it stops counting as under way. Running
+/// is not yet serving: a Raft member that has just started may still be catching up, and
+/// the next disruption must not count it as live before it is.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// The longest a look at one member may take while the gate judges; past it the member
+/// counts as not running (which only protects the others more).
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the sessions of one dispatcher have under way, shared by all of them: one change
+/// to a cluster at a time, and the members each change took down.
+///
+/// # Guarantees
+/// - Changes to one cluster are serialised ([`Registry::turn`]): the judgment, the forward
+///   and the engine's answer happen under one turn, so two stops in two statements are
+///   judged in turn, each seeing the other's effect.
+/// - A disrupted member stays under way until it has been seen running for [`SETTLE`]; a
+///   member exec'd into stays under way until the session that exec'd into it ends (a
+///   process started there may act later).
+#[derive(Debug, Default)]
+pub struct Registry {
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    holds: Mutex<BTreeMap<(String, String), Hold>>,
+}
+
+/// Why one member counts as under way.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Hold {
+    disrupted: Option<Disrupted>,
+    /// Sessions that exec'd into it.
+    execs: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Disrupted {
+    at: DateTime<Utc>,
+    /// Since when it is known to have run without a break, once it runs again.
+    running_since: Option<DateTime<Utc>>,
+}
+
+/// One look at a member.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Seen {
+    pub running: bool,
+    /// When the engine last started it.
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+impl Disrupted {
+    /// Takes in one look; true once the member has run for [`SETTLE`] since the disruption.
+    fn settled(&mut self, seen: Seen, now: DateTime<Utc>) -> bool {
+        if !seen.running {
+            self.running_since = None;
+            return false;
+        }
+        // A start the engine dates after the disruption says when it came back (or came
+        // back again since the last look); an unpause keeps the old start time, so it is
+        // only known to run from this look on.
+        let started = seen.started_at.filter(|t| *t > self.at);
+        let since = match (self.running_since, started) {
+            (Some(known), Some(started)) => known.max(started),
+            (Some(known), None) => known,
+            (None, started) => started.unwrap_or(now),
+        };
+        self.running_since = Some(since);
+        now.signed_duration_since(since)
+            .to_std()
+            .is_ok_and(|ran| ran >= SETTLE)
+    }
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// The members of `cluster` that sessions have under way.
+    pub fn under_way(&self, cluster: &str) -> BTreeSet<String> {
+        self.holds()
+            .keys()
+            .filter(|(c, _)| c == cluster)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Waits for `cluster`'s turn: one change to a cluster at a time, across sessions.
+    pub(super) async fn turn(&self, cluster: &str) -> OwnedMutexGuard<()> {
+        let lock = self
+            .turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cluster.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// A session took `member` down at `at`.
+    pub(super) fn disrupted(&self, cluster: &str, member: &str, at: DateTime<Utc>) {
+        self.holds()
+            .entry((cluster.to_string(), member.to_string()))
+            .or_default()
+            .disrupted = Some(Disrupted {
+            at,
+            running_since: None,
+        });
+    }
+
+    /// `session` exec'd into `member`.
+    pub(super) fn exec_into(&self, cluster: &str, member: &str, session: &str) {
+        self.holds()
+            .entry((cluster.to_string(), member.to_string()))
+            .or_default()
+            .execs
+            .insert(session.to_string());
+    }
+
+    /// Takes in a look at `member`: a disruption it has settled from is forgotten.
+    pub(super) fn observe(&self, cluster: &str, member: &str, seen: Seen, now: DateTime<Utc>) {
+        let mut holds = self.holds();
+        let key = (cluster.to_string(), member.to_string());
+        let Some(hold) = holds.get_mut(&key) else {
+            return;
+        };
+        if hold
+            .disrupted
+            .as_mut()
+            .is_some_and(|d| d.settled(seen, now))
+        {
+            hold.disrupted = None;
+        }
+        if hold.disrupted.is_none() && hold.execs.is_empty() {
+            holds.remove(&key);
+        }
+    }
+
+    /// `session` ended: the members it exec'd into are no longer under way for it.
+    pub(super) fn release(&self, session: &str) {
+        let mut holds = self.holds();
+        for hold in holds.values_mut() {
+            hold.execs.remove(session);
+        }
+        holds.retain(|_, h| h.disrupted.is_some() || !h.execs.is_empty());
+    }
+
+    fn holds(&self) -> MutexGuard<'_, BTreeMap<(String, String), Hold>> {
+        self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether `service`, a member of one of `cluster`'s groups, may be taken down now, judged
+/// as the controller judges a plain restart: who runs and is live is read from the engine
+/// and the ticket store now, and what sessions have under way from the registry.
+/// `adoptable` gives the service a container name is adopted for.
+///
+/// # Errors
+/// Why not, as the gate says it; or that the ticket store cannot be read (nothing can be
+/// judged without it).
+pub(super) async fn judge_member(
+    docker: &Docker,
+    journal: &Journal,
+    cluster: &Cluster,
+    registry: &Registry,
+    adoptable: &HashMap<String, ServiceKey>,
+    service: &str,
+) -> Result<(), String> {
+    let failing = LiveCheckFailures::read(journal, cluster)
+        .await
+        .map_err(|e| format!("the quorum gate cannot read the ticket store ({e})"))?;
+    let members: BTreeSet<&String> = cluster.groups.iter().flat_map(|g| &g.members).collect();
+    let mut running = HashSet::new();
+    for member in members {
+        let key = ServiceKey::new(&cluster.name, member.as_str());
+        // Not found, not answering or not ours: not running, so not live.
+        let ours =
+            match tokio::time::timeout(INSPECT_TIMEOUT, docker.inspect_container(member, None))
+                .await
+            {
+                Ok(Ok(raw)) => {
+                    ObservedContainer::recognise(&raw, |name| adoptable.get(name).cloned())
+                        .filter(|c| c.key == key)
+                }
+                _ => None,
+            };
+        let seen = Seen {
+            running: ours
+                .as_ref()
+                .is_some_and(|c| c.status == ContainerStatus::Running),
+            started_at: ours.and_then(|c| c.started_at),
+        };
+        if seen.running {
+            running.insert(member.clone());
+        }
+        registry.observe(&cluster.name, member, seen, Utc::now());
+    }
+    let taken = registry.under_way(&cluster.name);
+    let runs = |m: &str| running.contains(m);
+    let live = |m: &str| running.contains(m) && !failing.fail(cluster, m);
+    let none = BTreeSet::new();
+    let now = Snapshot {
+        running: &runs,
+        live: &live,
+        taken: &taken,
+        stopped: &none,
+        recent: &|_| 0,
+    };
+    judge(cluster, service, Disruption::PLAIN, &now).map_err(|refusal| refusal.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0)
+            .single()
+            .expect("a valid time")
+    }
+
+    const DOWN: Seen = Seen {
+        running: false,
+        started_at: None,
+    };
+
+    fn up(started: i64) -> Seen {
+        Seen {
+            running: true,
+            started_at: Some(t(started)),
+        }
+    }
+
+    #[test]
+    fn a_disrupted_member_is_under_way_until_it_has_run_for_the_settle_time() {
+        let r = Registry::new();
+        r.disrupted("c", "m1", t(0));
+        assert_eq!(r.under_way("c"), BTreeSet::from(["m1".to_string()]));
+        assert!(r.under_way("other").is_empty());
+        r.observe("c", "m1", DOWN, t(3));
+        // Started again at 5: at 14 it has run 9 s, at 15 the full 10.
+        r.observe("c", "m1", up(5), t(14));
+        assert_eq!(r.under_way("c").len(), 1);
+        r.observe("c", "m1", up(5), t(15));
+        assert!(r.under_way("c").is_empty());
+    }
+
+    #[test]
+    fn a_member_that_stops_again_starts_its_settle_time_over() {
+        let r = Registry::new();
+        r.disrupted("c", "m1", t(0));
+        r.observe("c", "m1", up(2), t(8));
+        r.observe("c", "m1", DOWN, t(9));
+        r.observe("c", "m1", up(11), t(13));
+        r.observe("c", "m1", up(11), t(20));
+        assert_eq!(r.under_way("c").len(), 1, "ran 9 s since its last start");
+        // Restarted between two looks: the newer start counts.
+        r.observe("c", "m1", up(18), t(25));
+        assert_eq!(r.under_way("c").len(), 1);
+        r.observe("c", "m1", up(18), t(28));
+        assert!(r.under_way("c").is_empty());
+    }
+
+    #[test]
+    fn an_unpaused_member_counts_from_when_it_is_first_seen_running() {
+        let r = Registry::new();
+        // Paused at 100, started long before: the start time says nothing about the unpause.
+        r.disrupted("c", "m1", t(100));
+        r.observe("c", "m1", up(0), t(101));
+        r.observe("c", "m1", up(0), t(110));
+        assert_eq!(r.under_way("c").len(), 1);
+        r.observe("c", "m1", up(0), t(111));
+        assert!(r.under_way("c").is_empty());
+    }
+
+    #[test]
+    fn a_member_exec_d_into_is_under_way_until_its_session_ends() {
+        let r = Registry::new();
+        r.exec_into("c", "m1", "s1");
+        r.exec_into("c", "m1", "s2");
+        r.observe("c", "m1", up(0), t(1000));
+        assert_eq!(
+            r.under_way("c").len(),
+            1,
+            "running says nothing about an exec"
+        );
+        r.release("s1");
+        assert_eq!(r.under_way("c").len(), 1, "s2 still holds it");
+        r.release("s2");
+        assert!(r.under_way("c").is_empty());
+    }
+
+    #[test]
+    fn an_exec_and_a_disruption_are_released_separately() {
+        let r = Registry::new();
+        r.exec_into("c", "m1", "s1");
+        r.disrupted("c", "m1", t(0));
+        r.release("s1");
+        assert_eq!(r.under_way("c").len(), 1, "the disruption still holds");
+        r.observe("c", "m1", up(1), t(20));
+        assert!(r.under_way("c").is_empty());
+    }
+
+    #[tokio::test]
+    async fn turns_of_one_cluster_are_taken_one_at_a_time() {
+        let r = Arc::new(Registry::new());
+        let first = r.turn("c").await;
+        // Another cluster is not held up.
+        let _other = r.turn("d").await;
+        let waiting = tokio::spawn({
+            let r = r.clone();
+            async move {
+                let _turn = r.turn("c").await;
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the second turn follows the first")
+            .expect("no panic");
+    }
+}

@@ -1,0 +1,259 @@
+//! The authorising Docker API proxy: a session's toolbox reaches Docker only through a unix
+//! socket this serves for that session. Each request is parsed as (method, endpoint,
+//! target) and decided before anything reaches the engine, so what the agent may do is
+//! enforced on the API call, whatever command line produced it.
+//!
+//! - Reads (ping, version, info, events, container list, inspect, logs, stats, top, wait,
+//!   networks) pass in every mode; inspect, list, info, version and network answers are
+//!   masked whole ([`mask`]), events line by line; other streams pass as they come.
+//! - Changes to containers (start, stop, restart, kill, pause, unpause, update, rename, exec,
+//!   network connect and disconnect) are refused in observe; otherwise they pass only for
+//!   containers of the session's cluster that the controller owns or adopted, after the
+//!   quorum gate for the disruptive ones, one change per cluster at a time ([`Registry`]).
+//! - Everything else is refused: HTTP 403 with `{"message": "refused by operator: ..."}`,
+//!   which the docker CLI prints as the engine's own error.
+//!
+//! The pure decision is [`rules`]; the server and the forwarding are `serve`; the gate and
+//! the registry `gate`.
+//!
+//! # Guarantees
+//! - Every request, allowed or not, produces one [`ProxyEvent`].
+//! - What is forwarded names the target by the full id the decision resolved, so what was
+//!   judged is what is acted on.
+//! - [`Proxy::stop`] ends every connection, stream and exec session, and removes the socket.
+//!
+//! # Caveats
+//! - Streams (logs, stats, an exec's output) are not masked: a container that prints a
+//!   secret shows it. That is why an exec into a container whose environment holds a
+//!   secret is refused.
+//! - Ending an exec session closes its connection; a process it started in the container
+//!   may go on (the API has no way to stop it), which is why the member stays under way
+//!   until the session ends.
+
+mod gate;
+pub mod mask;
+pub mod rules;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use gate::{Registry, SETTLE};
+
+use crate::manifest::{Cluster, SafetyMode};
+use crate::tickets::Journal;
+
+/// How long [`Proxy::stop`] waits for its connections and streams to end after telling them
+/// to; each ends at its next poll, so this is only a bound.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// One session's proxy.
+pub struct ProxyConfig {
+    /// The agent session id, for messages and logs.
+    pub session: String,
+    /// The socket to create (a stale file there is removed first); mode 0600.
+    pub listen: PathBuf,
+    /// Gives the socket to this uid:gid when set (the controller runs as root, the toolbox
+    /// as another user).
+    pub socket_owner: Option<(u32, u32)>,
+    /// The real engine's unix socket, where allowed requests go.
+    pub engine_socket: PathBuf,
+    /// The controller's client, for the inspects a decision needs.
+    pub docker: bollard::Docker,
+    pub mode: SafetyMode,
+    /// The ticket's cluster: its services, groups and network.
+    pub cluster: Cluster,
+    /// For the live checks the quorum gate reads.
+    pub journal: Journal,
+    /// Variable names whose values are masked (besides names that look secret).
+    pub secret_names: Vec<String>,
+    /// Values masked wherever they appear in an answer (shorter than
+    /// [`mask::MIN_SECRET_VALUE_LEN`] ignored).
+    pub secret_values: Vec<String>,
+    /// The controller's own container (names or full ids): no request may target it.
+    pub protected: Vec<String>,
+    /// Shared by all sessions of one dispatcher.
+    pub registry: Arc<Registry>,
+    /// Every request with its decision.
+    pub events: mpsc::UnboundedSender<ProxyEvent>,
+}
+
+/// One request and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProxyEvent {
+    pub at: DateTime<Utc>,
+    pub method: String,
+    /// As the client sent it, with its query.
+    pub path: String,
+    /// The container (`name (id)`) or network it was resolved to.
+    pub target: Option<String>,
+    /// Whether it was forwarded to the engine.
+    pub allowed: bool,
+    pub reason: String,
+    /// The engine's answer, when it was forwarded and answered.
+    pub status: Option<u16>,
+    /// Whether it asks for a change, refused or not: one of the changes an agent may make,
+    /// or any other endpoint but a GET or HEAD.
+    pub mutation: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot remove the stale file {path} before listening there: {source}")]
+    StaleSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make {path} readable and writable by its owner only (mode 0600): {source}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot give {path} to uid {uid}, gid {gid}: {source}")]
+    Owner {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the engine's socket {path}: {source}")]
+    EngineConnect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the engine's socket {path} did not take an HTTP connection: {source}")]
+    EngineHandshake {
+        path: PathBuf,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the engine did not answer {what}: {source}")]
+    EngineRequest {
+        what: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("cannot look up {what} on the engine: {source}")]
+    Lookup {
+        what: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("timed out after {seconds}s while {doing}")]
+    Timeout { doing: String, seconds: u64 },
+    #[error("the proxy of session {session} is stopping")]
+    Stopping { session: String },
+    #[error("the body of {what} is larger than {limit} bytes")]
+    RequestTooLarge { what: String, limit: usize },
+    #[error("cannot read the body of {what}: {source}")]
+    RequestBody {
+        what: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the engine's answer to {what} is larger than {limit} bytes, too large to mask")]
+    AnswerTooLarge { what: String, limit: usize },
+    #[error("cannot read the engine's answer to {what}: {source}")]
+    AnswerBody {
+        what: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the engine's answer to {what} cannot be masked: {reason}")]
+    Unmaskable { what: String, reason: String },
+}
+
+/// A running proxy. Dropping it without [`Proxy::stop`] still tells everything to end and
+/// removes the socket, without waiting.
+pub struct Proxy {
+    shared: Arc<serve::Shared>,
+    socket: PathBuf,
+    accept: Option<JoinHandle<()>>,
+    /// Closed once every task the proxy spawned has ended.
+    alive: Option<mpsc::Receiver<()>>,
+}
+
+impl Proxy {
+    /// Listens on `cfg.listen` and serves it until [`Proxy::stop`].
+    ///
+    /// # Errors
+    /// The socket cannot be created, restricted to its owner or given to `socket_owner`.
+    pub async fn start(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let listener = serve::listen(&cfg.listen, cfg.socket_owner)?;
+        let socket = cfg.listen.clone();
+        let shared = Arc::new(serve::Shared::new(cfg));
+        let (alive_tx, alive) = mpsc::channel(1);
+        let accept = tokio::spawn(serve::accept(shared.clone(), listener, alive_tx));
+        tracing::info!(session = %shared.session, socket = %socket.display(), "docker proxy listening");
+        Ok(Proxy {
+            shared,
+            socket,
+            accept: Some(accept),
+            alive: Some(alive),
+        })
+    }
+
+    /// The socket it serves.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Changes this session made that the engine accepted (2xx, or 101 for an exec start):
+    /// when and what, in order. A session's verdict credits only these.
+    pub fn mutations(&self) -> Vec<(DateTime<Utc>, String)> {
+        self.shared.mutations()
+    }
+
+    /// Stops accepting, ends every open connection and stream (logs -f, events, exec
+    /// sessions), removes the socket and releases what this session holds in the registry.
+    /// Bounded by [`STOP_WAIT`].
+    pub async fn stop(mut self) {
+        self.shared.cancel.cancel();
+        if let Some(accept) = self.accept.take() {
+            let _ = tokio::time::timeout(STOP_WAIT, accept).await;
+        }
+        if let Some(mut alive) = self.alive.take() {
+            let _ = tokio::time::timeout(STOP_WAIT, alive.recv()).await;
+        }
+        self.release();
+    }
+
+    fn release(&self) {
+        self.shared.registry.release(&self.shared.session);
+        match std::fs::remove_file(&self.socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                session = %self.shared.session,
+                socket = %self.socket.display(),
+                error = %e,
+                "cannot remove the proxy's socket"
+            ),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        if self.accept.is_some() {
+            self.release();
+        }
+    }
+}
