@@ -379,6 +379,188 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
         out.status.success() && text(&out.stdout).contains("true")
     });
     assert!(served, "{victim} does not answer /health after the repair");
+
+    // 5. The agent in the sidecar: one session in its toolbox (the sidecar's own image),
+    //    through its proxy. The sidecar runs on the host's network here only so that it
+    //    reaches the local stand-in for the Claude API on loopback.
+    agent_session_in_the_sidecar(&stack, &image, &manifests, &db_dir, &socket_group);
+}
+
+/// A second sidecar on the same database pages the agent for a SIGKILLed member: the
+/// session's commands run in a toolbox of the sidecar's image, the quorum gate refuses a
+/// second member, the sidecar's own container cannot be read, the key reaches no command,
+/// and the agent's `docker start` through the proxy lets the re-check resolve the ticket.
+fn agent_session_in_the_sidecar(
+    stack: &Stack,
+    image: &Image,
+    manifests: &std::path::Path,
+    db_dir: &std::path::Path,
+    socket_group: &str,
+) {
+    use common::claude::{ClaudeStandIn, Script, TEST_KEY};
+    let _ = docker(&["rm", "-f", &stack.sidecar]);
+    let file = manifests.join(format!("{}.yaml", stack.project));
+    let manifest = std::fs::read_to_string(&file).expect("manifest");
+    let manifest = manifest
+        .replace("policy: restart", "policy: agent")
+        .replacen(
+            "spec:\n",
+            "spec:\n  agent: {safetyMode: execute, sessionsPerTicket: 1, sessionBackoff: 0s}\n  groups:\n    - {name: etcd, members: [MEMBERS], quorum: majority}\n",
+            1,
+        )
+        .replace(
+            "MEMBERS",
+            &(0..3).map(|i| stack.member(i)).collect::<Vec<_>>().join(", "),
+        );
+    std::fs::write(&file, &manifest).expect("edit the manifest");
+    let (m0, victim) = (stack.member(0), stack.member(2));
+    let stand_in = ClaudeStandIn::start(Script::new());
+    stand_in.push(
+        Script::new()
+            .tool_use(&[
+                (
+                    "shell",
+                    serde_json::json!({"command": "env; base64 -w0 /proc/1/environ; id"}),
+                ),
+                (
+                    "shell",
+                    serde_json::json!({"command": format!("docker inspect {}", stack.sidecar)}),
+                ),
+                (
+                    "shell",
+                    serde_json::json!({"command": format!("docker stop -t 1 {m0}")}),
+                ),
+            ])
+            .tool_use(&[(
+                "shell",
+                serde_json::json!({"command": format!("docker start {victim}")}),
+            )])
+            .end_turn("Started the member that was down."),
+    );
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let db_mount = format!("{}:/home/operator/.operator", db_dir.display());
+    let manifest_mount = format!("{}:/etc/operator/manifests:ro", manifests.display());
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &stack.sidecar,
+        "--label",
+        TEST_LABEL,
+        "--label",
+        &stack.label,
+        "--network",
+        "host",
+        "--user",
+        &format!("{NOBODY}:{NOBODY}"),
+        "--group-add",
+        socket_group,
+        "-e",
+        &format!("ANTHROPIC_API_KEY={TEST_KEY}"),
+        "-e",
+        &format!("ANTHROPIC_BASE_URL={}", stand_in.base_url()),
+        "-e",
+        &format!("OPERATOR_LISTEN={listen}"),
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        &db_mount,
+        "-v",
+        &manifest_mount,
+        &image.tag,
+        "run",
+        "/etc/operator/manifests",
+        "--settle",
+        "1s",
+    ]);
+    let ready = wait_until(Duration::from_secs(120), || {
+        sidecar_log(stack).contains(&format!("adopted container {victim}"))
+            || sidecar_log(stack).contains("controller ready")
+    });
+    assert!(
+        ready,
+        "the agent sidecar did not start:\n{}",
+        sidecar_log(stack)
+    );
+    let since = chrono::Utc::now().to_rfc3339();
+    docker_ok(&["kill", "-s", "KILL", &victim]);
+    let db = db_dir.join("tickets.db");
+    let db_arg = db.to_str().expect("utf-8").to_string();
+    let by_agent = || -> bool {
+        let out = operator(&["tickets", "list", "--db", &db_arg, "--json"], None);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).is_ok_and(|tickets| {
+            tickets.iter().any(|t| {
+                t["service"] == victim.as_str()
+                    && t["status"] == "resolved"
+                    && t["resolved_by"] == "agent"
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(180), by_agent),
+        "the agent's session did not resolve {victim}; tickets:\n{}\nsidecar log:\n{}",
+        text(&operator(&["tickets", "list", "--db", &db_arg], None).stdout),
+        sidecar_log(stack)
+    );
+    // What the commands answered, as the model read it.
+    let results: Vec<String> = stand_in
+        .requests()
+        .iter()
+        .filter_map(|r| r.json.as_ref())
+        .flat_map(|b| b["messages"].as_array().cloned().unwrap_or_default())
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["type"] == "tool_result")
+        .map(|b| b["content"].to_string())
+        .collect();
+    let all = results.join("\n");
+    assert!(!all.contains(TEST_KEY), "the key reached the model: {all}");
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(TEST_KEY);
+    assert!(!all.contains(&encoded[..encoded.len() - 4]), "{all}");
+    assert!(
+        all.contains("uid=65534") && all.contains("DOCKER_HOST=unix:///run/operator/docker.sock"),
+        "the command ran in the toolbox as nobody: {all}"
+    );
+    assert!(
+        all.contains("refused by operator") && all.contains("the operator's own container"),
+        "the sidecar's own container is out of reach: {all}"
+    );
+    assert!(
+        all.contains("would leave"),
+        "the quorum gate held {m0}: {all}"
+    );
+    // The other members never went down; the toolbox is gone.
+    for i in 0..2 {
+        let out = docker_ok(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            "0s",
+            "--filter",
+            &format!("container={}", stack.member(i)),
+            "--format",
+            "{{.Action}}",
+        ]);
+        assert!(
+            !out.lines().any(|a| ["die", "kill", "stop"].contains(&a)),
+            "member {i} was taken down: {out}"
+        );
+    }
+    let toolboxes = || {
+        docker_ok(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            "label=operator.toolbox.session",
+        ])
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || toolboxes().is_empty()),
+        "a toolbox outlived its session: {}",
+        toolboxes()
+    );
 }
 
 fn sidecar_log(stack: &Stack) -> String {

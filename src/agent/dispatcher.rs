@@ -676,11 +676,7 @@ impl Dispatcher {
         for value in &manifest_secrets {
             policy = policy.secret_value(value.clone());
         }
-        let own = match std::env::var("HOSTNAME") {
-            // In a container, the controller's own container answers to its hostname.
-            Ok(me) => OwnContainer::find(&inner.docker, &me).await,
-            Err(_) => None,
-        };
+        let own = OwnContainer::find(&inner.docker).await;
         let mut secret_values: Vec<String> = secret_names
             .iter()
             .filter_map(|n| std::env::var(n).ok())

@@ -67,24 +67,19 @@ pub struct OwnContainer {
 }
 
 impl OwnContainer {
-    /// The container this process runs in: `hostname` names one the engine knows, and it is
-    /// this process's own (the engine bind-mounts `/var/lib/docker/containers/<id>/hostname`
-    /// into it, which `/proc/self/mountinfo` shows). On a host whose name a container happens
-    /// to carry, `None`: that one is not ours.
-    pub async fn find(docker: &Docker, hostname: &str) -> Option<OwnContainer> {
-        let inspected = tokio::time::timeout(
-            Duration::from_secs(5),
-            docker.inspect_container(hostname, None),
-        )
-        .await;
+    /// The container this process runs in, if it runs in one: the engine bind-mounts
+    /// `<data-root>/containers/<id>/hostname` (and `hosts`, `resolv.conf`) into every
+    /// container, host networking included, which `/proc/self/mountinfo` shows; that id is
+    /// then asked of the engine. On a host, `None`.
+    pub async fn find(docker: &Docker) -> Option<OwnContainer> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let id = container_id_in_mounts(&mountinfo)?;
+        let inspected =
+            tokio::time::timeout(Duration::from_secs(5), docker.inspect_container(&id, None))
+                .await;
         let Ok(Ok(c)) = inspected else {
             return None;
         };
-        let id = c.id.clone()?;
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if !mounts_show_container(&mountinfo, &id) {
-            return None;
-        }
         let mut aliases = vec![id];
         if let Some(name) = &c.name {
             aliases.push(name.trim_start_matches('/').to_string());
@@ -116,10 +111,16 @@ impl OwnContainer {
     }
 }
 
-/// Whether a mount table shows the files the engine gives container `id` (its hostname,
-/// hosts, resolv.conf), i.e. whether the reader runs in that container.
-pub fn mounts_show_container(mountinfo: &str, id: &str) -> bool {
-    id.len() == 64 && mountinfo.contains(&format!("/containers/{id}/"))
+/// The id of the container whose files the engine mounted into the reader (its hostname,
+/// hosts, resolv.conf), from a mount table: the reader runs in that container.
+pub fn container_id_in_mounts(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let root = line.split(' ').nth(3)?;
+        let (_, rest) = root.split_once("/containers/")?;
+        let (id, file) = rest.split_once('/')?;
+        let is_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        (is_id && matches!(file, "hostname" | "hosts" | "resolv.conf")).then(|| id.to_string())
+    })
 }
 
 /// What a sandbox is opened for.
@@ -303,19 +304,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn its_own_container_is_recognised_by_its_mounts_only() {
+    fn its_own_container_is_found_in_its_mounts_only() {
         let id = "a".repeat(64);
         let inside = format!(
-            "812 790 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n"
+            "790 700 0:50 / / rw - overlay overlay rw\n812 790 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n"
         );
-        assert!(mounts_show_container(&inside, &id));
-        let other = "b".repeat(64);
-        assert!(!mounts_show_container(&inside, &other));
-        assert!(!mounts_show_container("", &id), "on the host");
-        assert!(
-            !mounts_show_container(&inside, "aaaaaaaaaaaa"),
-            "a short id is not enough"
-        );
+        assert_eq!(container_id_in_mounts(&inside), Some(id.clone()));
+        // A data root on a file system of its own shows the path from that root.
+        let own_fs = format!("812 790 8:17 /containers/{id}/resolv.conf /etc/resolv.conf rw - ext4 /dev/sdb1 rw\n");
+        assert_eq!(container_id_in_mounts(&own_fs), Some(id));
+        assert_eq!(container_id_in_mounts(""), None, "on the host");
+        let short = "812 790 8:1 /var/lib/docker/containers/aaaaaaaaaaaa/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n";
+        assert_eq!(container_id_in_mounts(short), None, "a short id is not enough");
+        let volume = format!("812 790 8:1 /srv/containers/{id}/data /data rw - ext4 /dev/sda1 rw\n");
+        assert_eq!(container_id_in_mounts(&volume), None, "only the engine's own files");
     }
 
     #[test]
