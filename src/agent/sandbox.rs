@@ -75,8 +75,7 @@ impl OwnContainer {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
         let id = container_id_in_mounts(&mountinfo)?;
         let inspected =
-            tokio::time::timeout(Duration::from_secs(5), docker.inspect_container(&id, None))
-                .await;
+            tokio::time::timeout(Duration::from_secs(5), docker.inspect_container(&id, None)).await;
         let Ok(Ok(c)) = inspected else {
             return None;
         };
@@ -311,13 +310,24 @@ mod tests {
         );
         assert_eq!(container_id_in_mounts(&inside), Some(id.clone()));
         // A data root on a file system of its own shows the path from that root.
-        let own_fs = format!("812 790 8:17 /containers/{id}/resolv.conf /etc/resolv.conf rw - ext4 /dev/sdb1 rw\n");
-        assert_eq!(container_id_in_mounts(&own_fs), Some(id));
+        let own_fs = format!(
+            "812 790 8:17 /containers/{id}/resolv.conf /etc/resolv.conf rw - ext4 /dev/sdb1 rw\n"
+        );
+        assert_eq!(container_id_in_mounts(&own_fs), Some(id.clone()));
         assert_eq!(container_id_in_mounts(""), None, "on the host");
         let short = "812 790 8:1 /var/lib/docker/containers/aaaaaaaaaaaa/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n";
-        assert_eq!(container_id_in_mounts(short), None, "a short id is not enough");
-        let volume = format!("812 790 8:1 /srv/containers/{id}/data /data rw - ext4 /dev/sda1 rw\n");
-        assert_eq!(container_id_in_mounts(&volume), None, "only the engine's own files");
+        assert_eq!(
+            container_id_in_mounts(short),
+            None,
+            "a short id is not enough"
+        );
+        let volume =
+            format!("812 790 8:1 /srv/containers/{id}/data /data rw - ext4 /dev/sda1 rw\n");
+        assert_eq!(
+            container_id_in_mounts(&volume),
+            None,
+            "only the engine's own files"
+        );
     }
 
     #[test]
