@@ -1,53 +1,30 @@
-//! The `shell` tool: runs one command line for the agent, bounded in time and in output, in
-//! an environment that holds no secret.
+//! The `shell` tool's bounds, output and secrets: what a command may cost and what of its
+//! output reaches the model. Where the command runs is the session's toolbox
+//! ([`super::toolbox`]); this module is what every way of running one shares.
 //!
-//! The model's command runs as `sh -c COMMAND`, the way the prototype ran it, but every
-//! fault the prototype had with it is closed here: it had no timeout on the process group,
-//! held all output in memory and handed it all to the model, and let every command read the
-//! API key. What the model sees is [`ShellOutput::model_json`]:
-//! `{stdout, stderr, exit_code, timed_out}` (plus `signal` and a `note` when relevant).
+//! What the model sees is [`ShellOutput::model_json`]: `{stdout, stderr, exit_code,
+//! timed_out}` (plus `signal` and a `note` when relevant).
 //!
 //! # Guarantees
-//! - The command runs in a new process group (its pgid is the shell's pid), stdin
-//!   `/dev/null`, with exactly the variables of its [`ChildEnv`] (the environment is cleared
-//!   first, so nothing leaks from the controller by default).
-//! - Past [`ShellLimits::timeout`] the whole group gets SIGTERM, after
-//!   [`ShellLimits::kill_grace`] SIGKILL, and the shell is reaped.
-//! - A command leaves nothing running: once the shell has exited (by itself or killed),
-//!   whatever it left in its group (`sleep 1000 &`) is killed with SIGKILL before [`run`]
-//!   returns. Only a process that left the group (`setsid`, a double fork into a new
-//!   session) is out of reach; its output is read for at most [`ShellLimits::drain`] more and
-//!   then ignored, so it cannot hang the call.
-//! - [`run`] therefore returns within about `timeout + kill_grace + 2 × drain` whatever the
-//!   command does (the last `drain` bounds a shell stuck in uninterruptible sleep).
-//! - stdout and stderr are read concurrently, so a child filling one pipe never blocks on
-//!   it, into bounded buffers: memory stays in the order of [`ShellLimits::output_cap`]
-//!   however much the command prints; the byte counts are exact.
-//! - At most `output_cap` bytes of stdout and stderr together go back (plus the notes): a
-//!   stream that does not fit keeps its head and its tail, and the cut is stated in the
-//!   text, with how many bytes were cut. A short stream is never cut to make room for a long
-//!   one. Invalid UTF-8 is replaced (lossy), never an error.
-//! - Secret values the [`ChildEnv`] knows (the API key, configured secrets) are replaced by
-//!   `[REDACTED]` in the output, including a part of one at a cut: a command can still read
-//!   the controller's own environment (`/proc/PID/environ`, `docker inspect` of its
-//!   container), and what it prints must not reach the model, the audit or the database.
-//!
-//! # Caveats
-//! - The child runs as the controller's user: the environment filter keeps secrets out of
-//!   the child's variables, not out of its reach. Redaction of the output is the second
-//!   line; the safety judge (`agent::safety`) refuses `/proc/*/environ` as a third.
+//! - [`ShellLimits`] bounds a command: its timeout, the grace between SIGTERM and SIGKILL of
+//!   its group, and how long output is still read after it ended.
+//! - At most [`ShellLimits::output_cap`] bytes of stdout and stderr together go back (plus
+//!   the notes): a stream that does not fit keeps its head and its tail, and the cut is
+//!   stated in the text, with how many bytes were cut. A short stream is never cut to make
+//!   room for a long one. Invalid UTF-8 is replaced (lossy), never an error. A [`Capture`]
+//!   holds at most the cap in memory however much the command prints.
+//! - Secret values a [`ChildEnv`] knows (the API key, `--secret-env` values, the manifests'
+//!   secrets) are replaced by `[REDACTED]` in the output, including a part of one at a cut.
+//!   A second line only: the toolbox holds none of them, and the proxy masks them in the
+//!   engine's answers.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Serialize, Serializer};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 
 /// The variable that carries the Anthropic API key; never passed to a child, whatever the
 /// configuration says.
@@ -430,105 +407,6 @@ pub enum ShellError {
     NoPid,
 }
 
-/// Runs `command` with `sh -c` under `limits`. See the module's guarantees. An error means
-/// the command could not be started at all; everything the command itself does (a non-zero
-/// exit, a timeout, a signal) is in the [`ShellOutput`].
-pub async fn run(
-    command: &str,
-    env: &ChildEnv,
-    limits: &ShellLimits,
-) -> Result<ShellOutput, ShellError> {
-    let started = Instant::now();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(command)
-        .env_clear()
-        .envs(env.vars())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        // If this future is dropped mid-run, tokio kills and reaps the shell; the guard below
-        // takes the rest of the group.
-        .kill_on_drop(true);
-    if let Some(dir) = env.cwd() {
-        cmd.current_dir(dir);
-    }
-    let mut child = cmd.spawn().map_err(ShellError::Spawn)?;
-    let Some(pid) = child.id() else {
-        return Err(ShellError::NoPid);
-    };
-    let mut group = GroupGuard {
-        pgid: pid as i32,
-        armed: true,
-    };
-
-    let stop = CancellationToken::new();
-    let out_task = tokio::spawn(read_capped(
-        child.stdout.take(),
-        limits.output_cap,
-        stop.clone(),
-    ));
-    let err_task = tokio::spawn(read_capped(
-        child.stderr.take(),
-        limits.output_cap,
-        stop.clone(),
-    ));
-
-    let (status, timed_out) = match tokio::time::timeout(limits.timeout, child.wait()).await {
-        Ok(status) => (status.ok(), false),
-        Err(_) => {
-            group.signal(libc::SIGTERM);
-            let status = match tokio::time::timeout(limits.kill_grace, child.wait()).await {
-                Ok(status) => status.ok(),
-                Err(_) => {
-                    group.signal(libc::SIGKILL);
-                    // Bounded: a shell in uninterruptible sleep is left to tokio's orphan
-                    // reaper rather than hanging the session.
-                    tokio::time::timeout(limits.drain, child.wait())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                }
-            };
-            (status, true)
-        }
-    };
-    // The shell is gone: what it left in its group goes too. Output already in the pipes is
-    // still read below. A SIGKILL is delivered asynchronously: wait (bounded) until no member
-    // still runs, so "the group is gone" holds when this returns.
-    group.signal(libc::SIGKILL);
-    group.wait_gone(limits.drain).await;
-
-    let readers = futures::future::join(out_task, err_task);
-    tokio::pin!(readers);
-    let (out, err) = match tokio::time::timeout(limits.drain, &mut readers).await {
-        Ok(r) => r,
-        Err(_) => {
-            // Someone outside the group holds a pipe open: stop listening to it.
-            stop.cancel();
-            readers.await
-        }
-    };
-    group.armed = false;
-    let out = out.unwrap_or_else(|_| Capture::new(limits.output_cap));
-    let err = err.unwrap_or_else(|_| Capture::new(limits.output_cap));
-
-    let (exit_code, signal) = exit_parts(status);
-    Ok(output(
-        &out,
-        &err,
-        limits,
-        env,
-        Ended {
-            exit_code,
-            signal,
-            timed_out,
-            duration: started.elapsed(),
-        },
-    ))
-}
-
 /// How a command ended, for [`output`].
 pub(crate) struct Ended {
     pub exit_code: Option<i32>,
@@ -577,78 +455,6 @@ pub(crate) fn output(
         stdout_bytes: out.total,
         stderr_bytes: err.total,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
-    }
-}
-
-fn exit_parts(status: Option<ExitStatus>) -> (Option<i32>, Option<i32>) {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Some(s) => (s.code(), s.signal()),
-        None => (None, None),
-    }
-}
-
-/// Signals the command's process group; on drop (the run was cancelled) kills it.
-struct GroupGuard {
-    pgid: i32,
-    armed: bool,
-}
-
-impl GroupGuard {
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) takes plain integers and touches no memory of ours. A negative pid
-        // addresses the process group; ESRCH (the group is gone) is the expected outcome
-        // after the last member died and needs no handling. The pgid stays reserved by the
-        // kernel while any member lives, so it cannot name a stranger's group then; once all
-        // are gone it could only be reused after the pid space wrapped around.
-        unsafe {
-            libc::kill(-self.pgid, sig);
-        }
-    }
-}
-
-impl GroupGuard {
-    /// Waits until no member of the group runs any more (zombies awaiting their reaper do
-    /// not count), at most `bound`. Reads `/proc`: Linux only, as the engine is.
-    async fn wait_gone(&self, bound: Duration) {
-        let deadline = tokio::time::Instant::now() + bound;
-        while group_has_live_member(self.pgid) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-/// Whether a process of group `pgid` is alive and not a zombie.
-fn group_has_live_member(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    let wanted = pgid.to_string();
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        // After `(comm)`: state ppid pgrp ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        fields.get(2) == Some(&wanted.as_str()) && fields.first() != Some(&"Z")
-    })
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            self.signal(libc::SIGKILL);
-        }
     }
 }
 
@@ -750,272 +556,11 @@ fn utf8_suffix(bytes: &[u8]) -> &[u8] {
     &bytes[skip..]
 }
 
-async fn read_capped<R: AsyncRead + Unpin>(
-    reader: Option<R>,
-    cap: usize,
-    stop: CancellationToken,
-) -> Capture {
-    let mut capture = Capture::new(cap);
-    let Some(mut reader) = reader else {
-        return capture;
-    };
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            n = reader.read(&mut buf) => match n {
-                Ok(0) => break,
-                Ok(n) => capture.push(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A broken pipe ends the stream like EOF; nothing more can be read.
-                Err(_) => break,
-            },
-        }
-    }
-    capture
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const KEY: &str = "sk-ant-test-0123456789abcdef";
-
-    /// Hang guard only: generous, never a measurement.
-    async fn run_guarded(command: &str, env: &ChildEnv, limits: &ShellLimits) -> ShellOutput {
-        tokio::time::timeout(Duration::from_secs(120), run(command, env, limits))
-            .await
-            .expect("run must return within its bounds")
-            .expect("sh starts")
-    }
-
-    fn plain_env() -> ChildEnv {
-        ChildEnv::build(
-            [(
-                "PATH".to_string(),
-                "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            )],
-            &EnvPolicy::default(),
-        )
-    }
-
-    /// Members of process group `pgid` that are alive (not zombies waiting for a reaper).
-    fn live_members(pgid: u32) -> Vec<u32> {
-        let mut live = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // After the `(comm)` field: state ppid pgrp ...
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.get(2) == Some(&pgid.to_string().as_str()) && fields[0] != "Z" {
-                live.push(pid);
-            }
-        }
-        live
-    }
-
-    fn alive(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| !r.trim_start().starts_with('Z'))
-                    .unwrap_or(false)
-            })
-            .unwrap_or(false)
-    }
-
-    #[tokio::test]
-    async fn exit_code_stdout_and_stderr_are_reported() {
-        let out = run_guarded(
-            "echo out; echo err >&2; exit 3",
-            &plain_env(),
-            &ShellLimits::default(),
-        )
-        .await;
-        assert_eq!(out.stdout, "out\n");
-        assert_eq!(out.stderr, "err\n");
-        assert_eq!(out.exit_code, Some(3));
-        assert_eq!(out.signal, None);
-        assert!(!out.timed_out && !out.truncated && !out.succeeded());
-        assert_eq!(out.note, None);
-        let json = out.model_json();
-        assert_eq!(
-            json,
-            serde_json::json!({"stdout": "out\n", "stderr": "err\n", "exit_code": 3, "timed_out": false})
-        );
-    }
-
-    #[tokio::test]
-    async fn a_shell_killed_by_a_signal_reports_the_signal() {
-        let out = run_guarded("kill -9 $$", &plain_env(), &ShellLimits::default()).await;
-        assert_eq!(out.exit_code, None);
-        assert_eq!(out.signal, Some(9));
-        assert_eq!(out.model_json()["signal"], 9);
-        assert!(!out.timed_out);
-    }
-
-    #[tokio::test]
-    async fn stdin_is_null_so_a_reader_does_not_wait() {
-        let out = run_guarded("cat; echo done", &plain_env(), &ShellLimits::default()).await;
-        assert_eq!(out.stdout, "done\n");
-        assert!(out.succeeded());
-    }
-
-    #[tokio::test]
-    async fn timeout_kills_the_whole_group_including_a_background_grandchild() {
-        let limits = ShellLimits::default()
-            .timeout(Duration::from_millis(500))
-            .kill_grace(Duration::from_millis(500));
-        let out = run_guarded(
-            "echo $$; sleep 1000 & echo $!; sleep 1000",
-            &plain_env(),
-            &limits,
-        )
-        .await;
-        assert!(out.timed_out);
-        assert_eq!(out.exit_code, None);
-        assert_eq!(out.signal, Some(libc::SIGTERM));
-        assert!(out.note.as_deref().unwrap_or("").contains("timeout"));
-        let pids: Vec<u32> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
-        let (pgid, grandchild) = (pids[0], pids[1]);
-        assert_eq!(live_members(pgid), Vec::<u32>::new());
-        assert!(
-            !alive(grandchild),
-            "the background sleep {grandchild} survived"
-        );
-    }
-
-    #[tokio::test]
-    async fn timeout_escalates_to_sigkill_when_sigterm_is_ignored() {
-        let limits = ShellLimits::default()
-            .timeout(Duration::from_millis(300))
-            .kill_grace(Duration::from_millis(300));
-        let out = run_guarded(
-            "trap '' TERM; echo $$; sleep 1000 & echo $!; while :; do sleep 1; done",
-            &plain_env(),
-            &limits,
-        )
-        .await;
-        assert!(out.timed_out);
-        assert_eq!(out.signal, Some(libc::SIGKILL));
-        let pids: Vec<u32> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
-        assert_eq!(live_members(pids[0]), Vec::<u32>::new());
-        assert!(!alive(pids[1]));
-    }
-
-    #[tokio::test]
-    async fn background_processes_left_behind_are_killed_when_the_shell_exits() {
-        // One holds the stdout pipe open, one does not; neither may outlive the call, and
-        // the one holding the pipe must not make the read wait for it.
-        let out = run_guarded(
-            "echo $$; sleep 1000 & echo $!; sleep 1000 >/dev/null 2>&1 & echo $!",
-            &plain_env(),
-            &ShellLimits::default(),
-        )
-        .await;
-        assert!(!out.timed_out);
-        assert_eq!(out.exit_code, Some(0));
-        let pids: Vec<u32> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
-        assert_eq!(live_members(pids[0]), Vec::<u32>::new());
-        assert!(!alive(pids[1]) && !alive(pids[2]));
-    }
-
-    #[tokio::test]
-    async fn a_process_that_left_the_group_cannot_hang_the_read() {
-        let limits = ShellLimits::default().drain(Duration::from_millis(200));
-        let out = run_guarded("setsid sleep 1000 & echo $!", &plain_env(), &limits).await;
-        let pid: u32 = out.stdout.trim().parse().unwrap();
-        // Out of reach by design (documented); clean up what the test made.
-        // SAFETY: kill(2) with plain integers.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-        assert_eq!(out.exit_code, Some(0));
-        assert!(!out.timed_out);
-    }
-
-    #[tokio::test]
-    async fn megabytes_of_output_are_capped_keeping_head_and_tail() {
-        let out = run_guarded(
-            "echo START; yes | head -c 5000000; echo END",
-            &plain_env(),
-            &ShellLimits::default(),
-        )
-        .await;
-        assert!(out.succeeded());
-        assert!(out.truncated);
-        assert_eq!(out.stdout_bytes, 5_000_000 + 6 + 4);
-        assert!(
-            out.stdout.starts_with("START\ny\ny\n"),
-            "{}",
-            &out.stdout[..20]
-        );
-        assert!(out.stdout.ends_with("y\ny\nEND\n"));
-        let marker = format!(
-            "[... {} bytes cut: output longer than 100000 bytes; head and tail kept ...]",
-            5_000_010 - 100_000
-        );
-        assert!(out.stdout.contains(&marker), "marker missing");
-        assert!(out.stdout.len() <= DEFAULT_OUTPUT_CAP + 200);
-        let note = out.note.clone().unwrap();
-        assert!(note.contains("4900010 of 5000010 stdout bytes"), "{note}");
-        assert!(out.model_json()["note"].is_string());
-    }
-
-    #[tokio::test]
-    async fn big_stdout_and_stderr_together_do_not_deadlock_and_share_the_cap() {
-        let out = run_guarded(
-            "yes out | head -c 3000000 & yes err | head -c 3000000 >&2; wait",
-            &plain_env(),
-            &ShellLimits::default().output_cap(10_000),
-        )
-        .await;
-        assert!(out.succeeded());
-        assert_eq!((out.stdout_bytes, out.stderr_bytes), (3_000_000, 3_000_000));
-        assert!(out.stdout.starts_with("out\n") && out.stderr.starts_with("err\n"));
-        // 5000 bytes each, plus the marker.
-        assert!(out.stdout.len() < 5_200 && out.stdout.len() > 5_000);
-        assert!(out.stderr.len() < 5_200 && out.stderr.len() > 5_000);
-    }
-
-    #[tokio::test]
-    async fn a_short_stream_is_not_cut_to_make_room_for_a_long_one() {
-        let out = run_guarded(
-            "echo oops >&2; yes | head -c 1000000",
-            &plain_env(),
-            &ShellLimits::default(),
-        )
-        .await;
-        assert_eq!(out.stderr, "oops\n");
-        assert!(out.truncated);
-        assert_eq!(out.stdout_bytes, 1_000_000);
-    }
-
-    #[tokio::test]
-    async fn invalid_utf8_is_replaced_not_an_error() {
-        let out = run_guarded(
-            r"printf '\377\376ok'",
-            &plain_env(),
-            &ShellLimits::default(),
-        )
-        .await;
-        assert_eq!(out.stdout, "\u{FFFD}\u{FFFD}ok");
-    }
-
-    #[tokio::test]
-    async fn the_working_directory_is_the_one_given() {
-        let env = plain_env().with_cwd("/tmp");
-        let out = run_guarded("pwd", &env, &ShellLimits::default()).await;
-        assert_eq!(out.stdout, "/tmp\n");
-    }
 
     fn secretive_vars() -> Vec<(String, String)> {
         [
@@ -1097,46 +642,6 @@ mod tests {
         ];
         let env = ChildEnv::build(vars, &policy);
         assert_eq!(env.dropped(), ["INNOCENT"]);
-    }
-
-    #[tokio::test]
-    async fn a_command_printing_its_environment_shows_no_secret() {
-        let mut vars = secretive_vars();
-        vars.extend(std::env::vars().filter(|(n, _)| n != "PATH" && n != "HOME"));
-        let env = ChildEnv::build(vars, &EnvPolicy::default().secret_name("PD_ADMIN"));
-        let out = run_guarded("env", &env, &ShellLimits::default()).await;
-        assert!(out.succeeded());
-        for secret in [KEY, "ghp_notreallyatoken123", "hunter2hunter2", "pd-admin"] {
-            assert!(!out.stdout.contains(secret), "{secret} leaked");
-        }
-        for name in [API_KEY_VAR, "GITHUB_TOKEN", "db_password", "PD_ADMIN"] {
-            assert!(!out.stdout.contains(&format!("{name}=")), "{name} leaked");
-        }
-        assert!(
-            out.stdout
-                .contains("DOCKER_HOST=unix:///var/run/docker.sock")
-        );
-        assert!(out.stdout.contains("PROMETHEUS_URL=http://127.0.0.1:9090"));
-    }
-
-    #[tokio::test]
-    async fn a_secret_the_command_reads_from_elsewhere_is_redacted() {
-        // The way a command can still reach the key: the controller's own environment
-        // (`/proc/PPID/environ`, `docker inspect`). Simulated with a file.
-        let dir = std::env::temp_dir().join(format!("agentshell-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("environ");
-        std::fs::write(&file, format!("{API_KEY_VAR}={KEY}\nOTHER=1\n")).unwrap();
-        let env = ChildEnv::build(secretive_vars(), &EnvPolicy::default());
-        let out = run_guarded(
-            &format!("cat {0}; cat {0} >&2", file.display()),
-            &env,
-            &ShellLimits::default(),
-        )
-        .await;
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(out.stdout, format!("{API_KEY_VAR}={REDACTED}\nOTHER=1\n"));
-        assert_eq!(out.stderr, out.stdout);
     }
 
     #[test]
