@@ -1,7 +1,7 @@
 //! The agent's read-only tools: what an on-call engineer looks at first, served without a
 //! shell so the model does not have to guess command lines (and an `observe` session can
-//! still see everything). The `shell` tool is the session's own (it needs the safety judge
-//! and approvals); this module only describes it.
+//! still see everything). The `shell` tool is the session's own (it runs in the session's
+//! toolbox, after a person's approval in approve mode); this module only describes it.
 //!
 //! # Guarantees
 //! - Nothing here changes anything: Docker is only inspected and its logs read, the ticket
@@ -32,7 +32,7 @@ pub const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
 /// prompt prefix is cacheable; the last one is marked for caching by the session.
 pub const DEFINITIONS: &str = r#"[
   {"name": "shell",
-   "description": "Run a shell command (sh -c) on the controller's host, where the docker CLI talks to the cluster's engine. Returns JSON {stdout, stderr, exit_code, timed_out}; long output is cut to its head and tail. What may run depends on the safety mode: a command may be refused (with the reason) or wait for a person's approval.",
+   "description": "Run a shell command (sh -c) in this session's toolbox container, where the docker CLI talks to the cluster's engine through a proxy that allows reads and, depending on the safety mode, changes to the cluster's own containers that keep every quorum. Returns JSON {stdout, stderr, exit_code, timed_out}; long output is cut to its head and tail. A refused Docker request fails with the reason in stderr; in approve mode a command first waits for a person's approval.",
    "input_schema": {"type": "object", "properties": {"command": {"type": "string", "description": "The command line, run by sh -c."}}, "required": ["command"]}},
   {"name": "cluster_status",
    "description": "Desired against observed for every service of the ticket's cluster: container state, health, drifts the controller sees now, the repair it would make, open tickets, escalation and holds.",

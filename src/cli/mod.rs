@@ -545,8 +545,9 @@ pub struct AgentArgs {
     /// Model for sessions whose manifest names none.
     #[arg(long, env = "OPERATOR_AGENT_MODEL", default_value = crate::agent::dispatcher::DEFAULT_MODEL, value_name = "MODEL")]
     pub agent_model: String,
-    /// What the agent's shell may do where the manifest does not say: observe (read-only),
-    /// approve (anything else waits for `operator tickets approve`), execute.
+    /// What the agent's commands may do where the manifest does not say: observe (no
+    /// network, Docker reads only), approve (every command waits for `operator tickets
+    /// approve`), execute (the proxy's ownership and quorum rules only).
     #[arg(long, env = "OPERATOR_SAFETY_MODE", default_value = "observe", value_parser = ["observe", "approve", "execute"], value_name = "MODE")]
     pub safety_mode: String,
     /// Agent sessions at once (the rest queue in ticket order).

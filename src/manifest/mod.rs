@@ -118,13 +118,14 @@ impl Group {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SafetyMode {
-    /// Read-only tools, and shell commands on a read-only allowlist (the default, as in
-    /// HolmesGPT).
+    /// Commands run in a toolbox without network whose Docker proxy only reads (the default,
+    /// as in HolmesGPT).
     #[default]
     Observe,
-    /// Read-only runs; anything else waits for a person's `operator tickets approve`.
+    /// Every command waits for a person's `operator tickets approve`; the proxy still
+    /// enforces ownership and the quorum gate.
     Approve,
-    /// Anything but the denylist runs (a lab mode).
+    /// Commands run; the proxy enforces ownership and the quorum gate.
     Execute,
 }
 
