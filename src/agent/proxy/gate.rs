@@ -29,7 +29,7 @@ const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// to a cluster at a time, and the members each change took down.
 ///
 /// # Guarantees
-/// - Changes to one cluster are serialised ([`Registry::turn`]): the judgment, the forward
+/// - Changes to one cluster are serialised (one turn at a time): the judgment, the forward
 ///   and the engine's answer happen under one turn, so two stops in two statements are
 ///   judged in turn, each seeing the other's effect.
 /// - A disrupted member stays under way until it has been seen running for [`SETTLE`]; a
@@ -122,6 +122,22 @@ impl Registry {
             at,
             running_since: None,
         });
+    }
+
+    /// The disruption of `member` at `at` did not happen (the engine refused it): forgotten,
+    /// unless a later one replaced it.
+    pub(super) fn forget(&self, cluster: &str, member: &str, at: DateTime<Utc>) {
+        let mut holds = self.holds();
+        let key = (cluster.to_string(), member.to_string());
+        let Some(hold) = holds.get_mut(&key) else {
+            return;
+        };
+        if hold.disrupted.as_ref().is_some_and(|d| d.at == at) {
+            hold.disrupted = None;
+        }
+        if hold.disrupted.is_none() && hold.execs.is_empty() {
+            holds.remove(&key);
+        }
     }
 
     /// `session` exec'd into `member`.
@@ -289,6 +305,21 @@ mod tests {
         assert_eq!(r.under_way("c").len(), 1);
         r.observe("c", "m1", up(0), t(111));
         assert!(r.under_way("c").is_empty());
+    }
+
+    #[test]
+    fn a_disruption_the_engine_refused_is_forgotten_unless_replaced() {
+        let r = Registry::new();
+        r.disrupted("c", "m1", t(0));
+        r.forget("c", "m1", t(0));
+        assert!(r.under_way("c").is_empty());
+        r.disrupted("c", "m1", t(1));
+        r.disrupted("c", "m1", t(2));
+        r.forget("c", "m1", t(1));
+        assert_eq!(r.under_way("c").len(), 1, "the later disruption stands");
+        r.exec_into("c", "m2", "s1");
+        r.forget("c", "m2", t(2));
+        assert_eq!(r.under_way("c").len(), 2, "an exec is not a disruption");
     }
 
     #[test]

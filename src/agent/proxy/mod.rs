@@ -10,6 +10,9 @@
 //!   network connect and disconnect) are refused in observe; otherwise they pass only for
 //!   containers of the session's cluster that the controller owns or adopted, after the
 //!   quorum gate for the disruptive ones, one change per cluster at a time ([`Registry`]).
+//!   An exec is refused where it would reach past its container (privileged, the host's
+//!   processes, the engine's socket mounted) or print a secret environment; a privileged
+//!   exec is refused everywhere.
 //! - Everything else is refused: HTTP 403 with `{"message": "refused by operator: ..."}`,
 //!   which the docker CLI prints as the engine's own error.
 //!
@@ -18,8 +21,12 @@
 //!
 //! # Guarantees
 //! - Every request, allowed or not, produces one [`ProxyEvent`].
-//! - What is forwarded names the target by the full id the decision resolved, so what was
-//!   judged is what is acted on.
+//! - What is forwarded is rebuilt from what was judged: the target by the full id the
+//!   decision resolved, a change's query cut to the parameters its verb takes, the bodies
+//!   that are checked re-encoded, the others dropped; API versions older than
+//!   [`rules::MIN_API_VERSION`] (which read some bodies differently) are refused.
+//! - A change runs to the engine's answer even when its client goes away, holding its
+//!   cluster's turn, and is recorded (event, credit, registry) either way.
 //! - [`Proxy::stop`] ends every connection, stream and exec session, and removes the socket.
 //!
 //! # Caveats
@@ -29,6 +36,10 @@
 //! - Ending an exec session closes its connection; a process it started in the container
 //!   may go on (the API has no way to stop it), which is why the member stays under way
 //!   until the session ends.
+//! - A connection that never makes a request HTTP can parse (garbage, headers over 64 KiB
+//!   or slower than 30 s) is closed without an event: nothing of it reached a decision.
+//! - An update's body passes as sent: the engine applies only resource limits and the
+//!   restart policy from it, which can still take a member down (so it is gated).
 
 mod gate;
 pub mod mask;
@@ -155,6 +166,20 @@ pub enum ProxyError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("the proxy failed while deciding {what}: {source}")]
+    Task {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("the engine's inspect of {what} gave no id")]
+    NoId { what: String },
+    #[error("cannot send {path} to the engine: {source}")]
+    Path {
+        path: String,
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
     #[error("timed out after {seconds}s while {doing}")]
     Timeout { doing: String, seconds: u64 },
     #[error("the proxy of session {session} is stopping")]
@@ -222,7 +247,7 @@ impl Proxy {
 
     /// Stops accepting, ends every open connection and stream (logs -f, events, exec
     /// sessions), removes the socket and releases what this session holds in the registry.
-    /// Bounded by [`STOP_WAIT`].
+    /// Waits at most 5 s for them to end.
     pub async fn stop(mut self) {
         self.shared.cancel.cancel();
         if let Some(accept) = self.accept.take() {

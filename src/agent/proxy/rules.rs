@@ -1,6 +1,6 @@
 //! The pure decision: what one request to the Docker API is (its kind and its target), and
 //! whether the session's mode lets that kind through. No I/O: resolving the target, who
-//! owns it and the quorum gate are the server's ([`super::serve`]), with the engine.
+//! owns it and the quorum gate are the server's (`serve`), with the engine.
 //!
 //! # Guarantees
 //! - A request is matched against a closed list of endpoints on its percent-decoded path,

@@ -18,7 +18,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
@@ -50,6 +49,10 @@ const HEADER_LIMIT: usize = 64 << 10;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting to the engine's socket, or one inspect for a decision.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a change waits for the engine's answer: the longest stop timeout a manifest
+/// may set, and a margin.
+const CHANGE_TIMEOUT: Duration =
+    Duration::from_secs(crate::manifest::MAX_STOP_TIMEOUT.as_secs() + 60);
 /// The longest a change waits for its cluster's turn (another session's stop may take the
 /// container's stop timeout).
 const TURN_WAIT: Duration = Duration::from_secs(120);
@@ -166,6 +169,20 @@ impl Container {
 struct Network {
     id: String,
     name: String,
+}
+
+/// How a forward relates to the connection it came on and to the proxy's stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    /// A read: ends when the proxy stops.
+    Read,
+    /// An exec start: its connection upgrades (its `Connection` and `Upgrade` headers pass),
+    /// and ends when the proxy stops.
+    Upgrade,
+    /// A change: runs until the engine answered (bounded by [`CHANGE_TIMEOUT`]), even when
+    /// the client leaves or the proxy stops, so that its cluster's turn is held until the
+    /// engine has acted and the next change is judged on what it did.
+    Change,
 }
 
 /// How an answer goes back.
@@ -346,10 +363,15 @@ impl Shared {
     }
 
     /// Decides and answers one request, and records its event.
+    ///
+    /// # Guarantees
+    /// The decision runs in a task of its own, to the end, also when the client goes away
+    /// meanwhile (a command timeout kills the CLI): a change that reached the engine is
+    /// recorded, and its event sent, whether or not anyone reads the answer.
     async fn handle(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         req: Request<Incoming>,
-        alive: &mpsc::Sender<()>,
+        alive: mpsc::Sender<()>,
     ) -> Response<Body> {
         let at = Utc::now();
         let method = req.method().as_str().to_string();
@@ -357,7 +379,35 @@ impl Shared {
             .uri()
             .path_and_query()
             .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string());
-        let (answer, mutation) = self.decide(req, alive).await;
+        let decided = tokio::spawn({
+            let this = self.clone();
+            let (method, path) = (method.clone(), path.clone());
+            async move {
+                let (answer, mutation) = this.decide(req, &alive).await;
+                this.record(at, method, path, &answer, mutation);
+                answer.response
+            }
+        });
+        match decided.await {
+            Ok(response) => response,
+            Err(e) => {
+                let what = format!("{method} {}", rules::shown(&path));
+                let answer = Answer::failed(ProxyError::Task { what, source: e }, None, false);
+                self.record(at, method, path, &answer, false);
+                answer.response
+            }
+        }
+    }
+
+    /// Sends a request's event.
+    fn record(
+        &self,
+        at: DateTime<Utc>,
+        method: String,
+        path: String,
+        answer: &Answer,
+        mutation: bool,
+    ) {
         debug!(
             session = %self.session,
             %method,
@@ -372,22 +422,17 @@ impl Shared {
             at,
             method,
             path,
-            target: answer.target,
+            target: answer.target.clone(),
             allowed: answer.allowed,
-            reason: answer.reason,
+            reason: answer.reason.clone(),
             status: answer.status,
             mutation,
         });
-        answer.response
     }
 
     /// The decision and, when allowed, the forward. Also says whether the request asks
     /// for a change.
-    async fn decide(
-        self: &Arc<Self>,
-        mut req: Request<Incoming>,
-        alive: &mpsc::Sender<()>,
-    ) -> (Answer, bool) {
+    async fn decide(&self, mut req: Request<Incoming>, alive: &mpsc::Sender<()>) -> (Answer, bool) {
         let uri = req.uri().clone();
         let classified = rules::classify(req.method().as_str(), uri.path(), uri.query());
         // An endpoint outside the list counts as a change unless it is a GET or HEAD.
@@ -429,13 +474,14 @@ impl Shared {
             Err(e) => return (Answer::failed(e, None, false), mutation),
         };
         let forward = Forward {
-            parts: &parts,
-            request: &request,
-            query: uri.query(),
-            what: &what,
-            alive,
+            method: parts.method,
+            headers: parts.headers,
+            request,
+            query: uri.query().map(str::to_string),
+            what,
+            alive: alive.clone(),
         };
-        let answer = match &request.kind {
+        let answer = match &forward.request.kind {
             Kind::Ping => self.read(&forward, "", None, Deliver::Stream).await,
             Kind::Global(global) => {
                 let deliver = match global {
@@ -513,15 +559,15 @@ impl Shared {
     /// Forwards a read to `target` (a resolved id, or "" for the engine as a whole).
     async fn read(
         &self,
-        forward: &Forward<'_>,
+        forward: &Forward,
         target: &str,
         shown: Option<String>,
         deliver: Deliver,
     ) -> Answer {
-        let path = rules::forward_path(forward.request, target, forward.query);
+        let path = rules::forward_path(&forward.request, target, forward.query.as_deref());
         let result = async {
-            let response = self.send(forward, path, Bytes::new(), false).await?;
-            self.deliver(response, deliver, forward.what).await
+            let response = self.send(forward, path, Bytes::new(), Leg::Read).await?;
+            self.deliver(response, deliver, &forward.what).await
         }
         .await;
         match result {
@@ -535,7 +581,7 @@ impl Shared {
     /// member down.
     async fn change(
         &self,
-        forward: &Forward<'_>,
+        forward: &Forward,
         network: Option<(&String, rules::NetworkBody)>,
         container: &str,
         verb: Verb,
@@ -601,7 +647,7 @@ impl Shared {
                     );
                 }
                 (
-                    rules::forward_path(forward.request, &c.id, forward.query),
+                    rules::forward_path(&forward.request, &c.id, forward.query.as_deref()),
                     body,
                 )
             }
@@ -625,12 +671,12 @@ impl Shared {
                     Err(why) => return Answer::refused(why, shown),
                 };
                 (
-                    rules::forward_path(forward.request, &n.id, forward.query),
+                    rules::forward_path(&forward.request, &n.id, forward.query.as_deref()),
                     body,
                 )
             }
             (_, None) => (
-                rules::forward_path(forward.request, &c.id, forward.query),
+                rules::forward_path(&forward.request, &c.id, forward.query.as_deref()),
                 if verb.takes_body() {
                     body.to_vec()
                 } else {
@@ -654,32 +700,45 @@ impl Shared {
             }
         }
         let at = Utc::now();
-        let result = async {
-            let response = self.send(forward, path, Bytes::from(body), false).await?;
-            let (parts, bytes) = buffer(response, forward.what).await?;
-            Ok::<_, ProxyError>((parts, bytes))
+        // Held before it is sent: if the answer never comes (the engine is slow, the proxy
+        // stops), the member may still be going down and must count as under way.
+        let disrupts = verb.disruptive() && member && verb != Verb::Exec;
+        if disrupts {
+            self.registry.disrupted(cluster, &key.service, at);
         }
-        .await;
+        let result = tokio::time::timeout(CHANGE_TIMEOUT, async {
+            let response = self
+                .send(forward, path, Bytes::from(body), Leg::Change)
+                .await?;
+            buffer(response, &forward.what).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProxyError::Timeout {
+                doing: format!("waiting for the engine's answer to {}", forward.what),
+                seconds: CHANGE_TIMEOUT.as_secs(),
+            })
+        });
         let (parts, bytes) = match result {
             Ok(answer) => answer,
             Err(e) => return Answer::failed(e, shown, true),
         };
-        if parts.status.is_success() {
-            if verb == Verb::Exec {
-                self.created_exec(&bytes, &c, &key, member);
-            } else {
-                let what = match verb {
-                    Verb::Connect => format!("connect {} to a network", c.name),
-                    Verb::Disconnect => format!("disconnect {} from a network", c.name),
-                    _ => format!("{verb} {}", c.name),
-                };
-                self.credit(at, what);
-                if verb.disruptive() && member {
-                    self.registry.disrupted(cluster, &key.service, at);
-                }
+        if !parts.status.is_success() {
+            // The engine did nothing (it said why): nothing is under way.
+            if disrupts {
+                self.registry.forget(cluster, &key.service, at);
             }
+        } else if verb == Verb::Exec {
+            self.created_exec(&bytes, &c, &key, member);
+        } else {
+            let what = match verb {
+                Verb::Connect => format!("connect {} to a network", c.name),
+                Verb::Disconnect => format!("disconnect {} from a network", c.name),
+                _ => format!("{verb} {}", c.name),
+            };
+            self.credit(at, what);
         }
-        match self.masked(parts, &bytes, forward.what) {
+        match self.masked(parts, &bytes, &forward.what) {
             Ok(response) => Answer::forwarded(response, shown, format!("allowed: {verb}")),
             Err(e) => Answer::failed(e, shown, true),
         }
@@ -709,16 +768,23 @@ impl Shared {
     /// are spliced until either side ends or the proxy stops.
     async fn exec_start(
         &self,
-        forward: &Forward<'_>,
+        forward: &Forward,
         exec: &str,
         c: Container,
         body: Bytes,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Answer {
         let shown = Some(c.shown());
-        let path = rules::forward_path(forward.request, exec, forward.query);
+        // Always there: taken from every exec start's request before its body was read.
+        let Some(client) = upgrade else {
+            return Answer::refused(
+                Refused("an exec start must come on a connection that can upgrade".into()),
+                shown,
+            );
+        };
+        let path = rules::forward_path(&forward.request, exec, forward.query.as_deref());
         let at = Utc::now();
-        let mut response = match self.send(forward, path, body, true).await {
+        let mut response = match self.send(forward, path, body, Leg::Upgrade).await {
             Ok(response) => response,
             Err(e) => return Answer::failed(e, shown, true),
         };
@@ -727,7 +793,7 @@ impl Shared {
             self.credit(at, format!("exec in {}", c.name));
         }
         if status != StatusCode::SWITCHING_PROTOCOLS {
-            return match self.deliver(response, Deliver::Stream, forward.what).await {
+            return match self.deliver(response, Deliver::Stream, &forward.what).await {
                 Ok(response) => {
                     Answer::forwarded(response, shown, "allowed: exec start".to_string())
                 }
@@ -738,17 +804,15 @@ impl Shared {
         let cancel = self.cancel.clone();
         let alive = forward.alive.clone();
         let session = self.session.clone();
-        if let Some(client) = upgrade {
-            tokio::spawn(async move {
-                let _alive = alive;
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    spliced = splice(client, engine) => if let Err(e) = spliced {
-                        debug!(%session, error = %e, "exec session ended");
-                    },
-                }
-            });
-        }
+        tokio::spawn(async move {
+            let _alive = alive;
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                spliced = splice(client, engine) => if let Err(e) = spliced {
+                    debug!(%session, error = %e, "exec session ended");
+                },
+            }
+        });
         let mut answer = Response::new(empty());
         *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *answer.headers_mut() = response.headers().clone();
@@ -793,16 +857,8 @@ impl Shared {
                 None,
                 false,
             )),
-            Ok(Ok(raw)) => Container::from_inspect(raw).ok_or_else(|| {
-                Answer::failed(
-                    ProxyError::Timeout {
-                        doing: format!("reading the id of {what}: the engine gave none"),
-                        seconds: 0,
-                    },
-                    None,
-                    false,
-                )
-            }),
+            Ok(Ok(raw)) => Container::from_inspect(raw)
+                .ok_or_else(|| Answer::failed(ProxyError::NoId { what }, None, false)),
         }
     }
 
@@ -836,10 +892,10 @@ impl Shared {
     /// Sends one request to the engine on a connection of its own.
     async fn send(
         &self,
-        forward: &Forward<'_>,
+        forward: &Forward,
         path: String,
         body: Bytes,
-        upgrade: bool,
+        leg: Leg,
     ) -> Result<Response<Incoming>, ProxyError> {
         let socket = &self.engine_socket;
         let stream = tokio::time::timeout(ENGINE_TIMEOUT, UnixStream::connect(socket))
@@ -859,34 +915,49 @@ impl Shared {
                     path: socket.clone(),
                     source,
                 })?;
-        let cancel = self.cancel.clone();
+        // A change's connection is not cut when the proxy stops: see [`Leg::Change`].
+        let cancel = (leg != Leg::Change).then(|| self.cancel.clone());
         let alive = forward.alive.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = connection.with_upgrades() => {}
+            match cancel {
+                Some(cancel) => tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = connection.with_upgrades() => {}
+                },
+                None => {
+                    let _ = connection.with_upgrades().await;
+                }
             }
         });
         let mut request = Request::new(Full::new(body));
-        *request.method_mut() = forward.parts.method.clone();
-        *request.uri_mut() = path.parse().map_err(|_| ProxyError::Unmaskable {
-            what: forward.what.to_string(),
-            reason: format!("the path {path} cannot be sent"),
+        *request.method_mut() = forward.method.clone();
+        *request.uri_mut() = path.parse().map_err(|source| ProxyError::Path {
+            path: path.clone(),
+            source,
         })?;
-        let mut headers = without_hop_by_hop(&forward.parts.headers, upgrade);
+        let mut headers = without_hop_by_hop(&forward.headers, leg == Leg::Upgrade);
         // The body may have been re-encoded: its length is the new one, set by the client.
         headers.remove(header::CONTENT_LENGTH);
         if !headers.contains_key(header::HOST) {
             headers.insert(header::HOST, HeaderValue::from_static("docker"));
         }
         *request.headers_mut() = headers;
+        let sent = async {
+            sender
+                .send_request(request)
+                .await
+                .map_err(|source| ProxyError::EngineRequest {
+                    what: forward.what.clone(),
+                    source,
+                })
+        };
+        if leg == Leg::Change {
+            return sent.await;
+        }
         tokio::select! {
             _ = self.cancel.cancelled() => Err(ProxyError::Stopping { session: self.session.clone() }),
-            sent = sender.send_request(request) => sent.map_err(|source| ProxyError::EngineRequest {
-                what: forward.what.to_string(),
-                source,
-            }),
+            sent = sent => sent,
         }
     }
 
@@ -943,14 +1014,15 @@ impl Shared {
 }
 
 /// What every forward of one request needs.
-struct Forward<'a> {
-    parts: &'a Parts,
-    request: &'a rules::Request,
-    query: Option<&'a str>,
+struct Forward {
+    method: hyper::Method,
+    headers: HeaderMap,
+    request: rules::Request,
+    query: Option<String>,
     /// `METHOD /path`, for messages.
-    what: &'a str,
+    what: String,
     /// Held by every task the request spawns, so [`super::Proxy::stop`] can wait for them.
-    alive: &'a mpsc::Sender<()>,
+    alive: mpsc::Sender<()>,
 }
 
 /// Reads a request body, at most [`REQUEST_BODY_LIMIT`] bytes.
@@ -1100,7 +1172,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, alive: mpsc::Sender
         move |req| {
             let shared = shared.clone();
             let alive = alive.clone();
-            async move { Ok::<_, Infallible>(shared.handle(req, &alive).await) }
+            async move { Ok::<_, Infallible>(shared.handle(req, alive).await) }
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
