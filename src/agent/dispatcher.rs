@@ -367,6 +367,12 @@ impl Dispatcher {
         }
     }
 
+    /// What the sessions' proxies have under way (the controller hands it its own, see
+    /// [`Registry::also_controller`]).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
     /// Why dispatching stopped for good, if it did (a fatal API answer).
     pub fn stopped(&self) -> Option<String> {
         lock(&self.inner.stopped).clone()

@@ -155,13 +155,13 @@ fn agent_dispatcher(
     }
     let cfg = super::agent::config(args, db, if mode == Mode::Queue { None } else { key });
     let initial = Arc::new(desired.clone());
+    let cell = controller.clone();
     let agent = Dispatcher::new(
         mode,
         cfg,
         docker,
         move || {
-            controller
-                .get()
+            cell.get()
                 .map(|c| c.desired())
                 .unwrap_or_else(|| initial.clone())
         },
@@ -170,6 +170,13 @@ fn agent_dispatcher(
         metrics,
     )
     .map_err(|e| Failure::new(e.to_string()))?;
+    // The agent's proxies judge against what this controller has under way too.
+    agent.registry().also_controller(move |cluster| {
+        controller
+            .get()
+            .map(|c| c.under_way(cluster))
+            .unwrap_or_default()
+    });
     match mode {
         Mode::Queue => {
             info!("agent sessions are queued for `operator agent` (--agent-dispatch external)")

@@ -528,6 +528,12 @@ impl Controller {
         self.shared.desired()
     }
 
+    /// The services of `cluster` this controller has taken down and not yet seen live again:
+    /// what the agent's proxy, in this process, counts as under way besides its own.
+    pub fn under_way(&self, cluster: &str) -> std::collections::BTreeSet<String> {
+        self.shared.disruptions.under_way(cluster)
+    }
+
     /// Swaps in a new desired state (already validated) and looks at every key again.
     pub fn set_desired(&self, desired: DesiredState) {
         let declared = |k: &ServiceKey| {

@@ -179,6 +179,16 @@ impl Disruptions {
         lock(&self.inner).taken.remove(key)
     }
 
+    /// The services of `cluster` under way now.
+    pub fn under_way(&self, cluster: &str) -> BTreeSet<String> {
+        lock(&self.inner)
+            .taken
+            .keys()
+            .filter(|k| k.cluster == cluster)
+            .map(|k| k.service.clone())
+            .collect()
+    }
+
     /// Forgets everything about services the manifests no longer declare.
     pub fn retain(&self, declared: impl Fn(&ServiceKey) -> bool) {
         lock(&self.inner).taken.retain(|k, _| declared(k));

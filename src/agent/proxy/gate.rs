@@ -39,6 +39,20 @@ const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Registry {
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     holds: Mutex<BTreeMap<(String, String), Hold>>,
+    controller: Mutex<ControllerUnderWay>,
+}
+
+/// What the controller in this process has under way in a cluster (its own restarts and
+/// rollouts, until it has seen each member live again): the gate counts those too, so the
+/// agent's change and the controller's never pass on the same view of a group. Absent in
+/// `operator agent`, which cannot see the controller's work.
+#[derive(Clone, Default)]
+struct ControllerUnderWay(Option<Arc<dyn Fn(&str) -> BTreeSet<String> + Send + Sync>>);
+
+impl std::fmt::Debug for ControllerUnderWay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 /// Why one member counts as under way.
@@ -90,6 +104,33 @@ impl Disrupted {
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// Counts what `under_way` says the controller has under way in a cluster as under
+    /// way too (see [`Registry`]).
+    pub fn also_controller(
+        &self,
+        under_way: impl Fn(&str) -> BTreeSet<String> + Send + Sync + 'static,
+    ) {
+        *self.controller.lock().unwrap_or_else(|e| e.into_inner()) =
+            ControllerUnderWay(Some(Arc::new(under_way)));
+    }
+
+    /// What the gate counts as under way in `cluster`: the sessions' and the controller's.
+    pub(super) fn taken(&self, cluster: &str) -> BTreeSet<String> {
+        let mut taken = self.under_way(cluster);
+        taken.extend(self.controller_under_way(cluster));
+        taken
+    }
+
+    /// What the controller has under way in `cluster`, when it is known.
+    fn controller_under_way(&self, cluster: &str) -> BTreeSet<String> {
+        let source = self
+            .controller
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        source.0.map(|f| f(cluster)).unwrap_or_default()
     }
 
     /// The members of `cluster` that sessions have under way.
@@ -227,7 +268,7 @@ pub(super) async fn judge_member(
         }
         registry.observe(&cluster.name, member, seen, Utc::now());
     }
-    let taken = registry.under_way(&cluster.name);
+    let taken = registry.taken(&cluster.name);
     let runs = |m: &str| running.contains(m);
     let live = |m: &str| running.contains(m) && !failing.fail(cluster, m);
     let none = BTreeSet::new();
@@ -369,5 +410,25 @@ mod tests {
             .await
             .expect("the second turn follows the first")
             .expect("no panic");
+    }
+
+    #[test]
+    fn what_the_controller_has_under_way_counts_for_the_gate_but_is_not_the_sessions() {
+        let r = Registry::new();
+        r.disrupted("c", "m1", t(0));
+        assert_eq!(r.taken("c"), BTreeSet::from(["m1".to_string()]));
+        r.also_controller(|cluster| {
+            if cluster == "c" {
+                BTreeSet::from(["m2".to_string()])
+            } else {
+                BTreeSet::new()
+            }
+        });
+        assert_eq!(
+            r.taken("c"),
+            BTreeSet::from(["m1".to_string(), "m2".to_string()])
+        );
+        assert_eq!(r.under_way("c"), BTreeSet::from(["m1".to_string()]));
+        assert!(r.taken("other").is_empty());
     }
 }
