@@ -47,7 +47,10 @@ pub struct Registry {
 /// agent's change and the controller's never pass on the same view of a group. Absent in
 /// `operator agent`, which cannot see the controller's work.
 #[derive(Clone, Default)]
-struct ControllerUnderWay(Option<Arc<dyn Fn(&str) -> BTreeSet<String> + Send + Sync>>);
+struct ControllerUnderWay(Option<Arc<UnderWayFn>>);
+
+/// The services of a cluster under way, by cluster name.
+type UnderWayFn = dyn Fn(&str) -> BTreeSet<String> + Send + Sync;
 
 impl std::fmt::Debug for ControllerUnderWay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
