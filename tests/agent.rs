@@ -1043,3 +1043,55 @@ fn a_failing_check_with_policy_agent_pages_the_agent_and_its_fix_resolves_the_ch
     assert_eq!(ticket["resolved_by"], "agent", "{ticket:#}");
     assert!(is_running(&web, None), "nobody restarted the service");
 }
+
+/// Credit goes to the session that changed something: of two sessions on one ticket, the
+/// first only looks and the second starts the container; the ticket is resolved by the
+/// agent, and only the second session's verdict is `resolved` (the proxy saw its change).
+#[test]
+fn only_a_session_that_changed_something_is_credited_with_the_resolution() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agentcredit",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: execute, sessionsPerTicket: 2, sessionBackoff: 0s}",
+    );
+    let name = f.name("app");
+    stand_in.push(
+        Script::new()
+            .tool_use(&[("shell", json!({"command": "docker ps -a"}))])
+            .end_turn("Only looked.")
+            .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
+            .end_turn("Started it."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(90), || f
+            .ticket("stopped", &name)
+            .is_some_and(
+                |t| t["status"] == "resolved" && t["resolved_by"] == "agent"
+            )),
+        "not resolved by the agent: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    let ticket = f.ticket("stopped", &name).unwrap()["id"].to_string();
+    let verdicts = || -> Vec<Value> {
+        let listed = audit_json(&f, &["list", "--ticket", &ticket]);
+        let mut sessions = listed.as_array().cloned().unwrap_or_default();
+        sessions.sort_by_key(|s| s["started_at"].as_str().map(str::to_string));
+        sessions.iter().map(|s| s["verdict"].clone()).collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || verdicts()
+            .iter()
+            .all(|v| !v.is_null())),
+        "verdicts not recorded: {:?}",
+        verdicts()
+    );
+    assert_eq!(
+        verdicts(),
+        vec![json!("not-resolved"), json!("resolved")],
+        "the looking session earns nothing, the starting one the resolution"
+    );
+}
