@@ -266,6 +266,7 @@ impl Sandbox {
         let toolbox_spec = ToolboxSpec::new(image, host_dir, spec.db)
             .user(user.0, user.1)
             .network(network)
+            .cluster(&spec.cluster.name)
             .lifetime(spec.lifetime);
         let toolbox = match Toolbox::start(docker, spec.session, &toolbox_spec).await {
             Ok(t) => t,

@@ -41,6 +41,9 @@ use super::shell::{self, Capture, ChildEnv, Ended, ShellLimits, ShellOutput};
 
 /// The label that marks a container as an agent session's toolbox; its value is the session.
 pub const LABEL_SESSION: &str = "operator.toolbox.session";
+/// The label naming the cluster whose ticket the session works on (for a person, and for
+/// tests that remove what they made).
+pub const LABEL_CLUSTER: &str = "operator.toolbox.cluster";
 /// The label naming the ticket database whose controller started it (a digest of its path),
 /// so a controller sweeps only its own toolboxes, never another's on the same engine.
 pub const LABEL_DB: &str = "operator.toolbox.db";
@@ -77,6 +80,8 @@ pub struct ToolboxSpec {
     pub nano_cpus: i64,
     /// The digest of the database path ([`db_label`]).
     pub db: String,
+    /// The cluster the session's ticket is of.
+    pub cluster: String,
 }
 
 impl ToolboxSpec {
@@ -91,6 +96,7 @@ impl ToolboxSpec {
             pids: 128,
             nano_cpus: 1_000_000_000,
             db: db_label(db),
+            cluster: String::new(),
         }
     }
     pub fn user(mut self, uid: u32, gid: u32) -> Self {
@@ -99,6 +105,10 @@ impl ToolboxSpec {
     }
     pub fn network(mut self, network: Option<String>) -> Self {
         self.network = network;
+        self
+    }
+    pub fn cluster(mut self, cluster: impl Into<String>) -> Self {
+        self.cluster = cluster.into();
         self
     }
     pub fn lifetime(mut self, lifetime: Duration) -> Self {
@@ -241,6 +251,7 @@ impl Toolbox {
             labels: Some(HashMap::from([
                 (LABEL_SESSION.to_string(), session.to_string()),
                 (LABEL_DB.to_string(), spec.db.clone()),
+                (LABEL_CLUSTER.to_string(), spec.cluster.clone()),
             ])),
             // No image healthcheck (the sidecar's pings a controller that is not there).
             healthcheck: Some(bollard::models::HealthConfig {

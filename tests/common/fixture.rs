@@ -58,12 +58,14 @@ pub struct FixtureBuilder {
 
 impl Fixture {
     /// Requires Docker, picks a unique cluster name from `prefix` (lower case), arms the
-    /// cleanup of `operator.cluster=<cluster>` on the default engine and makes an empty
+    /// cleanup of `operator.cluster=<cluster>` (and the agent's toolboxes of it) on the default engine and makes an empty
     /// manifest folder.
     pub fn builder(prefix: &str) -> FixtureBuilder {
         require_docker();
         let cluster = unique(prefix);
-        let cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
+        // The agent's toolboxes first: in execute they hold the cluster's network.
+        let mut cleanup = Cleanup::new(format!("operator.toolbox.cluster={cluster}"));
+        cleanup.also(format!("operator.cluster={cluster}"));
         let dir = TempDir::new(&cluster);
         let db = DbFile(std::env::temp_dir().join(format!("{cluster}.db")));
         remove_db(&db.0);
@@ -186,7 +188,9 @@ impl FixtureBuilder {
     /// Runs the controller against the engine at `host` (`DOCKER_HOST`, e.g.
     /// [`super::PrivateDockerd::host`]); the cleanup then runs there too.
     pub fn docker_host(mut self, host: &str) -> Self {
-        self.cleanup = Cleanup::on(host, format!("operator.cluster={}", self.cluster));
+        self.cleanup = Cleanup::on(host, format!("operator.toolbox.cluster={}", self.cluster));
+        self.cleanup
+            .also(format!("operator.cluster={}", self.cluster));
         self.docker_host = Some(host.to_string());
         self
     }
