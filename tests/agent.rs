@@ -1002,6 +1002,33 @@ fn a_controller_restart_mid_session_marks_it_interrupted_and_pages_again_within_
         .collect();
     assert_eq!(outcomes.len(), 2, "{sessions:#}");
     assert!(outcomes.contains(&"interrupted"), "{sessions:#}");
+    // The dead controller's toolbox was removed by the new one at its start, and the
+    // interrupted session says a command it had open may have run.
+    let interrupted = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["outcome"] == "interrupted")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let left = docker_ok(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=operator.toolbox.session={interrupted}"),
+    ]);
+    assert!(
+        left.is_empty(),
+        "the dead controller's toolbox is still there"
+    );
+    let shown = audit_json(&f, &["show", &interrupted]);
+    assert!(
+        shown.to_string().contains("may have run"),
+        "the interruption names the open command: {shown:#}"
+    );
 }
 
 #[test]

@@ -237,3 +237,37 @@ async fn a_missing_image_is_an_error_naming_the_fix_and_the_sweep_removes_what_i
 fn docker_inspect(name: &str) -> bool {
     docker(&["inspect", name]).status.success()
 }
+
+/// Approve mode's sweep after each command: what a command left running (even in a session
+/// of its own) is gone, and the toolbox still serves the next command.
+#[tokio::test]
+async fn killing_the_leftovers_spares_the_toolbox_itself() {
+    let b = start(None).await;
+    let limits = ShellLimits::default();
+    let marker = format!("sleep 8{}", std::process::id() % 10000);
+    let out = run(
+        &b,
+        &format!("setsid -f {marker}; nohup sleep 97 >/dev/null 2>&1 & echo ok"),
+        &limits,
+    )
+    .await;
+    assert_eq!(out.stdout, "ok\n", "{out:?}");
+    let listed = || async {
+        run(
+            &b,
+            "cat /proc/[0-9]*/cmdline | tr '\\0' ' '",
+            &ShellLimits::default(),
+        )
+        .await
+        .stdout
+    };
+    assert!(listed().await.contains(&marker), "the leftover runs");
+    b.toolbox.kill_leftovers().await;
+    let after = listed().await;
+    assert!(
+        !after.contains(&marker) && !after.contains("sleep 97"),
+        "{after}"
+    );
+    assert!(after.contains("sh -c end="), "PID 1 survives: {after}");
+    b.toolbox.remove().await;
+}

@@ -246,7 +246,10 @@ impl Dispatcher {
                 _ = self.inner.wake.notified() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = poll.tick() => {}
-                _ = sweep.tick() => self.close_orphans().await,
+                _ = sweep.tick() => {
+                    self.close_orphans().await;
+                    self.sweep_toolboxes().await;
+                }
             }
         }
         while running.join_next().await.is_some() {}
@@ -286,9 +289,11 @@ impl Dispatcher {
 
     /// Removes the toolboxes of this database left by a process that died mid-session (their
     /// proxies died with it, so they reach nothing; removing them ends what they still run)
-    /// and marks their sessions interrupted. Only at the controller's start, and never a
-    /// toolbox whose session's dispatcher still holds a live claim (an `operator agent` on
-    /// the same database keeps serving while a controller restarts).
+    /// and marks their sessions interrupted. At the controller's start and at every claim
+    /// sweep after it (a dead process's claim may outlive it by up to its TTL); never a
+    /// toolbox of this process's own sessions, nor one whose session's dispatcher still holds
+    /// a live claim (an `operator agent` on the same database keeps serving while a
+    /// controller restarts).
     async fn sweep_toolboxes(&self) {
         if self.inner.mode == Mode::Standalone {
             return;
@@ -319,8 +324,8 @@ impl Dispatcher {
                 .ok()
                 .flatten();
             let alive = session.as_ref().is_some_and(|s| {
-                s.session.holder != inner.cfg.holder
-                    && claims
+                s.session.holder == inner.cfg.holder
+                    || claims
                         .iter()
                         .any(|c| c.ticket_id == s.session.ticket_id && c.holder == s.session.holder)
             });
@@ -349,7 +354,8 @@ impl Dispatcher {
             }
         }
         // Socket folders whose toolbox is already gone (it ended by itself after its
-        // lifetime): this database's sessions only, and not one a live dispatcher serves.
+        // lifetime): this database's sessions only, not this process's own (they remove
+        // theirs when they end), and not one a live dispatcher serves.
         let Ok(entries) = std::fs::read_dir(&sockets) else {
             return;
         };
@@ -361,7 +367,7 @@ impl Dispatcher {
             let served = claims
                 .iter()
                 .any(|c| c.ticket_id == log.session.ticket_id && c.holder == log.session.holder);
-            if log.session.holder == inner.cfg.holder || !served {
+            if log.session.holder != inner.cfg.holder && !served {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }

@@ -572,6 +572,10 @@ impl Loop<'_> {
                     .await;
             }
         };
+        // In approve, a person approved this command, not what it leaves running.
+        if self.cfg.mode == SafetyMode::Approve {
+            self.deps.toolbox.kill_leftovers().await;
+        }
         // Time spent in the command is not the controller's overhead.
         self.excluded += ran.elapsed();
         match output {

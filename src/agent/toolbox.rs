@@ -446,14 +446,45 @@ impl Toolbox {
         }
     }
 
-    /// Kills the process group of command `n` (bounded; best effort: the toolbox's removal
-    /// at the session's end takes whatever is left).
-    async fn kill_group(&self, n: u64) {
-        let script = format!("kill -KILL -- -\"$(cat /tmp/.operator-run-{n})\" 2>/dev/null");
+    /// Kills every process in the toolbox but its PID 1: what earlier commands left running
+    /// (`setsid`, `nohup ... &`). Approve mode calls it after each command, so nothing a
+    /// person approved keeps acting after its command ended (bounded, best effort).
+    pub async fn kill_leftovers(&self) {
+        // Waited for: the next command must not start before this has run, or be its
+        // target.
         let exec = self.docker.create_exec(
             &self.id,
             CreateExecOptions::<String> {
-                cmd: Some(vec!["sh".into(), "-c".into(), script]),
+                cmd: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "kill -KILL -1 2>/dev/null; true".into(),
+                ]),
+                user: Some(self.user.clone()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        );
+        let Ok(Ok(exec)) = tokio::time::timeout(ENGINE_TIMEOUT, exec).await else {
+            return;
+        };
+        let run = async {
+            if let Ok(StartExecResults::Attached { mut output, .. }) =
+                self.docker.start_exec(&exec.id, None).await
+            {
+                while output.next().await.is_some() {}
+            }
+        };
+        let _ = tokio::time::timeout(ENGINE_TIMEOUT, run).await;
+    }
+
+    /// Runs `script` in the toolbox without waiting for it (bounded).
+    async fn exec_detached(&self, script: &str) {
+        let exec = self.docker.create_exec(
+            &self.id,
+            CreateExecOptions::<String> {
+                cmd: Some(vec!["sh".into(), "-c".into(), script.to_string()]),
                 user: Some(self.user.clone()),
                 ..Default::default()
             },
@@ -468,6 +499,13 @@ impl Toolbox {
             );
             let _ = tokio::time::timeout(ENGINE_TIMEOUT, start).await;
         }
+    }
+
+    /// Kills the process group of command `n` (bounded; best effort: the toolbox's removal
+    /// at the session's end takes whatever is left).
+    async fn kill_group(&self, n: u64) {
+        let script = format!("kill -KILL -- -\"$(cat /tmp/.operator-run-{n})\" 2>/dev/null");
+        self.exec_detached(&script).await;
     }
 
     /// Removes the toolbox and with it every process of the session (bounded; a failure is
