@@ -22,7 +22,7 @@
 //! - per command: `true`, and `docker ps -q`, in the toolbox through the proxy against the
 //!   same on the host; the overhead is the difference of the medians;
 //! - controller memory: `operator run`'s resident set while 4 sessions run at once (each
-//!   toolbox following `docker events` and `docker logs -f` through its proxy), against the
+//!   toolbox following `docker events` and `docker stats` through its proxy), against the
 //!   same controller idle before.
 
 use std::sync::Arc;
@@ -320,16 +320,19 @@ fn controller_memory() {
     std::thread::sleep(Duration::from_secs(3));
     let pid = f.operator.pid();
     let idle = rss_kb(pid).unwrap_or(0);
-    for n in &names {
-        stand_in.push(
-            Script::new()
-                .tool_use(&[(
-                    "shell",
-                    json!({"command": format!("(timeout 12 docker events >/dev/null &); timeout 12 docker logs -f {n} >/dev/null; docker start {n}")}),
-                )])
-                .end_turn("Started."),
-        );
+    // The stand-in answers requests in arrival order, whichever session sends them: the
+    // four first requests get the command, the four second ones the end.
+    let mut script = Script::new();
+    for _ in &names {
+        script = script.tool_use(&[(
+            "shell",
+            json!({"command": "(timeout 12 docker events >/dev/null &); timeout 12 docker stats >/dev/null; true"}),
+        )]);
     }
+    for _ in &names {
+        script = script.end_turn("Looked.");
+    }
+    stand_in.push(script);
     for n in &names {
         docker_ok(&["kill", "--signal", "KILL", n]);
     }
