@@ -1122,3 +1122,38 @@ fn only_a_session_that_changed_something_is_credited_with_the_resolution() {
         "the looking session earns nothing, the starting one the resolution"
     );
 }
+
+/// No toolbox, no session: with an image the engine does not have, the model is never asked,
+/// nothing runs anywhere else, and the ticket says why in one line naming the fix.
+#[test]
+fn a_session_whose_toolbox_cannot_start_does_not_run_and_the_ticket_names_the_fix() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let remediation = "{policy: agent}".to_string();
+    let agent = "{safetyMode: execute, sessionsPerTicket: 1}".to_string();
+    let f = paging("agentnobox", &stand_in)
+        .manifest("cluster.yaml", move |c| manifest(c, &remediation, &agent))
+        .args(&[
+            "--settle",
+            "1s",
+            "--toolbox-image",
+            "operator-no-such-toolbox:latest",
+        ])
+        .start();
+    let name = f.name("app");
+    f.wait_running(&name, "the start");
+    stand_in.push(
+        Script::new()
+            .tool_use(&[("shell", json!({"command": format!("docker start {name}")}))])
+            .end_turn("Started."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    let why = "the agent's toolbox image operator-no-such-toolbox:latest is not on the engine: build it with `scripts/build-image.sh --toolbox`";
+    assert!(
+        wait_until(Duration::from_secs(60), || f.noted("stopped", &name, why)),
+        "the ticket does not say why: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert!(stand_in.requests().is_empty(), "the model was asked anyway");
+    assert!(!is_running(&name, None), "something ran the command anyway");
+}
