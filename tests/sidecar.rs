@@ -503,15 +503,7 @@ fn agent_session_in_the_sidecar(
         sidecar_log(stack)
     );
     // What the commands answered, as the model read it.
-    let results: Vec<String> = stand_in
-        .requests()
-        .iter()
-        .filter_map(|r| r.json.as_ref())
-        .flat_map(|b| b["messages"].as_array().cloned().unwrap_or_default())
-        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
-        .filter(|b| b["type"] == "tool_result")
-        .map(|b| b["content"].to_string())
-        .collect();
+    let results = stand_in.tool_results();
     let all = results.join("\n");
     assert!(!all.contains(TEST_KEY), "the key reached the model: {all}");
     use base64::Engine as _;

@@ -479,6 +479,20 @@ impl ClaudeStandIn {
             .collect()
     }
 
+    /// The content of every `tool_result` the client sent, as JSON text, in order (each
+    /// request repeats the conversation, so a result shows once per later request too):
+    /// what the model read of the tools.
+    pub fn tool_results(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter_map(|r| r.json.as_ref())
+            .flat_map(|b| b["messages"].as_array().cloned().unwrap_or_default())
+            .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+            .filter(|b| b["type"] == "tool_result")
+            .map(|b| b["content"].to_string())
+            .collect()
+    }
+
     /// Scripted replies not yet sent.
     pub fn remaining(&self) -> usize {
         self.lock().script.len()
