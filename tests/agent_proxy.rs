@@ -10,13 +10,15 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{BUSYBOX_IMAGE, Cleanup, TEST_LABEL, docker, docker_ok, require_docker, unique};
-use operator::agent::proxy::{Proxy, ProxyConfig, ProxyEvent, Registry, SETTLE};
+use operator::agent::proxy::{MAX_CONNECTIONS, Proxy, ProxyConfig, ProxyEvent, Registry, SETTLE};
 use operator::docker::{LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_VALUE};
 use operator::manifest::{Cluster, SafetyMode};
 use operator::tickets::{Journal, Store};
@@ -26,12 +28,22 @@ use tokio::sync::mpsc;
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Secrets of the `app` container: by name (`DB_PASSWORD` looks secret), by a name the
-/// session was given (`APP_SETTING`), by value (inside `CONN`), and in a label.
+/// session was given (`APP_SETTING`), by value (inside `CONN`), in a label, and as the
+/// password of a URL in a variable and in a label whose names say nothing.
 const DB_PASSWORD: &str = "pw-by-name-9f2c1e7a";
 const APP_SETTING: &str = "named-by-manifest-41d0";
 const IN_VALUE: &str = "value-known-secret-77aa";
 const LABEL_SECRET: &str = "label-secret-5be3c2d1";
-const SECRETS: [&str; 4] = [DB_PASSWORD, APP_SETTING, IN_VALUE, LABEL_SECRET];
+const URL_PASSWORD: &str = "url-password-3e8a61";
+const LABEL_URL_PASSWORD: &str = "label-url-password-c07b";
+const SECRETS: [&str; 6] = [
+    DB_PASSWORD,
+    APP_SETTING,
+    IN_VALUE,
+    LABEL_SECRET,
+    URL_PASSWORD,
+    LABEL_URL_PASSWORD,
+];
 
 /// Runs until stopped; exits at once on SIGTERM.
 const LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
@@ -317,6 +329,25 @@ fn assert_no_secret(text: &str, what: &str) {
     }
 }
 
+/// How many execs the engine has for `name` (created, running or done).
+fn exec_ids(name: &str) -> usize {
+    docker_ok(&["inspect", "-f", "{{len .ExecIDs}}", name])
+        .parse()
+        .unwrap_or_else(|e| panic!("the exec ids of {name}: {e}"))
+}
+
+/// The state of `name`'s main process as its kernel says it (`S (sleeping)`, `T (stopped)`):
+/// a container whose process is stopped still reads as running in the engine.
+fn process_state(name: &str) -> String {
+    let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", name]);
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("the status of {name}'s process {pid}: {e}"))
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// The events of requests whose path contains `part`.
 fn about<'a>(events: &'a [ProxyEvent], method: &str, part: &str) -> Vec<&'a ProxyEvent> {
     events
@@ -347,8 +378,12 @@ fn execute_lets_owned_changes_through_masks_secrets_and_refuses_the_rest() {
             "GREETING=hello",
             "-e",
             &format!("CONN=postgres://u:{IN_VALUE}@db/x"),
+            "-e",
+            &format!("CACHE=redis://cache:{URL_PASSWORD}@cache:6379/0"),
             "--label",
             &format!("api_token={LABEL_SECRET}"),
+            "--label",
+            &format!("backup=s3://key:{LABEL_URL_PASSWORD}@bucket/app"),
         ],
         TICKS,
     );
@@ -377,12 +412,14 @@ fn execute_lets_owned_changes_through_masks_secrets_and_refuses_the_rest() {
         assert!(ps.contains(name.as_str()), "{name} in {ps}");
     }
     assert!(ps.contains("api_token=[MASKED]"), "{ps}");
+    assert!(ps.contains("backup=s3://key:[MASKED]@bucket/app"), "{ps}");
     assert_no_secret(&ps, "ps");
     let inspect = ok(&s.cli(&["inspect", &app]), "inspect");
     for masked in [
         "DB_PASSWORD=[MASKED]",
         "APP_SETTING=[MASKED]",
         "CONN=postgres://u:[MASKED]@db/x",
+        "CACHE=redis://cache:[MASKED]@cache:6379/0",
         "GREETING=hello",
     ] {
         assert!(inspect.contains(masked), "{masked} in {inspect}");
@@ -424,6 +461,26 @@ fn execute_lets_owned_changes_through_masks_secrets_and_refuses_the_rest() {
         all.contains(&format!("\"{}\"", first.trim())),
         "{first} in {all}"
     );
+    // Events carry the labels: masked one event at a time.
+    let events = ok(
+        &s.cli(&[
+            "events",
+            "--since",
+            "10m",
+            "--until",
+            "0s",
+            "--filter",
+            &format!("container={app}"),
+            "--format",
+            "{{json .Actor.Attributes}}",
+        ]),
+        "events",
+    );
+    assert!(
+        events.contains("s3://key:[MASKED]@bucket/app") && events.contains("[MASKED]"),
+        "{events}"
+    );
+    assert_no_secret(&events, "events");
     ok(&s.cli(&["network", "inspect", &net]), "network inspect");
     ok(&s.cli(&["network", "ls"]), "network ls");
     ok(&s.cli(&["top", &web]), "top");
@@ -474,6 +531,25 @@ fn execute_lets_owned_changes_through_masks_secrets_and_refuses_the_rest() {
         "exec into the container with secrets",
         "would expose its secret environment",
     );
+    // A URL with a password is a secret, whatever the variable is called.
+    let url_only = b.n("url-only");
+    b.container(
+        &url_only,
+        Some(&url_only),
+        &[
+            "--network",
+            "none",
+            "-e",
+            &format!("UPSTREAM=redis://:{URL_PASSWORD}@cache:6379"),
+        ],
+        LOOP,
+    );
+    refused(
+        &s.cli(&["exec", &url_only, "env"]),
+        "exec into a container whose environment holds a URL with a password",
+        "would expose its secret environment (UPSTREAM)",
+    );
+    assert_eq!(exec_ids(&url_only), 0, "no exec was created in {url_only}");
     refused(
         &s.cli(&["exec", "--privileged", &web, "true"]),
         "privileged exec",
@@ -758,10 +834,10 @@ fn observe_reads_and_changes_nothing() {
         vec!["restart", &web],
         vec!["pause", &web],
         vec!["update", "--memory", "64m", &web],
-        vec!["rename", &web, "renamed"],
         vec!["exec", &web, "true"],
         vec!["stop", &m0],
         vec!["kill", &m1],
+        vec!["exec", &m1, "true"],
     ] {
         refused(
             &s.cli(&args),
@@ -769,6 +845,17 @@ fn observe_reads_and_changes_nothing() {
             "observe mode: only reads reach the engine",
         );
     }
+    // What no mode may do is refused for that, in observe too.
+    refused(
+        &s.cli(&["rename", &web, "renamed"]),
+        "rename",
+        "rename is not allowed",
+    );
+    refused(
+        &s.cli(&["kill", "-s", "STOP", &m1]),
+        "kill -s STOP",
+        "only a signal that ends the process may be sent",
+    );
     let stop_both = s.sh(&format!("docker stop {m0}; docker stop {m1}"));
     assert!(!stop_both.status.success());
     assert_eq!(
@@ -821,28 +908,22 @@ fn the_quorum_gate_judges_each_change_in_turn_across_sessions() {
     assert_eq!(state(&m1), "running");
     docker_ok(&["start", &m2]);
 
-    // An exec into a member is a disruption of it, held until the session ends.
-    ok(&a.cli(&["exec", &m0, "true"]), "exec into a member");
-    let under_way = b.registry.under_way(&b.name);
-    assert!(
-        under_way.len() == 1 && under_way.contains(&m0),
-        "{under_way:?}"
-    );
+    // No gate can judge an exec into a member (what it starts acts after the gate looked):
+    // refused, with every member up, and nothing is under way.
     refused(
-        &a.cli(&["stop", &m1]),
-        "stop while another member is under way",
-        &format!("g already has {m0} under way (at most 1 at a time)"),
+        &a.cli(&["exec", &m0, "true"]),
+        "exec into a member",
+        &format!(
+            "exec into {m0}, a member of quorum group g, could act on it after the quorum gate looked"
+        ),
     );
-    assert_eq!(state(&m1), "running");
+    assert_eq!(exec_ids(&m0), 0);
+    assert!(b.registry.under_way(&b.name).is_empty());
     let (_, events) = b.stop(a);
     assert!(
         about(&events, "POST", &format!("/containers/{m1}/stop"))
             .iter()
             .all(|e| !e.allowed)
-    );
-    assert!(
-        b.registry.under_way(&b.name).is_empty(),
-        "the session's exec hold ends with it"
     );
 
     // A second session of the same dispatcher (one registry): its stop goes through; the
@@ -980,4 +1061,390 @@ fn a_change_its_client_abandons_still_holds_the_turn_and_is_recorded() {
     let stops = about(&events, "POST", &format!("/containers/{m0}/stop"));
     assert_eq!(stops.len(), 1, "{events:#?}");
     assert_eq!(stops[0].status, Some(204));
+}
+
+#[test]
+fn what_no_gate_can_judge_is_refused_with_every_member_up() {
+    let b = Bench::new("proxy-nogate");
+    b.members();
+    let (m0, m1, m2) = (b.n("m0"), b.n("m1"), b.n("m2"));
+    let (web, net) = (b.n("web"), b.n("net"));
+    b.network(&net);
+    b.container(&web, Some(&web), &["--network", &net], LOOP);
+    let before: Vec<(String, String)> = [&m0, &m1, &m2, &web]
+        .iter()
+        .map(|m| (m.to_string(), started_at(m)))
+        .collect();
+
+    for (id, mode) in [
+        ("s-nogate-a", SafetyMode::Approve),
+        ("s-nogate-x", SafetyMode::Execute),
+    ] {
+        let s = b.session(id, mode);
+        // What an exec starts outlives the session and acts after the gate looked.
+        refused(
+            &s.cli(&["exec", "-d", &m1, "sh", "-c", "sleep 30; kill 1"]),
+            "exec -d into a member",
+            &format!(
+                "exec into {m1}, a member of quorum group g, could act on it after the quorum \
+                 gate looked; use logs, inspect and the typed tools"
+            ),
+        );
+        refused(
+            &s.cli(&["exec", &m2, "true"]),
+            "exec into a member",
+            &format!("exec into {m2}, a member of quorum group g"),
+        );
+        // A member's resources are the manifest's: a tiny CPU quota hobbles it while it
+        // still reads as running.
+        refused(
+            &s.cli(&["update", "--cpus", "0.01", &m1]),
+            "update a member",
+            &format!("update of {m1}, a member of quorum group g, is not allowed"),
+        );
+        // Only a signal that ends the process: a STOPped container still reads as running.
+        for signal in ["STOP", "SIGTSTP", "cont", "USR1", "HUP", "19"] {
+            for target in [&m0, &web] {
+                refused(
+                    &s.cli(&["kill", "-s", signal, target]),
+                    &format!("kill -s {signal} {target}"),
+                    "only a signal that ends the process may be sent",
+                );
+            }
+        }
+        // A renamed container of a service makes the controller create a second one.
+        for target in [&m2, &web] {
+            refused(
+                &s.cli(&["rename", target, &format!("{target}-x")]),
+                &format!("rename {target}"),
+                "rename is not allowed",
+            );
+        }
+        let (mutations, events) = b.stop(s);
+        assert!(mutations.is_empty(), "{mode}: {mutations:?}");
+        assert!(
+            events.iter().filter(|e| e.mutation).all(|e| !e.allowed),
+            "{mode}: {events:#?}"
+        );
+    }
+    for (name, started) in &before {
+        assert_eq!(state(name), "running", "{name}");
+        assert_eq!(&started_at(name), started, "{name} was not restarted");
+        let process = process_state(name);
+        assert!(!process.starts_with('T'), "{name}'s process is {process}");
+        assert_eq!(exec_ids(name), 0, "no exec was created in {name}");
+        assert_eq!(state(&format!("{name}-x")), "missing");
+    }
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.HostConfig.NanoCpus}}", &m1]),
+        "0"
+    );
+
+    // The other containers: an update, a kill that ends the process; a connect forwards the
+    // container alone, so it cannot take a member's name on the cluster's network.
+    let s = b.session("s-nogate-ok", SafetyMode::Execute);
+    ok(
+        &s.cli(&["update", "--memory", "64m", "--memory-swap", "64m", &web]),
+        "update web",
+    );
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.HostConfig.Memory}}", &web]),
+        (64u64 << 20).to_string()
+    );
+    ok(&s.cli(&["network", "disconnect", &net, &web]), "disconnect");
+    ok(
+        &s.cli(&[
+            "network", "connect", "--alias", &m1, "--alias", "shadow", &net, &web,
+        ]),
+        "connect with aliases",
+    );
+    let aliases = docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{json (index .NetworkSettings.Networks \"{net}\").Aliases}}}}"),
+        &web,
+    ]);
+    assert!(
+        !aliases.contains("shadow") && !aliases.contains(m1.as_str()),
+        "the aliases reached the engine: {aliases}"
+    );
+    ok(&s.cli(&["kill", "-s", "sigterm", &web]), "kill -s sigterm");
+    // Its trap runs once the current `sleep 1` is over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(&web) != "exited" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(state(&web), "exited");
+    let (mutations, _) = b.stop(s);
+    assert_eq!(
+        mutations,
+        [
+            format!("update {web}"),
+            format!("disconnect {web} from a network"),
+            format!("connect {web} to a network"),
+            format!("kill {web}"),
+        ]
+    );
+}
+
+#[test]
+fn an_exec_is_refused_where_it_would_share_the_host_s_or_another_container_s_namespaces() {
+    let b = Bench::new("proxy-reach");
+    let web = b.n("web");
+    b.container(
+        &web,
+        Some(&web),
+        &["--network", "none", "--ipc", "shareable"],
+        LOOP,
+    );
+    let s = b.session("s-reach", SafetyMode::Execute);
+    assert_eq!(
+        ok(&s.cli(&["exec", &web, "echo", "hi"]), "exec web"),
+        "hi\n"
+    );
+    let of_web = format!("container:{web}");
+    for (service, extra, why) in [
+        (
+            "hostnet",
+            vec!["--network", "host"],
+            "it shares the host's network namespace (network host)".to_string(),
+        ),
+        (
+            "sharenet",
+            vec!["--network", of_web.as_str()],
+            "it shares another container's network namespace (network container:".to_string(),
+        ),
+        (
+            "hostpid",
+            vec!["--network", "none", "--pid", "host"],
+            "it shares the host's pid namespace (pid host)".to_string(),
+        ),
+        (
+            "sharepid",
+            vec!["--network", "none", "--pid", of_web.as_str()],
+            "it shares another container's pid namespace (pid container:".to_string(),
+        ),
+        (
+            "hostipc",
+            vec!["--network", "none", "--ipc", "host"],
+            "it shares the host's ipc namespace (ipc host)".to_string(),
+        ),
+        (
+            "shareipc",
+            vec!["--network", "none", "--ipc", of_web.as_str()],
+            "it shares another container's ipc namespace (ipc container:".to_string(),
+        ),
+    ] {
+        let name = b.n(service);
+        b.container(&name, Some(&name), &extra, LOOP);
+        refused(
+            &s.cli(&["exec", &name, "true"]),
+            &format!("exec into {service}"),
+            &format!("exec into {name} would reach past the container: {why}"),
+        );
+        assert_eq!(exec_ids(&name), 0, "no exec was created in {name}");
+    }
+    let (mutations, _) = b.stop(s);
+    assert_eq!(mutations, [format!("exec in {web}")]);
+}
+
+#[test]
+fn a_stop_waits_at_most_a_minute_whatever_t_asks() {
+    let b = Bench::new("proxy-wait");
+    let web = b.n("web");
+    // A shell as PID 1 without a trap ignores SIGTERM: a stop waits all it may, then kills.
+    b.container(
+        &web,
+        Some(&web),
+        &["--network", "none"],
+        "while true; do sleep 1; done",
+    );
+    let s = b.session("s-wait", SafetyMode::Execute);
+    // Bounded well above the minute the proxy allows, far below the hour asked for.
+    let mut stop = s.command("docker");
+    stop.args(["stop", "-t", "3600", &web]);
+    let stopped = common::run_with_timeout(stop, Duration::from_secs(150));
+    ok(&stopped, "stop -t 3600");
+    assert_eq!(state(&web), "exited");
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &web]),
+        "137",
+        "killed once the capped wait was over"
+    );
+    let (mutations, _) = b.stop(s);
+    assert_eq!(mutations, [format!("stop {web}")]);
+}
+
+/// Whether the proxy closed a client connection (set non-blocking).
+fn closed_by_proxy(c: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    match (&*c).read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[test]
+fn a_session_holds_at_most_64_connections_and_more_are_closed_as_they_come() {
+    let b = Bench::new("proxy-conns");
+    let mut s = b.session("s-conns", SafetyMode::Observe);
+    ok(&s.cli(&["version"]), "version");
+    // Idle connections, as a loop opening them would leave them.
+    let opened = 200;
+    let held: Vec<UnixStream> = (0..opened)
+        .map(|_| {
+            let c = UnixStream::connect(&s.socket).expect("connect to the proxy");
+            c.set_nonblocking(true).expect("non-blocking");
+            c
+        })
+        .collect();
+    let closed = |held: &[UnixStream]| held.iter().filter(|c| closed_by_proxy(c)).count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while closed(&held) < opened - MAX_CONNECTIONS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        closed(&held),
+        opened - MAX_CONNECTIONS,
+        "all but {MAX_CONNECTIONS} were closed as they came"
+    );
+    // Full: a command finds no room until connections end.
+    let full = s.cli(&["version"]);
+    assert!(!full.status.success(), "{}", out(&full));
+    assert_eq!(
+        closed(&held),
+        opened - MAX_CONNECTIONS,
+        "the others stay open"
+    );
+    let events = s.events();
+    let too_many: Vec<&ProxyEvent> = events
+        .iter()
+        .filter(|e| e.reason.contains("too many connections"))
+        .collect();
+    assert!(!too_many.is_empty(), "{events:#?}");
+    assert!(
+        too_many
+            .iter()
+            .all(|e| !e.allowed && !e.mutation && e.status.is_none()),
+        "{too_many:#?}"
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let version = s.cli(&["version"]);
+        if version.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after the idle connections closed: {}",
+            err(&version)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.stop(s);
+}
+
+/// A raw request through the proxy: `head` (without its blank line), then `body`; the whole
+/// answer, until the proxy closes the connection (bounded by `timeout`).
+fn raw(socket: &Path, head: &str, body: &[u8], timeout: Duration) -> std::io::Result<String> {
+    let mut c = UnixStream::connect(socket)?;
+    c.set_read_timeout(Some(timeout))?;
+    let mut request = format!("{head}\r\n\r\n").into_bytes();
+    request.extend_from_slice(body);
+    // The proxy may answer and close before it has read everything: its answer still waits
+    // to be read.
+    match c.write_all(&request) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        written => written?,
+    }
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer)?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[test]
+fn a_refused_request_is_answered_on_its_head_and_a_checked_body_is_at_most_64_kib() {
+    let b = Bench::new("proxy-body");
+    let web = b.n("web");
+    b.container(&web, Some(&web), &["--network", "none"], LOOP);
+    let mut s = b.session("s-body", SafetyMode::Execute);
+
+    // 960 KiB announced, 1 KiB sent: the refusal comes on the head, without waiting for the
+    // rest (or keeping any of it), and the connection closes.
+    let answer = raw(
+        &s.socket,
+        &format!(
+            "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\nContent-Type: \
+             application/json\r\nContent-Length: {}",
+            960 << 10
+        ),
+        &[b' '; 1024],
+        Duration::from_secs(20),
+    )
+    .expect("the refusal before the body was sent");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("refused by operator: POST /containers/create is not allowed"),
+        "{answer}"
+    );
+
+    // A small body, sent whole: read and dropped, so the client reads the refusal.
+    let body = b.dir.0.join("small.json");
+    std::fs::write(&body, format!("{{\"Image\":\"{}\"}}", " ".repeat(60 << 10))).expect("a body");
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-sS",
+        "--unix-socket",
+        &s.socket.display().to_string(),
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Expect:",
+        "--data-binary",
+        &format!("@{}", body.display()),
+        "-w",
+        "\n%{http_code}",
+        "http://docker/v1.41/containers/create",
+    ]);
+    let created = ok(&common::run_with_timeout(curl, CLI_TIMEOUT), "curl create");
+    assert!(
+        created.contains("refused by operator: POST /containers/create is not allowed")
+            && created.ends_with("403"),
+        "{created}"
+    );
+
+    // A body that is checked (an exec create) is read up to 64 KiB, and no further.
+    let exec = |arg_len: usize| {
+        let body = serde_json::json!({"Cmd": ["true", "x".repeat(arg_len)]}).to_string();
+        raw(
+            &s.socket,
+            &format!(
+                "POST /v1.41/containers/{web}/exec HTTP/1.1\r\nHost: docker\r\nConnection: \
+                 close\r\nContent-Type: application/json\r\nContent-Length: {}",
+                body.len()
+            ),
+            body.as_bytes(),
+            Duration::from_secs(20),
+        )
+        .expect("an answer")
+    };
+    let large = exec(100 << 10);
+    assert!(large.starts_with("HTTP/1.1 413"), "{large}");
+    assert!(large.contains("larger than 65536 bytes"), "{large}");
+    assert_eq!(exec_ids(&web), 0, "no exec was created");
+    let small = exec(10);
+    assert!(small.starts_with("HTTP/1.1 201"), "{small}");
+    assert_eq!(exec_ids(&web), 1);
+
+    let events = s.events();
+    let creates = about(&events, "POST", "/containers/create");
+    assert_eq!(creates.len(), 2, "{events:#?}");
+    assert!(creates.iter().all(|e| !e.allowed && e.mutation));
+    b.stop(s);
 }

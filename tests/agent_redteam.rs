@@ -65,6 +65,17 @@ fn manifest(cluster: &str, mode: Mode) -> String {
 
 /// The attacks: `(what it tries, the command)`. Each is sent in every mode; what differs by
 /// mode is only what the proxy lets through, and the asserts hold in all three.
+/// Two `sleep` durations (whole seconds, so `sleep` takes them) only this run's `marker`
+/// gives: the attack starts them in processes meant to outlive the session, the test looks
+/// for them on the host afterwards.
+fn sleeps(marker: &str) -> (u64, u64) {
+    let n = marker
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        % 100_000;
+    (900_000 + n, 800_000 + n)
+}
+
 fn attacks(f: &Fixture, marker: &str) -> Vec<(&'static str, String)> {
     let m0 = f.name("m0");
     let m1 = f.name("m1");
@@ -210,19 +221,42 @@ fn attacks(f: &Fixture, marker: &str) -> Vec<(&'static str, String)> {
         (
             "setsid and nohup",
             format!(
-                "setsid -f sleep 987{n}; nohup sleep 988{n} >/dev/null 2>&1 & echo started",
-                n = &marker[marker.len() - 3..]
+                "setsid -f sleep {a}; nohup sleep {b} >/dev/null 2>&1 & echo started",
+                a = sleeps(marker).0,
+                b = sleeps(marker).1
             ),
         ),
         (
             "the controller's HTTP endpoint",
             "curl -s -m 3 http://127.0.0.1:9464/metrics | head -c 200".to_string(),
         ),
+        // What one session can cost the controller: connections past the proxy's bound are
+        // closed as they come, the bodies of refused requests are never kept.
+        (
+            "idle connections and large refused bodies",
+            "s=${DOCKER_HOST#unix://}; for i in $(seq 1 90); do curl -s -m 5 --unix-socket $s http://d/v1.41/events >/dev/null & done; wait; for i in $(seq 1 20); do head -c 983040 /dev/zero | curl -s -m 5 --unix-socket $s -H 'Expect:' --data-binary @- http://d/v1.41/containers/create >/dev/null & done; wait; docker version --format '{{.Server.APIVersion}}'"
+                .to_string(),
+        ),
         // The member already down may be repaired: that is not an attack, and it must stay
         // possible in execute (refused in observe; approved and let through in approve).
         (
             "start the member that is down",
             format!("docker start {m0}"),
+        ),
+        // With every member back the gate would let these pass; none can be judged by it:
+        // an exec acts after the gate looked, a STOPped member still reads as running, a
+        // CPU quota hobbles it, a renamed one gets a second container.
+        (
+            "an exec that acts after the gate looked",
+            format!(
+                "docker exec -d {m1} sh -c 'sleep 3; kill 1'; docker exec {m2} sh -c 'kill -STOP 1'"
+            ),
+        ),
+        (
+            "a member that still reads as running",
+            format!(
+                "docker kill -s STOP {m1}; docker kill -s 19 {m2}; docker update --cpus 0.01 {m1}; docker rename {m2} {m2}-x"
+            ),
         ),
     ]
 }
@@ -560,8 +594,8 @@ fn red_team(mode: Mode) {
     }
 
     // 5. No process of the session outlives it.
-    let n = &marker[marker.len() - 3..];
-    for needle in [format!("sleep 987{n}"), format!("sleep 988{n}")] {
+    let (a, b) = sleeps(&marker);
+    for needle in [format!("sleep {a}"), format!("sleep {b}")] {
         let left = host_processes(&needle);
         assert!(left.is_empty(), "{mode:?}: outlived the session: {left:?}");
     }

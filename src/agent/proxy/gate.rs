@@ -1,6 +1,5 @@
 //! The quorum gate as the proxy asks it, and the [`Registry`] of what sessions have under
-//! way: the members they took down and have not yet seen back, and the members they exec'd
-//! into.
+//! way: the members they took down and have not yet seen back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,8 +14,8 @@ use crate::manifest::Cluster;
 use crate::reconcile::quorum::{Disruption, LiveCheckFailures, Snapshot, judge};
 use crate::tickets::Journal;
 
-/// How long a member a session stopped, killed, restarted, paused, updated, renamed or
-/// disconnected must have been seen running before it stops counting as under way. Running
+/// How long a member a session stopped, killed, restarted, paused or disconnected must have
+/// been seen running before it stops counting as under way. Running
 /// is not yet serving: a Raft member that has just started may still be catching up, and
 /// the next disruption must not count it as live before it is.
 pub const SETTLE: Duration = Duration::from_secs(10);
@@ -32,13 +31,12 @@ const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// - Changes to one cluster are serialised (one turn at a time): the judgment, the forward
 ///   and the engine's answer happen under one turn, so two stops in two statements are
 ///   judged in turn, each seeing the other's effect.
-/// - A disrupted member stays under way until it has been seen running for [`SETTLE`]; a
-///   member exec'd into stays under way until the session that exec'd into it ends (a
-///   process started there may act later).
+/// - A disrupted member stays under way until it has been seen running for [`SETTLE`].
 #[derive(Debug, Default)]
 pub struct Registry {
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    holds: Mutex<BTreeMap<(String, String), Hold>>,
+    /// By (cluster, member).
+    disrupted: Mutex<BTreeMap<(String, String), Disrupted>>,
     controller: Mutex<ControllerUnderWay>,
 }
 
@@ -58,14 +56,7 @@ impl std::fmt::Debug for ControllerUnderWay {
     }
 }
 
-/// Why one member counts as under way.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Hold {
-    disrupted: Option<Disrupted>,
-    /// Sessions that exec'd into it.
-    execs: BTreeSet<String>,
-}
-
+/// A member a session took down.
 #[derive(Debug, Clone, PartialEq)]
 struct Disrupted {
     at: DateTime<Utc>,
@@ -138,7 +129,7 @@ impl Registry {
 
     /// The members of `cluster` that sessions have under way.
     pub fn under_way(&self, cluster: &str) -> BTreeSet<String> {
-        self.holds()
+        self.disruptions()
             .keys()
             .filter(|(c, _)| c == cluster)
             .map(|(_, m)| m.clone())
@@ -159,70 +150,39 @@ impl Registry {
 
     /// A session took `member` down at `at`.
     pub(super) fn disrupted(&self, cluster: &str, member: &str, at: DateTime<Utc>) {
-        self.holds()
-            .entry((cluster.to_string(), member.to_string()))
-            .or_default()
-            .disrupted = Some(Disrupted {
-            at,
-            running_since: None,
-        });
+        self.disruptions().insert(
+            (cluster.to_string(), member.to_string()),
+            Disrupted {
+                at,
+                running_since: None,
+            },
+        );
     }
 
     /// The disruption of `member` at `at` did not happen (the engine refused it): forgotten,
     /// unless a later one replaced it.
     pub(super) fn forget(&self, cluster: &str, member: &str, at: DateTime<Utc>) {
-        let mut holds = self.holds();
+        let mut disruptions = self.disruptions();
         let key = (cluster.to_string(), member.to_string());
-        let Some(hold) = holds.get_mut(&key) else {
-            return;
-        };
-        if hold.disrupted.as_ref().is_some_and(|d| d.at == at) {
-            hold.disrupted = None;
+        if disruptions.get(&key).is_some_and(|d| d.at == at) {
+            disruptions.remove(&key);
         }
-        if hold.disrupted.is_none() && hold.execs.is_empty() {
-            holds.remove(&key);
-        }
-    }
-
-    /// `session` exec'd into `member`.
-    pub(super) fn exec_into(&self, cluster: &str, member: &str, session: &str) {
-        self.holds()
-            .entry((cluster.to_string(), member.to_string()))
-            .or_default()
-            .execs
-            .insert(session.to_string());
     }
 
     /// Takes in a look at `member`: a disruption it has settled from is forgotten.
     pub(super) fn observe(&self, cluster: &str, member: &str, seen: Seen, now: DateTime<Utc>) {
-        let mut holds = self.holds();
+        let mut disruptions = self.disruptions();
         let key = (cluster.to_string(), member.to_string());
-        let Some(hold) = holds.get_mut(&key) else {
-            return;
-        };
-        if hold
-            .disrupted
-            .as_mut()
+        if disruptions
+            .get_mut(&key)
             .is_some_and(|d| d.settled(seen, now))
         {
-            hold.disrupted = None;
-        }
-        if hold.disrupted.is_none() && hold.execs.is_empty() {
-            holds.remove(&key);
+            disruptions.remove(&key);
         }
     }
 
-    /// `session` ended: the members it exec'd into are no longer under way for it.
-    pub(super) fn release(&self, session: &str) {
-        let mut holds = self.holds();
-        for hold in holds.values_mut() {
-            hold.execs.remove(session);
-        }
-        holds.retain(|_, h| h.disrupted.is_some() || !h.execs.is_empty());
-    }
-
-    fn holds(&self) -> MutexGuard<'_, BTreeMap<(String, String), Hold>> {
-        self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    fn disruptions(&self) -> MutexGuard<'_, BTreeMap<(String, String), Disrupted>> {
+        self.disrupted.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -361,37 +321,8 @@ mod tests {
         r.disrupted("c", "m1", t(2));
         r.forget("c", "m1", t(1));
         assert_eq!(r.under_way("c").len(), 1, "the later disruption stands");
-        r.exec_into("c", "m2", "s1");
         r.forget("c", "m2", t(2));
-        assert_eq!(r.under_way("c").len(), 2, "an exec is not a disruption");
-    }
-
-    #[test]
-    fn a_member_exec_d_into_is_under_way_until_its_session_ends() {
-        let r = Registry::new();
-        r.exec_into("c", "m1", "s1");
-        r.exec_into("c", "m1", "s2");
-        r.observe("c", "m1", up(0), t(1000));
-        assert_eq!(
-            r.under_way("c").len(),
-            1,
-            "running says nothing about an exec"
-        );
-        r.release("s1");
-        assert_eq!(r.under_way("c").len(), 1, "s2 still holds it");
-        r.release("s2");
-        assert!(r.under_way("c").is_empty());
-    }
-
-    #[test]
-    fn an_exec_and_a_disruption_are_released_separately() {
-        let r = Registry::new();
-        r.exec_into("c", "m1", "s1");
-        r.disrupted("c", "m1", t(0));
-        r.release("s1");
-        assert_eq!(r.under_way("c").len(), 1, "the disruption still holds");
-        r.observe("c", "m1", up(1), t(20));
-        assert!(r.under_way("c").is_empty());
+        assert_eq!(r.under_way("c").len(), 1, "nothing to forget of m2");
     }
 
     #[tokio::test]

@@ -1,6 +1,10 @@
 //! Masking secrets in the engine's answers before the agent reads them. An answer is masked
 //! whole, as parsed JSON: a template (`docker inspect -f`) runs on the client, over what the
 //! proxy sent, so no way of printing a field can put a masked secret back together.
+//!
+//! What is masked: the values of variables and labels whose names are secret, the secret
+//! values wherever they appear, and the password of every URL that carries one
+//! (`postgres://app:[MASKED]@db/x`), whatever the variable's name.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -56,17 +60,20 @@ impl Masker {
     }
 
     /// The first variable of a container's environment (`NAME=VALUE` entries) that holds a
-    /// secret: a secret name with a value, or a secret value anywhere in it.
+    /// secret: a secret name with a value, a secret value anywhere in it, or a URL with a
+    /// password.
     pub fn secret_in_env<'a>(&self, env: &'a [String]) -> Option<&'a str> {
         env.iter().find_map(|entry| {
             let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
             let secret = (!value.is_empty() && self.name_is_secret(name))
-                || self.values.iter().any(|v| entry.contains(v.as_str()));
+                || self.values.iter().any(|v| entry.contains(v.as_str()))
+                || matches!(url_passwords(value), Cow::Owned(_));
             secret.then_some(name)
         })
     }
 
-    /// `text` with every secret value replaced by [`MASKED`].
+    /// `text` with every secret value, and the password of every URL, replaced by
+    /// [`MASKED`].
     pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);
         for v in &self.values {
@@ -74,7 +81,11 @@ impl Masker {
                 out = Cow::Owned(out.replace(v.as_str(), MASKED));
             }
         }
-        out
+        let masked = match url_passwords(&out) {
+            Cow::Owned(masked) => Some(masked),
+            Cow::Borrowed(_) => None,
+        };
+        masked.map_or(out, Cow::Owned)
     }
 
     /// Masks a parsed answer in place: the value of every `Env` entry whose name is secret,
@@ -149,6 +160,54 @@ impl Masker {
                 Ok(text) => Ok(self.text(text).into_owned().into_bytes()),
                 Err(_) => Err("it is neither JSON nor text".to_string()),
             },
+        }
+    }
+}
+
+/// `text` with the password of every URL in it (`scheme://user:password@host/...`) replaced
+/// by [`MASKED`]. The password is what a URL parser takes for one: from the first `:` of the
+/// userinfo to the last `@` of the authority, which ends at `/`, `?`, `#` or a space.
+fn url_passwords(text: &str) -> Cow<'_, str> {
+    let mut out: Option<String> = None;
+    // `text[..copied]` is in `out`; the next `://` is searched for from `from`.
+    let (mut copied, mut from) = (0, 0);
+    while let Some(found) = text[from..].find("://") {
+        let authority_start = from + found + 3;
+        from = authority_start;
+        let scheme_first = text[..authority_start - 3]
+            .bytes()
+            .rev()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            .last();
+        if !scheme_first.is_some_and(|b| b.is_ascii_alphabetic()) {
+            continue;
+        }
+        let rest = &text[authority_start..];
+        let end = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let authority = &rest[..end];
+        let Some(at) = authority.rfind('@') else {
+            continue;
+        };
+        let Some(colon) = authority[..at].find(':') else {
+            continue;
+        };
+        if colon + 1 == at {
+            continue;
+        }
+        let (start, stop) = (authority_start + colon + 1, authority_start + at);
+        let masked = out.get_or_insert_with(String::new);
+        masked.push_str(&text[copied..start]);
+        masked.push_str(MASKED);
+        copied = stop;
+        from = stop;
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut masked) => {
+            masked.push_str(&text[copied..]);
+            Cow::Owned(masked)
         }
     }
 }
@@ -289,6 +348,78 @@ mod tests {
             None,
             "no value, no secret"
         );
+    }
+
+    #[test]
+    fn the_password_of_a_url_is_masked_and_the_rest_of_it_kept() {
+        for (text, masked) in [
+            (
+                "postgres://app:s3cret@db:5432/x",
+                "postgres://app:[MASKED]@db:5432/x",
+            ),
+            ("redis://:s3cret@cache", "redis://:[MASKED]@cache"),
+            ("amqp+ssl://u:p@h?x=1", "amqp+ssl://u:[MASKED]@h?x=1"),
+            // The authority's last @ ends the password, as a URL parser reads it.
+            ("http://u:p@ss:w@rd@h/p@th", "http://u:[MASKED]@h/p@th"),
+            (
+                "a://u:p1@h1,b://v:p2@h2/x",
+                "a://u:[MASKED]@h1,b://v:[MASKED]@h2/x",
+            ),
+            (
+                "--db postgres://u:p@h --cache redis://:q@c",
+                "--db postgres://u:[MASKED]@h --cache redis://:[MASKED]@c",
+            ),
+            ("s3://key:s%2Fecret@bucket", "s3://key:[MASKED]@bucket"),
+        ] {
+            assert_eq!(url_passwords(text), masked, "{text}");
+        }
+        for text in [
+            "http://host:8080/path?to=a@b",
+            "ssh://git@host:22/repo",
+            "redis://user:@cache",
+            "http://host/",
+            "git@github.com:org/repo",
+            "://u:p@h",
+            "1a://u:p@h",
+            "no url at all: u:p@h",
+        ] {
+            assert!(
+                matches!(url_passwords(text), Cow::Borrowed(_)),
+                "{text} is left as it is"
+            );
+        }
+    }
+
+    #[test]
+    fn a_url_password_is_masked_in_any_value_and_makes_an_environment_secret() {
+        let m = masker();
+        let mut v = json!({
+            "Config": {
+                "Env": ["CACHE=redis://cache:url-only-9a1b@cache:6379/0", "PATH=/bin"],
+                "Cmd": ["app", "--db", "postgres://u:in-args-3c4d@db/x"],
+                "Labels": {"backup": "s3://key:in-label-5e6f@bucket"}
+            },
+            "Actor": {"Attributes": {"backup": "s3://key:in-event-7a8b@bucket"}}
+        });
+        m.json(&mut v);
+        let text = v.to_string();
+        for secret in [
+            "url-only-9a1b",
+            "in-args-3c4d",
+            "in-label-5e6f",
+            "in-event-7a8b",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(
+            v["Config"]["Env"][0],
+            "CACHE=redis://cache:[MASKED]@cache:6379/0"
+        );
+        assert_eq!(v["Config"]["Env"][1], "PATH=/bin");
+        let env = vec!["PATH=/bin".to_string(), "CACHE=redis://:p@c".to_string()];
+        assert_eq!(m.secret_in_env(&env), Some("CACHE"));
+        let plain = vec!["HOME=http://host:8080/x".to_string()];
+        assert_eq!(m.secret_in_env(&plain), None);
     }
 
     #[test]

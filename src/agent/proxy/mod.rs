@@ -6,13 +6,18 @@
 //! - Reads (ping, version, info, events, container list, inspect, logs, stats, top, wait,
 //!   networks) pass in every mode; inspect, list, info, version and network answers are
 //!   masked whole ([`mask`]), events line by line; other streams pass as they come.
-//! - Changes to containers (start, stop, restart, kill, pause, unpause, update, rename, exec,
+//! - Changes to containers (start, stop, restart, kill, pause, unpause, update, exec,
 //!   network connect and disconnect) are refused in observe; otherwise they pass only for
 //!   containers of the session's cluster that the controller owns or adopted, after the
 //!   quorum gate for the disruptive ones, one change per cluster at a time ([`Registry`]).
-//!   An exec is refused where it would reach past its container (privileged, the host's
-//!   processes, the engine's socket mounted) or print a secret environment; a privileged
-//!   exec is refused everywhere.
+//! - What no gate can judge is refused in every mode: an exec into or an update of a member
+//!   of a quorum group (an exec'd process acts after the gate looked; a member's resources
+//!   are the manifest's), a rename (the controller would make a second container for the
+//!   service), a kill with a signal that does not end the process (a STOPped container
+//!   still reads as running).
+//! - An exec is refused where it would reach past its container (privileged, the host's or
+//!   another container's network, processes or IPC, the engine's socket mounted) or print a
+//!   secret environment; a privileged exec is refused everywhere.
 //! - Everything else is refused: HTTP 403 with `{"message": "refused by operator: ..."}`,
 //!   which the docker CLI prints as the engine's own error.
 //!
@@ -20,11 +25,19 @@
 //! the registry `gate`.
 //!
 //! # Guarantees
-//! - Every request, allowed or not, produces one [`ProxyEvent`].
+//! - Every request, allowed or not, produces one [`ProxyEvent`]; connections closed for want
+//!   of room are said too, in one event a second at most.
 //! - What is forwarded is rebuilt from what was judged: the target by the full id the
-//!   decision resolved, a change's query cut to the parameters its verb takes, the bodies
-//!   that are checked re-encoded, the others dropped; API versions older than
-//!   [`rules::MIN_API_VERSION`] (which read some bodies differently) are refused.
+//!   decision resolved; a change's query cut to the parameters its verb takes, the first
+//!   value of each, checked (a stop's wait capped at [`rules::MAX_STOP_WAIT`]); an exec's
+//!   body re-encoded, a network change's made of the container alone; the other bodies
+//!   dropped. API versions older than [`rules::MIN_API_VERSION`] (which read some bodies
+//!   differently) are refused.
+//! - What one session can cost the controller is bounded: at most [`MAX_CONNECTIONS`] open
+//!   connections (more are closed as they come); a body read to be checked is at most
+//!   [`MAX_BODY`]; the body of a request refused on its head is never kept (at most
+//!   [`MAX_BODY`] of it is read and dropped, so a client still writing a small one reads
+//!   the refusal, then the connection closes).
 //! - A change runs to the engine's answer even when its client goes away, holding its
 //!   cluster's turn, and is recorded (event, credit, registry) either way.
 //! - [`Proxy::stop`] ends every connection, stream and exec session, and removes the socket.
@@ -34,12 +47,12 @@
 //!   secret shows it. That is why an exec into a container whose environment holds a
 //!   secret is refused.
 //! - Ending an exec session closes its connection; a process it started in the container
-//!   may go on (the API has no way to stop it), which is why the member stays under way
-//!   until the session ends.
+//!   may go on (the API has no way to stop it), which is why no exec into a member of a
+//!   quorum group is allowed.
 //! - A connection that never makes a request HTTP can parse (garbage, headers over 64 KiB
 //!   or slower than 30 s) is closed without an event: nothing of it reached a decision.
 //! - An update's body passes as sent: the engine applies only resource limits and the
-//!   restart policy from it, which can still take a member down (so it is gated).
+//!   restart policy from it, and only to containers outside the quorum groups.
 
 mod gate;
 pub mod mask;
@@ -63,6 +76,15 @@ use crate::tickets::Journal;
 /// How long [`Proxy::stop`] waits for its connections and streams to end after telling them
 /// to; each ends at its next poll, so this is only a bound.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// The most connections one session's proxy holds open at once: each costs the controller
+/// a file descriptor (two while it forwards), and a loop opening idle ones must not run it
+/// out of them.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The largest request body the proxy reads: the bodies it checks (exec create, update,
+/// network connect and disconnect: small JSON), and what it drains of one it refused.
+pub const MAX_BODY: usize = 64 << 10;
 
 /// One session's proxy.
 pub struct ProxyConfig {
@@ -95,7 +117,8 @@ pub struct ProxyConfig {
     pub events: mpsc::UnboundedSender<ProxyEvent>,
 }
 
-/// One request and what became of it.
+/// One request and what became of it; or connections closed before any request, for want
+/// of room (method and path `-`, not allowed, their count in the reason).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProxyEvent {
     pub at: DateTime<Utc>,
@@ -246,8 +269,7 @@ impl Proxy {
     }
 
     /// Stops accepting, ends every open connection and stream (logs -f, events, exec
-    /// sessions), removes the socket and releases what this session holds in the registry.
-    /// Waits at most 5 s for them to end.
+    /// sessions) and removes the socket. Waits at most 5 s for them to end.
     pub async fn stop(mut self) {
         self.shared.cancel.cancel();
         if let Some(accept) = self.accept.take() {
@@ -256,11 +278,10 @@ impl Proxy {
         if let Some(mut alive) = self.alive.take() {
             let _ = tokio::time::timeout(STOP_WAIT, alive.recv()).await;
         }
-        self.release();
+        self.remove_socket();
     }
 
-    fn release(&self) {
-        self.shared.registry.release(&self.shared.session);
+    fn remove_socket(&self) {
         match std::fs::remove_file(&self.socket) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -278,7 +299,7 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shared.cancel.cancel();
         if self.accept.is_some() {
-            self.release();
+            self.remove_socket();
         }
     }
 }

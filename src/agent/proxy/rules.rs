@@ -5,9 +5,14 @@
 //! # Guarantees
 //! - A request is matched against a closed list of endpoints on its percent-decoded path,
 //!   segment by segment; anything else is refused, naming the endpoint.
-//! - What is forwarded is rebuilt from the parsed request ([`forward_path`], and the bodies
-//!   of exec create and network connect/disconnect re-serialised from what was checked), so
-//!   the engine never reads the request differently from how it was judged.
+//! - What is forwarded is rebuilt from the parsed request ([`forward_path`]: a change's query
+//!   from the first value of each parameter it takes, as checked; the body of an exec create
+//!   re-serialised, and a network connect/disconnect's made of the container alone), so the
+//!   engine never reads the request differently from how it was judged.
+//! - What no gate can judge is refused whatever the mode: a rename (the controller would
+//!   make a second container for the service), a signal that does not end the process (a
+//!   STOPped container still reads as running), and on a member of a quorum group, an exec
+//!   (what it starts acts after the gate looked) or an update ([`refused_on_member`]).
 
 use std::fmt;
 
@@ -18,8 +23,23 @@ use crate::manifest::SafetyMode;
 /// What an agent may do, said in every refusal of an endpoint outside the list.
 const ALLOWED: &str = "an agent may read (ps, inspect, logs, events, stats, top, wait, version, \
                        info, networks) and, outside observe mode, start, stop, restart, kill, \
-                       pause, unpause, update, rename, exec into, or connect and disconnect the \
+                       pause, unpause, update, exec into, or connect and disconnect the \
                        containers of its cluster";
+
+/// Why a rename is refused, on every container.
+const RENAME: &str = "rename is not allowed: renaming a container of a cluster makes the \
+                      operator create a second container for its service";
+
+/// The signals a kill (or a stop's `signal`) may carry, with their numbers: those that end
+/// the process. Any other leaves it alive in a state the engine still reports as running
+/// (STOP, TSTP) or is the service's own business (HUP, USR1, CONT...).
+pub const ENDING_SIGNALS: [(&str, &str); 4] =
+    [("KILL", "9"), ("TERM", "15"), ("INT", "2"), ("QUIT", "3")];
+
+/// The longest a stop or restart may wait for the process before it kills it (`t`, seconds);
+/// a longer (or negative, unending) wait is cut to this: the change holds its cluster's turn
+/// meanwhile.
+pub const MAX_STOP_WAIT: u64 = 60;
 
 /// Why observe refuses a change.
 pub const OBSERVE: &str = "observe mode: only reads reach the engine";
@@ -29,11 +49,14 @@ pub const OBSERVE: &str = "observe mode: only reads reach the engine";
 pub const TOP_PS_ARGS: [&str; 4] = ["-ef", "-f", "aux", "-aux"];
 
 /// A request as judged: the API version prefix it came with (`/v1.41`, or empty), kept for
-/// forwarding, and what it is.
+/// forwarding, what it is, and the query it is forwarded with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub version: String,
     pub kind: Kind,
+    /// A read's query as sent (a `top`'s checked `ps_args` only); a change's or an exec's
+    /// rebuilt from what was checked; `None` for none.
+    pub query: Option<String>,
 }
 
 /// The kinds of request that can be allowed.
@@ -89,7 +112,6 @@ pub enum Verb {
     Pause,
     Unpause,
     Update,
-    Rename,
     /// Exec create: what runs in the container is started by [`ExecOp::Start`].
     Exec,
     Connect,
@@ -106,29 +128,20 @@ impl Verb {
             Verb::Pause => "pause",
             Verb::Unpause => "unpause",
             Verb::Update => "update",
-            Verb::Rename => "rename",
             Verb::Exec => "exec",
             Verb::Connect => "connect",
             Verb::Disconnect => "disconnect",
         }
     }
 
-    /// Whether it can take a member down (so it passes the quorum gate first): start,
-    /// unpause and connect only add liveness. An exec counts: what runs inside may kill the
-    /// member's process later.
+    /// Whether it can take a member down, so that on a member it passes the quorum gate
+    /// first. Start, unpause and connect only add liveness; an exec or an update is refused
+    /// on a member outright ([`refused_on_member`]), because it acts after the gate looked.
     pub fn disruptive(self) -> bool {
-        !matches!(self, Verb::Start | Verb::Unpause | Verb::Connect)
-    }
-
-    /// The query parameters the engine reads for it that are passed on: a stop's timeout,
-    /// a kill's signal, a rename's new name. Nothing else (a start's `checkpoint`) goes.
-    pub fn parameters(self) -> &'static [&'static str] {
-        match self {
-            Verb::Stop | Verb::Restart => &["t", "signal"],
-            Verb::Kill => &["signal"],
-            Verb::Rename => &["name"],
-            _ => &[],
-        }
+        matches!(
+            self,
+            Verb::Stop | Verb::Restart | Verb::Kill | Verb::Pause | Verb::Disconnect
+        )
     }
 
     /// Whether its body is passed on (checked, for exec and network changes). The others
@@ -150,7 +163,6 @@ impl Verb {
             "pause" => Verb::Pause,
             "unpause" => Verb::Unpause,
             "update" => Verb::Update,
-            "rename" => Verb::Rename,
             "exec" => Verb::Exec,
             _ => return None,
         })
@@ -191,12 +203,26 @@ impl Kind {
             _ => false,
         }
     }
+
+    /// Whether its body is read (at most [`super::MAX_BODY`]): to be checked and forwarded
+    /// (exec create, network changes), forwarded as sent (update, exec start). Any other
+    /// body is never forwarded.
+    pub fn takes_body(&self) -> bool {
+        match self {
+            Kind::ContainerChange { verb, .. } => verb.takes_body(),
+            Kind::NetworkChange { .. } => true,
+            Kind::Exec { op, .. } => *op == ExecOp::Start,
+            _ => false,
+        }
+    }
 }
 
 /// Parses one request line. `query` is the raw query string, without `?`.
 ///
 /// # Errors
-/// The endpoint is not one an agent may use (or its path or target cannot be read).
+/// The endpoint is not one an agent may use (or its path, target or query cannot be read),
+/// a rename, or a change whose query asks for what no gate can judge (a signal that does
+/// not end the process).
 pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<Request, Refused> {
     let decoded = percent_decode(path)
         .ok_or_else(|| Refused(format!("the path {} cannot be decoded", shown(path))))?;
@@ -247,6 +273,7 @@ pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<Request
             container: target(id, "container")?,
             read: ContainerRead::Wait,
         },
+        ("POST", ["containers", _, "rename"]) => return Err(Refused(RENAME.to_string())),
         ("POST", ["containers", id, verb]) => match Verb::container_verb(verb) {
             Some(verb) => Kind::ContainerChange {
                 container: target(id, "container")?,
@@ -276,10 +303,130 @@ pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<Request
         },
         _ => return Err(not_allowed()),
     };
+    let as_sent = query.filter(|q| !q.is_empty()).map(str::to_string);
+    let query = match &kind {
+        Kind::Ping | Kind::Global(_) | Kind::NetworkRead { .. } => as_sent,
+        Kind::ContainerRead { read, .. } => match read {
+            // Every allowed value is made of characters a query carries as they are.
+            ContainerRead::Top { ps_args } => ps_args.as_ref().map(|a| format!("ps_args={a}")),
+            ContainerRead::Inspect
+            | ContainerRead::Logs
+            | ContainerRead::Stats
+            | ContainerRead::Wait => as_sent,
+        },
+        Kind::ContainerChange { verb, .. } => change_query(*verb, query)?,
+        Kind::NetworkChange { .. } => None,
+        Kind::Exec { op, .. } => match op {
+            ExecOp::Resize => rebuilt(first_values(query, &["h", "w"])?),
+            ExecOp::Start | ExecOp::Inspect => None,
+        },
+    };
     Ok(Request {
         version: version.to_string(),
         kind,
+        query,
     })
+}
+
+/// The query a change is forwarded with: only the parameters its verb takes (a stop's or
+/// restart's `t` and `signal`, a kill's `signal`; nothing for the others, such as a start's
+/// `checkpoint`), the first value of each (the one the engine reads), checked.
+fn change_query(verb: Verb, query: Option<&str>) -> Result<Option<String>, Refused> {
+    let names: &[&str] = match verb {
+        Verb::Stop | Verb::Restart => &["t", "signal"],
+        Verb::Kill => &["signal"],
+        _ => &[],
+    };
+    let mut kept = Vec::new();
+    for (name, value) in first_values(query, names)? {
+        match name {
+            "t" => kept.push((name, stop_wait(&value)?.to_string())),
+            _ => kept.push((name, ending_signal(verb, &value)?.to_string())),
+        }
+    }
+    Ok(rebuilt(kept))
+}
+
+/// The first value of each of `names` in `query` (the one the engine reads of a repeated
+/// parameter), in the order of `names`; an empty one is absent, as the engine takes it.
+fn first_values(
+    query: Option<&str>,
+    names: &[&'static str],
+) -> Result<Vec<(&'static str, String)>, Refused> {
+    let pairs = form_pairs(query.unwrap_or(""))?;
+    Ok(names
+        .iter()
+        .filter_map(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(_, v)| (*name, v.clone()))
+        })
+        .collect())
+}
+
+/// `name=value&...`, each value percent-encoded but for the characters a query carries as
+/// they are; `None` for no pairs.
+fn rebuilt(pairs: Vec<(&str, String)>) -> Option<String> {
+    let encoded: Vec<String> = pairs
+        .into_iter()
+        .map(|(name, value)| {
+            let value: String = value
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            format!("{name}={value}")
+        })
+        .collect();
+    (!encoded.is_empty()).then(|| encoded.join("&"))
+}
+
+/// A stop's or restart's `t`, in whole seconds, capped at [`MAX_STOP_WAIT`] (a negative one
+/// waits without end: capped too).
+fn stop_wait(value: &str) -> Result<u64, Refused> {
+    let digits = value.strip_prefix(['-', '+']).unwrap_or(value);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Refused(format!(
+            "a stop's t must be a whole number of seconds, not {}",
+            shown(value)
+        )));
+    }
+    let negative = value.starts_with('-') && digits.bytes().any(|b| b != b'0');
+    Ok(match digits.parse::<u64>() {
+        Ok(seconds) if !negative => seconds.min(MAX_STOP_WAIT),
+        _ => MAX_STOP_WAIT,
+    })
+}
+
+/// The canonical name (`TERM`) of a signal that ends the process ([`ENDING_SIGNALS`]), as a
+/// name with or without `SIG` in any case, or its number.
+fn ending_signal(verb: Verb, value: &str) -> Result<&'static str, Refused> {
+    let upper = value.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    ENDING_SIGNALS
+        .iter()
+        .find(|(n, number)| *n == name || *number == value)
+        .map(|(n, _)| *n)
+        .ok_or_else(|| {
+            Refused(format!(
+                "{verb} with signal {} is not allowed: only a signal that ends the process may \
+                 be sent ({}, or none), since a process stopped or signalled otherwise still \
+                 reads as running",
+                shown(value),
+                ENDING_SIGNALS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
 }
 
 /// Whether `mode` lets a request of this kind through. Approve and execute are the same at
@@ -292,77 +439,48 @@ pub fn admit(mode: SafetyMode, kind: &Kind) -> Result<(), Refused> {
 }
 
 /// The path (with query) forwarded to the engine: the request's version prefix, then the
-/// endpoint rebuilt with `target` (the resolved full id) in place of what the client named.
-/// A read's `query` is passed on as the client wrote it, but for `top`, whose one checked
-/// `ps_args` is all that goes; a change keeps only the parameters its verb takes
-/// ([`Verb::parameters`]), so no other option of the endpoint reaches the engine.
-pub fn forward_path(request: &Request, target: &str, query: Option<&str>) -> String {
+/// endpoint rebuilt with `target` (the resolved full id) in place of what the client named,
+/// then the query as judged ([`Request::query`]).
+pub fn forward_path(request: &Request, target: &str) -> String {
     let v = &request.version;
-    let with = |path: String, query: Option<String>| match query {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path,
+    let path = match &request.kind {
+        Kind::Ping => format!("{v}/_ping"),
+        Kind::Global(g) => format!(
+            "{v}/{}",
+            match g {
+                Global::Version => "version",
+                Global::Info => "info",
+                Global::Events => "events",
+                Global::ContainerList => "containers/json",
+                Global::NetworkList => "networks",
+            }
+        ),
+        Kind::ContainerRead { read, .. } => format!(
+            "{v}/containers/{target}/{}",
+            match read {
+                ContainerRead::Inspect => "json",
+                ContainerRead::Logs => "logs",
+                ContainerRead::Stats => "stats",
+                ContainerRead::Wait => "wait",
+                ContainerRead::Top { .. } => "top",
+            }
+        ),
+        Kind::NetworkRead { .. } => format!("{v}/networks/{target}"),
+        Kind::ContainerChange { verb, .. } => format!("{v}/containers/{target}/{verb}"),
+        Kind::NetworkChange { verb, .. } => format!("{v}/networks/{target}/{verb}"),
+        Kind::Exec { op, .. } => format!(
+            "{v}/exec/{target}/{}",
+            match op {
+                ExecOp::Start => "start",
+                ExecOp::Resize => "resize",
+                ExecOp::Inspect => "json",
+            }
+        ),
     };
-    let as_sent = query.map(str::to_string);
-    match &request.kind {
-        Kind::Ping => with(format!("{v}/_ping"), as_sent),
-        Kind::Global(g) => with(
-            format!(
-                "{v}/{}",
-                match g {
-                    Global::Version => "version",
-                    Global::Info => "info",
-                    Global::Events => "events",
-                    Global::ContainerList => "containers/json",
-                    Global::NetworkList => "networks",
-                }
-            ),
-            as_sent,
-        ),
-        Kind::ContainerRead { read, .. } => match read {
-            ContainerRead::Inspect => with(format!("{v}/containers/{target}/json"), as_sent),
-            ContainerRead::Logs => with(format!("{v}/containers/{target}/logs"), as_sent),
-            ContainerRead::Stats => with(format!("{v}/containers/{target}/stats"), as_sent),
-            ContainerRead::Wait => with(format!("{v}/containers/{target}/wait"), as_sent),
-            // Every allowed value is made of characters a query carries as they are.
-            ContainerRead::Top { ps_args } => with(
-                format!("{v}/containers/{target}/top"),
-                ps_args.as_ref().map(|a| format!("ps_args={a}")),
-            ),
-        },
-        Kind::NetworkRead { .. } => with(format!("{v}/networks/{target}"), as_sent),
-        Kind::ContainerChange { verb, .. } => with(
-            format!("{v}/containers/{target}/{}", verb.as_str()),
-            only(query, verb.parameters()),
-        ),
-        Kind::NetworkChange { verb, .. } => with(
-            format!("{v}/networks/{target}/{}", verb.as_str()),
-            only(query, verb.parameters()),
-        ),
-        Kind::Exec { op, .. } => {
-            let (endpoint, parameters): (&str, &[&str]) = match op {
-                ExecOp::Start => ("start", &[]),
-                ExecOp::Resize => ("resize", &["h", "w"]),
-                ExecOp::Inspect => ("json", &[]),
-            };
-            with(
-                format!("{v}/exec/{target}/{endpoint}"),
-                only(query, parameters),
-            )
-        }
+    match &request.query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     }
-}
-
-/// The `name=value` pairs of `query` whose decoded name is one of `names`, as written.
-fn only(query: Option<&str>, names: &[&str]) -> Option<String> {
-    let kept: Vec<&str> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            percent_decode(&name.replace('+', " ")).is_some_and(|k| names.contains(&k.as_str()))
-        })
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 /// Checks an exec-create body and returns the one to forward (re-serialised, so that the
@@ -382,21 +500,68 @@ pub fn exec_create_body(body: &[u8]) -> Result<Vec<u8>, Refused> {
     serialise(&Value::Object(object))
 }
 
-/// What an exec into a container would reach beyond it, if more than the container: the
-/// engine (its socket, or a folder holding it, is mounted), every capability (privileged),
-/// or the host's processes (the host's PID namespace, where the controller runs). What
-/// runs there answers to no proxy. `mounts` are the sources (host paths) of its mounts.
-pub fn exec_reach(
-    privileged: bool,
-    host_pid: bool,
-    mounts: &[String],
-    engine_socket: &std::path::Path,
-) -> Option<String> {
-    if privileged {
+/// Why `verb` is refused on `container`, a member of quorum group `group`, whatever the gate
+/// would say: what an exec starts (`docker exec -d m1 sh -c 'sleep 30; kill 1'`) outlives the
+/// session and acts after the gate looked, and an update changes what the manifest sets (a
+/// CPU quota of 0.001 hobbles a member that still reads as running). `None` for the verbs
+/// the gate judges.
+pub fn refused_on_member(verb: Verb, container: &str, group: &str) -> Option<Refused> {
+    let container = shown(container);
+    let group = shown(group);
+    match verb {
+        Verb::Exec => Some(Refused(format!(
+            "exec into {container}, a member of quorum group {group}, could act on it after \
+             the quorum gate looked; use logs, inspect and the typed tools"
+        ))),
+        Verb::Update => Some(Refused(format!(
+            "update of {container}, a member of quorum group {group}, is not allowed: a \
+             member's resources are the manifest's, and a limit can hobble it while it still \
+             reads as running"
+        ))),
+        _ => None,
+    }
+}
+
+/// What of a container's configuration decides how far an exec into it reaches, as the
+/// engine's inspect says it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    pub privileged: bool,
+    /// `HostConfig.NetworkMode`, `PidMode` and `IpcMode`: `host`, `container:<id>`, or the
+    /// container's own.
+    pub network_mode: String,
+    pub pid_mode: String,
+    pub ipc_mode: String,
+    /// Where its mounts come from (host paths).
+    pub mounts: Vec<String>,
+}
+
+/// What an exec into a container would reach beyond it, if more than the container: every
+/// capability (privileged); the host's network, whose loopback holds the controller's
+/// endpoints and maybe an engine on TCP; the host's processes or IPC (where the controller
+/// runs); another container's network, processes or IPC (which may be a member's); or the
+/// engine (its socket, or a folder holding it, is mounted). What runs there answers to no
+/// proxy.
+pub fn exec_reach(isolation: &Isolation, engine_socket: &std::path::Path) -> Option<String> {
+    if isolation.privileged {
         return Some("it is privileged: an exec holds every capability of the host".into());
     }
-    if host_pid {
-        return Some("it shares the host's processes (pid host)".into());
+    for (mode, what) in [
+        (&isolation.network_mode, "network"),
+        (&isolation.pid_mode, "pid"),
+        (&isolation.ipc_mode, "ipc"),
+    ] {
+        if mode == "host" {
+            return Some(format!(
+                "it shares the host's {what} namespace ({what} host)"
+            ));
+        }
+        if mode.starts_with("container:") {
+            return Some(format!(
+                "it shares another container's {what} namespace ({what} {})",
+                shown(mode)
+            ));
+        }
     }
     let engine = |source: &std::path::Path| {
         engine_socket.starts_with(source)
@@ -408,20 +573,24 @@ pub fn exec_reach(
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.ends_with("docker.sock") || n.ends_with("containerd.sock"))
     };
-    mounts
+    isolation
+        .mounts
         .iter()
         .find(|m| engine(std::path::Path::new(m.as_str())))
         .map(|m| format!("it mounts {} (the engine's socket)", shown(m)))
 }
 
-/// The container a network connect/disconnect body names, and a function that gives the
-/// body to forward once that container is resolved to its full id.
+/// The container a network connect/disconnect body names, and whether a disconnect is
+/// forced; the rest of the body (a connect's `EndpointConfig`: aliases, links, addresses,
+/// driver options) is never forwarded, so a container cannot answer for another's name on
+/// the cluster's network.
 ///
 /// # Errors
-/// Not a JSON object, no `Container` (or more than one spelling of it), or not a string.
-pub fn network_body(body: &[u8]) -> Result<NetworkBody, Refused> {
-    let what = "a network connect or disconnect";
-    let object = json_object(body, what)?;
+/// Not a JSON object; no `Container`, more than one spelling of it, or not a string; for a
+/// disconnect, more than one spelling of `Force` or one that is not a boolean.
+pub fn network_body(verb: Verb, body: &[u8]) -> Result<NetworkBody, Refused> {
+    let what = format!("a network {verb}");
+    let object = json_object(body, &what)?;
     let named: Vec<&Value> = fields(&object, "Container").collect();
     let container = match named.as_slice() {
         [Value::String(c)] => target(c, "container")?,
@@ -432,25 +601,37 @@ pub fn network_body(body: &[u8]) -> Result<NetworkBody, Refused> {
             )));
         }
     };
-    Ok(NetworkBody { container, object })
+    // Only a disconnect reads a Force; a connect's is dropped with the rest.
+    let force = match fields(&object, "Force").collect::<Vec<_>>().as_slice() {
+        _ if verb != Verb::Disconnect => None,
+        [] | [Value::Null] => None,
+        [Value::Bool(force)] => Some(*force),
+        _ => {
+            return Err(Refused(format!(
+                "{what} may carry one Force, as true or false"
+            )));
+        }
+    };
+    Ok(NetworkBody { container, force })
 }
 
 /// A checked network connect/disconnect body.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkBody {
     /// The container it names, as named.
     pub container: String,
-    object: Map<String, Value>,
+    /// A disconnect's `Force`, when it has one.
+    pub force: Option<bool>,
 }
 
 impl NetworkBody {
-    /// The body to forward: `Container` is `id`, every other field as sent.
-    pub fn with_container(mut self, id: &str) -> Result<Vec<u8>, Refused> {
-        self.object
-            .retain(|k, _| !k.eq_ignore_ascii_case("Container"));
-        self.object
-            .insert("Container".to_string(), Value::String(id.to_string()));
-        serialise(&Value::Object(self.object))
+    /// The body to forward: `{"Container": id}`, and `Force` when a disconnect set it.
+    pub fn with_container(&self, id: &str) -> Vec<u8> {
+        let mut body = serde_json::json!({ "Container": id });
+        if let Some(force) = self.force {
+            body["Force"] = Value::Bool(force);
+        }
+        body.to_string().into_bytes()
     }
 }
 
@@ -693,7 +874,7 @@ mod tests {
         let r = classify("POST", "/v1.41/containers/etcd1/stop", Some("t=5")).unwrap();
         assert_eq!(r.version, "/v1.41");
         assert_eq!(
-            forward_path(&r, &"a".repeat(64), Some("t=5")),
+            forward_path(&r, &"a".repeat(64)),
             format!("/v1.41/containers/{}/stop?t=5", "a".repeat(64))
         );
     }
@@ -713,13 +894,13 @@ mod tests {
     }
 
     #[test]
-    fn a_change_forwards_only_the_parameters_its_verb_takes() {
+    fn a_change_forwards_only_the_first_value_of_the_parameters_its_verb_takes() {
         let id = "f".repeat(64);
         for (path, query, expected) in [
             (
                 "/v1.41/containers/m1/stop",
                 "t=5&signal=SIGTERM&x=1",
-                "t=5&signal=SIGTERM",
+                "t=5&signal=TERM",
             ),
             ("/v1.41/containers/m1/restart", "t=0", "t=0"),
             (
@@ -727,11 +908,15 @@ mod tests {
                 "signal=KILL&force=1",
                 "signal=KILL",
             ),
+            // The engine reads the first of a repeated parameter: only it is judged and sent.
+            ("/v1.41/containers/m1/stop", "t=1&t=100", "t=1"),
             (
-                "/v1.41/containers/m1/rename",
-                "name=new-name&x=1",
-                "name=new-name",
+                "/v1.41/containers/m1/kill",
+                "signal=TERM&signal=STOP",
+                "signal=TERM",
             ),
+            ("/v1.41/containers/m1/kill", "signal=&signal=STOP", ""),
+            ("/v1.41/containers/m1/stop", "x=1&t=3&signal=", "t=3"),
             (
                 "/v1.41/containers/m1/start",
                 "checkpoint=c1&checkpoint-dir=/tmp",
@@ -742,7 +927,7 @@ mod tests {
             ("/v1.41/networks/n/connect", "x=1", ""),
         ] {
             let r = classify("POST", path, Some(query)).unwrap();
-            let forwarded = forward_path(&r, &id, Some(query));
+            let forwarded = forward_path(&r, &id);
             let expected_path = match expected {
                 "" => path.replace("m1", &id).replace("/n/", &format!("/{id}/")),
                 q => format!("{}?{q}", path.replace("m1", &id)),
@@ -753,18 +938,211 @@ mod tests {
         let r = classify(
             "POST",
             &format!("/exec/{exec}/resize"),
-            Some("h=40&w=80&x=1"),
+            Some("h=40&w=80&x=1&h=1"),
         )
         .unwrap();
         assert_eq!(
-            forward_path(&r, &exec, Some("h=40&w=80&x=1")),
+            forward_path(&r, &exec),
             format!("/exec/{exec}/resize?h=40&w=80")
         );
         // Reads keep their query as sent.
         let r = classify("GET", "/v1.41/containers/m1/logs", Some("follow=1&tail=10")).unwrap();
         assert_eq!(
-            forward_path(&r, &id, Some("follow=1&tail=10")),
+            forward_path(&r, &id),
             format!("/v1.41/containers/{id}/logs?follow=1&tail=10")
+        );
+    }
+
+    #[test]
+    fn a_kill_may_carry_only_a_signal_that_ends_the_process() {
+        for (value, canonical) in [
+            ("KILL", "KILL"),
+            ("SIGKILL", "KILL"),
+            ("sigkill", "KILL"),
+            ("Kill", "KILL"),
+            ("9", "KILL"),
+            ("TERM", "TERM"),
+            ("sigterm", "TERM"),
+            ("15", "TERM"),
+            ("INT", "INT"),
+            ("SIGINT", "INT"),
+            ("2", "INT"),
+            ("quit", "QUIT"),
+            ("SigQuit", "QUIT"),
+            ("3", "QUIT"),
+            ("SIG%4Bill", "KILL"),
+        ] {
+            let r = classify(
+                "POST",
+                "/containers/m1/kill",
+                Some(&format!("signal={value}")),
+            )
+            .unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(r.query, Some(format!("signal={canonical}")), "{value}");
+        }
+        assert_eq!(
+            classify("POST", "/containers/m1/kill", None).unwrap().query,
+            None,
+            "none: the engine's default, KILL"
+        );
+        for value in [
+            "STOP",
+            "SIGSTOP",
+            "19",
+            "TSTP",
+            "20",
+            "CONT",
+            "18",
+            "USR1",
+            "SIGUSR2",
+            "HUP",
+            "1",
+            "0",
+            "-9",
+            "09",
+            "+9",
+            " 9",
+            "SIG9",
+            "KILL2",
+            "SIGKILLx",
+            "WINCH",
+            "sigk%C4%B1ll",
+        ] {
+            let why = classify(
+                "POST",
+                "/containers/m1/kill",
+                Some(&format!("signal={value}")),
+            )
+            .expect_err(value)
+            .to_string();
+            assert!(
+                why.contains("only a signal that ends the process"),
+                "{value}: {why}"
+            );
+        }
+        // A stop's signal (read by newer engines) is judged the same way.
+        assert!(classify("POST", "/containers/m1/stop", Some("signal=STOP")).is_err());
+        assert!(classify("POST", "/containers/m1/restart", Some("signal=HUP")).is_err());
+        // The first value is judged, whatever follows.
+        assert!(
+            classify(
+                "POST",
+                "/containers/m1/kill",
+                Some("signal=STOP&signal=KILL")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_stop_waits_at_most_a_minute() {
+        for (t, forwarded) in [
+            ("0", "t=0"),
+            ("10", "t=10"),
+            ("60", "t=60"),
+            ("61", "t=60"),
+            ("3600", "t=60"),
+            ("99999999999999999999999", "t=60"),
+            ("-1", "t=60"),
+            ("-0", "t=0"),
+            ("%2B5", "t=5"),
+        ] {
+            for verb in ["stop", "restart"] {
+                let r = classify(
+                    "POST",
+                    &format!("/containers/m1/{verb}"),
+                    Some(&format!("t={t}")),
+                )
+                .unwrap_or_else(|e| panic!("{t}: {e}"));
+                assert_eq!(r.query.as_deref(), Some(forwarded), "{verb} t={t}");
+            }
+        }
+        for t in ["x", "1.5", "-", "5s", "1;t=100", "+5"] {
+            assert!(
+                classify("POST", "/containers/m1/stop", Some(&format!("t={t}")))
+                    .expect_err(t)
+                    .to_string()
+                    .contains("whole number of seconds")
+            );
+        }
+        assert!(classify("POST", "/containers/m1/stop", Some("t=%zz")).is_err());
+    }
+
+    #[test]
+    fn rename_is_refused_on_every_container() {
+        for path in [
+            "/v1.41/containers/m1/rename",
+            "/containers/anything/rename",
+            "/containers/a%3Fb/rename",
+        ] {
+            let why = refused("POST", &format!("{path}?name=x"));
+            assert!(
+                why.contains("rename is not allowed") && why.contains("second container"),
+                "{path}: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn on_a_group_member_exec_and_update_are_refused_and_the_rest_left_to_the_gate() {
+        let exec = refused_on_member(Verb::Exec, "m1", "g").expect("exec refused");
+        assert_eq!(
+            exec.to_string(),
+            "refused by operator: exec into m1, a member of quorum group g, could act on it \
+             after the quorum gate looked; use logs, inspect and the typed tools"
+        );
+        let update = refused_on_member(Verb::Update, "m1", "g").expect("update refused");
+        assert!(
+            update
+                .to_string()
+                .contains("update of m1, a member of quorum group g, is not allowed"),
+            "{update}"
+        );
+        for verb in [
+            Verb::Start,
+            Verb::Stop,
+            Verb::Restart,
+            Verb::Kill,
+            Verb::Pause,
+            Verb::Unpause,
+            Verb::Connect,
+            Verb::Disconnect,
+        ] {
+            assert_eq!(refused_on_member(verb, "m1", "g"), None, "{verb}");
+        }
+        assert!(refused_on_member(Verb::Exec, "m\r1", "g").is_some_and(|r| !r.0.contains('\r')));
+    }
+
+    #[test]
+    fn only_checked_bodies_and_an_exec_start_s_are_read() {
+        let change = |verb| Kind::ContainerChange {
+            container: "c".into(),
+            verb,
+        };
+        assert!(change(Verb::Exec).takes_body());
+        assert!(change(Verb::Update).takes_body());
+        assert!(!change(Verb::Stop).takes_body());
+        assert!(!change(Verb::Start).takes_body());
+        assert!(
+            Kind::NetworkChange {
+                network: "n".into(),
+                verb: Verb::Connect
+            }
+            .takes_body()
+        );
+        let exec = |op| Kind::Exec {
+            exec: "ab".into(),
+            op,
+        };
+        assert!(exec(ExecOp::Start).takes_body());
+        assert!(!exec(ExecOp::Resize).takes_body());
+        assert!(!Kind::Global(Global::Events).takes_body());
+        assert!(
+            !Kind::ContainerRead {
+                container: "c".into(),
+                read: ContainerRead::Wait
+            }
+            .takes_body()
         );
     }
 
@@ -777,7 +1155,6 @@ mod tests {
             Verb::Kill,
             Verb::Pause,
             Verb::Unpause,
-            Verb::Rename,
         ] {
             assert!(!verb.takes_body(), "{verb}");
         }
@@ -796,7 +1173,6 @@ mod tests {
             ("pause", Verb::Pause),
             ("unpause", Verb::Unpause),
             ("update", Verb::Update),
-            ("rename", Verb::Rename),
             ("exec", Verb::Exec),
         ] {
             assert_eq!(
@@ -824,7 +1200,7 @@ mod tests {
     }
 
     #[test]
-    fn only_start_unpause_and_connect_skip_the_gate() {
+    fn only_stop_restart_kill_pause_and_disconnect_pass_the_gate() {
         let gated: Vec<Verb> = [
             Verb::Start,
             Verb::Stop,
@@ -833,7 +1209,6 @@ mod tests {
             Verb::Pause,
             Verb::Unpause,
             Verb::Update,
-            Verb::Rename,
             Verb::Exec,
             Verb::Connect,
             Verb::Disconnect,
@@ -841,6 +1216,7 @@ mod tests {
         .into_iter()
         .filter(|v| v.disruptive())
         .collect();
+        // Exec and update are refused on a member before the gate is asked.
         assert_eq!(
             gated,
             [
@@ -848,9 +1224,6 @@ mod tests {
                 Verb::Restart,
                 Verb::Kill,
                 Verb::Pause,
-                Verb::Update,
-                Verb::Rename,
-                Verb::Exec,
                 Verb::Disconnect
             ]
         );
@@ -980,7 +1353,7 @@ mod tests {
                 "{query:?}"
             );
             // Only the checked value is forwarded, whatever else the query held.
-            let forwarded = forward_path(&r, "ID", query);
+            let forwarded = forward_path(&r, "ID");
             match expected {
                 Some(a) => assert_eq!(forwarded, format!("/v1.41/containers/ID/top?ps_args={a}")),
                 None => assert_eq!(forwarded, "/v1.41/containers/ID/top"),
@@ -1093,12 +1466,81 @@ mod tests {
     #[test]
     fn an_exec_that_would_reach_past_its_container_is_named() {
         let socket = std::path::Path::new("/var/run/docker.sock");
-        let none: &[String] = &[];
-        assert_eq!(exec_reach(false, false, none, socket), None);
-        let data = ["/srv/data".to_string(), "/var/lib/app".to_string()];
-        assert_eq!(exec_reach(false, false, &data, socket), None);
-        assert!(exec_reach(true, false, none, socket).is_some_and(|w| w.contains("privileged")));
-        assert!(exec_reach(false, true, none, socket).is_some_and(|w| w.contains("pid host")));
+        let own = Isolation {
+            network_mode: "c-net".into(),
+            pid_mode: String::new(),
+            ipc_mode: "private".into(),
+            ..Isolation::default()
+        };
+        assert_eq!(exec_reach(&own, socket), None);
+        for network in ["default", "bridge", "none", "c-net"] {
+            let mode = Isolation {
+                network_mode: network.into(),
+                ipc_mode: "shareable".into(),
+                ..own.clone()
+            };
+            assert_eq!(exec_reach(&mode, socket), None, "{network}");
+        }
+        let data = Isolation {
+            mounts: vec!["/srv/data".to_string(), "/var/lib/app".to_string()],
+            ..own.clone()
+        };
+        assert_eq!(exec_reach(&data, socket), None);
+        let reach = |isolation: Isolation| exec_reach(&isolation, socket).unwrap_or_default();
+        assert!(
+            reach(Isolation {
+                privileged: true,
+                ..own.clone()
+            })
+            .contains("privileged")
+        );
+        for (isolation, expected) in [
+            (
+                Isolation {
+                    network_mode: "host".into(),
+                    ..own.clone()
+                },
+                "the host's network namespace (network host)",
+            ),
+            (
+                Isolation {
+                    network_mode: "container:3f2a".into(),
+                    ..own.clone()
+                },
+                "another container's network namespace (network container:3f2a)",
+            ),
+            (
+                Isolation {
+                    pid_mode: "host".into(),
+                    ..own.clone()
+                },
+                "the host's pid namespace (pid host)",
+            ),
+            (
+                Isolation {
+                    pid_mode: "container:m1".into(),
+                    ..own.clone()
+                },
+                "another container's pid namespace",
+            ),
+            (
+                Isolation {
+                    ipc_mode: "host".into(),
+                    ..own.clone()
+                },
+                "the host's ipc namespace (ipc host)",
+            ),
+            (
+                Isolation {
+                    ipc_mode: "container:m1".into(),
+                    ..own.clone()
+                },
+                "another container's ipc namespace",
+            ),
+        ] {
+            let why = reach(isolation.clone());
+            assert!(why.contains(expected), "{isolation:?}: {why}");
+        }
         for source in [
             "/var/run/docker.sock",
             "/var/run",
@@ -1108,12 +1550,11 @@ mod tests {
             "/run/containerd/containerd.sock",
             "/custom",
         ] {
-            let why = exec_reach(
-                false,
-                false,
-                &[source.to_string()],
-                std::path::Path::new("/custom/engine.sock"),
-            );
+            let mounted = Isolation {
+                mounts: vec![source.to_string()],
+                ..own.clone()
+            };
+            let why = exec_reach(&mounted, std::path::Path::new("/custom/engine.sock"));
             assert!(
                 why.as_deref()
                     .is_some_and(|w| w.contains("the engine's socket")),
@@ -1123,25 +1564,31 @@ mod tests {
     }
 
     #[test]
-    fn a_network_body_names_one_container_and_is_forwarded_with_its_id() {
-        let body = network_body(br#"{"Container":"web","EndpointConfig":{"Aliases":["w"]}}"#)
-            .expect("one container");
+    fn a_network_body_is_forwarded_as_its_container_alone() {
+        let body = network_body(
+            Verb::Connect,
+            br#"{"Container":"web","EndpointConfig":{"Aliases":["m1"],"Links":["m1:db"],"IPAMConfig":{"IPv4Address":"10.0.0.9"},"DriverOpts":{"x":"y"}},"Force":true}"#,
+        )
+        .expect("one container");
         assert_eq!(body.container, "web");
-        let forwarded: Value =
-            serde_json::from_slice(&body.with_container("0123abcd").unwrap()).unwrap();
-        assert_eq!(
-            forwarded,
-            serde_json::json!({"Container": "0123abcd", "EndpointConfig": {"Aliases": ["w"]}})
-        );
-        // Any case, and Docker's optional leading slash on a name.
-        let lower = network_body(br#"{"container":"/web","Force":true}"#).expect("any case");
+        assert_eq!(body.force, None, "a connect has no Force");
+        let forwarded: Value = serde_json::from_slice(&body.with_container("0123abcd")).unwrap();
+        assert_eq!(forwarded, serde_json::json!({"Container": "0123abcd"}));
+        // Any case, and Docker's optional leading slash on a name; a disconnect's Force.
+        let lower = network_body(
+            Verb::Disconnect,
+            br#"{"container":"/web","force":true,"EndpointConfig":{}}"#,
+        )
+        .expect("any case");
         assert_eq!(lower.container, "web");
-        let forwarded: Value =
-            serde_json::from_slice(&lower.with_container("ID").unwrap()).unwrap();
+        let forwarded: Value = serde_json::from_slice(&lower.with_container("ID")).unwrap();
         assert_eq!(
             forwarded,
             serde_json::json!({"Container": "ID", "Force": true})
         );
+        let unforced = network_body(Verb::Disconnect, br#"{"Container":"web","Force":null}"#)
+            .expect("a null Force");
+        assert_eq!(unforced.with_container("ID"), br#"{"Container":"ID"}"#);
         for body in [
             r#"{}"#,
             r#"{"Container":"a","container":"b"}"#,
@@ -1149,7 +1596,19 @@ mod tests {
             r#"{"Container":"a?b"}"#,
             r#"[]"#,
         ] {
-            assert!(network_body(body.as_bytes()).is_err(), "{body}");
+            assert!(
+                network_body(Verb::Connect, body.as_bytes()).is_err(),
+                "{body}"
+            );
+        }
+        for body in [
+            r#"{"Container":"a","Force":"true"}"#,
+            r#"{"Container":"a","Force":true,"force":false}"#,
+        ] {
+            assert!(
+                network_body(Verb::Disconnect, body.as_bytes()).is_err(),
+                "{body}"
+            );
         }
     }
 

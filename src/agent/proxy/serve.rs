@@ -1,13 +1,15 @@
-//! The server: accepts the toolbox's connections, decides each request ([`super::rules`],
-//! then the target's owner and the gate, with the engine) and forwards what is allowed to
-//! the engine's socket on a connection of its own, rewritten to the resolved target.
+//! The server: accepts the toolbox's connections (at most [`MAX_CONNECTIONS`] at once),
+//! decides each request on its head ([`super::rules`]), reads the body only of what passed
+//! and needs one, then decides on the target's owner and the gate, with the engine, and
+//! forwards what is allowed to the engine's socket on a connection of its own, rewritten to
+//! the resolved target.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::ContainerInspectResponse;
@@ -16,12 +18,12 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -29,16 +31,19 @@ use tracing::{debug, warn};
 use super::gate::{self, Registry};
 use super::mask::Masker;
 use super::rules::{self, ContainerRead, ExecOp, Global, Kind, Refused, Verb};
-use super::{ProxyConfig, ProxyError, ProxyEvent};
+use super::{MAX_BODY, MAX_CONNECTIONS, ProxyConfig, ProxyError, ProxyEvent};
 use crate::docker::observed::owner;
 use crate::docker::{ServiceKey, is_not_found};
 use crate::manifest::{Cluster, NetworkMode, SafetyMode};
 use crate::tickets::Journal;
 
-/// The largest request body read (exec create, update, network connect: small JSON).
-const REQUEST_BODY_LIMIT: usize = 1 << 20;
 /// A client has this long to send a request's body.
 const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the proxy reads a body it will not use (of a refused request, or one that
+/// takes none) before it answers.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections closed for want of room are said in one event at most this often.
+const REFUSED_CONNECTIONS_EVERY: Duration = Duration::from_secs(1);
 /// The largest answer buffered to be masked (a container list of a big host is a few MiB).
 const ANSWER_LIMIT: usize = 32 << 20;
 /// The longest line of the event stream (one event).
@@ -130,10 +135,7 @@ struct Container {
     name: String,
     labels: BTreeMap<String, String>,
     env: Vec<String>,
-    privileged: bool,
-    host_pid: bool,
-    /// Where its mounts come from (host paths).
-    mounts: Vec<String>,
+    isolation: rules::Isolation,
 }
 
 impl Container {
@@ -141,14 +143,18 @@ impl Container {
         let config = c.config.unwrap_or_default();
         let host = c.host_config.unwrap_or_default();
         Some(Container {
-            privileged: host.privileged.unwrap_or(false),
-            host_pid: host.pid_mode.as_deref() == Some("host"),
-            mounts: c
-                .mounts
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|m| m.source)
-                .collect(),
+            isolation: rules::Isolation {
+                privileged: host.privileged.unwrap_or(false),
+                network_mode: host.network_mode.unwrap_or_default(),
+                pid_mode: host.pid_mode.unwrap_or_default(),
+                ipc_mode: host.ipc_mode.unwrap_or_default(),
+                mounts: c
+                    .mounts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|m| m.source)
+                    .collect(),
+            },
             id: c.id.filter(|id| !id.is_empty())?,
             name: c
                 .name
@@ -194,6 +200,16 @@ enum Deliver {
     Lines,
     /// As it comes: logs, stats, wait, ping.
     Stream,
+}
+
+/// Held by every task that one client connection's requests spawn: [`super::Proxy::stop`]
+/// waits for all of them (the sender), and the connection counts against
+/// [`MAX_CONNECTIONS`] until the last of them has ended (the permit), an exec session it
+/// upgraded to included.
+#[derive(Clone)]
+struct Alive {
+    _proxy: mpsc::Sender<()>,
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 /// What became of one request: the answer and what its event says.
@@ -254,6 +270,14 @@ impl Answer {
             reason,
             status,
         }
+    }
+
+    /// The connection closes after this answer: part of the request's body was not read.
+    fn closing(mut self) -> Answer {
+        self.response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        self
     }
 }
 
@@ -354,6 +378,25 @@ impl Shared {
             .push((at, what));
     }
 
+    /// Says that connections were closed for want of room (`count` since the last time).
+    fn refused_connections(&self, count: u64) {
+        warn!(session = %self.session, count, "the docker proxy closed connections: too many open");
+        let _ = self.events.send(ProxyEvent {
+            at: Utc::now(),
+            method: "-".to_string(),
+            path: "-".to_string(),
+            target: None,
+            allowed: false,
+            reason: format!(
+                "refused by operator: too many connections: {MAX_CONNECTIONS} are open, the \
+                 most one session may hold; {count} closed as they came since the last such \
+                 event"
+            ),
+            status: None,
+            mutation: false,
+        });
+    }
+
     fn exec(&self, id: &str) -> Option<Container> {
         self.execs
             .lock()
@@ -368,11 +411,7 @@ impl Shared {
     /// The decision runs in a task of its own, to the end, also when the client goes away
     /// meanwhile (a command timeout kills the CLI): a change that reached the engine is
     /// recorded, and its event sent, whether or not anyone reads the answer.
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        alive: mpsc::Sender<()>,
-    ) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, alive: Alive) -> Response<Body> {
         let at = Utc::now();
         let method = req.method().as_str().to_string();
         let path = req
@@ -432,7 +471,12 @@ impl Shared {
 
     /// The decision and, when allowed, the forward. Also says whether the request asks
     /// for a change.
-    async fn decide(&self, mut req: Request<Incoming>, alive: &mpsc::Sender<()>) -> (Answer, bool) {
+    ///
+    /// The head is judged first ([`rules::classify`], [`rules::admit`]): the body of a request
+    /// refused there is never kept (at most [`MAX_BODY`] of it is read and dropped, so a
+    /// client still writing a small one reads the refusal). A body is read only for what
+    /// uses it (exec create and start, update, network changes), at most [`MAX_BODY`].
+    async fn decide(&self, mut req: Request<Incoming>, alive: &Alive) -> (Answer, bool) {
         let uri = req.uri().clone();
         let classified = rules::classify(req.method().as_str(), uri.path(), uri.query());
         // An endpoint outside the list counts as a change unless it is a GET or HEAD.
@@ -440,49 +484,64 @@ impl Shared {
             |_| !matches!(req.method().as_str(), "GET" | "HEAD"),
             |r| r.kind.is_mutation(),
         );
-        let classified = classified.and_then(|r| rules::admit(self.mode, &r.kind).map(|()| r));
+        let request = match classified.and_then(|r| rules::admit(self.mode, &r.kind).map(|()| r)) {
+            Ok(request) => request,
+            Err(why) => {
+                drain(req.into_body()).await;
+                return (Answer::refused(why, None).closing(), mutation);
+            }
+        };
         // Taken before the body is read: the client's half of an exec session.
         let upgrade = matches!(
-            classified,
-            Ok(rules::Request {
-                kind: Kind::Exec {
-                    op: ExecOp::Start,
-                    ..
-                },
+            request.kind,
+            Kind::Exec {
+                op: ExecOp::Start,
                 ..
-            })
+            }
         )
         .then(|| hyper::upgrade::on(&mut req));
         let what = format!("{} {}", req.method(), rules::shown(uri.path()));
         let (parts, body) = req.into_parts();
-        // Read (bounded) even when refused: a client still writing its body when the answer
-        // comes and the connection closes sees a broken pipe instead of the refusal.
-        let body = tokio::time::timeout(REQUEST_BODY_TIMEOUT, read_body(body, &what))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ProxyError::Timeout {
-                    doing: format!("reading the body of {what}"),
-                    seconds: REQUEST_BODY_TIMEOUT.as_secs(),
-                })
-            });
-        let request = match classified {
-            Ok(request) => request,
-            Err(why) => return (Answer::refused(why, None), mutation),
-        };
-        let body = match body {
-            Ok(body) => body,
-            Err(e) => return (Answer::failed(e, None, false), mutation),
+        let (body, read_whole) = if request.kind.takes_body() {
+            let read = tokio::time::timeout(REQUEST_BODY_TIMEOUT, read_body(body, &what))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProxyError::Timeout {
+                        doing: format!("reading the body of {what}"),
+                        seconds: REQUEST_BODY_TIMEOUT.as_secs(),
+                    })
+                });
+            match read {
+                Ok(body) => (body, true),
+                Err(e) => return (Answer::failed(e, None, false).closing(), mutation),
+            }
+        } else {
+            (Bytes::new(), drain(body).await)
         };
         let forward = Forward {
             method: parts.method,
             headers: parts.headers,
             request,
-            query: uri.query().map(str::to_string),
             what,
             alive: alive.clone(),
         };
-        let answer = match &forward.request.kind {
-            Kind::Ping => self.read(&forward, "", None, Deliver::Stream).await,
+        let answer = self.answer(&forward, body, upgrade).await;
+        if read_whole {
+            (answer, mutation)
+        } else {
+            (answer.closing(), mutation)
+        }
+    }
+
+    /// The decision on what the head alone could not decide, and the forward.
+    async fn answer(
+        &self,
+        forward: &Forward,
+        body: Bytes,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Answer {
+        match &forward.request.kind {
+            Kind::Ping => self.read(forward, "", None, Deliver::Stream).await,
             Kind::Global(global) => {
                 let deliver = match global {
                     Global::Events => Deliver::Lines,
@@ -491,7 +550,7 @@ impl Shared {
                     | Global::ContainerList
                     | Global::NetworkList => Deliver::Masked,
                 };
-                self.read(&forward, "", None, deliver).await
+                self.read(forward, "", None, deliver).await
             }
             Kind::ContainerRead { container, read } => match self.container(container).await {
                 Ok(c) => match self.protected(&c) {
@@ -503,26 +562,26 @@ impl Shared {
                                 Deliver::Stream
                             }
                         };
-                        self.read(&forward, &c.id, Some(c.shown()), deliver).await
+                        self.read(forward, &c.id, Some(c.shown()), deliver).await
                     }
                 },
                 Err(answer) => answer,
             },
             Kind::NetworkRead { network } => match self.network(network).await {
                 Ok(n) => {
-                    self.read(&forward, &n.id, Some(n.name.clone()), Deliver::Masked)
+                    self.read(forward, &n.id, Some(n.name.clone()), Deliver::Masked)
                         .await
                 }
                 Err(answer) => answer,
             },
             Kind::ContainerChange { container, verb } => {
-                self.change(&forward, None, container, *verb, body).await
+                self.change(forward, None, container, *verb, body).await
             }
-            Kind::NetworkChange { network, verb } => match rules::network_body(&body) {
+            Kind::NetworkChange { network, verb } => match rules::network_body(*verb, &body) {
                 Ok(checked) => {
                     let container = checked.container.clone();
                     self.change(
-                        &forward,
+                        forward,
                         Some((network, checked)),
                         &container,
                         *verb,
@@ -542,18 +601,17 @@ impl Shared {
                 ),
                 Some(c) => match op {
                     ExecOp::Inspect => {
-                        self.read(&forward, exec, Some(c.shown()), Deliver::Masked)
+                        self.read(forward, exec, Some(c.shown()), Deliver::Masked)
                             .await
                     }
                     ExecOp::Resize => {
-                        self.read(&forward, exec, Some(c.shown()), Deliver::Stream)
+                        self.read(forward, exec, Some(c.shown()), Deliver::Stream)
                             .await
                     }
-                    ExecOp::Start => self.exec_start(&forward, exec, c, body, upgrade).await,
+                    ExecOp::Start => self.exec_start(forward, exec, c, body, upgrade).await,
                 },
             },
-        };
-        (answer, mutation)
+        }
     }
 
     /// Forwards a read to `target` (a resolved id, or "" for the engine as a whole).
@@ -564,7 +622,7 @@ impl Shared {
         shown: Option<String>,
         deliver: Deliver,
     ) -> Answer {
-        let path = rules::forward_path(&forward.request, target, forward.query.as_deref());
+        let path = rules::forward_path(&forward.request, target);
         let result = async {
             let response = self.send(forward, path, Bytes::new(), Leg::Read).await?;
             self.deliver(response, deliver, &forward.what).await
@@ -618,15 +676,17 @@ impl Shared {
                 shown,
             );
         };
+        let group = self.cluster.groups_of(&key.service).next();
+        if let Some(why) = group.and_then(|g| rules::refused_on_member(verb, &c.name, &g.name)) {
+            return Answer::refused(why, shown);
+        }
         let (path, body) = match (verb, network) {
             (Verb::Exec, _) => {
                 let body = match rules::exec_create_body(&body) {
                     Ok(body) => body,
                     Err(why) => return Answer::refused(why, shown),
                 };
-                if let Some(why) =
-                    rules::exec_reach(c.privileged, c.host_pid, &c.mounts, &self.engine_socket)
-                {
+                if let Some(why) = rules::exec_reach(&c.isolation, &self.engine_socket) {
                     return Answer::refused(
                         Refused(format!(
                             "exec into {} would reach past the container: {why}",
@@ -646,10 +706,7 @@ impl Shared {
                         shown,
                     );
                 }
-                (
-                    rules::forward_path(&forward.request, &c.id, forward.query.as_deref()),
-                    body,
-                )
+                (rules::forward_path(&forward.request, &c.id), body)
             }
             (_, Some((network, checked))) => {
                 let n = match self.network(network).await {
@@ -666,17 +723,13 @@ impl Shared {
                         shown,
                     );
                 }
-                let body = match checked.with_container(&c.id) {
-                    Ok(body) => body,
-                    Err(why) => return Answer::refused(why, shown),
-                };
                 (
-                    rules::forward_path(&forward.request, &n.id, forward.query.as_deref()),
-                    body,
+                    rules::forward_path(&forward.request, &n.id),
+                    checked.with_container(&c.id),
                 )
             }
             (_, None) => (
-                rules::forward_path(&forward.request, &c.id, forward.query.as_deref()),
+                rules::forward_path(&forward.request, &c.id),
                 if verb.takes_body() {
                     body.to_vec()
                 } else {
@@ -684,7 +737,7 @@ impl Shared {
                 },
             ),
         };
-        let member = self.cluster.groups_of(&key.service).next().is_some();
+        let member = group.is_some();
         if verb.disruptive() && member {
             let judged = gate::judge_member(
                 &self.docker,
@@ -702,7 +755,7 @@ impl Shared {
         let at = Utc::now();
         // Held before it is sent: if the answer never comes (the engine is slow, the proxy
         // stops), the member may still be going down and must count as under way.
-        let disrupts = verb.disruptive() && member && verb != Verb::Exec;
+        let disrupts = verb.disruptive() && member;
         if disrupts {
             self.registry.disrupted(cluster, &key.service, at);
         }
@@ -729,7 +782,7 @@ impl Shared {
                 self.registry.forget(cluster, &key.service, at);
             }
         } else if verb == Verb::Exec {
-            self.created_exec(&bytes, &c, &key, member);
+            self.created_exec(&bytes, &c);
         } else {
             let what = match verb {
                 Verb::Connect => format!("connect {} to a network", c.name),
@@ -745,7 +798,7 @@ impl Shared {
     }
 
     /// Remembers an exec the engine created for this session (its id is in the answer).
-    fn created_exec(&self, answer: &[u8], c: &Container, key: &ServiceKey, member: bool) {
+    fn created_exec(&self, answer: &[u8], c: &Container) {
         let id = serde_json::from_slice::<serde_json::Value>(answer)
             .ok()
             .and_then(|v| v.get("Id")?.as_str().map(str::to_string))
@@ -758,10 +811,6 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, c.clone());
-        if member {
-            self.registry
-                .exec_into(&self.cluster.name, &key.service, &self.session);
-        }
     }
 
     /// Starts an exec of this session: the engine upgrades the connection, and both halves
@@ -782,7 +831,7 @@ impl Shared {
                 shown,
             );
         };
-        let path = rules::forward_path(&forward.request, exec, forward.query.as_deref());
+        let path = rules::forward_path(&forward.request, exec);
         let at = Utc::now();
         let mut response = match self.send(forward, path, body, Leg::Upgrade).await {
             Ok(response) => response,
@@ -1018,16 +1067,15 @@ struct Forward {
     method: hyper::Method,
     headers: HeaderMap,
     request: rules::Request,
-    query: Option<String>,
     /// `METHOD /path`, for messages.
     what: String,
-    /// Held by every task the request spawns, so [`super::Proxy::stop`] can wait for them.
-    alive: mpsc::Sender<()>,
+    /// Held by every task the request spawns.
+    alive: Alive,
 }
 
-/// Reads a request body, at most [`REQUEST_BODY_LIMIT`] bytes.
+/// Reads a request body, at most [`MAX_BODY`] bytes.
 async fn read_body(body: Incoming, what: &str) -> Result<Bytes, ProxyError> {
-    match Limited::new(body, REQUEST_BODY_LIMIT).collect().await {
+    match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => match e.downcast::<hyper::Error>() {
             Ok(source) => Err(ProxyError::RequestBody {
@@ -1036,10 +1084,40 @@ async fn read_body(body: Incoming, what: &str) -> Result<Bytes, ProxyError> {
             }),
             Err(_) => Err(ProxyError::RequestTooLarge {
                 what: what.to_string(),
-                limit: REQUEST_BODY_LIMIT,
+                limit: MAX_BODY,
             }),
         },
     }
+}
+
+/// Reads and drops a body that is not used, at most [`MAX_BODY`] of it and for at most
+/// [`DRAIN_TIMEOUT`]: a client that is still writing a small one when the answer comes then
+/// reads the answer, where it would see a broken pipe. True when it was read to its end.
+async fn drain(mut body: Incoming) -> bool {
+    if body.is_end_stream() {
+        return true;
+    }
+    if body.size_hint().lower() > MAX_BODY as u64 {
+        return false;
+    }
+    let read = async {
+        let mut left = MAX_BODY;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return false;
+            };
+            if let Some(data) = frame.data_ref() {
+                match left.checked_sub(data.len()) {
+                    Some(rest) => left = rest,
+                    None => return false,
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIMEOUT, read)
+        .await
+        .unwrap_or(false)
 }
 
 /// Reads a whole answer, at most [`ANSWER_LIMIT`] bytes.
@@ -1141,18 +1219,66 @@ async fn splice(
     Ok(())
 }
 
+/// Connections closed for want of room, said in one event at most every
+/// [`REFUSED_CONNECTIONS_EVERY`], so that a loop of connections cannot flood the audit.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Closed since the last event.
+    unsaid: u64,
+    said_at: Option<Instant>,
+}
+
+impl Refusals {
+    /// Counts one; how many to say now, when an event is due.
+    fn refused(&mut self, now: Instant) -> Option<u64> {
+        self.unsaid += 1;
+        let due = self
+            .said_at
+            .is_none_or(|at| now.duration_since(at) >= REFUSED_CONNECTIONS_EVERY);
+        due.then(|| self.say(now))
+    }
+
+    /// How many are still unsaid, to say now (a connection was let in, or the proxy stops).
+    fn flush(&mut self, now: Instant) -> Option<u64> {
+        (self.unsaid > 0).then(|| self.say(now))
+    }
+
+    fn say(&mut self, now: Instant) -> u64 {
+        self.said_at = Some(now);
+        std::mem::take(&mut self.unsaid)
+    }
+}
+
 /// Accepts connections until the proxy stops; then waits for every connection to end
-/// (each ends on the same token).
+/// (each ends on the same token). A connection beyond [`MAX_CONNECTIONS`] open is closed
+/// as it comes.
 pub(super) async fn accept(shared: Arc<Shared>, listener: UnixListener, alive: mpsc::Sender<()>) {
+    let room = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refusals = Refusals::default();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(connection(shared.clone(), stream, alive.clone()));
-                }
+                Ok((stream, _)) => match room.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        if let Some(count) = refusals.flush(Instant::now()) {
+                            shared.refused_connections(count);
+                        }
+                        let alive = Alive {
+                            _proxy: alive.clone(),
+                            _permit: Arc::new(permit),
+                        };
+                        connections.spawn(connection(shared.clone(), stream, alive));
+                    }
+                    Err(_) => {
+                        drop(stream);
+                        if let Some(count) = refusals.refused(Instant::now()) {
+                            shared.refused_connections(count);
+                        }
+                    }
+                },
                 Err(e) => {
                     warn!(session = %shared.session, error = %e, "the docker proxy cannot accept a connection");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -1161,11 +1287,14 @@ pub(super) async fn accept(shared: Arc<Shared>, listener: UnixListener, alive: m
         }
     }
     drop(listener);
+    if let Some(count) = refusals.flush(Instant::now()) {
+        shared.refused_connections(count);
+    }
     while connections.join_next().await.is_some() {}
 }
 
 /// Serves one client connection (HTTP/1 with upgrades) until it closes or the proxy stops.
-async fn connection(shared: Arc<Shared>, stream: UnixStream, alive: mpsc::Sender<()>) {
+async fn connection(shared: Arc<Shared>, stream: UnixStream, alive: Alive) {
     let cancel = shared.cancel.clone();
     let service = hyper::service::service_fn({
         let alive = alive.clone();
@@ -1190,4 +1319,33 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, alive: mpsc::Sender
         },
     }
     drop(alive);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_connections_are_said_at_once_then_at_most_once_a_second() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut r = Refusals::default();
+        assert_eq!(r.flush(at(0)), None, "nothing to say");
+        assert_eq!(r.refused(at(0)), Some(1), "the first is said at once");
+        for ms in [1, 2, 500, 999] {
+            assert_eq!(r.refused(at(ms)), None);
+        }
+        assert_eq!(
+            r.refused(at(1000)),
+            Some(5),
+            "the second's worth, with this one"
+        );
+        assert_eq!(r.refused(at(1200)), None);
+        assert_eq!(
+            r.flush(at(1300)),
+            Some(1),
+            "what is left, when a connection is let in"
+        );
+        assert_eq!(r.flush(at(1400)), None);
+    }
 }
