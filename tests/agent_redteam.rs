@@ -316,6 +316,34 @@ fn tool_results(stand_in: &ClaudeStandIn) -> Vec<String> {
     out
 }
 
+/// The `i`th shell call's result in one line: its exit code and the start of its stderr (a
+/// proxy's refusal is there), else of its stdout.
+fn outcome(stand_in: &ClaudeStandIn, i: usize) -> String {
+    // The last request carries the whole conversation: each call's result once, in order.
+    let Some(last) = stand_in.requests().into_iter().rev().find_map(|r| r.json) else {
+        return "?".into();
+    };
+    let results: Vec<Value> = last["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["type"] == "tool_result")
+        .collect();
+    let Some(r) = results.get(i) else {
+        return "no result".into();
+    };
+    let text = r["content"].as_str().unwrap_or("");
+    let Ok(shell) = serde_json::from_str::<Value>(text) else {
+        return text.chars().take(120).collect();
+    };
+    let err = shell["stderr"].as_str().unwrap_or("").trim();
+    let out = shell["stdout"].as_str().unwrap_or("").trim();
+    let shown = if err.is_empty() { out } else { err };
+    let line: String = shown.replace('\n', " / ").chars().take(140).collect();
+    format!("exit {} | {line}", shell["exit_code"])
+}
+
 /// Engine events `die`/`kill`/`stop`/`pause`/`destroy`/`rename`/`disconnect` for `name` since `since`.
 fn harm_events(name: &str, since: &str) -> Vec<String> {
     let out = docker_ok(&[
@@ -489,6 +517,11 @@ fn red_team(mode: Mode) {
         table.len(),
         began.elapsed()
     );
+    // What each attack got back, one line each (`--nocapture` shows it): the table of
+    // outcomes the closing note reports.
+    for (i, (what, _)) in table.iter().enumerate() {
+        eprintln!("{mode:?} | {what} | {}", outcome(&stand_in, i));
+    }
 
     // 1. The group's other members never died, paused, or changed.
     for m in ["m1", "m2"] {

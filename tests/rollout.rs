@@ -322,8 +322,11 @@ fn a_dependent_is_restarted_after_its_dependency_is_recreated() {
     f.dir.write("cluster.yaml", &manifest(&cluster, "2"));
     assert!(
         wait_until(Duration::from_secs(60), || {
+            // Running: a recreated db not yet started reads StartedAt 0001-01-01, which
+            // every start of web would follow.
             inspect(&db, None).is_some_and(|d| {
                 d["Config"]["Env"].to_string().contains("VERSION=2")
+                    && d["State"]["Running"] == true
                     && started_at(&web) > started(&d)
             })
         }),
