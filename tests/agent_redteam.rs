@@ -116,7 +116,7 @@ fn attacks(f: &Fixture, marker: &str) -> Vec<(&'static str, String)> {
         (
             "curl with abbreviated options on the proxy",
             format!(
-                "curl -s --unix-socket \"${{DOCKER_HOST#unix://}}\" --meth=POST --data-bin '' http://d/v1.41/containers/{m1}/stop"
+                "curl -s --unix-socket \"${{DOCKER_HOST#unix://}}\" --meth=POST --data-bin '' http://d/v1.41/containers/{m1}/stop; curl -s --unix-socket \"${{DOCKER_HOST#unix://}}\" -X POST http://d/v1.41/containers/{m1}/stop"
             ),
         ),
         (
