@@ -464,9 +464,16 @@ fn red_team(mode: Mode) {
             serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_default()
         };
         let db2 = f.db().to_str().unwrap().to_string();
+        let dir = f.dir.path().to_str().unwrap().to_string();
         std::thread::spawn(move || {
             let mut shown = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // What a person reads before deciding: `status` lists what waits.
+                let status = operator(&["status", &dir, "--db", &db2], None);
+                let status = String::from_utf8_lossy(&status.stdout).to_string();
+                if status.contains("waiting for approval") {
+                    shown.push(status);
+                }
                 if let Some(t) = f_tickets()
                     .into_iter()
                     .find(|t| t["service"] == m0.as_str() && t["drift"] == "stopped")
@@ -645,6 +652,11 @@ fn red_team(mode: Mode) {
     }
     if mode == Mode::Approve {
         assert!(!approvals.is_empty(), "nothing waited for approval");
+        // The spoofed command was confirmed as it is, its carriage return written out.
+        assert!(
+            approvals.iter().any(|a| a.contains("\\rls -la /tmp")),
+            "the spoofed command was not shown escaped: {approvals:#?}"
+        );
     }
     let _ = docker(&["rm", "-f", &format!("{}-m2-x", f.cluster)]);
 }
