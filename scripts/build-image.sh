@@ -117,16 +117,16 @@ install -m 0755 "$work/deb/usr/bin/docker" "$root/usr/bin/docker"
 
 # --- the controller, its manifests, its user ------------------------------------------------
 if ((!TOOLBOX)); then
-install -m 0755 "$BINARY" "$root/usr/local/bin/operator"
-strip "$root/usr/local/bin/operator" 2>/dev/null || true
-mkdir -p "$root/etc/operator/manifests"
-cp manifests/tikv/*.yaml "$root/etc/operator/manifests/"
-echo 'operator:x:10001:10001:operator:/home/operator:/usr/sbin/nologin' >>"$root/etc/passwd"
-echo 'operator:x:10001:' >>"$root/etc/group"
-echo 'operator:*:20000:0:99999:7:::' >>"$root/etc/shadow"
-# 0755, as useradd -m makes it: compose runs the sidecar as you (OPERATOR_UID), who must
-# reach the database folder mounted below it.
-install -d -m 0755 -o 10001 -g 10001 "$root/home/operator"
+  install -m 0755 "$BINARY" "$root/usr/local/bin/operator"
+  strip "$root/usr/local/bin/operator" 2>/dev/null || true
+  mkdir -p "$root/etc/operator/manifests"
+  cp manifests/tikv/*.yaml "$root/etc/operator/manifests/"
+  echo 'operator:x:10001:10001:operator:/home/operator:/usr/sbin/nologin' >>"$root/etc/passwd"
+  echo 'operator:x:10001:' >>"$root/etc/group"
+  echo 'operator:*:20000:0:99999:7:::' >>"$root/etc/shadow"
+  # 0755, as useradd -m makes it: compose runs the sidecar as you (OPERATOR_UID), who must
+  # reach the database folder mounted below it.
+  install -d -m 0755 -o 10001 -g 10001 "$root/home/operator"
 fi
 
 # --- small: what a runtime never reads ------------------------------------------------------
@@ -149,10 +149,10 @@ if ((TOOLBOX)); then
   changes+=(--change 'USER 65534:65534' --change 'WORKDIR /tmp' --change 'ENV HOME=/tmp'
     --change 'CMD ["sleep", "infinity"]' --change 'LABEL org.opencontainers.image.title=operator-toolbox')
 else
-while IFS= read -r line; do
-  changes+=(--change "$line")
-done < <(awk '/^FROM /{buf=""} /^(ENTRYPOINT|CMD|ENV|USER|WORKDIR|EXPOSE|LABEL|HEALTHCHECK) /{buf=buf $0 "\n"} END{printf "%s", buf}' docker/Dockerfile)
-((${#changes[@]} > 0)) || die "no runtime instructions found in docker/Dockerfile's last stage"
+  while IFS= read -r line; do
+    changes+=(--change "$line")
+  done < <(awk '/^FROM /{buf=""} /^(ENTRYPOINT|CMD|ENV|USER|WORKDIR|EXPOSE|LABEL|HEALTHCHECK) /{buf=buf $0 "\n"} END{printf "%s", buf}' docker/Dockerfile)
+  ((${#changes[@]} > 0)) || die "no runtime instructions found in docker/Dockerfile's last stage"
 fi
 changes+=(--change "LABEL org.opencontainers.image.revision=$commit")
 changes+=(--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
