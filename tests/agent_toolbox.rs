@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use operator::agent::shell::{ChildEnv, EnvPolicy, ShellLimits, ShellOutput};
 use operator::agent::toolbox::{self, Toolbox, ToolboxSpec};
@@ -26,6 +26,13 @@ struct Started {
     toolbox: Toolbox,
     _dir: TempDir,
     db: PathBuf,
+}
+
+impl Drop for Started {
+    // Also when a test panics: a toolbox left behind would live out its lifetime.
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", self.toolbox.name()]);
+    }
 }
 
 async fn start(network: Option<String>) -> Started {
@@ -147,17 +154,31 @@ async fn a_timeout_kills_the_whole_group_and_leftovers_holding_the_output_go_whe
         "{left:?}"
     );
 
-    // A background process holding stdout open would keep the read going until the
-    // timeout; it is killed once the command itself ended.
+    // A background process of the command's (holding its output open, or not) is killed
+    // once the command itself ended.
     let limits = ShellLimits::default().timeout(Duration::from_secs(60));
-    let began = Instant::now();
     let out = run(&b, "sleep 73 & echo started", &limits).await;
     assert_eq!(out.stdout, "started\n", "{out:?}");
     assert_eq!(out.exit_code, Some(0), "{out:?}");
+    let out = run(&b, "sleep 74 >/dev/null 2>&1 & echo started", &limits).await;
+    assert_eq!(out.stdout, "started\n", "{out:?}");
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = run(
+            &b,
+            "cat /proc/[0-9]*/cmdline | tr '\\0' ' '",
+            &ShellLimits::default(),
+        )
+        .await
+        .stdout;
+        if !left.contains("sleep 73") && !left.contains("sleep 74") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
-        began.elapsed() < Duration::from_secs(30),
-        "the command's leftovers held it {:?}",
-        began.elapsed()
+        !left.contains("sleep 73") && !left.contains("sleep 74"),
+        "a command's leftovers outlived it: {left}"
     );
     b.toolbox.remove().await;
 }
@@ -178,8 +199,13 @@ async fn megabytes_of_output_are_capped_and_the_toolbox_takes_everything_with_it
     assert!(out.truncated);
 
     // A process that left the command's session runs until the toolbox goes, then not.
-    let marker = format!("sleep 9{}", std::process::id() % 10000);
-    let _ = run(&b, &format!("setsid -f {marker}"), &ShellLimits::default()).await;
+    let seconds = format!("9{}", std::process::id() % 10000);
+    let _ = run(
+        &b,
+        &format!("setsid -f sleep {seconds}"),
+        &ShellLimits::default(),
+    )
+    .await;
     let name = b.toolbox.name().to_string();
     b.toolbox.remove().await;
     assert!(
@@ -190,14 +216,20 @@ async fn megabytes_of_output_are_capped_and_the_toolbox_takes_everything_with_it
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&marker))
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        // Exactly this argv: another test's sleep cannot match it.
+        .filter(|c| {
+            c.split('\0')
+                .filter(|a| !a.is_empty())
+                .eq(["sleep", seconds.as_str()])
+        })
         .collect();
     assert!(survivors.is_empty(), "{survivors:?}");
 }
 
 #[tokio::test]
-async fn a_missing_image_is_an_error_naming_the_fix_and_the_sweep_removes_what_is_left() {
+async fn a_missing_image_is_an_error_naming_the_fix_and_only_a_database_s_own_toolboxes_are_listed()
+{
     require_docker();
     let docker = engine().await;
     let dir = TempDir::new(&unique("toolbox"));

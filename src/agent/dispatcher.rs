@@ -85,6 +85,7 @@ pub struct AgentConfig {
 const USAGE_UNREADABLE: &str = "cannot read the tokens used in the last hour";
 
 /// A request taken from the queue, being served here.
+#[derive(Clone)]
 struct Job {
     session: String,
     key: ServiceKey,
@@ -128,6 +129,12 @@ struct Inner {
     /// What the sessions' proxies have under way, per cluster (the quorum gate's state for
     /// the agent's requests, shared by every session of this dispatcher).
     registry: Arc<Registry>,
+    /// The sessions this process runs now: their toolboxes are never swept (a restarted
+    /// sidecar is PID 1 on the same hostname again, so a holder string cannot tell a dead
+    /// predecessor's session from one of its own).
+    running: Mutex<std::collections::HashSet<String>>,
+    /// A toolbox sweep is under way (they run beside the dispatcher's loop, one at a time).
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 /// The agent remediator; clones share everything.
@@ -181,6 +188,8 @@ impl Dispatcher {
                 stopped: Mutex::new(None),
                 http: reqwest::Client::new(),
                 registry: Arc::new(Registry::default()),
+                running: Mutex::new(Default::default()),
+                sweeping: Default::default(),
             }),
         })
     }
@@ -209,7 +218,7 @@ impl Dispatcher {
                 Err(e) => warn!(error = %e, "cannot withdraw the agent requests left queued"),
             }
         }
-        self.sweep_toolboxes().await;
+        self.sweep_toolboxes_beside();
         let serves = self.inner.mode != Mode::Queue && self.inner.client.is_some();
         let slots = Arc::new(Semaphore::new(self.inner.cfg.concurrency.max(1)));
         let mut running = tokio::task::JoinSet::new();
@@ -248,7 +257,7 @@ impl Dispatcher {
                 _ = poll.tick() => {}
                 _ = sweep.tick() => {
                     self.close_orphans().await;
-                    self.sweep_toolboxes().await;
+                    self.sweep_toolboxes_beside();
                 }
             }
         }
@@ -294,10 +303,21 @@ impl Dispatcher {
     /// toolbox of this process's own sessions, nor one whose session's dispatcher still holds
     /// a live claim (an `operator agent` on the same database keeps serving while a
     /// controller restarts).
-    async fn sweep_toolboxes(&self) {
-        if self.inner.mode == Mode::Standalone {
+    /// Starts a [`Dispatcher::sweep_toolboxes`] beside the dispatcher's loop (each removal
+    /// may wait on the engine), unless one is still under way.
+    fn sweep_toolboxes_beside(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.mode == Mode::Standalone || self.inner.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.sweep_toolboxes().await;
+            this.inner.sweeping.store(false, Ordering::Release);
+        });
+    }
+
+    async fn sweep_toolboxes(&self) {
         let inner = &self.inner;
         let found = match super::toolbox::list(&inner.docker, &inner.cfg.db).await {
             Ok(found) => found,
@@ -316,20 +336,24 @@ impl Dispatcher {
             }
         };
         let sockets = super::sandbox::sockets_dir(&inner.cfg.db);
+        let ours = |session: &str| lock(&inner.running).contains(session);
         for toolbox in found {
-            let session = inner
-                .audit
-                .session(toolbox.session.clone())
-                .await
-                .ok()
-                .flatten();
-            let alive = session.as_ref().is_some_and(|s| {
-                s.session.holder == inner.cfg.holder
-                    || claims
+            if ours(&toolbox.session) {
+                continue;
+            }
+            let session = match inner.audit.session(toolbox.session.clone()).await {
+                Ok(session) => session,
+                // Unknown is not dead: looked at again at the next sweep.
+                Err(_) => continue,
+            };
+            // Another process's session whose dispatcher still holds its claim.
+            let served = session.as_ref().is_some_and(|s| {
+                s.session.holder != inner.cfg.holder
+                    && claims
                         .iter()
                         .any(|c| c.ticket_id == s.session.ticket_id && c.holder == s.session.holder)
             });
-            if alive {
+            if served {
                 continue;
             }
             super::toolbox::remove_found(&inner.docker, &toolbox).await;
@@ -354,20 +378,20 @@ impl Dispatcher {
             }
         }
         // Socket folders whose toolbox is already gone (it ended by itself after its
-        // lifetime): this database's sessions only, not this process's own (they remove
-        // theirs when they end), and not one a live dispatcher serves.
+        // lifetime): this database's sessions only, that no longer run (a session's row is
+        // written before its folder is made), and never this process's own.
         let Ok(entries) = std::fs::read_dir(&sockets) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
+            if ours(&name) {
+                continue;
+            }
             let Ok(Some(log)) = inner.audit.session(name.clone()).await else {
                 continue;
             };
-            let served = claims
-                .iter()
-                .any(|c| c.ticket_id == log.session.ticket_id && c.holder == log.session.holder);
-            if log.session.holder != inner.cfg.holder && !served {
+            if log.session.outcome != crate::tickets::Outcome::Running {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -536,6 +560,13 @@ impl Dispatcher {
     }
 
     async fn run_job(&self, job: Job, cancel: CancellationToken) {
+        lock(&self.inner.running).insert(job.session.clone());
+        self.serve_job(&job, cancel).await;
+        lock(&self.inner.running).remove(&job.session);
+    }
+
+    async fn serve_job(&self, job: &Job, cancel: CancellationToken) {
+        let job = job.clone();
         let inner = &self.inner;
         let stopped = lock(&inner.stopped).clone();
         if let Some(why) = stopped {
@@ -688,7 +719,16 @@ impl Dispatcher {
         for value in &manifest_secrets {
             policy = policy.secret_value(value.clone());
         }
-        let own = OwnContainer::find(&inner.docker).await;
+        let own = match OwnContainer::find(&inner.docker).await {
+            Ok(own) => own,
+            Err(e) => {
+                let why = format!("the agent's session did not run: {e}");
+                error!(service = %job.key, ticket = job.ticket, session = %job.session, "{why}");
+                self.note(job.ticket, why.clone()).await;
+                Self::end_unrun(&audit, &why).await;
+                return Err(why);
+            }
+        };
         let mut secret_values: Vec<String> = secret_names
             .iter()
             .filter_map(|n| std::env::var(n).ok())
@@ -719,21 +759,7 @@ impl Dispatcher {
                 let why = format!("the agent's session did not run: {e}");
                 error!(service = %job.key, ticket = job.ticket, session = %job.session, "{why}");
                 self.note(job.ticket, why.clone()).await;
-                let end = crate::tickets::SessionEnd {
-                    outcome: crate::tickets::Outcome::Failed,
-                    stop_reason: Some(crate::tickets::StopReason::ToolError),
-                    claim: None,
-                    tokens: Default::default(),
-                    turns: 0,
-                    request_ids: Vec::new(),
-                };
-                let _ = audit
-                    .record(crate::tickets::NewEntry::new(
-                        crate::tickets::AuditKind::Note,
-                        json!({"note": why}),
-                    ))
-                    .await;
-                let _ = audit.end(end).await;
+                Self::end_unrun(&audit, &why).await;
                 return Err(why);
             }
         };
@@ -773,6 +799,28 @@ impl Dispatcher {
         };
         info!(service = %job.key, ticket = job.ticket, session = %job.session, mode = %mode, "agent session started");
         Ok((deps, cfg, incident, sandbox))
+    }
+
+    /// Ends the audit of a session that never ran (its sandbox could not be opened), with
+    /// why, so it is not left `running`.
+    async fn end_unrun(audit: &AuditLog, why: &str) {
+        let _ = audit
+            .record(crate::tickets::NewEntry::new(
+                crate::tickets::AuditKind::Note,
+                json!({"note": why}),
+            ))
+            .await;
+        let end = crate::tickets::SessionEnd {
+            outcome: crate::tickets::Outcome::Failed,
+            stop_reason: Some(crate::tickets::StopReason::ToolError),
+            claim: None,
+            tokens: Default::default(),
+            turns: 0,
+            request_ids: Vec::new(),
+        };
+        if let Err(e) = audit.end(end).await {
+            warn!(session = audit.id(), error = %e, "cannot record the end of a session that did not run");
+        }
     }
 
     async fn converse(

@@ -37,7 +37,9 @@ pub fn sockets_dir(db: &Path) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("cannot prepare the agent's socket folder {path}: {source}")]
+    #[error(
+        "cannot prepare the agent's socket folder {path}: {source} (the folder beside the database must be writable by the controller)"
+    )]
     Folder {
         path: PathBuf,
         #[source]
@@ -47,7 +49,13 @@ pub enum SandboxError {
         "the agent's proxy socket {path} is not on a folder mounted from the host, so no toolbox can mount it: mount the database folder (~/.operator) into the sidecar"
     )]
     NotMounted { path: PathBuf },
-    #[error("the engine is not on a unix socket ({0}): the agent's proxy needs one")]
+    #[error(
+        "this controller runs in container {id}, which the engine cannot inspect ({why}): the agent's toolbox cannot be given its socket; is DOCKER_HOST the engine this container runs on?"
+    )]
+    OwnContainer { id: String, why: String },
+    #[error(
+        "the engine is not on a unix socket ({0}): the agent's proxy needs one; set DOCKER_HOST=unix:///PATH"
+    )]
     NotUnix(String),
     #[error("cannot start the agent's Docker proxy: {0}")]
     Proxy(#[from] super::proxy::ProxyError),
@@ -71,13 +79,35 @@ impl OwnContainer {
     /// `<data-root>/containers/<id>/hostname` (and `hosts`, `resolv.conf`) into every
     /// container, host networking included, which `/proc/self/mountinfo` shows; that id is
     /// then asked of the engine. On a host, `None`.
-    pub async fn find(docker: &Docker) -> Option<OwnContainer> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let id = container_id_in_mounts(&mountinfo)?;
+    ///
+    /// # Errors
+    /// In a container the engine does not answer for: without its mounts no toolbox could
+    /// reach the session's socket, and without its name the proxy could not refuse it, so
+    /// no session may run as if on a host.
+    pub async fn find(docker: &Docker) -> Result<Option<OwnContainer>, SandboxError> {
+        let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return Ok(None);
+        };
+        let Some(id) = container_id_in_mounts(&mountinfo) else {
+            return Ok(None);
+        };
         let inspected =
-            tokio::time::timeout(Duration::from_secs(5), docker.inspect_container(&id, None)).await;
-        let Ok(Ok(c)) = inspected else {
-            return None;
+            tokio::time::timeout(Duration::from_secs(10), docker.inspect_container(&id, None))
+                .await;
+        let c = match inspected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(SandboxError::OwnContainer {
+                    id,
+                    why: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(SandboxError::OwnContainer {
+                    id,
+                    why: "no answer from the engine within 10 s".into(),
+                });
+            }
         };
         let mut aliases = vec![id];
         if let Some(name) = &c.name {
@@ -89,11 +119,11 @@ impl OwnContainer {
             .into_iter()
             .filter_map(|m| Some((PathBuf::from(m.destination?), PathBuf::from(m.source?))))
             .collect();
-        Some(OwnContainer {
+        Ok(Some(OwnContainer {
             aliases,
             image: c.config.and_then(|c| c.image).or(c.image),
             mounts,
-        })
+        }))
     }
 
     /// `path` (in here) as the engine sees it: through the bind mount that holds it (the
@@ -145,6 +175,95 @@ pub struct Sandbox {
     drain: JoinHandle<()>,
 }
 
+/// Requests of a session audited one by one in any second; changes always are. The rest of
+/// that second's are counted in one entry: a command looping on the proxy must not turn
+/// into thousands of audit rows (each also a rewrite of the session's file) a second.
+const LISTED_PER_SECOND: u32 = 10;
+/// Distinct requests one counted entry names; the rest are summed as `other`.
+const COUNTED_KINDS: usize = 20;
+
+/// Writes the proxy's decisions into the session's audit until the proxy is gone.
+async fn audit_requests(
+    mut received: tokio::sync::mpsc::UnboundedReceiver<ProxyEvent>,
+    log: AuditLog,
+) {
+    let record = |entry: NewEntry| {
+        let log = log.clone();
+        async move {
+            if let Err(err) = log.record(entry).await {
+                warn!(session = log.id(), error = %err, "cannot audit a Docker request of the agent's");
+            }
+        }
+    };
+    let mut second = tokio::time::Instant::now();
+    let mut listed = 0;
+    let mut counted: std::collections::BTreeMap<String, u64> = Default::default();
+    loop {
+        let next = if counted.is_empty() {
+            received.recv().await.map(Some)
+        } else {
+            tokio::select! {
+                e = received.recv() => e.map(Some),
+                _ = tokio::time::sleep_until(second + Duration::from_secs(1)) => Some(None),
+            }
+        };
+        if second.elapsed() >= Duration::from_secs(1) {
+            if !counted.is_empty() {
+                record(counted_entry(std::mem::take(&mut counted))).await;
+            }
+            second = tokio::time::Instant::now();
+            listed = 0;
+        }
+        let Some(next) = next else { break };
+        let Some(e) = next else { continue };
+        if e.mutation || listed < LISTED_PER_SECOND {
+            listed += u32::from(!e.mutation);
+            let kind = if e.allowed {
+                AuditKind::Allowed
+            } else {
+                AuditKind::Denied
+            };
+            let detail = json!({
+                "docker_api": format!("{} {}", e.method, e.path),
+                "target": e.target,
+                "reason": e.reason,
+                "status": e.status,
+                "mutation": e.mutation,
+                "at": e.at,
+            });
+            record(NewEntry::new(kind, detail).tool("", "docker-api")).await;
+        } else {
+            let path = e.path.split('?').next().unwrap_or("");
+            let key = format!(
+                "{} {path} ({})",
+                e.method,
+                if e.allowed { "allowed" } else { "refused" }
+            );
+            if counted.len() < COUNTED_KINDS || counted.contains_key(&key) {
+                *counted.entry(key).or_default() += 1;
+            } else {
+                *counted.entry("other".into()).or_default() += 1;
+            }
+        }
+    }
+    if !counted.is_empty() {
+        record(counted_entry(counted)).await;
+    }
+}
+
+/// One audit entry for the requests of a second past [`LISTED_PER_SECOND`].
+fn counted_entry(counted: std::collections::BTreeMap<String, u64>) -> NewEntry {
+    let total: u64 = counted.values().sum();
+    NewEntry::new(
+        AuditKind::Note,
+        json!({
+            "docker_api": format!("{total} more requests in one second, counted, not listed"),
+            "counted": counted,
+        }),
+    )
+    .tool("", "docker-api")
+}
+
 /// The engine's unix socket, from `DOCKER_HOST` or the default.
 fn engine_socket() -> Result<PathBuf, SandboxError> {
     let endpoint = crate::docker::endpoint();
@@ -192,29 +311,8 @@ impl Sandbox {
             },
             None => dir.clone(),
         };
-        let (events, mut received) = tokio::sync::mpsc::unbounded_channel::<ProxyEvent>();
-        let log = audit.clone();
-        let drain = tokio::spawn(async move {
-            while let Some(e) = received.recv().await {
-                let kind = if e.allowed {
-                    AuditKind::Allowed
-                } else {
-                    AuditKind::Denied
-                };
-                let detail = json!({
-                    "docker_api": format!("{} {}", e.method, e.path),
-                    "target": e.target,
-                    "reason": e.reason,
-                    "status": e.status,
-                    "mutation": e.mutation,
-                    "at": e.at,
-                });
-                let entry = NewEntry::new(kind, detail).tool("", "docker-api");
-                if let Err(err) = log.record(entry).await {
-                    warn!(session = log.id(), error = %err, "cannot audit a Docker request of the agent's");
-                }
-            }
-        });
+        let (events, received) = tokio::sync::mpsc::unbounded_channel::<ProxyEvent>();
+        let drain = tokio::spawn(audit_requests(received, audit.clone()));
         let socket = engine_socket();
         let proxy = match socket {
             Ok(engine_socket) => Proxy::start(ProxyConfig {
@@ -287,11 +385,19 @@ impl Sandbox {
 
     /// Closes the sandbox; returns the mutations the session made that the engine accepted.
     pub async fn close(self) -> Vec<(DateTime<Utc>, String)> {
-        let mutations = self.proxy.mutations();
         self.toolbox.remove().await;
-        self.proxy.stop().await;
-        // Every event was sent before stop returned: the drain ends once the sender is gone.
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.drain).await;
+        // Read once stopped: a change still on its way to the engine is recorded by then.
+        let mutations = self.proxy.stop().await;
+        // Every event was sent before stop returned: the drain ends once the sender is gone
+        // (bounded; what it has not written by then is dropped, not left running).
+        let drain = self.drain;
+        let abort = drain.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             warn!(path = %self.dir.display(), error = %e, "cannot remove the session's socket folder");
         }

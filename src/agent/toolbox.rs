@@ -280,12 +280,23 @@ impl Toolbox {
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = bounded(
+        let created = match bounded(
             "create",
             &name,
             docker.create_container(Some(options), body),
         )
-        .await?;
+        .await
+        {
+            Ok(created) => created,
+            Err(e) => {
+                // A create that timed out may still have made it: never started, so its
+                // AutoRemove never applies.
+                if matches!(e, ToolboxError::Timeout { .. }) {
+                    remove_container(docker, &name, &name).await;
+                }
+                return Err(e);
+            }
+        };
         let toolbox = Toolbox {
             docker: docker.clone(),
             name: name.clone(),
@@ -412,13 +423,13 @@ impl Toolbox {
             tokio::time::timeout(ENGINE_TIMEOUT, self.docker.inspect_exec(&exec.id)).await;
         let code = match inspected {
             Ok(Ok(i)) if i.running != Some(true) => i.exit_code.map(|c| c as i32),
-            _ => {
-                // Still running past the hard bound (a process in uninterruptible sleep):
-                // killed, not waited for.
-                self.kill_group(n).await;
-                None
-            }
+            // Still running past the hard bound (a process in uninterruptible sleep): killed
+            // below, not waited for.
+            _ => None,
         };
+        // What the command left in its group goes now that it ended (the engine may close
+        // an exec's streams while a background process still holds them).
+        self.kill_group_beside(n);
         // timeout(1) exits 124 when it killed the command (137 when it needed SIGKILL).
         let timed_out = started.elapsed() >= limits.timeout && matches!(code, Some(124 | 137));
         let (exit_code, signal) = match code {
@@ -479,39 +490,53 @@ impl Toolbox {
         let _ = tokio::time::timeout(ENGINE_TIMEOUT, run).await;
     }
 
-    /// Runs `script` in the toolbox without waiting for it (bounded).
-    async fn exec_detached(&self, script: &str) {
-        let exec = self.docker.create_exec(
-            &self.id,
-            CreateExecOptions::<String> {
-                cmd: Some(vec!["sh".into(), "-c".into(), script.to_string()]),
-                user: Some(self.user.clone()),
-                ..Default::default()
-            },
-        );
-        if let Ok(Ok(exec)) = tokio::time::timeout(ENGINE_TIMEOUT, exec).await {
-            let start = self.docker.start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: true,
-                    ..Default::default()
-                }),
-            );
-            let _ = tokio::time::timeout(ENGINE_TIMEOUT, start).await;
-        }
-    }
-
     /// Kills the process group of command `n` (bounded; best effort: the toolbox's removal
     /// at the session's end takes whatever is left).
     async fn kill_group(&self, n: u64) {
-        let script = format!("kill -KILL -- -\"$(cat /tmp/.operator-run-{n})\" 2>/dev/null");
-        self.exec_detached(&script).await;
+        exec_detached(&self.docker, &self.id, &self.user, &group_kill(n)).await;
+    }
+
+    /// [`Toolbox::kill_group`] beside the caller, which does not wait for it: once a command
+    /// ended, what it left in its group goes, at no cost to the command's answer.
+    fn kill_group_beside(&self, n: u64) {
+        let (docker, id, user) = (self.docker.clone(), self.id.clone(), self.user.clone());
+        tokio::spawn(async move { exec_detached(&docker, &id, &user, &group_kill(n)).await });
     }
 
     /// Removes the toolbox and with it every process of the session (bounded; a failure is
     /// logged, and the toolbox's own lifetime and the next [`sweep`] remain).
     pub async fn remove(&self) {
         remove_container(&self.docker, &self.id, &self.name).await;
+    }
+}
+
+/// The script that kills command `n`'s process group (its pid, written first, is its pgid).
+/// No `--` before the group: dash's `kill` takes none and would refuse the line.
+fn group_kill(n: u64) -> String {
+    format!(
+        "kill -KILL -\"$(cat /tmp/.operator-run-{n})\" 2>/dev/null; rm -f /tmp/.operator-run-{n}"
+    )
+}
+
+/// Runs `script` in toolbox `id` without waiting for it to end (bounded).
+async fn exec_detached(docker: &Docker, id: &str, user: &str, script: &str) {
+    let exec = docker.create_exec(
+        id,
+        CreateExecOptions::<String> {
+            cmd: Some(vec!["sh".into(), "-c".into(), script.to_string()]),
+            user: Some(user.to_string()),
+            ..Default::default()
+        },
+    );
+    if let Ok(Ok(exec)) = tokio::time::timeout(ENGINE_TIMEOUT, exec).await {
+        let start = docker.start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                detach: true,
+                ..Default::default()
+            }),
+        );
+        let _ = tokio::time::timeout(ENGINE_TIMEOUT, start).await;
     }
 }
 

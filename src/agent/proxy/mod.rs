@@ -269,8 +269,10 @@ impl Proxy {
     }
 
     /// Stops accepting, ends every open connection and stream (logs -f, events, exec
-    /// sessions) and removes the socket. Waits at most 5 s for them to end.
-    pub async fn stop(mut self) {
+    /// sessions) and removes the socket. Waits at most 5 s for them to end. Returns the
+    /// session's [`Proxy::mutations`] as they stand then, a change that was still on its way
+    /// to the engine included.
+    pub async fn stop(mut self) -> Vec<(DateTime<Utc>, String)> {
         self.shared.cancel.cancel();
         if let Some(accept) = self.accept.take() {
             let _ = tokio::time::timeout(STOP_WAIT, accept).await;
@@ -279,6 +281,7 @@ impl Proxy {
             let _ = tokio::time::timeout(STOP_WAIT, alive.recv()).await;
         }
         self.remove_socket();
+        self.shared.mutations()
     }
 
     fn remove_socket(&self) {
