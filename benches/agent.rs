@@ -205,7 +205,10 @@ fn sandbox(rounds: usize) {
                 session: session.clone(),
                 listen: sockets.join(toolbox::SOCKET_NAME),
                 socket_owner: Some((65534, 65534)),
-                engine_socket: "/var/run/docker.sock".into(),
+                engine_socket: operator::docker::endpoint()
+                    .strip_prefix("unix://")
+                    .expect("the bench needs the engine on a unix socket")
+                    .into(),
                 docker: docker.clone(),
                 mode: SafetyMode::Execute,
                 cluster: cluster.clone(),

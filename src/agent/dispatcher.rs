@@ -913,6 +913,14 @@ async fn record_verdict(
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Ok(Some(t)) = journal.get(ticket).await else {
+            if tokio::time::Instant::now() >= deadline {
+                // The ticket cannot be read: no credit, and no wait past the bound.
+                let seen = json!({"ticket": "unreadable", "mutations": credit.mutations});
+                if let Err(e) = log.verdict(Verdict::NotResolved, &seen).await {
+                    warn!(ticket, error = %e, "cannot record the session's verdict");
+                }
+                return;
+            }
             continue;
         };
         let done = t.status == Status::Resolved;

@@ -25,9 +25,10 @@ coreutils, curl, jq, and the docker CLI, which talks to the cluster's engine thr
 authorising proxy); the read-only tools (cluster_status, ticket, promql, container_logs, \
 http_get) answer without a shell. Prefer them for looking.
 - The proxy decides each Docker request: reads are allowed (secret values are masked); start, \
-stop, restart, kill, pause, update, exec and network (dis)connect only on the cluster's own \
-containers, and only if taking a quorum member down leaves its group its quorum; creating or \
-removing containers, volumes and images is never allowed. In `observe` mode the proxy only \
+stop, restart, kill (with a signal that ends the process), pause, update, exec and network \
+(dis)connect only on the cluster's own containers, and taking a quorum member down only if \
+its group keeps its quorum; exec into or update of a quorum member, renaming, and creating or \
+removing containers, volumes and images are never allowed. In `observe` mode the proxy only \
 reads and the toolbox has no network (use http_get and promql); in `approve` mode every \
 command waits for a person, who may reject it; in `execute` mode commands run. A refusal \
 comes back as the docker CLI's error (`refused by operator: ...`) with the reason: do not \

@@ -20,13 +20,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-/// The variable that carries the Anthropic API key; never passed to a child, whatever the
+/// The variable that carries the Anthropic API key: always a secret, whatever the
 /// configuration says.
 pub const API_KEY_VAR: &str = "ANTHROPIC_API_KEY";
 
@@ -63,7 +62,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// HolmesGPT puts on one tool result.
 pub const DEFAULT_OUTPUT_CAP: usize = 100_000;
 
-/// Bounds of one [`run`]. Builder-style: `ShellLimits::default().timeout(d)`.
+/// Bounds of one command. Builder-style: `ShellLimits::default().timeout(d)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShellLimits {
     /// How long the command may run before its group gets SIGTERM.
@@ -165,7 +164,9 @@ pub fn name_looks_secret(name: &str) -> bool {
     SECRET_NAME_PATTERNS.iter().any(|p| upper.contains(p))
 }
 
-/// The environment (and working directory) a command gets.
+/// The secrets a session knows, from the controller's environment and the configuration:
+/// what its commands' output is redacted of. (Built as the environment a child would get,
+/// which is how it finds them; the toolbox gets none of it.)
 ///
 /// # Guarantees
 /// - Holds no variable named [`API_KEY_VAR`] and no value containing a secret value (of at
@@ -280,8 +281,7 @@ impl ChildEnv {
         }
     }
 
-    /// Run commands in `dir` instead of the controller's working directory (give the same
-    /// directory to the safety judge, which resolves relative paths against it).
+    /// A working directory to go with the environment.
     pub fn with_cwd(mut self, dir: impl Into<PathBuf>) -> ChildEnv {
         self.cwd = Some(dir.into());
         self
@@ -397,14 +397,6 @@ impl ShellOutput {
     pub fn succeeded(&self) -> bool {
         self.exit_code == Some(0) && !self.timed_out
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ShellError {
-    #[error("failed to start `sh -c` for the shell tool: {0}")]
-    Spawn(#[source] io::Error),
-    #[error("the shell tool's `sh` exited before its process id could be read")]
-    NoPid,
 }
 
 /// How a command ended, for [`output`].

@@ -15,13 +15,14 @@
 //! - Its main process is a shell that reaps orphans and ends after the session's wall time
 //!   plus a margin: a toolbox whose controller died ends by itself, and the engine removes
 //!   it (`AutoRemove`). Every
-//!   controller start also removes the toolboxes of its database left by a dead one
-//!   ([`sweep`]).
+//!   controller removes the toolboxes of its database left by a dead one ([`list`],
+//!   [`remove_found`]; the dispatcher's sweep).
 //! - A command runs as `timeout -k GRACE T sh -c COMMAND` through the engine's exec: past its
 //!   timeout its whole process group is killed inside the toolbox; the controller stops
-//!   reading it at `timeout + grace + 2 × drain` whatever it does. A process it left that
-//!   holds its output open is killed once the command itself has ended. Output is capped and
-//!   redacted as [`super::shell`] does it.
+//!   reading it at `timeout + grace + 2 × drain` whatever it does. What it left in its
+//!   process group is killed once the command itself has ended (a process that left the
+//!   group lives until the toolbox goes). Output is capped and redacted as [`super::shell`]
+//!   does it.
 //! - Removing the toolbox ([`Toolbox::remove`]) ends every process of the session.
 
 use std::collections::HashMap;
@@ -176,7 +177,7 @@ async fn bounded<T>(
 }
 
 /// A running toolbox. Remove it with [`Toolbox::remove`]; dropping it leaves the container to
-/// its own lifetime and the next [`sweep`].
+/// its own lifetime and the next sweep of its database's toolboxes.
 pub struct Toolbox {
     docker: Docker,
     name: String,
@@ -504,7 +505,7 @@ impl Toolbox {
     }
 
     /// Removes the toolbox and with it every process of the session (bounded; a failure is
-    /// logged, and the toolbox's own lifetime and the next [`sweep`] remain).
+    /// logged, and the toolbox's own lifetime and the next sweep remain).
     pub async fn remove(&self) {
         remove_container(&self.docker, &self.id, &self.name).await;
     }

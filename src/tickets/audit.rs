@@ -128,9 +128,10 @@ text_enum! {
         ApprovalRequested => "approval-requested",
         Approved => "approved",
         Rejected => "rejected",
-        /// The safety judge let a command run, with its reason.
+        /// A shell command let run (why), or a Docker API request the session's proxy let
+        /// through (tool `docker-api`: the request, target, reason and the engine's status).
         Allowed => "allowed",
-        /// The safety judge refused a command (mode or denylist), with its reason.
+        /// A Docker API request the session's proxy refused, with its reason.
         Denied => "denied",
         /// One Messages API answer: request id, stop reason, usage.
         ApiResponse => "api-response",
