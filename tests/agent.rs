@@ -160,14 +160,21 @@ fn a_killed_container_under_policy_agent_is_started_by_the_agent_and_resolved_by
         !db_bytes.windows(needle.len()).any(|w| w == needle),
         "the key is in the database"
     );
+    // Only this test's own session files: the folder beside the db is shared by every
+    // fixture running in parallel, whose atomic writes come and go as `.X.json.tmp`.
     let sessions_dir = f.db().parent().unwrap().join("sessions");
-    for file in std::fs::read_dir(&sessions_dir).unwrap() {
-        let file = file.unwrap().path();
-        // `toolbox/` holds the sessions' proxy sockets, empty once they ended.
-        if file.is_dir() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&file).unwrap();
+    let own = audit_json(&f, &["list"]);
+    let own: Vec<&str> = own
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(own.contains(&id.as_str()), "{own:?}");
+    for session in own {
+        let file = sessions_dir.join(format!("{session}.json"));
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(!text.contains(TEST_KEY), "the key is in {}", file.display());
         assert!(
             !text.contains("hunter2"),

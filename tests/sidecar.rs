@@ -539,15 +539,38 @@ fn agent_session_in_the_sidecar(
             "member {i} was taken down: {out}"
         );
     }
-    let toolboxes = || {
-        docker_ok(&[
-            "ps",
-            "-a",
-            "-q",
-            "--filter",
-            "label=operator.toolbox.session",
-        ])
-    };
+    // Only this stack's toolboxes (agent tests running alongside have their own): those
+    // labelled with the cluster of the victim's ticket.
+    let out = operator(&["tickets", "list", "--db", &db_arg, "--json"], None);
+    let tickets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("tickets");
+    let cluster = tickets
+        .iter()
+        .find(|t| t["service"] == victim.as_str() && t["resolved_by"] == "agent")
+        .and_then(|t| t["cluster"].as_str())
+        .unwrap_or_else(|| panic!("the victim's ticket names its cluster: {tickets:#?}"))
+        .to_string();
+    let label = format!("label=operator.toolbox.cluster={cluster}");
+    // The filter does match this session's toolbox: the engine saw it created.
+    let created = docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        "0s",
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        &label,
+        "--format",
+        "{{.Actor.Attributes.name}}",
+    ]);
+    assert!(
+        !created.trim().is_empty(),
+        "no toolbox labelled {label} was created for the session"
+    );
+    let toolboxes = || docker_ok(&["ps", "-a", "-q", "--filter", &label]);
     assert!(
         wait_until(Duration::from_secs(30), || toolboxes().is_empty()),
         "a toolbox outlived its session: {}",
