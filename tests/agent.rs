@@ -1164,3 +1164,60 @@ fn a_session_whose_toolbox_cannot_start_does_not_run_and_the_ticket_names_the_fi
     assert!(stand_in.requests().is_empty(), "the model was asked anyway");
     assert!(!is_running(&name, None), "something ran the command anyway");
 }
+
+/// A session that changes nothing earns nothing, even when the ticket is resolved in the
+/// agent's name right after it: here a person starts the container while the session only
+/// looks, and the re-check after the session resolves the ticket; the session's verdict is
+/// `not-resolved` (its proxy saw no change of its own).
+#[test]
+fn a_session_that_changed_nothing_is_not_credited_with_a_fix_made_beside_it() {
+    let stand_in = ClaudeStandIn::start(Script::new());
+    let f = with_agent(
+        "agentnocredit",
+        &stand_in,
+        "{policy: agent}",
+        "{safetyMode: execute, sessionsPerTicket: 1, sessionBackoff: 0s}",
+    );
+    let name = f.name("app");
+    stand_in.push(
+        Script::new()
+            .tool_use(&[("shell", json!({"command": "sleep 4; docker ps -a"}))])
+            .end_turn("Only looked."),
+    );
+    docker_ok(&["kill", "--signal", "KILL", &name]);
+    assert!(
+        wait_until(Duration::from_secs(60), || !stand_in.requests().is_empty()),
+        "no session began; log:\n{}",
+        f.operator.log()
+    );
+    // A person, beside the session.
+    docker_ok(&["start", &name]);
+    assert!(
+        wait_until(Duration::from_secs(90), || f
+            .ticket("stopped", &name)
+            .is_some_and(|t| t["status"] == "resolved")),
+        "not resolved: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    let ticket = f.ticket("stopped", &name).unwrap();
+    // In the agent's name: what made the old verdict `resolved`, however the fix came.
+    assert_eq!(ticket["resolved_by"], "agent", "{ticket:#}");
+    let id = ticket["id"].to_string();
+    let verdict = || {
+        audit_json(&f, &["list", "--ticket", &id])
+            .as_array()
+            .and_then(|s| s.first().cloned())
+            .map(|s| s["verdict"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || !verdict().is_null()),
+        "no verdict recorded"
+    );
+    assert_eq!(
+        verdict(),
+        json!("not-resolved"),
+        "a session that changed nothing was credited (the ticket: {ticket:#})"
+    );
+}
