@@ -282,6 +282,23 @@ impl Drop for Fixture {
         // The fields drop after this: the log (printed if the test failed), the database,
         // the folder, then the cleanup.
         self.operator.crash();
+        remove_session_files(&self.db.0);
+    }
+}
+
+/// The agent's files of the sessions in `db`, in the `sessions/` folder beside it (shared by
+/// every database in that folder, so only these sessions'): each session's JSON audit and
+/// its proxy's socket folder, which a controller killed mid-session leaves behind.
+fn remove_session_files(db: &Path) {
+    let Some(db_arg) = db.to_str() else { return };
+    let listed = operator(&["audit", "list", "--db", db_arg, "--json"], None);
+    let Ok(sessions) = serde_json::from_slice::<Vec<serde_json::Value>>(&listed.stdout) else {
+        return;
+    };
+    let folder = db.parent().unwrap_or(Path::new(".")).join("sessions");
+    for id in sessions.iter().filter_map(|s| s["id"].as_str()) {
+        let _ = std::fs::remove_file(folder.join(format!("{id}.json")));
+        let _ = std::fs::remove_dir_all(folder.join("toolbox").join(id));
     }
 }
 
