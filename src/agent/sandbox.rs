@@ -274,14 +274,12 @@ fn engine_socket() -> Result<PathBuf, SandboxError> {
 }
 
 /// The user a toolbox runs as: this process's own, or nobody (65534) when that is root.
+/// (A non-root user keeps its group, even group 0 as some platforms give: the socket folder
+/// can only be given to a group the controller is in.)
 fn toolbox_user() -> (u32, u32) {
     // SAFETY: getters without side effects.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if uid == 0 || gid == 0 {
-        (65534, 65534)
-    } else {
-        (uid, gid)
-    }
+    if uid == 0 { (65534, 65534) } else { (uid, gid) }
 }
 
 impl Sandbox {

@@ -195,7 +195,7 @@ impl Toolbox {
         spec: &ToolboxSpec,
     ) -> Result<Toolbox, ToolboxError> {
         let name = container_name(session);
-        if spec.user.0 == 0 || spec.user.1 == 0 {
+        if spec.user.0 == 0 {
             return Err(ToolboxError::Root(spec.user.0, spec.user.1));
         }
         match tokio::time::timeout(ENGINE_TIMEOUT, docker.inspect_image(&spec.image)).await {
