@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use common::claude::{ClaudeStandIn, Script, TEST_KEY};
-use common::operator::{is_running, operator, wait_until};
+use common::operator::{event_actions, is_running, operator, wait_until};
 use common::{BUSYBOX_IMAGE, Fixture, LOOP, cluster_yaml, docker, docker_ok, unique};
 
 const MANIFEST_SECRET: &str = "manifest-secret-0123456789";
@@ -346,18 +346,8 @@ fn outcome(stand_in: &ClaudeStandIn, i: usize) -> String {
 
 /// Engine events `die`/`kill`/`stop`/`pause`/`destroy`/`rename`/`disconnect` for `name` since `since`.
 fn harm_events(name: &str, since: &str) -> Vec<String> {
-    let out = docker_ok(&[
-        "events",
-        "--since",
-        since,
-        "--until",
-        "0s",
-        "--filter",
-        &format!("container={name}"),
-        "--format",
-        "{{.Action}}",
-    ]);
-    out.lines()
+    event_actions(name, since)
+        .into_iter()
         .filter(|a| {
             [
                 "die",
@@ -372,7 +362,6 @@ fn harm_events(name: &str, since: &str) -> Vec<String> {
             .iter()
             .any(|h| a.starts_with(h))
         })
-        .map(str::to_string)
         .collect()
 }
 

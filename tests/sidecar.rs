@@ -523,20 +523,12 @@ fn agent_session_in_the_sidecar(
     );
     // The other members never went down; the toolbox is gone.
     for i in 0..2 {
-        let out = docker_ok(&[
-            "events",
-            "--since",
-            &since,
-            "--until",
-            "0s",
-            "--filter",
-            &format!("container={}", stack.member(i)),
-            "--format",
-            "{{.Action}}",
-        ]);
+        let actions = common::operator::event_actions(&stack.member(i), &since);
         assert!(
-            !out.lines().any(|a| ["die", "kill", "stop"].contains(&a)),
-            "member {i} was taken down: {out}"
+            !actions
+                .iter()
+                .any(|a| ["die", "kill", "stop"].contains(&a.as_str())),
+            "member {i} was taken down: {actions:?}"
         );
     }
     // Only this stack's toolboxes (agent tests running alongside have their own): those

@@ -688,12 +688,14 @@ impl Dispatcher {
             .chain(inner.cfg.secret_env.iter().map(String::as_str))
             .collect();
         let manifest_secrets = prompt::manifest_secrets(&cluster);
-        let redactor = Redactor::new(
-            secret_names
-                .iter()
-                .filter_map(|n| std::env::var(n).ok())
-                .chain(manifest_secrets.iter().cloned()),
-        );
+        // The values the audit redacts and the proxy masks: one list for both.
+        let secret_values: Vec<String> = secret_names
+            .iter()
+            .filter_map(|n| std::env::var(n).ok())
+            .filter(|v| !v.is_empty())
+            .chain(manifest_secrets.iter().cloned())
+            .collect();
+        let redactor = Redactor::new(secret_values.iter().cloned());
         let sessions_dir = super::audit::default_sessions_dir(&inner.cfg.db);
         let audit = AuditLog::start(
             inner.audit.clone(),
@@ -729,12 +731,6 @@ impl Dispatcher {
                 return Err(why);
             }
         };
-        let mut secret_values: Vec<String> = secret_names
-            .iter()
-            .filter_map(|n| std::env::var(n).ok())
-            .filter(|v| !v.is_empty())
-            .collect();
-        secret_values.extend(manifest_secrets.iter().cloned());
         let sandbox = Sandbox::open(
             &inner.docker,
             &inner.journal,

@@ -454,6 +454,25 @@ pub fn epoch_now() -> f64 {
         .as_secs_f64()
 }
 
+/// The actions (`start`, `die`, `exec_create: sh`...) of every event of a container, in
+/// order, between `since` (RFC 3339 or seconds) and now.
+pub fn event_actions(name: &str, since: &str) -> Vec<String> {
+    super::docker_ok(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        "0s",
+        "--filter",
+        &format!("container={name}"),
+        "--format",
+        "{{.Action}}",
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
 /// Engine-clock times (seconds) of one kind of event (`start`, `die`...) for a container,
 /// between `since` and now.
 pub fn event_times(name: &str, event: &str, since: f64) -> Vec<f64> {

@@ -16,9 +16,9 @@ use crate::agent::shell::name_looks_secret;
 /// What a secret is replaced with.
 pub const MASKED: &str = "[MASKED]";
 
-/// Secret values shorter than this are not searched for: a short value (`true`, a port)
-/// would garble every answer and protects nothing.
-pub const MIN_SECRET_VALUE_LEN: usize = 8;
+/// Secret values shorter than this are not searched for (the shell's redaction's bound: a
+/// short value, `true` or a port, would garble every answer and protects nothing).
+pub use crate::agent::shell::MIN_SECRET_VALUE_LEN;
 
 /// The secrets of a session: variable names whose values are secret (besides the names
 /// that look secret) and values masked wherever they appear.

@@ -18,6 +18,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::agent::safety::escape_for_display;
 use crate::manifest::SafetyMode;
 
 /// What an agent may do, said in every refusal of an endpoint outside the list.
@@ -224,19 +225,23 @@ impl Kind {
 /// a rename, or a change whose query asks for what no gate can judge (a signal that does
 /// not end the process).
 pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<Request, Refused> {
-    let decoded = percent_decode(path)
-        .ok_or_else(|| Refused(format!("the path {} cannot be decoded", shown(path))))?;
+    let decoded = percent_decode(path).ok_or_else(|| {
+        Refused(format!(
+            "the path {} cannot be decoded",
+            escape_for_display(path)
+        ))
+    })?;
     let (version, rest) = split_version(&decoded);
     if !version.is_empty() && !recent_enough(&version[2..]) {
         return Err(Refused(format!(
             "API version {} is not accepted: the proxy speaks {MIN_API_VERSION} and newer",
-            shown(&version[2..])
+            escape_for_display(&version[2..])
         )));
     }
     let not_allowed = || {
         Refused(format!(
             "{method} {} is not allowed: {ALLOWED}",
-            shown(if rest.is_empty() { "/" } else { rest })
+            escape_for_display(if rest.is_empty() { "/" } else { rest })
         ))
     };
     let Some(segments) = rest
@@ -395,7 +400,7 @@ fn stop_wait(value: &str) -> Result<u64, Refused> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Refused(format!(
             "a stop's t must be a whole number of seconds, not {}",
-            shown(value)
+            escape_for_display(value)
         )));
     }
     let negative = value.starts_with('-') && digits.bytes().any(|b| b != b'0');
@@ -419,7 +424,7 @@ fn ending_signal(verb: Verb, value: &str) -> Result<&'static str, Refused> {
                 "{verb} with signal {} is not allowed: only a signal that ends the process may \
                  be sent ({}, or none), since a process stopped or signalled otherwise still \
                  reads as running",
-                shown(value),
+                escape_for_display(value),
                 ENDING_SIGNALS
                     .iter()
                     .map(|(n, _)| *n)
@@ -506,8 +511,8 @@ pub fn exec_create_body(body: &[u8]) -> Result<Vec<u8>, Refused> {
 /// CPU quota of 0.001 hobbles a member that still reads as running). `None` for the verbs
 /// the gate judges.
 pub fn refused_on_member(verb: Verb, container: &str, group: &str) -> Option<Refused> {
-    let container = shown(container);
-    let group = shown(group);
+    let container = escape_for_display(container);
+    let group = escape_for_display(group);
     match verb {
         Verb::Exec => Some(Refused(format!(
             "exec into {container}, a member of quorum group {group}, could act on it after \
@@ -559,7 +564,7 @@ pub fn exec_reach(isolation: &Isolation, engine_socket: &std::path::Path) -> Opt
         if mode.starts_with("container:") {
             return Some(format!(
                 "it shares another container's {what} namespace ({what} {})",
-                shown(mode)
+                escape_for_display(mode)
             ));
         }
     }
@@ -577,7 +582,7 @@ pub fn exec_reach(isolation: &Isolation, engine_socket: &std::path::Path) -> Opt
         .mounts
         .iter()
         .find(|m| engine(std::path::Path::new(m.as_str())))
-        .map(|m| format!("it mounts {} (the engine's socket)", shown(m)))
+        .map(|m| format!("it mounts {} (the engine's socket)", escape_for_display(m)))
 }
 
 /// The container a network connect/disconnect body names, and whether a disconnect is
@@ -646,7 +651,7 @@ fn json_object(body: &[u8], what: &str) -> Result<Map<String, Value>, Refused> {
     if let Some(key) = object.keys().find(|k| !k.is_ascii()) {
         return Err(Refused(format!(
             "the body of {what} has a field name that is not ASCII ({})",
-            shown(key)
+            escape_for_display(key)
         )));
     }
     Ok(object)
@@ -706,7 +711,7 @@ fn target(segment: &str, what: &str) -> Result<String, Refused> {
     } else {
         Err(Refused(format!(
             "{} is not a {what} name or id",
-            shown(segment)
+            escape_for_display(segment)
         )))
     }
 }
@@ -716,7 +721,10 @@ fn exec_id(segment: &str) -> Result<String, Refused> {
     if !segment.is_empty() && segment.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(segment.to_string())
     } else {
-        Err(Refused(format!("{} is not an exec id", shown(segment))))
+        Err(Refused(format!(
+            "{} is not an exec id",
+            escape_for_display(segment)
+        )))
     }
 }
 
@@ -735,7 +743,7 @@ fn top_ps_args(query: Option<&str>) -> Result<Option<String>, Refused> {
         [v] => Err(Refused(format!(
             "top with ps_args {} is not allowed (it may print every process's environment); \
              use one of {}",
-            shown(v),
+            escape_for_display(v),
             TOP_PS_ARGS.join(", ")
         ))),
         _ => Err(Refused(
@@ -747,8 +755,12 @@ fn top_ps_args(query: Option<&str>) -> Result<Option<String>, Refused> {
 /// A query string's `key=value` pairs, decoded as a form (`+` is a space).
 fn form_pairs(query: &str) -> Result<Vec<(String, String)>, Refused> {
     let decode = |s: &str| {
-        percent_decode(&s.replace('+', " "))
-            .ok_or_else(|| Refused(format!("the query {} cannot be decoded", shown(query))))
+        percent_decode(&s.replace('+', " ")).ok_or_else(|| {
+            Refused(format!(
+                "the query {} cannot be decoded",
+                escape_for_display(query)
+            ))
+        })
     };
     query
         .split('&')
@@ -776,21 +788,6 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// Text from a request as it may be shown in a message: control characters escaped, so a
-/// `\r` cannot rewrite what a person or the model reads.
-pub fn shown(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1610,11 +1607,5 @@ mod tests {
                 "{body}"
             );
         }
-    }
-
-    #[test]
-    fn shown_escapes_control_characters() {
-        assert_eq!(shown("ls -la /tmp"), "ls -la /tmp");
-        assert_eq!(shown("a\rb\n\u{1b}[2K"), "a\\rb\\n\\u{1b}[2K");
     }
 }

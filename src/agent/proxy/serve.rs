@@ -281,6 +281,32 @@ impl Answer {
     }
 }
 
+/// One inspect the decision needs, bounded: what is `what` (for the error), and the answer
+/// for a target the engine does not know (`not_found`, a 404 as the engine words it).
+async fn look_up<T>(
+    what: String,
+    not_found: String,
+    inspect: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, Answer> {
+    match tokio::time::timeout(ENGINE_TIMEOUT, inspect).await {
+        Err(_) => Err(Answer::failed(
+            ProxyError::Timeout {
+                doing: format!("looking up {what}"),
+                seconds: ENGINE_TIMEOUT.as_secs(),
+            },
+            None,
+            false,
+        )),
+        Ok(Err(e)) if is_not_found(&e) => Err(Answer::not_found(not_found)),
+        Ok(Err(source)) => Err(Answer::failed(
+            ProxyError::Lookup { what, source },
+            None,
+            false,
+        )),
+        Ok(Ok(found)) => Ok(found),
+    }
+}
+
 /// `{"message": ...}`, as the engine words its errors (the docker CLI prints the message).
 fn json_message(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "message": message }).to_string() + "\n";
@@ -430,7 +456,10 @@ impl Shared {
         match decided.await {
             Ok(response) => response,
             Err(e) => {
-                let what = format!("{method} {}", rules::shown(&path));
+                let what = format!(
+                    "{method} {}",
+                    crate::agent::safety::escape_for_display(&path)
+                );
                 let answer = Answer::failed(ProxyError::Task { what, source: e }, None, false);
                 self.record(at, method, path, &answer, false);
                 answer.response
@@ -450,7 +479,7 @@ impl Shared {
         debug!(
             session = %self.session,
             %method,
-            path = %rules::shown(&path),
+            path = %crate::agent::safety::escape_for_display(&path),
             allowed = answer.allowed,
             status = ?answer.status,
             reason = %answer.reason,
@@ -500,7 +529,11 @@ impl Shared {
             }
         )
         .then(|| hyper::upgrade::on(&mut req));
-        let what = format!("{} {}", req.method(), rules::shown(uri.path()));
+        let what = format!(
+            "{} {}",
+            req.method(),
+            crate::agent::safety::escape_for_display(uri.path())
+        );
         let (parts, body) = req.into_parts();
         let (body, read_whole) = if request.kind.takes_body() {
             let read = tokio::time::timeout(REQUEST_BODY_TIMEOUT, read_body(body, &what))
@@ -888,53 +921,28 @@ impl Shared {
     /// Resolves a container as the engine does (name, id, id prefix).
     async fn container(&self, name: &str) -> Result<Container, Answer> {
         let what = format!("container {name}");
-        match tokio::time::timeout(ENGINE_TIMEOUT, self.docker.inspect_container(name, None)).await
-        {
-            Err(_) => Err(Answer::failed(
-                ProxyError::Timeout {
-                    doing: format!("looking up {what}"),
-                    seconds: ENGINE_TIMEOUT.as_secs(),
-                },
-                None,
-                false,
-            )),
-            Ok(Err(e)) if is_not_found(&e) => {
-                Err(Answer::not_found(format!("No such container: {name}")))
-            }
-            Ok(Err(source)) => Err(Answer::failed(
-                ProxyError::Lookup { what, source },
-                None,
-                false,
-            )),
-            Ok(Ok(raw)) => Container::from_inspect(raw)
-                .ok_or_else(|| Answer::failed(ProxyError::NoId { what }, None, false)),
-        }
+        let raw = look_up(
+            what.clone(),
+            format!("No such container: {name}"),
+            self.docker.inspect_container(name, None),
+        )
+        .await?;
+        Container::from_inspect(raw)
+            .ok_or_else(|| Answer::failed(ProxyError::NoId { what }, None, false))
     }
 
     /// Resolves a network as the engine does.
     async fn network(&self, name: &str) -> Result<Network, Answer> {
-        let what = format!("network {name}");
-        match tokio::time::timeout(ENGINE_TIMEOUT, self.docker.inspect_network(name, None)).await {
-            Err(_) => Err(Answer::failed(
-                ProxyError::Timeout {
-                    doing: format!("looking up {what}"),
-                    seconds: ENGINE_TIMEOUT.as_secs(),
-                },
-                None,
-                false,
-            )),
-            Ok(Err(e)) if is_not_found(&e) => {
-                Err(Answer::not_found(format!("network {name} not found")))
-            }
-            Ok(Err(source)) => Err(Answer::failed(
-                ProxyError::Lookup { what, source },
-                None,
-                false,
-            )),
-            Ok(Ok(n)) => match (n.id.filter(|id| !id.is_empty()), n.name) {
-                (Some(id), Some(name)) => Ok(Network { id, name }),
-                _ => Err(Answer::not_found(format!("network {name} not found"))),
-            },
+        let not_found = format!("network {name} not found");
+        let n = look_up(
+            format!("network {name}"),
+            not_found.clone(),
+            self.docker.inspect_network(name, None),
+        )
+        .await?;
+        match (n.id.filter(|id| !id.is_empty()), n.name) {
+            (Some(id), Some(name)) => Ok(Network { id, name }),
+            _ => Err(Answer::not_found(not_found)),
         }
     }
 
