@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the sidecar image without any registry: the layout of docker/Dockerfile, from Debian's
-# packages. Runs as root (debootstrap and chroot need it); about a minute here.
+# packages. Runs as root (debootstrap and chroot need it); about a minute here. It needs a
+# Debian package mirror (the one apt uses, or --mirror URL), and crates.io or a filled cargo
+# cache for `cargo build` unless --binary FILE is given; nothing else from the network.
 #
 #   1. a minimal Debian root file system (debootstrap --variant=minbase, this host's release) with the
 #      agent's shell tools: ca-certificates, curl, jq;
@@ -43,7 +45,7 @@ while (($#)); do
     --binary) BINARY="${2:?--binary needs a FILE}"; shift 2 ;;
     --suite) SUITE="${2:?--suite needs a NAME}"; shift 2 ;;
     --mirror) MIRROR="${2:?--mirror needs a URL}"; shift 2 ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (usage: scripts/build-image.sh [--toolbox] [--tag NAME] [--binary FILE] [--suite NAME] [--mirror URL])" ;;
   esac
 done
@@ -103,7 +105,7 @@ log "debootstrap --variant=minbase $SUITE from $MIRROR"
 debootstrap --variant=minbase --include=ca-certificates,curl,jq "$SUITE" "$root" "$MIRROR" \
   >"$work/debootstrap.log" 2>&1 || {
   tail -n 20 "$work/debootstrap.log" >&2
-  die "debootstrap failed (log above)"
+  die "debootstrap failed (log above); it needs the Debian package mirror $MIRROR: if that cannot be reached from here, give one that can with --mirror URL (an internal mirror or an apt cache)"
 }
 
 # --- only the docker client from docker.io ------------------------------------------------
@@ -111,7 +113,7 @@ log "the docker client from Debian's docker.io"
 mkdir -p "$work/deb"
 (cd "$work/deb" && apt-get download docker.io >/dev/null 2>&1) ||
   { apt-get update -qq && (cd "$work/deb" && apt-get download docker.io >/dev/null); } ||
-  die "apt-get download docker.io failed"
+  die "apt-get download docker.io failed: it needs apt's package lists and mirror (apt-get update, and a mirror this machine reaches)"
 dpkg-deb --fsys-tarfile "$work"/deb/docker.io_*.deb | tar -x -C "$work/deb" ./usr/bin/docker
 install -m 0755 "$work/deb/usr/bin/docker" "$root/usr/bin/docker"
 

@@ -2,16 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     operator::metrics::mark_process_start();
-    let cli = operator::cli::Cli::parse();
+    let cli = operator::cli::parse_args();
     if let Err(message) = operator::cli::init_logging(&cli) {
-        eprintln!("error: {message}");
+        operator::cli::report_failure(cli.log_format, &message);
         return ExitCode::from(2);
     }
     one_line_panics(cli.log_format);
+    // In the sidecar, a manifest's relative bind sources are mapped to host paths.
+    operator::docker::hostpath::map_manifest_folders();
     operator::cli::execute(cli)
 }
 

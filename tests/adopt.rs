@@ -200,3 +200,58 @@ fn an_adopted_container_whose_spec_the_manifest_owns_is_recreated_from_it() {
         f.operator.log()
     );
 }
+
+#[test]
+fn a_dependent_of_an_adopted_container_is_created_and_its_removal_is_a_ticketed_drift() {
+    let builder = Fixture::builder("adoptdep");
+    let cluster = builder.cluster().to_string();
+    let stack = HandStarted::new(&cluster);
+    let web = format!("{cluster}-web");
+    let app = format!("{cluster}-app");
+    let web_id = stack.run(&web, "200000");
+    let f = builder
+        .also_clean(stack.label.clone())
+        .manifest("cluster.yaml", |c| {
+            format!(
+                "apiVersion: operator/v1
+kind: Cluster
+metadata:
+  name: {c}
+spec:
+  network:
+    name: {network}
+    external: true
+  services:
+    - name: {c}-web
+      image: {BUSYBOX_IMAGE}
+      command: [sleep, \"100000\"]
+      adopt: true
+    - name: {c}-app
+      image: {BUSYBOX_IMAGE}
+      command: [sleep, \"100000\"]
+      dependsOn: [{c}-web]
+",
+                network = stack.network
+            )
+        })
+        .resync("1s")
+        .start();
+    // The adopted dependency runs: the dependent is created (it never was while only a
+    // container of the controller's own could satisfy dependsOn).
+    f.wait_running(&app, "the start of a dependent of an adopted container");
+    assert_eq!(id_of(&web), web_id);
+    // Gone, though the controller never created it: a drift with a ticket, repaired and
+    // re-checked, not a silent "first creation".
+    docker_ok(&["rm", "-f", &web]);
+    f.wait_running(&web, "docker rm -f of the adopted container");
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .ticket("missing", &web)
+            .is_some_and(
+                |t| t["status"] == "resolved" && t["resolved_by"] == "controller"
+            )),
+        "the removal of the adopted container left no resolved ticket; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+}

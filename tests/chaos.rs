@@ -246,6 +246,45 @@ fn the_kill_member_drill_passes_twice_and_every_acknowledged_write_is_read_back(
     let trials = j["trials"].as_array().unwrap();
     let by = |r: &str| trials.iter().filter(|t| t["remediation"] == r).count();
     assert_eq!((by("controller"), by("baseline")), (2, 2), "{j:#}");
+    // Each controller the run started kept its own log: the one that made the controller
+    // trials' repairs is not overwritten by the one that took the cluster back after the
+    // baseline.
+    let repairs = std::fs::read_to_string(report.join("controller-controller.log"))
+        .expect("the repairing controller's log");
+    for t in trials.iter().filter(|t| t["remediation"] == "controller") {
+        let acted: Vec<i64> = t["tickets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["first_actor"] == "controller")
+            .filter_map(|k| k["id"].as_i64())
+            .collect();
+        assert!(!acted.is_empty(), "{t:#}");
+        assert!(
+            acted.iter().any(|id| repairs
+                .lines()
+                .any(|l| l.contains(&format!("\"ticket\":{id}")) && l.contains("\"action\""))),
+            "the repair of ticket(s) {acted:?} is not in controller-controller.log:\n{repairs}"
+        );
+    }
+    for log in ["controller-baseline.log", "controller-after-baseline.log"] {
+        assert!(report.join(log).exists(), "{log}");
+    }
+    // `chaos list` finds the run written with `--report` from the database's ledger alone.
+    let db = etcd.db();
+    let listed = operator(
+        &["chaos", "list", "--db", db.to_str().unwrap(), "--json"],
+        None,
+    );
+    assert!(listed.status.success(), "{}", text(&listed));
+    let runs: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["run_id"] == j["run_id"]),
+        "a run written with --report is not listed: {runs:#}"
+    );
     for t in trials {
         assert_eq!(t["outcome"], "pass", "{t:#}");
         // Detected and recovered: by the controller's restart, or by the engine's while the
@@ -302,7 +341,7 @@ fn the_kill_member_drill_passes_twice_and_every_acknowledged_write_is_read_back(
         let s = std::fs::read_to_string(report.join(svg)).unwrap();
         assert!(s.starts_with("<svg"), "{svg}");
     }
-    // `chaos list` shows the run; `chaos report` renders it again.
+    // `chaos list --root` shows the run; `chaos report` renders it again.
     let listed = operator(
         &[
             "chaos",
@@ -359,11 +398,17 @@ fn sigint_mid_fault_and_a_sigkilled_runner_leave_no_fault_behind() {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         if !frozen {
-            // A second drill on the cluster meanwhile is refused, naming the first.
-            let second = etcd.run(&drill, &etcd.report("report-second"), &[]);
+            // A second drill on the cluster meanwhile is refused, naming the first, and
+            // leaves no report folder: nothing ran.
+            let second_report = etcd.report("report-second");
+            let second = etcd.run(&drill, &second_report, &[]);
             let all = text(&second);
             assert_eq!(second.status.code(), Some(1), "{all}");
             assert!(all.contains("another drill runs against cluster"), "{all}");
+            assert!(
+                !second_report.exists(),
+                "a refused run wrote {second_report:?}"
+            );
         }
         let code = signal_and_wait(&mut child, libc::SIGINT, Duration::from_secs(60));
         assert_eq!(
@@ -379,7 +424,13 @@ fn sigint_mid_fault_and_a_sigkilled_runner_leave_no_fault_behind() {
         assert_eq!(j["deviated"], false, "{j:#}");
         let trial = &j["trials"][0];
         assert_eq!(trial["interrupted"], true, "{trial:#}");
+        assert_eq!(trial["outcome"], "interrupted", "{trial:#}");
         assert!(trial["faults"][0]["undone_at"].is_string(), "{trial:#}");
+        let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+        assert!(md.contains(": interrupted\n"), "{md}");
+        let out = std::fs::read_to_string(log.with_extension("out")).unwrap_or_default();
+        assert!(!out.contains("no trial ran"), "{out}");
+        assert!(out.contains("1 interrupted"), "{out}");
     }
 
     // SIGKILL: nothing undoes the pause in the runner; `chaos cleanup` does.
@@ -478,9 +529,36 @@ fn a_fault_the_controller_cannot_repair_ends_in_timeout_and_is_still_undone() {
     assert_eq!(trial["outcome"], "timeout", "{trial:#}");
     assert!(trial["faults"][0]["undone_at"].is_string(), "{trial:#}");
     assert!(!etcd.paused(1), "the timed-out fault was left behind");
+    // The recovery wait gave up at a moment of its own: the timeline's bar runs to it.
+    assert!(trial["recovery_deadline"].is_string(), "{trial:#}");
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("**Timed out**"), "{md}");
     assert!(md.contains("Faults undone"), "{md}");
+
+    // Paused for 3 s and left alone: the cluster comes back when the pause ends, which is
+    // no repair of the controller's. Not a pass.
+    let drill = etcd.drill(
+        "pause-unrepaired",
+        &format!(
+            "    - target: {{service: {}}}\n      kind: pause\n      duration: 3s",
+            etcd.member(1)
+        ),
+        "",
+    );
+    let report = etcd.report("report-no-action");
+    let out = etcd.run(&drill, &report, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let j = journal(&report);
+    let trial = &j["trials"][0];
+    assert_eq!(trial["outcome"], "no-action", "{trial:#}");
+    assert!(trial["recovered_at"].is_string(), "{trial:#}");
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("### controller #1: no action"), "{md}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(1 no action)"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -506,9 +584,21 @@ fn a_cluster_out_of_its_steady_state_is_not_broken_and_a_bad_drill_names_its_lin
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("not in its steady state"), "{all}");
     assert!(all.contains("probe never-true"), "{all}");
-    let j = journal(&report);
-    assert_eq!(j["status"], "aborted", "{j:#}");
-    assert!(j["trials"].as_array().unwrap().is_empty());
+    // Refused: no report folder (the controller's log and the first journal it had written
+    // went with it); the ledger keeps the run as aborted.
+    assert!(!report.exists(), "a refused run left {report:?}");
+    let listed = operator(
+        &[
+            "chaos",
+            "list",
+            "--db",
+            etcd.db().to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
+    let runs: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(runs.as_array().unwrap().is_empty(), "{runs:#}");
     // Nothing was broken: no fault in the ledger.
     let cleanup = operator(
         &[
@@ -533,6 +623,14 @@ fn a_cluster_out_of_its_steady_state_is_not_broken_and_a_bad_drill_names_its_lin
     let out = operator(&["chaos", "validate", bad.to_str().unwrap()], None);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
+    // Run, it is refused the same way, and writes nothing.
+    let bad_report = etcd.report("report-bad");
+    let run = etcd.run(&bad, &bad_report, &[]);
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+    assert!(
+        !bad_report.exists(),
+        "a drill that fails validation left {bad_report:?}"
+    );
     let line = std::fs::read_to_string(&bad)
         .unwrap()
         .lines()

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::operator::{entry_time, epoch_now, event_times, wait_until};
+use common::operator::{
+    OperatorProcess, entry_time, epoch_now, event_times, is_running, wait_until,
+};
 use common::{BUSYBOX_IMAGE, Fixture, cluster_yaml, docker_ok};
 
 #[test]
@@ -129,7 +131,7 @@ spec:
 }
 
 #[test]
-fn an_escalation_ends_with_its_ticket_and_the_next_single_crash_is_repaired_as_a_stop() {
+fn an_escalation_ends_with_its_ticket_but_its_repairs_still_count_until_a_person_retries() {
     let builder = Fixture::builder("escend");
     let flag = builder.dir().path().join("flag");
     std::fs::create_dir_all(&flag).expect("flag folder");
@@ -183,24 +185,166 @@ fn an_escalation_ends_with_its_ticket_and_the_next_single_crash_is_repaired_as_a
     let escalated: Vec<serde_json::Value> =
         serde_json::from_slice(&escalated.stdout).expect("tickets list --json");
     assert!(escalated.is_empty(), "{escalated:#?}");
-    // One more crash: an ordinary stop, repaired at once (within the window it reopens the
-    // same ticket as a flap).
+    // One more crash within the window: its two repairs still count (at most maxRestarts in
+    // any window, whoever ended the episode), so it is escalated at once, with its own
+    // error line, and left down.
+    let errors_before = operator.count_log(&["\"level\":\"ERROR\"", "escalated"]);
     docker_ok(&["kill", &name]);
-    f.wait_running(&name, "the single crash after the escalation ended");
+    assert!(
+        wait_until(Duration::from_secs(30), || f.tickets().iter().any(
+            |t| t["service"] == name.as_str() && t["status"] == "escalated"
+        )),
+        "the crash in a full window was not escalated; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        operator.log()
+    );
+    assert_eq!(
+        operator.count_log(&["\"level\":\"ERROR\"", "escalated"]),
+        errors_before + 1,
+        "one error line for the escalated ticket; log:\n{}",
+        operator.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!is_running(&name, None), "repaired past its budget");
+    // A person's word gives a fresh budget: repaired at once.
+    let id = f
+        .tickets()
+        .into_iter()
+        .find(|t| t["service"] == name.as_str() && t["status"] == "escalated")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let retried = operator.tickets(&["retry", &id.to_string()]);
+    assert!(retried.status.success(), "{retried:?}");
+    f.wait_running(&name, "tickets retry");
     let repaired = || {
         f.tickets().into_iter().find(|t| {
-            t["service"] == name.as_str()
-                && t["flaps"] == 1
-                && t["status"] == "resolved"
-                && t["resolved_by"] == "controller"
+            t["id"] == id && t["status"] == "resolved" && t["resolved_by"] == "controller"
         })
     };
     assert!(
         wait_until(Duration::from_secs(30), || repaired().is_some()),
-        "the crash was not repaired and re-checked; tickets {:#?}",
+        "the retried ticket was not repaired and re-checked; tickets {:#?}",
         f.tickets()
     );
-    let ticket = repaired().unwrap();
-    assert_eq!(ticket["drift"], "stopped", "{ticket:#}");
     assert_eq!(operator.metric("operator_escalated_services"), Some(0.0));
+}
+
+/// What a `chaos run --baseline` does between two drills: an observer must never spend or
+/// escalate the budget, and a controller that finds a service escalated and down says so.
+#[test]
+fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_down() {
+    let mut f = Fixture::builder("observer")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(
+                c,
+                &format!(
+                    r#"    - name: {c}-svc
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      command: ["sleep", "3600"]
+      remediation:
+        maxRestarts: 1
+        window: 10m
+        backoff: {{initial: 100ms, max: 200ms}}
+"#
+                ),
+            )
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("svc");
+    f.wait_running(&name, "the start");
+    // One repair: the window is full.
+    docker_ok(&["kill", &name]);
+    f.wait_running(&name, "the first kill");
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .tickets()
+            .iter()
+            .all(|t| t["status"] == "resolved")),
+        "the first kill's ticket did not resolve: {:#?}",
+        f.tickets()
+    );
+    f.operator.stop();
+    // An observer on the same database sees the next kill and must leave the budget alone.
+    let mut observer = OperatorProcess::start_with_db(
+        &[f.dir.path()],
+        &["--observe-only", "--resync", "1s"],
+        None,
+        f.db(),
+    );
+    observer.wait_ready();
+    docker_ok(&["kill", &name]);
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .tickets()
+            .iter()
+            .any(|t| t["service"] == name.as_str() && t["status"] == "open")),
+        "the observer opened no ticket: {:#?}; log:\n{}",
+        f.tickets(),
+        observer.log()
+    );
+    // Several of its looks (resync 1 s).
+    std::thread::sleep(Duration::from_secs(3));
+    observer.stop();
+    let escalated_budget = |db: &std::path::Path| -> i64 {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("open the database");
+        conn.query_row(
+            "SELECT escalated FROM budgets WHERE service = ?1",
+            [&name],
+            |r| r.get(0),
+        )
+        .expect("the budget row")
+    };
+    assert_eq!(
+        escalated_budget(f.db()),
+        0,
+        "an observer escalated the budget; log:\n{}",
+        observer.log()
+    );
+    assert!(
+        f.tickets().iter().all(|t| t["status"] != "escalated"),
+        "{:#?}",
+        f.tickets()
+    );
+    assert!(!is_running(&name, None), "the observer repaired");
+    // The acting controller: the window is still full, so it escalates, and says so.
+    f.restart_operator();
+    assert!(
+        wait_until(Duration::from_secs(30), || f.tickets().iter().any(
+            |t| t["service"] == name.as_str() && t["status"] == "escalated"
+        )),
+        "not escalated: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert!(
+        f.operator
+            .wait_for_log("restart budget spent: escalated", Duration::from_secs(10)),
+        "no error line for the escalation; log:\n{}",
+        f.operator.log()
+    );
+    assert_eq!(escalated_budget(f.db()), 1, "the budget follows its ticket");
+    // A controller that starts with it escalated and down warns, once.
+    f.restart_operator();
+    assert!(
+        f.operator.wait_for_log(
+            "escalated earlier and still drifting",
+            Duration::from_secs(20)
+        ),
+        "a restarted controller left the escalated service down silently; log:\n{}",
+        f.operator.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        f.operator
+            .count_log(&["escalated earlier and still drifting"]),
+        1,
+        "once, not per look; log:\n{}",
+        f.operator.log()
+    );
+    assert!(!is_running(&name, None), "repaired past its budget");
 }

@@ -193,6 +193,83 @@ fn a_pause_is_undone_by_an_unpause_never_by_a_restart() {
         tickets.iter().all(|t| t["drift"] == "paused"),
         "only paused episodes: {tickets:#?}"
     );
+    // With a healthcheck the desired state is `healthy`: each episode ended on a re-check
+    // that saw it so, never on the stale `unhealthy` from the pause.
+    for t in &tickets {
+        let id = t["id"].as_i64().unwrap();
+        for recheck in f.operator.timeline(id, "recheck") {
+            assert_eq!(
+                (&recheck["detail"]["result"], &recheck["detail"]["health"]),
+                (
+                    &serde_json::json!("desired state"),
+                    &serde_json::json!("healthy")
+                ),
+                "ticket {id} resolved on {recheck:#}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_restarted_container_ends_its_ticket_only_once_its_healthcheck_passes() {
+    let f = Fixture::builder("starting")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(
+                c,
+                &format!(
+                    r#"    - name: {c}-web
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      # Healthy only some seconds after each start: `starting` until then.
+      command: ["sh", "-c", "rm -f /tmp/ready; sleep 6; touch /tmp/ready; exec sleep 3600"]
+      healthcheck:
+        test: ["CMD", "test", "-e", "/tmp/ready"]
+        interval: 1s
+        timeout: 5s
+        retries: 30
+      remediation:
+        backoff: {{initial: 200ms, max: 1s}}
+"#
+                ),
+            )
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("web");
+    let health = || inspect(&name, None).map(|c| c["State"]["Health"]["Status"].clone());
+    assert!(
+        wait_until(Duration::from_secs(60), || health()
+            == Some(serde_json::json!("healthy"))),
+        "never healthy"
+    );
+    docker_ok(&["kill", &name]);
+    f.wait_running(&name, "the kill");
+    let ticket = || f.ticket("stopped", &name);
+    // Restarted and `starting`: the episode is not over.
+    assert!(
+        wait_until(Duration::from_secs(10), || ticket().is_some()),
+        "no ticket for the kill"
+    );
+    while health() == Some(serde_json::json!("starting")) {
+        let t = ticket().unwrap();
+        assert_ne!(
+            t["status"],
+            "resolved",
+            "resolved while its healthcheck was still starting: {t:#}; log:\n{}",
+            f.operator.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || ticket()
+            .is_some_and(|t| t["status"] == "resolved")),
+        "not resolved once healthy; tickets {:#?}",
+        f.tickets()
+    );
+    let id = ticket().unwrap()["id"].as_i64().unwrap();
+    let recheck = f.operator.timeline(id, "recheck");
+    assert_eq!(recheck.len(), 1, "{recheck:#?}");
+    assert_eq!(recheck[0]["detail"]["health"], "healthy", "{recheck:#?}");
 }
 
 #[test]

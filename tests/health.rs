@@ -293,6 +293,30 @@ fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() 
     );
     let lost = f.ticket("observability-lost", "-").unwrap();
     assert_eq!(lost["resolved_by"], "self-healed");
+    // The log says what a person relies on: the ticket opened (at info, as every ticket
+    // is), and Prometheus answering again.
+    let log = f.operator.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let said = |level: &str, message: &str, drift: Option<&str>| {
+        lines.iter().any(|l| {
+            l["level"] == level
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+                && drift.is_none_or(|d| l["drift"] == d)
+        })
+    };
+    assert!(
+        said("INFO", "ticket opened", Some("observability-lost")),
+        "no INFO line for the observability-lost ticket:\n{log}"
+    );
+    assert!(
+        said("INFO", "Prometheus answers again", None),
+        "no line for Prometheus answering again:\n{log}"
+    );
 }
 
 #[test]

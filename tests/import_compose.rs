@@ -1,8 +1,8 @@
 //! `operator import compose` from the real binary: docker/tikv/compose.yaml round-trips to
 //! the services of manifests/tikv/, what was written passes `operator validate`, Debian's
 //! docker-compose accepts the compose file (and its normalized form imports the same), keys
-//! that cannot be carried over are comments, and bad input is one error line. No Docker
-//! engine is needed: nothing here creates a container.
+//! that cannot be carried over are comments, and bad input is one error line. The last test
+//! starts a real compose stack, imports it and runs the controller beside it.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::operator::{TempDir, operator};
 use common::{repo, run_with_timeout, succeeded, text, unique};
-use operator::manifest::{Adopt, Cluster, DesiredState, Remediation, Service, load};
+use operator::manifest::{Adopt, Cluster, DesiredState, Service, load};
 
 /// `operator import compose ARGS...`.
 fn import(args: &[&str]) -> Output {
@@ -27,16 +27,12 @@ fn load_one(path: &Path) -> Cluster {
     desired.clusters.into_iter().next().expect("one cluster")
 }
 
-/// Everything that makes the container, and what it waits for: the fields a compose file
-/// and a manifest share. Remediation and restartWith are the controller's own (compose's
-/// `restart: "no"` imports as `observe`, while the flagship declares its budgets). `adopt` too:
-/// every service of the compose file has a `container_name`, so the import adopts it, while
-/// the flagship creates its own containers.
+/// Everything but restartWith, which a compose file cannot say: the container, what it
+/// waits for, its adoption (by compose labels) and its remediation (the compose file's
+/// `x-operator.remediation`).
 fn container_fields(s: &Service) -> Service {
     Service {
-        remediation: Remediation::default(),
         restart_with: Vec::new(),
-        adopt: None,
         ..s.clone()
     }
 }
@@ -53,10 +49,19 @@ fn assert_same_services(imported: &Cluster, expected: &Cluster, any_order: bool)
     };
     assert_eq!(names(imported), names(expected));
     for s in &imported.services {
+        assert_eq!(s.adopt, Some(Adopt::Observed), "service {}", s.name);
         assert_eq!(
-            s.adopt,
-            Some(Adopt::Observed),
-            "service {} (container_name)",
+            s.compose
+                .as_ref()
+                .map(|c| (c.project.as_str(), c.service.as_str())),
+            Some(("tikv", s.name.as_str())),
+            "service {} is adopted by its compose labels",
+            s.name
+        );
+        assert_ne!(
+            s.remediation.policy,
+            operator::manifest::Policy::Observe,
+            "service {}: x-operator.remediation is carried over",
             s.name
         );
     }
@@ -82,9 +87,16 @@ fn the_tikv_compose_file_imports_to_the_services_of_the_flagship_manifest() {
     ]);
     succeeded(&out, "import");
     let written = out_dir.join("tikv.yaml");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
-        text(&out.stdout).trim(),
-        format!("wrote {} (cluster tikv, 8 services)", written.display())
+        lines,
+        [
+            format!("wrote {} (cluster tikv, 8 services)", written.display()).as_str(),
+            "adopted: pd0, pd1, pd2, tikv0, tikv1, tikv2, prometheus, grafana (the containers compose started in project tikv, found by their compose labels)",
+            "created: none",
+            "dropped: none",
+        ]
     );
     assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
 
@@ -208,7 +220,7 @@ fn keys_that_are_not_carried_over_are_comments_and_the_manifest_still_validates(
         "    name: shop_default\n    external: true\n",
         "    - name: shop-web\n",
         "      image: nginx:1.27\n",
-        "      # compose key deploy: not carried over (swarm only)\n",
+        "      # compose key deploy.replicas: not carried over (a manifest service is one container",
         "      # compose key env_file: not carried over (operator reads no env files",
         "      # compose key user: not carried over (",
         "      # compose key ports: 9000 not carried over (no host port",
@@ -237,7 +249,14 @@ fn keys_that_are_not_carried_over_are_comments_and_the_manifest_still_validates(
         )),
         "{manifest}"
     );
-    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    // What it means for the stack goes beside the manifest, on standard error.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("adopted: shop-web, api (")
+            && stderr.contains("\ncreated: none\n")
+            && stderr.contains("\ndropped: shop-web: deploy.replicas, env_file, user, ports: 9000"),
+        "{stderr}"
+    );
 
     // The printed manifest, saved, passes validate.
     let saved = dir.write("shop.yaml", &manifest);
@@ -325,4 +344,186 @@ fn an_import_that_does_not_validate_is_written_and_fails_with_the_loaders_proble
         )) && stderr.contains("8080"),
         "{stderr}"
     );
+}
+
+/// A compose project started for a test, taken down (`docker-compose down`) when the test
+/// ends however it ends; the network too if `down` could not remove it.
+struct ComposeStack {
+    project: String,
+    file: std::path::PathBuf,
+}
+
+impl ComposeStack {
+    fn compose(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("docker-compose");
+        cmd.args(["-p", &self.project, "-f"])
+            .arg(&self.file)
+            .args(args);
+        run_with_timeout(cmd, Duration::from_secs(120))
+    }
+}
+
+impl Drop for ComposeStack {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-t", "1"]);
+        common::remove_labelled(&format!("com.docker.compose.project={}", self.project));
+        let _ = common::docker(&["network", "rm", &format!("{}_default", self.project)]);
+    }
+}
+
+/// Whether `name` resolves from the `client` container (Docker's DNS on the network).
+fn resolves(client: &str, name: &str) -> bool {
+    common::docker(&["exec", client, "nslookup", name])
+        .status
+        .success()
+}
+
+/// Containers of compose service `service` of `project` (compose's labels), by name.
+fn compose_containers(project: &str, service: &str) -> Vec<String> {
+    let out = common::docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    let mut names: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+/// Issue 22, defects 6 and 4: a service without `container_name` imported as a new service
+/// made the controller create a second container beside compose's `<project>_worker_1`, and
+/// a recreated compose service lost the names its clients used, after which
+/// `docker-compose down` failed on the network's endpoints. Imported now, every service is
+/// adopted by its compose labels (nothing duplicated); after `docker rm -f` the controller's
+/// containers answer to every name compose gave (service name, container name, aliases),
+/// and `docker-compose down` takes the whole stack, theirs included.
+#[test]
+fn an_imported_compose_stack_is_adopted_by_its_labels_and_keeps_its_names_and_its_down() {
+    let builder = common::Fixture::builder("impc");
+    let project = builder.cluster().to_string();
+    let files = TempDir::new(&unique("impc-compose"));
+    let image = common::BUSYBOX_IMAGE;
+    let looping = r#"["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
+    let healed = "x-operator: {remediation: {policy: restart, backoff: {initial: 200ms, max: 1s}}}";
+    let compose = files.write(
+        "compose.yaml",
+        &format!(
+            r#"services:
+  db:
+    image: {image}
+    container_name: {project}-imp-db
+    command: {looping}
+    networks:
+      default:
+        aliases: [database]
+    {healed}
+  {project}-worker:
+    image: {image}
+    command: {looping}
+    depends_on: [db]
+    networks:
+      default:
+        aliases: [jobs]
+    {healed}
+  {project}-client:
+    image: {image}
+    command: {looping}
+    {healed}
+networks:
+  default:
+    internal: true
+"#
+        ),
+    );
+    let stack = ComposeStack {
+        project: project.clone(),
+        file: compose.clone(),
+    };
+    let up = stack.compose(&["up", "-d"]);
+    succeeded(&up, "docker-compose up");
+    // Services without container_name: compose names their containers itself.
+    let (worker, client_service) = (format!("{project}-worker"), format!("{project}-client"));
+    let worker_1 = format!("{project}_{worker}_1");
+    let client = format!("{project}_{client_service}_1");
+    assert_eq!(compose_containers(&project, &worker), [worker_1.as_str()]);
+
+    // Import into the controller's manifest folder, then run the controller on it.
+    let out = import(&[
+        compose.to_str().expect("utf-8"),
+        "--project",
+        &project,
+        "-o",
+        builder.dir().path().to_str().expect("utf-8"),
+    ]);
+    succeeded(&out, "import");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "adopted: {project}-imp-db, {worker}, {client_service} ("
+        )),
+        "{stdout}"
+    );
+    let mut f = builder
+        .also_clean(format!("com.docker.compose.project={project}"))
+        .start();
+    let adoptions = |f: &common::Fixture| {
+        operator::tickets::Store::open_read_only(f.db())
+            .and_then(|s| s.adoptions())
+            .unwrap_or_default()
+    };
+    assert!(
+        common::operator::wait_until(Duration::from_secs(30), || adoptions(&f).len() == 3),
+        "not every compose container was adopted: {:?}; log:\n{}",
+        adoptions(&f),
+        f.operator.log()
+    );
+    let adopted: Vec<String> = adoptions(&f).into_iter().map(|a| a.name).collect();
+    assert!(adopted.contains(&worker_1), "{adopted:?}");
+    // Adopted, not duplicated: no container of the manifest's name beside compose's.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        common::operator::state(&worker, None).is_none(),
+        "the controller created a second worker beside {worker_1}; log:\n{}",
+        f.operator.log()
+    );
+    assert_eq!(compose_containers(&project, &worker), [worker_1.as_str()]);
+
+    // Compose's containers go: the controller creates its own, under compose's names.
+    let db = format!("{project}-imp-db");
+    common::docker_ok(&["rm", "-f", &worker_1, &db]);
+    f.wait_running(&worker, "docker rm -f of the compose-adopted worker");
+    f.wait_running(&db, "docker rm -f of the compose-adopted db");
+    assert_eq!(
+        compose_containers(&project, &worker),
+        [worker.as_str()],
+        "one worker, carrying compose's labels; log:\n{}",
+        f.operator.log()
+    );
+    assert_eq!(compose_containers(&project, "db"), [db.as_str()]);
+    for name in [worker.as_str(), "jobs", "db", "database", db.as_str()] {
+        assert!(
+            common::operator::wait_until(Duration::from_secs(20), || resolves(&client, name)),
+            "{name} does not resolve from {client} after the recreate; log:\n{}",
+            f.operator.log()
+        );
+    }
+
+    // With the controller stopped, compose takes the whole stack down, network included.
+    f.operator.stop();
+    let down = stack.compose(&["down", "-t", "1"]);
+    succeeded(&down, "docker-compose down after the recreate");
+    for service in ["db", worker.as_str(), client_service.as_str()] {
+        assert!(
+            compose_containers(&project, service).is_empty(),
+            "docker-compose down left {service}: {:?}",
+            compose_containers(&project, service)
+        );
+    }
+    let network = common::docker(&["network", "inspect", &format!("{project}_default")]);
+    assert!(!network.status.success(), "the network is still there");
 }

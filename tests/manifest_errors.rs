@@ -224,6 +224,55 @@ fn every_kind_of_bad_manifest_is_refused_with_file_line_and_field() {
 }
 
 #[test]
+fn every_error_of_a_file_is_listed_in_one_run() {
+    let cluster = unique("allerrs");
+    let dir = TempDir::new(&cluster);
+    // An unknown field and a wrong type in one service, bad values in the next.
+    let text = document(
+        &cluster,
+        &(service(
+            &format!("{cluster}-a"),
+            "      imagePullPolicy: always\n      env: [A=1]\n",
+        ) + &service(
+            &format!("{cluster}-b"),
+            "      ports: [\"80:abc\"]\n      remediation:\n        window: 10\n",
+        )),
+    );
+    let file = dir.write("c.yaml", &text);
+    let line = |marker: &str| {
+        let n = text
+            .lines()
+            .position(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("{marker:?} not in the text"));
+        format!("{}:{}: ", file.display(), n + 1)
+    };
+    let out = operator(&["validate", file.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for (marker, field, said) in [
+        (
+            "imagePullPolicy",
+            "spec.services[0].imagePullPolicy",
+            "unknown field `imagePullPolicy`",
+        ),
+        ("env:", "spec.services[0].env", "invalid type: sequence"),
+        ("80:abc", "spec.services[1].ports[0]", "\"80:abc\""),
+        (
+            "window:",
+            "spec.services[1].remediation.window",
+            "duration \"10\" has no unit",
+        ),
+    ] {
+        let expected = format!("{}{field}: ", line(marker));
+        assert!(
+            stderr.contains(&expected) && stderr.contains(said),
+            "no {expected:?} ... {said:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 errors in the manifests"), "{stderr}");
+}
+
+#[test]
 fn a_valid_manifest_validates_without_docker() {
     let cluster = unique("good");
     let dir = TempDir::new(&cluster);
@@ -268,6 +317,8 @@ fn validate_with_prometheus_down_is_a_note_and_with_strict_an_error_at_its_url()
         stderr.contains("note: ") && stderr.contains("PromQL not checked"),
         "{stderr}"
     );
+    // Why it cannot be asked, in the words that say what to fix.
+    assert!(stderr.contains("(connection refused"), "{stderr}");
 
     let out = operator(&["validate", "--strict", file.to_str().unwrap()], None);
     let stderr = String::from_utf8_lossy(&out.stderr);

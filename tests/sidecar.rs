@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use common::operator::{TempDir, inspect, operator, operator_bin, wait_until};
 use common::{
-    EMPTY_IMAGE, TEST_LABEL, docker, docker_ok, repo, require_docker, run_with_timeout, succeeded,
-    text, unique,
+    BUSYBOX_IMAGE, EMPTY_IMAGE, TEST_LABEL, docker, docker_ok, repo, require_docker,
+    run_with_timeout, succeeded, text, unique,
 };
 
 /// The user the sidecar runs as here: not root, not the image's 10001.
@@ -102,8 +102,64 @@ fn compose_file(project: &str, label: &str) -> String {
             label_value = label.split('=').nth(1).expect("value"),
         )
     };
-    format!("services:\n{}{}{}", member(0), member(1), member(2))
+    // A service that reads a file of the stack's folder through a relative bind mount
+    // (docs/sidecar.md): compose resolves it against the compose file's folder, the import
+    // writes it relative to the manifest's (`./conf.txt`), and the sidecar, which reads that
+    // folder at another path, must still mount the host's file.
+    let reader = format!(
+        r#"  reader:
+    image: {BUSYBOX_IMAGE}
+    container_name: {project}-reader
+    command:
+      - sh
+      - -c
+      - "trap 'exit 0' TERM; cat /conf.txt || exit 1; while true; do sleep 1; done"
+    volumes:
+      - ./manifests/conf.txt:/conf.txt:ro
+    labels:
+      {test_key}: "true"
+      {label_key}: "{label_value}"
+    restart: "no"
+"#,
+        test_key = TEST_LABEL.split('=').next().expect("key"),
+        label_key = label.split('=').next().expect("key"),
+        label_value = label.split('=').nth(1).expect("value"),
+    );
+    // A service without a container_name (compose names it P_S_1) and with an alias of its
+    // own, and a dependent of it that compose does not start (a profile): the controller
+    // creates the dependent once the adopted one runs, and a recreated worker must keep
+    // every name its clients use.
+    let worker = format!(
+        r#"  {project}-worker:
+    image: {BUSYBOX_IMAGE}
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    networks:
+      default:
+        aliases: [jobs]
+    labels:
+      {test_key}: "true"
+    restart: "no"
+  {project}-client:
+    image: {BUSYBOX_IMAGE}
+    profiles: [later]
+    depends_on: [{project}-worker]
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    labels:
+      {test_key}: "true"
+    restart: "no"
+"#,
+        test_key = TEST_LABEL.split('=').next().expect("key"),
+    );
+    format!(
+        "services:\n{}{}{}{reader}{worker}",
+        member(0),
+        member(1),
+        member(2)
+    )
 }
+
+/// What the relative bind's file says.
+const CONF: &str = "read through a relative bind mount";
 
 /// What one test made; removed in reverse on drop.
 struct Stack {
@@ -137,6 +193,20 @@ impl Stack {
         format!("{}-etcd{i}", self.project)
     }
 
+    fn reader(&self) -> String {
+        format!("{}-reader", self.project)
+    }
+
+    /// The compose service without a container_name (and the controller's name for it).
+    fn worker(&self) -> String {
+        format!("{}-worker", self.project)
+    }
+
+    /// Its dependent, which compose does not start.
+    fn client(&self) -> String {
+        format!("{}-client", self.project)
+    }
+
     fn network(&self) -> String {
         format!("{}_default", self.project)
     }
@@ -149,6 +219,16 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", &self.sidecar]);
+        // Containers the controller made for the stack's services (named after them; the
+        // test's labels are not carried into a manifest, so not onto them either).
+        let _ = docker(&[
+            "rm",
+            "-f",
+            &self.member(0),
+            &self.member(1),
+            &self.member(2),
+        ]);
+        let _ = docker(&["rm", "-f", &self.reader(), &self.worker(), &self.client()]);
         let _ = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
         // Anything the controller made (a recreated member carries our label too).
         common::remove_labelled(&self.label);
@@ -227,6 +307,8 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
     stack
         .dir
         .write("compose.yaml", &compose_file(&stack.project, &stack.label));
+    std::fs::create_dir_all(stack.dir.path().join("manifests")).expect("manifests folder");
+    std::fs::write(stack.dir.path().join("manifests/conf.txt"), CONF).expect("conf.txt");
     succeeded(&stack.compose(&["up", "-d"]), "docker-compose up -d");
 
     // 2. The manifest, from the user's own compose file. Compose's `restart: always` becomes
@@ -249,7 +331,7 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
     let manifest = std::fs::read_to_string(manifests.join(format!("{}.yaml", stack.project)))
         .expect("imported manifest");
     assert!(
-        manifest.contains("adopt: true"),
+        manifest.contains("adopt:"),
         "the importer adopts services with a container_name:\n{manifest}"
     );
     // Compose's `restart: "no"` imports as `policy: observe` (nothing restarts it under
@@ -257,6 +339,10 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
     assert!(
         manifest.contains("policy: observe"),
         "compose restart: no becomes remediation policy observe:\n{manifest}"
+    );
+    assert!(
+        manifest.contains("./conf.txt:/conf.txt:ro"),
+        "the relative bind is relative to the manifest's folder:\n{manifest}"
     );
     let manifest = manifest.replace("policy: observe", "policy: restart");
     std::fs::write(manifests.join(format!("{}.yaml", stack.project)), &manifest)
@@ -380,10 +466,193 @@ fn the_sidecar_image_adopts_a_compose_started_etcd_and_heals_a_killed_member() {
     });
     assert!(served, "{victim} does not answer /health after the repair");
 
-    // 5. The agent in the sidecar: one session in its toolbox (the sidecar's own image),
+    // 5. The relative bind, in a container the sidecar creates: the host's file.
+    relative_bind_in_the_sidecar(&stack, &manifests, &db_arg);
+
+    // 6. A compose service adopted by its labels, and its dependent: names kept across a
+    //    recreate.
+    compose_names_survive_a_recreate(&stack, &db_arg);
+
+    // 7. The agent in the sidecar: one session in its toolbox (the sidecar's own image),
     //    through its proxy. The sidecar runs on the host's network here only so that it
     //    reaches the local stand-in for the Claude API on loopback.
     agent_session_in_the_sidecar(&stack, &image, &manifests, &db_dir, &socket_group);
+
+    // 8. The stack is still compose's: with the controller gone, `docker-compose down`
+    //    removes it, the containers the controller created in it included.
+    let _ = docker(&["rm", "-f", &stack.sidecar]);
+    succeeded(
+        &stack.compose(&["down", "--timeout", "5"]),
+        "docker-compose down after the controller's repairs",
+    );
+    for name in [
+        stack.worker(),
+        stack.client(),
+        stack.member(0),
+        stack.reader(),
+    ] {
+        assert!(
+            inspect(&name, None).is_none(),
+            "{name} outlived docker-compose down"
+        );
+    }
+    assert!(
+        !docker(&["network", "inspect", &stack.network()])
+            .status
+            .success(),
+        "the stack's network outlived docker-compose down"
+    );
+}
+
+/// The dependent of an adopted compose service is created once that runs; compose's own
+/// container of the worker (`P_S_1`, adopted by its labels) is removed; the one the sidecar
+/// creates answers to the service's name and its alias, and the removal is a ticket that
+/// says what was done.
+fn compose_names_survive_a_recreate(stack: &Stack, db_arg: &str) {
+    let (worker, client) = (stack.worker(), stack.client());
+    let ours_running = |name: &str| {
+        inspect(name, None).is_some_and(|c| {
+            c["Config"]["Labels"]["operator.managed-by"] == "operator"
+                && c["State"]["Running"] == true
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || ours_running(&client)),
+        "the dependent of an adopted service was not created; sidecar log:\n{}",
+        sidecar_log(stack)
+    );
+    let composed = format!("{}_{worker}_1", stack.project);
+    assert!(
+        sidecar_log(stack).contains(&format!("adopted container {composed}")),
+        "compose's {composed} was not adopted; sidecar log:\n{}",
+        sidecar_log(stack)
+    );
+    docker_ok(&["rm", "-f", &composed]);
+    assert!(
+        wait_until(Duration::from_secs(90), || ours_running(&worker)),
+        "{worker} was not created after its compose container was removed; sidecar log:\n{}",
+        sidecar_log(stack)
+    );
+    let resolves = |name: &str| {
+        docker(&["exec", &client, "nslookup", name])
+            .status
+            .success()
+    };
+    for name in [worker.as_str(), "jobs"] {
+        assert!(
+            wait_until(Duration::from_secs(30), || resolves(name)),
+            "{name} does not resolve from {client} after the recreate"
+        );
+    }
+    let missing = || -> Option<serde_json::Value> {
+        let out = operator(&["tickets", "list", "--db", db_arg, "--json"], None);
+        let tickets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        tickets.into_iter().find(|t| {
+            t["service"] == worker.as_str()
+                && t["drift"] == "missing"
+                && t["status"] == "resolved"
+                && t["resolved_by"] == "controller"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || missing().is_some()),
+        "the removal of {composed} left no resolved ticket; tickets:\n{}",
+        text(&operator(&["tickets", "list", "--db", db_arg], None).stdout)
+    );
+    let id = missing().unwrap()["id"].as_i64().unwrap().to_string();
+    let shown = operator(&["tickets", "show", &id, "--db", db_arg, "--json"], None);
+    succeeded(&shown, "operator tickets show");
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("\"action\": \"create\""),
+        "the ticket does not say the container was created: {shown}"
+    );
+}
+
+/// The sidecar reads the manifest at /etc/operator/manifests, the host's `manifests`
+/// folder: its `./conf.txt` is the host's file. The adopted reader is removed; the container
+/// the sidecar creates for it mounts the host's file and reads it, and neither the sidecar
+/// nor a controller on the host then sees a changed spec (the same hash from either place).
+fn relative_bind_in_the_sidecar(stack: &Stack, manifests: &std::path::Path, db_arg: &str) {
+    let reader = stack.reader();
+    docker_ok(&["rm", "-f", &reader]);
+    let host_file = manifests.join("conf.txt");
+    let mounted = || {
+        inspect(&reader, None).is_some_and(|c| {
+            c["Config"]["Labels"]["operator.managed-by"] == "operator"
+                && c["State"]["Running"] == true
+                && c["Mounts"][0]["Source"] == host_file.to_str().expect("utf-8")
+        })
+    };
+    let reads = || {
+        let out = docker(&["exec", &reader, "cat", "/conf.txt"]);
+        out.status.success() && text(&out.stdout).trim() == CONF
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || mounted() && reads()),
+        "the sidecar's {reader} does not mount and read the host's {}; its mounts: {}\nsidecar log:\n{}",
+        host_file.display(),
+        inspect(&reader, None)
+            .map(|c| c["Mounts"].to_string())
+            .unwrap_or_default(),
+        sidecar_log(stack)
+    );
+    let id = docker_ok(&["inspect", "-f", "{{.Id}}", &reader]);
+
+    // What a controller would do now, asked in the sidecar and on the host: nothing for
+    // the reader, above all no recreate for a changed spec.
+    let spec_changes = |out: &Output, place: &str| -> Vec<serde_json::Value> {
+        succeeded(out, &format!("operator plan --json {place}"));
+        let steps: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("plan --json");
+        steps
+            .into_iter()
+            .filter(|s| {
+                s["service"] == reader.as_str()
+                    || s["drifts"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|d| d["kind"] == "spec-changed"))
+            })
+            .collect()
+    };
+    let in_sidecar = docker(&[
+        "exec",
+        &stack.sidecar,
+        "operator",
+        "plan",
+        "/etc/operator/manifests",
+        "--json",
+    ]);
+    assert_eq!(
+        spec_changes(&in_sidecar, "in the sidecar"),
+        Vec::<serde_json::Value>::new()
+    );
+    let on_host = operator(
+        &[
+            "plan",
+            manifests.to_str().expect("utf-8"),
+            "--db",
+            db_arg,
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(
+        spec_changes(&on_host, "on the host"),
+        Vec::<serde_json::Value>::new()
+    );
+    let out = operator(&["tickets", "list", "--db", db_arg, "--json"], None);
+    succeeded(&out, "operator tickets list");
+    let tickets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("tickets");
+    assert!(
+        !tickets.iter().any(|t| t["drift"] == "spec-changed"),
+        "no ticket for a changed spec: {tickets:#?}"
+    );
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.Id}}", &reader]),
+        id,
+        "{reader} was not recreated"
+    );
 }
 
 /// A second sidecar on the same database pages the agent for a SIGKILLed member: the
@@ -593,6 +862,7 @@ fn docker_compose_accepts_the_sidecar_compose_file_and_names_what_is_missing() {
             .env_remove("OPERATOR_UID")
             .env_remove("OPERATOR_GID")
             .env_remove("DOCKER_GID")
+            .env_remove("DOCKER_SOCKET")
             .env_remove("ANTHROPIC_API_KEY")
             .envs(env.iter().copied());
         run_with_timeout(cmd, Duration::from_secs(60))
@@ -609,23 +879,38 @@ fn docker_compose_accepts_the_sidecar_compose_file_and_names_what_is_missing() {
     assert_eq!(svc["group_add"][0], "998");
     assert_eq!(rendered["networks"]["tikv"]["name"], "tikv_default");
     assert_eq!(rendered["networks"]["tikv"]["external"], true);
-    let volumes: Vec<&str> = svc["volumes"]
-        .as_sequence()
-        .expect("volumes")
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
-    assert!(
-        volumes
+    // Long syntax: the engine refuses a source that is not there instead of making it an
+    // empty folder owned by root, so a failed `up` leaves nothing behind.
+    let mount = |target: &str| -> serde_yaml::Value {
+        svc["volumes"]
+            .as_sequence()
+            .expect("volumes")
             .iter()
-            .any(|v| v.starts_with("/var/run/docker.sock:"))
-            && volumes
-                .iter()
-                .any(|v| v.ends_with(":/home/operator/.operator:rw"))
-            && volumes
-                .iter()
-                .any(|v| v.ends_with(":/etc/operator/manifests:ro")),
-        "socket, database folder and manifests are mounted: {volumes:?}"
+            .find(|v| v["target"] == target)
+            .unwrap_or_else(|| panic!("nothing mounted at {target}: {:?}", svc["volumes"]))
+            .clone()
+    };
+    let socket = mount("/var/run/docker.sock");
+    assert_eq!(socket["type"], "bind");
+    assert_eq!(
+        socket["source"], "/var/run/docker.sock",
+        "the default socket"
+    );
+    let db = mount("/home/operator/.operator");
+    assert_eq!(db["type"], "bind");
+    assert!(
+        db["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/.operator")),
+        "{db:?}"
+    );
+    let manifests = mount("/etc/operator/manifests");
+    assert_eq!(manifests["type"], "bind");
+    assert_eq!(manifests["read_only"], true);
+    assert_eq!(
+        manifests["source"].as_str(),
+        repo("manifests/tikv").to_str(),
+        "the folder itself, whose relative bind sources the controller maps to the host's"
     );
     assert!(
         svc["ports"].is_null(),
@@ -633,6 +918,25 @@ fn docker_compose_accepts_the_sidecar_compose_file_and_names_what_is_missing() {
     );
     // The key is passed through from the shell, never written: unset, it has no value.
     assert!(svc["environment"]["ANTHROPIC_API_KEY"].is_null(), "{svc:?}");
+
+    // A rootless engine, or any DOCKER_HOST=unix://PATH: the socket mounted is that one.
+    let rootless = config(&[
+        ("OPERATOR_UID", "1000"),
+        ("OPERATOR_GID", "1000"),
+        ("DOCKER_GID", "1000"),
+        ("DOCKER_SOCKET", "/run/user/1000/docker.sock"),
+    ]);
+    succeeded(&rootless, "docker-compose config with DOCKER_SOCKET");
+    let rendered: serde_yaml::Value =
+        serde_yaml::from_slice(&rootless.stdout).expect("config yaml");
+    let socket = rendered["services"]["operator"]["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["target"] == "/var/run/docker.sock")
+        .cloned()
+        .expect("the socket is mounted");
+    assert_eq!(socket["source"], "/run/user/1000/docker.sock", "{socket:?}");
 
     let missing = config(&[("OPERATOR_GID", "1000"), ("DOCKER_GID", "998")]);
     assert!(
@@ -643,5 +947,93 @@ fn docker_compose_accepts_the_sidecar_compose_file_and_names_what_is_missing() {
         text(&missing.stderr).contains("set OPERATOR_UID=$(id -u)"),
         "the error says how to set it: {}",
         text(&missing.stderr)
+    );
+}
+
+/// docs/sidecar.md: an `up` of the sidecar's compose file that fails leaves nothing it
+/// created. A database folder not made yet is the likely slip: the engine must refuse the
+/// mount, not make the folder (root's, which the sidecar's user could not write) and a
+/// container that cannot start. Run here on a network of the test's own, with a local
+/// image (nothing is pulled).
+#[test]
+fn a_failed_up_of_the_sidecar_compose_file_leaves_nothing_behind() {
+    require_docker();
+    let dir = TempDir::new(&unique("sidecar-up"));
+    let project = unique("scup").replace('-', "");
+    let network = format!("{project}-net");
+    let empty_env = dir.write("empty.env", "");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests");
+    let compose = |args: &[&str]| {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("--env-file")
+            .arg(&empty_env)
+            .args(["-p", &project, "-f"])
+            .arg(repo("docker/compose.yaml"))
+            .args(args)
+            .env("HOME", &home)
+            .env("OPERATOR_UID", NOBODY.to_string())
+            .env("OPERATOR_GID", NOBODY.to_string())
+            .env("DOCKER_GID", socket_gid())
+            .env("OPERATOR_IMAGE", BUSYBOX_IMAGE)
+            .env("OPERATOR_NETWORK", &network)
+            .env("OPERATOR_MANIFESTS", &manifests)
+            .env_remove("DOCKER_SOCKET");
+        run_with_timeout(cmd, Duration::from_secs(120))
+    };
+    /// Removes what the test made, whatever the compose file did.
+    struct Made<'a> {
+        network: &'a str,
+        down: &'a dyn Fn(&[&str]) -> Output,
+    }
+    impl Drop for Made<'_> {
+        fn drop(&mut self) {
+            let _ = (self.down)(&["down", "--timeout", "1"]);
+            let _ = docker(&["network", "rm", self.network]);
+        }
+    }
+    assert!(
+        docker_ok(&["ps", "-a", "-q", "--filter", "name=^/operator$"]).is_empty(),
+        "a container named operator exists on this engine: the compose file's name is taken"
+    );
+    docker_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--label",
+        TEST_LABEL,
+        &network,
+    ]);
+    let _made = Made {
+        network: &network,
+        down: &compose,
+    };
+
+    let out = compose(&["up", "-d"]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "up without ~/.operator: {said}");
+    assert!(
+        said.contains("bind source path does not exist")
+            && said.contains(&format!("{}", home.join(".operator").display())),
+        "the engine names the missing folder: {said}"
+    );
+    assert!(
+        !home.join(".operator").exists(),
+        "the failed up made the database folder"
+    );
+    let containers = docker_ok(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+    ]);
+    assert!(containers.is_empty(), "the failed up left {containers}");
+    succeeded(&compose(&["down", "--timeout", "1"]), "docker-compose down");
+    assert!(
+        docker(&["network", "inspect", &network]).status.success(),
+        "down never removes the stack's (external) network"
     );
 }

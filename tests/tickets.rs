@@ -708,3 +708,184 @@ fn a_taken_listen_address_fails_before_any_database_is_made() {
         "no database was created for a controller that never ran"
     );
 }
+
+/// A tmpfs this test mounted, unmounted on drop (pass or fail). Permissions do not stop
+/// root, as the tests run: a read-only or full file system is what really refuses a write.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .expect("run mount (the tests run as root)");
+        assert!(
+            out.status.success(),
+            "mount a tmpfs at {}: {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn read_only(&self) {
+        let out = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "remount {} read-only: {}",
+            self.0.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Writes zeros beside the database until the file system has no room left.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.0.join("filler")).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        // Bounded by the tmpfs size: the write fails with ENOSPC.
+        while file.write(&chunk).is_ok_and(|n| n > 0) {}
+        while file.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// One ticket of `service`, recorded in `store`.
+fn one_ticket(store: &Store, service: &str) {
+    store
+        .record_drift(
+            &DriftSighting {
+                fingerprint: Fingerprint::service("ro", service, DriftKind::Stopped),
+                drift: DriftKind::Stopped,
+                detail: "exited with code 1".into(),
+                cooldown: Duration::from_secs(600),
+                evidence: None,
+            },
+            chrono::Utc::now(),
+        )
+        .expect("record a sighting");
+}
+
+/// `tickets list --json` then `tickets show ID --json` of every ticket listed: the services
+/// listed, or the first failure's stderr.
+fn read_tickets(db: &Path) -> Result<Vec<String>, String> {
+    let db = db.to_str().expect("utf-8");
+    let out = operator(&["tickets", "list", "--db", db, "--json"], None);
+    if !out.status.success() {
+        return Err(format!(
+            "tickets list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("tickets list --json: {e}"))?;
+    let mut services = Vec::new();
+    for t in &listed {
+        let id = t["id"].to_string();
+        let out = operator(&["tickets", "show", &id, "--db", db, "--json"], None);
+        if !out.status.success() {
+            return Err(format!(
+                "tickets show {id}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let shown: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("tickets show --json: {e}"))?;
+        assert_eq!(shown["id"], t["id"], "{shown:#}");
+        assert!(
+            shown["timeline"].as_array().is_some_and(|t| !t.is_empty()),
+            "{shown:#}"
+        );
+        services.push(shown["service"].as_str().unwrap_or_default().to_string());
+    }
+    services.sort();
+    Ok(services)
+}
+
+/// docs/troubleshooting.md: `tickets list` and `show` work where nothing can be written: a
+/// read-only folder (with and without the WAL's side files a running or crashed controller
+/// leaves) and a full disk. They never write the file.
+#[test]
+fn tickets_list_and_show_read_a_database_in_a_read_only_folder_or_on_a_full_disk() {
+    let dir = TempDir::new(&unique("ticketsro"));
+    // The database as a controller leaves it when it stops: no -wal, no -shm.
+    let closed = dir.path().join("closed.db");
+    {
+        let store = Store::open(&closed).expect("make the database");
+        one_ticket(&store, "a");
+        one_ticket(&store, "b");
+    }
+    assert!(!Path::new(&format!("{}-wal", closed.display())).exists());
+    // As a running (or killed) controller leaves it: ticket c only in the write-ahead log.
+    let live = dir.path().join("live.db");
+    std::fs::copy(&closed, &live).expect("copy");
+    let live_store = Store::open(&live).expect("open the copy");
+    one_ticket(&live_store, "c");
+    let with_wal = |into: &Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let from = format!("{}{suffix}", live.display());
+            assert!(Path::new(&from).exists(), "{from} exists while it is open");
+            std::fs::copy(&from, format!("{}{suffix}", into.display())).expect("copy");
+        }
+    };
+
+    // 1. A read-only folder, the database closed.
+    let ro = Tmpfs::mount(&dir.path().join("ro"), "4m");
+    std::fs::copy(&closed, ro.0.join("tickets.db")).expect("copy");
+    ro.read_only();
+    assert_eq!(
+        read_tickets(&ro.0.join("tickets.db")),
+        Ok(vec!["a".to_string(), "b".to_string()]),
+        "a read-only folder"
+    );
+
+    // 2. A read-only folder with the WAL and its index, as a live controller has them.
+    let ro_wal = Tmpfs::mount(&dir.path().join("ro-wal"), "4m");
+    with_wal(&ro_wal.0.join("tickets.db"));
+    ro_wal.read_only();
+    assert_eq!(
+        read_tickets(&ro_wal.0.join("tickets.db")),
+        Ok(vec!["a".to_string(), "b".to_string(), "c".to_string()]),
+        "a read-only folder with -wal and -shm: what the log holds is read too"
+    );
+    drop(live_store);
+
+    // 3. A full disk under the database.
+    let full = Tmpfs::mount(&dir.path().join("full"), "256k");
+    let db = full.0.join("tickets.db");
+    std::fs::copy(&closed, &db).expect("copy");
+    let before = std::fs::read(&db).expect("read");
+    full.fill();
+    assert_eq!(
+        read_tickets(&db),
+        Ok(vec!["a".to_string(), "b".to_string()]),
+        "a full disk"
+    );
+    assert!(
+        std::fs::read(&db).expect("read") == before,
+        "reading changed the database file"
+    );
+}

@@ -140,17 +140,8 @@ impl OwnContainer {
     }
 }
 
-/// The id of the container whose files the engine mounted into the reader (its hostname,
-/// hosts, resolv.conf), from a mount table: the reader runs in that container.
-pub fn container_id_in_mounts(mountinfo: &str) -> Option<String> {
-    mountinfo.lines().find_map(|line| {
-        let root = line.split(' ').nth(3)?;
-        let (_, rest) = root.split_once("/containers/")?;
-        let (id, file) = rest.split_once('/')?;
-        let is_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
-        (is_id && matches!(file, "hostname" | "hosts" | "resolv.conf")).then(|| id.to_string())
-    })
-}
+/// Found the same way as the sidecar's own mounts ([`crate::docker::hostpath`]).
+pub use crate::docker::hostpath::container_id_in_mounts;
 
 /// What a sandbox is opened for.
 pub struct SandboxSpec<'a> {
@@ -406,34 +397,6 @@ impl Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn its_own_container_is_found_in_its_mounts_only() {
-        let id = "a".repeat(64);
-        let inside = format!(
-            "790 700 0:50 / / rw - overlay overlay rw\n812 790 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n"
-        );
-        assert_eq!(container_id_in_mounts(&inside), Some(id.clone()));
-        // A data root on a file system of its own shows the path from that root.
-        let own_fs = format!(
-            "812 790 8:17 /containers/{id}/resolv.conf /etc/resolv.conf rw - ext4 /dev/sdb1 rw\n"
-        );
-        assert_eq!(container_id_in_mounts(&own_fs), Some(id.clone()));
-        assert_eq!(container_id_in_mounts(""), None, "on the host");
-        let short = "812 790 8:1 /var/lib/docker/containers/aaaaaaaaaaaa/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n";
-        assert_eq!(
-            container_id_in_mounts(short),
-            None,
-            "a short id is not enough"
-        );
-        let volume =
-            format!("812 790 8:1 /srv/containers/{id}/data /data rw - ext4 /dev/sda1 rw\n");
-        assert_eq!(
-            container_id_in_mounts(&volume),
-            None,
-            "only the engine's own files"
-        );
-    }
 
     #[test]
     fn a_path_in_here_is_mapped_through_the_deepest_mount_that_holds_it() {

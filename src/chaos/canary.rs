@@ -266,6 +266,7 @@ fn judge(fates: &Fates, read: Result<&BTreeSet<u64>, &String>) -> WorkloadVerdic
         phantom,
         indeterminate: fates.indeterminate.len() as u64,
         lost_examples: lost.into_iter().take(EXAMPLES).collect(),
+        uncounted: false,
         ok,
         detail,
     }

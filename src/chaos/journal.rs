@@ -6,7 +6,10 @@
 //! Statuses borrow Chaos Toolkit's vocabulary: a run is `completed`, `failed` (the runner
 //! itself could not go on), `interrupted` (Ctrl-C, SIGTERM) or `aborted` (refused before
 //! any fault: the cluster was not in its steady state); `deviated` when a trial's steady
-//! state did not come back.
+//! state did not come back. A refused run (another run holds the cluster, a baseline beside
+//! a foreign controller, an engine that does not answer, a cluster not in its steady state)
+//! leaves no journal: nothing ran, so there is nothing to list; `aborted` then lives only in
+//! the ledger's row of the run (and in format 1 journals).
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +18,10 @@ use serde::{Deserialize, Serialize};
 
 /// The journal's file name inside a report folder.
 pub const JOURNAL_FILE: &str = "journal.json";
-/// The journal format; bumped when a field changes meaning.
-pub const FORMAT: u32 = 1;
+/// The journal format; bumped when a field changes meaning or a value is added that an older
+/// operator would not read (format 2: the outcomes `escalated`, `no-action` and
+/// `interrupted`). Every format from 1 up to this one is read.
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Journal {
@@ -67,25 +72,40 @@ impl RunStatus {
     }
 }
 
+/// A trial's verdict. Only `Pass` is a pass: the others say, in one word, why not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
-    /// The steady state came back within the recovery timeout and no acknowledged write
-    /// was lost.
+    /// The steady state came back within the recovery timeout, no acknowledged write was
+    /// lost, and (outside the baseline) the remediation acted before the faults ended by
+    /// themselves.
     Pass,
     /// It came back, but the workload lost acknowledged writes (or failed), or a fault
     /// could not be injected or undone.
     Fail,
     /// The steady state did not come back within the recovery timeout.
     Timeout,
+    /// A ticket of the trial escalated: the controller gave up on a repair, whatever the
+    /// steady state did afterwards.
+    Escalated,
+    /// The steady state came back, but the controller (or agent) took no action before it
+    /// did, or before the faults ended by themselves: what recovered the cluster was the
+    /// fault's end, or someone else.
+    NoAction,
+    /// Cut short by Ctrl-C, SIGTERM or SIGHUP: not measured, not a deviation.
+    Interrupted,
 }
 
 impl Outcome {
+    /// The word the report, the progress lines and `chaos list` use.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Pass => "pass",
             Outcome::Fail => "fail",
             Outcome::Timeout => "timeout",
+            Outcome::Escalated => "escalated",
+            Outcome::NoAction => "no action",
+            Outcome::Interrupted => "interrupted",
         }
     }
 }
@@ -94,8 +114,8 @@ impl Outcome {
 pub struct Trial {
     /// 1-based, per remediation.
     pub index: u32,
-    /// Cut short by Ctrl-C or SIGTERM (its outcome is then `timeout`, its faults undone); not
-    /// counted as a deviation.
+    /// Cut short by Ctrl-C or SIGTERM (its outcome is then `interrupted`, its faults undone);
+    /// not counted as a deviation. Format 1 journals said `timeout` with this set.
     #[serde(default)]
     pub interrupted: bool,
     /// `controller`, `agent` or `baseline`.
@@ -116,6 +136,11 @@ pub struct Trial {
     /// Time to detect and to recover, from `injected_at`, in milliseconds.
     pub ttd_ms: Option<u64>,
     pub ttr_ms: Option<u64>,
+    /// When the recovery wait would give up: the faults' end plus the drill's
+    /// `recoveryTimeout` (a timed-out trial's bar on the timeline runs to it). `None` when
+    /// the faults never ended within the trial (interrupted) and in format 1 journals.
+    #[serde(default)]
+    pub recovery_deadline: Option<DateTime<Utc>>,
     pub outcome: Outcome,
     pub workload: Option<WorkloadVerdict>,
     /// Every ticket the trial touched (opened or reopened after its injection).
@@ -135,6 +160,11 @@ pub struct FaultRecord {
     pub params: serde_json::Value,
     pub injected_at: Option<DateTime<Utc>>,
     pub undone_at: Option<DateTime<Utc>>,
+    /// How long the drill held it (`duration`), for a fault held for a fixed time: its
+    /// undo is then the fault ending by itself. `None` for instant faults and those held to
+    /// the trial's end.
+    #[serde(default)]
+    pub held_ms: Option<u64>,
     /// Why it could not be injected or undone.
     pub error: Option<String>,
 }
@@ -152,6 +182,10 @@ pub struct TicketRecord {
     pub first_actor: Option<String>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolved_by: Option<String>,
+    /// When it escalated during the trial (its timeline's `escalated` entry, or its
+    /// detection for a ticket found escalated without one).
+    #[serde(default)]
+    pub escalated_at: Option<DateTime<Utc>>,
     pub status: String,
 }
 
@@ -170,6 +204,10 @@ pub struct WorkloadVerdict {
     pub indeterminate: u64,
     /// Some lost sequence numbers, for the report.
     pub lost_examples: Vec<u64>,
+    /// The workload reported no counts (a command that printed no counts line): the figures
+    /// above are zeros, not measurements.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uncounted: bool,
     pub ok: bool,
     pub detail: Option<String>,
 }
@@ -186,7 +224,7 @@ pub enum JournalError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("{path}: journal format {found}, this operator reads format {FORMAT}")]
+    #[error("{path}: journal format {found}, this operator reads formats 1 to {FORMAT}")]
     Format { path: PathBuf, found: u32 },
 }
 
@@ -223,13 +261,21 @@ impl Journal {
             format: u32,
         }
         if let Ok(head) = serde_json::from_slice::<Head>(&bytes)
-            && head.format != FORMAT
+            && !(1..=FORMAT).contains(&head.format)
         {
             return Err(JournalError::Format {
                 path,
                 found: head.format,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|source| JournalError::Parse { path, source })
+        let mut journal: Journal = serde_json::from_slice(&bytes)
+            .map_err(|source| JournalError::Parse { path, source })?;
+        // Format 1 had no `interrupted` outcome: such a trial said `timeout`.
+        for trial in &mut journal.trials {
+            if trial.interrupted {
+                trial.outcome = Outcome::Interrupted;
+            }
+        }
+        Ok(journal)
     }
 }

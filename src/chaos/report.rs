@@ -91,11 +91,19 @@ pub fn nearest_rank(sorted: &[u64], percent: u32) -> Option<u64> {
 pub struct RemediationSummary {
     /// `controller`, `agent` or `baseline`.
     pub remediation: String,
+    /// Trials measured: run to their end (the interrupted ones are counted apart).
     pub trials: usize,
     pub passed: usize,
     pub failed: usize,
     pub timed_out: usize,
-    /// `passed / trials`, from 0 to 1.
+    /// A ticket escalated: the remediation gave up.
+    pub escalated: usize,
+    /// Recovered, but with no action of the remediation before the faults ended by
+    /// themselves (never for the baseline, which does not act).
+    pub no_action: usize,
+    /// Cut short by Ctrl-C or SIGTERM: shown, not measured.
+    pub interrupted: usize,
+    /// `passed / trials`, from 0 to 1 (0 when no trial was measured).
     pub success_rate: f64,
     pub ttd: Percentiles,
     pub ttr: Percentiles,
@@ -121,9 +129,9 @@ pub struct Summary {
 /// The per-remediation figures of a journal.
 pub fn summary(journal: &Journal) -> Summary {
     let mut groups: BTreeMap<(usize, &str), Vec<&Trial>> = BTreeMap::new();
-    // An interrupted trial was not measured to its end: shown in its own section, left out
-    // of the rates and percentiles.
-    for trial in journal.trials.iter().filter(|t| !t.interrupted) {
+    // An interrupted trial was not measured to its end: counted as interrupted, left out of
+    // the rates and percentiles.
+    for trial in &journal.trials {
         let name = trial.remediation.as_str();
         let order = REMEDIATION_ORDER
             .iter()
@@ -133,7 +141,9 @@ pub fn summary(journal: &Journal) -> Summary {
     }
     let remediations = groups
         .into_iter()
-        .map(|((_, name), trials)| {
+        .map(|((_, name), all)| {
+            let interrupted = all.iter().filter(|t| is_interrupted(t)).count();
+            let trials: Vec<&Trial> = all.into_iter().filter(|t| !is_interrupted(t)).collect();
             let count = |o: Outcome| trials.iter().filter(|t| t.outcome == o).count();
             let verdicts: Vec<&WorkloadVerdict> =
                 trials.iter().filter_map(|t| t.workload.as_ref()).collect();
@@ -147,7 +157,14 @@ pub fn summary(journal: &Journal) -> Summary {
                 passed,
                 failed: count(Outcome::Fail),
                 timed_out: count(Outcome::Timeout),
-                success_rate: passed as f64 / trials.len() as f64,
+                escalated: count(Outcome::Escalated),
+                no_action: count(Outcome::NoAction),
+                interrupted,
+                success_rate: if trials.is_empty() {
+                    0.0
+                } else {
+                    passed as f64 / trials.len() as f64
+                },
                 ttd: Percentiles::of(trials.iter().filter_map(|t| t.ttd_ms)),
                 ttr: Percentiles::of(trials.iter().filter_map(|t| t.ttr_ms)),
                 workload_trials: verdicts.len(),
@@ -165,8 +182,32 @@ pub fn summary(journal: &Journal) -> Summary {
     }
 }
 
+/// Whether a trial was cut short (format 1 journals marked it only with the flag).
+fn is_interrupted(t: &Trial) -> bool {
+    t.interrupted || t.outcome == Outcome::Interrupted
+}
+
+impl RemediationSummary {
+    /// `1 escalated, 1 no action`: the trials that did not pass, by why; empty when none.
+    fn not_passed(&self) -> String {
+        [
+            (self.failed, "fail"),
+            (self.timed_out, "timeout"),
+            (self.escalated, "escalated"),
+            (self.no_action, "no action"),
+            (self.interrupted, "interrupted, not measured"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
 /// One line: `run ID (drill D) completed: controller 2/2 pass, TTD p50 1.20 s p95 1.50 s,
-/// TTR p50 4.00 s p95 5.10 s, lost 0; baseline ...`.
+/// TTR p50 4.00 s p95 5.10 s, lost 0; baseline ...`; the trials that did not pass are
+/// named by why (`controller 1/2 pass (1 escalated)`).
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -181,12 +222,18 @@ impl fmt::Display for Summary {
         }
         for (i, r) in self.remediations.iter().enumerate() {
             let sep = if i == 0 { ":" } else { ";" };
+            let not_passed = r.not_passed();
+            if r.trials == 0 {
+                write!(f, "{sep} {} {not_passed}", r.remediation)?;
+                continue;
+            }
+            write!(f, "{sep} {} {}/{} pass", r.remediation, r.passed, r.trials)?;
+            if !not_passed.is_empty() {
+                write!(f, " ({not_passed})")?;
+            }
             write!(
                 f,
-                "{sep} {} {}/{} pass, TTD p50 {} p95 {}, TTR p50 {} p95 {}",
-                r.remediation,
-                r.passed,
-                r.trials,
+                ", TTD p50 {} p95 {}, TTR p50 {} p95 {}",
                 ms_opt(r.ttd.p50_ms),
                 ms_opt(r.ttd.p95_ms),
                 ms_opt(r.ttr.p50_ms),
@@ -404,8 +451,16 @@ fn summary_section(out: &mut String, summary: &Summary) {
             row("Passed / failed / timeout", &|r| {
                 format!("{} / {} / {}", r.passed, r.failed, r.timed_out)
             }),
+            row("Escalated / no action", &|r| {
+                format!("{} / {}", r.escalated, r.no_action)
+            }),
+            row("Interrupted (not measured)", &|r| r.interrupted.to_string()),
             row("Success rate", &|r| {
-                format!("{:.1}%", r.success_rate * 100.0)
+                if r.trials == 0 {
+                    "n/a".into()
+                } else {
+                    format!("{:.1}%", r.success_rate * 100.0)
+                }
             }),
             row("TTD p50", &|r| ms_opt(r.ttd.p50_ms)),
             row("TTD p95", &|r| ms_opt(r.ttd.p95_ms)),
@@ -437,7 +492,11 @@ fn summary_section(out: &mut String, summary: &Summary) {
          and take the one at rank ⌈p/100 × n⌉ (1-based), so every figure is a measured trial, \
          never an interpolation; a trial without a value (not detected, not recovered) is left \
          out, not counted as zero, and \"measured in\" says how many had one. \"n/a\": no trial \
-         had a value. **Lost writes**: acknowledged writes not read back after recovery; \
+         had a value. A trial passes only if the remediation repaired it: **escalated** (a \
+         ticket escalated: it gave up) and **no action** (the steady state came back with no \
+         repair before it, or before the faults ended by themselves) are not passes; a \
+         remediation that never acts (the engine's restarts alone) is not held to the latter. **Interrupted** trials are \
+         counted apart and left out of every figure. **Lost writes**: acknowledged writes not read back after recovery; \
          **phantom writes**: keys read back that were never attempted; both must be 0, and are \
          \"n/a\" when no trial ran a workload.\n"
     );
@@ -460,14 +519,32 @@ fn trial_section(out: &mut String, t: &Trial) {
                  writes, or a fault could not be injected or undone (see below).\n"
             );
         }
-        Outcome::Timeout if t.interrupted => {
+        _ if is_interrupted(t) => {
             let _ = writeln!(
                 out,
-                "**Interrupted** (Ctrl-C or SIGTERM) before the steady state came back: not \
-                 measured, and not counted as a deviation.\n"
+                "**Interrupted** (Ctrl-C or SIGTERM) before the trial ended: not measured, and \
+                 not counted as a deviation.\n"
             );
         }
-        Outcome::Timeout => {
+        Outcome::Escalated => {
+            let _ = writeln!(
+                out,
+                "**Escalated**: a ticket of the trial escalated, so the {} gave up on a repair \
+                 (see the notes and tickets). Not a pass, whatever the steady state did \
+                 afterwards.\n",
+                t.remediation
+            );
+        }
+        Outcome::NoAction => {
+            let _ = writeln!(
+                out,
+                "**No action**: the steady state came back, but the {} took no action before it \
+                 did (or before the faults ended by themselves): the cluster was not repaired by \
+                 it. Not a pass.\n",
+                t.remediation
+            );
+        }
+        Outcome::Interrupted | Outcome::Timeout => {
             let _ = writeln!(
                 out,
                 "**Timed out**: the steady state did not come back within the drill's recovery \
@@ -665,6 +742,17 @@ fn ticket_row(k: &TicketRecord) -> Vec<String> {
 fn workload(out: &mut String, w: &WorkloadVerdict) {
     let verdict = if w.ok { "ok" } else { "**not ok**" };
     let _ = writeln!(out, "`{}`: {verdict}.\n", w.kind.replace('`', "'"));
+    if w.uncounted {
+        // Zeros here would read as measurements.
+        let _ = writeln!(
+            out,
+            "Its writes were not counted: it printed no counts line.\n"
+        );
+        if let Some(detail) = &w.detail {
+            let _ = writeln!(out, "{}\n", detail.replace(['\r', '\n'], " "));
+        }
+        return;
+    }
     let lost_examples = if w.lost_examples.is_empty() {
         "-".to_string()
     } else {
@@ -736,40 +824,60 @@ pub struct RunInfo {
 /// journal cannot be read is listed with the reason instead of being dropped; hidden
 /// folders and plain files are skipped. A missing or unreadable root lists nothing.
 pub fn list_runs(root: &Path) -> Vec<RunListing> {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut runs: Vec<RunListing> = entries
+    list_runs_with(root, &[])
+}
+
+/// The runs under `root` and, besides, the report folders `elsewhere` (the ledger's runs
+/// written with `--report DIR`): each folder once (a folder under `root` is not listed
+/// twice), newest first. A folder of `elsewhere` that is gone (removed by hand) is left
+/// out: the list is of reports.
+pub fn list_runs_with(root: &Path, elsewhere: &[PathBuf]) -> Vec<RunListing> {
+    let under_root = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             (!name.starts_with('.')).then_some((name, e.path()))
-        })
-        .map(|(name, dir)| {
-            let run = match Journal::read(&dir.join(JOURNAL_FILE)) {
-                Ok(j) => ListedRun::Readable(RunInfo {
-                    summary: summary(&j),
-                    drill: j.drill,
-                    cluster: j.cluster,
-                    started_at: j.started_at,
-                    ended_at: j.ended_at,
-                    status: j.status,
-                    deviated: j.deviated,
-                }),
-                Err(e) => ListedRun::Unreadable {
-                    reason: e.to_string(),
-                },
-            };
-            let run_id = match &run {
-                ListedRun::Readable(info) => info.summary.run_id.clone(),
-                ListedRun::Unreadable { .. } => name,
-            };
-            RunListing { run_id, dir, run }
-        })
+        });
+    let others = elsewhere.iter().filter(|d| d.is_dir()).map(|dir| {
+        let name = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        (name, dir.clone())
+    });
+    let mut seen = std::collections::HashSet::new();
+    let mut runs: Vec<RunListing> = under_root
+        .chain(others)
+        .filter(|(_, dir)| seen.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone())))
+        .map(|(name, dir)| listing(name, dir))
         .collect();
     runs.sort_by(|a, b| b.run_id.cmp(&a.run_id).then_with(|| b.dir.cmp(&a.dir)));
     runs
+}
+
+fn listing(name: String, dir: PathBuf) -> RunListing {
+    let run = match Journal::read(&dir.join(JOURNAL_FILE)) {
+        Ok(j) => ListedRun::Readable(RunInfo {
+            summary: summary(&j),
+            drill: j.drill,
+            cluster: j.cluster,
+            started_at: j.started_at,
+            ended_at: j.ended_at,
+            status: j.status,
+            deviated: j.deviated,
+        }),
+        Err(e) => ListedRun::Unreadable {
+            reason: e.to_string(),
+        },
+    };
+    let run_id = match &run {
+        ListedRun::Readable(info) => info.summary.run_id.clone(),
+        ListedRun::Unreadable { .. } => name,
+    };
+    RunListing { run_id, dir, run }
 }
 
 /// `45s`, `1m23s`, `2h05m`, as the other lists print durations.

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::manifest::{Cluster, DesiredState};
-use crate::tickets::{Ownership, Store, TicketError, TicketQuery};
+use crate::tickets::{EntryKind, Ownership, Store, TicketError, TicketQuery};
 
 use super::canary::Canary;
 use super::fault::procfs::liveness;
@@ -131,12 +131,16 @@ pub enum RunError {
     Fault(String),
 }
 
-/// Runs the drill; returns the journal, also when the run was interrupted or refused.
+/// Runs the drill; returns the journal, also when the run was interrupted or failed, and
+/// `None` when it was refused before any trial (another run holds the cluster, a baseline
+/// beside a foreign controller, the engine did not answer, the cluster not in its steady
+/// state): nothing ran, so no report folder is left (one the run created is removed).
 pub async fn run(
     cfg: RunConfig,
     cancel: CancellationToken,
     progress: Progress,
-) -> (Journal, Option<RunError>) {
+) -> (Option<Journal>, Option<RunError>) {
+    let folder_existed = cfg.report_dir.exists();
     let mut journal = Journal {
         format: super::journal::FORMAT,
         run_id: cfg.run_id.clone(),
@@ -155,32 +159,29 @@ pub async fn run(
         reason: None,
         trials: Vec::new(),
     };
-    // Written at once, so a run killed before its first trial is still listed (and its
-    // status then read from the ledger, which `chaos cleanup` ends).
-    if let Err(e) = journal.write(&cfg.report_dir) {
-        return (journal, Some(e.into()));
-    }
-    let result = Runner::new(&cfg, cancel.clone(), progress)
-        .await
-        .map(|r| (r, ()));
-    let mut left = Vec::new();
-    let error = match result {
-        Ok((mut runner, ())) => {
-            journal.engine_version = runner.engine_version.clone();
-            let e = runner.trials(&mut journal).await.err();
-            // The safety net: whatever path the trials took, nothing of this run stays in
-            // the ledger undone.
-            left = runner.sweep_own().await;
-            runner.finish().await;
-            e
-        }
-        Err(e) => Some(e),
+    let mut runner = match Runner::new(&cfg, cancel.clone(), progress).await {
+        Ok(runner) => runner,
+        // Refused before anything was recorded: no ledger row, no folder.
+        Err(e) => return (None, Some(e)),
     };
+    journal.engine_version = runner.engine_version.clone();
+    // Written once the run holds the cluster in the ledger, so a run killed before its
+    // first trial is still listed (and its status then read from the ledger, which `chaos
+    // cleanup` ends).
+    let error = match journal.write(&cfg.report_dir) {
+        Ok(_) => runner.trials(&mut journal).await.err(),
+        Err(e) => Some(e.into()),
+    };
+    // The safety net: whatever path the trials took, nothing of this run stays in the
+    // ledger undone.
+    let left = runner.sweep_own().await;
+    runner.finish().await;
+    let written = runner.logs.clone();
     journal.ended_at = Some(Utc::now());
     journal.deviated = journal
         .trials
         .iter()
-        .any(|t| t.outcome == Outcome::Timeout && !t.interrupted);
+        .any(|t| t.recovered_at.is_none() && t.outcome != Outcome::Interrupted);
     journal.status = match &error {
         _ if cancel.is_cancelled() => RunStatus::Interrupted,
         Some(RunError::NotSteady { .. })
@@ -226,7 +227,24 @@ pub async fn run(
         }
         Err(e) => warn!(error = %e, "cannot record the end of the chaos run"),
     }
-    (journal, error)
+    // Refused at the first look (the cluster was not steady, so nothing was broken): the
+    // run leaves no report folder, as a run refused earlier does; the reason is the error's.
+    if journal.status == RunStatus::Aborted && journal.trials.is_empty() {
+        let removed = if folder_existed {
+            // Not ours to remove: only what this run wrote into it.
+            let journal_file = cfg.report_dir.join(super::journal::JOURNAL_FILE);
+            std::iter::once(journal_file)
+                .chain(written)
+                .try_for_each(std::fs::remove_file)
+        } else {
+            std::fs::remove_dir_all(&cfg.report_dir)
+        };
+        if let Err(e) = removed {
+            warn!(error = %e, dir = %cfg.report_dir.display(), "cannot remove what the refused run wrote in its report folder");
+        }
+        return (None, error);
+    }
+    (Some(journal), error)
 }
 
 /// A controller process the runner started (killed on drop if still running).
@@ -249,6 +267,8 @@ struct Runner<'a> {
     attached_to: Option<String>,
     engine_version: Option<String>,
     rng: SplitMix,
+    /// The controllers' logs this run wrote, in the order they were started.
+    logs: Vec<PathBuf>,
 }
 
 impl<'a> Runner<'a> {
@@ -326,6 +346,7 @@ impl<'a> Runner<'a> {
             attached_to,
             engine_version,
             rng: SplitMix(cfg.seed),
+            logs: Vec::new(),
         })
     }
 
@@ -342,7 +363,8 @@ impl<'a> Runner<'a> {
         }
         let mut outcome = Ok(());
         for phase in phases {
-            self.controller_for(phase).await?;
+            self.controller_for(phase, &format!("controller-{}", phase.as_str()))
+                .await?;
             let restored = if phase == Remediation::Baseline {
                 Some(self.engine_restarts().await?)
             } else {
@@ -367,7 +389,10 @@ impl<'a> Runner<'a> {
             && self.cfg.drill.remediation != Remediation::Baseline
             && !self.cancel.is_cancelled()
         {
-            self.controller_for(Remediation::Controller).await?;
+            // A log of its own: the one of the controller that made the trials' repairs is
+            // the report's evidence and must not be overwritten.
+            self.controller_for(Remediation::Controller, "controller-after-baseline")
+                .await?;
             let (look, _) = self
                 .wait_steady(
                     self.cfg.drill.recovery_timeout,
@@ -476,8 +501,9 @@ impl<'a> Runner<'a> {
     }
 
     /// Waits for the steady state to hold for the drill's `hold` at a moment when the
-    /// faults are `over`; at most `timeout` after they are. Returns the last look and when
-    /// the holding window began (it may have begun before the faults' nominal end).
+    /// faults are `over`; at most `timeout` after they are. Returns the last look, when the
+    /// holding window began (it may have begun before the faults' nominal end), and the
+    /// moment the wait would give up (the faults' end plus `timeout`) once it is known.
     async fn wait_recovery(
         &mut self,
         timeout: Duration,
@@ -485,9 +511,10 @@ impl<'a> Runner<'a> {
         over: &CancellationToken,
         index: u32,
         phase: Remediation,
-    ) -> (Look, Option<DateTime<Utc>>) {
+    ) -> (Look, Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
         let hold = self.cfg.drill.steady_state.hold;
         let mut deadline: Option<Instant> = None;
+        let mut gives_up: Option<DateTime<Utc>> = None;
         let mut since: Option<(Instant, DateTime<Utc>)> = None;
         loop {
             // A stretch of steady looks counts only from a look that began once every fault
@@ -497,11 +524,14 @@ impl<'a> Runner<'a> {
             let after_faults = applied.is_cancelled();
             let look = tokio::select! {
                 look = self.steady.look() => look,
-                _ = self.cancel.cancelled() => return (Look { problems: vec!["interrupted".into()] }, None),
+                _ = self.cancel.cancelled() => return (Look { problems: vec!["interrupted".into()] }, None, gives_up),
             };
             let now = Instant::now();
             if deadline.is_none() && over.is_cancelled() {
                 deadline = Some(now + timeout);
+                gives_up = chrono::Duration::from_std(timeout)
+                    .ok()
+                    .map(|t| Utc::now() + t);
                 self.note(format!(
                     "trial {index} ({}): faults over; waiting for the steady state (at most {} s)",
                     phase.as_str(),
@@ -516,7 +546,7 @@ impl<'a> Runner<'a> {
                     && over.is_cancelled()
                     && now.duration_since(began) >= hold
                 {
-                    return (look, Some(wall));
+                    return (look, Some(wall), gives_up);
                 }
             } else {
                 since = None;
@@ -534,7 +564,7 @@ impl<'a> Runner<'a> {
                 } else {
                     look.problems
                 };
-                return (Look { problems }, None);
+                return (Look { problems }, None, gives_up);
             }
             tokio::select! {
                 _ = tokio::time::sleep(LOOK_EVERY) => {}
@@ -632,7 +662,7 @@ impl<'a> Runner<'a> {
                 over.cancel();
             });
         }
-        let (look, recovered_at) = self
+        let (look, recovered_at, recovery_deadline) = self
             .wait_recovery(drill.recovery_timeout, &all_applied, &over, index, phase)
             .await;
         if recovered_at.is_none() && !self.cancel.is_cancelled() {
@@ -674,17 +704,18 @@ impl<'a> Runner<'a> {
                 Vec::new()
             }
         };
-        measure(
+        measure(Seen {
             index,
             phase,
             faults,
             injected_at,
             recovered_at,
+            recovery_deadline,
             workload,
             tickets,
             notes,
-            self.cancel.is_cancelled(),
-        )
+            interrupted: self.cancel.is_cancelled(),
+        })
     }
 
     /// The services a fault hits (a query target is asked when the trial injects).
@@ -794,6 +825,14 @@ impl<'a> Runner<'a> {
                 .get(e.ticket)?
                 .map(|t| t.status.as_str().to_string())
                 .unwrap_or_default();
+            // An escalation during the trial is in the timeline; a ticket found escalated
+            // without one (opened so) escalated when it was detected.
+            let escalated_at = store
+                .timeline(e.ticket)?
+                .into_iter()
+                .find(|entry| entry.kind == EntryKind::Escalated && entry.at >= since)
+                .map(|entry| entry.at)
+                .or_else(|| (status == "escalated").then_some(e.detected_at));
             out.push(TicketRecord {
                 id: e.ticket,
                 drift: e.drift.as_str().to_string(),
@@ -803,14 +842,17 @@ impl<'a> Runner<'a> {
                 first_actor: e.first_actor.map(|a| a.as_str().to_string()),
                 resolved_at: e.resolved_at,
                 resolved_by: e.resolved_by.map(|c| c.as_str().to_string()),
+                escalated_at,
                 status,
             });
         }
         Ok(out)
     }
 
-    /// Makes sure the controller for `phase` manages the cluster.
-    async fn controller_for(&mut self, phase: Remediation) -> Result<(), RunError> {
+    /// Makes sure the controller for `phase` manages the cluster; one the runner starts logs
+    /// to `LOG_NAME.log` in the report folder (never over an existing file: see
+    /// [`fresh_log`]).
+    async fn controller_for(&mut self, phase: Remediation, log_name: &str) -> Result<(), RunError> {
         let observe_only = phase == Remediation::Baseline;
         if let Some(holder) = &self.attached_to {
             self.note(format!("using the running controller ({holder})"));
@@ -822,18 +864,13 @@ impl<'a> Runner<'a> {
             }
             self.stop_controller().await;
         }
-        let log = self
-            .cfg
-            .report_dir
-            .join(format!("controller-{}.log", phase.as_str()));
         std::fs::create_dir_all(&self.cfg.report_dir).map_err(|source| RunError::Spawn {
             bin: self.cfg.report_dir.clone(),
             source,
         })?;
-        let file = std::fs::File::create(&log).map_err(|source| RunError::Spawn {
-            bin: log.clone(),
-            source,
-        })?;
+        let (log, file) = fresh_log(&self.cfg.report_dir, log_name)
+            .map_err(|(log, source)| RunError::Spawn { bin: log, source })?;
+        self.logs.push(log.clone());
         let mut cmd = tokio::process::Command::new(&self.cfg.operator_bin);
         cmd.arg("run")
             .arg(&self.cfg.drill.manifest)
@@ -1041,6 +1078,10 @@ async fn run_fault(
         params: serde_json::to_value(&spec.kind).unwrap_or_default(),
         injected_at: None,
         undone_at: None,
+        held_ms: spec
+            .duration
+            .filter(|_| !spec.kind.is_instant())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         error: None,
     };
     tokio::select! {
@@ -1087,26 +1128,50 @@ async fn run_fault(
     record
 }
 
-/// The trial's figures from what was seen.
-#[allow(clippy::too_many_arguments)]
-fn measure(
+/// What a trial saw, for [`measure`].
+struct Seen {
     index: u32,
     phase: Remediation,
     faults: Vec<FaultRecord>,
+    /// When the trial began injecting (the first fault's own time wins when it has one).
     injected_at: DateTime<Utc>,
     recovered_at: Option<DateTime<Utc>>,
+    recovery_deadline: Option<DateTime<Utc>>,
     workload: Option<WorkloadVerdict>,
     tickets: Vec<TicketRecord>,
-    mut notes: Vec<String>,
+    notes: Vec<String>,
     interrupted: bool,
-) -> Trial {
+}
+
+/// The actors whose actions are a remediation's own: a person's are not.
+fn remediates(actor: Option<&str>) -> bool {
+    matches!(actor, Some("controller" | "agent"))
+}
+
+/// The trial's figures and verdict from what was seen. The verdict, first that applies:
+/// `interrupted`; `escalated` (a ticket of the trial escalated); `timeout` (no recovery);
+/// `fail` (a fault not applied or not undone, or the workload not ok); `no action` (outside
+/// the baseline, no remediation took an action before the steady state came back, or before
+/// the faults held for a fixed time ended by themselves); else `pass`.
+fn measure(seen: Seen) -> Trial {
+    let Seen {
+        index,
+        phase,
+        faults,
+        injected_at,
+        recovered_at,
+        recovery_deadline,
+        workload,
+        mut tickets,
+        mut notes,
+        interrupted,
+    } = seen;
     let injected_at = faults
         .iter()
         .filter_map(|f| f.injected_at)
         .min()
         .unwrap_or(injected_at);
     // A ticket opened before the first fault (during a `start` offset) is not the trial's.
-    let mut tickets = tickets;
     tickets.retain(|t| t.detected_at >= injected_at);
     let detected_at = tickets.iter().map(|t| t.detected_at).min();
     let first = tickets
@@ -1125,15 +1190,60 @@ fn measure(
     if tickets.is_empty() && !interrupted {
         notes.push("no ticket was opened: the controller did not detect the fault".into());
     }
-    let outcome = if interrupted || recovered_at.is_none() {
+    let escalated = tickets
+        .iter()
+        .filter_map(|t| t.escalated_at.map(|at| (at, t)))
+        .min_by_key(|(at, _)| *at);
+    // A repair counts if it came before the steady state was back, and before a fault held
+    // for a fixed time ended by itself: after that, the fault's end is what recovered.
+    let ended_by_itself = faults
+        .iter()
+        .filter(|f| f.held_ms.is_some())
+        .filter_map(|f| f.undone_at)
+        .max();
+    let act_by = recovered_at.map(|r| ended_by_itself.map_or(r, |e| e.min(r)));
+    let acted = act_by.is_some_and(|by| {
+        tickets.iter().any(|t| {
+            remediates(t.first_actor.as_deref()) && t.first_action_at.is_some_and(|at| at <= by)
+        })
+    });
+    let outcome = if interrupted {
+        Outcome::Interrupted
+    } else if escalated.is_some() {
+        Outcome::Escalated
+    } else if recovered_at.is_none() {
         Outcome::Timeout
     } else if fault_failed || workload.as_ref().is_some_and(|w| !w.ok) {
         Outcome::Fail
+    } else if phase != Remediation::Baseline && !acted {
+        Outcome::NoAction
     } else {
         Outcome::Pass
     };
-    if interrupted {
-        notes.push("interrupted; its faults were undone".into());
+    match outcome {
+        Outcome::Interrupted => notes.push("interrupted; its faults were undone".into()),
+        Outcome::Escalated => {
+            if let Some((at, t)) = escalated {
+                notes.push(format!(
+                    "ticket #{} ({}) escalated {} after the first fault: the {} gave up on its repair",
+                    t.id,
+                    t.target,
+                    super::report::ms((at - injected_at).num_milliseconds().max(0) as u64),
+                    phase.as_str()
+                ));
+            }
+        }
+        Outcome::NoAction => notes.push(match (ended_by_itself, recovered_at) {
+            (Some(end), Some(r)) if end <= r => format!(
+                "no action by the {} before the faults ended by themselves: the steady state came back after the fault's end, not after a repair",
+                phase.as_str()
+            ),
+            _ => format!(
+                "no action by the {} before the steady state came back: something else recovered the cluster",
+                phase.as_str()
+            ),
+        }),
+        _ => {}
     }
     Trial {
         index,
@@ -1157,6 +1267,7 @@ fn measure(
         },
         ttd_ms: ms(detected_at),
         ttr_ms: ms(recovered_at),
+        recovery_deadline,
         outcome,
         workload,
         tickets,
@@ -1164,9 +1275,119 @@ fn measure(
     }
 }
 
-/// A `workload: {command}`: started before the faults, stopped after recovery.
+/// The most lines of a command workload's standard output kept (the last ones), and the
+/// most characters kept of each: its counts line is its last words.
+const WORKLOAD_TAIL_LINES: usize = 200;
+const WORKLOAD_LINE_CHARS: usize = 1000;
+/// How long the runner reads a stopped workload's output for: a grandchild that kept the
+/// pipe open must not hold the trial.
+const WORKLOAD_DRAIN: Duration = Duration::from_secs(5);
+
+/// The counts a command workload printed, as the built-in canary counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Counts {
+    attempted: u64,
+    acknowledged: u64,
+    lost: u64,
+    phantom: u64,
+    indeterminate: u64,
+}
+
+/// The counts of one line, if it gives them: `N acknowledged` and `N lost` at least, with
+/// `N writes` (or `N attempted`), `N phantom` and `N indeterminate` optional, in any order,
+/// separated by spaces, commas or semicolons; `acknowledged=N` works too. `net-canary: 21
+/// writes, 21 acknowledged, 0 lost` is one. Attempted defaults to acknowledged.
+fn counts_in(line: &str) -> Option<Counts> {
+    let words: Vec<String> = line
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')'))
+        .filter(|w| !w.is_empty())
+        .flat_map(|w| match w.split_once('=') {
+            // `acknowledged=21` reads as `21 acknowledged`.
+            Some((name, n)) => vec![n.to_string(), name.to_string()],
+            None => vec![w.to_string()],
+        })
+        .collect();
+    let (mut attempted, mut acknowledged, mut lost, mut phantom, mut indeterminate) =
+        (None, None, None, None, None);
+    for pair in words.windows(2) {
+        let Ok(n) = pair[0].parse::<u64>() else {
+            continue;
+        };
+        let slot = match pair[1]
+            .trim_end_matches(['.', ':'])
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "writes" | "write" | "attempted" => &mut attempted,
+            "acknowledged" | "acked" => &mut acknowledged,
+            "lost" => &mut lost,
+            "phantom" | "phantoms" => &mut phantom,
+            "indeterminate" => &mut indeterminate,
+            _ => continue,
+        };
+        *slot = Some(n);
+    }
+    let (acknowledged, lost) = (acknowledged?, lost?);
+    Some(Counts {
+        attempted: attempted.unwrap_or(acknowledged),
+        acknowledged,
+        lost,
+        phantom: phantom.unwrap_or(0),
+        indeterminate: indeterminate.unwrap_or(0),
+    })
+}
+
+/// A command workload's verdict from how it ended and what it printed: the last line with
+/// counts ([`counts_in`]) gives the figures. With counts, it is ok only if it exited well,
+/// lost nothing, invented nothing and had a write acknowledged (as the canary: otherwise
+/// nothing was proved); without, its exit status alone decides, and the verdict says the
+/// figures were not reported.
+fn command_verdict(ended: Result<(), String>, output: &[String]) -> WorkloadVerdict {
+    let found = output
+        .iter()
+        .rev()
+        .find_map(|line| counts_in(line).map(|c| (c, line)));
+    let mut problems: Vec<String> = ended.err().into_iter().collect();
+    let (counts, said) = match found {
+        Some((c, line)) => {
+            if c.lost > 0 {
+                problems.push(format!("{} acknowledged write(s) lost", c.lost));
+            }
+            if c.phantom > 0 {
+                problems.push(format!("{} phantom write(s)", c.phantom));
+            }
+            if c.acknowledged == 0 {
+                problems.push("no write was acknowledged, so nothing was proved".into());
+            }
+            (Some(c), format!("its counts: `{}`", line.trim()))
+        }
+        None => (
+            None,
+            "it printed no counts line (`N writes, N acknowledged, N lost`), so its writes were not counted"
+                .to_string(),
+        ),
+    };
+    let ok = problems.is_empty();
+    problems.push(said);
+    let c = counts.unwrap_or_default();
+    WorkloadVerdict {
+        kind: "command".into(),
+        attempted: c.attempted,
+        acknowledged: c.acknowledged,
+        lost: c.lost,
+        phantom: c.phantom,
+        indeterminate: c.indeterminate,
+        lost_examples: Vec::new(),
+        uncounted: counts.is_none(),
+        ok,
+        detail: Some(problems.join("; ")),
+    }
+}
+
+/// A `workload: {command}`: started before the faults, stopped after recovery; its standard
+/// output's last lines are kept for its counts.
 struct CommandWorkload {
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<(Result<(), String>, Vec<String>)>,
     stop: CancellationToken,
 }
 
@@ -1175,61 +1396,127 @@ impl CommandWorkload {
         let stop = CancellationToken::new();
         let (command, token, dir) = (command.to_string(), stop.clone(), dir.to_path_buf());
         let task = tokio::spawn(async move {
-            let mut child = tokio::process::Command::new("sh")
+            let spawned = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(&command)
                 .current_dir(&dir)
                 .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .process_group(0)
                 .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("cannot run sh: {e}"))?;
-            let pid = child.id();
-            tokio::select! {
-                status = child.wait() => {
-                    return match status {
-                        Ok(s) if s.success() => Ok(()),
-                        Ok(s) => Err(format!("`{command}` exited with {s} during the trial")),
-                        Err(e) => Err(e.to_string()),
-                    };
-                }
-                _ = token.cancelled() => {}
-            }
-            if let Some(pid) = pid {
-                // SAFETY: the group this child leads; not reaped yet.
-                unsafe { libc::killpg(pid as i32, libc::SIGTERM) };
-            }
-            match tokio::time::timeout(timeout, child.wait()).await {
-                Ok(Ok(s)) if s.success() || s.code().is_none() => Ok(()),
-                Ok(Ok(s)) => Err(format!("`{command}` exited with {s} when stopped")),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => {
-                    let _ = child.kill().await;
-                    Err(format!(
-                        "`{command}` did not stop within {} s of SIGTERM",
-                        timeout.as_secs()
-                    ))
-                }
-            }
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(e) => return (Err(format!("cannot run sh: {e}")), Vec::new()),
+            };
+            let reader = child.stdout.take().map(|out| tokio::spawn(tail(out)));
+            let ended = Self::wait(&mut child, &command, timeout, &token).await;
+            let output = match reader {
+                Some(reader) => tokio::time::timeout(WORKLOAD_DRAIN, reader)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            (ended, output)
         });
         CommandWorkload { task, stop }
     }
 
+    /// Until it ends by itself (an error: it must run through the trial) or is stopped.
+    async fn wait(
+        child: &mut tokio::process::Child,
+        command: &str,
+        timeout: Duration,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let pid = child.id();
+        tokio::select! {
+            status = child.wait() => {
+                return match status {
+                    Ok(s) if s.success() => Ok(()),
+                    Ok(s) => Err(format!("`{command}` exited with {s} during the trial")),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            _ = stop.cancelled() => {}
+        }
+        if let Some(pid) = pid {
+            // SAFETY: the group this child leads; not reaped yet.
+            unsafe { libc::killpg(pid as i32, libc::SIGTERM) };
+        }
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(s)) if s.success() || s.code().is_none() => Ok(()),
+            Ok(Ok(s)) => Err(format!("`{command}` exited with {s} when stopped")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err(format!(
+                    "`{command}` did not stop within {} s of SIGTERM",
+                    timeout.as_secs()
+                ))
+            }
+        }
+    }
+
     async fn finish(self) -> WorkloadVerdict {
         self.stop.cancel();
-        let result = self.task.await.unwrap_or_else(|e| Err(e.to_string()));
-        WorkloadVerdict {
-            kind: "command".into(),
-            attempted: 0,
-            acknowledged: 0,
-            lost: 0,
-            phantom: 0,
-            indeterminate: 0,
-            lost_examples: Vec::new(),
-            ok: result.is_ok(),
-            detail: result.err(),
+        let (ended, output) = self
+            .task
+            .await
+            .unwrap_or_else(|e| (Err(e.to_string()), Vec::new()));
+        command_verdict(ended, &output)
+    }
+}
+
+/// The last [`WORKLOAD_TAIL_LINES`] lines of a stream, each cut to [`WORKLOAD_LINE_CHARS`].
+/// Read to the end (bytes, not text: a line that is not UTF-8 must not stop the reading and
+/// leave the workload blocked on a full pipe).
+async fn tail(out: impl tokio::io::AsyncRead + Unpin) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(out);
+    let mut kept = std::collections::VecDeque::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if kept.len() == WORKLOAD_TAIL_LINES {
+            kept.pop_front();
+        }
+        let text = String::from_utf8_lossy(&line);
+        kept.push_back(
+            text.trim_end_matches(['\n', '\r'])
+                .chars()
+                .take(WORKLOAD_LINE_CHARS)
+                .collect::<String>(),
+        );
+    }
+    kept.into()
+}
+
+/// A new log file `NAME.log` in `dir`, or `NAME-2.log`, `NAME-3.log`... when that exists
+/// (a report folder given again with `--report`): created exclusively, so a controller's
+/// log never overwrites another's.
+fn fresh_log(
+    dir: &Path,
+    name: &str,
+) -> Result<(PathBuf, std::fs::File), (PathBuf, std::io::Error)> {
+    let mut n = 1;
+    loop {
+        let path = if n == 1 {
+            dir.join(format!("{name}.log"))
+        } else {
+            dir.join(format!("{name}-{n}.log"))
+        };
+        match std::fs::File::create_new(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+            Err(e) => return Err((path, e)),
         }
     }
 }
@@ -1317,6 +1604,7 @@ mod tests {
             first_actor: action.map(|_| "controller".into()),
             resolved_at: resolved.map(at),
             resolved_by: resolved.map(|_| "controller".into()),
+            escalated_at: None,
             status: if resolved.is_some() {
                 "resolved"
             } else {
@@ -1335,26 +1623,50 @@ mod tests {
             params: serde_json::Value::Null,
             injected_at: Some(at(injected)),
             undone_at: None,
+            held_ms: None,
             error: None,
+        }
+    }
+
+    /// A fault held `held` seconds from `injected` and undone then, as the runner does.
+    fn held(injected: i64, held: i64) -> FaultRecord {
+        FaultRecord {
+            kind: "pause".into(),
+            undone_at: Some(at(injected + held)),
+            held_ms: Some(held as u64 * 1000),
+            ..fault(injected)
+        }
+    }
+
+    /// A controller trial injected at 0 that recovered at `recovered`.
+    fn seen(faults: Vec<FaultRecord>, recovered: Option<i64>, tickets: Vec<TicketRecord>) -> Seen {
+        Seen {
+            index: 1,
+            phase: Remediation::Controller,
+            faults,
+            injected_at: at(0),
+            recovered_at: recovered.map(at),
+            recovery_deadline: None,
+            workload: None,
+            tickets,
+            notes: Vec::new(),
+            interrupted: false,
         }
     }
 
     #[test]
     fn times_are_measured_from_the_first_fault_to_the_first_ticket_and_the_recovery() {
-        let t = measure(
-            1,
-            Remediation::Controller,
-            vec![fault(10)],
-            at(9),
-            Some(at(25)),
-            None,
-            vec![
-                ticket(1, 12, Some(13), Some(24)),
-                ticket(2, 14, None, Some(26)),
-            ],
-            Vec::new(),
-            false,
-        );
+        let t = measure(Seen {
+            injected_at: at(9),
+            ..seen(
+                vec![fault(10)],
+                Some(25),
+                vec![
+                    ticket(1, 12, Some(13), Some(24)),
+                    ticket(2, 14, None, Some(26)),
+                ],
+            )
+        });
         assert_eq!(t.ttd_ms, Some(2000));
         assert_eq!(t.ttr_ms, Some(15000));
         assert_eq!(t.first_action_at, Some(at(13)));
@@ -1364,17 +1676,7 @@ mod tests {
 
     #[test]
     fn no_recovery_is_a_timeout_and_lost_writes_or_a_failed_fault_a_failure() {
-        let t = measure(
-            1,
-            Remediation::Controller,
-            vec![fault(0)],
-            at(0),
-            None,
-            None,
-            vec![ticket(1, 1, None, None)],
-            vec![],
-            false,
-        );
+        let t = measure(seen(vec![fault(0)], None, vec![ticket(1, 1, None, None)]));
         assert_eq!(t.outcome, Outcome::Timeout);
         assert_eq!(t.resolved_at, None, "an unresolved ticket: not resolved");
         let lost = WorkloadVerdict {
@@ -1385,20 +1687,14 @@ mod tests {
             phantom: 0,
             indeterminate: 0,
             lost_examples: vec![3],
+            uncounted: false,
             ok: false,
             detail: None,
         };
-        let t = measure(
-            1,
-            Remediation::Controller,
-            vec![fault(0)],
-            at(0),
-            Some(at(5)),
-            Some(lost),
-            vec![],
-            vec![],
-            false,
-        );
+        let t = measure(Seen {
+            workload: Some(lost),
+            ..seen(vec![fault(0)], Some(5), vec![])
+        });
         assert_eq!(t.outcome, Outcome::Fail);
         assert!(
             t.notes.iter().any(|n| n.contains("no ticket")),
@@ -1407,18 +1703,178 @@ mod tests {
         );
         let mut broken = fault(0);
         broken.error = Some("not undone: gone".into());
-        let t = measure(
-            1,
-            Remediation::Controller,
+        let t = measure(seen(
             vec![broken],
-            at(0),
-            Some(at(5)),
-            None,
-            vec![ticket(1, 1, None, Some(2))],
-            vec![],
-            false,
-        );
+            Some(5),
+            vec![ticket(1, 1, Some(1), Some(2))],
+        ));
         assert_eq!(t.outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn an_escalated_ticket_makes_the_trial_escalated_even_when_the_cluster_came_back() {
+        let mut escalated = ticket(1, 1, Some(2), None);
+        escalated.escalated_at = Some(at(3));
+        escalated.status = "escalated".into();
+        let t = measure(seen(vec![fault(0)], Some(8), vec![escalated.clone()]));
+        assert_eq!(t.outcome.as_str(), "escalated", "{:?}", t.notes);
+        assert!(
+            t.notes
+                .iter()
+                .any(|n| n.contains("#1") && n.contains("escalated")),
+            "{:?}",
+            t.notes
+        );
+        // Not recovered either: the escalation is the cause, and the word.
+        let t = measure(seen(vec![fault(0)], None, vec![escalated]));
+        assert_eq!(t.outcome.as_str(), "escalated");
+    }
+
+    #[test]
+    fn a_recovery_without_a_repair_before_the_fault_ended_is_no_action() {
+        // Paused for 30 s; nobody acted; the steady state came back after the undo.
+        let t = measure(seen(
+            vec![held(0, 30)],
+            Some(31),
+            vec![ticket(1, 1, None, Some(31))],
+        ));
+        assert_eq!(t.outcome.as_str(), "no action", "{:?}", t.notes);
+        assert!(
+            t.notes.iter().any(|n| n.contains("ended by themselves")),
+            "{:?}",
+            t.notes
+        );
+        // An action only after the fault's own end does not count either.
+        let t = measure(seen(
+            vec![held(0, 30)],
+            Some(33),
+            vec![ticket(1, 1, Some(32), Some(33))],
+        ));
+        assert_eq!(t.outcome.as_str(), "no action");
+        // An instant fault that something else repaired (no ticket acted on).
+        let t = measure(seen(
+            vec![fault(0)],
+            Some(3),
+            vec![ticket(1, 1, None, Some(3))],
+        ));
+        assert_eq!(t.outcome.as_str(), "no action");
+        // A person's action is not the controller's.
+        let mut by_hand = ticket(1, 1, Some(2), Some(3));
+        by_hand.first_actor = Some("human".into());
+        let t = measure(seen(vec![fault(0)], Some(3), vec![by_hand]));
+        assert_eq!(t.outcome.as_str(), "no action");
+        // A repair before the fault's end passes; so does the baseline, which never acts.
+        let t = measure(seen(
+            vec![held(0, 30)],
+            Some(2),
+            vec![ticket(1, 1, Some(1), Some(2))],
+        ));
+        assert_eq!(t.outcome, Outcome::Pass);
+        let t = measure(Seen {
+            phase: Remediation::Baseline,
+            ..seen(
+                vec![held(0, 30)],
+                Some(31),
+                vec![ticket(1, 1, None, Some(31))],
+            )
+        });
+        assert_eq!(t.outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn an_interrupted_trial_is_labelled_interrupted() {
+        let t = measure(Seen {
+            interrupted: true,
+            ..seen(vec![held(0, 30)], None, vec![ticket(1, 1, None, None)])
+        });
+        assert!(t.interrupted);
+        assert_eq!(t.outcome.as_str(), "interrupted");
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["outcome"], "interrupted");
+    }
+
+    #[test]
+    fn a_command_workloads_counts_line_is_read() {
+        let out = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let v = command_verdict(
+            Ok(()),
+            &out(&["starting", "net-canary: 21 writes, 21 acknowledged, 0 lost"]),
+        );
+        assert_eq!(
+            (v.attempted, v.acknowledged, v.lost, v.uncounted, v.ok),
+            (21, 21, 0, false, true),
+            "{v:?}"
+        );
+        // The last counts line wins; key=value works; a loss fails the verdict even with
+        // a clean exit.
+        let v = command_verdict(
+            Ok(()),
+            &out(&[
+                "1 writes, 1 acknowledged, 0 lost",
+                "lost: operator-canary/x/00000007",
+                "attempted=30 acknowledged=28 lost=2 phantom=0 indeterminate=1",
+            ]),
+        );
+        assert_eq!(
+            (v.attempted, v.acknowledged, v.lost, v.indeterminate, v.ok),
+            (30, 28, 2, 1, false),
+            "{v:?}"
+        );
+        // Nothing acknowledged proves nothing, as for the canary.
+        let v = command_verdict(Ok(()), &out(&["5 writes, 0 acknowledged, 0 lost"]));
+        assert!(!v.ok, "{v:?}");
+        // No counts line: the exit status decides, and the figures are said to be missing.
+        let v = command_verdict(Ok(()), &out(&["hello"]));
+        assert!(v.ok && v.uncounted, "{v:?}");
+        assert!(v.detail.unwrap().contains("no counts line"));
+        let v = command_verdict(Err("`x` exited with 1".into()), &[]);
+        assert!(!v.ok && v.uncounted, "{v:?}");
+    }
+
+    #[tokio::test]
+    async fn a_command_workload_stopped_by_sigterm_reports_the_counts_it_prints() {
+        let dir = std::env::temp_dir().join(format!(
+            "operator-chaos-command-workload-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // As net-canary.sh does: a loop until SIGTERM, then its counts on standard output.
+        // `ready` says the trap is set (a TERM before it would end sh silently).
+        let script = "STOP=0; trap 'STOP=1' TERM; : > ready; \
+            while [ $STOP -eq 0 ]; do sleep 0.05; done; \
+            echo \"canary: 21 writes, 21 acknowledged, 0 lost\"";
+        let w = CommandWorkload::start(script, Duration::from_secs(20), &dir);
+        for _ in 0..400 {
+            if dir.join("ready").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(dir.join("ready").exists(), "the workload never started");
+        let v = w.finish().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(v.kind, "command");
+        assert_eq!((v.attempted, v.acknowledged, v.lost), (21, 21, 0), "{v:?}");
+        assert!(v.ok && !v.uncounted, "{v:?}");
+    }
+
+    #[test]
+    fn a_controller_log_never_overwrites_another() {
+        let dir =
+            std::env::temp_dir().join(format!("operator-chaos-fresh-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("controller-controller.log"), "the repairs\n").unwrap();
+        let (path, _) = fresh_log(&dir, "controller-controller").unwrap();
+        assert_eq!(path, dir.join("controller-controller-2.log"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("controller-controller.log")).unwrap(),
+            "the repairs\n"
+        );
+        let (path, _) = fresh_log(&dir, "controller-after-baseline").unwrap();
+        assert_eq!(path, dir.join("controller-after-baseline.log"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

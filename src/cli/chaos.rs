@@ -300,6 +300,8 @@ pub async fn run_drill(args: ChaosRunArgs) -> Result<ExitCode, Failure> {
         .report
         .clone()
         .unwrap_or_else(|| report_root(&db).join(&run_id));
+    // Absolute in the ledger, so `chaos list` finds it from any folder.
+    let report_dir = std::path::absolute(&report_dir).unwrap_or(report_dir);
     let seed = args.seed.or(drill.seed).unwrap_or_else(runner::fresh_seed);
     let trials = args.trials.unwrap_or(drill.trials);
     let cfg = RunConfig {
@@ -367,6 +369,13 @@ pub async fn run_drill(args: ChaosRunArgs) -> Result<ExitCode, Failure> {
     };
     let (journal, error) = runner::run(cfg, cancel, progress).await;
     shown.finish();
+    // Refused before any trial: nothing ran, so nothing is written (the reason is the error).
+    let Some(journal) = journal else {
+        let reason = error.map_or_else(|| "the run was refused".to_string(), |e| e.to_string());
+        return Err(Failure::new(format!(
+            "{reason}\n(nothing was broken, and no report was written)"
+        )));
+    };
     journal.write(&report_dir)?;
     let rendered = crate::chaos::report::render(&journal, &report_dir);
     let summary = crate::chaos::report::summary(&journal);
@@ -432,14 +441,32 @@ pub async fn report(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How many of the ledger's runs `chaos list` looks up for report folders outside the root.
+const LISTED_FROM_LEDGER: usize = 10_000;
+
 pub fn list(root: Option<PathBuf>, db: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let chosen_root = root.is_some();
     let root = root.unwrap_or_else(|| report_root(db));
-    let mut runs = crate::chaos::report::list_runs(&root);
+    let store = if db.exists() {
+        Store::open_read_only(db).ok()
+    } else {
+        None
+    };
+    // Without `--root`: also every run of the database's ledger whose report went elsewhere
+    // (`--report DIR`); with it, that folder alone.
+    let elsewhere: Vec<PathBuf> = match (&store, chosen_root) {
+        (Some(store), false) => store
+            .chaos_runs(LISTED_FROM_LEDGER)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.report_dir)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut runs = crate::chaos::report::list_runs_with(&root, &elsewhere);
     // A run killed mid-way left its journal saying `running`; the ledger knows better once
     // `chaos cleanup` (or a controller start) ended it.
-    if db.exists()
-        && let Ok(store) = Store::open_read_only(db)
-    {
+    if let Some(store) = &store {
         for listing in &mut runs {
             if let crate::chaos::report::ListedRun::Readable(info) = &mut listing.run
                 && info.status == RunStatus::Running

@@ -39,9 +39,15 @@ pub fn compose(args: ImportComposeArgs) -> Result<ExitCode, Failure> {
     }
     let text = imported.manifest.render();
     let services = imported.manifest.services.len();
+    let summary = imported.summary.lines(&imported.project);
     let Some(dir) = output_dir else {
         std::io::stdout().lock().write_all(text.as_bytes())?;
-        return check_printed(&text);
+        let checked = check_printed(&text)?;
+        // Standard output is the manifest: what it does goes beside it.
+        for line in &summary {
+            eprintln!("{line}");
+        }
+        return Ok(checked);
     };
     let file = compose::output_file(&dir, &imported.project);
     let shown = args.output.as_deref().map_or_else(
@@ -64,6 +70,9 @@ pub fn compose(args: ImportComposeArgs) -> Result<ExitCode, Failure> {
         imported.project,
         if services == 1 { "" } else { "s" }
     );
+    for line in &summary {
+        outln!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -510,7 +510,7 @@ pub struct RunArgs {
     pub db: DbArgs,
     /// Services reconciled in parallel (never the same service twice): repairs of
     /// different services wait on the engine side by side up to this many.
-    #[arg(long, default_value_t = crate::reconcile::controller::DEFAULT_WORKERS, value_name = "N")]
+    #[arg(long, default_value_t = crate::reconcile::controller::DEFAULT_WORKERS, value_parser = parse_workers, value_name = "N")]
     pub workers: usize,
     /// A repaired container must stay running this long (and healthy, if it has a
     /// healthcheck) before its ticket resolves; `--once` waits for it before its last look.
@@ -581,14 +581,92 @@ pub struct AgentArgs {
     pub toolbox_image: Option<String>,
 }
 
-/// An address to listen on: `IP:PORT`. The message says the form, since a host name
-/// (`localhost:9464`) or a bare port is the usual slip.
+/// An address to listen on: `IP:PORT`. The message says what is wrong with it (a host
+/// name, an address that is no IP, a port out of range) and the form.
 fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
-    s.trim().parse().map_err(|_| {
-        "expected IP:PORT, e.g. 127.0.0.1:9464 (this host only) or 0.0.0.0:9464 (every \
-         interface); a host name is not accepted"
-            .to_string()
-    })
+    const FORM: &str = "expected IP:PORT, e.g. 127.0.0.1:9464 (this host only) or 0.0.0.0:9464 \
+                        (every interface)";
+    let s = s.trim();
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("no port: {FORM}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "the port \"{port}\" is not a number from 0 to 65535: {FORM}"
+        ));
+    }
+    let why = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        format!("\"{inner}\" is not a valid IPv6 address")
+    } else if host.contains(':') {
+        "an IPv6 address is written in brackets, e.g. [::1]:9464".to_string()
+    } else if !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        format!("\"{host}\" is not a valid IPv4 address (four numbers from 0 to 255)")
+    } else if host.is_empty() {
+        "the IP address is missing".to_string()
+    } else {
+        format!("\"{host}\" is a host name, not an IP address; a host name is not accepted")
+    };
+    Err(format!("{why}: {FORM}"))
+}
+
+/// `--workers`: at least one, or nothing would ever be reconciled.
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (with 0 workers no service is ever reconciled)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "\"{s}\" is not a whole number of workers (at least 1)"
+        )),
+    }
+}
+
+/// The command line, parsed. A usage error is printed as clap prints it and exits with its
+/// code (2), except under `--log-format json` (or `OPERATOR_LOG_FORMAT=json`), where it is
+/// one JSON line like the log's own, so a log collector reads it too. `--help` and
+/// `--version` are printed as usual.
+pub fn parse_args() -> Cli {
+    let error = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    if error.use_stderr() && json_wanted(std::env::args_os().skip(1)) {
+        report_failure(LogFormat::Json, &one_line(&error.render().to_string()));
+        std::process::exit(error.exit_code());
+    }
+    error.exit()
+}
+
+/// Whether the (unparsed) arguments, or else the environment, ask for JSON logs.
+fn json_wanted(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut given = None;
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--" {
+            break;
+        }
+        if let Some(value) = arg.strip_prefix("--log-format=") {
+            given = Some(value.to_string());
+        } else if arg == "--log-format" {
+            given = args.get(i + 1).cloned();
+        }
+    }
+    given
+        .or_else(|| std::env::var("OPERATOR_LOG_FORMAT").ok())
+        .is_some_and(|f| f.trim() == "json")
+}
+
+/// clap's message on one line: without its `error: ` prefix and blank lines.
+fn one_line(rendered: &str) -> String {
+    let text = rendered.trim();
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -629,18 +707,62 @@ impl<E: std::error::Error + 'static> From<E> for Failure {
 }
 
 /// `println!` for command output: a closed standard output is an error the caller returns
-/// (and `execute` turns into a quiet exit), never a panic.
+/// (and `execute` turns into a quiet exit), never a panic. Inside [`captured`], the line
+/// goes to the capture instead.
 macro_rules! outln {
     () => {{
-        use std::io::Write as _;
-        writeln!(std::io::stdout().lock())?;
+        $crate::cli::write_out(format_args!("\n"))?;
     }};
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?;
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))?;
     }};
 }
 pub(crate) use outln;
+
+/// `1 service`, `2 services`, `0 services`: a count with its noun.
+pub(crate) fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+tokio::task_local! {
+    /// Where [`outln!`] writes while a view is being drawn off screen.
+    static CAPTURE: std::cell::RefCell<String>;
+}
+
+/// Writes command output: to the capture of [`captured`] when inside one, else to stdout.
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut text = Some(text);
+    let kept = CAPTURE.try_with(|buffer| {
+        use std::fmt::Write as _;
+        if let Some(text) = text.take() {
+            // Writing to a String cannot fail.
+            let _ = buffer.borrow_mut().write_fmt(text);
+        }
+    });
+    match (kept, text) {
+        (Ok(()), _) | (_, None) => Ok(()),
+        (Err(_), Some(text)) => {
+            use std::io::Write as _;
+            std::io::stdout().lock().write_fmt(text)
+        }
+    }
+}
+
+/// Runs `work` with its [`outln!`] output kept, not printed: the output comes back with
+/// the result, to be printed at once (a live view redrawn only once the next one is ready).
+pub(crate) async fn captured<T>(work: impl std::future::Future<Output = T>) -> (T, String) {
+    CAPTURE
+        .scope(std::cell::RefCell::new(String::new()), async {
+            let result = work.await;
+            let text = CAPTURE.with(|buffer| buffer.take());
+            (result, text)
+        })
+        .await
+}
 
 /// Sets up logging; an invalid filter is a usage error.
 pub fn init_logging(cli: &Cli) -> Result<(), String> {

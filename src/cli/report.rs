@@ -89,11 +89,11 @@ pub async fn validate(args: ValidateArgs) -> Result<ExitCode, Failure> {
             "(no cluster network: host or other networks)".to_string()
         };
         outln!(
-            "ok: cluster {} ({}): {} services {network}, {} checks",
+            "ok: cluster {} ({}): {} {network}, {}",
             cluster.name,
             cluster.source.display(),
-            cluster.services.len(),
-            cluster.checks.len()
+            super::counted(cluster.services.len(), "service"),
+            super::counted(cluster.checks.len(), "check")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -145,6 +145,26 @@ fn removal_hint(c: &ObservedContainer) -> String {
     )
 }
 
+/// One service's step of `plan --json`. `action` is what the controller would do now, as
+/// the text form says it: nothing for an escalated service (left alone until a person runs
+/// `tickets retry`) or one a person holds; `repair` is the repair the drift calls for.
+fn plan_step(r: &ServiceReport) -> serde_json::Value {
+    let hands_off = r.escalated || r.held;
+    serde_json::json!({
+        "cluster": r.cluster,
+        "service": r.service,
+        "drifts": r.drifts,
+        "action": if hands_off { None } else { r.action.as_ref() },
+        "repair": r.action,
+        "policy": r.policy,
+        "escalated": r.escalated,
+        "held": r.held,
+        "waiting_for": r.waiting_for,
+        "gated": r.gated,
+        "tickets": r.tickets,
+    })
+}
+
 pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
     let db = args.db;
     let args = args.report;
@@ -156,20 +176,7 @@ pub async fn plan(args: StatusArgs) -> Result<ExitCode, Failure> {
         let mut steps: Vec<_> = reports
             .iter()
             .filter(|r| !r.drifts.is_empty())
-            .map(|r| {
-                serde_json::json!({
-                    "cluster": r.cluster,
-                    "service": r.service,
-                    "drifts": r.drifts,
-                    "action": r.action,
-                    "policy": r.policy,
-                    "escalated": r.escalated,
-                    "held": r.held,
-                    "waiting_for": r.waiting_for,
-                    "gated": r.gated,
-                    "tickets": r.tickets,
-                })
-            })
+            .map(plan_step)
             .collect();
         steps.extend(undeclared.iter().map(|c| {
             serde_json::json!({
@@ -251,26 +258,43 @@ pub async fn status(args: super::StatusCommandArgs) -> Result<ExitCode, Failure>
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut first = true;
     loop {
+        // The next view is drawn off screen and shown whole: the screen is cleared only
+        // once it is ready, however long the engine or a Prometheus takes to answer.
+        let fetched_at = chrono::Local::now();
+        let (result, view) = super::captured(async {
+            let status = status_once(&args.status).await;
+            (status, print_activity(&args.status.db))
+        })
+        .await;
+        let (status, activity) = result;
+        if let Err(e) = &status {
+            // A mistake in the command (no such manifest or database) ends it at once.
+            if first {
+                return status;
+            }
+            if e.broken_pipe {
+                return status;
+            }
+        }
+        first = false;
         if terminal {
             use std::io::Write as _;
             write!(std::io::stdout().lock(), "\x1b[H\x1b[2J")?;
         }
         outln!(
             "operator status, {} (every {}; Ctrl-C to stop)",
-            chrono::Local::now().format("%H:%M:%S"),
+            fetched_at.format("%H:%M:%S"),
             super::audit::human(chrono::Duration::from_std(args.interval).unwrap_or_default())
         );
         outln!();
-        if let Err(e) = status_once(&args.status).await {
-            // A mistake in the command (no such manifest or database) ends it at once; a view
-            // that cannot be drawn later (the engine restarting) is said, then tried again.
-            if first || e.broken_pipe {
-                return Err(e);
-            }
+        // What was drawn before a failure is shown with it.
+        super::write_out(format_args!("{view}"))?;
+        if let Err(e) = status {
+            // A view that cannot be drawn later (the engine restarting) is said, then
+            // tried again.
             outln!("cannot draw the view now: {}", e.message);
         }
-        first = false;
-        print_activity(&args.status.db)?;
+        activity?;
         if !terminal {
             outln!();
         }
@@ -396,6 +420,15 @@ async fn status_once(args: &StatusArgs) -> Result<ExitCode, Failure> {
                 ),
             ),
             None if r.error.is_some() => ("unknown".into(), "-".into(), "-".into()),
+            // The name is taken by a container this service does not own (not ours, not
+            // adopted): it is there, just not the service's.
+            None if r
+                .drifts
+                .iter()
+                .any(|d| d.kind == crate::drift::DriftKind::NameConflict) =>
+            {
+                ("name-conflict".into(), "-".into(), "-".into())
+            }
             None => ("absent".into(), "-".into(), "-".into()),
         };
         let drift = if r.error.is_some() {
@@ -562,4 +595,46 @@ fn print_agent(agent: &serde_json::Value) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::{Drift, DriftKind};
+    use crate::remediation::Action;
+
+    fn stopped(escalated: bool, held: bool) -> ServiceReport {
+        ServiceReport {
+            cluster: "demo".into(),
+            service: "web".into(),
+            image: "busybox".into(),
+            policy: manifest::Policy::Restart,
+            desired_hash: "0".into(),
+            container: None,
+            drifts: vec![Drift {
+                kind: DriftKind::Stopped,
+                detail: "exited (137)".into(),
+                network: None,
+            }],
+            action: Some(Action::Start),
+            escalated,
+            tickets: vec![7],
+            held,
+            waiting_for: None,
+            error: None,
+            gated: None,
+        }
+    }
+
+    #[test]
+    fn plan_json_says_no_action_where_the_controller_leaves_the_service_alone() {
+        let step = plan_step(&stopped(true, false));
+        assert_eq!(step["action"], serde_json::Value::Null, "{step:#}");
+        assert_eq!(step["repair"]["action"], "start", "{step:#}");
+        assert_eq!(step["escalated"], true);
+        let step = plan_step(&stopped(false, true));
+        assert_eq!(step["action"], serde_json::Value::Null, "{step:#}");
+        let step = plan_step(&stopped(false, false));
+        assert_eq!(step["action"]["action"], "start", "{step:#}");
+    }
 }

@@ -69,6 +69,13 @@ fn print_one(ticket: &Ticket, json_out: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Opens an existing database only to read it: nothing is created, migrated or written, so
+/// listing works on a full disk, a read-only mount or a folder this user may not write, and
+/// beside a running controller. A database an older operator wrote is refused with the fix.
+pub(super) fn open_to_read(path: &std::path::Path) -> Result<Store, crate::tickets::TicketError> {
+    Store::open_read_only(path)
+}
+
 /// Opens an existing database to change it; a mistyped `--db` is an error, not a new file.
 pub(super) fn open_to_change(path: &std::path::Path) -> Result<Store, crate::tickets::TicketError> {
     crate::tickets::require_existing(path)?;
@@ -83,7 +90,7 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             json: as_json,
             db,
         } => {
-            let store = open_to_change(&db.path())?;
+            let store = open_to_read(&db.path())?;
             let tickets = match status.as_deref() {
                 Some("held") => {
                     let mut all = store.list(None)?;
@@ -104,7 +111,7 @@ pub fn run(command: TicketsCommand) -> Result<ExitCode, Failure> {
             json: as_json,
             db,
         } => {
-            let store = open_to_change(&db.path())?;
+            let store = open_to_read(&db.path())?;
             let ticket = store
                 .get(id)?
                 .ok_or(crate::tickets::TicketError::NotFound(id))?;

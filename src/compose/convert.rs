@@ -8,6 +8,7 @@ use super::emit::{self, Manifest};
 use super::merge::keyed;
 use super::node::{Node, Value};
 use crate::manifest::parse_duration;
+use crate::manifest::resources::{parse_cpus, parse_memory};
 use crate::manifest::signal::parse_signal;
 use crate::manifest::validate::dns_label;
 use crate::manifest::volume::normalize;
@@ -35,7 +36,6 @@ const NOT_CARRIED: &[(&[&str], &str)] = &[
         &["build"],
         "operator does not build images: build and tag the image before the controller starts it",
     ),
-    (&["deploy"], "swarm only"),
     (
         &["env_file"],
         "operator reads no env files: copy their variables into env",
@@ -70,11 +70,9 @@ const NOT_CARRIED: &[(&[&str], &str)] = &[
     ),
     (
         &[
-            "mem_limit",
             "mem_reservation",
             "memswap_limit",
             "mem_swappiness",
-            "cpus",
             "cpu_shares",
             "cpu_quota",
             "cpu_period",
@@ -92,7 +90,7 @@ const NOT_CARRIED: &[(&[&str], &str)] = &[
             "ulimits",
             "gpus",
         ],
-        "resource limits are not in the manifest format: the engine's defaults apply",
+        "the manifest limits cpus and memory only (resources): the engine's defaults apply",
     ),
     (
         &[
@@ -167,6 +165,9 @@ const CARRIED: &[&str] = &[
     "labels",
     "stop_grace_period",
     "stop_signal",
+    "deploy",
+    "cpus",
+    "mem_limit",
 ];
 
 /// The manifest for the compose project `root`.
@@ -474,7 +475,12 @@ impl Project<'_> {
         let mut comments = Vec::new();
         let mut attached = Attached::default();
         let fields = node.map("a service (a mapping with image, command, ...)")?;
+        let mut operator_remediation = None;
         for (field, value) in fields {
+            if field == "x-operator" {
+                operator_remediation = x_operator(value)?;
+                continue;
+            }
             if field.starts_with("x-") {
                 continue;
             }
@@ -527,6 +533,9 @@ impl Project<'_> {
                 "restart" => out.remediation = restart(value, &mut comments)?,
                 "labels" => out.labels = labels(value, &mut comments)?,
                 "stop_grace_period" => out.stop_timeout = stop_timeout(value, &mut comments)?,
+                "deploy" => deploy(value, &mut out.resources, &mut comments)?,
+                "cpus" => out.resources.cpus = cpus(value, "cpus", &mut comments)?,
+                "mem_limit" => out.resources.memory = memory(value, "mem_limit", &mut comments)?,
                 "stop_signal" => {
                     let signal = value.text("a signal name")?;
                     match parse_signal(&signal) {
@@ -539,7 +548,14 @@ impl Project<'_> {
                 _ => {}
             }
         }
-        if node.get("restart").is_none() {
+        if let Some(written) = operator_remediation {
+            // The compose file says what the controller should do: what `restart` implies
+            // for the controller is moot.
+            comments.retain(|c| !c.starts_with("compose restart"));
+            comments
+                .push("remediation: as the compose file's x-operator.remediation gives it".into());
+            out.remediation.written = Some(written);
+        } else if node.get("restart").is_none() {
             out.remediation = restart_no("no restart key (compose's default is no)", &mut comments);
         }
         if attached.networks.is_empty() && !attached.network_mode {
@@ -557,18 +573,30 @@ impl Project<'_> {
                 key.to_ascii_lowercase()
             ));
         }
-        // A `container_name` is the name of a container compose already started: the
-        // manifest names it for adoption, so that the controller manages it in place.
-        if node.get("container_name").is_some() {
-            out.adopt = true;
-        } else {
+        // The container compose started is adopted by its compose labels (project and
+        // service), whatever its name, so the controller manages it in place; one it
+        // creates carries those labels too, so `docker-compose down` removes it.
+        out.adopt = Some(emit::ComposeAdopt {
+            project: self.ctx.project.to_string(),
+            service: (key != name).then(|| key.to_string()),
+        });
+        if node.get("container_name").is_none() {
             comments.insert(
                 0,
                 format!(
-                    "compose names this container {p}_{key}_1 (docker-compose 1.x) or {p}-{key}-1 (v2); the controller adopts containers by the service's name, so add `container_name: {key}` in the compose file to adopt it",
+                    "compose names this container {p}_{key}_1 (docker-compose 1.x) or {p}-{key}-1 (v2): the controller adopts it by its compose labels, and names a container it creates {name}",
                     p = self.ctx.project
                 ),
             );
+        } else if key != name {
+            // On compose's networks the container answers to its compose service name too.
+            if attached.network_mode {
+                comments.push(format!(
+                    "compose service name {key} not carried over as an alias (network_mode: no network aliases)"
+                ));
+            } else {
+                out.aliases.push(key.to_string());
+            }
         }
         out.comments = comments;
         Ok((out, attached))
@@ -823,10 +851,20 @@ impl Project<'_> {
                         "compose key networks: {key} not carried over (a manifest service joins one network; this one joins {joined})"
                     ));
                 }
-                for (field, _) in options.as_ref().and_then(Node::entries).unwrap_or_default() {
-                    if !field.starts_with("x-") {
+                for (field, value) in options.as_ref().and_then(Node::entries).unwrap_or_default() {
+                    if field == "aliases" && *key == joined {
+                        // Names the stack's clients may use: the container keeps them.
+                        for alias in value.seq("a list of aliases").into_iter().flatten() {
+                            let Some(alias) = alias.scalar() else {
+                                continue;
+                            };
+                            if alias != service.name && !service.aliases.contains(&alias) {
+                                service.aliases.push(alias);
+                            }
+                        }
+                    } else if !field.starts_with("x-") {
                         service.comments.push(format!(
-                            "compose key networks.{key}.{field}: not carried over (on its network a service is known by its name only)"
+                            "compose key networks.{key}.{field}: not carried over (on its network a service is known by its name and aliases only)"
                         ));
                     }
                 }
@@ -848,6 +886,127 @@ impl Project<'_> {
             comments: vec![format!(
                 "{comment}: compose creates it, so the controller joins it and never creates or changes it (external: true)"
             )],
+        }
+    }
+}
+
+/// A service's `x-operator`: the controller's own settings, which compose ignores
+/// (`x-` keys are extensions). `remediation` is carried over as written (as flow YAML), so
+/// that a compose file can say what its manifest should; the manifest's validation checks it.
+fn x_operator(value: &Node) -> Result<Option<String>, ComposeError> {
+    let mut remediation = None;
+    for (field, v) in value.map("a mapping with remediation")? {
+        match field.as_str() {
+            "remediation" => {
+                v.map("a remediation (a mapping with policy, maxRestarts, ...)")?;
+                remediation = Some(flow(v));
+            }
+            _ => {
+                return Err(v.error(format!(
+                    "unknown x-operator key \"{field}\": expected remediation"
+                )));
+            }
+        }
+    }
+    Ok(remediation)
+}
+
+/// A value as flow YAML (`{a: 1, b: [x, y]}`), scalars as written.
+fn flow(node: &Node) -> String {
+    match &node.value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.clone(),
+        // A duration stays plain (`30m`), as a manifest writes it.
+        Value::Str(s) if !s.contains(',') && emit::duration(s) == *s => s.clone(),
+        Value::Str(s) => emit::flow_item(s),
+        Value::Seq(items) => {
+            let items: Vec<String> = items.iter().map(flow).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Map(entries) => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}: {}", emit::flow_item(k), flow(v)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+    }
+}
+
+/// `deploy`: its `resources.limits` (cpus, memory) are the container's limits, as compose
+/// (v2, and 1.x with `--compatibility`) applies them; the rest is for swarm.
+fn deploy(
+    value: &Node,
+    resources: &mut emit::Resources,
+    comments: &mut Vec<String>,
+) -> Result<(), ComposeError> {
+    for (field, v) in value.map("a deploy mapping")? {
+        match field.as_str() {
+            "resources" => {
+                for (kind, r) in v.map("a mapping with limits and reservations")? {
+                    match kind.as_str() {
+                        "limits" => {
+                            for (limit, l) in r.map("a mapping with cpus and memory")? {
+                                let at = format!("deploy.resources.limits.{limit}");
+                                match limit.as_str() {
+                                    "cpus" => resources.cpus = cpus(l, &at, comments)?,
+                                    "memory" => resources.memory = memory(l, &at, comments)?,
+                                    _ if limit.starts_with("x-") => {}
+                                    _ => comments.push(format!(
+                                        "compose key {at}: not carried over (the manifest limits cpus and memory only)"
+                                    )),
+                                }
+                            }
+                        }
+                        _ if kind.starts_with("x-") => {}
+                        _ => comments.push(format!(
+                            "compose key deploy.resources.{kind}: not carried over (the manifest has limits only)"
+                        )),
+                    }
+                }
+            }
+            "replicas" => comments.push(
+                "compose key deploy.replicas: not carried over (a manifest service is one container: declare one service per replica)"
+                    .into(),
+            ),
+            _ if field.starts_with("x-") => {}
+            _ => comments.push(format!(
+                "compose key deploy.{field}: not carried over (swarm only)"
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// A CPU limit, checked as the manifest checks it; one it refuses is a comment.
+fn cpus(
+    value: &Node,
+    at: &str,
+    comments: &mut Vec<String>,
+) -> Result<Option<String>, ComposeError> {
+    let text = value.text("a number of CPUs")?;
+    match parse_cpus(&text) {
+        Ok(_) => Ok(Some(text)),
+        Err(why) => {
+            comments.push(format!("compose key {at}: {text} not carried over ({why})"));
+            Ok(None)
+        }
+    }
+}
+
+/// A memory limit, checked as the manifest checks it; one it refuses is a comment.
+fn memory(
+    value: &Node,
+    at: &str,
+    comments: &mut Vec<String>,
+) -> Result<Option<String>, ComposeError> {
+    let text = value.text("a memory size such as 512m")?;
+    match parse_memory(&text) {
+        Ok(_) => Ok(Some(text)),
+        Err(why) => {
+            comments.push(format!("compose key {at}: {text} not carried over ({why})"));
+            Ok(None)
         }
     }
 }
@@ -914,6 +1073,7 @@ fn restart_no(why: &str, comments: &mut Vec<String>) -> emit::Remediation {
     emit::Remediation {
         policy: "observe",
         max_restarts: None,
+        written: None,
     }
 }
 
@@ -932,6 +1092,7 @@ fn restart(value: &Node, comments: &mut Vec<String>) -> Result<emit::Remediation
         emit::Remediation {
             policy: "restart",
             max_restarts,
+            written: None,
         }
     };
     Ok(match policy.as_str() {

@@ -26,8 +26,9 @@ pub struct Service {
     pub name: String,
     /// Comments right under `- name:`: what compose said that the manifest does not.
     pub comments: Vec<String>,
-    /// `adopt: true`: the controller takes over the existing container of this name.
-    pub adopt: bool,
+    /// `adopt: {compose: ...}`: the controller takes over the container compose started
+    /// for this service, found by its compose labels.
+    pub adopt: Option<ComposeAdopt>,
     pub image: String,
     pub command: Option<Vec<String>>,
     pub entrypoint: Option<Vec<String>>,
@@ -35,12 +36,29 @@ pub struct Service {
     pub ports: Vec<String>,
     pub volumes: Vec<String>,
     pub network_mode: Option<String>,
+    /// DNS names on the network besides the service's name.
+    pub aliases: Vec<String>,
     pub labels: Vec<(String, String)>,
     pub healthcheck: Option<Healthcheck>,
     pub depends_on: Vec<String>,
     pub stop_timeout: Option<String>,
     pub stop_signal: Option<String>,
+    pub resources: Resources,
     pub remediation: Remediation,
+}
+
+/// `adopt.compose`: compose's project, and its service when the manifest's name differs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ComposeAdopt {
+    pub project: String,
+    pub service: Option<String>,
+}
+
+/// `resources`, as compose wrote them (`"0.5"`, `512m`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Resources {
+    pub cpus: Option<String>,
+    pub memory: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -57,6 +75,9 @@ pub struct Remediation {
     /// `restart` or `observe`.
     pub policy: &'static str,
     pub max_restarts: Option<u32>,
+    /// The whole mapping as the compose file's `x-operator.remediation` writes it (flow
+    /// YAML): the controller's own settings, carried over as they are.
+    pub written: Option<String>,
 }
 
 impl Default for Remediation {
@@ -64,6 +85,7 @@ impl Default for Remediation {
         Remediation {
             policy: "observe",
             max_restarts: None,
+            written: None,
         }
     }
 }
@@ -110,8 +132,18 @@ impl Service {
         for line in &self.comments {
             out.comment(6, line);
         }
-        if self.adopt {
-            out.line(6, "adopt: true");
+        if let Some(adopt) = &self.adopt {
+            let service = adopt
+                .service
+                .as_deref()
+                .map_or_else(String::new, |s| format!(", service: {}", flow_item(s)));
+            out.line(
+                6,
+                &format!(
+                    "adopt: {{compose: {{project: {}{service}}}}}",
+                    flow_item(&adopt.project)
+                ),
+            );
         }
         out.line(6, &format!("image: {}", scalar(&self.image)));
         for (key, words) in [("command", &self.command), ("entrypoint", &self.entrypoint)] {
@@ -126,6 +158,10 @@ impl Service {
         out.list(6, "volumes", self.volumes.iter().map(|v| scalar(v)));
         if let Some(mode) = &self.network_mode {
             out.line(6, &format!("networkMode: {}", scalar(mode)));
+        }
+        if !self.aliases.is_empty() {
+            let names: Vec<String> = self.aliases.iter().map(|n| flow_item(n)).collect();
+            out.line(6, &format!("aliases: [{}]", names.join(", ")));
         }
         out.map(6, "labels", &self.labels);
         if let Some(h) = &self.healthcheck {
@@ -153,6 +189,20 @@ impl Service {
         }
         if let Some(signal) = &self.stop_signal {
             out.line(6, &format!("stopSignal: {}", scalar(signal)));
+        }
+        let limits: Vec<String> = [
+            ("cpus", &self.resources.cpus),
+            ("memory", &self.resources.memory),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some(format!("{key}: {}", flow_item(value.as_ref()?))))
+        .collect();
+        if !limits.is_empty() {
+            out.line(6, &format!("resources: {{{}}}", limits.join(", ")));
+        }
+        if let Some(written) = &self.remediation.written {
+            out.line(6, &format!("remediation: {written}"));
+            return;
         }
         out.line(6, "remediation:");
         out.line(8, &format!("policy: {}", self.remediation.policy));
@@ -239,7 +289,7 @@ fn flow(items: &[String]) -> String {
 }
 
 /// An item of a flow list (`[a, b]`): plain like [`scalar`], but never with a `,`.
-fn flow_item(s: &str) -> String {
+pub(super) fn flow_item(s: &str) -> String {
     if is_plain(s) && !s.contains(',') {
         s.to_string()
     } else {
@@ -248,7 +298,7 @@ fn flow_item(s: &str) -> String {
 }
 
 /// A duration such as `10s` or `1m30s` is plain: YAML cannot take it for a number.
-fn duration(s: &str) -> String {
+pub(super) fn duration(s: &str) -> String {
     let mut rest = s;
     let mut parts = 0;
     while !rest.is_empty() {

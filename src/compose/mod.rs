@@ -22,7 +22,7 @@ mod node;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use emit::{Healthcheck, Manifest, Network, Remediation, Service};
+pub use emit::{ComposeAdopt, Healthcheck, Manifest, Network, Remediation, Resources, Service};
 
 use crate::yamldoc::Diagnostic;
 
@@ -73,6 +73,114 @@ pub struct Imported {
     pub manifest: Manifest,
     /// Things a person should know that are not errors: variables that were not set.
     pub notes: Vec<Diagnostic>,
+    /// What the manifest does with the stack compose started.
+    pub summary: Summary,
+}
+
+/// What an imported manifest means for the containers of a stack compose started: which
+/// are adopted, which the controller creates, and what of the compose file was dropped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Services whose container compose started is taken over (found by its labels).
+    pub adopted: Vec<String>,
+    /// Services whose container the controller creates although compose may not have
+    /// started one, with why.
+    pub created: Vec<(String, String)>,
+    /// Compose keys not carried over: per service (`None`: the file's top level), each key
+    /// as its comment names it (`deploy.placement`, `ports: 9000`).
+    pub dropped: Vec<(Option<String>, Vec<String>)>,
+}
+
+impl Summary {
+    fn of(manifest: &Manifest) -> Summary {
+        let dropped_keys = |comments: &[String]| -> Vec<String> {
+            comments
+                .iter()
+                .filter_map(|c| {
+                    let rest = c.strip_prefix("compose key ")?;
+                    let key = rest.split_once(" not carried over")?.0;
+                    Some(key.trim_end_matches(':').to_string())
+                })
+                .collect()
+        };
+        let mut summary = Summary::default();
+        let top = dropped_keys(&manifest.header);
+        if !top.is_empty() {
+            summary.dropped.push((None, top));
+        }
+        for service in &manifest.services {
+            if service
+                .comments
+                .iter()
+                .any(|c| c.starts_with("compose key profiles:"))
+            {
+                summary.created.push((
+                    service.name.clone(),
+                    "it has profiles: compose starts it only with one of them, the controller always"
+                        .into(),
+                ));
+            } else if service.adopt.is_some() {
+                summary.adopted.push(service.name.clone());
+            } else {
+                summary
+                    .created
+                    .push((service.name.clone(), "it is not adopted".into()));
+            }
+            let keys = dropped_keys(&service.comments);
+            if !keys.is_empty() {
+                summary.dropped.push((Some(service.name.clone()), keys));
+            }
+        }
+        summary
+    }
+
+    /// The summary as lines for a person: adopted, created, dropped, each said even when
+    /// there is none.
+    pub fn lines(&self, project: &str) -> Vec<String> {
+        let none = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let created: Vec<String> = self
+            .created
+            .iter()
+            .map(|(name, why)| format!("{name} ({why})"))
+            .collect();
+        let dropped: Vec<String> = self
+            .dropped
+            .iter()
+            .map(|(service, keys)| {
+                format!(
+                    "{}: {}",
+                    service.as_deref().unwrap_or("(top level)"),
+                    keys.join(", ")
+                )
+            })
+            .collect();
+        vec![
+            format!(
+                "adopted: {} (the containers compose started in project {project}, found by their compose labels)",
+                none(&self.adopted)
+            ),
+            format!("created: {}", none(&created)),
+            format!(
+                "dropped: {}{}",
+                if dropped.is_empty() {
+                    "none".to_string()
+                } else {
+                    dropped.join("; ")
+                },
+                if dropped.is_empty() {
+                    ""
+                } else {
+                    " (each is a comment in the manifest, with why)"
+                }
+            ),
+        ]
+    }
 }
 
 /// Converts the compose project made of `files` (later files override earlier ones) into
@@ -116,6 +224,7 @@ pub fn import(files: &[Source], options: &Options) -> Result<Imported, ComposeEr
     header.append(&mut manifest.header);
     manifest.header = header;
     Ok(Imported {
+        summary: Summary::of(&manifest),
         project,
         manifest,
         notes,

@@ -124,7 +124,19 @@ volumes:
 "#,
     );
     assert_eq!(web.name, "shop-web");
-    assert!(web.adopt, "a container_name is adopted");
+    assert_eq!(
+        web.adopt,
+        Some(ComposeAdopt {
+            project: "shop".into(),
+            service: Some("web".into())
+        }),
+        "adopted by its compose labels"
+    );
+    assert_eq!(
+        web.aliases,
+        ["web"],
+        "its compose service name stays a DNS name"
+    );
     assert_eq!(web.image, "nginx:1.27");
     assert_eq!(
         web.command.as_deref(),
@@ -241,7 +253,8 @@ fn restart_policies_map_to_the_controllers_remediation() {
             policy(&format!("    restart: {healed}\n")),
             Remediation {
                 policy: "restart",
-                max_restarts: None
+                max_restarts: None,
+                written: None,
             },
             "{healed}"
         );
@@ -250,7 +263,8 @@ fn restart_policies_map_to_the_controllers_remediation() {
         policy("    restart: on-failure:3\n"),
         Remediation {
             policy: "restart",
-            max_restarts: Some(3)
+            max_restarts: Some(3),
+            written: None,
         }
     );
     for observed in [
@@ -323,12 +337,11 @@ secrets:
     for expected in [
         "      # compose key build: not carried over (operator does not build images",
         "      # image shop_worker is the name docker-compose 1.x gives the image it builds",
-        "      # compose key deploy: not carried over (swarm only)",
+        "      # compose key deploy.replicas: not carried over (a manifest service is one container",
         "      # compose key env_file: not carried over (operator reads no env files",
         "      # compose key user: not carried over (not in the manifest format",
         "      # compose key expose: not carried over (documentation only",
         "      # compose key logging: not carried over (the engine's default log driver applies)",
-        "      # compose key mem_limit: not carried over (resource limits",
         "      # compose key environment: FROM_SHELL not carried over (compose passes it from the shell",
         "      # compose key ports: 9000 not carried over (no host port",
         "      # compose key ports: 127.0.0.1::80 not carried over (no host port",
@@ -341,8 +354,9 @@ secrets:
         "      # compose key labels: operator.managed-by not carried over",
         "# compose key volumes.data.driver: not carried over",
         "# compose key secrets: not carried over",
-        "      # compose names this container shop_worker_1 (docker-compose 1.x) or shop-worker-1 (v2)",
-        "add `container_name: worker` in the compose file to adopt it",
+        "      # compose names this container shop_worker_1 (docker-compose 1.x) or shop-worker-1 (v2): the controller adopts it by its compose labels",
+        "      adopt: {compose: {project: shop}}\n",
+        "      resources: {memory: \"512m\"}\n",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -383,10 +397,7 @@ fn a_single_network_is_the_cluster_network_and_others_are_network_mode_or_commen
     .manifest;
     assert_eq!(single.network.name, "shop_back");
     assert!(single.services.iter().all(|s| s.network_mode.is_none()));
-    assert!(has_comment(
-        &single.services[1],
-        &["networks.back.aliases: not carried over"]
-    ));
+    assert_eq!(single.services[1].aliases, ["bee"], "aliases are carried");
 
     let mixed = imported(
         "services:
@@ -664,10 +675,193 @@ volumes:
     let _ = std::fs::remove_dir_all(&dir);
     let desired = loaded.unwrap_or_else(|e| panic!("{e}\n{}", imported.manifest.render()));
     let web = &desired.clusters[0].services[0];
+    assert_eq!(
+        web.compose,
+        Some(crate::manifest::ComposeService {
+            project: "app".into(),
+            service: "web".into()
+        })
+    );
+    assert_eq!(web.adopt, Some(crate::manifest::Adopt::Observed));
     assert_eq!(web.env["C"], "1.10");
     assert_eq!(web.env["F"], "yes");
     assert_eq!(web.labels["empty"], "");
     assert_eq!(web.stop_signal.as_deref(), Some("3"));
     assert_eq!(web.remediation.max_restarts, 4);
     assert_eq!(web.depends_on, ["api"]);
+}
+
+/// Defect 6 of issue 22: a service without `container_name` came back as a new service, so
+/// the controller created one beside compose's `shop_worker_1`.
+#[test]
+fn every_service_is_adopted_by_its_compose_labels_and_keeps_its_compose_names() {
+    let manifest = imported(
+        r#"
+services:
+  worker:
+    image: a
+    networks:
+      default:
+        aliases: [jobs, worker]
+  db:
+    image: b
+    container_name: shop-db
+    networks:
+      default:
+        aliases: [database]
+"#,
+    )
+    .manifest;
+    let (worker, db) = (&manifest.services[0], &manifest.services[1]);
+    assert_eq!(worker.name, "worker");
+    assert_eq!(
+        worker.adopt,
+        Some(ComposeAdopt {
+            project: "shop".into(),
+            service: None
+        })
+    );
+    // Its own name is its DNS name already; compose's other aliases are kept.
+    assert_eq!(worker.aliases, ["jobs"]);
+    assert_eq!(db.name, "shop-db");
+    assert_eq!(
+        db.adopt,
+        Some(ComposeAdopt {
+            project: "shop".into(),
+            service: Some("db".into())
+        })
+    );
+    assert_eq!(db.aliases, ["db", "database"]);
+    let text = manifest.render();
+    for expected in [
+        "    - name: worker\n",
+        "      adopt: {compose: {project: shop}}\n",
+        "      aliases: [jobs]\n",
+        "    - name: shop-db\n",
+        "      adopt: {compose: {project: shop, service: db}}\n",
+        "      aliases: [db, database]\n",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn deploy_resource_limits_and_mem_limit_are_the_manifests_resources() {
+    let web = only(
+        r#"
+services:
+  web:
+    image: a
+    deploy:
+      replicas: 1
+      placement: {constraints: [node.role == manager]}
+      resources:
+        limits: {cpus: "0.5", memory: 256M, pids: 100}
+        reservations: {memory: 128M}
+"#,
+    );
+    assert_eq!(
+        web.resources,
+        Resources {
+            cpus: Some("0.5".into()),
+            memory: Some("256M".into())
+        }
+    );
+    assert!(has_comment(
+        &web,
+        &["deploy.placement: not carried over (swarm only)"]
+    ));
+    assert!(has_comment(
+        &web,
+        &["deploy.resources.limits.pids: not carried over"]
+    ));
+    assert!(has_comment(
+        &web,
+        &["deploy.resources.reservations: not carried over"]
+    ));
+    assert!(
+        !has_comment(&web, &["deploy.resources.limits.cpus"])
+            && !has_comment(&web, &["deploy: not carried"]),
+        "{:?}",
+        web.comments
+    );
+    let legacy = only("services:\n  web:\n    image: a\n    cpus: 1.5\n    mem_limit: 1g\n");
+    assert_eq!(
+        legacy.resources,
+        Resources {
+            cpus: Some("1.5".into()),
+            memory: Some("1g".into())
+        }
+    );
+    // What the manifest would refuse stays a comment.
+    let bad = only("services:\n  web:\n    image: a\n    mem_limit: 1m\n");
+    assert_eq!(bad.resources, Resources::default());
+    assert!(has_comment(&bad, &["mem_limit: 1m not carried over", "6m"]));
+}
+
+#[test]
+fn x_operator_remediation_is_carried_as_written() {
+    let web = only(
+        r#"
+x-budget: &budget {policy: restart, maxRestarts: 3, window: 30m, backoff: {initial: 10s, max: 5m}}
+services:
+  web:
+    image: a
+    restart: "no"
+    x-operator:
+      remediation: *budget
+"#,
+    );
+    assert_eq!(
+        web.remediation.written.as_deref(),
+        Some("{policy: restart, maxRestarts: 3, window: 30m, backoff: {initial: 10s, max: 5m}}")
+    );
+    assert!(
+        !has_comment(&web, &["compose restart"]),
+        "{:?}",
+        web.comments
+    );
+    assert!(
+        error(&["services:\n  web:\n    image: a\n    x-operator: {adopt: false}\n"])
+            .contains("compose.yaml:4: services.web.x-operator.adopt: unknown x-operator key"),
+    );
+}
+
+#[test]
+fn the_summary_says_what_is_adopted_created_and_dropped() {
+    let summary = imported(
+        r#"
+services:
+  web:
+    image: a
+    user: "1000"
+  debug:
+    image: b
+    profiles: [debug]
+secrets:
+  token: {file: ./token}
+"#,
+    )
+    .summary;
+    assert_eq!(summary.adopted, ["web"]);
+    assert_eq!(summary.created.len(), 1);
+    assert_eq!(summary.created[0].0, "debug");
+    assert_eq!(
+        summary.dropped,
+        vec![
+            (None, vec!["secrets".to_string()]),
+            (Some("web".into()), vec!["user".into()]),
+            (Some("debug".into()), vec!["profiles".into()]),
+        ]
+    );
+    let lines = summary.lines("shop");
+    assert!(lines[0].starts_with("adopted: web ("), "{lines:?}");
+    assert!(
+        lines[1].starts_with("created: debug (it has profiles"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[2],
+        "dropped: (top level): secrets; web: user; debug: profiles (each is a comment in the manifest, with why)"
+    );
 }

@@ -26,17 +26,17 @@ use bollard::models::{
     NetworkDisconnectRequest, NetworkInspect,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 
-use crate::manifest::{Cluster, Service};
+use crate::manifest::{Cluster, ComposeService, Service};
 
 use super::call::{Answer, call};
 use super::observed::ObservedContainer;
 use super::process;
-use super::spec::{create_body, service_network};
+use super::spec::{COMPOSE_ONEOFF, COMPOSE_PROJECT, COMPOSE_SERVICE, create_body, service_network};
 use super::{DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY_VALUE};
 
 /// Time limits for engine calls.
@@ -141,6 +141,46 @@ impl Actions {
         )
         .await?
         .required()
+    }
+
+    /// Inspects the container compose started for `compose`'s service, found by its
+    /// labels whatever its name (`imp_worker_1`); `None` when there is none. A one-off
+    /// (`docker-compose run`) container is not the service's.
+    pub async fn inspect_compose(
+        &self,
+        compose: &ComposeService,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        let project = format!("{COMPOSE_PROJECT}={}", compose.project);
+        let service = format!("{COMPOSE_SERVICE}={}", compose.service);
+        let filters = HashMap::from([("label", vec![project.as_str(), service.as_str()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let lines = call(
+            format!(
+                "list the containers of compose service {} of project {}",
+                compose.service, compose.project
+            ),
+            self.limits.call,
+            self.docker.list_containers(Some(options)),
+        )
+        .await?
+        .required()?;
+        let oneoff = |l: &ContainerSummary| {
+            l.labels
+                .as_ref()
+                .and_then(|l| l.get(COMPOSE_ONEOFF))
+                .is_some_and(|v| v == "True")
+        };
+        let newest = lines
+            .into_iter()
+            .filter(|l| !oneoff(l))
+            .max_by_key(|l| l.created.unwrap_or_default());
+        match newest.and_then(|l| l.id) {
+            Some(id) => self.inspect(&id).await,
+            None => Ok(None),
+        }
     }
 
     pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
@@ -340,7 +380,11 @@ impl Actions {
         .found()?;
         self.ensure_network_locked(cluster, name).await?;
         for c in &attached {
-            self.connect_locked(&c.id, name, &c.key.service).await?;
+            let aliases = cluster
+                .service(&c.key.service)
+                .map(super::spec::network_aliases)
+                .unwrap_or_else(|| vec![c.key.service.clone()]);
+            self.connect_locked(&c.id, name, aliases).await?;
         }
         Ok(())
     }
@@ -500,25 +544,26 @@ impl Actions {
         self.create_and_start(cluster, service).await
     }
 
-    /// Attaches a container to a network, with the service name as its DNS alias.
+    /// Attaches a container to a network, with its DNS names there (the service's name and
+    /// its `aliases`: every name its clients use).
     pub async fn connect(
         &self,
         cluster: &Cluster,
         id: &str,
         network: &str,
-        alias: &str,
+        aliases: Vec<String>,
     ) -> Result<(), DockerError> {
         // Under the lock: a network being recreated reconnects its containers itself.
         let _changing = self.network_changes.lock().await;
         self.ensure_network_locked(cluster, network).await?;
-        self.connect_locked(id, network, alias).await
+        self.connect_locked(id, network, aliases).await
     }
 
     async fn connect_locked(
         &self,
         id: &str,
         network: &str,
-        alias: &str,
+        aliases: Vec<String>,
     ) -> Result<(), DockerError> {
         let already = self
             .inspect_network(network)
@@ -531,7 +576,7 @@ impl Actions {
         let request = NetworkConnectRequest {
             container: id.to_string(),
             endpoint_config: Some(EndpointSettings {
-                aliases: Some(vec![alias.to_string()]),
+                aliases: Some(aliases),
                 ..Default::default()
             }),
         };

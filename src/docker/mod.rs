@@ -9,6 +9,7 @@
 pub mod actions;
 pub mod cache;
 mod call;
+pub mod hostpath;
 pub mod observed;
 mod process;
 pub mod spec;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::ServiceKey;
+use super::spec::{COMPOSE_ONEOFF, COMPOSE_PROJECT, COMPOSE_SERVICE};
 use super::{LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_SPEC_HASH, MANAGED_BY_VALUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,18 +82,40 @@ pub struct ObservedContainer {
 
 /// Whose a container with these labels and this name is, and whether it is adopted: ours
 /// by our labels (`None` if they name no cluster and service), or else adopted when the
-/// manifests adopt its name (`adoptable` gives the key a name is adopted for). One rule for
-/// an inspect ([`ObservedContainer::recognise`]) and a list line (the resync's).
+/// manifests adopt its name or, for a container compose started, its compose service
+/// (`adoptable` gives the key a name or a [`compose_identity`] is adopted for). One rule
+/// for an inspect ([`ObservedContainer::recognise`]) and a list line (the resync's).
 pub fn owner(
     labels: &BTreeMap<String, String>,
     name: &str,
-    adoptable: impl FnOnce(&str) -> Option<ServiceKey>,
+    adoptable: impl Fn(&str) -> Option<ServiceKey>,
 ) -> Option<(ServiceKey, bool)> {
     if is_managed(labels) {
         let key = ServiceKey::new(labels.get(LABEL_CLUSTER)?, labels.get(LABEL_SERVICE)?);
         return Some((key, false));
     }
-    Some((adoptable(name)?, true))
+    if let Some(key) = adoptable(name) {
+        return Some((key, true));
+    }
+    Some((adoptable(&compose_identity_of(labels)?)?, true))
+}
+
+/// What a manifest's `adopt.compose` adopts, as a key beside the adopted container names
+/// (no container name has a `/`, so the two never meet).
+pub fn compose_identity(project: &str, service: &str) -> String {
+    format!("compose:{project}/{service}")
+}
+
+/// The [`compose_identity`] of a container compose started for a service (not a one-off
+/// `docker-compose run` container), from its labels.
+pub fn compose_identity_of(labels: &BTreeMap<String, String>) -> Option<String> {
+    if labels.get(COMPOSE_ONEOFF).is_some_and(|v| v == "True") {
+        return None;
+    }
+    Some(compose_identity(
+        labels.get(COMPOSE_PROJECT)?,
+        labels.get(COMPOSE_SERVICE)?,
+    ))
 }
 
 /// Whether a label set marks a container as ours.
@@ -112,11 +135,11 @@ impl ObservedContainer {
         Some(Self::reduce(c, key, &labels, false))
     }
 
-    /// Ours by its labels, or adopted: its name is one the manifests adopt (`adoptable`
-    /// gives the key a container name is adopted for).
+    /// Ours by its labels, or adopted: its name or compose service is one the manifests
+    /// adopt (`adoptable`, as [`owner`] says).
     pub fn recognise(
         c: &ContainerInspectResponse,
-        adoptable: impl FnOnce(&str) -> Option<ServiceKey>,
+        adoptable: impl Fn(&str) -> Option<ServiceKey>,
     ) -> Option<ObservedContainer> {
         let labels = labels_of(c);
         let (key, adopted) = owner(&labels, &name_of(c), adoptable)?;

@@ -7,7 +7,9 @@ use bollard::models::{
     RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
 };
 
-use crate::manifest::{Cluster, NetworkMode, Protocol, RestartPolicy, Service, VolumeMount};
+use crate::manifest::{
+    Cluster, ComposeService, NetworkMode, Protocol, RestartPolicy, Service, VolumeMount,
+};
 
 use super::{LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_SPEC_HASH, MANAGED_BY_VALUE};
 
@@ -27,11 +29,44 @@ pub fn labels(cluster: &Cluster, service: &Service) -> HashMap<String, String> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if let Some(compose) = &service.compose {
+        labels.extend(compose_labels(compose));
+    }
     labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
     labels.insert(LABEL_CLUSTER.into(), cluster.name.clone());
     labels.insert(LABEL_SERVICE.into(), service.name.clone());
     labels.insert(LABEL_SPEC_HASH.into(), service.spec_hash());
     labels
+}
+
+/// compose's label naming the project of a container it started.
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+/// compose's label naming the service of a container it started.
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+/// compose's label telling a `run` container (`True`) from a service's own (`False`).
+pub const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
+const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
+
+/// The labels by which compose knows a container as the first one of `compose`'s service:
+/// a container the controller creates for a compose-adopted service carries them, so that
+/// `docker-compose down` (1.x and v2: both select by project and `oneoff=False`) stops and
+/// removes it with the rest of the stack, and its network can go. Derived from the manifest
+/// alone, so they are the same on every recreate.
+pub fn compose_labels(compose: &ComposeService) -> [(String, String); 4] {
+    [
+        (COMPOSE_PROJECT.into(), compose.project.clone()),
+        (COMPOSE_SERVICE.into(), compose.service.clone()),
+        (COMPOSE_ONEOFF.into(), "False".into()),
+        (COMPOSE_CONTAINER_NUMBER.into(), "1".into()),
+    ]
+}
+
+/// The DNS names of the service's container on its network: its name, then its `aliases`.
+pub fn network_aliases(service: &Service) -> Vec<String> {
+    std::iter::once(&service.name)
+        .chain(&service.aliases)
+        .cloned()
+        .collect()
 }
 
 fn nanos(d: Option<std::time::Duration>) -> Option<i64> {
@@ -96,8 +131,8 @@ pub fn create_body(cluster: &Cluster, service: &Service) -> ContainerCreateBody 
         endpoints_config: Some(HashMap::from([(
             net.to_string(),
             EndpointSettings {
-                // The service name is its DNS name on the network.
-                aliases: Some(vec![service.name.clone()]),
+                // The service name is its DNS name on the network, with its aliases.
+                aliases: Some(network_aliases(service)),
                 ..Default::default()
             },
         )])),
@@ -132,6 +167,8 @@ pub fn create_body(cluster: &Cluster, service: &Service) -> ContainerCreateBody 
                 name: Some(restart),
                 maximum_retry_count: None,
             }),
+            nano_cpus: service.resources.nano_cpus,
+            memory: service.resources.memory,
             ..Default::default()
         }),
         networking_config,
@@ -186,6 +223,9 @@ mod tests {
             depends_on: Vec::new(),
             restart_with: Vec::new(),
             adopt: None,
+            compose: None,
+            aliases: Vec::new(),
+            resources: Default::default(),
             restart_policy: RestartPolicy::No,
             stop_timeout: None,
             stop_signal: None,
@@ -370,6 +410,65 @@ mod tests {
             .expect("endpoints");
         assert_eq!(endpoints.len(), 1);
         assert_eq!(endpoints["demo-net"].aliases, Some(vec!["db".to_string()]));
+    }
+
+    /// Defect 4 of issue 22: a recreated compose service answered to its container name
+    /// only, and `docker-compose down` did not know it.
+    #[test]
+    fn a_compose_adopted_service_keeps_its_aliases_and_compose_labels() {
+        let s = Service {
+            aliases: vec!["db".into(), "database".into()],
+            compose: Some(ComposeService {
+                project: "imp".into(),
+                service: "db".into(),
+            }),
+            labels: BTreeMap::from([(COMPOSE_PROJECT.to_string(), "other".to_string())]),
+            ..service("imp-db")
+        };
+        let body = create_body(&cluster(vec![s.clone()]), &s);
+        let endpoints = body
+            .networking_config
+            .and_then(|n| n.endpoints_config)
+            .expect("endpoints");
+        assert_eq!(
+            endpoints["demo-net"].aliases,
+            Some(vec!["imp-db".to_string(), "db".into(), "database".into()])
+        );
+        let labels = body.labels.expect("labels");
+        assert_eq!(labels[COMPOSE_PROJECT], "imp", "derived from adopt.compose");
+        assert_eq!(labels[COMPOSE_SERVICE], "db");
+        assert_eq!(labels[COMPOSE_ONEOFF], "False");
+        assert_eq!(labels["com.docker.compose.container-number"], "1");
+        assert_eq!(labels[LABEL_SERVICE], "imp-db");
+        // Without adopt.compose, none of compose's labels.
+        let plain = service("web");
+        let labels = create_body(&cluster(vec![plain.clone()]), &plain)
+            .labels
+            .expect("labels");
+        assert!(!labels.keys().any(|k| k.starts_with("com.docker.compose.")));
+    }
+
+    #[test]
+    fn resources_are_the_engines_limits() {
+        let s = Service {
+            resources: crate::manifest::Resources {
+                nano_cpus: Some(500_000_000),
+                memory: Some(64 << 20),
+            },
+            ..service("web")
+        };
+        let host = create_body(&cluster(vec![s.clone()]), &s)
+            .host_config
+            .expect("host config");
+        assert_eq!(
+            (host.nano_cpus, host.memory),
+            (Some(500_000_000), Some(64 << 20))
+        );
+        let bare = service("web");
+        let host = create_body(&cluster(vec![bare.clone()]), &bare)
+            .host_config
+            .expect("host config");
+        assert_eq!((host.nano_cpus, host.memory), (None, None));
     }
 
     #[test]

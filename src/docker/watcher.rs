@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Reconnect;
 use crate::metrics::Metrics;
 
-use super::observed::{ObservedContainer, is_managed};
+use super::observed::{ObservedContainer, compose_identity_of, is_managed, owner};
 use super::{
     Cache, DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_VALUE,
     ServiceKey, is_not_found,
@@ -247,9 +247,10 @@ impl Watcher {
                     return None;
                 }
                 let labels: BTreeMap<String, String> = attributes.clone().into_iter().collect();
+                // An event's attributes are the container's labels and its name.
                 let adopted = || {
-                    let name = attributes.get("name")?;
-                    self.cache.adoptable(name)
+                    let name = attributes.get("name").map_or("", String::as_str);
+                    owner(&labels, name, |n| self.cache.adoptable(n))
                 };
                 if !is_managed(&labels) && adopted().is_none() {
                     return None;
@@ -290,7 +291,11 @@ impl Watcher {
                     attributes.get(LABEL_SERVICE)?,
                 ))
             })
-            .or_else(|| self.cache.adoptable(attributes.get("name")?));
+            .or_else(|| {
+                let labels: BTreeMap<String, String> = attributes.clone().into_iter().collect();
+                let name = attributes.get("name").map_or("", String::as_str);
+                owner(&labels, name, |n| self.cache.adoptable(n)).map(|(key, _)| key)
+            });
         if let Some(key) = key {
             let _ = self.events.send(WatchEvent::Changed { key, at });
         }
@@ -401,8 +406,9 @@ pub async fn list_lines(
     docker.list_containers(Some(options)).await
 }
 
-/// Lists every container carrying our label, and those the manifests adopt by name
-/// (`adoptable`: name to key), inspected for health and networks.
+/// Lists every container carrying our label, and those the manifests adopt by name or by
+/// compose service (`adoptable`: name or compose identity to key), inspected for health and
+/// networks.
 pub async fn list_owned(
     docker: &Docker,
     adoptable: &HashMap<String, ServiceKey>,
@@ -416,11 +422,17 @@ pub async fn list_owned(
             .as_ref()
             .and_then(|l| l.get(LABEL_MANAGED_BY))
             .is_some_and(|v| v == MANAGED_BY_VALUE);
+        let compose = || {
+            let labels: BTreeMap<String, String> =
+                s.labels.clone().unwrap_or_default().into_iter().collect();
+            compose_identity_of(&labels).is_some_and(|id| adoptable.contains_key(&id))
+        };
         managed
             || s.names
                 .iter()
                 .flatten()
                 .any(|n| adoptable.contains_key(n.trim_start_matches('/')))
+            || compose()
     };
     // Side by side: one container the engine is cleaning up after must not hold up the rest.
     let owned: Vec<Option<ObservedContainer>> = futures::stream::iter(

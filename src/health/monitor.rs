@@ -196,6 +196,9 @@ pub struct Monitor {
     /// Per declared check; see [`Tracked`].
     trackers: HashMap<CheckKey, Tracked>,
     clients: HashMap<String, (String, Duration, Prometheus)>,
+    /// Clusters whose Prometheus could not be asked in their last round: when it answers
+    /// again, that is said once.
+    unanswered: BTreeSet<String>,
 }
 
 impl Default for Monitor {
@@ -211,6 +214,7 @@ impl Monitor {
             http: reqwest::Client::new(),
             trackers: HashMap::new(),
             clients: HashMap::new(),
+            unanswered: BTreeSet::new(),
         }
     }
 
@@ -262,6 +266,8 @@ impl Monitor {
         });
         self.clients
             .retain(|cluster, _| desired.cluster(cluster).is_some());
+        self.unanswered
+            .retain(|cluster| desired.cluster(cluster).is_some());
         let mut out = Vec::new();
         for cluster in desired.clusters.iter().filter(|c| !c.checks.is_empty()) {
             let prometheus = self.prometheus(cluster);
@@ -301,6 +307,7 @@ impl Monitor {
                 (_, false) => Observability::NotNeeded,
                 (None, true) => Observability::Up,
             };
+            self.follow(cluster, &observability);
             let no_data_after = cluster.prometheus.interval;
             let mut checks = Vec::new();
             for (check, reading) in readings {
@@ -331,6 +338,34 @@ impl Monitor {
             });
         }
         out
+    }
+}
+
+impl Monitor {
+    /// Says when a cluster's Prometheus answers again after it could not be asked (at
+    /// start, or later), so that the log that said it was lost also says it is back. A
+    /// one-shot look (`instant`) says nothing.
+    fn follow(&mut self, cluster: &Cluster, observability: &Observability) {
+        if self.instant {
+            return;
+        }
+        match observability {
+            Observability::Lost { .. } => {
+                self.unanswered.insert(cluster.name.clone());
+            }
+            Observability::Up => {
+                if self.unanswered.remove(&cluster.name) {
+                    tracing::info!(
+                        cluster = %cluster.name,
+                        prometheus = cluster.prometheus.url.as_deref().unwrap_or_default(),
+                        "Prometheus answers again: check verdicts are read again"
+                    );
+                }
+            }
+            Observability::NotNeeded => {
+                self.unanswered.remove(&cluster.name);
+            }
+        }
     }
 }
 
@@ -460,6 +495,86 @@ mod tests {
         let verdict = &health[0].checks[0].verdict;
         assert_eq!(verdict.state, CheckState::Unknown);
         assert_eq!(verdict.error.as_deref(), Some(reason.as_str()));
+    }
+
+    /// Answers every query with no series, for as long as the test runs.
+    async fn answering_prometheus() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    /// Log lines written while the guard lives, as text.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn prometheus_answering_again_is_logged_once() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            format!("http://{}", l.local_addr().expect("addr"))
+        };
+        let up = answering_prometheus().await;
+        let mut monitor = Monitor::new();
+        let checks = || vec![alert("down", "up == 0")];
+        monitor.round(&desired(Some(&refused), checks())).await;
+        assert!(!log.text().contains("answers again"), "{}", log.text());
+        monitor.round(&desired(Some(&up), checks())).await;
+        monitor.round(&desired(Some(&up), checks())).await;
+        let text = log.text();
+        assert_eq!(
+            text.matches("Prometheus answers again").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("cluster=demo"), "{text}");
     }
 
     #[tokio::test]

@@ -129,20 +129,23 @@ fn load_file(
 ) -> usize {
     let dir = manifest_dir(file);
     let mut documents = 0;
-    for doc in yamldoc::read::<raw::Document>(file, text) {
+    for mut read in yamldoc::read_all::<raw::Document>(file, text) {
         documents += 1;
-        match doc {
-            Ok(doc) => {
-                let source = Source {
-                    file,
-                    dir: &dir,
-                    lines: &doc.lines,
-                    env,
-                };
-                checked.push(validate::document(doc.value, &source, diagnostics));
-            }
-            Err(diagnostic) => diagnostics.push(diagnostic),
-        }
+        diagnostics.append(&mut read.problems);
+        let Some(doc) = read.document.take() else {
+            continue;
+        };
+        let source = Source {
+            file,
+            dir: &dir,
+            lines: &doc.lines,
+            env,
+        };
+        // A field that could not be read holds a stand-in; its problem is reported above,
+        // and checking the stand-in would only add a false one.
+        let mut found = Vec::new();
+        checked.push(validate::document(doc.value, &source, &mut found));
+        diagnostics.extend(found.into_iter().filter(|d| !read.is_stand_in(&d.field)));
     }
     documents
 }
@@ -243,6 +246,75 @@ mod tests {
             &["\"1:abc\""],
         );
         assert_eq!(diags.len(), 2, "{diags:#?}");
+    }
+
+    #[test]
+    fn every_problem_of_a_document_is_reported_in_one_run() {
+        let dir = TempDir::new();
+        let text = manifest(
+            "one",
+            &(service(
+                "aa",
+                "      imagePullPolicy: always\n      ports: \"8080:80\"\n      restartPolicy: sometimes\n",
+            ) + &service(
+                "bb",
+                "      ports: [\"1:abc\"]\n      remediation:\n        window: 10\n        maxRestarts: many\n",
+            ) + "    - name: cc\n      dependsOn: [nope]\n"),
+        );
+        let diags = invalid(load(&[dir.write("x.yaml", &text)]));
+        // An unknown field, a wrong type, a bad value, in one service ...
+        assert_reported(
+            &diags,
+            line_of(&text, "imagePullPolicy", 0),
+            "spec.services[0].imagePullPolicy",
+            &["unknown field `imagePullPolicy`, expected one of `name`, `image`"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "8080:80", 0),
+            "spec.services[0].ports",
+            &["invalid type: string \"8080:80\", expected a sequence"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "sometimes", 0),
+            "spec.services[0].restartPolicy",
+            &["\"sometimes\""],
+        );
+        // ... bad values and a wrong type in another ...
+        assert_reported(
+            &diags,
+            line_of(&text, "1:abc", 0),
+            "spec.services[1].ports[0]",
+            &["\"1:abc\""],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "window: 10", 0),
+            "spec.services[1].remediation.window",
+            &["no unit"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "many", 0),
+            "spec.services[1].remediation.maxRestarts",
+            &["invalid type: string \"many\""],
+        );
+        // ... and a missing field in a third, whose other fields are still checked.
+        assert_reported(
+            &diags,
+            line_of(&text, "- name: cc", 0),
+            "spec.services[2]",
+            &["missing field `image`"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "nope", 0),
+            "spec.services[2].dependsOn[0]",
+            &["unknown service \"nope\""],
+        );
+        // Nothing said twice, nothing about the values read in place of the bad ones.
+        assert_eq!(diags.len(), 8, "{diags:#?}");
     }
 
     #[test]

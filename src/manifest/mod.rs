@@ -16,6 +16,7 @@ mod load;
 mod port;
 mod positions;
 mod raw;
+pub(crate) mod resources;
 pub(crate) mod signal;
 #[cfg(test)]
 mod testing;
@@ -334,6 +335,34 @@ pub struct Service {
     /// controller creates the container, and a container of that name it did not create is
     /// a name conflict it never touches.
     pub adopt: Option<Adopt>,
+    /// `adopt.compose`: the container to adopt is the one compose started for this compose
+    /// project and service, found by its labels whatever its name (`imp_worker_1`); a
+    /// container the controller creates for the service carries those labels too, so that
+    /// compose (`docker-compose down`) still knows it as its own.
+    pub compose: Option<ComposeService>,
+    /// `aliases`: more DNS names of the container on its network, besides the service's
+    /// name (the names a compose stack's clients use: its service name, its
+    /// `networks.X.aliases`).
+    pub aliases: Vec<String>,
+    /// `resources`: the container's CPU and memory limits.
+    pub resources: Resources,
+}
+
+/// A compose project's service (`adopt.compose`), as compose labels its containers
+/// (`com.docker.compose.project`, `com.docker.compose.service`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ComposeService {
+    pub project: String,
+    pub service: String,
+}
+
+/// Limits on what the container may use (`resources`); `None`: the engine's default, none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Resources {
+    /// `resources.cpus` in billionths of a CPU (`docker run --cpus`, the engine's `NanoCpus`).
+    pub nano_cpus: Option<i64>,
+    /// `resources.memory` in bytes (`docker run --memory`).
+    pub memory: Option<i64>,
 }
 
 /// How an adopted container's spec is treated (`adopt: {spec: ...}`).
@@ -579,7 +608,7 @@ impl Service {
     /// The first 16 hex digits of the SHA-256 of a canonical JSON form (maps in key order)
     /// of every field except `remediation` and `depends_on`, which only change what the
     /// controller does, not the container. Optional fields added later (`stop_timeout`,
-    /// `stop_signal`) are hashed only when set.
+    /// `stop_signal`, `adopt.compose`, `aliases`, `resources`) are hashed only when set.
     ///
     /// # Caveats
     /// `NetworkMode::Cluster` is hashed as such: renaming the cluster network does not
@@ -604,6 +633,14 @@ impl Service {
             stop_timeout: Option<u64>,
             #[serde(skip_serializing_if = "Option::is_none")]
             stop_signal: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            compose: Option<&'a ComposeService>,
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            aliases: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            nano_cpus: Option<i64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            memory: Option<i64>,
         }
         let container = Container {
             name: &self.name,
@@ -619,6 +656,10 @@ impl Service {
             restart_policy: self.restart_policy,
             stop_timeout: self.stop_timeout.map(|d| d.as_secs()),
             stop_signal: self.stop_signal.as_deref(),
+            compose: self.compose.as_ref(),
+            aliases: &self.aliases,
+            nano_cpus: self.resources.nano_cpus,
+            memory: self.resources.memory,
         };
         // Serialization only fails on non-UTF-8 paths, which `load` refuses; the fallback
         // keeps the hash total and deterministic all the same.
@@ -715,6 +756,32 @@ mod tests {
         let mut zero = base.clone();
         zero.stop_timeout = Some(Duration::ZERO);
         assert_ne!(zero.spec_hash(), base.spec_hash());
+    }
+
+    /// Aliases, compose labels and limits are part of the container: set, they change the
+    /// hash; unset (every spec written before they existed), they leave it as it was.
+    #[test]
+    fn spec_hash_changes_with_aliases_compose_and_resources_once_set() {
+        let base = full();
+        let mut aliases = base.clone();
+        aliases.aliases = vec!["db".into()];
+        let mut compose = base.clone();
+        compose.compose = Some(ComposeService {
+            project: "shop".into(),
+            service: "full".into(),
+        });
+        let mut limits = base.clone();
+        limits.resources.memory = Some(64 << 20);
+        let hashes = [&base, &aliases, &compose, &limits].map(|s| s.spec_hash());
+        for i in 0..hashes.len() {
+            for j in i + 1..hashes.len() {
+                assert_ne!(hashes[i], hashes[j], "{hashes:?}");
+            }
+        }
+        // `adopt` alone (without compose) is how the container is found, not what it is.
+        let mut adopted = base.clone();
+        adopted.adopt = Some(Adopt::Observed);
+        assert_eq!(adopted.spec_hash(), base.spec_hash());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The manifest schema as written: field names, nesting and YAML types, nothing more.
 //!
-//! Every struct refuses unknown fields. Values whose rules are richer than a type (ports,
-//! volumes, durations, names) stay text here and are checked by `validate`, which can report
-//! all of them at once with their lines; a wrong type or unknown field stops the document.
+//! Every struct refuses unknown fields: `yamldoc::read_all` reports each one against the
+//! field list serde derives from the struct, so a new field is known by being declared here.
+//! Values whose rules are richer than a type (ports, volumes, durations, names) stay text
+//! here and are checked by `validate`, which can report all of them at once with their
+//! lines; a wrong type or unknown field is reported too, and the rest is still checked.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -249,13 +251,17 @@ pub(super) struct Service {
     pub remediation: Option<Remediation>,
     #[serde(default)]
     pub adopt: Option<Adopt>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub resources: Option<Resources>,
 }
 
-/// `adopt: true` (or `false`), or `adopt: {spec: observed | owned}`.
+/// `adopt: true` (or `false`), or `adopt: {spec: observed | owned, compose: {project, service}}`.
 #[derive(Debug, Deserialize)]
 #[serde(
     untagged,
-    expecting = "true, false, or a mapping with spec (observed or owned)"
+    expecting = "true, false, or a mapping with spec (observed or owned) and compose ({project, service})"
 )]
 pub(super) enum Adopt {
     Flag(bool),
@@ -267,6 +273,34 @@ pub(super) enum Adopt {
 pub(super) struct AdoptWith {
     #[serde(default)]
     pub spec: Option<String>,
+    #[serde(default)]
+    pub compose: Option<AdoptCompose>,
+}
+
+/// `adopt.compose`: the container compose started for a service of a project, found by its
+/// labels `com.docker.compose.project` and `com.docker.compose.service`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with project and service (the compose service; default: this service's name)"
+)]
+pub(super) struct AdoptCompose {
+    /// Required; optional here so that `validate` names it when it is missing (an untagged
+    /// `adopt` would only say that nothing matched).
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+/// `resources`: the container's limits (`docker run --cpus --memory`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with cpus and memory")]
+pub(super) struct Resources {
+    #[serde(default)]
+    pub cpus: Option<Scalar>,
+    #[serde(default)]
+    pub memory: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

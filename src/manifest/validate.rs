@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use super::port::{PORT_FORMAT, parse_port, ports_clash};
 use super::raw::{self, Args, Scalar};
+use super::resources::{CPUS_FORMAT, MEMORY_FORMAT, parse_cpus, parse_memory};
 use super::signal::{SIGNAL_FORMAT, parse_signal};
 use super::volume::{VOLUME_FORMAT, parse_volume};
 use super::{
-    Adopt, AgentSpec, Cluster, Diagnostic, EscalateTo, Healthcheck, MAX_STOP_TIMEOUT, NetworkMode,
-    NetworkSpec, Policy, PortMapping, Remediation, RestartPolicy, SafetyMode, Service, VolumeMount,
-    graph,
+    Adopt, AgentSpec, Cluster, ComposeService, Diagnostic, EscalateTo, Healthcheck,
+    MAX_STOP_TIMEOUT, NetworkMode, NetworkSpec, Policy, PortMapping, Remediation, Resources,
+    RestartPolicy, SafetyMode, Service, VolumeMount, graph,
 };
 use crate::yamldoc::{DocLines, parse_duration};
 
@@ -417,9 +418,20 @@ impl Validator<'_, '_> {
             Some(r) => self.remediation(&format!("{path}.remediation"), r, Remediation::default()),
         };
 
-        let adopt = raw
-            .adopt
-            .and_then(|a| self.adopt(&format!("{path}.adopt"), a));
+        let (adopt, compose) = match raw.adopt {
+            None => (None, None),
+            Some(a) => self.adopt(&format!("{path}.adopt"), a, &raw.name),
+        };
+        let aliases = self.aliases(
+            &format!("{path}.aliases"),
+            raw.aliases,
+            &raw.name,
+            &network_mode,
+        );
+        let resources = raw
+            .resources
+            .map(|r| self.resources(&format!("{path}.resources"), r))
+            .unwrap_or_default();
 
         let service = Service {
             name: raw.name,
@@ -440,31 +452,161 @@ impl Validator<'_, '_> {
             stop_signal,
             remediation,
             adopt,
+            compose,
+            aliases,
+            resources,
         };
         (service, port_indices)
     }
 
-    fn adopt(&mut self, field: &str, raw: raw::Adopt) -> Option<Adopt> {
-        match raw {
-            raw::Adopt::Flag(false) => None,
-            raw::Adopt::Flag(true) | raw::Adopt::With(raw::AdoptWith { spec: None }) => {
-                Some(Adopt::Observed)
+    /// `adopt`, and the compose service it names (`adopt.compose`) when it does.
+    fn adopt(
+        &mut self,
+        field: &str,
+        raw: raw::Adopt,
+        name: &str,
+    ) -> (Option<Adopt>, Option<ComposeService>) {
+        let raw::AdoptWith { spec, compose } = match raw {
+            raw::Adopt::Flag(false) => return (None, None),
+            raw::Adopt::Flag(true) => return (Some(Adopt::Observed), None),
+            raw::Adopt::With(with) => with,
+        };
+        let adopt = match spec.as_deref() {
+            None | Some("observed") => Some(Adopt::Observed),
+            Some("owned") => Some(Adopt::Owned),
+            Some(other) => {
+                self.error(
+                    &format!("{field}.spec"),
+                    format!(
+                        "invalid adopt spec \"{other}\": expected observed (keep the \
+                         container's own spec) or owned (recreate it from the manifest)"
+                    ),
+                );
+                None
             }
-            raw::Adopt::With(raw::AdoptWith { spec: Some(spec) }) => match spec.as_str() {
-                "observed" => Some(Adopt::Observed),
-                "owned" => Some(Adopt::Owned),
-                other => {
-                    self.error(
-                        &format!("{field}.spec"),
-                        format!(
-                            "invalid adopt spec \"{other}\": expected observed (keep the \
-                             container's own spec) or owned (recreate it from the manifest)"
-                        ),
-                    );
-                    None
-                }
-            },
+        };
+        let compose = compose.and_then(|c| {
+            let mut ok = true;
+            let project = c.project.unwrap_or_default();
+            if project.is_empty() {
+                self.error(
+                    &format!("{field}.compose"),
+                    "adopt.compose needs the compose project: write {project: NAME} (as \
+                     `docker-compose -p` or the compose file's folder names it)"
+                        .into(),
+                );
+                ok = false;
+            } else if !is_compose_project(&project) {
+                self.error(
+                    &format!("{field}.compose.project"),
+                    format!(
+                        "invalid compose project \"{project}\": expected compose's project name \
+                         ([a-z0-9][a-z0-9_-]*, as `docker-compose -p` or the folder gives it)"
+                    ),
+                );
+                ok = false;
+            }
+            let service = c.service.unwrap_or_else(|| name.to_string());
+            if !is_docker_name(&service) {
+                self.error(
+                    &format!("{field}.compose.service"),
+                    format!(
+                        "invalid compose service \"{service}\": expected a compose service \
+                         name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+                    ),
+                );
+                ok = false;
+            }
+            ok.then_some(ComposeService { project, service })
+        });
+        (adopt, compose)
+    }
+
+    /// `aliases`: DNS names on the service's network besides its name, each once.
+    fn aliases(
+        &mut self,
+        field: &str,
+        raw: Vec<String>,
+        name: &str,
+        network_mode: &NetworkMode,
+    ) -> Vec<String> {
+        if !raw.is_empty() && *network_mode == NetworkMode::Host {
+            self.error(
+                field,
+                "a service on the host's network (networkMode: host) has no DNS names on a \
+                 Docker network: remove aliases"
+                    .into(),
+            );
+            return Vec::new();
         }
+        let mut aliases: Vec<String> = Vec::with_capacity(raw.len());
+        for (j, alias) in raw.into_iter().enumerate() {
+            let item = format!("{field}[{j}]");
+            if !is_docker_name(&alias) || alias.len() > 63 {
+                self.error(
+                    &item,
+                    format!(
+                        "invalid alias \"{alias}\": expected a DNS name \
+                         ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 63 characters)"
+                    ),
+                );
+            } else if alias == name {
+                self.error(
+                    &item,
+                    format!(
+                        "alias \"{alias}\" is the service's name, which is always its DNS name: \
+                         remove it"
+                    ),
+                );
+            } else if let Some(first) = aliases.iter().position(|a| *a == alias) {
+                self.error(
+                    &item,
+                    format!("alias \"{alias}\" is already aliases[{first}]"),
+                );
+            } else {
+                aliases.push(alias);
+            }
+        }
+        aliases
+    }
+
+    /// `resources`: `cpus` and `memory` limits.
+    fn resources(&mut self, field: &str, raw: raw::Resources) -> Resources {
+        let text = |value: Scalar| match value {
+            Scalar::Str(s) | Scalar::Int(s) => Some(s),
+            Scalar::Float(f) => Some(f.to_string()),
+            Scalar::Bool(_) | Scalar::Null => None,
+        };
+        let mut limits = Resources::default();
+        if let Some(value) = raw.cpus {
+            let written = format!("{value:?}");
+            match text(value).ok_or(written).map(|t| (parse_cpus(&t), t)) {
+                Ok((Ok(nanos), _)) => limits.nano_cpus = Some(nanos),
+                Ok((Err(why), _)) => self.error(
+                    &format!("{field}.cpus"),
+                    format!("invalid cpus: {why} (expected {CPUS_FORMAT})"),
+                ),
+                Err(written) => self.error(
+                    &format!("{field}.cpus"),
+                    format!("invalid cpus {written} (expected {CPUS_FORMAT})"),
+                ),
+            }
+        }
+        if let Some(value) = raw.memory {
+            let written = format!("{value:?}");
+            match text(value).ok_or(written).map(|t| parse_memory(&t)) {
+                Ok(Ok(bytes)) => limits.memory = Some(bytes),
+                Ok(Err(why)) => self.error(
+                    &format!("{field}.memory"),
+                    format!("invalid memory: {why} (expected {MEMORY_FORMAT})"),
+                ),
+                Err(written) => self.error(
+                    &format!("{field}.memory"),
+                    format!("invalid memory {written} (expected {MEMORY_FORMAT})"),
+                ),
+            }
+        }
+        limits
     }
 
     fn command(&mut self, field: &str, args: Args) -> Option<Vec<String>> {
@@ -968,6 +1110,15 @@ pub(crate) fn dns_label(name: &str) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// compose's rule for project names (what `docker-compose -p` keeps of a name).
+fn is_compose_project(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
 }
 
 /// Docker's rule for network names.
@@ -1519,6 +1670,140 @@ mod tests {
                 .iter()
                 .any(|d| d.message.contains("true, false, or a mapping with spec")),
             "{diags:#?}"
+        );
+    }
+
+    #[test]
+    fn adopt_compose_names_compose_project_and_service_and_each_mistake_is_named() {
+        let read = |extra: &str| only_service(&manifest("demo", &service("web", extra)));
+        let web = read("      adopt: {compose: {project: shop}}\n");
+        assert_eq!(web.adopt, Some(Adopt::Observed));
+        assert_eq!(
+            web.compose,
+            Some(ComposeService {
+                project: "shop".into(),
+                service: "web".into()
+            }),
+            "the compose service defaults to the service's name"
+        );
+        let web = read(
+            "      adopt:\n        spec: owned\n        compose: {project: shop, service: Web_1}\n",
+        );
+        assert_eq!(web.adopt, Some(Adopt::Owned));
+        assert_eq!(web.compose.map(|c| c.service).as_deref(), Some("Web_1"));
+        assert_eq!(read("      adopt: true\n").compose, None);
+
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      adopt:\n        compose:\n          project: My.Shop\n          service: -x\n",
+            ),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "project:", 0),
+            "spec.services[0].adopt.compose.project",
+            &["\"My.Shop\"", "[a-z0-9][a-z0-9_-]*"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "service: -x", 0),
+            "spec.services[0].adopt.compose.service",
+            &["\"-x\""],
+        );
+        let text = manifest(
+            "demo",
+            &service("web", "      adopt:\n        compose: {service: web}\n"),
+        );
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "compose:", 0),
+            "spec.services[0].adopt.compose",
+            &["needs the compose project"],
+        );
+    }
+
+    #[test]
+    fn aliases_are_read_and_each_mistake_is_named_at_its_line() {
+        let read = |extra: &str| only_service(&manifest("demo", &service("web", extra)));
+        assert!(read("").aliases.is_empty());
+        assert_eq!(
+            read("      aliases: [db, Db.local]\n").aliases,
+            ["db", "Db.local"]
+        );
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      aliases:\n        - db\n        - web\n        - db\n        - -bad\n",
+            ),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "- web", 0),
+            "spec.services[0].aliases[1]",
+            &["service's name"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "- db", 1),
+            "spec.services[0].aliases[2]",
+            &["already aliases[0]"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "- -bad", 0),
+            "spec.services[0].aliases[3]",
+            &["\"-bad\"", "DNS name"],
+        );
+        let text = manifest(
+            "demo",
+            &service("web", "      networkMode: host\n      aliases: [db]\n"),
+        );
+        assert_reported(
+            &diagnostics(&text),
+            line_of(&text, "aliases", 0),
+            "spec.services[0].aliases",
+            &["host"],
+        );
+    }
+
+    #[test]
+    fn resources_are_read_exactly_and_each_mistake_is_named() {
+        let read = |extra: &str| only_service(&manifest("demo", &service("web", extra)));
+        assert_eq!(read("").resources, Resources::default());
+        let web = read("      resources: {cpus: 0.5, memory: 512m}\n");
+        assert_eq!(web.resources.nano_cpus, Some(500_000_000));
+        assert_eq!(web.resources.memory, Some(512 << 20));
+        assert_eq!(
+            read("      resources: {cpus: \"2\", memory: 1G}\n").resources,
+            Resources {
+                nano_cpus: Some(2_000_000_000),
+                memory: Some(1 << 30)
+            }
+        );
+        let text = manifest(
+            "demo",
+            &service(
+                "web",
+                "      resources:\n        cpus: 0\n        memory: 1m\n",
+            ),
+        );
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "cpus:", 0),
+            "spec.services[0].resources.cpus",
+            &["more than 0"],
+        );
+        assert_reported(
+            &diags,
+            line_of(&text, "memory:", 0),
+            "spec.services[0].resources.memory",
+            &["\"1m\"", "6m"],
         );
     }
 

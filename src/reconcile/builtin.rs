@@ -39,7 +39,12 @@ impl BuiltIn {
             Action::Recreate => actions.recreate(cluster, service, id()?).await,
             Action::Connect { network } => {
                 actions
-                    .connect(cluster, id()?, network, &service.name)
+                    .connect(
+                        cluster,
+                        id()?,
+                        network,
+                        crate::docker::spec::network_aliases(service),
+                    )
                     .await
             }
             Action::RecreateNetwork { .. } => actions.recreate_network(cluster).await,

@@ -155,6 +155,8 @@ pub(super) struct CheckRecorder {
     repairs: mpsc::UnboundedSender<CheckRestartMessage>,
     memory: CheckMemory,
     views: Arc<CheckViews>,
+    /// When the round being applied began (`None`: unknown, as in unit tests).
+    round_from: Option<Instant>,
 }
 
 /// How long Prometheus must stay unreachable before it is a ticket (verdicts freeze at
@@ -180,6 +182,7 @@ impl CheckRecorder {
             repairs,
             memory: CheckMemory::default(),
             views,
+            round_from: None,
         }
     }
 
@@ -205,6 +208,7 @@ impl CheckRecorder {
                 // The manifests may have been edited during the round: record against the
                 // checks declared now.
                 let desired = desired_now();
+                self.round_from = Some(from);
                 for cluster in health {
                     if let Err(e) = self.apply(&desired, &cluster).await {
                         error!(cluster = %cluster.cluster, error = %e, "cannot record check verdicts; will try next round");
@@ -217,6 +221,17 @@ impl CheckRecorder {
                 _ = tokio::time::sleep(round_interval(&desired)) => {}
             }
         }
+    }
+
+    /// Whether the round being applied began before `service`'s container last changed
+    /// state (as the container cache saw it).
+    fn drawn_before_a_change(&self, cluster: &str, service: &str) -> bool {
+        let Some(from) = self.round_from else {
+            return false;
+        };
+        self.cache
+            .changed_at(&ServiceKey::new(cluster, service))
+            .is_some_and(|changed| changed >= from)
     }
 
     fn withdraw(&self, cluster: &str, check: Option<&str>, keep: HashSet<String>) {
@@ -278,6 +293,7 @@ impl CheckRecorder {
                     )
                     .await?;
                 if sighting != Sighting::Seen {
+                    info!(cluster, ticket = ticket.id, drift = "observability-lost", detail = %reason, "ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
                     warn!(cluster, ticket = ticket.id, %reason, "observability lost: check verdicts frozen until Prometheus answers");
                 }
                 return Ok(());
@@ -377,6 +393,14 @@ impl CheckRecorder {
                 {
                     self.attach_to_container_ticket(cluster, service, name, evidence)
                         .await?;
+                    continue;
+                }
+                if let Some(service) = &failing.target
+                    && self.drawn_before_a_change(cluster, service)
+                {
+                    // Drawn (at least partly) before the target's last state change: a
+                    // verdict from while it was paused says nothing about it unpaused. Its
+                    // ticket is neither opened, bumped nor resolved; the next round decides.
                     continue;
                 }
                 let detail = format!(
@@ -826,6 +850,33 @@ mod tests {
                 .any(|m| matches!(m, CheckRestartMessage::Request { .. })),
             "a passing check asks for nothing"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_verdict_drawn_before_the_targets_last_change_counts_for_nothing() {
+        let mut s = setup_with("      remediation: {policy: restart}\n");
+        // The round began while the container was paused; it was unpaused before the
+        // verdict came back.
+        s.container(ContainerStatus::Paused);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        s.recorder.round_from = Some(Instant::now());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        s.container(ContainerStatus::Running);
+        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+            .await;
+        assert!(s.tickets().is_empty(), "{:#?}", s.tickets());
+        assert!(
+            !s.messages()
+                .iter()
+                .any(|m| matches!(m, CheckRestartMessage::Request { .. })),
+            "a stale verdict asked for a restart"
+        );
+        // A round begun after the change counts.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        s.recorder.round_from = Some(Instant::now());
+        s.apply(Observability::Up, verdict(CheckState::Failing, &["svc"]))
+            .await;
+        assert_eq!(s.tickets().len(), 1);
     }
 
     #[tokio::test]

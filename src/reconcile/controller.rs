@@ -328,6 +328,12 @@ pub(super) struct Shared {
     pub paused_at: Mutex<HashMap<ServiceKey, chrono::DateTime<chrono::Utc>>>,
     /// Why the quorum gate holds each key's action back (noted on its ticket once per reason).
     pub gated: Mutex<HashMap<ServiceKey, String>>,
+    /// Services whose escalation this process has already told the log about (an ERROR when
+    /// it escalated a ticket, a WARN for one it found escalated): once each, not per look.
+    pub escalations_told: Mutex<std::collections::HashSet<ServiceKey>>,
+    /// The dependency each key waits for before its container may start (logged once per
+    /// wait).
+    pub waiting_on: Mutex<HashMap<ServiceKey, String>>,
     /// The adopted container recorded for each key by this process (see
     /// [`crate::tickets::Adoption`]), so the record is written once per container.
     pub adopted: Mutex<HashMap<ServiceKey, String>>,
@@ -483,6 +489,8 @@ impl ControllerBuilder {
                 leases: Mutex::new(Leases::default()),
                 paused_at: Mutex::new(HashMap::new()),
                 gated: Mutex::new(HashMap::new()),
+                escalations_told: Mutex::new(std::collections::HashSet::new()),
+                waiting_on: Mutex::new(HashMap::new()),
                 adopted: Mutex::new(HashMap::new()),
                 disruptions: Disruptions::default(),
                 check_views: Arc::default(),
@@ -701,9 +709,10 @@ impl Controller {
                         removed = pass.removed,
                         since_start_ms = since_start.as_millis() as u64,
                         pass_ms = pass.took.as_millis() as u64,
-                        "first full reconcile done in {} ms ({} services)",
+                        "first full reconcile done in {} ms ({} service{})",
                         since_start.as_millis(),
-                        pass.keys
+                        pass.keys,
+                        if pass.keys == 1 { "" } else { "s" }
                     );
                 }
                 PassKind::Resync => {

@@ -13,6 +13,10 @@ use crate::remediation::Action;
 /// crash-looping rather than merely stopped.
 pub const CRASH_LOOP_REPAIRS: u32 = 3;
 
+/// A container that ran at least this long before it stopped did not crash-loop, whatever
+/// the repairs before: one-off kills minutes apart are separate stops.
+pub const CRASH_LOOP_UPTIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Everything the diff needs to know about one service's current state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
@@ -116,7 +120,14 @@ pub fn diff(cluster: &Cluster, service: &Service, observed: &Observation) -> Vec
                 (status, Some(code)) => format!("{} with code {code}", status.as_str()),
                 (status, None) => status.as_str().to_string(),
             };
-            if observed.recent_repairs >= CRASH_LOOP_REPAIRS {
+            // How long its last run lasted (never started, or unknown: short).
+            let ran_briefly = match (c.started_at, c.finished_at) {
+                (Some(started), Some(finished)) => {
+                    (finished - started).to_std().unwrap_or_default() < CRASH_LOOP_UPTIME
+                }
+                _ => true,
+            };
+            if observed.recent_repairs >= CRASH_LOOP_REPAIRS && ran_briefly {
                 drifts.push(Drift::new(
                     DriftKind::CrashLooping,
                     format!(
@@ -270,6 +281,9 @@ mod tests {
             depends_on: vec![],
             restart_with: vec![],
             adopt: None,
+            compose: None,
+            aliases: vec![],
+            resources: Default::default(),
             restart_policy: RestartPolicy::No,
             stop_timeout: None,
             stop_signal: None,
@@ -418,6 +432,23 @@ mod tests {
             action_for(&diff(&cluster(), &service(), &obs), &obs),
             Some(Action::Start)
         );
+    }
+
+    #[test]
+    fn a_stop_after_minutes_of_running_is_stopped_however_many_repairs_came_before() {
+        let at = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        let mut c = running();
+        c.status = ContainerStatus::Exited;
+        c.started_at = at("2025-01-02T03:00:00Z");
+        c.finished_at = at("2025-01-02T03:04:00Z");
+        let mut obs = with(c.clone());
+        obs.recent_repairs = CRASH_LOOP_REPAIRS + 2;
+        assert_eq!(kinds(&obs), vec![DriftKind::Stopped]);
+        // The same history with a run of seconds is a crash loop.
+        c.finished_at = at("2025-01-02T03:00:05Z");
+        let mut obs = with(c);
+        obs.recent_repairs = CRASH_LOOP_REPAIRS;
+        assert_eq!(kinds(&obs), vec![DriftKind::CrashLooping]);
     }
 
     #[test]

@@ -47,29 +47,7 @@ pub(super) async fn observe(
     service: &Service,
     recent_repairs: u32,
 ) -> Result<Observation, DockerError> {
-    let key = ServiceKey::new(&cluster.name, &service.name);
-    let (container, name_conflict) = match actions.inspect(&service.name).await? {
-        None => (None, None),
-        // A container of the service's name without our labels is adopted only when the
-        // manifest says so: ownership is never taken silently.
-        Some(raw) => match ObservedContainer::recognise(&raw, |_| {
-            service.adopt.is_some().then(|| key.clone())
-        }) {
-            None => (
-                None,
-                Some(
-                    "is not managed by operator (no operator.managed-by label; set `adopt: \
-                     true` on the service to take it over)"
-                        .to_string(),
-                ),
-            ),
-            Some(c) if c.key != key => (
-                None,
-                Some(format!("belongs to {} (another cluster or service)", c.key)),
-            ),
-            Some(c) => (Some(c), None),
-        },
-    };
+    let (container, name_conflict) = find_container(actions, cluster, service).await?;
     let needs_create = name_conflict.is_none()
         && container
             .as_ref()
@@ -98,6 +76,46 @@ pub(super) async fn observe(
         // The caller knows when the service was last paused, and how long it must settle.
         health_trusted_after: None,
         settling: false,
+    })
+}
+
+/// The service's container, fresh from the engine: ours by its labels, or the one its
+/// manifest adopts (by name, or by compose's labels). Else who holds the service's name, if
+/// someone does: `(None, Some(why))`.
+pub(super) async fn find_container(
+    actions: &Actions,
+    cluster: &Cluster,
+    service: &Service,
+) -> Result<(Option<ObservedContainer>, Option<String>), DockerError> {
+    let key = ServiceKey::new(&cluster.name, &service.name);
+    let mut by_name = actions.inspect(&service.name).await?;
+    // `adopt.compose`: compose's container is found by its labels, whatever its name.
+    if let (None, Some(compose)) = (&by_name, &service.compose)
+        && service.adopt.is_some()
+    {
+        by_name = actions.inspect_compose(compose).await?;
+    }
+    Ok(match by_name {
+        None => (None, None),
+        // A container of the service's name without our labels is adopted only when the
+        // manifest says so: ownership is never taken silently.
+        Some(raw) => match ObservedContainer::recognise(&raw, |_| {
+            service.adopt.is_some().then(|| key.clone())
+        }) {
+            None => (
+                None,
+                Some(
+                    "is not managed by operator (no operator.managed-by label; set `adopt: \
+                     true` on the service to take it over)"
+                        .to_string(),
+                ),
+            ),
+            Some(c) if c.key != key => (
+                None,
+                Some(format!("belongs to {} (another cluster or service)", c.key)),
+            ),
+            Some(c) => (Some(c), None),
+        },
     })
 }
 
@@ -303,8 +321,15 @@ impl KeyRun<'_> {
                     service = %key.service,
                     container = %c.id.get(..12).unwrap_or(&c.id),
                     spec = service.adopt.map_or("observed", |a| a.as_str()),
-                    "adopted container {} (named by the manifest's adopt)",
-                    c.name
+                    "adopted container {} ({})",
+                    c.name,
+                    match &service.compose {
+                        Some(compose) if c.name != service.name => format!(
+                            "found by its compose labels: project {}, service {}",
+                            compose.project, compose.service
+                        ),
+                        _ => "named by the manifest's adopt".to_string(),
+                    }
                 );
             }
         }
@@ -332,14 +357,17 @@ impl KeyRun<'_> {
                 };
             }
         };
-        if let Some(c) = observed.container.as_ref().filter(|c| c.adopted)
-            && let Err(e) = self.record_adoption(service, c).await
-        {
-            // Nothing is done to a container whose adoption could not be recorded.
-            self.retry_soon();
-            return Outcome::Unknown {
-                error: e.to_string(),
-            };
+        if let Some(c) = observed.container.as_ref().filter(|c| c.adopted) {
+            if let Err(e) = self.record_adoption(service, c).await {
+                // Nothing is done to a container whose adoption could not be recorded.
+                self.retry_soon();
+                return Outcome::Unknown {
+                    error: e.to_string(),
+                };
+            }
+            // The service has had its container: should it disappear, that is a drift to
+            // ticket whoever created it, not the first creation of a new service.
+            budget.created_before = true;
         }
         observed.health_trusted_after = {
             let mut paused_at = lock(&shared.paused_at);
@@ -446,21 +474,21 @@ impl KeyRun<'_> {
                     shared.queue.schedule(key.clone(), reset_at);
                     quiet = false;
                 }
-                // Running but not yet healthy: an unhealthy episode is not over yet.
-                let still: HashSet<Fingerprint> = if verified {
-                    HashSet::new()
-                } else {
-                    HashSet::from([Fingerprint::service(
-                        &key.cluster,
-                        &key.service,
-                        DriftKind::Unhealthy,
-                    )])
-                };
-                if self
-                    .resolve_over(tickets, &still, false, observed.container.as_ref())
-                    .await
-                {
-                    budget.end_escalation();
+                if verified {
+                    if self
+                        .resolve_over(tickets, &HashSet::new(), false, observed.container.as_ref())
+                        .await
+                    {
+                        budget.end_escalation();
+                    }
+                } else if !tickets.is_empty() {
+                    // With a healthcheck the desired state is `healthy`: a container still
+                    // `starting`, or whose `unhealthy` predates its unpause, ends no episode
+                    // yet. Look again once a probe may have run (its verdict may come
+                    // without an event the watcher passes on).
+                    shared
+                        .queue
+                        .schedule(key.clone(), now + shared.config.dependency_poll);
                 }
                 if verified {
                     // Settled: whatever restarts with it may follow now.
@@ -611,8 +639,14 @@ impl KeyRun<'_> {
             } => {
                 if action.as_ref().is_some_and(Action::starts_container) {
                     for dependency in &service.depends_on {
-                        if !self.dependency_running(dependency).await {
-                            debug!(service = %key, %dependency, "waiting for dependency to run first");
+                        if !self.dependency_running(cluster, dependency).await {
+                            // Said once per wait (not per look): `status` and `plan` show it
+                            // too, as "waiting for <dependency>".
+                            let told =
+                                lock(&shared.waiting_on).insert(key.clone(), dependency.clone());
+                            if told.as_ref() != Some(dependency) {
+                                info!(service = %key, ticket = ticket_id, %dependency, "waiting for dependency {dependency} to run before starting this service");
+                            }
                             shared
                                 .queue
                                 .schedule(key.clone(), now + shared.config.dependency_poll);
@@ -621,6 +655,7 @@ impl KeyRun<'_> {
                             };
                         }
                     }
+                    lock(&shared.waiting_on).remove(key);
                 }
                 self.attempt(
                     Attempt {
@@ -839,18 +874,33 @@ impl KeyRun<'_> {
                 a.service.name
             ));
         }
-        if !self.escalated_before {
-            let labels = a.reason.labels();
+        let labels = a.reason.labels();
+        let newly = match (self.journal(), a.ticket) {
+            (Some(journal), Some(id)) => match journal.escalate(id, why, self.clock.wall).await {
+                Ok(changed) => changed,
+                Err(e) => {
+                    error!(service = %key, error = %e, "cannot mark the ticket escalated");
+                    false
+                }
+            },
+            _ => !self.escalated_before,
+        };
+        let told = !lock(&self.shared.escalations_told).insert(key.clone());
+        if newly {
+            // Every escalated ticket has its ERROR line, whoever escalated the service first.
             error!(
                 service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail,
                 max_restarts = a.remediation.max_restarts, window_s = a.remediation.window.as_secs(),
                 "{what}: escalated, no more repairs for this service"
             );
-        }
-        if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
-            && let Err(e) = journal.escalate(id, why, self.clock.wall).await
-        {
-            error!(service = %key, error = %e, "cannot mark the ticket escalated");
+        } else if !told {
+            // Escalated before this process looked (by an earlier run): a service left down
+            // must not be silent after a restart of the controller.
+            warn!(
+                service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail,
+                "escalated earlier and still drifting: no repairs until `operator tickets retry {}`",
+                a.ticket.map_or_else(|| "ID".to_string(), |id| id.to_string())
+            );
         }
         Outcome::Escalated
     }
@@ -861,6 +911,10 @@ impl KeyRun<'_> {
         let (shared, key, clock) = (self.shared, self.key, self.clock);
         let now = clock.now;
         let labels = a.reason.labels();
+        if shared.config.observe_only {
+            // Before the budget's gate: an observer's look must not spend or escalate it.
+            return Outcome::Observed;
+        }
         // `escalateTo: agent`: when the restart budget runs out (not when a person's
         // escalation is still in force), the agent is paged instead of a person. The restart
         // budget stays spent, so no built-in repair runs meanwhile.
@@ -1278,6 +1332,11 @@ impl KeyRun<'_> {
     /// Keeps the budget in memory and, when it differs from what the store holds, in the
     /// store.
     async fn save_budget(&self, budget: &RepairBudget) {
+        if self.shared.config.observe_only {
+            // An observer repairs nothing, so it spends and escalates nothing either: the
+            // budget is the acting controller's, whatever an observer's look concluded.
+            return;
+        }
         {
             let mut budgets = lock(&self.shared.budgets);
             budgets.insert(self.key.clone(), budget.clone());
@@ -1365,8 +1424,32 @@ impl KeyRun<'_> {
         }
         let escalated = |ts: &[Ticket]| ts.iter().any(|t| t.status == Status::Escalated);
         let ends_escalation = escalated(&over) && !escalated(&kept);
+        // "desired state" only when it is: running, and healthy by its healthcheck if it has
+        // one, with no drift of another kind. Otherwise only the ended episodes are over.
+        let desired = still.is_empty()
+            && container.is_some_and(|c| {
+                c.status == ContainerStatus::Running
+                    && c.health
+                        .is_none_or(|h| h == crate::docker::HealthState::Healthy)
+            });
+        let mut now_drifting: Vec<&str> = still
+            .iter()
+            .filter_map(|f| match &f.subject {
+                crate::drift::Subject::Drift(family) => Some(family.as_str()),
+                crate::drift::Subject::Check(_) => None,
+            })
+            .collect();
+        now_drifting.sort_unstable();
+        let result = if desired {
+            "desired state".to_string()
+        } else {
+            format!(
+                "episode over; the service now shows {}",
+                now_drifting.join(", ")
+            )
+        };
         let seen = serde_json::json!({
-            "result": "desired state",
+            "result": result,
             "container": container.map(|c| &c.id),
             "status": container.map(|c| c.status.as_str()),
             "health": container.and_then(|c| c.health),
@@ -1406,11 +1489,14 @@ impl KeyRun<'_> {
     }
 
     /// Whether a dependency's container is running now (asked fresh from the engine).
-    async fn dependency_running(&self, dependency: &str) -> bool {
-        let key = ServiceKey::new(&self.key.cluster, dependency);
-        match self.shared.actions.inspect(dependency).await {
-            Ok(Some(raw)) => ObservedContainer::from_inspect(&raw)
-                .is_some_and(|c| c.key == key && c.status == ContainerStatus::Running),
+    async fn dependency_running(&self, cluster: &Cluster, dependency: &str) -> bool {
+        let Some(service) = cluster.service(dependency) else {
+            return false;
+        };
+        // Fresh from the engine, found as the dependency's own reconcile finds it: ours by
+        // its labels, or the container its manifest adopts (by name, or by compose's labels).
+        match find_container(&self.shared.actions, cluster, service).await {
+            Ok((Some(c), _)) => c.status == ContainerStatus::Running,
             _ => false,
         }
     }

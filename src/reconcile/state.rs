@@ -5,8 +5,11 @@
 //! - The first repair of an episode happens at once; later ones wait
 //!   `backoff_initial * 2^(n-1)`, capped at `backoff_max`.
 //! - The backoff resets only after the service was seen healthy for `stable_after`.
-//! - Past `max_restarts` budgeted repairs within `window`, the key is escalated and stays so
-//!   until its spec changes or a person resets the stored budget (`tickets retry`).
+//! - At most `max_restarts` budgeted repairs within any `window`. Past it the key is
+//!   escalated, and stays so while it has an escalated ticket; when that ticket ends (the
+//!   re-check sees the desired state, a person resolves it) the repairs still count, so a
+//!   next drift within the window escalates again at once. Only a new spec or a person's
+//!   `tickets retry` gives a fresh budget.
 
 use std::collections::VecDeque;
 
@@ -114,7 +117,8 @@ pub struct RepairBudget {
     pub healthy_since: Option<Instant>,
     /// The spec hash this state was built for: a new spec starts afresh.
     pub spec_hash: Option<String>,
-    /// The controller has created this service's container before.
+    /// The service has had a container before: one the controller created, or one it
+    /// adopted. Its disappearance is then a drift, not the first creation.
     pub created_before: bool,
 }
 
@@ -178,13 +182,13 @@ impl RepairBudget {
         }
     }
 
-    /// The service's escalated ticket ended (it came back, or a person resolved it): its
-    /// budget starts afresh, as the store's does (see `Store::resolve_rechecked`).
+    /// The service's escalated ticket ended (it came back, or a person resolved it): the
+    /// escalation and the backoff end, as the store's do (see `Store::end_escalation_tx`);
+    /// the repairs stay in their window.
     pub fn end_escalation(&mut self) {
         self.escalated = false;
         self.attempts = 0;
         self.next_attempt_at = None;
-        self.repairs.clear();
     }
 
     /// Budgeted repairs within the window ending now.

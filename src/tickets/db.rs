@@ -454,8 +454,7 @@ fn check_existing(path: &Path) -> Result<(), TicketError> {
             source: e,
         },
     };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| failed("not a readable SQLite file", e))?;
+    let conn = open_reader(path).map_err(|e| failed("not a readable SQLite file", e))?;
     let read = |sql: &str| -> Result<i64, TicketError> {
         conn.query_row(sql, [], |r| r.get(0))
             .map_err(|e| failed("not a SQLite database", e))
@@ -480,6 +479,86 @@ fn check_existing(path: &Path) -> Result<(), TicketError> {
     Err(foreign(format!(
         "application_id {app_id:#x}, {objects} schema objects"
     )))
+}
+
+/// A connection that only reads `path`, and never writes anything beside it either.
+///
+/// SQLite's read-only mode still needs the WAL's `-shm` index: it creates the `-wal` and
+/// `-shm` files when they are missing and grows the index, which fails in a read-only
+/// folder, on a full disk, or in a folder this user may not write ("unable to open database
+/// file", "disk I/O error"). When that happens and there is no write-ahead log with content
+/// (a missing or empty `-wal`), the file itself holds every committed transaction, and it is
+/// opened again `immutable`: no index, no locks. Nothing can be writing it meanwhile: a
+/// writer in WAL mode keeps an index of at least one page, which this reader could have
+/// used. With a `-wal` that has content, SQLite reads it through a read-only index itself.
+///
+/// # Caveats
+/// An immutable reader does not see a transaction committed after it opened: fine for one
+/// listing, and the reason it is only a fallback.
+fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let probe = |conn: Connection| -> Result<Connection, rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // The first read maps the WAL index: where a read-only place makes opening fail.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        Ok(conn)
+    };
+    let error =
+        match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).and_then(probe) {
+            Ok(conn) => return Ok(conn),
+            Err(error) => error,
+        };
+    let place_refuses = matches!(
+        error.sqlite_error_code(),
+        Some(
+            rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::PermissionDenied
+        )
+    );
+    if !place_refuses || wal_has_content(path) {
+        return Err(error);
+    }
+    Connection::open_with_flags(
+        immutable_uri(path),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .and_then(probe)
+    // The first failure is the one that explains the place.
+    .map_err(|_| error)
+}
+
+/// Whether the write-ahead log beside `path` holds anything (an unreadable one counts).
+fn wal_has_content(path: &Path) -> bool {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    match std::fs::metadata(&wal) {
+        Ok(m) => m.len() > 0,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// `file:PATH?immutable=1`, with the characters a URI path gives meaning to escaped.
+fn immutable_uri(path: &Path) -> String {
+    // An absolute path gets an empty authority, so that one starting with `//` is not
+    // taken for a host name.
+    let mut uri = String::from(if path.is_absolute() {
+        "file://"
+    } else {
+        "file:"
+    });
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }
 
 impl Db {
@@ -561,9 +640,7 @@ impl Db {
             path: path.to_path_buf(),
             source,
         };
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let conn = open_reader(path).map_err(open_err)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(open_err)?;

@@ -85,8 +85,9 @@ pub enum TicketError {
     },
     #[error(
         "{path} has schema version {found}, written by an older operator; this one reads {known}. \
-         It is migrated by `operator run` or any `operator tickets` command (a read-only \
-         command never changes it); an older operator cannot read it afterwards"
+         It is migrated by `operator run` or an `operator tickets` command that changes a \
+         ticket (a command that only reads, such as `status` or `tickets list`, never changes \
+         it); an older operator cannot read it afterwards"
     )]
     NotMigrated {
         path: PathBuf,

@@ -674,8 +674,10 @@ impl Store {
     }
 
     /// A service is escalated exactly while it has an escalated ticket: when its last one
-    /// ends (re-checked healthy, or resolved by a person), its budget starts afresh, so the
-    /// next drift is repaired and is not called crash-looping after repairs of an old episode.
+    /// ends (re-checked healthy, a person resolved it, or it was removed) the escalation ends.
+    /// The repairs stay in the window: at most `maxRestarts` in any `window`, whoever ended
+    /// the episodes, so a next drift while the window is still full escalates at once. Only
+    /// `tickets retry` (a person's explicit word) and a new spec give a fresh budget.
     fn end_escalation_tx(&self, tx: &Transaction<'_>, ended: &Ticket) -> Result<(), TicketError> {
         if ended.status != Status::Escalated {
             return Ok(());
@@ -689,12 +691,29 @@ impl Store {
             .map_err(self.err("look for escalated tickets"))?;
         if others == 0 {
             tx.execute(
-                "UPDATE budgets SET attempts = 0, next_attempt_at = NULL, repairs = '[]', escalated = 0 \
+                "UPDATE budgets SET attempts = 0, next_attempt_at = NULL, escalated = 0 \
                  WHERE cluster = ?1 AND service = ?2",
                 params![ended.cluster, ended.service],
             )
-            .map_err(self.err("reset a budget"))?;
+            .map_err(self.err("end an escalation"))?;
         }
+        Ok(())
+    }
+
+    /// A fresh budget for a service (a person's `tickets retry` or `resolve` of its escalated
+    /// ticket): no repairs in the window, no backoff, not escalated.
+    fn fresh_budget_tx(
+        &self,
+        tx: &Transaction<'_>,
+        cluster: &str,
+        service: &str,
+    ) -> Result<(), TicketError> {
+        tx.execute(
+            "UPDATE budgets SET attempts = 0, next_attempt_at = NULL, repairs = '[]', escalated = 0 \
+             WHERE cluster = ?1 AND service = ?2",
+            params![cluster, service],
+        )
+        .map_err(self.err("reset a budget"))?;
         Ok(())
     }
 
@@ -714,6 +733,15 @@ impl Store {
                 .map_err(self.err("escalate a ticket"))?;
             if changed > 0 {
                 self.append_tx(tx, id, EntryKind::Escalated, None, &detail, now)?;
+                // The service is escalated exactly while it has an escalated ticket: both
+                // change in this one transaction.
+                tx.execute(
+                    "INSERT INTO budgets (cluster, service, escalated) \
+                     SELECT cluster, service, 1 FROM tickets WHERE id = ?1 \
+                     ON CONFLICT (cluster, service) DO UPDATE SET escalated = 1",
+                    params![id],
+                )
+                .map_err(self.err("escalate a budget"))?;
             }
             Ok(changed > 0)
         })
@@ -785,6 +813,10 @@ impl Store {
             )
             .map_err(self.err("resolve a ticket"))?;
             self.end_escalation_tx(tx, &ticket)?;
+            if ticket.status == Status::Escalated {
+                // A person's word that the escalated service is dealt with, as `retry` is.
+                self.fresh_budget_tx(tx, &ticket.cluster, &ticket.service)?;
+            }
             if let Some(note) = note {
                 self.append_tx(tx, id, EntryKind::Note, None, &serde_json::json!({"note": note}), now)?;
             }
@@ -821,12 +853,7 @@ impl Store {
             }
             let mut detail = serde_json::json!({"by": "human"});
             if ticket.status == Status::Escalated {
-                tx.execute(
-                    "UPDATE budgets SET attempts = 0, next_attempt_at = NULL, repairs = '[]', escalated = 0 \
-                     WHERE cluster = ?1 AND service = ?2",
-                    params![ticket.cluster, ticket.service],
-                )
-                .map_err(self.err("reset a budget"))?;
+                self.fresh_budget_tx(tx, &ticket.cluster, &ticket.service)?;
                 tx.execute("UPDATE tickets SET status = 'open' WHERE id = ?1", params![id])
                     .map_err(self.err("retry a ticket"))?;
                 detail["budget"] = serde_json::json!("fresh");
@@ -909,8 +936,13 @@ impl Store {
     ) -> Result<(), TicketError> {
         let repairs: Vec<String> = b.repairs.iter().map(|t| ts(*t)).collect();
         tx.execute(
+            // `escalated` is never taken from the caller: it is whether the service has an
+            // escalated ticket (see `escalate` and `end_escalation_tx`), so a budget can never
+            // say escalated without one, nor an escalation be lost by an older budget's save.
             "INSERT INTO budgets (cluster, service, attempts, next_attempt_at, repairs, escalated, healthy_since, spec_hash, created_before) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             VALUES (?1, ?2, ?3, ?4, ?5, \
+               EXISTS (SELECT 1 FROM tickets WHERE cluster = ?1 AND service = ?2 AND status = 'escalated'), \
+               ?6, ?7, ?8) \
              ON CONFLICT (cluster, service) DO UPDATE SET attempts = excluded.attempts, \
              next_attempt_at = excluded.next_attempt_at, repairs = excluded.repairs, escalated = excluded.escalated, \
              healthy_since = excluded.healthy_since, spec_hash = excluded.spec_hash, created_before = excluded.created_before",
@@ -920,7 +952,6 @@ impl Store {
                 i64::from(b.attempts),
                 b.next_attempt_at.map(ts),
                 serde_json::to_string(&repairs).unwrap_or_else(|_| "[]".into()),
-                b.escalated as i64,
                 b.healthy_since.map(ts),
                 b.spec_hash,
                 b.created_before as i64,

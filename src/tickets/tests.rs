@@ -708,11 +708,41 @@ fn a_service_is_escalated_exactly_while_it_has_an_escalated_ticket() {
         escalated: true,
         ..Default::default()
     };
-    for (service, by_human) in [("came-back", false), ("resolved-by-hand", true)] {
+    // A saved budget never carries the flag itself: without an escalated ticket it is not.
+    store.save_budget("c", "no-ticket", &spent).unwrap();
+    assert!(
+        !store
+            .load_budget("c", "no-ticket")
+            .unwrap()
+            .unwrap()
+            .escalated
+    );
+    // Its repairs stay in the window when the service came back; a person's resolve gives a
+    // fresh budget, as `retry` does.
+    for (service, by_human, repairs_left) in
+        [("came-back", false, 3), ("resolved-by-hand", true, 0)]
+    {
         let fp = Fingerprint::service("c", service, DriftKind::Stopped);
         let (t, _) = store.record_drift(&sighting(&fp, "stopped"), now).unwrap();
         store.save_budget("c", service, &spent).unwrap();
+        assert!(!store.load_budget("c", service).unwrap().unwrap().escalated);
         store.escalate(t.id, serde_json::json!({}), now).unwrap();
+        assert!(
+            store.load_budget("c", service).unwrap().unwrap().escalated,
+            "{service}: escalated with its ticket"
+        );
+        // A later save (an older view of the budget) does not end it.
+        store
+            .save_budget(
+                "c",
+                service,
+                &Budget {
+                    escalated: false,
+                    ..spent.clone()
+                },
+            )
+            .unwrap();
+        assert!(store.load_budget("c", service).unwrap().unwrap().escalated);
         if by_human {
             store.resolve_by_human(t.id, None, now).unwrap();
         } else {
@@ -723,8 +753,8 @@ fn a_service_is_escalated_exactly_while_it_has_an_escalated_ticket() {
         let b = store.load_budget("c", service).unwrap().unwrap();
         assert_eq!(
             (b.escalated, b.attempts, b.repairs.len()),
-            (false, 0, 0),
-            "{service}: a fresh budget once its escalated ticket ended"
+            (false, 0, repairs_left),
+            "{service}: the escalation ended with its ticket"
         );
     }
     // Another escalated ticket of the service keeps it escalated.

@@ -37,6 +37,100 @@ pub struct Document<T> {
     pub lines: DocLines,
 }
 
+/// One non-empty document of a file, read as far as it goes: every problem of its shape
+/// (unknown fields, wrong types, missing fields), and its value with a stand-in (empty,
+/// zero, absent) for each field that could not be read, so that the checks after
+/// deserializing still run on the rest.
+#[derive(Debug)]
+pub struct Collected<T> {
+    /// `None` when the document could not be read at all (a syntax error, a duplicate key,
+    /// not a mapping, a wrong `apiVersion`).
+    pub document: Option<Document<T>>,
+    /// Every problem found while reading, at its own line.
+    pub problems: Vec<Diagnostic>,
+    /// Fields of `document` holding a stand-in.
+    stand_ins: Vec<String>,
+}
+
+impl<T> Collected<T> {
+    /// Whether `field` holds a stand-in or lies inside one: a later check of it would only
+    /// repeat (or invent) a problem, since the problem there is already reported.
+    pub fn is_stand_in(&self, field: &str) -> bool {
+        self.stand_ins.iter().any(|s| {
+            s.is_empty()
+                || field
+                    .strip_prefix(s.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+}
+
+/// Reads every document of `text` (the contents of `path`) into `T`, without stopping at
+/// the first problem of a document (as [`read`] does): every unknown field, wrong type and
+/// missing field is reported, and the document is still returned when its shape allows.
+///
+/// Empty documents are skipped; a YAML syntax error ends the file, as with [`read`].
+pub fn read_all<T: DeserializeOwned>(path: &Path, text: &str) -> Vec<Collected<T>> {
+    let stream = lines::index(text);
+    let diagnostic = |line: usize, field: String, message: String| Diagnostic {
+        path: path.to_path_buf(),
+        line: Some(line),
+        field,
+        message,
+    };
+    let mut out = Vec::new();
+    for doc in stream.docs {
+        if !doc.problems.is_empty() {
+            out.push(Collected {
+                document: None,
+                problems: doc
+                    .problems
+                    .iter()
+                    .map(|p| diagnostic(p.line, p.field.clone(), p.message.clone()))
+                    .collect(),
+                stand_ins: Vec::new(),
+            });
+            continue;
+        }
+        let read = {
+            let plain = |field: &str| doc.plain_text(field).map(str::to_string);
+            parse::document_all::<T>(&text[doc.text.clone()], &plain)
+        };
+        match read {
+            Ok(None) => {}
+            Ok(Some(read)) => {
+                let problems = read
+                    .problems
+                    .into_iter()
+                    .map(|(field, message)| diagnostic(doc.line_of(&field), field, message))
+                    .collect();
+                out.push(Collected {
+                    document: read.value.map(|value| Document { value, lines: doc }),
+                    problems,
+                    stand_ins: read.stand_ins,
+                });
+            }
+            Err(e) => out.push(Collected {
+                document: None,
+                problems: vec![diagnostic(
+                    file_line(&doc, e.line, &e.field),
+                    e.field,
+                    e.message,
+                )],
+                stand_ins: Vec::new(),
+            }),
+        }
+    }
+    if let Some(e) = stream.error {
+        out.push(Collected {
+            document: None,
+            problems: vec![diagnostic(e.line, e.field, e.message)],
+            stand_ins: Vec::new(),
+        });
+    }
+    out
+}
+
 /// Reads every document of `text` (the contents of `path`) into `T`.
 ///
 /// Empty documents (nothing, comments only, or `null`) are skipped. Each other document is

@@ -1,7 +1,12 @@
 //! The only user of `serde_yaml` (unmaintained upstream) in the crate: one document's text
-//! to any deserializable schema. Swapping the YAML library means rewriting this file alone.
+//! to any deserializable schema. Swapping the YAML library means rewriting this file (and
+//! its `collect` part, which reads a document without stopping at its first problem) alone.
+
+mod collect;
 
 use serde::de::DeserializeOwned;
+
+pub(super) use collect::Collected;
 
 /// Why a document could not be read into the schema: a syntax error, a wrong type, an
 /// unknown or missing field. serde stops at the first one, so there is one per document.
@@ -34,6 +39,30 @@ pub(super) fn document<T: DeserializeOwned>(text: &str) -> Result<Option<T>, Par
             message: message.to_string(),
         }
     })
+}
+
+/// Reads one YAML document into `T` as far as it goes, collecting every unknown field,
+/// wrong type and missing field (see `collect`). `plain` gives the text of a plain scalar
+/// at a field path, as written. An empty document gives `None`; the error is a syntax
+/// error (which the line index normally reports first).
+pub(super) fn document_all<T: DeserializeOwned>(
+    text: &str,
+    plain: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Collected<T>>, ParseError> {
+    let tree: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(tree) => tree,
+        Err(e) => {
+            return Err(ParseError {
+                line: e.location().map(|l| l.line()),
+                field: String::new(),
+                message: format!("invalid YAML: {e}"),
+            });
+        }
+    };
+    if tree.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(collect::collect(&tree, plain)))
 }
 
 /// serde_yaml writes `path: message`, where the path (`spec.services[0].env`) never contains

@@ -37,14 +37,19 @@ const RECOVERED: RGBColor = RGBColor(20, 150, 60);
 const RESOLVED: RGBColor = RGBColor(110, 110, 110);
 const TIMED_OUT: RGBColor = RGBColor(210, 40, 40);
 const FAILED: RGBColor = RGBColor(230, 120, 20);
+const ESCALATED: RGBColor = RGBColor(150, 20, 90);
+const NO_ACTION: RGBColor = RGBColor(150, 190, 150);
+const INTERRUPTED: RGBColor = RGBColor(170, 170, 170);
 
-/// Seconds from the trial's first fault to `at`, never before it.
-fn secs(trial: &Trial, at: DateTime<Utc>) -> f64 {
-    (at - trial.injected_at).num_milliseconds().max(0) as f64 / 1000.0
+/// Milliseconds from the trial's first fault to `at`, never before it: the timeline's x
+/// coordinates are integers, so its ticks can sit on exact values.
+fn offset_ms(trial: &Trial, at: DateTime<Utc>) -> i64 {
+    (at - trial.injected_at).num_milliseconds().max(0)
 }
 
-/// The last moment the trial records (its right end on the timeline).
-fn trial_end(trial: &Trial) -> f64 {
+/// The last moment the trial records (its right end on the timeline), in ms: a timed-out
+/// trial's recovery deadline included.
+fn trial_end(trial: &Trial) -> i64 {
     let fault_times = trial
         .faults
         .iter()
@@ -54,12 +59,70 @@ fn trial_end(trial: &Trial) -> f64 {
         trial.first_action_at,
         trial.recovered_at,
         trial.resolved_at,
+        trial.recovery_deadline,
     ]
     .into_iter()
     .chain(fault_times)
     .flatten()
-    .map(|t| secs(trial, t))
-    .fold(0.0, f64::max)
+    .map(|t| offset_ms(trial, t))
+    .fold(0, i64::max)
+}
+
+/// The recovery bar of a trial: where it ends (ms) and its color. It runs to the recovery
+/// when there was one; a trial that never recovered runs to its recovery deadline (the
+/// faults' end plus `recoveryTimeout`), or, without one (an interrupted trial, a format 1
+/// journal), to the last moment it recorded.
+fn bar(t: &Trial) -> (i64, RGBColor) {
+    let to_recovery = t.recovered_at.map(|r| offset_ms(t, r));
+    let to_deadline = t
+        .recovery_deadline
+        .map_or_else(|| trial_end(t), |d| offset_ms(t, d));
+    let color = match t.outcome {
+        _ if t.interrupted => INTERRUPTED,
+        Outcome::Pass => RECOVERED,
+        Outcome::Fail => FAILED,
+        Outcome::Timeout => TIMED_OUT,
+        Outcome::Escalated => ESCALATED,
+        Outcome::NoAction => NO_ACTION,
+        Outcome::Interrupted => INTERRUPTED,
+    };
+    match (t.outcome, to_recovery) {
+        (Outcome::Interrupted, _) => (trial_end(t), color),
+        _ if t.interrupted => (trial_end(t), color),
+        (_, Some(end)) => (end, color),
+        (_, None) => (to_deadline, color),
+    }
+}
+
+/// Where a trial's recovery bar ends, in ms since its first fault (see [`bar`]).
+#[cfg(test)]
+pub(super) fn bar_end_ms(t: &Trial) -> i64 {
+    bar(t).0
+}
+
+/// The timeline's tick step for an axis of `span_ms`: the smallest of 0.1, 0.2, 0.5, 1, 2,
+/// 5, 10... s that draws at most 12 ticks, so every tick is a round value.
+fn tick_step_ms(span_ms: i64) -> i64 {
+    let mut decade = 100;
+    loop {
+        for step in [decade, 2 * decade, 5 * decade] {
+            if span_ms / step <= 12 {
+                return step;
+            }
+        }
+        decade *= 10;
+    }
+}
+
+/// A tick's label, exact at the step's precision: `0`, `0.5`, `1`, `1.5` for a 0.5 s step,
+/// `0.2`, `0.4` for 0.2 s; integer arithmetic, never a rounded float.
+fn tick_label(ms: i64, step_ms: i64) -> String {
+    let whole = ms / 1000;
+    if step_ms % 1000 == 0 || ms % 1000 == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{}", (ms % 1000) / 100)
+    }
 }
 
 /// The same color per remediation in every chart.
@@ -95,14 +158,18 @@ fn empty(title: &str, message: &str) -> Result<String, ChartError> {
     Ok(svg)
 }
 
-/// A legend strip: a mark and its words per entry, left to right.
+/// A legend strip: a mark and its words per entry, left to right, on a second line of its
+/// own (22 px lower) once the first is full.
 fn legend(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     entries: &[(&str, RGBColor, Mark)],
 ) -> Result<(), ChartError> {
     let mut x = 60;
-    let y = 15;
+    let mut y = 15;
     for (label, color, mark) in entries {
+        if x + 14 + 8 * label.len() as i32 > WIDTH as i32 {
+            (x, y) = (60, y + 22);
+        }
         match mark {
             Mark::Span => area.draw(&Rectangle::new(
                 [(x - 6, y - 6), (x + 6, y + 6)],
@@ -151,17 +218,22 @@ enum Mark {
 }
 
 /// `timeline.svg`: one row per trial (the first at the top), in seconds since its first
-/// fault. The shaded band is each fault's hold (injected → undone; to the right edge when
-/// never undone); the bar runs to recovery, in red for a timeout (to the last moment the
-/// trial recorded) and orange for a failure.
+/// fault, with ticks on round values labelled exactly ([`tick_step_ms`]). The shaded band
+/// is each fault's hold (injected → undone; to the right edge when never undone); the bar
+/// runs to recovery ([`bar`]): green for a pass, orange for a failure, light green for no
+/// action, purple for an escalation, red for a timeout (to its recovery deadline), grey for
+/// an interrupted trial.
 pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
     let trials = &journal.trials;
     if trials.is_empty() {
         return empty("Trial timeline", "No trial ran.");
     }
     let n = trials.len();
-    let x_max = trials.iter().map(trial_end).fold(1.0, f64::max) * 1.05;
-    let height = 110 + 40 + ROW * n as u32;
+    let x_max = trials.iter().map(trial_end).fold(1000, i64::max) * 105 / 100;
+    let step = tick_step_ms(x_max);
+    let ticks: Vec<i64> = (0..=x_max / step).map(|k| k * step).collect();
+    // Room below the plot for a legend of two lines.
+    let height = 110 + 62 + ROW * n as u32;
     let labels: Vec<String> = trials
         .iter()
         .map(|t| format!("{} #{} {}", t.remediation, t.index, t.outcome.as_str()))
@@ -185,7 +257,7 @@ pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_error)?;
-        let (plot, key) = root.split_vertically(height - 40);
+        let (plot, key) = root.split_vertically(height - 62);
         let mut chart = ChartBuilder::on(&plot)
             .caption(
                 format!("Trial timeline: {} ({})", journal.drill, journal.run_id),
@@ -194,13 +266,16 @@ pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(label_width.max(90))
-            .build_cartesian_2d(0f64..x_max, (0..n as i32 * 100).with_key_points(centers))
+            .build_cartesian_2d(
+                (0..x_max).with_key_points(ticks),
+                (0..n as i32 * 100).with_key_points(centers),
+            )
             .map_err(draw_error)?;
         chart
             .configure_mesh()
             .disable_y_mesh()
             .x_desc("seconds since the trial's first fault")
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_label_formatter(&|x| tick_label(*x, step))
             .y_label_formatter(&label_of)
             .label_style((FONT, 15))
             .draw()
@@ -212,7 +287,7 @@ pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
             // Fault holds, behind everything else.
             for f in &t.faults {
                 let Some(start) = f.injected_at else { continue };
-                let end = f.undone_at.map_or(x_max, |u| secs(t, u));
+                let end = f.undone_at.map_or(x_max, |u| offset_ms(t, u));
                 let style = if f.undone_at.is_some() {
                     FAULT_SPAN.mix(0.35).filled()
                 } else {
@@ -220,33 +295,29 @@ pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
                 };
                 chart
                     .draw_series(std::iter::once(Rectangle::new(
-                        [(secs(t, start), y0 + 10), (end, y1 - 10)],
+                        [(offset_ms(t, start), y0 + 10), (end, y1 - 10)],
                         style,
                     )))
                     .map_err(draw_error)?;
             }
             // The recovery bar.
-            let (bar_end, color) = match (t.outcome, t.recovered_at) {
-                (Outcome::Timeout, _) | (_, None) => (trial_end(t), TIMED_OUT),
-                (Outcome::Fail, Some(r)) => (secs(t, r), FAILED),
-                (Outcome::Pass, Some(r)) => (secs(t, r), RECOVERED),
-            };
+            let (bar_end, color) = bar(t);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(0.0, mid - 8), (bar_end, mid + 8)],
+                    [(0, mid - 8), (bar_end, mid + 8)],
                     color.filled(),
                 )))
                 .map_err(draw_error)?;
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(0.0, y0 + 15), (0.0, y1 - 15)],
+                    vec![(0, y0 + 15), (0, y1 - 15)],
                     INJECTED.stroke_width(2),
                 )))
                 .map_err(draw_error)?;
             if let Some(at) = t.detected_at {
                 chart
                     .draw_series(std::iter::once(Circle::new(
-                        (secs(t, at), mid),
+                        (offset_ms(t, at), mid),
                         5,
                         DETECTED.filled(),
                     )))
@@ -255,7 +326,7 @@ pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
             if let Some(at) = t.first_action_at {
                 chart
                     .draw_series(std::iter::once(TriangleMarker::new(
-                        (secs(t, at), mid),
+                        (offset_ms(t, at), mid),
                         6,
                         FIRST_ACTION.filled(),
                     )))
@@ -264,7 +335,7 @@ pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
             if let Some(at) = t.recovered_at {
                 chart
                     .draw_series(std::iter::once(Circle::new(
-                        (secs(t, at), mid),
+                        (offset_ms(t, at), mid),
                         7,
                         RECOVERED.stroke_width(2),
                     )))
@@ -273,7 +344,7 @@ pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
             if let Some(at) = t.resolved_at {
                 chart
                     .draw_series(std::iter::once(Cross::new(
-                        (secs(t, at), mid),
+                        (offset_ms(t, at), mid),
                         5,
                         RESOLVED.stroke_width(2),
                     )))
@@ -291,6 +362,9 @@ pub fn timeline(journal: &Journal) -> Result<String, ChartError> {
                 ("recovered", RECOVERED, Mark::Ring),
                 ("resolved", RESOLVED, Mark::Cross),
                 ("timeout", TIMED_OUT, Mark::Bar),
+                ("escalated", ESCALATED, Mark::Bar),
+                ("no action", NO_ACTION, Mark::Bar),
+                ("interrupted", INTERRUPTED, Mark::Bar),
             ],
         )?;
         root.present().map_err(draw_error)?;
@@ -328,6 +402,8 @@ pub fn distribution(journal: &Journal, summary: &Summary) -> Result<String, Char
                     .trials
                     .iter()
                     .filter(|t| t.remediation == *name)
+                    // Interrupted trials were not measured (as in the summary).
+                    .filter(|t| !t.interrupted && t.outcome != Outcome::Interrupted)
                     .filter_map(pick)
                     .map(|v| v as f64 / 1000.0)
                     .collect()

@@ -42,6 +42,7 @@ fn fault(ledger_id: i64, start: i64, undone: Option<i64>) -> FaultRecord {
         params: serde_json::json!({"signal": "SIGKILL"}),
         injected_at: Some(at(start)),
         undone_at: undone.map(at),
+        held_ms: None,
         error: None,
     }
 }
@@ -55,6 +56,7 @@ fn workload(lost: u64) -> WorkloadVerdict {
         phantom: 0,
         indeterminate: 2,
         lost_examples: (0..lost).map(|i| 40 + i).collect(),
+        uncounted: false,
         ok: lost == 0,
         detail: None,
     }
@@ -85,6 +87,7 @@ fn trial(
         resolved_by: ttr.map(|_| "controller".to_string()),
         ttd_ms: ttd,
         ttr_ms: ttr,
+        recovery_deadline: None,
         outcome,
         workload: None,
         tickets: vec![],
@@ -203,6 +206,7 @@ fn one_trial_report_gives_its_figures_as_every_percentile() {
         first_actor: Some("controller".into()),
         resolved_at: Some(at(4_700)),
         resolved_by: Some("controller".into()),
+        escalated_at: None,
         status: "resolved".into(),
     }];
     t.notes = vec!["member rejoined".into()];
@@ -391,7 +395,7 @@ fn baseline_and_agent_sit_beside_the_controller_in_a_fixed_order() {
         line,
         "run 20250301T120000Z-0badcafe (drill etcd-kill-member) completed: \
          controller 3/3 pass, TTD p50 802 ms p95 803 ms, TTR p50 3.00 s p95 3.00 s; \
-         agent 0/1 pass, TTD p50 700 ms p95 700 ms, TTR p50 n/a p95 n/a; \
+         agent 0/1 pass (1 timeout), TTD p50 700 ms p95 700 ms, TTR p50 n/a p95 n/a; \
          baseline 3/3 pass, TTD p50 900 ms p95 900 ms, TTR p50 30.00 s p95 30.00 s"
     );
 }
@@ -602,7 +606,7 @@ fn list_runs_reads_good_runs_and_gives_a_reason_for_the_others() {
     std::fs::create_dir_all(&future).unwrap();
     std::fs::write(
         future.join(JOURNAL_FILE),
-        "{\"format\": 2, \"run_id\": \"x\", \"something\": \"new\"}",
+        "{\"format\": 99, \"run_id\": \"x\", \"something\": \"new\"}",
     )
     .unwrap();
     // Not runs: a hidden folder and a plain file.
@@ -622,7 +626,7 @@ fn list_runs_reads_good_runs_and_gives_a_reason_for_the_others() {
     );
     match &runs[0].run {
         ListedRun::Unreadable { reason } => {
-            assert!(reason.contains("journal format 2"), "{reason}");
+            assert!(reason.contains("journal format 99"), "{reason}");
             assert!(
                 reason.contains("future00"),
                 "the reason names the file: {reason}"
@@ -656,7 +660,7 @@ fn list_runs_reads_good_runs_and_gives_a_reason_for_the_others() {
         "{text}"
     );
     assert!(lines[1].contains("  unreadable  "));
-    assert!(lines[2].starts_with("    ") && lines[2].contains("journal format 2"));
+    assert!(lines[2].starts_with("    ") && lines[2].contains("journal format 99"));
     assert_eq!(
         lines[3],
         "20250301T120000Z-0badcafe  etcd-kill-member  etcd     2025-03-01T11:59:55Z  2m10s     completed   20      controller 16/20 pass TTR p50 9.00 s"
@@ -687,4 +691,187 @@ fn an_empty_or_missing_root_lists_nothing() {
         render_list(&[]),
         "RUN  DRILL  CLUSTER  STARTED  DURATION  STATUS  TRIALS  RESULTS\n(no chaos runs)\n"
     );
+}
+
+/// The numbers an SVG draws as text, in order (the x axis's tick labels of a timeline).
+fn numeric_texts(svg: &str) -> Vec<String> {
+    svg.split("</text>")
+        .filter_map(|chunk| chunk.rsplit_once(">\n").map(|(_, t)| t.trim().to_string()))
+        .filter(|t| !t.is_empty() && t.parse::<f64>().is_ok())
+        .collect()
+}
+
+#[test]
+fn the_timelines_axis_labels_are_exact_and_each_tick_has_its_own() {
+    // Four seconds of trial: ticks every 0.5 s, which `{:.0}` once printed as
+    // `0 0 1 2 2 2 3 4`.
+    let j = journal(vec![trial(
+        "controller",
+        1,
+        Outcome::Pass,
+        0,
+        Some(1_000),
+        Some(4_000),
+    )]);
+    let svg = charts::timeline(&j).unwrap();
+    let labels = numeric_texts(&svg);
+    assert_eq!(
+        labels,
+        ["0", "0.5", "1", "1.5", "2", "2.5", "3", "3.5", "4"],
+        "{svg}"
+    );
+    // A long trial: whole seconds, each once.
+    let j = journal(vec![trial(
+        "controller",
+        1,
+        Outcome::Pass,
+        0,
+        Some(1_000),
+        Some(47_000),
+    )]);
+    let labels = numeric_texts(&charts::timeline(&j).unwrap());
+    let mut unique = labels.clone();
+    unique.dedup();
+    assert_eq!(labels, unique, "a label repeated");
+    assert_eq!(labels.first().map(String::as_str), Some("0"));
+    assert!(labels.iter().all(|l| !l.contains('.')), "{labels:?}");
+}
+
+#[test]
+fn a_timed_out_trials_bar_runs_to_its_recovery_deadline() {
+    // The fault undone at 0.5 s, the recovery wait giving up 60 s later: the bar and the
+    // axis run to 60.5 s, not to the last event the trial recorded.
+    let mut t = trial("controller", 1, Outcome::Timeout, 0, Some(1_000), None);
+    t.recovery_deadline = Some(at(60_500));
+    assert_eq!(charts::bar_end_ms(&t), 60_500);
+    let svg = charts::timeline(&journal(vec![t.clone()])).unwrap();
+    assert!(has_text(&svg, "60"), "the axis stops short of the deadline");
+    // A journal without the deadline (format 1): the last moment recorded.
+    t.recovery_deadline = None;
+    assert_eq!(charts::bar_end_ms(&t), 1_100);
+    // A pass: to its recovery.
+    let t = trial("controller", 1, Outcome::Pass, 0, Some(1_000), Some(4_000));
+    assert_eq!(charts::bar_end_ms(&t), 4_000);
+}
+
+#[test]
+fn escalated_and_no_action_trials_are_named_and_not_counted_as_passes() {
+    let escalated = trial(
+        "controller",
+        1,
+        Outcome::Escalated,
+        0,
+        Some(1_000),
+        Some(9_000),
+    );
+    let no_action = trial(
+        "controller",
+        2,
+        Outcome::NoAction,
+        60_000,
+        Some(1_000),
+        Some(31_000),
+    );
+    let passed = trial(
+        "controller",
+        3,
+        Outcome::Pass,
+        120_000,
+        Some(1_000),
+        Some(2_000),
+    );
+    let j = journal(vec![escalated, no_action, passed]);
+    let md = report(&j);
+    assert!(md.contains("### controller #1: escalated\n"), "{md}");
+    assert!(md.contains("**Escalated**"), "{md}");
+    assert!(md.contains("### controller #2: no action\n"), "{md}");
+    assert!(md.contains("**No action**"), "{md}");
+    assert_eq!(
+        row(&md, "Escalated / no action"),
+        "| Escalated / no action | 1 / 1 |"
+    );
+    assert_eq!(row(&md, "Success rate"), "| Success rate | 33.3% |");
+    let line = summary(&j).to_string();
+    assert!(
+        line.contains("controller 1/3 pass (1 escalated, 1 no action)"),
+        "{line}"
+    );
+    let svg = charts::timeline(&j).unwrap();
+    assert!(has_text(&svg, "controller #2 no action"), "{svg}");
+    let json = serde_json::to_value(&j.trials[1]).unwrap();
+    assert_eq!(json["outcome"], "no-action");
+}
+
+#[test]
+fn an_interrupted_trial_is_labelled_so_and_the_summary_says_it_ran() {
+    let mut t = trial("controller", 1, Outcome::Interrupted, 0, Some(1_000), None);
+    t.interrupted = true;
+    let mut j = journal(vec![t]);
+    j.status = RunStatus::Interrupted;
+    let md = report(&j);
+    assert!(md.contains("### controller #1: interrupted\n"), "{md}");
+    assert!(md.contains("**Interrupted**"), "{md}");
+    assert_eq!(
+        row(&md, "Interrupted (not measured)"),
+        "| Interrupted (not measured) | 1 |"
+    );
+    assert_eq!(row(&md, "Success rate"), "| Success rate | n/a |");
+    let line = summary(&j).to_string();
+    assert!(!line.contains("no trial ran"), "{line}");
+    assert!(
+        line.contains("controller 1 interrupted, not measured"),
+        "{line}"
+    );
+    assert_balanced_svg(&charts::timeline(&j).unwrap());
+    assert_balanced_svg(&charts::distribution(&j, &summary(&j)).unwrap());
+}
+
+#[test]
+fn a_format_1_journals_interrupted_trial_reads_as_interrupted() {
+    let dir = TempDir::new();
+    let mut t = trial("controller", 1, Outcome::Timeout, 0, Some(1_000), None);
+    t.interrupted = true;
+    let mut j = journal(vec![t]);
+    j.format = 1;
+    j.write(&dir.0).unwrap();
+    let read = Journal::read(&dir.0).unwrap();
+    assert_eq!(read.trials[0].outcome, Outcome::Interrupted);
+}
+
+#[test]
+fn a_command_workload_that_printed_no_counts_does_not_show_zeros_as_figures() {
+    let mut t = trial("controller", 1, Outcome::Pass, 0, Some(1_000), Some(2_000));
+    t.workload = Some(WorkloadVerdict {
+        kind: "command".into(),
+        attempted: 0,
+        acknowledged: 0,
+        lost: 0,
+        phantom: 0,
+        indeterminate: 0,
+        lost_examples: vec![],
+        uncounted: true,
+        ok: true,
+        detail: Some("it printed no counts line".into()),
+    });
+    let md = report(&journal(vec![t]));
+    assert!(md.contains("Its writes were not counted"), "{md}");
+    assert!(!md.contains("| Attempted | 0 |"), "{md}");
+}
+
+#[test]
+fn runs_reported_elsewhere_are_listed_once_beside_the_roots() {
+    let root = TempDir::new();
+    let elsewhere = TempDir::new();
+    let mut a = journal(vec![]);
+    a.run_id = "20250101T000000Z-0000000a".into();
+    a.write(&root.0.join(&a.run_id)).unwrap();
+    let mut b = journal(vec![]);
+    b.run_id = "20250102T000000Z-0000000b".into();
+    let b_dir = elsewhere.0.join("my-report");
+    b.write(&b_dir).unwrap();
+    let gone = elsewhere.0.join("removed-by-hand");
+    let runs = list_runs_with(&root.0, &[b_dir.clone(), root.0.join(&a.run_id), gone]);
+    let ids: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(ids, [b.run_id.as_str(), a.run_id.as_str()]);
+    assert_eq!(runs[0].dir, b_dir);
 }
