@@ -348,3 +348,77 @@ fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_d
     );
     assert!(!is_running(&name, None), "repaired past its budget");
 }
+
+/// A drill's `--baseline` leaves an observer's look at a service whose window was full; once
+/// the window has room again, the next (acting) controller repairs the kill the observer
+/// only saw. An observer that had escalated the budget left it down for good.
+#[test]
+fn after_an_observer_the_next_controller_repairs_a_kill_once_the_window_has_room() {
+    let mut f = Fixture::builder("afterobs")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(
+                c,
+                &format!(
+                    r#"    - name: {c}-svc
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      command: ["sleep", "3600"]
+      remediation:
+        maxRestarts: 1
+        window: 20s
+        backoff: {{initial: 100ms, max: 200ms}}
+"#
+                ),
+            )
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("svc");
+    f.wait_running(&name, "the start");
+    docker_ok(&["kill", &name]);
+    f.wait_running(&name, "the first kill");
+    let repaired_at = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .tickets()
+            .iter()
+            .all(|t| t["status"] == "resolved")),
+        "the first kill's ticket did not resolve: {:#?}",
+        f.tickets()
+    );
+    f.operator.stop();
+    let mut observer = OperatorProcess::start_with_db(
+        &[f.dir.path()],
+        &["--observe-only", "--resync", "1s"],
+        None,
+        f.db(),
+    );
+    observer.wait_ready();
+    docker_ok(&["kill", &name]);
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .tickets()
+            .iter()
+            .any(|t| t["service"] == name.as_str() && t["status"] == "open")),
+        "the observer opened no ticket: {:#?}; log:\n{}",
+        f.tickets(),
+        observer.log()
+    );
+    // Several looks while the window is still full.
+    std::thread::sleep(Duration::from_secs(3));
+    observer.stop();
+    // The window has room again.
+    if let Some(left) = Duration::from_secs(21).checked_sub(repaired_at.elapsed()) {
+        std::thread::sleep(left);
+    }
+    f.restart_operator();
+    f.wait_running(&name, "the kill the observer saw");
+    assert!(
+        wait_until(Duration::from_secs(30), || f.tickets().iter().all(
+            |t| t["status"] == "resolved" && t["resolved_by"] == "controller"
+        )),
+        "not repaired and re-checked by the controller: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+}
