@@ -894,3 +894,64 @@ fn a_network_option_edit_is_applied_by_replacing_the_network() {
         f.tickets()
     );
 }
+
+/// A stop no look saw: the controller was frozen while the engine's restart policy started
+/// the killed container again (what a loaded host does to a baseline drill's observer). The
+/// episode is still a ticket, ended self-healed.
+#[test]
+fn a_stop_the_engine_repaired_before_any_look_is_still_a_ticket() {
+    let f = Fixture::builder("unseen")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(
+                c,
+                &format!(
+                    r#"    - name: {c}-web
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      command: {LOOP}
+      restartPolicy: always
+"#
+                ),
+            )
+        })
+        .resync("1s")
+        .start();
+    let name = f.name("web");
+    f.wait_running(&name, "the start");
+    let started = || inspect(&name, None).map(|c| c["State"]["StartedAt"].clone());
+    let first = started();
+    // A few looks at it running.
+    std::thread::sleep(Duration::from_secs(3));
+    f.operator.signal("STOP");
+    // A crash, as the engine sees one (a `docker kill` is a person's stop, which the
+    // restart policy leaves alone): the process is killed on the host.
+    let pid = inspect(&name, None).unwrap()["State"]["Pid"]
+        .as_i64()
+        .unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -KILL {pid}");
+    let restarted = wait_until(Duration::from_secs(30), || {
+        is_running(&name, None) && started() != first
+    });
+    f.operator.signal("CONT");
+    assert!(restarted, "the engine did not restart {name}");
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .ticket("stopped", &name)
+            .is_some_and(
+                |t| t["status"] == "resolved" && t["resolved_by"] == "self-healed"
+            )),
+        "no self-healed ticket for the stop no look saw; tickets {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert_eq!(
+        f.operator
+            .metric(r#"operator_actions_total{kind="start",result="ok"}"#)
+            .unwrap_or(0.0),
+        0.0,
+        "the controller acted on a container the engine had started"
+    );
+}

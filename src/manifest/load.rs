@@ -131,6 +131,20 @@ fn load_file(
     let mut documents = 0;
     for mut read in yamldoc::read_all::<raw::Document>(file, text) {
         documents += 1;
+        // The reader says a required top-level field is missing with an empty field path.
+        let missing = |name: &str| {
+            read.problems
+                .iter()
+                .any(|d| d.field.is_empty() && d.message == format!("missing field `{name}`"))
+        };
+        if missing("apiVersion") {
+            // Nothing says what this is: not an operator manifest at all (a compose file,
+            // say). Its first problem says so; every key of it listed would bury that.
+            read.problems.sort_by_key(|d| d.line);
+            read.problems.truncate(1);
+            diagnostics.append(&mut read.problems);
+            continue;
+        }
         diagnostics.append(&mut read.problems);
         let Some(doc) = read.document.take() else {
             continue;

@@ -334,6 +334,9 @@ pub(super) struct Shared {
     /// The dependency each key waits for before its container may start (logged once per
     /// wait).
     pub waiting_on: Mutex<HashMap<ServiceKey, String>>,
+    /// The container and start time each key's last look saw (a start the controller did
+    /// not make and no look saw stopping is a stop between looks).
+    pub last_runs: Mutex<HashMap<ServiceKey, SeenRun>>,
     /// The adopted container recorded for each key by this process (see
     /// [`crate::tickets::Adoption`]), so the record is written once per container.
     pub adopted: Mutex<HashMap<ServiceKey, String>>,
@@ -422,6 +425,9 @@ impl Shared {
     }
 }
 
+/// A container a look saw running: its id, and when it started.
+pub type SeenRun = (String, Option<chrono::DateTime<chrono::Utc>>);
+
 /// Builds a [`Controller`]; everything but the engine and the desired state is optional.
 #[must_use]
 pub struct ControllerBuilder {
@@ -491,6 +497,7 @@ impl ControllerBuilder {
                 gated: Mutex::new(HashMap::new()),
                 escalations_told: Mutex::new(std::collections::HashSet::new()),
                 waiting_on: Mutex::new(HashMap::new()),
+                last_runs: Mutex::new(HashMap::new()),
                 adopted: Mutex::new(HashMap::new()),
                 disruptions: Disruptions::default(),
                 check_views: Arc::default(),

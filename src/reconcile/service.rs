@@ -394,6 +394,20 @@ impl KeyRun<'_> {
         }
         observed.settling = settling(&observed, self.clock.wall, shared.config.settle);
         let drifts = diff(cluster, service, &observed);
+        if let Some(stop) = self.unseen_stop(observed.container.as_ref()) {
+            // Recorded before the service's tickets are read: this look's re-check may end it
+            // (self-healed) once the container has settled.
+            if let Err(e) = self
+                .record_drifts(std::slice::from_ref(&stop), r.window)
+                .await
+            {
+                self.retry_soon();
+                return Outcome::Unrecorded {
+                    error: e.to_string(),
+                };
+            }
+            info!(service = %key, detail = %stop.detail, "a stop between two looks");
+        }
         // The service's tickets, read once: who holds them, and which this look shows over.
         let tickets = match self.journal() {
             None => Vec::new(),
@@ -1073,6 +1087,8 @@ impl KeyRun<'_> {
 
         // Kept to undo the attempt if it cannot be recorded: an attempt that never ran must
         // not be saved as spent.
+        // The controller's own start is no stop between looks (see `unseen_stop`).
+        lock(&shared.last_runs).remove(key);
         let unspent = budget.clone();
         let next_at = budget.record_attempt(now, a.budgeted, a.remediation);
         let retry_after_ms = next_at.saturating_duration_since(now).as_millis() as u64;
@@ -1486,6 +1502,42 @@ impl KeyRun<'_> {
                     })
             })
             .cloned()
+    }
+
+    /// A stop this controller never saw: the container its last look saw running has been
+    /// started again since, by someone else (the engine's restart policy, a person) before an
+    /// event's look found it stopped, as happens on a loaded host or to a paused
+    /// controller. A drift whoever repaired it: its ticket ends self-healed.
+    fn unseen_stop(&self, container: Option<&ObservedContainer>) -> Option<Drift> {
+        let c = container?;
+        let leased = lock(&self.shared.leases).session(self.key).is_some();
+        let mut runs = lock(&self.shared.last_runs);
+        if c.status != ContainerStatus::Running || leased {
+            // Seen not running: whatever start follows, this stop was seen. Leased: a
+            // session at work on it may restart it, and that is its repair, not a drift.
+            runs.remove(self.key);
+            return None;
+        }
+        let before = runs.insert(self.key.clone(), (c.id.clone(), c.started_at))?;
+        let (id, Some(seen_start)) = before else {
+            return None;
+        };
+        let (Some(started), Some(finished)) = (c.started_at, c.finished_at) else {
+            return None;
+        };
+        (id == c.id
+            && started > seen_start
+            && finished > seen_start)
+            .then(|| {
+                Drift::new(
+                    DriftKind::Stopped,
+                    format!(
+                        "stopped at {} and started again at {} by someone else (the engine's restart policy, or a person) before the controller looked",
+                        finished.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ),
+                )
+            })
     }
 
     /// Whether a dependency's container is running now (asked fresh from the engine).
