@@ -113,6 +113,24 @@ fn main() {
     let (mut events, rx) = follow_events(&[&managed, &engine, &poller]);
     std::thread::sleep(Duration::from_secs(11));
 
+    // What the repairs cost the engine and the ticket store: the controller's own counters
+    // over all rounds (resyncs and looks in the quiet seconds between rounds included, so
+    // these bound a repair's cost from above).
+    let costs = |f: &Fixture| {
+        let engine = |op: &str| {
+            f.operator
+                .metric(&format!("operator_engine_requests_total{{op=\"{op}\"}}"))
+                .unwrap_or(0.0)
+        };
+        [
+            engine("inspect"),
+            engine("list"),
+            f.operator
+                .metric("operator_store_round_trips_total")
+                .unwrap_or(0.0),
+        ]
+    };
+    let costs_before = costs(&f);
     let mut recovery = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..rounds {
         while rx.try_recv().is_ok() {}
@@ -152,6 +170,7 @@ fn main() {
     let _ = events.wait();
     let poller_starts = polling.started();
     drop(polling);
+    let costs_after = costs(&f);
     f.operator.crash();
 
     // No product output carries this figure: it is the controller's debug log.
@@ -185,6 +204,16 @@ fn main() {
         ours / poller_p50
     );
     println!("(the poller started {poller_starts} containers)");
+    let per_round = |i: usize| (costs_after[i] - costs_before[i]) / rounds as f64;
+    println!(
+        "\noperator's cost per SIGKILL repair (its counters over all rounds / {rounds}, resyncs in between included):"
+    );
+    println!(
+        "  engine inspects {:.1}, engine lists {:.1}, ticket store round trips {:.1}",
+        per_round(0),
+        per_round(1),
+        per_round(2)
+    );
     println!("\ntime from the Docker event to the drift being detected:");
     summary("event -> drift detected", detect);
     println!("\nreproduce: cargo bench --bench recovery -- {rounds}");

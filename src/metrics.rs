@@ -57,6 +57,23 @@ pub struct Metrics {
     /// Services a resync counted as looked at because the engine's list showed them as at
     /// their last clean reconcile (not inspected again).
     pub resync_unchanged: Counter,
+    /// Round trips to the ticket store (each a blocking call of its own).
+    pub store_round_trips: Counter,
+}
+
+/// Requests to the Docker engine by operation, for the whole process: every call of the
+/// reconcile's engine actions (`docker::actions`) and of the watcher (its event stream,
+/// lists and inspects) goes through [`engine_request`], so the cost of a repair is a figure
+/// (`operator_engine_requests_total{op}`). The agent's sandbox and a drill's faults make
+/// calls of their own, not counted here.
+static ENGINE_REQUESTS: std::sync::LazyLock<Family<Labels, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+
+/// Counts one request to the engine (`op`: `inspect`, `list`, `start`, ...).
+pub fn engine_request(op: &'static str) {
+    ENGINE_REQUESTS
+        .get_or_create(&vec![("op", op.to_string())])
+        .inc();
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -82,6 +99,17 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("operator");
+        registry.register(
+            "engine_requests",
+            "Requests to the Docker engine by the reconcile and the watcher, by operation (inspect, list, events, create, start, stop, restart, unpause, remove, image-inspect, network-inspect, network-create, network-remove, network-connect, network-disconnect)",
+            ENGINE_REQUESTS.clone(),
+        );
+        let store_round_trips = Counter::default();
+        registry.register(
+            "store_round_trips",
+            "Round trips to the ticket store (each a blocking call of its own)",
+            store_round_trips.clone(),
+        );
         let reconciles = Family::<Labels, Counter>::default();
         registry.register(
             "reconcile",
@@ -238,6 +266,7 @@ impl Metrics {
             first_reconcile,
             resync_seconds,
             resync_unchanged,
+            store_round_trips,
             check_failing,
             check_no_data,
             observability_up,

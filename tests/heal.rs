@@ -92,6 +92,19 @@ fn sigkilled_container_is_running_again_in_place() {
     let f = start("kill");
     let name = f.name("db");
     let (_, id) = state(&name, None).unwrap();
+    // What the repair costs: engine requests and ticket store round trips (resyncs and
+    // the other service's looks add theirs, so these bound the repair's cost from above).
+    let requests = |op: &str| {
+        f.operator
+            .metric(&format!("operator_engine_requests_total{{op=\"{op}\"}}"))
+            .unwrap_or(0.0)
+    };
+    let trips = || f.operator.metric("operator_store_round_trips_total");
+    let before = (requests("inspect"), requests("start"), trips());
+    assert!(
+        before.2.is_some(),
+        "operator_store_round_trips_total is not served"
+    );
     docker_ok(&["kill", "--signal", "KILL", &name]);
     f.wait_running(&name, "SIGKILL");
     let (_, id_after) = state(&name, None).unwrap();
@@ -100,6 +113,14 @@ fn sigkilled_container_is_running_again_in_place() {
         "a killed container is started again, not replaced"
     );
     assert_repaired_by(&f, &name, "stopped", "start");
+    let after = (requests("inspect"), requests("start"), trips());
+    assert_eq!(after.1 - before.1, 1.0, "one start request: the repair");
+    assert!(after.0 > before.0, "the repair's inspects are counted");
+    eprintln!(
+        "SIGKILL repair, up to its resolved ticket: {} engine inspects, {} store round trips",
+        after.0 - before.0,
+        after.2.unwrap() - before.2.unwrap()
+    );
 }
 
 #[test]

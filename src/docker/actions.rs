@@ -118,6 +118,7 @@ impl Actions {
         id_or_name: &str,
     ) -> Result<Option<ContainerInspectResponse>, DockerError> {
         call(
+            "inspect",
             format!("inspect container {id_or_name}"),
             self.limits.call,
             self.docker.inspect_container(id_or_name, None),
@@ -135,6 +136,7 @@ impl Actions {
         limit: Duration,
     ) -> Result<Vec<ContainerSummary>, DockerError> {
         call(
+            "list",
             "list containers",
             limit,
             super::watcher::list_lines(&self.docker, adopting),
@@ -158,6 +160,7 @@ impl Actions {
             .filters(&filters)
             .build();
         let lines = call(
+            "list",
             format!(
                 "list the containers of compose service {} of project {}",
                 compose.service, compose.project
@@ -185,6 +188,7 @@ impl Actions {
 
     pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
         let found = call(
+            "image-inspect",
             format!("inspect image {image}"),
             self.limits.call,
             self.docker.inspect_image(image),
@@ -233,6 +237,7 @@ impl Actions {
 
     async fn inspect_network(&self, network: &str) -> Result<Option<NetworkInspect>, DockerError> {
         call(
+            "network-inspect",
             format!("inspect network {network}"),
             self.limits.call,
             self.docker.inspect_network(network, None),
@@ -283,6 +288,7 @@ impl Actions {
             ..Default::default()
         };
         match call(
+            "network-create",
             format!("create network {network}"),
             self.limits.call,
             self.docker.create_network(request),
@@ -364,6 +370,7 @@ impl Actions {
                 force: Some(true),
             };
             call(
+                "network-disconnect",
                 format!("disconnect container {} from network {name}", c.name),
                 self.limits.call,
                 self.docker.disconnect_network(name, request),
@@ -372,6 +379,7 @@ impl Actions {
             .found()?;
         }
         call(
+            "network-remove",
             format!("remove network {name}"),
             self.limits.call,
             self.docker.remove_network(name),
@@ -408,6 +416,7 @@ impl Actions {
             .build();
         let body = create_body(cluster, service);
         let id = match call(
+            "create",
             format!("create container {}", service.name),
             self.limits.call,
             self.docker.create_container(Some(options), body),
@@ -442,6 +451,7 @@ impl Actions {
 
     pub async fn start(&self, id: &str) -> Result<(), DockerError> {
         call(
+            "start",
             format!("start container {id}"),
             self.limits.call,
             self.docker.start_container(id, None),
@@ -452,6 +462,7 @@ impl Actions {
 
     pub async fn unpause(&self, id: &str) -> Result<(), DockerError> {
         call(
+            "unpause",
             format!("unpause container {id}"),
             self.limits.call,
             self.docker.unpause_container(id),
@@ -467,6 +478,7 @@ impl Actions {
             .t(seconds(wait))
             .build();
         call(
+            "restart",
             format!("restart container {id}"),
             self.limits.call + wait,
             self.docker.restart_container(id, Some(options)),
@@ -506,6 +518,7 @@ impl Actions {
             .t(seconds(wait))
             .build();
         let stopped = call(
+            "stop",
             format!("stop container {id}"),
             self.limits.call + wait,
             self.docker.stop_container(id, Some(stop)),
@@ -518,6 +531,7 @@ impl Actions {
         }
         let remove = RemoveContainerOptionsBuilder::default().force(true).build();
         call(
+            "remove",
             format!("remove container {id}"),
             self.limits.call,
             self.docker.remove_container(id, Some(remove)),
@@ -581,6 +595,7 @@ impl Actions {
             }),
         };
         call(
+            "network-connect",
             format!("connect container {id} to network {network}"),
             self.limits.call,
             self.docker.connect_network(network, request),

@@ -42,17 +42,20 @@ impl<T> Answer<T> {
     }
 }
 
-/// Runs `fut`, giving up after `limit`. `doing` completes "failed to ..." and "while trying
+/// Runs `fut` (one engine request of operation `op`, counted), giving up after `limit`.
+/// `doing` completes "failed to ..." and "while trying
 /// to ..." in the error.
 ///
 /// # Errors
 /// [`DockerError::Timeout`] when `limit` passes first; [`DockerError::Api`] for any
 /// engine error other than 404 and 409, which come back as [`Answer`]s.
 pub(super) async fn call<T>(
+    op: &'static str,
     doing: impl Into<String>,
     limit: Duration,
     fut: impl Future<Output = Result<T, bollard::errors::Error>>,
 ) -> Result<Answer<T>, DockerError> {
+    crate::metrics::engine_request(op);
     let doing = doing.into();
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(value)) => Ok(Answer::Ok(value)),
@@ -95,9 +98,12 @@ mod tests {
     }
 
     async fn answer(status_code: u16) -> Result<Answer<()>, DockerError> {
-        call("start container x", Duration::from_secs(1), async move {
-            Err(engine_error(status_code))
-        })
+        call(
+            "start",
+            "start container x",
+            Duration::from_secs(1),
+            async move { Err(engine_error(status_code)) },
+        )
         .await
     }
 
@@ -141,9 +147,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_past_its_limit_is_a_timeout_naming_what_it_was_doing() {
         let never = std::future::pending::<Result<(), bollard::errors::Error>>();
-        let err = call("inspect image busybox", Duration::from_secs(60), never)
-            .await
-            .unwrap_err();
+        let err = call(
+            "image-inspect",
+            "inspect image busybox",
+            Duration::from_secs(60),
+            never,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "timed out after 60s while trying to inspect image busybox"

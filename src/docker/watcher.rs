@@ -140,6 +140,7 @@ impl Watcher {
             .since(&since)
             .filters(&filters)
             .build();
+        crate::metrics::engine_request("events");
         let mut stream = self.docker.events(Some(options));
 
         let adoptable = self.cache.adoptable_names();
@@ -193,6 +194,7 @@ impl Watcher {
     fn inspect(&self, id: String) -> BoxFuture<'static, Inspected> {
         let docker = self.docker.clone();
         async move {
+            crate::metrics::engine_request("inspect");
             let result = docker.inspect_container(&id, None).await;
             (id, result)
         }
@@ -413,6 +415,7 @@ pub async fn list_owned(
     docker: &Docker,
     adoptable: &HashMap<String, ServiceKey>,
 ) -> Result<Vec<ObservedContainer>, DockerError> {
+    crate::metrics::engine_request("list");
     let summaries = list_lines(docker, !adoptable.is_empty())
         .await
         .map_err(|source| DockerError::api("list containers", source))?;
@@ -442,6 +445,7 @@ pub async fn list_owned(
             .filter_map(|s| s.id),
     )
     .map(|id| async move {
+        crate::metrics::engine_request("inspect");
         match docker.inspect_container(&id, None).await {
             Ok(c) => Ok(ObservedContainer::recognise(&c, |name| {
                 adoptable.get(name).cloned()

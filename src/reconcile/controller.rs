@@ -575,6 +575,9 @@ impl Controller {
         lock(&shared.paused_at).retain(|k, _| declared(k));
         lock(&shared.gated).retain(|k, _| declared(k));
         lock(&shared.adopted).retain(|k, _| declared(k));
+        lock(&shared.escalations_told).retain(|k| declared(k));
+        lock(&shared.waiting_on).retain(|k, _| declared(k));
+        lock(&shared.last_runs).retain(|k, _| declared(k));
         shared.disruptions.retain(declared);
         let done = lock(&shared.passes).retain(declared, std::time::Instant::now());
         self.passes_done(done);

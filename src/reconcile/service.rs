@@ -1085,10 +1085,10 @@ impl KeyRun<'_> {
         }
         lock(&shared.gated).remove(key);
 
-        // Kept to undo the attempt if it cannot be recorded: an attempt that never ran must
-        // not be saved as spent.
         // The controller's own start is no stop between looks (see `unseen_stop`).
         lock(&shared.last_runs).remove(key);
+        // Kept to undo the attempt if it cannot be recorded: an attempt that never ran must
+        // not be saved as spent.
         let unspent = budget.clone();
         let next_at = budget.record_attempt(now, a.budgeted, a.remediation);
         let retry_after_ms = next_at.saturating_duration_since(now).as_millis() as u64;

@@ -37,6 +37,7 @@ impl Journal {
         f: impl FnOnce(&Store) -> Result<T, TicketError> + Send + 'static,
     ) -> Result<T, TicketError> {
         let store = self.store.clone();
+        self.metrics.store_round_trips.inc();
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| TicketError::Task(e.to_string()))?
