@@ -271,8 +271,13 @@ fn a_restarted_container_ends_its_ticket_only_once_its_healthcheck_passes() {
         wait_until(Duration::from_secs(10), || ticket().is_some()),
         "no ticket for the kill"
     );
-    while health() == Some(serde_json::json!("starting")) {
+    // The ticket is read first, then the health: a ticket resolved while the health read
+    // after it still says `starting` was resolved while it was starting.
+    loop {
         let t = ticket().unwrap();
+        if health() != Some(serde_json::json!("starting")) {
+            break;
+        }
         assert_ne!(
             t["status"],
             "resolved",
