@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::operator::{
     OperatorProcess, entry_time, epoch_now, event_times, is_running, wait_until,
@@ -46,8 +46,9 @@ spec:
         f.tickets(),
         operator.log()
     );
-    // Well past the next backoff (1.6 s) and several resyncs: nothing more may happen.
-    std::thread::sleep(Duration::from_secs(5));
+    // Several looks (resync 1 s, so well past the next backoff of 1.6 s): nothing more may
+    // happen.
+    escalated_looks(operator, 3);
     let starts = event_times(&name, "start", since);
     assert_eq!(
         starts.len(),
@@ -204,7 +205,7 @@ fn an_escalation_ends_with_its_ticket_but_its_repairs_still_count_until_a_person
         "one error line for the escalated ticket; log:\n{}",
         operator.log()
     );
-    std::thread::sleep(Duration::from_secs(2));
+    escalated_looks(operator, 2);
     assert!(!is_running(&name, None), "repaired past its budget");
     // A person's word gives a fresh budget: repaired at once.
     let id = f
@@ -230,11 +231,32 @@ fn an_escalation_ends_with_its_ticket_but_its_repairs_still_count_until_a_person
     assert_eq!(operator.metric("operator_escalated_services"), Some(0.0));
 }
 
-/// What a `chaos run --baseline` does between two drills: an observer must never spend or
-/// escalate the budget, and a controller that finds a service escalated and down says so.
-#[test]
-fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_down() {
-    let mut f = Fixture::builder("observer")
+/// Waits (60 s) until the controller has looked at an escalated service `n` more times:
+/// what a test asserts did not happen then had the chance to (a stalled loop fails here).
+fn escalated_looks(operator: &OperatorProcess, n: u32) {
+    let looks = || {
+        operator
+            .metric(r#"operator_reconcile_total{result="escalated"}"#)
+            .unwrap_or(0.0)
+    };
+    let first = looks();
+    assert!(
+        wait_until(Duration::from_secs(60), || looks() >= first + f64::from(n)),
+        "the controller stopped looking at the escalated service; log:\n{}",
+        operator.log()
+    );
+}
+
+/// One service under `maxRestarts: 1` in `window`, repaired once by the controller (the
+/// window is full), then an observer (`run --observe-only`, what a drill's `--baseline`
+/// runs) on the same database that sees the next kill through several of its looks and is
+/// stopped. Returns the fixture (its controller stopped), the container, when the repair
+/// was made, and the stopped observer (for its log).
+fn repaired_once_then_observed(
+    prefix: &str,
+    window: &str,
+) -> (Fixture, String, Instant, OperatorProcess) {
+    let mut f = Fixture::builder(prefix)
         .manifest("cluster.yaml", |c| {
             cluster_yaml(
                 c,
@@ -245,7 +267,7 @@ fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_d
       command: ["sleep", "3600"]
       remediation:
         maxRestarts: 1
-        window: 10m
+        window: {window}
         backoff: {{initial: 100ms, max: 200ms}}
 "#
                 ),
@@ -255,9 +277,9 @@ fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_d
         .start();
     let name = f.name("svc");
     f.wait_running(&name, "the start");
-    // One repair: the window is full.
     docker_ok(&["kill", &name]);
     f.wait_running(&name, "the first kill");
+    let repaired_at = Instant::now();
     assert!(
         wait_until(Duration::from_secs(30), || f
             .tickets()
@@ -267,7 +289,6 @@ fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_d
         f.tickets()
     );
     f.operator.stop();
-    // An observer on the same database sees the next kill and must leave the budget alone.
     let mut observer = OperatorProcess::start_with_db(
         &[f.dir.path()],
         &["--observe-only", "--resync", "1s"],
@@ -285,9 +306,28 @@ fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_d
         f.tickets(),
         observer.log()
     );
-    // Several of its looks (resync 1 s).
-    std::thread::sleep(Duration::from_secs(3));
+    // Several of its looks at the stopped container (resync 1 s), counted by the observer
+    // itself: a stalled loop cannot pass for one that looked and left the budget alone.
+    let looks = || {
+        observer
+            .metric(r#"operator_reconcile_total{result="observed"}"#)
+            .unwrap_or(0.0)
+    };
+    let first = looks();
+    assert!(
+        wait_until(Duration::from_secs(30), || looks() >= first + 3.0),
+        "the observer stopped looking; log:\n{}",
+        observer.log()
+    );
     observer.stop();
+    (f, name, repaired_at, observer)
+}
+
+/// What a `chaos run --baseline` does between two drills: an observer must never spend or
+/// escalate the budget, and a controller that finds a service escalated and down says so.
+#[test]
+fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_down() {
+    let (mut f, name, _, observer) = repaired_once_then_observed("observer", "10m");
     let escalated_budget = |db: &std::path::Path| -> i64 {
         let conn =
             rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -338,7 +378,7 @@ fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_d
         "a restarted controller left the escalated service down silently; log:\n{}",
         f.operator.log()
     );
-    std::thread::sleep(Duration::from_secs(3));
+    escalated_looks(&f.operator, 3);
     assert_eq!(
         f.operator
             .count_log(&["escalated earlier and still drifting"]),
@@ -354,59 +394,7 @@ fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_d
 /// only saw. An observer that had escalated the budget left it down for good.
 #[test]
 fn after_an_observer_the_next_controller_repairs_a_kill_once_the_window_has_room() {
-    let mut f = Fixture::builder("afterobs")
-        .manifest("cluster.yaml", |c| {
-            cluster_yaml(
-                c,
-                &format!(
-                    r#"    - name: {c}-svc
-      image: {BUSYBOX_IMAGE}
-      networkMode: host
-      command: ["sleep", "3600"]
-      remediation:
-        maxRestarts: 1
-        window: 20s
-        backoff: {{initial: 100ms, max: 200ms}}
-"#
-                ),
-            )
-        })
-        .resync("1s")
-        .start();
-    let name = f.name("svc");
-    f.wait_running(&name, "the start");
-    docker_ok(&["kill", &name]);
-    f.wait_running(&name, "the first kill");
-    let repaired_at = std::time::Instant::now();
-    assert!(
-        wait_until(Duration::from_secs(30), || f
-            .tickets()
-            .iter()
-            .all(|t| t["status"] == "resolved")),
-        "the first kill's ticket did not resolve: {:#?}",
-        f.tickets()
-    );
-    f.operator.stop();
-    let mut observer = OperatorProcess::start_with_db(
-        &[f.dir.path()],
-        &["--observe-only", "--resync", "1s"],
-        None,
-        f.db(),
-    );
-    observer.wait_ready();
-    docker_ok(&["kill", &name]);
-    assert!(
-        wait_until(Duration::from_secs(30), || f
-            .tickets()
-            .iter()
-            .any(|t| t["service"] == name.as_str() && t["status"] == "open")),
-        "the observer opened no ticket: {:#?}; log:\n{}",
-        f.tickets(),
-        observer.log()
-    );
-    // Several looks while the window is still full.
-    std::thread::sleep(Duration::from_secs(3));
-    observer.stop();
+    let (mut f, name, repaired_at, _) = repaired_once_then_observed("afterobs", "20s");
     // The window has room again.
     if let Some(left) = Duration::from_secs(21).checked_sub(repaired_at.elapsed()) {
         std::thread::sleep(left);
