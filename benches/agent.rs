@@ -1,5 +1,6 @@
 //! Agent benchmark: the controller's own cost around a session, against the local stand-in
-//! for the Claude API (scripted answers, simulated token counts and prompt caching).
+//! for the Claude API (`tests/common/claude.rs`: scripted answers, simulated token counts and
+//! prompt caching). No real model answers here.
 //!
 //! Needs a Docker engine and the local images (`scripts/setup.sh`). Run:
 //!
@@ -11,8 +12,12 @@
 //! - drift to API: from the engine's `die` event to the first request reaching the stand-in;
 //! - controller overhead per turn: time in the session outside the HTTP calls and commands
 //!   (the session's own measure, from its log line);
-//! - tokens per session (input, cache write, cache read, output), as the stand-in counts them:
-//!   from the second session on, the system prompt and tools are read from the cache.
+//! - tokens per session (input, cache write, cache read, output), as the session logs them
+//!   from the answers' `usage`. They are the stand-in's arithmetic, not a real model's
+//!   count: one token per 4 bytes of the request's JSON (of the scripted answer's, for
+//!   output), and prompt caching simulated at the request's `cache_control` marks. What
+//!   they show is the shape (from the second session on, the system prompt and tools are
+//!   read from the cache), not what a session would cost.
 //!
 //! Then the sandbox (docs/agent.md), side by side with running the same commands directly on
 //! the host, the way every command ran before the toolbox (`sh -c` in the controller's
@@ -143,11 +148,14 @@ fn main() {
     println!();
     summary("drift (die event) -> first API request", to_api);
     summary("controller overhead per turn", overhead_per_turn);
+    println!(
+        "\ntokens per session: the stand-in's arithmetic (about 1 per 4 bytes of JSON, caching simulated), not a real model's count:"
+    );
     for (i, t) in sessions_tokens.iter().enumerate().take(3) {
-        println!("session {}: tokens {t}", i + 1);
+        println!("session {}: stand-in tokens {t}", i + 1);
     }
     if let Some(last) = sessions_tokens.last() {
-        println!("session {}: tokens {last}", sessions_tokens.len());
+        println!("session {}: stand-in tokens {last}", sessions_tokens.len());
     }
     drop(f);
     sandbox(rounds);

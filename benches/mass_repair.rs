@@ -1,6 +1,7 @@
 //! Mass-repair benchmark: N containers killed at once, under this controller, under the
-//! engine's own `--restart always` and under a 5-second polling restarter (the autoheal
-//! model, `benches/arms`), side by side in one run, until all N run again.
+//! engine's own `--restart always` and under a poller that starts exited containers every
+//! 5 s (`benches/arms`; autoheal's interval, but autoheal restarts unhealthy containers and
+//! this arm exited ones), side by side in one run, until all N run again.
 //!
 //! Needs a Docker engine and the local images (`scripts/setup.sh`). Run:
 //!
@@ -64,7 +65,7 @@ impl Arm {
         match self {
             Arm::Operator => "operator (controller repairs)",
             Arm::Engine => "docker --restart always",
-            Arm::Poller => "polling restarter (5 s, autoheal model)",
+            Arm::Poller => arms::LABEL,
         }
     }
 
@@ -270,7 +271,7 @@ fn main() {
 
     eprintln!("creating {n} containers under --restart always");
     create_arm(&engine, &engine_label, "always");
-    eprintln!("creating {n} containers for the polling restarter");
+    eprintln!("creating {n} containers for the poller of exited containers");
     create_arm(&poller, &poller_label, "no");
     let polling = Poller::start(&poller_label, POLL_PERIOD);
     eprintln!("starting the controller on {n} services");
@@ -300,7 +301,7 @@ fn main() {
             wait_all_running(arm_names, arm.label());
             if let Some((engine_ms, wall_ms)) = kill_and_time(arm_names, &rx) {
                 eprintln!(
-                    "round {}/{rounds} {:<40} all {n} running again after {engine_ms:>8.1} ms (wall {wall_ms:>8.1} ms)",
+                    "round {}/{rounds} {:<44} all {n} running again after {engine_ms:>8.1} ms (wall {wall_ms:>8.1} ms)",
                     round + 1,
                     arm.label()
                 );

@@ -1,10 +1,15 @@
-//! Ticket store benchmark.
+//! Ticket benchmark, on the path the controller records drift on.
 //!
-//! 1. Throughput of drift sightings recorded with dedup (the same drift, so every write is
-//!    the upsert path), in one process: 1 task, and 8 tasks sharing one store the way the
-//!    controller's workers do (one connection, calls on blocking threads).
-//! 2. Time from a Docker `die` event to the ticket row being committed, with the controller
-//!    running against a real engine (needs `scripts/setup.sh`).
+//! 1. Throughput of drift sightings recorded with dedup (the same drift every time, so every
+//!    write after the first is the upsert path), in one process, through a
+//!    `tickets::Journal` built as `operator run` builds it (`Journal::new(store, metrics)` over
+//!    one `Store`) and its async `sighting`, the call a reconcile makes for each drift it
+//!    finds: one store call on a blocking thread, plus the journal's metrics. 1 task, and 8
+//!    tasks sharing one journal the way the controller's workers do.
+//! 2. Time from a Docker `die` event to the ticket row being committed, with the release
+//!    `operator run` against a real engine (needs `scripts/setup.sh`): the controller's own
+//!    journal writes the row; this program only reads the database (a `Store` of its own,
+//!    polled every millisecond), so the figure is the controller's.
 //!
 //!     cargo bench --bench tickets -- [SIGHTINGS] [KILLS]      (defaults 20000 and 30)
 
@@ -20,29 +25,27 @@ use std::time::{Duration, Instant};
 use common::operator::{epoch_now, remove_db};
 use common::{BUSYBOX_IMAGE as IMAGE, Fixture, docker_ok};
 use operator::drift::{DriftKind, Fingerprint};
-use operator::tickets::{DriftSighting, Store};
+use operator::metrics::Metrics;
+use operator::tickets::{DriftSighting, Journal, Store};
 use stats::summary;
 
-fn record(store: &Store, fp: &Fingerprint) {
-    store
-        .record_drift(
-            &DriftSighting {
-                fingerprint: fp.clone(),
-                drift: DriftKind::Stopped,
-                detail: "exited with code 137".into(),
-                cooldown: Duration::from_secs(600),
-                evidence: None,
-            },
-            chrono::Utc::now(),
-        )
-        .expect("record a sighting");
+/// The sighting a reconcile records for a container that exited on a SIGKILL.
+fn stopped(fp: &Fingerprint) -> DriftSighting {
+    DriftSighting {
+        fingerprint: fp.clone(),
+        drift: DriftKind::Stopped,
+        detail: "exited with code 137".into(),
+        cooldown: Duration::from_secs(600),
+        evidence: None,
+    }
 }
 
-/// Sightings per second with `tasks` tokio tasks sharing one store.
+/// Sightings per second with `tasks` tokio tasks sharing one journal.
 fn throughput(tasks: usize, sightings: usize) -> f64 {
     let db = std::env::temp_dir().join(format!("bench-tickets-{}-{tasks}.db", std::process::id()));
     remove_db(&db);
     let store = Arc::new(Store::open(&db).expect("open"));
+    let journal = Journal::new(store.clone(), Arc::new(Metrics::new()));
     let fp = Fingerprint::service("bench", "svc", DriftKind::Stopped);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -53,14 +56,14 @@ fn throughput(tasks: usize, sightings: usize) -> f64 {
         let per_task = sightings / tasks;
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
-                let store = store.clone();
+                let journal = journal.clone();
                 let fp = fp.clone();
                 tokio::spawn(async move {
                     for _ in 0..per_task {
-                        let (store, fp) = (store.clone(), fp.clone());
-                        tokio::task::spawn_blocking(move || record(&store, &fp))
+                        journal
+                            .sighting(stopped(&fp), chrono::Utc::now())
                             .await
-                            .expect("blocking task");
+                            .expect("record a sighting");
                     }
                 })
             })
@@ -100,6 +103,7 @@ fn die_to_ticket(kills: usize) -> Vec<f64> {
     let name = f.name("svc");
     f.wait_running(&name, "the start");
     std::thread::sleep(Duration::from_secs(1));
+    // Only to read: the rows are written by the controller's own journal, in its process.
     let store = Store::open(f.db()).expect("open the controller's database");
     let mut events = Command::new("docker")
         .args([
@@ -154,7 +158,7 @@ fn main() {
     let kills = args.next().unwrap_or(30);
 
     println!(
-        "drift sightings recorded per second (same drift: dedup upsert), {sightings} each, 3 runs:"
+        "drift sightings recorded per second through the controller's Journal (same drift: dedup upsert), {sightings} each, 3 runs:"
     );
     for tasks in [1, 8] {
         let mut rates: Vec<f64> = (0..3).map(|_| throughput(tasks, sightings)).collect();
@@ -164,7 +168,9 @@ fn main() {
             rates[1], rates[0], rates[2]
         );
     }
-    println!("\ntime from a Docker die event to the ticket row committed ({kills} SIGKILLs):");
+    println!(
+        "\ntime from a Docker die event to the ticket row committed by operator run ({kills} SIGKILLs):"
+    );
     summary("die -> ticket committed", die_to_ticket(kills));
     println!("\nreproduce: cargo bench --bench tickets -- {sightings} {kills}");
 }

@@ -1,7 +1,7 @@
 //! `operator`: a Kubernetes-style reconciling controller for plain Docker.
 //!
 //! The data flows one way (see `docs/architecture.md`):
-//! manifests → [`manifest::DesiredState`]; Docker list + events → [`docker::Cache`];
+//! manifests → [`manifest::DesiredState`]; Docker list + events → [`docker::Store`];
 //! both → [`reconcile::diff`] → drifts → [`reconcile::Controller`] → [`docker::actions`].
 //!
 //! The library never prints; the CLI in `main.rs` and [`cli`] does.

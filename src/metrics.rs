@@ -52,11 +52,15 @@ pub struct Metrics {
     /// service (0 until then).
     pub first_reconcile: Gauge<f64, AtomicU64>,
     /// Time one periodic resync takes, from its tick until every service was looked at (in
-    /// full, or found unchanged in the engine's list).
+    /// full, or found unchanged in the observed store).
     pub resync_seconds: Histogram,
-    /// Services a resync counted as looked at because the engine's list showed them as at
-    /// their last clean reconcile (not inspected again).
+    /// Services a resync counted as looked at because the observed store shows them as at
+    /// their last clean, quiet reconcile.
     pub resync_unchanged: Counter,
+    /// Full lists of the engine into the observed store after the first, by why: `error`
+    /// (the event stream failed), `adoption` (the manifests adopt other containers),
+    /// `interval` (the periodic bound on what the stream may have missed).
+    pub relists: Family<Labels, Counter>,
     /// Round trips to the ticket store (each a blocking call of its own).
     pub store_round_trips: Counter,
 }
@@ -252,20 +256,31 @@ impl Metrics {
         let resync_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "resync_seconds",
-            "Time one periodic resync takes, from its tick until every service was looked at (in full, or found unchanged in the engine's list)",
+            "Time one periodic resync takes, from its tick until every service was looked at (in full, or found unchanged in the observed store)",
             resync_seconds.clone(),
         );
         let resync_unchanged = Counter::default();
         registry.register(
             "resync_unchanged",
-            "Services a resync counted as looked at because the engine's list showed them as at their last clean reconcile",
+            "Services a resync counted as looked at because the observed store shows them as at their last clean, quiet reconcile",
             resync_unchanged.clone(),
         );
+        let relists = Family::<Labels, Counter>::default();
+        registry.register(
+            "watch_relists",
+            "Full lists of the engine after the first, by why (error, adoption, interval)",
+            relists.clone(),
+        );
+        for reason in ["error", "adoption", "interval"] {
+            // Served at 0 from the start: a dashboard (and a test) can tell none from unknown.
+            let _ = relists.get_or_create(&vec![("reason", reason.to_string())]);
+        }
         Metrics {
             registry,
             first_reconcile,
             resync_seconds,
             resync_unchanged,
+            relists,
             store_round_trips,
             check_failing,
             check_no_data,
@@ -290,6 +305,13 @@ impl Metrics {
             actions_gated,
             manifest_reloads,
         }
+    }
+
+    /// The watcher listed the engine again, for `reason`.
+    pub fn relisted(&self, reason: &'static str) {
+        self.relists
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
     }
 
     pub fn reconciled(&self, result: &str, took: Duration) {

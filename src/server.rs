@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::Cache;
+use crate::docker::Store;
 use crate::metrics::Metrics;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -37,7 +37,7 @@ pub enum ServerError {
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    cache: Arc<Cache>,
+    store: Store,
 }
 
 async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -59,12 +59,12 @@ async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// `observability-lost` ticket. A 503 there would have a health-driven restarter restart
 /// the one process that can bring Prometheus back.
 async fn serve_healthz(State(state): State<AppState>) -> impl IntoResponse {
-    if !state.cache.is_ready() {
+    if !state.store.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: first list of containers not complete\n".to_string(),
         )
-    } else if !state.cache.is_connected() {
+    } else if !state.store.is_connected() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "degraded: docker event stream disconnected, reconnecting\n".to_string(),
@@ -120,7 +120,7 @@ fn blind_clusters(metrics: &Metrics) -> Vec<String> {
 pub async fn bind(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    cache: Arc<Cache>,
+    store: Store,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), ServerError>>), ServerError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -130,7 +130,7 @@ pub async fn bind(
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(serve_healthz))
-        .with_state(AppState { metrics, cache });
+        .with_state(AppState { metrics, store });
     let serve = async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -147,10 +147,10 @@ pub async fn bind(
 mod tests {
     use super::*;
 
-    async fn healthz(metrics: &Arc<Metrics>, cache: &Arc<Cache>) -> (StatusCode, String) {
+    async fn healthz(metrics: &Arc<Metrics>, store: &Store) -> (StatusCode, String) {
         let response = serve_healthz(State(AppState {
             metrics: metrics.clone(),
-            cache: cache.clone(),
+            store: store.clone(),
         }))
         .await
         .into_response();
@@ -163,21 +163,29 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_is_degraded_while_the_ticket_store_cannot_be_written() {
-        let (metrics, cache) = (Arc::new(Metrics::new()), Arc::new(Cache::new()));
-        cache.replace_all(Vec::new());
-        cache.set_connected(true);
-        assert_eq!(healthz(&metrics, &cache).await.0, StatusCode::OK);
+        let (metrics, writer) = (
+            Arc::new(Metrics::new()),
+            crate::docker::store::Writer::new(),
+        );
+        let store = writer.reader();
+        writer.replace_all(Vec::new(), 0);
+        writer.set_connected(true);
+        assert_eq!(healthz(&metrics, &store).await.0, StatusCode::OK);
         metrics.store_writable.set(0);
-        let (status, body) = healthz(&metrics, &cache).await;
+        let (status, body) = healthz(&metrics, &store).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("ticket store cannot be written"), "{body}");
     }
 
     #[tokio::test]
     async fn healthz_stays_ok_but_says_degraded_while_a_clusters_prometheus_is_lost() {
-        let (metrics, cache) = (Arc::new(Metrics::new()), Arc::new(Cache::new()));
-        cache.replace_all(Vec::new());
-        cache.set_connected(true);
+        let (metrics, writer) = (
+            Arc::new(Metrics::new()),
+            crate::docker::store::Writer::new(),
+        );
+        let store = writer.reader();
+        writer.replace_all(Vec::new(), 0);
+        writer.set_connected(true);
         let up = |cluster: &str| {
             metrics
                 .observability_up
@@ -186,12 +194,12 @@ mod tests {
         };
         up("seen").set(1);
         assert_eq!(
-            healthz(&metrics, &cache).await,
+            healthz(&metrics, &store).await,
             (StatusCode::OK, "ok\n".into())
         );
         up("tikv").set(0);
         up("etcd").set(0);
-        let (status, body) = healthz(&metrics, &cache).await;
+        let (status, body) = healthz(&metrics, &store).await;
         assert_eq!(status, StatusCode::OK);
         assert!(
             body.starts_with("ok (degraded: Prometheus cannot be asked for cluster etcd, tikv;"),
@@ -200,7 +208,7 @@ mod tests {
         // A store that cannot be written is worse, and wins.
         metrics.store_writable.set(0);
         assert_eq!(
-            healthz(&metrics, &cache).await.0,
+            healthz(&metrics, &store).await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
     }

@@ -91,6 +91,29 @@ fn adoptions(db: &std::path::Path) -> Vec<operator::tickets::Adoption> {
         .unwrap_or_default()
 }
 
+/// Waits (60 s) until the controller's first full pass is done (every service looked at
+/// once: `operator_first_reconcile_seconds` set) and its work queue is empty (nothing due
+/// or scheduled), seen twice in a row: with no resync, nothing is looked at again until an
+/// event. A stalled loop panics here.
+fn settled_after_first_pass(f: &Fixture) {
+    let settled = || {
+        f.operator.served_metric("operator_first_reconcile_seconds") > 0.0
+            && f.operator.served_metric("operator_workqueue_depth") == 0.0
+    };
+    let mut in_a_row = 0;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            in_a_row = if settled() { in_a_row + 1 } else { 0 };
+            in_a_row >= 2
+        }),
+        "the controller's first pass did not end with an empty work queue \
+         (operator_first_reconcile_seconds {}, operator_workqueue_depth {}); log:\n{}",
+        f.operator.served_metric("operator_first_reconcile_seconds"),
+        f.operator.served_metric("operator_workqueue_depth"),
+        f.operator.log()
+    );
+}
+
 #[test]
 fn an_adopted_container_is_healed_in_place_and_only_what_the_manifest_names_is_taken() {
     let builder = Fixture::builder("adopt");
@@ -140,8 +163,10 @@ fn an_adopted_container_is_healed_in_place_and_only_what_the_manifest_names_is_t
         "status does not mark the adopted container: {status}"
     );
 
-    // A while later: the spec difference is not a reason to touch it.
-    std::thread::sleep(Duration::from_secs(3));
+    // The spec difference is not a reason to touch it. With no resync, the controller's
+    // looks are its first pass and what that pass scheduled: once the pass is done and
+    // nothing is left in its queue (due or scheduled), it has looked and decided.
+    settled_after_first_pass(&f);
     assert_eq!(id_of(&web), web_id, "the adopted container was recreated");
     assert!(!labelled_ours(&web));
 

@@ -720,9 +720,10 @@ fn a_fatal_answer_stops_dispatching(prefix: &str, script: Script) {
         "dispatching did not stop; log:\n{}",
         f.operator.log()
     );
-    // Nothing is retried or dispatched again, however often the controller looks, and no
-    // attempt is spent on an agent that cannot serve: the ticket waits for a person.
-    std::thread::sleep(Duration::from_secs(5));
+    // Nothing is retried or dispatched again, however often the controller looks (several
+    // resyncs, every 2 s; a stalled loop fails here), and no attempt is spent on an agent
+    // that cannot serve: the ticket waits for a person.
+    f.operator.wait_resyncs(2);
     assert_eq!(stand_in.requests().len(), 1, "the spend limit was retried");
     let ticket = f.ticket("stopped", &name).unwrap();
     assert_eq!(ticket["status"], "open", "{ticket:#}");

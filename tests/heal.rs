@@ -94,17 +94,13 @@ fn sigkilled_container_is_running_again_in_place() {
     let (_, id) = state(&name, None).unwrap();
     // What the repair costs: engine requests and ticket store round trips (resyncs and
     // the other service's looks add theirs, so these bound the repair's cost from above).
+    // Both were inspected and started already (the fixture's start): served, or renamed.
     let requests = |op: &str| {
         f.operator
-            .metric(&format!("operator_engine_requests_total{{op=\"{op}\"}}"))
-            .unwrap_or(0.0)
+            .served_metric(&format!("operator_engine_requests_total{{op=\"{op}\"}}"))
     };
-    let trips = || f.operator.metric("operator_store_round_trips_total");
+    let trips = || f.operator.served_metric("operator_store_round_trips_total");
     let before = (requests("inspect"), requests("start"), trips());
-    assert!(
-        before.2.is_some(),
-        "operator_store_round_trips_total is not served"
-    );
     docker_ok(&["kill", "--signal", "KILL", &name]);
     f.wait_running(&name, "SIGKILL");
     let (_, id_after) = state(&name, None).unwrap();
@@ -119,7 +115,7 @@ fn sigkilled_container_is_running_again_in_place() {
     eprintln!(
         "SIGKILL repair, up to its resolved ticket: {} engine inspects, {} store round trips",
         after.0 - before.0,
-        after.2.unwrap() - before.2.unwrap()
+        after.2 - before.2
     );
 }
 
@@ -188,23 +184,28 @@ fn a_pause_is_undone_by_an_unpause_never_by_a_restart() {
         wait_until(Duration::from_secs(30), healthy),
         "never healthy"
     );
+    let unpauses = r#"operator_actions_total{kind="unpause",result="ok"}"#;
     for round in 0..4 {
+        let unpaused = f.operator.counter(unpauses);
         docker_ok(&["pause", &name]);
         // The controller unpauses at once; a probe that ran around the pause leaves the
-        // engine saying `unhealthy` until the next one.
+        // engine saying `unhealthy` until the next one: time for a probe to run.
         std::thread::sleep(Duration::from_millis(1500));
         assert!(
-            wait_until(Duration::from_secs(30), || is_running(&name, None)
+            wait_until(Duration::from_secs(30), || f.operator.counter(unpauses)
+                > unpaused
+                && is_running(&name, None)
                 && healthy()),
-            "round {round}: not running and healthy again; log:\n{}",
+            "round {round}: not unpaused by the controller, running and healthy again; log:\n{}",
             f.operator.log()
         );
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // Several looks at it after the last round (resync 1 s), each free to take a stale
+    // `unhealthy` for a reason to restart: a stalled loop fails here, not as "no restart".
+    f.operator.wait_resyncs(3);
     let restarts = f
         .operator
-        .metric(r#"operator_actions_total{kind="restart",result="ok"}"#)
-        .unwrap_or(0.0);
+        .counter(r#"operator_actions_total{kind="restart",result="ok"}"#);
     let tickets = f.tickets();
     assert_eq!(
         restarts, 0.0,
@@ -414,8 +415,8 @@ fn spec_change_in_the_manifest_is_rolled_out_by_recreating() {
     assert_eq!(f.operator.metric(recreates), Some(1.0));
     assert_eq!(
         f.operator
-            .metric("operator_actions_total{kind=\"recreate\",result=\"error\"}"),
-        None,
+            .counter("operator_actions_total{kind=\"recreate\",result=\"error\"}"),
+        0.0,
         "no recreate failed"
     );
 }
@@ -499,8 +500,9 @@ fn unmanaged_containers_are_left_alone() {
         f.operator.log()
     );
     docker_ok(&["kill", "--signal", "KILL", &bystander]);
-    // Give the controller several resyncs to misbehave.
-    std::thread::sleep(Duration::from_secs(4));
+    // Several resyncs (1 s) after the kill, each free to misbehave: a stalled loop fails
+    // here, not as "left alone".
+    f.operator.wait_resyncs(3);
     let (squatter_state, id_now) =
         state(&squatter, None).expect("the foreign container still exists");
     assert_eq!(id_now, squatter_id, "the foreign container was replaced");
@@ -946,8 +948,8 @@ fn a_stop_the_engine_repaired_before_any_look_is_still_a_ticket() {
     f.wait_running(&name, "the start");
     let started = || inspect(&name, None).map(|c| c["State"]["StartedAt"].clone());
     let first = started();
-    // A few looks at it running.
-    std::thread::sleep(Duration::from_secs(3));
+    // A few looks at it running (resync 1 s) before the controller is frozen.
+    f.operator.wait_resyncs(2);
     f.operator.signal("STOP");
     // A crash, as the engine sees one (a `docker kill` is a person's stop, which the
     // restart policy leaves alone): the process is killed on the host.
@@ -975,8 +977,7 @@ fn a_stop_the_engine_repaired_before_any_look_is_still_a_ticket() {
     );
     assert_eq!(
         f.operator
-            .metric(r#"operator_actions_total{kind="start",result="ok"}"#)
-            .unwrap_or(0.0),
+            .counter(r#"operator_actions_total{kind="start",result="ok"}"#),
         0.0,
         "the controller acted on a container the engine had started"
     );

@@ -172,9 +172,10 @@ fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container(
         f.operator.log()
     );
     eprintln!("member stopped -> check ticket: {:?}", stopped_at.elapsed());
-    // Several container resyncs (every 2 s) pass: a running container does not resolve a
-    // failing check's ticket.
-    std::thread::sleep(Duration::from_secs(5));
+    // Several container resyncs (every 2 s) and check rounds pass: a running container
+    // does not resolve a failing check's ticket (a stalled loop fails here instead).
+    f.operator.wait_resyncs(2);
+    f.operator.wait_check_rounds(2);
     let t = f.ticket("check-failed", &e0).unwrap();
     assert_eq!(t["status"], "open", "{t:#}");
     assert_eq!(t["flaps"], 0, "{t:#}");
@@ -258,7 +259,10 @@ fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() 
     // The member recovers while nobody can see it: its ticket must not move.
     f.signal_member(0, "CONT");
     let frozen = f.ticket("check-failed", &e0).unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    // Several check rounds (every second) that cannot ask Prometheus, and a container
+    // resync (every 2 s), each free to move the ticket: a stalled loop fails here.
+    f.operator.wait_check_rounds(3);
+    f.operator.wait_resyncs(1);
     let tickets = f.tickets();
     assert_eq!(
         tickets

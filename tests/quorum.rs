@@ -62,16 +62,18 @@ fn a_restart_that_would_break_the_quorum_waits_says_why_and_goes_ahead_once_the_
         f.tickets(),
         f.operator.log()
     );
-    // Held, not merely late: several looks later e1 still runs its first process.
-    std::thread::sleep(Duration::from_secs(5));
+    // Held, not merely late: several looks later (each held again, every 2 s; a stalled
+    // loop fails here) e1 still runs its first process.
+    f.operator.wait_advanced(
+        r#"operator_reconcile_total{result="gated"}"#,
+        3,
+        Duration::from_secs(60),
+    );
     assert_eq!(started_at(&e1), before, "e1 was restarted below quorum");
-    let gated = f
-        .operator
-        .metric(&format!(
-            "operator_actions_gated_total{{cluster=\"{}\",group=\"members\",reason=\"quorum\"}}",
-            f.cluster
-        ))
-        .unwrap_or(0.0);
+    let gated = f.operator.counter(&format!(
+        "operator_actions_gated_total{{cluster=\"{}\",group=\"members\",reason=\"quorum\"}}",
+        f.cluster
+    ));
     // Counted per hold, not per look (it was looked at every 2 s for several seconds).
     assert!(
         (1.0..3.0).contains(&gated),

@@ -137,7 +137,7 @@ async fn a_leased_key_is_left_to_its_remediator_and_resolved_in_its_name_after_t
         async move { controller.run(cancel).await }
     });
     wait_for("the controller to list", || {
-        controller.cache().is_connected()
+        controller.store().is_connected()
     })
     .await;
 

@@ -173,8 +173,13 @@ fn a_rollout_whose_new_spec_cannot_start_stops_at_its_first_member_and_escalates
     );
     let ticket = escalated().unwrap();
     let first = ticket["service"].as_str().unwrap().to_string();
-    // Held, not merely late: a while later the other two still run the old spec and serve.
-    std::thread::sleep(Duration::from_secs(5));
+    // Held, not merely late: several looks later (each held again by the stopped rollout,
+    // every 2 s; a stalled loop fails here) the other two still run the old spec and serve.
+    f.operator.wait_advanced(
+        r#"operator_reconcile_total{result="gated"}"#,
+        4,
+        Duration::from_secs(60),
+    );
     for (i, name) in members.names().iter().enumerate() {
         if *name == first {
             assert_ne!(spec_hash(name), old[i], "{name} took the new spec");
@@ -243,16 +248,19 @@ fn five_members_tolerate_two_down_and_the_third_waits_until_a_person_forces_it()
         f.tickets(),
         f.operator.log()
     );
-    std::thread::sleep(Duration::from_secs(4));
+    // Held, not merely late: several looks later (each held again, every 2 s; a stalled
+    // loop fails here) e2 still runs its first process.
+    f.operator.wait_advanced(
+        r#"operator_reconcile_total{result="gated"}"#,
+        2,
+        Duration::from_secs(60),
+    );
     assert_eq!(started_at(&e2), before, "e2 was restarted below quorum");
     assert!(
-        f.operator
-            .metric(&format!(
-                "operator_actions_gated_total{{cluster=\"{}\",group=\"members\",reason=\"quorum\"}}",
-                f.cluster
-            ))
-            .unwrap_or(0.0)
-            >= 1.0
+        f.operator.counter(&format!(
+            "operator_actions_gated_total{{cluster=\"{}\",group=\"members\",reason=\"quorum\"}}",
+            f.cluster
+        )) >= 1.0
     );
 
     // A person overrides the gate: the restart goes ahead, and the ticket says who and why.
@@ -312,11 +320,14 @@ fn a_dependent_is_restarted_after_its_dependency_is_recreated() {
     let f = b
         .manifest("cluster.yaml", |c| manifest(c, "1"))
         .args(&["--settle", "1s"])
+        // Looks at both every second, whatever the events: the waits below count them.
+        .resync("1s")
         .start();
     let (db, web) = (f.name("db"), f.name("web"));
     f.wait_running(&web, "the start");
-    // Settled, and not restarted for nothing: web started after db and stays so.
-    std::thread::sleep(Duration::from_secs(3));
+    // Settled (past the 1 s settle, looked at twice), and not restarted for nothing: web
+    // started after db and stays so.
+    f.operator.wait_resyncs(2);
     let web_before = started_at(&web);
 
     f.dir.write("cluster.yaml", &manifest(&cluster, "2"));
@@ -336,6 +347,7 @@ fn a_dependent_is_restarted_after_its_dependency_is_recreated() {
     assert_ne!(started_at(&web), web_before);
     // Once: nothing more to follow.
     let after = started_at(&web);
-    std::thread::sleep(Duration::from_secs(4));
+    // Several looks at both later (a stalled loop fails here, not as "once").
+    f.operator.wait_resyncs(3);
     assert_eq!(started_at(&web), after, "web kept being restarted");
 }

@@ -1,8 +1,14 @@
-//! The third arm of the repair benchmarks: a polling restarter, the autoheal model. Every
+//! The third arm of the repair benchmarks: a poller that starts exited containers. Every
 //! period (5 s) it lists the containers carrying one label that have exited
 //! (`docker ps -a --filter label=... --filter status=exited -q`) and starts them all with
-//! one `docker start` (the CLI starts them one after the other, as autoheal does). Its
-//! containers run with `--restart no`, so nothing else brings them back.
+//! one `docker start` (the CLI starts them one after the other). Its containers run with
+//! `--restart no`, so nothing else brings them back.
+//!
+//! It is not autoheal: autoheal restarts containers that are *unhealthy* (a failing
+//! healthcheck) and leaves exited ones to the engine's restart policy; this arm knows no
+//! health, only that a container exited. What it shares with autoheal is the interval
+//! (`AUTOHEAL_INTERVAL`'s default, 5 s) and restarting one container after the other, so
+//! its figure is that of any 5 s poller of exited containers: its next tick, then the starts.
 //!
 //! It runs in a thread of the benchmark; [`Poller`] stops it when dropped (also on panic).
 //! Its containers are the benchmark's to label and clean up, like the engine arm's.
@@ -13,6 +19,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::{BUSYBOX_IMAGE, TEST_LABEL, docker, docker_ok};
+
+/// How the benchmarks print this arm: what it does, not a product it only resembles.
+pub const LABEL: &str = "poller: starts exited ones every 5 s";
 
 /// What every arm's container runs: a loop that ends at once on SIGTERM.
 pub const COMMAND: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
@@ -40,7 +49,8 @@ pub fn run_arm_container(name: &str, label: &str, restart: &str) {
     ]);
 }
 
-/// autoheal's default interval (`AUTOHEAL_INTERVAL=5`).
+/// The poller's period: the same as autoheal's default interval (`AUTOHEAL_INTERVAL=5`),
+/// though autoheal polls for unhealthy containers, not exited ones.
 pub const POLL_PERIOD: Duration = Duration::from_secs(5);
 
 /// A pause of 0 to [`POLL_PERIOD`], different every call: added to the wait before a kill,
@@ -59,7 +69,7 @@ pub fn phase_jitter() -> Duration {
     Duration::from_millis(h.finish() % POLL_PERIOD.as_millis() as u64)
 }
 
-/// A running polling restarter; stops (and joins its thread) on drop.
+/// A running poller of exited containers; stops (and joins its thread) on drop.
 pub struct Poller {
     stop: Arc<AtomicBool>,
     started: Arc<AtomicUsize>,
@@ -68,7 +78,7 @@ pub struct Poller {
 
 impl Poller {
     /// Starts polling for exited containers labelled `label` (`key=value`) every `period`,
-    /// on a fixed schedule (a slow round does not shift the next ones).
+    /// on a fixed schedule (a slow round does not shift the next ones), and starting them.
     pub fn start(label: &str, period: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicUsize::new(0));

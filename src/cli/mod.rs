@@ -501,11 +501,16 @@ pub struct RunArgs {
     /// sets OPERATOR_LISTEN=0.0.0.0:9464 so its network can scrape it).
     #[arg(long, env = "OPERATOR_LISTEN", default_value = crate::server::DEFAULT_LISTEN, value_parser = parse_listen, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
-    /// Compare every service with the engine this often, whatever the events say (e.g.
-    /// 30s, 5m): one list of the engine; a service it shows as at its last clean look is not
-    /// inspected again, each is looked at in full at least every 10 resyncs.
+    /// Look at every service again this often, whatever the events say (e.g. 30s, 5m), from
+    /// the controller's own view of the engine (no engine call): a service unchanged there
+    /// since its last clean look counts as looked at.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration, value_name = "DUR")]
     pub resync: Duration,
+    /// List the engine again this often while its event stream is healthy (e.g. 5m, 1h):
+    /// the bound on how long a change the stream missed goes unseen. It is also listed
+    /// after any stream error and when the manifests adopt other containers.
+    #[arg(long, default_value = "5m", value_parser = parse_positive_duration, value_name = "DUR")]
+    pub relist: Duration,
     #[command(flatten)]
     pub db: DbArgs,
     /// Services reconciled in parallel (never the same service twice): repairs of

@@ -43,14 +43,19 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // The listener next, then the engine (essential: no engine, no controller), so a taken
     // port or a missing socket fails before a database is created or migrated.
     let metrics = Arc::new(Metrics::new());
-    let cache = Arc::new(crate::docker::Cache::new());
+    // The observed store: the controller's watcher writes it, /healthz reads it.
+    let observed = crate::docker::store::Writer::new();
     let cancel = CancellationToken::new();
     let server = if args.once {
         None
     } else {
-        let (bound, serve) =
-            crate::server::bind(args.listen, metrics.clone(), cache.clone(), cancel.clone())
-                .await?;
+        let (bound, serve) = crate::server::bind(
+            args.listen,
+            metrics.clone(),
+            observed.reader(),
+            cancel.clone(),
+        )
+        .await?;
         info!(listen = %bound, "serving /metrics and /healthz");
         Some(serve)
     };
@@ -63,6 +68,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     super::chaos::undo_left_at_start(store.clone()).await;
     let config = ControllerConfig::default()
         .resync(args.resync)
+        .relist(args.relist)
         .workers(args.workers)
         .settle(args.settle)
         .lease_timeout(args.agent_lease_timeout)
@@ -82,7 +88,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     )?;
     let mut builder = Controller::builder(docker, desired)
         .metrics(metrics.clone())
-        .cache(cache)
+        .store(observed)
         .config(config)
         .journal(journal);
     if let Some(agent) = &agent {

@@ -1,4 +1,4 @@
-//! Docker: the connection, the labels that mark what the controller owns, the watched cache
+//! Docker: the connection, the labels that mark what the controller owns, the observed store
 //! of owned containers, and the actions that change them.
 //!
 //! # Guarantees
@@ -7,21 +7,21 @@
 //! touched (see [`actions`]).
 
 pub mod actions;
-pub mod cache;
 mod call;
 pub mod hostpath;
 pub mod observed;
 mod process;
 pub mod spec;
+pub mod store;
 pub mod watcher;
 
 use std::fmt;
 
 use bollard::Docker;
 
-pub use cache::Cache;
 pub(crate) use call::is_not_found;
 pub use observed::{ContainerStatus, HealthState, ObservedContainer};
+pub use store::Store;
 
 /// Marks a container (or network) as created and owned by this controller.
 pub const LABEL_MANAGED_BY: &str = "operator.managed-by";

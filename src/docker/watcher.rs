@@ -7,11 +7,18 @@
 //! - Reconnects are spaced by a capped, jittered backoff that resets after a calm period.
 //! - One container's event never waits for another's inspect: the engine holds a dying
 //!   container's inspect until it has cleaned up after it (half a second and more), so
-//!   inspects run beside the stream, one at a time per container (the cache ends with a
+//!   inspects run beside the stream, one at a time per container (the store ends with a
 //!   look taken after that container's last event), at most [`INSPECTS_IN_FLIGHT`] at once.
 //!
+//! - It is the observed [`store`](super::store)'s only writer while the controller runs: a
+//!   key is marked not fresh from its event until the look the event asked for has landed,
+//!   then announced ([`WatchEvent::Changed`]).
+//! - The engine is listed again after any stream error, when the manifests' adoption set
+//!   changes (an adopted container is recognised only by the set it was listed with), and
+//!   every `relist` interval: whatever the stream missed is found within that bound.
+//!
 //! # Caveats
-//! Events only say *which* key to look at; the reconcile reads the cache, never the event.
+//! Events only say *which* key to look at; the reconcile reads the store, never the event.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,22 +32,26 @@ use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuild
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Reconnect;
 use crate::metrics::Metrics;
 
-use super::observed::{ObservedContainer, compose_identity_of, is_managed, owner};
+use super::observed::{ObservedContainer, compose_identity_of, owner};
+use super::store::{Adoption, Writer};
 use super::{
-    Cache, DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_VALUE,
-    ServiceKey, is_not_found,
+    DockerError, LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_VALUE, ServiceKey,
+    is_not_found,
 };
 
 /// Container inspects the watcher has under way at most; past it, the event stream waits.
 /// Each holds a connection to the engine.
 pub const INSPECTS_IN_FLIGHT: usize = 32;
+
+/// The most one inspect may take (the engine holds a dying container's for a while).
+const INSPECT_LIMIT: Duration = Duration::from_secs(30);
 
 /// Containers inspected at once while listing.
 const LIST_INSPECTS: usize = 16;
@@ -48,7 +59,7 @@ const LIST_INSPECTS: usize = 16;
 /// What the watcher tells the controller.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent {
-    /// A full list replaced the cache: every key should be looked at.
+    /// A full list replaced the store: every key should be looked at.
     Relisted,
     /// Something happened to the container realising `key`, at `at` (the engine's clock).
     Changed { key: ServiceKey, at: SystemTime },
@@ -56,9 +67,21 @@ pub enum WatchEvent {
 
 pub struct Watcher {
     docker: Docker,
-    cache: Arc<Cache>,
+    store: Writer,
+    /// What the manifests adopt, as the controller last set it.
+    adoption: watch::Receiver<Arc<Adoption>>,
     events: mpsc::UnboundedSender<WatchEvent>,
     metrics: Arc<Metrics>,
+    /// How often the engine is listed again while the stream is healthy.
+    relist: Duration,
+}
+
+/// Why a session of the watcher ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Cancelled,
+    /// List again: the adoption set changed, or the relist interval passed.
+    Relist(&'static str),
 }
 
 /// Container event actions that say nothing about the container's state. Health probes
@@ -92,27 +115,40 @@ fn event_time(event: &EventMessage) -> SystemTime {
 impl Watcher {
     pub fn new(
         docker: Docker,
-        cache: Arc<Cache>,
+        store: Writer,
+        adoption: watch::Receiver<Arc<Adoption>>,
         events: mpsc::UnboundedSender<WatchEvent>,
         metrics: Arc<Metrics>,
+        relist: Duration,
     ) -> Self {
         Watcher {
             docker,
-            cache,
+            store,
+            adoption,
             events,
             metrics,
+            relist,
         }
     }
 
+    fn adopted(&self, name: &str) -> Option<ServiceKey> {
+        self.adoption.borrow().key_of(name)
+    }
+
     /// Runs until cancelled, reconnecting forever (with backoff) on errors.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         let mut reconnect = Reconnect::default();
         loop {
             let up_since = Instant::now();
             match self.session(&cancel).await {
-                Ok(()) => return,
+                Ok(Ended::Cancelled) => return,
+                Ok(Ended::Relist(reason)) => {
+                    debug!(reason, "listing the engine again");
+                    self.metrics.relisted(reason);
+                }
                 Err(e) => {
-                    self.cache.set_connected(false);
+                    self.store.set_connected(false);
+                    self.metrics.relisted("error");
                     self.metrics.watch_restarts.inc();
                     let delay = reconnect.next_delay(up_since.elapsed());
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "docker watch lost; will re-list");
@@ -125,8 +161,9 @@ impl Watcher {
         }
     }
 
-    /// One connection: subscribe, list, then apply events until the stream fails.
-    async fn session(&self, cancel: &CancellationToken) -> Result<(), DockerError> {
+    /// One connection: subscribe, list, then apply events until the stream fails, the
+    /// adoption set changes or it is time to list again.
+    async fn session(&mut self, cancel: &CancellationToken) -> Result<Ended, DockerError> {
         // Subscribe from a moment before the list so that nothing between the two is lost
         // (the margin also covers an engine clock a little ahead of ours).
         let since = SystemTime::now()
@@ -143,24 +180,33 @@ impl Watcher {
         crate::metrics::engine_request("events");
         let mut stream = self.docker.events(Some(options));
 
-        let adoptable = self.cache.adoptable_names();
+        let adoption = self.adoption.borrow_and_update().clone();
         let listed = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            listed = list_owned(&self.docker, &adoptable) => listed?,
+            _ = cancel.cancelled() => return Ok(Ended::Cancelled),
+            listed = list_owned(&self.docker, &adoption.names) => listed?,
         };
         info!(
             containers = listed.len(),
             "docker list complete; following events"
         );
-        self.cache.replace_all(listed);
-        self.cache.set_connected(true);
+        self.store.replace_all(listed, adoption.generation);
+        self.store.set_connected(true);
         let _ = self.events.send(WatchEvent::Relisted);
 
+        let relist_at = tokio::time::Instant::now() + self.relist;
         let mut in_flight = InFlight::default();
         let mut inspects = FuturesUnordered::new();
         loop {
             let next = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => return Ok(Ended::Cancelled),
+                changed = self.adoption.changed() => {
+                    // The sender lives with the controller, which outlives its watcher.
+                    if changed.is_err() {
+                        return Ok(Ended::Cancelled);
+                    }
+                    return Ok(Ended::Relist("adoption"));
+                }
+                _ = tokio::time::sleep_until(relist_at) => return Ok(Ended::Relist("interval")),
                 Some((id, result)) = inspects.next() => {
                     if let Some(again) = self.inspected(&mut in_flight, id, result)? {
                         inspects.push(self.inspect(again));
@@ -195,13 +241,24 @@ impl Watcher {
         let docker = self.docker.clone();
         async move {
             crate::metrics::engine_request("inspect");
-            let result = docker.inspect_container(&id, None).await;
+            // Bounded: a key is not fresh until its look lands, so a look that never ends must
+            // end the session (and the re-list after it), not leave the key unread.
+            let result = tokio::time::timeout(INSPECT_LIMIT, docker.inspect_container(&id, None))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(bollard::errors::Error::IOError {
+                        err: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer within {} s", INSPECT_LIMIT.as_secs()),
+                        ),
+                    })
+                });
             (id, result)
         }
         .boxed()
     }
 
-    /// Brings the cache up to date with an inspect that finished and tells the controller
+    /// Brings the store up to date with an inspect that finished and tells the controller
     /// about the key; returns the container to inspect again when events came meanwhile.
     fn inspected(
         &self,
@@ -213,51 +270,50 @@ impl Watcher {
             return Ok(None);
         };
         let key = match result {
-            Ok(c) => ObservedContainer::recognise(&c, |name| self.cache.adoptable(name)).map(
-                |observed| {
-                    let key = observed.key.clone();
-                    // Destroyed meanwhile: this look is older than the destroy, which the cache
-                    // already applied.
-                    if !done.destroyed {
-                        self.cache.upsert(observed);
-                    }
-                    key
-                },
-            ),
+            Ok(c) => ObservedContainer::recognise(&c, |name| self.adopted(name)).map(|observed| {
+                let key = observed.key.clone();
+                // Destroyed meanwhile: this look is older than the destroy, which the store
+                // already applied.
+                if !done.destroyed {
+                    self.store.upsert(observed);
+                }
+                key
+            }),
             // Removed between the event and the inspect: the destroy event follows.
-            Err(e) if is_not_found(&e) => self.cache.remove(&id).map(|c| c.key),
+            Err(e) if is_not_found(&e) => self.store.remove(&id).map(|c| c.key),
             Err(source) => {
                 return Err(DockerError::api(format!("inspect container {id}"), source));
             }
         };
+        if !done.again {
+            // The look the events asked for has landed: the key is fresh again (before it is
+            // announced, so the reconcile it wakes reads it so).
+            self.store.looked(&id);
+        }
         if let Some(key) = key {
             let _ = self.events.send(WatchEvent::Changed { key, at: done.at });
         }
         Ok(done.again.then_some(id))
     }
 
-    /// Applies an event: a destroy to the cache at once; returns the container to inspect
-    /// when an inspect must start now.
+    /// Applies an event: a destroy to the store at once, any other marks its key not fresh;
+    /// returns the container to inspect when an inspect must start now.
     fn apply(&self, in_flight: &mut InFlight, event: EventMessage) -> Option<String> {
         let at = event_time(&event);
         let action = event.action.clone().unwrap_or_default();
         let actor = event.actor.clone().unwrap_or_default();
         let attributes = actor.attributes.unwrap_or_default();
-        let id = match event.typ {
+        let reader = self.store.reader();
+        let (id, key) = match event.typ {
             Some(EventMessageTypeEnum::CONTAINER) => {
                 if is_noise(&action) {
                     return None;
                 }
                 let labels: BTreeMap<String, String> = attributes.clone().into_iter().collect();
                 // An event's attributes are the container's labels and its name.
-                let adopted = || {
-                    let name = attributes.get("name").map_or("", String::as_str);
-                    owner(&labels, name, |n| self.cache.adoptable(n))
-                };
-                if !is_managed(&labels) && adopted().is_none() {
-                    return None;
-                }
-                actor.id.unwrap_or_default()
+                let name = attributes.get("name").map_or("", String::as_str);
+                let (key, _) = owner(&labels, name, |n| self.adopted(n))?;
+                (actor.id.unwrap_or_default(), Some(key))
             }
             Some(EventMessageTypeEnum::NETWORK) => {
                 if action != "connect" && action != "disconnect" {
@@ -266,10 +322,11 @@ impl Watcher {
                 // Network events carry the container id; only ours are of interest (one
                 // being inspected for its create event is ours too).
                 let id = attributes.get("container").cloned().unwrap_or_default();
-                if self.cache.by_id(&id).is_none() && !in_flight.contains(&id) {
+                let known = reader.by_id(&id).map(|c| c.key);
+                if known.is_none() && !in_flight.contains(&id) {
                     return None;
                 }
-                id
+                (id, known)
             }
             _ => return None,
         };
@@ -278,13 +335,18 @@ impl Watcher {
         }
         debug!(%action, container = %id, "docker event");
         if action != "destroy" {
+            if let Some(key) = key {
+                self.store.looking(&id, key);
+            }
             return in_flight.event(&id, at).then_some(id);
         }
         in_flight.destroyed(&id);
-        // A container destroyed before its first inspect finished is not in the cache yet;
+        // Whatever look was under way is moot: the container is gone.
+        self.store.looked(&id);
+        // A container destroyed before its first inspect finished is not in the store yet;
         // its labels still name the key.
         let key = self
-            .cache
+            .store
             .remove(&id)
             .map(|c| c.key)
             .or_else(|| {
@@ -296,7 +358,7 @@ impl Watcher {
             .or_else(|| {
                 let labels: BTreeMap<String, String> = attributes.clone().into_iter().collect();
                 let name = attributes.get("name").map_or("", String::as_str);
-                owner(&labels, name, |n| self.cache.adoptable(n)).map(|(key, _)| key)
+                owner(&labels, name, |n| self.adopted(n)).map(|(key, _)| key)
             });
         if let Some(key) = key {
             let _ = self.events.send(WatchEvent::Changed { key, at });
@@ -312,7 +374,7 @@ type Inspected = (
 );
 
 /// The containers being inspected: at most one inspect each, and whether events came while
-/// it ran (so the cache ends with a look taken after the last of them).
+/// it ran (so the store ends with a look taken after the last of them).
 #[derive(Debug, Default)]
 struct InFlight {
     by_id: HashMap<String, Pending>,
@@ -326,7 +388,7 @@ struct Pending {
     again: bool,
     /// Earliest of those events.
     again_at: Option<SystemTime>,
-    /// Destroyed while it ran: its answer must not bring the container back to the cache.
+    /// Destroyed while it ran: its answer must not bring the container back to the store.
     destroyed: bool,
 }
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::docker::actions::Actions;
-use crate::docker::{Cache, ContainerStatus, ServiceKey};
+use crate::docker::{ContainerStatus, ServiceKey, Store as Observed};
 use crate::drift::{DriftKind, Fingerprint, Target};
 use crate::health::{CheckState, ClusterHealth, Monitor, Observability};
 use crate::manifest::{DesiredState, Policy};
@@ -144,12 +144,12 @@ pub(super) struct CheckMemory {
 
 /// Turns each evaluation round into tickets, and asks for the restarts that failing checks
 /// with `policy: restart` call for. Owns its memory; shares only the journal, the metrics
-/// and a read of the container cache with the controller.
+/// and a read of the observed store with the controller.
 pub(super) struct CheckRecorder {
     journal: Journal,
     metrics: Arc<Metrics>,
-    cache: Arc<Cache>,
-    /// Asks the engine itself when the cache says a failing target's container runs (see
+    observed: Observed,
+    /// Asks the engine itself when the store says a failing target's container runs (see
     /// `down_behind_the_cache`); `None` in unit tests, where the cache alone decides.
     engine: Option<Actions>,
     repairs: mpsc::UnboundedSender<CheckRestartMessage>,
@@ -169,7 +169,7 @@ impl CheckRecorder {
     pub(super) fn new(
         journal: Journal,
         metrics: Arc<Metrics>,
-        cache: Arc<Cache>,
+        observed: Observed,
         engine: Option<Actions>,
         repairs: mpsc::UnboundedSender<CheckRestartMessage>,
         views: Arc<CheckViews>,
@@ -177,7 +177,7 @@ impl CheckRecorder {
         CheckRecorder {
             journal,
             metrics,
-            cache,
+            observed,
             engine,
             repairs,
             memory: CheckMemory::default(),
@@ -224,12 +224,12 @@ impl CheckRecorder {
     }
 
     /// Whether the round being applied began before `service`'s container last changed
-    /// state (as the container cache saw it).
+    /// state (as the observed store saw it).
     fn drawn_before_a_change(&self, cluster: &str, service: &str) -> bool {
         let Some(from) = self.round_from else {
             return false;
         };
-        self.cache
+        self.observed
             .changed_at(&ServiceKey::new(cluster, service))
             .is_some_and(|changed| changed >= from)
     }
@@ -490,30 +490,30 @@ impl CheckRecorder {
         Ok(())
     }
 
-    /// Whether the cache says the service's container is not running (or absent).
+    /// Whether the store says the service's container is not running (or absent).
     fn container_down(&self, cluster: &str, service: &str) -> bool {
-        self.cache.is_connected()
+        self.observed.is_connected()
             && self
-                .cache
+                .observed
                 .get(&ServiceKey::new(cluster, service))
                 .is_none_or(|c| c.status != ContainerStatus::Running)
     }
 
-    /// Whether the engine says the container is not running although the cache has not
+    /// Whether the engine says the container is not running although the store has not
     /// heard so yet. A stopped member fails its check about as soon as its `die` event
     /// arrives; on a loaded machine the check round can win that race, and would open a
     /// check ticket beside the container's. Asked only for a failing target, so rarely.
     async fn down_behind_the_cache(&self, cluster: &str, service: &str) -> bool {
         let (Some(engine), Some(cached)) = (
             &self.engine,
-            self.cache.get(&ServiceKey::new(cluster, service)),
+            self.observed.get(&ServiceKey::new(cluster, service)),
         ) else {
             return false;
         };
         match engine.inspect(&cached.id).await {
             Ok(Some(c)) => c.state.and_then(|s| s.running) == Some(false),
             Ok(None) => true,
-            // The engine cannot be asked: the cache's word stands.
+            // The engine cannot be asked: the store's word stands.
             Err(_) => false,
         }
     }
@@ -588,7 +588,7 @@ mod tests {
         dir: PathBuf,
         desired: DesiredState,
         recorder: CheckRecorder,
-        cache: Arc<Cache>,
+        observed: crate::docker::store::Writer,
         store: Arc<Store>,
         repairs: mpsc::UnboundedReceiver<CheckRestartMessage>,
     }
@@ -619,13 +619,13 @@ mod tests {
         .unwrap();
         let desired = crate::manifest::load(std::slice::from_ref(&dir)).unwrap();
         let store = Arc::new(Store::open(&dir.join("t.db")).unwrap());
-        let cache = Arc::new(Cache::new());
+        let observed = crate::docker::store::Writer::new();
         let (tx, repairs) = mpsc::unbounded_channel();
         let journal = Journal::new(store.clone(), Arc::new(Metrics::new()));
         let recorder = CheckRecorder::new(
             journal,
             Arc::new(Metrics::new()),
-            cache.clone(),
+            observed.reader(),
             None,
             tx,
             Arc::default(),
@@ -634,7 +634,7 @@ mod tests {
             dir,
             desired,
             recorder,
-            cache,
+            observed,
             store,
             repairs,
         };
@@ -644,25 +644,28 @@ mod tests {
 
     impl Setup {
         fn container(&self, status: ContainerStatus) {
-            let cache = &self.cache;
-            cache.replace_all(vec![ObservedContainer {
-                id: "id".into(),
-                name: "svc".into(),
-                key: ServiceKey::new("c", "svc"),
-                spec_hash: String::new(),
-                image: "x".into(),
-                status,
-                health: None,
-                networks: Default::default(),
-                network_mode: String::new(),
-                exit_code: None,
-                pid: None,
-                started_at: None,
-                finished_at: None,
-                health_probed_at: None,
-                adopted: false,
-            }]);
-            cache.set_connected(true);
+            let observed = &self.observed;
+            observed.replace_all(
+                vec![ObservedContainer {
+                    id: "id".into(),
+                    name: "svc".into(),
+                    key: ServiceKey::new("c", "svc"),
+                    spec_hash: String::new(),
+                    image: "x".into(),
+                    status,
+                    health: None,
+                    networks: Default::default(),
+                    network_mode: String::new(),
+                    exit_code: None,
+                    pid: None,
+                    started_at: None,
+                    finished_at: None,
+                    health_probed_at: None,
+                    adopted: false,
+                }],
+                0,
+            );
+            observed.set_connected(true);
         }
 
         async fn apply(&mut self, observability: Observability, verdict: Verdict) {

@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::docker::actions::{Actions, Limits};
+use crate::docker::store::{Adoption, Writer, adoptable};
 use crate::docker::watcher::{WatchEvent, Watcher, list_owned};
-use crate::docker::{Cache, DockerError, ServiceKey};
+use crate::docker::{DockerError, ServiceKey, Store};
 use crate::drift::DriftKind;
 use crate::manifest::{DesiredState, Policy};
 use crate::metrics::Metrics;
@@ -40,25 +41,12 @@ use super::builtin::BuiltIn;
 use super::checks::{CheckRecorder, CheckRestartMessage, CheckViews};
 use super::disruption::Disruptions;
 use super::passes::{Finished, PassKind, Passes};
-use super::queue::WorkQueue;
-use super::resync::{Appearance, CleanLooks};
+use super::queue::{Why, WorkQueue};
+use super::resync::Quiet;
 use super::state::RepairBudget;
 
 /// How long `--once` waits past the settle time for a repaired service's healthcheck.
 const ONCE_HEALTH_WAIT: Duration = Duration::from_secs(30);
-
-/// How long a resync waits for the engine's list before it looks at every service in full
-/// (a list of a thousand containers takes about 150 ms here).
-const RESYNC_LIST_LIMIT: Duration = Duration::from_secs(5);
-
-/// A resync's list of the engine (or why there is none), with the adopted names it was
-/// asked with.
-struct Listed {
-    lines: Result<Vec<bollard::models::ContainerSummary>, String>,
-    adoptable: HashMap<String, ServiceKey>,
-}
-
-type ListedTx = mpsc::UnboundedSender<Listed>;
 
 /// How often the ticket store is checked for changes made by other processes.
 const STORE_POLL: Duration = Duration::from_secs(1);
@@ -73,9 +61,12 @@ pub const DEFAULT_WORKERS: usize = 256;
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ControllerConfig {
-    /// How often every key is compared with the engine, whatever the events say (one list;
-    /// see [`super::resync`]).
+    /// How often every key is looked at again, whatever the events say: from the observed
+    /// store, without asking the engine (see [`super::resync`]).
     pub resync: Duration,
+    /// How often the watcher lists the engine again while its event stream is healthy: the
+    /// bound on how long a change the stream missed can go unseen.
+    pub relist: Duration,
     /// Keys reconciled in parallel, each in a task of its own (never the same key twice).
     pub workers: usize,
     /// How often a service waiting for a dependency looks again.
@@ -100,6 +91,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             resync: Duration::from_secs(30),
+            relist: Duration::from_secs(300),
             workers: DEFAULT_WORKERS,
             dependency_poll: Duration::from_secs(1),
             observe_retry: Duration::from_secs(5),
@@ -115,6 +107,11 @@ impl Default for ControllerConfig {
 impl ControllerConfig {
     pub fn resync(mut self, resync: Duration) -> Self {
         self.resync = resync;
+        self
+    }
+
+    pub fn relist(mut self, relist: Duration) -> Self {
+        self.relist = relist;
         self
     }
 
@@ -175,6 +172,10 @@ pub enum Outcome {
     Leased { session: SessionId },
     /// The engine could not be asked; nothing was concluded.
     Unknown { error: String },
+    /// The observed store is behind on the key (the watcher owes it a look, or a list with
+    /// the manifests' current adoption set): nothing concluded; the watcher announces the
+    /// key again when it is in.
+    Pending { why: String },
     /// The ticket store cannot be written: nothing is done that cannot be recorded.
     Unrecorded { error: String },
     /// A dependency is not running yet.
@@ -209,6 +210,7 @@ impl Outcome {
             Outcome::NotRepaired { .. } => "not-repaired",
             Outcome::Leased { .. } => "leased",
             Outcome::Unknown { .. } => "unknown",
+            Outcome::Pending { .. } => "pending",
             Outcome::Unrecorded { .. } => "unrecorded",
             Outcome::Waiting { .. } => "waiting",
             Outcome::BackingOff { .. } => "backoff",
@@ -307,7 +309,12 @@ impl Leases {
 /// What the loop, the workers and the check recorder share.
 pub(super) struct Shared {
     pub actions: Actions,
-    pub cache: Arc<Cache>,
+    /// The observed containers (see [`crate::docker::store`]).
+    pub store: Store,
+    /// The store's writer, until `run` hands it to the watcher (`run --once` lists with it).
+    writer: Mutex<Option<Writer>>,
+    /// What the manifests adopt, for the watcher (which lists again when it changes).
+    adoption: tokio::sync::watch::Sender<Arc<Adoption>>,
     desired: RwLock<Arc<DesiredState>>,
     pub queue: WorkQueue<ServiceKey>,
     /// Each key's repair budget as last saved (the store is the truth when there is one).
@@ -353,9 +360,9 @@ pub(super) struct Shared {
     desired_changed: tokio::sync::Notify,
     /// The first pass and the resync under way, for their timings.
     passes: Mutex<Passes<ServiceKey>>,
-    /// What each quiet, clean key looked like at its last reconcile, so a resync need not
-    /// look at it in full while the engine's list shows it unchanged.
-    pub clean_looks: Mutex<CleanLooks>,
+    /// The store revision each quiet, clean key had at its last reconcile, so a resync need
+    /// not reconcile it while the store shows it unchanged.
+    pub quiet: Mutex<Quiet>,
 }
 
 /// Drops the series of checks (and of clusters' observability) that `before` declared and
@@ -387,6 +394,17 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Why the observed store cannot be read for `key` yet, if it cannot: a look at one of its
+    /// containers is under way, or the store was listed with another adoption set than the
+    /// manifests' current one.
+    pub fn store_behind(&self, key: &ServiceKey) -> Option<String> {
+        if self.store.adoption() != self.adoption.borrow().generation {
+            return Some("the watcher is listing the engine again for the changed adopt".into());
+        }
+        (!self.store.fresh(key))
+            .then(|| "the watcher is looking at its container after an event".into())
+    }
+
     pub fn desired(&self) -> Arc<DesiredState> {
         self.desired
             .read()
@@ -437,7 +455,7 @@ pub struct ControllerBuilder {
     config: ControllerConfig,
     journal: Option<Journal>,
     remediators: Vec<(Policy, Arc<dyn Remediator>)>,
-    cache: Option<Arc<Cache>>,
+    store: Option<Writer>,
 }
 
 impl ControllerBuilder {
@@ -451,10 +469,10 @@ impl ControllerBuilder {
         self
     }
 
-    /// The cache the watcher fills (shared with `/healthz`, which may be serving before the
-    /// controller is built).
-    pub fn cache(mut self, cache: Arc<Cache>) -> Self {
-        self.cache = Some(cache);
+    /// The observed store the watcher fills, by its writer (its readers may be serving
+    /// `/healthz` before the controller is built).
+    pub fn store(mut self, writer: Writer) -> Self {
+        self.store = Some(writer);
         self
     }
 
@@ -476,13 +494,18 @@ impl ControllerBuilder {
     pub fn build(self) -> Controller {
         let actions = Actions::new(self.docker, self.config.limits.clone());
         let (completions, completions_rx) = mpsc::unbounded_channel();
-        let cache = self.cache.unwrap_or_else(|| Arc::new(Cache::new()));
-        cache.set_adoptable(&self.desired);
+        let writer = self.store.unwrap_or_default();
+        let adoption = Adoption {
+            generation: 0,
+            names: adoptable(&self.desired),
+        };
         Controller {
             shared: Arc::new(Shared {
                 builtin: Arc::new(BuiltIn::new(actions.clone())),
                 actions,
-                cache,
+                store: writer.reader(),
+                writer: Mutex::new(Some(writer)),
+                adoption: tokio::sync::watch::Sender::new(Arc::new(adoption)),
                 desired: RwLock::new(Arc::new(self.desired)),
                 queue: WorkQueue::new(),
                 budgets: Mutex::new(HashMap::new()),
@@ -506,7 +529,7 @@ impl ControllerBuilder {
                 completions_rx: Mutex::new(Some(completions_rx)),
                 desired_changed: tokio::sync::Notify::new(),
                 passes: Mutex::new(Passes::new()),
-                clean_looks: Mutex::new(CleanLooks::default()),
+                quiet: Mutex::new(Quiet::default()),
             }),
         }
     }
@@ -527,12 +550,13 @@ impl Controller {
             config: ControllerConfig::default(),
             journal: None,
             remediators: Vec::new(),
-            cache: None,
+            store: None,
         }
     }
 
-    pub fn cache(&self) -> Arc<Cache> {
-        self.shared.cache.clone()
+    /// The observed store (read only).
+    pub fn store(&self) -> Store {
+        self.shared.store.clone()
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -581,11 +605,23 @@ impl Controller {
         shared.disruptions.retain(declared);
         let done = lock(&shared.passes).retain(declared, std::time::Instant::now());
         self.passes_done(done);
-        shared.cache.set_adoptable(&desired);
-        lock(&shared.clean_looks).clear();
+        // A changed adoption set is listed again by the watcher; until then the store says
+        // which set it was listed with, and the reconciles of the keys wait for it.
+        let names = adoptable(&desired);
+        shared.adoption.send_if_modified(|current| {
+            if current.names == names {
+                return false;
+            }
+            *current = Arc::new(Adoption {
+                generation: current.generation + 1,
+                names,
+            });
+            true
+        });
+        lock(&shared.quiet).clear();
         *shared.desired.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(desired);
         shared.desired_changed.notify_one();
-        self.enqueue_all();
+        self.enqueue_all(Why::Manifest);
     }
 
     /// Closes the tickets of services, checks and clusters no longer declared.
@@ -613,17 +649,17 @@ impl Controller {
             .collect()
     }
 
-    fn enqueue(&self, key: ServiceKey) {
-        self.shared.queue.add(key);
+    fn enqueue(&self, key: ServiceKey, why: Why) {
+        self.shared.queue.add_why(key, why);
         self.shared
             .metrics
             .queue_depth
             .set(self.shared.queue.len() as i64);
     }
 
-    fn enqueue_all(&self) {
+    fn enqueue_all(&self, why: Why) {
         for key in self.keys() {
-            self.shared.queue.add(key);
+            self.shared.queue.add_why(key, why);
         }
         self.shared
             .metrics
@@ -631,53 +667,20 @@ impl Controller {
             .set(self.shared.queue.len() as i64);
     }
 
-    /// Lists the engine for a resync in a task of its own (bounded by [`RESYNC_LIST_LIMIT`]),
-    /// so events, completions and a stop are not held up by a slow engine; the answer comes
-    /// back on `listed`, for [`Controller::resync_listed`].
-    fn list_for_resync(&self, listed: &ListedTx) {
-        let actions = self.shared.actions.clone();
-        let adoptable = self.shared.cache.adoptable_names();
-        let listed = listed.clone();
-        tokio::spawn(async move {
-            let lines = actions
-                .list(!adoptable.is_empty(), RESYNC_LIST_LIMIT)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = listed.send(Listed { lines, adoptable });
-        });
-    }
-
-    /// The resync's list is in: the keys it shows unchanged since their last clean look
-    /// count as looked at, the rest are reconciled in full (see [`super::resync`]); without
-    /// a list, every key is.
-    fn resync_listed(&self, listed: Listed) {
+    /// A resync: the keys the store shows unchanged since their last clean, quiet
+    /// reconcile count as looked at; the rest are reconciled (see [`super::resync`]).
+    fn resync(&self) {
         let shared = &self.shared;
-        let lines = match listed.lines {
-            Ok(lines) => lines,
-            Err(error) => {
-                debug!(%error, "resync: cannot list the engine; looking at every service");
-                return self.enqueue_all();
-            }
-        };
-        let appearances: HashMap<String, Appearance> = lines
-            .iter()
-            .filter_map(|line| Appearance::listed(line, &listed.adoptable))
-            .collect();
-        let plan = lock(&shared.clean_looks).plan(
-            self.keys(),
-            &appearances,
-            Instant::now(),
-            shared.config.resync,
-        );
+        let plan = lock(&shared.quiet).plan(self.keys(), |k| shared.store.revision(k));
         debug!(
             unchanged = plan.unchanged.len(),
             look = plan.look.len(),
-            "resync: {} of {} services unchanged in the engine's list since their last clean look",
+            "resync: {} of {} services unchanged in the store since their last clean look",
             plan.unchanged.len(),
             plan.unchanged.len() + plan.look.len()
         );
         for key in plan.look {
-            shared.queue.add(key);
+            shared.queue.add_why(key, Why::Resync);
         }
         shared.metrics.queue_depth.set(shared.queue.len() as i64);
         shared
@@ -743,12 +746,17 @@ impl Controller {
         let mut completions = lock(&shared.completions_rx)
             .take()
             .ok_or(ControllerError::AlreadyRunning)?;
+        let writer = lock(&shared.writer)
+            .take()
+            .ok_or(ControllerError::AlreadyRunning)?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let watcher = Watcher::new(
             shared.actions.docker().clone(),
-            shared.cache.clone(),
+            writer,
+            shared.adoption.subscribe(),
             tx,
             shared.metrics.clone(),
+            shared.config.relist,
         );
         let watch_cancel = cancel.child_token();
         let watcher_task = tokio::spawn(watcher.run(watch_cancel.clone()));
@@ -757,7 +765,7 @@ impl Controller {
         // engine with backoff meanwhile and /healthz says "not ready". Bounded only by a stop.
         let became_ready = tokio::select! {
             _ = cancel.cancelled() => false,
-            _ = shared.cache.wait_ready() => true,
+            _ = shared.store.wait_ready() => true,
         };
         if !became_ready {
             watch_cancel.cancel();
@@ -779,19 +787,16 @@ impl Controller {
         // Whatever was removed while the controller was stopped.
         self.close_removed().await;
         self.begin_pass(PassKind::First);
-        self.enqueue_all();
+        self.enqueue_all(Why::Startup);
 
         let (repairs_tx, mut repairs_rx) = mpsc::unbounded_channel();
-        // The resync's list of the engine, answered by a task of its own.
-        let (listed_tx, mut listed_rx) = mpsc::unbounded_channel::<Listed>();
-        let mut listing = false;
         let checks_cancel = cancel.child_token();
         let checks_task = match &shared.journal {
             Some(journal) => {
                 let recorder = CheckRecorder::new(
                     journal.clone(),
                     shared.metrics.clone(),
-                    shared.cache.clone(),
+                    shared.store.clone(),
                     Some(shared.actions.clone()),
                     repairs_tx,
                     shared.check_views.clone(),
@@ -826,10 +831,10 @@ impl Controller {
                 biased;
                 _ = cancel.cancelled() => break,
                 event = rx.recv() => match event {
-                    Some(WatchEvent::Relisted) => self.enqueue_all(),
+                    Some(WatchEvent::Relisted) => self.enqueue_all(Why::Relist),
                     Some(WatchEvent::Changed { key, at }) => {
                         lock(&shared.pending_events).entry(key.clone()).or_insert(at);
-                        self.enqueue(key);
+                        self.enqueue(key, Why::Event);
                     }
                     // The watcher only ends when cancelled; anything else is a bug to surface,
                     // not a quiet exit 0.
@@ -847,22 +852,14 @@ impl Controller {
                     debug!("periodic resync");
                     self.expire_leases().await;
                     self.begin_pass(PassKind::Resync);
-                    // A list still under way from the previous tick answers for both.
-                    if !listing {
-                        listing = true;
-                        self.list_for_resync(&listed_tx);
-                    }
-                }
-                Some(listed) = listed_rx.recv() => {
-                    listing = false;
-                    self.resync_listed(listed);
+                    self.resync();
                 }
                 _ = store_poll.tick(), if shared.journal.is_some() => {
                     let Some(journal) = &shared.journal else { continue };
                     if let Ok(version) = journal.data_version().await {
                         if store_version.is_some_and(|v| v != version) {
                             debug!("ticket store changed by another process");
-                            self.enqueue_all();
+                            self.enqueue_all(Why::Tickets);
                         }
                         store_version = Some(version);
                     }
@@ -897,13 +894,16 @@ impl Controller {
     /// another service's.
     async fn work(&self, stop: CancellationToken) {
         let shared = &self.shared;
-        let run = |key: ServiceKey| {
+        let run = |key: ServiceKey, why: super::queue::Why| {
             let this = self.clone();
             async move {
+                use tracing::Instrument as _;
                 let shared = &this.shared;
+                let span = tracing::info_span!("reconcile", service = %key, why = why.as_str());
                 // Not raced against `stop`: a repair that started is allowed to finish. A
                 // panic is looked at again (the queue releases the key either way).
-                let run = std::panic::AssertUnwindSafe(this.reconcile(&key)).catch_unwind();
+                let run = std::panic::AssertUnwindSafe(this.reconcile(&key).instrument(span))
+                    .catch_unwind();
                 if run.await.is_err() {
                     error!(service = %key, "reconcile panicked; the key will be looked at again");
                     shared
@@ -987,7 +987,7 @@ impl Controller {
         {
             error!(service = %key, error = %e, "cannot record the remediation's result");
         }
-        self.enqueue(key);
+        self.enqueue(key, Why::Completion);
     }
 
     fn check_restart_message(&self, message: CheckRestartMessage) {
@@ -995,7 +995,7 @@ impl Controller {
         match message {
             CheckRestartMessage::Request { key, repair } => {
                 lock(&shared.check_restarts).insert(key.clone(), repair);
-                self.enqueue(key);
+                self.enqueue(key, Why::Check);
             }
             CheckRestartMessage::Withdraw {
                 cluster,
@@ -1009,17 +1009,33 @@ impl Controller {
     /// reconcile each key once. For `operator run --once`.
     pub async fn reconcile_once(&self) -> Result<Vec<(ServiceKey, Outcome)>, ControllerError> {
         let shared = &self.shared;
-        let listed = list_owned(shared.actions.docker(), &shared.cache.adoptable_names())
+        let adoption = shared.adoption.borrow().clone();
+        let listed = list_owned(shared.actions.docker(), &adoption.names)
             .await
             .map_err(ControllerError::List)?;
-        shared.cache.replace_all(listed);
-        shared.cache.set_connected(true);
+        {
+            // No watcher runs in this mode: this list is the store's only writer.
+            let writer = lock(&shared.writer);
+            let writer = writer.as_ref().ok_or(ControllerError::AlreadyRunning)?;
+            writer.replace_all(listed, adoption.generation);
+            writer.set_connected(true);
+        }
         let desired = self.desired();
         let mut outcomes = Vec::new();
         for cluster in &desired.clusters {
             for service in cluster.topo_order() {
                 let key = ServiceKey::new(&cluster.name, &service.name);
                 let outcome = self.reconcile(&key).await;
+                if matches!(
+                    outcome,
+                    Outcome::Acted { .. }
+                        | Outcome::Failed { .. }
+                        | Outcome::Remediated { .. }
+                        | Outcome::RemediationFailed { .. }
+                ) {
+                    // What it did, for the services that depend on it and for its last look.
+                    self.refresh(&key).await;
+                }
                 outcomes.push((key, outcome));
             }
         }
@@ -1031,6 +1047,7 @@ impl Controller {
             tokio::time::sleep(shared.config.settle).await;
             for (key, outcome) in outcomes.iter_mut().filter(|(_, o)| pending(o)) {
                 let last = loop {
+                    self.refresh(key).await;
                     let look = super::service::last_look(shared, key).await;
                     if look != Outcome::Settling || Instant::now() >= deadline {
                         break look;
@@ -1046,6 +1063,28 @@ impl Controller {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Looks at `key`'s container in the engine and puts what it shows in the store (`run
+    /// --once`, whose pass is the store's writer: no watcher runs). A failed look leaves the
+    /// store as it was; the last look then judges what it last knew.
+    async fn refresh(&self, key: &ServiceKey) {
+        let shared = &self.shared;
+        let desired = self.desired();
+        let Some((cluster, service)) = desired
+            .cluster(&key.cluster)
+            .and_then(|c| Some((c, c.service(&key.service)?)))
+        else {
+            return;
+        };
+        let Ok((container, _)) =
+            super::service::find_container(&shared.actions, cluster, service).await
+        else {
+            return;
+        };
+        if let Some(writer) = lock(&shared.writer).as_ref() {
+            writer.set_key(key, container);
+        }
     }
 
     /// Reconciles one key (see [`super::service`]), with its metrics and log line.

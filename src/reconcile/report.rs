@@ -50,6 +50,19 @@ pub async fn report(
     desired: &DesiredState,
     journal: Option<&Journal>,
 ) -> Vec<ServiceReport> {
+    // One list of the engine into a store of its own, read as the controller reads its own.
+    let observed = crate::docker::store::Writer::new();
+    let listed =
+        crate::docker::watcher::list_owned(&docker, &crate::docker::store::adoptable(desired))
+            .await;
+    let list_error = match listed {
+        Ok(containers) => {
+            observed.replace_all(containers, 0);
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    let store = observed.reader();
     let actions = Actions::new(docker, Limits::default());
     let clock = Clock::now();
     let mut reports = Vec::new();
@@ -84,18 +97,23 @@ pub async fn report(
                 }
             }
             let recent = budget.recent_repairs(clock.now, &service.remediation);
-            let (drifts, action, container) =
-                match observe(&actions, cluster, service, recent).await {
-                    Ok(observed) => {
-                        let drifts = diff(cluster, service, &observed);
-                        let action = action_for(&drifts, &observed);
-                        (drifts, action, observed.container)
-                    }
-                    Err(e) => {
-                        error = Some(e.to_string());
-                        (Vec::new(), None, None)
-                    }
-                };
+            let looked = match &list_error {
+                Some(e) => Err(e.clone()),
+                None => observe(&store, &actions, cluster, service, recent)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            let (drifts, action, container) = match looked {
+                Ok(observed) => {
+                    let drifts = diff(cluster, service, &observed);
+                    let action = action_for(&drifts, &observed);
+                    (drifts, action, observed.container)
+                }
+                Err(e) => {
+                    error = Some(e);
+                    (Vec::new(), None, None)
+                }
+            };
             // Dependencies come first in this order: their reports say whether they run.
             let waiting_for = action
                 .as_ref()

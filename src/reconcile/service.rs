@@ -1,9 +1,13 @@
-//! One key's reconcile: observe the service fresh, diff, [`decide`], carry the decision out,
-//! and save the key's repair budget once at the end.
+//! One key's reconcile: read the service from the observed store, diff, [`decide`], carry
+//! the decision out, and save the key's repair budget once at the end.
 //!
 //! # Guarantees
-//! - Level-triggered: the service is observed fresh from the engine, never from the event
-//!   that woke the reconcile; while the event stream is down nothing is concluded.
+//! - Level-triggered: the service is read from the observed store, never from the event that
+//!   woke the reconcile, and only while the store is fresh for it (no look the watcher owes it
+//!   is under way; it was listed with the manifests' current adoption set); while the event
+//!   stream is down nothing is concluded. The engine is asked directly only as the
+//!   precondition of an action: who holds the name of a container to create, whether the
+//!   image is there, and (inside the actions) the state of a container to stop.
 //! - A drift is recorded on its ticket, and an attempt on the ticket with the budget that
 //!   counts it, before any remediator runs. Nothing is done that could not be recorded.
 //! - Every remediator passes the same budget-and-backoff gate.
@@ -29,7 +33,6 @@ use super::controller::{CheckRestart, Lease, Outcome, Shared, lock};
 use super::decide::{Decision, Holds, decide};
 use super::diff::{Observation, diff};
 use super::quorum;
-use super::resync::Appearance;
 use super::state::{AgentGate, Clock, Gate, RepairBudget, agent_gate};
 
 /// How soon an action the quorum gate held back is looked at again.
@@ -38,16 +41,22 @@ const GATE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a member the controller took down is looked at until it is live again.
 const LIVE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Observes one service fresh from the engine (never from the cache alone, so a repair is
-/// never based on a stale view): its container by name, whether its image is present when it
-/// must be created, and who holds the name if not this service.
+/// Observes one service: its container as the observed store has it (the store is fresh for
+/// the key: see [`reconcile`]); when the store has none, who holds the name, asked of the
+/// engine (the precondition of a create); whether its image is present when it must be
+/// created; and the cluster network's options while it runs on it.
 pub(super) async fn observe(
+    store: &crate::docker::Store,
     actions: &Actions,
     cluster: &Cluster,
     service: &Service,
     recent_repairs: u32,
 ) -> Result<Observation, DockerError> {
-    let (container, name_conflict) = find_container(actions, cluster, service).await?;
+    let key = ServiceKey::new(&cluster.name, &service.name);
+    let (container, name_conflict) = match store.get(&key) {
+        Some(c) => (Some(c), None),
+        None => find_container(actions, cluster, service).await?,
+    };
     let needs_create = name_conflict.is_none()
         && container
             .as_ref()
@@ -142,7 +151,7 @@ pub(super) async fn last_look(shared: &Shared, key: &ServiceKey) -> Outcome {
     let Some(service) = cluster.service(&key.service) else {
         return Outcome::Undeclared;
     };
-    let mut observed = match observe(&shared.actions, cluster, service, 0).await {
+    let mut observed = match observe(&shared.store, &shared.actions, cluster, service, 0).await {
         Ok(o) => o,
         Err(e) => {
             return Outcome::Unknown {
@@ -229,16 +238,17 @@ struct KeyRun<'a> {
     /// (so a `tickets retry` made while the action ran is not overwritten by an unchanged
     /// budget).
     stored: std::sync::Mutex<Option<crate::tickets::Budget>>,
-    /// The clean looks' generation when this reconcile began (see [`super::resync`]).
+    /// The quiet keys' generation when this reconcile began (see [`super::resync`]).
     looks_generation: u64,
+    /// The store's revision of the key when this reconcile began.
+    revision: u64,
 }
 
 /// Reconciles one key: observe, diff, decide, and (policy, budget and backoff permitting)
 /// remediate.
 pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
     // Whatever this look finds, the last clean one no longer speaks for the key.
-    let looks_generation = lock(&shared.clean_looks).forget(key);
-    let event_at = lock(&shared.pending_events).remove(key);
+    let looks_generation = lock(&shared.quiet).forget(key);
     let desired = shared.desired();
     let Some(cluster) = desired.cluster(&key.cluster) else {
         return Outcome::Undeclared;
@@ -246,13 +256,26 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
     let Some(service) = cluster.service(&key.service) else {
         return Outcome::Undeclared;
     };
-    if !shared.cache.is_connected() {
+    if !shared.store.is_connected() {
         // Unknown is not healthy: conclude nothing until the watcher has re-listed (its
         // Relisted event enqueues every key again).
         return Outcome::Unknown {
             error: "the Docker event stream is disconnected; waiting to re-list".into(),
         };
     }
+    if let Some(why) = shared.store_behind(key) {
+        // The watcher announces the key once its look lands (or its re-list is in); the
+        // retry only bounds the wait should that never come.
+        shared.queue.schedule(
+            key.clone(),
+            tokio::time::Instant::now() + shared.config.observe_retry,
+        );
+        return Outcome::Pending { why };
+    }
+    // Taken only now: a pending look leaves the event's time for the reconcile that finds
+    // the drift.
+    let event_at = lock(&shared.pending_events).remove(key);
+    let revision = shared.store.revision(key);
     let mut run = KeyRun {
         shared,
         key,
@@ -260,6 +283,7 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
         escalated_before: false,
         stored: std::sync::Mutex::new(None),
         looks_generation,
+        revision,
     };
     let mut budget = match run.load_budget().await {
         Ok(budget) => budget,
@@ -291,8 +315,7 @@ impl KeyRun<'_> {
     }
 
     /// Records, once per container, that the manifest's `adopt` took `c` over, and says so
-    /// in the log. The cache learns of it too when the watcher has not yet (an `adopt`
-    /// added by a manifest edit; its events are followed from now on).
+    /// in the log.
     async fn record_adoption(
         &self,
         service: &Service,
@@ -301,9 +324,6 @@ impl KeyRun<'_> {
         let (shared, key) = (self.shared, self.key);
         if lock(&shared.adopted).get(key) == Some(&c.id) {
             return Ok(());
-        }
-        if shared.cache.by_id(&c.id).is_none() {
-            shared.cache.upsert(c.clone());
         }
         if let Some(journal) = self.journal() {
             let first = journal
@@ -348,15 +368,16 @@ impl KeyRun<'_> {
         let r = &service.remediation;
         budget.track_spec(&service.spec_hash());
         let recent = budget.recent_repairs(now, r);
-        let mut observed = match observe(&shared.actions, cluster, service, recent).await {
-            Ok(o) => o,
-            Err(e) => {
-                self.retry_soon();
-                return Outcome::Unknown {
-                    error: e.to_string(),
-                };
-            }
-        };
+        let mut observed =
+            match observe(&shared.store, &shared.actions, cluster, service, recent).await {
+                Ok(o) => o,
+                Err(e) => {
+                    self.retry_soon();
+                    return Outcome::Unknown {
+                        error: e.to_string(),
+                    };
+                }
+            };
         if let Some(c) = observed.container.as_ref().filter(|c| c.adopted) {
             if let Err(e) = self.record_adoption(service, c).await {
                 // Nothing is done to a container whose adoption could not be recorded.
@@ -511,9 +532,11 @@ impl KeyRun<'_> {
                         .iter()
                         .filter(|s| s.restart_with.contains(&service.name))
                     {
-                        shared
-                            .queue
-                            .schedule(ServiceKey::new(&key.cluster, &dependent.name), now);
+                        shared.queue.schedule_why(
+                            ServiceKey::new(&key.cluster, &dependent.name),
+                            now,
+                            super::queue::Why::Dependency,
+                        );
                     }
                     // After its tickets are resolved: the restart is a deliberate step, not
                     // a reason to keep an incident open.
@@ -546,14 +569,9 @@ impl KeyRun<'_> {
                 if quiet
                     && !budget.escalated
                     && shared.disruptions.get(key).is_none()
-                    && let Some(c) = observed.container.as_ref()
+                    && observed.container.is_some()
                 {
-                    lock(&shared.clean_looks).record(
-                        key.clone(),
-                        Appearance::observed(c),
-                        now,
-                        self.looks_generation,
-                    );
+                    lock(&shared.quiet).record(key.clone(), self.revision, self.looks_generation);
                 }
                 return Outcome::Clean;
             }
@@ -653,7 +671,7 @@ impl KeyRun<'_> {
             } => {
                 if action.as_ref().is_some_and(Action::starts_container) {
                     for dependency in &service.depends_on {
-                        if !self.dependency_running(cluster, dependency).await {
+                        if !self.dependency_running(cluster, dependency) {
                             // Said once per wait (not per look): `status` and `plan` show it
                             // too, as "waiting for <dependency>".
                             let told =
@@ -711,7 +729,7 @@ impl KeyRun<'_> {
             .map(|s| {
                 let container = self
                     .shared
-                    .cache
+                    .store
                     .get(&ServiceKey::new(cluster.name.clone(), s.name.clone()));
                 let running = container
                     .as_ref()
@@ -768,9 +786,11 @@ impl KeyRun<'_> {
                 info!(service = %key, rollout = taken.rollout, "live again after the controller took it down; the rest of its group may go");
                 for member in groups.iter().flat_map(|g| &g.members) {
                     if member != &service.name {
-                        shared
-                            .queue
-                            .schedule(ServiceKey::new(&key.cluster, member), now);
+                        shared.queue.schedule_why(
+                            ServiceKey::new(&key.cluster, member),
+                            now,
+                            super::queue::Why::Dependency,
+                        );
                     }
                 }
                 return false;
@@ -1493,7 +1513,7 @@ impl KeyRun<'_> {
             .iter()
             .find(|dependency| {
                 self.shared
-                    .cache
+                    .store
                     .get(&ServiceKey::new(&self.key.cluster, dependency.as_str()))
                     .is_some_and(|c| {
                         c.status == ContainerStatus::Running
@@ -1540,16 +1560,15 @@ impl KeyRun<'_> {
             })
     }
 
-    /// Whether a dependency's container is running now (asked fresh from the engine).
-    async fn dependency_running(&self, cluster: &Cluster, dependency: &str) -> bool {
-        let Some(service) = cluster.service(dependency) else {
-            return false;
-        };
-        // Fresh from the engine, found as the dependency's own reconcile finds it: ours by
-        // its labels, or the container its manifest adopts (by name, or by compose's labels).
-        match find_container(&self.shared.actions, cluster, service).await {
-            Ok((Some(c), _)) => c.status == ContainerStatus::Running,
-            _ => false,
-        }
+    /// Whether a dependency's container is running now, as the observed store has it (found
+    /// as the dependency's own reconcile finds it: ours by its labels, or the container its
+    /// manifest adopts, by name or by compose's labels).
+    fn dependency_running(&self, cluster: &Cluster, dependency: &str) -> bool {
+        cluster.service(dependency).is_some()
+            && self
+                .shared
+                .store
+                .get(&ServiceKey::new(&cluster.name, dependency))
+                .is_some_and(|c| c.status == ContainerStatus::Running)
     }
 }

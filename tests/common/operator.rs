@@ -243,6 +243,60 @@ impl OperatorProcess {
         metric_value(&body, series)
     }
 
+    /// The value of `series`, which must be served: a missing series panics naming it, so a
+    /// renamed metric fails the test instead of reading as a default.
+    pub fn served_metric(&self, series: &str) -> f64 {
+        let (status, body) = self.http_get("/metrics");
+        assert!(status.contains("200"), "GET /metrics: {status}");
+        metric_value(&body, series)
+            .unwrap_or_else(|| panic!("{series} is not served on /metrics:\n{body}"))
+    }
+
+    /// The value of counter `series`, 0 while it has not counted yet (a labelled series only
+    /// appears at its first count); its family must be served (`# TYPE`): a renamed metric
+    /// panics naming it instead of reading as 0.
+    pub fn counter(&self, series: &str) -> f64 {
+        let (status, body) = self.http_get("/metrics");
+        assert!(status.contains("200"), "GET /metrics: {status}");
+        counter_value(&body, series)
+    }
+
+    /// Waits (up to `timeout`) until counter `series` (see [`OperatorProcess::counter`]) is
+    /// at least `by` above its value now: the controller's loop made that much progress
+    /// (e.g. `operator_resync_seconds_count`: full resync passes over every service). What a
+    /// test then asserts did not happen had the chance to; a stalled loop panics here,
+    /// naming the counter.
+    pub fn wait_advanced(&self, series: &str, by: u32, timeout: Duration) {
+        let first = self.counter(series);
+        let want = first + f64::from(by);
+        let mut now = first;
+        assert!(
+            wait_until(timeout, || {
+                now = self.counter(series);
+                now >= want
+            }),
+            "{series} did not advance by {by} within {timeout:?} ({first} -> {now}): the \
+             controller's loop made no progress (or that series is never counted); log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits (60 s) until `n` more periodic resync passes are done: every declared service
+    /// was looked at `n` times after this call (in full, or counted as unchanged since its
+    /// last clean look).
+    pub fn wait_resyncs(&self, n: u32) {
+        self.wait_advanced("operator_resync_seconds_count", n, Duration::from_secs(60));
+    }
+
+    /// Waits (60 s) until `n` more evaluation rounds of every check are done after this call.
+    pub fn wait_check_rounds(&self, n: u32) {
+        self.wait_advanced(
+            "operator_check_round_seconds_count",
+            n,
+            Duration::from_secs(60),
+        );
+    }
+
     /// SIGKILL, no grace: what a crash looks like.
     pub fn crash(&mut self) {
         let _ = self.child.kill();
@@ -385,6 +439,30 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
         let value = value.split_whitespace().next()?;
         value.parse().ok()
     })
+}
+
+/// The value of counter `series` in an exposition (see [`metric_value`]), 0 while it has not
+/// counted yet; panics naming it if its family (`# TYPE <family> ...`, the name without a
+/// `_total`, `_count`, `_sum` or `_bucket` suffix) is not exposed at all.
+pub fn counter_value(exposition: &str, series: &str) -> f64 {
+    if let Some(value) = metric_value(exposition, series) {
+        return value;
+    }
+    let name = series.split('{').next().unwrap_or(series);
+    let family_served = exposition.lines().any(|line| {
+        line.strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|family| {
+                name.strip_prefix(family).is_some_and(|suffix| {
+                    ["", "_total", "_count", "_sum", "_bucket"].contains(&suffix)
+                })
+            })
+    });
+    assert!(
+        family_served,
+        "{series}: no metric {name} is served (renamed?):\n{exposition}"
+    );
+    0.0
 }
 
 /// Every listening TCP socket of this network namespace (`/proc/net/tcp` and `tcp6`), with
