@@ -101,3 +101,82 @@ fn a_restart_that_would_break_the_quorum_waits_says_why_and_goes_ahead_once_the_
         f.tickets()
     );
 }
+
+/// The group's replacement window is the gate's state, not the process's: a controller killed
+/// after a repair that took a live member down comes back counting that repair, so the next
+/// one past `replacements.max` escalates instead of taking the member down again.
+#[test]
+fn a_controller_killed_after_a_replacement_comes_back_with_the_groups_window_as_it_was() {
+    let switch = Switch::start();
+    let b = Fixture::builder("quorumcap");
+    let members = Members::new(b.cluster(), 3);
+    let spec = format!(
+        "{}      replacements: {{max: 1, window: 10m}}\n",
+        spec(&members, switch.port)
+    );
+    let mut f = b
+        .manifest("cluster.yaml", |_| members.manifest(&spec))
+        .run_once()
+        .args(&["--settle", "1s"])
+        .resync("1s")
+        .start();
+    let e1 = f.name("e1");
+    f.wait_running(&e1, "the start");
+    assert!(
+        members.wait_healthy(Duration::from_secs(60)),
+        "{}",
+        members.logs(20)
+    );
+
+    // The check on e1 fails: e1 is restarted, the group's one replacement in the window.
+    let before = started_at(&e1);
+    switch.set(false);
+    assert!(
+        wait_until(Duration::from_secs(60), || started_at(&e1) != before),
+        "e1 was not restarted for its check; log:\n{}",
+        f.operator.log()
+    );
+    switch.set(true);
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("check-failed", &e1)
+            .is_some_and(|t| t["status"] == "resolved")),
+        "{:#?}",
+        f.tickets()
+    );
+
+    // A crash, and a new controller on the same database.
+    f.restart_operator();
+    assert!(
+        members.wait_healthy(Duration::from_secs(60)),
+        "{}",
+        members.logs(20)
+    );
+
+    // The check fails again within the window: the cap is spent, whoever counted it.
+    let before = started_at(&e1);
+    switch.set(false);
+    let escalated = || {
+        f.ticket("check-failed", &e1)
+            .filter(|t| t["status"] == "escalated")
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || escalated().is_some()),
+        "the second repair in the window did not escalate: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    let ticket = escalated().expect("escalated");
+    let why = f
+        .operator
+        .timeline(ticket["id"].as_i64().unwrap(), "escalated")
+        .into_iter()
+        .next()
+        .expect("an escalated entry");
+    assert_eq!(
+        why["detail"]["reason"], "group replacements spent",
+        "{why:#}"
+    );
+    assert_eq!(started_at(&e1), before, "e1 was taken down past the cap");
+    switch.set(true);
+}

@@ -394,6 +394,50 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Writes the quorum gate's changed state to the ticket store (see
+    /// [`super::disruption`]). An observer stores nothing: the gate is the acting
+    /// controller's. A cluster whose write fails stays dirty for the next call.
+    pub async fn persist_gate(&self) -> Result<(), crate::tickets::TicketError> {
+        let (now, wall) = (Instant::now(), chrono::Utc::now());
+        let dirty = self.disruptions.dirty(now, wall);
+        let Some(journal) = self.journal.as_ref().filter(|_| !self.config.observe_only) else {
+            return Ok(());
+        };
+        let mut first_error = None;
+        for (cluster, state) in dirty {
+            if let Err(e) = journal.save_gate(&cluster, state).await {
+                self.disruptions.mark_dirty(&cluster);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Takes back the quorum gate's state a controller before this one stored.
+    async fn restore_gate(&self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        match journal.load_gates().await {
+            Ok(states) => {
+                let under_way: usize = states.iter().map(|(_, s)| s.under_way.len()).sum();
+                if under_way > 0 {
+                    info!(
+                        members = under_way,
+                        "resuming the quorum gate: {under_way} member(s) taken down by the last run are still under way"
+                    );
+                }
+                self.disruptions
+                    .restore(states, Instant::now(), chrono::Utc::now());
+            }
+            // Nothing under way is what a first start has too; the gate then judges from what
+            // runs and what is live, as it always also does.
+            Err(e) => {
+                error!(error = %e, "cannot read the quorum gate's stored state; starting with nothing under way")
+            }
+        }
+    }
+
     /// Why the observed store cannot be read for `key` yet, if it cannot: a look at one of its
     /// containers is under way, or the store was listed with another adoption set than the
     /// manifests' current one.
@@ -784,6 +828,7 @@ impl Controller {
             }
             journal.refresh_gauges().await;
         }
+        shared.restore_gate().await;
         // Whatever was removed while the controller was stopped.
         self.close_removed().await;
         self.begin_pass(PassKind::First);
@@ -1009,6 +1054,7 @@ impl Controller {
     /// reconcile each key once. For `operator run --once`.
     pub async fn reconcile_once(&self) -> Result<Vec<(ServiceKey, Outcome)>, ControllerError> {
         let shared = &self.shared;
+        shared.restore_gate().await;
         let adoption = shared.adoption.borrow().clone();
         let listed = list_owned(shared.actions.docker(), &adoption.names)
             .await

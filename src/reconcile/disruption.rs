@@ -3,11 +3,15 @@
 //! under one lock, so two members reconciled side by side can never both pass the gate on
 //! the same view of the group.
 //!
-//! In memory only: after a restart of the controller nothing is under way, and the gate
-//! judges from what runs and what is live (a rollout still waits for every other member to
-//! be live, so a member that crashed on its new spec still stops it).
+//! Durable: every change marks its cluster dirty, and the controller writes the dirty
+//! clusters' state to the ticket store ([`Disruptions::dirty`], `tickets::GateState`) before
+//! the action it allowed runs and at the end of each reconcile; a restarted controller
+//! [`restore`](Disruptions::restore)s it, so a rollout or a replacement window interrupted by
+//! a crash resumes with the gate and the caps as they were.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,9 +19,11 @@ use tokio::time::Instant;
 
 use crate::docker::ServiceKey;
 use crate::manifest::Cluster;
+use crate::tickets::{GateState, UnderWay};
 
 use super::controller::lock;
 use super::quorum::{Disruption, Refusal, Snapshot, judge};
+use super::state::{to_instant, to_wall};
 
 /// The caller's view of the cluster's services: whether each runs, and whether it is live.
 pub type View<'a> = (&'a dyn Fn(&str) -> bool, &'a dyn Fn(&str) -> bool);
@@ -40,6 +46,8 @@ struct Inner {
     taken: HashMap<ServiceKey, Taken>,
     /// When repairs took a live member of each (cluster, group) down.
     repairs: HashMap<(String, String), VecDeque<Instant>>,
+    /// Clusters changed since their state was last handed out to be stored.
+    dirty: BTreeSet<String>,
 }
 
 /// The registry of what is under way (one per controller).
@@ -72,6 +80,7 @@ impl Disruptions {
             taken.deadline = None;
             taken.clean_at = None;
             taken.gave_up = false;
+            inner.dirty.insert(key.cluster.clone());
             return Ok(true);
         }
         if !running(&key.service) {
@@ -137,6 +146,7 @@ impl Disruptions {
                 gave_up: false,
             },
         );
+        inner.dirty.insert(key.cluster.clone());
         Ok(true)
     }
 
@@ -144,6 +154,7 @@ impl Disruptions {
     /// again (`None`: not in a group, nothing to wait for). Returns the deadline set.
     pub fn acted(&self, key: &ServiceKey, live_timeout: Option<Duration>) -> Option<Instant> {
         let mut inner = lock(&self.inner);
+        inner.dirty.insert(key.cluster.clone());
         let Some(timeout) = live_timeout else {
             inner.taken.remove(key);
             return None;
@@ -164,19 +175,29 @@ impl Disruptions {
     pub fn seen_clean(&self, key: &ServiceKey, now: Instant) -> Option<Instant> {
         let mut inner = lock(&self.inner);
         let taken = inner.taken.get_mut(key)?;
-        Some(*taken.clean_at.get_or_insert(now))
+        if let Some(at) = taken.clean_at {
+            return Some(at);
+        }
+        taken.clean_at = Some(now);
+        inner.dirty.insert(key.cluster.clone());
+        Some(now)
     }
 
     /// A rollout stopped at `key`: escalated once, and it stays under way.
     pub fn give_up(&self, key: &ServiceKey) {
-        if let Some(t) = lock(&self.inner).taken.get_mut(key) {
+        let mut inner = lock(&self.inner);
+        if let Some(t) = inner.taken.get_mut(key) {
             t.gave_up = true;
+            inner.dirty.insert(key.cluster.clone());
         }
     }
 
     /// The member is live again, gave up on, or the action failed: no longer under way.
     pub fn release(&self, key: &ServiceKey) -> Option<Taken> {
-        lock(&self.inner).taken.remove(key)
+        let mut inner = lock(&self.inner);
+        let gone = inner.taken.remove(key)?;
+        inner.dirty.insert(key.cluster.clone());
+        Some(gone)
     }
 
     /// The services of `cluster` under way now.
@@ -191,7 +212,83 @@ impl Disruptions {
 
     /// Forgets everything about services the manifests no longer declare.
     pub fn retain(&self, declared: impl Fn(&ServiceKey) -> bool) {
-        lock(&self.inner).taken.retain(|k, _| declared(k));
+        let mut inner = lock(&self.inner);
+        let gone: Vec<String> = inner
+            .taken
+            .keys()
+            .filter(|k| !declared(k))
+            .map(|k| k.cluster.clone())
+            .collect();
+        inner.taken.retain(|k, _| declared(k));
+        inner.dirty.extend(gone);
+    }
+
+    /// The state of each cluster changed since the last call, to be stored (`now` and `wall`
+    /// are one moment by both clocks); they are no longer dirty. A failed write hands them
+    /// back with [`Disruptions::mark_dirty`].
+    pub fn dirty(&self, now: Instant, wall: DateTime<Utc>) -> Vec<(String, GateState)> {
+        let mut inner = lock(&self.inner);
+        let clusters = std::mem::take(&mut inner.dirty);
+        clusters
+            .into_iter()
+            .map(|cluster| {
+                let mut state = GateState::default();
+                for (k, t) in inner.taken.iter().filter(|(k, _)| k.cluster == cluster) {
+                    state.under_way.push(UnderWay {
+                        service: k.service.clone(),
+                        rollout: t.rollout,
+                        deadline: t.deadline.map(|d| to_wall(d, now, wall)),
+                        clean_at: t.clean_at.map(|d| to_wall(d, now, wall)),
+                        gave_up: t.gave_up,
+                    });
+                }
+                state.under_way.sort_by(|a, b| a.service.cmp(&b.service));
+                for ((c, group), at) in &inner.repairs {
+                    if *c == cluster {
+                        state
+                            .replacements
+                            .extend(at.iter().map(|t| (group.clone(), to_wall(*t, now, wall))));
+                    }
+                }
+                state.replacements.sort();
+                (cluster, state)
+            })
+            .collect()
+    }
+
+    /// `cluster`'s state must be stored again (its last write failed).
+    pub fn mark_dirty(&self, cluster: &str) {
+        lock(&self.inner).dirty.insert(cluster.to_string());
+    }
+
+    /// Takes back what a controller before this one stored (see the module's doc); a time
+    /// too far in the past for this process's clock counts as now.
+    pub fn restore(&self, states: Vec<(String, GateState)>, now: Instant, wall: DateTime<Utc>) {
+        let at = |t: DateTime<Utc>| to_instant(t, now, wall).unwrap_or(now);
+        let mut inner = lock(&self.inner);
+        for (cluster, state) in states {
+            for u in state.under_way {
+                inner.taken.insert(
+                    ServiceKey::new(&cluster, &u.service),
+                    Taken {
+                        rollout: u.rollout,
+                        deadline: u.deadline.map(at),
+                        clean_at: u.clean_at.map(at),
+                        gave_up: u.gave_up,
+                    },
+                );
+            }
+            for (group, t) in state.replacements {
+                inner
+                    .repairs
+                    .entry((cluster.clone(), group))
+                    .or_default()
+                    .push_back(at(t));
+            }
+        }
+        for window in inner.repairs.values_mut() {
+            window.make_contiguous().sort();
+        }
     }
 }
 
@@ -245,6 +342,61 @@ mod tests {
             Ok(false)
         );
         assert!(d.get(&b).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_under_way_and_the_window_survive_a_store_and_restore_and_only_changes_are_dirty()
+     {
+        let (c, d) = (cluster(), Disruptions::default());
+        let (a, b) = (ServiceKey::new("c", "m0"), ServiceKey::new("c", "m1"));
+        let (now, wall) = (Instant::now(), Utc::now());
+        assert!(d.dirty(now, wall).is_empty());
+        assert_eq!(
+            d.take(&c, &a, REPAIR, (&|_| true, &|_| true), now, false),
+            Ok(true)
+        );
+        d.acted(&a, Some(Duration::from_secs(60)));
+        let stored = d.dirty(now, wall);
+        assert_eq!(stored.len(), 1, "one cluster changed");
+        assert!(d.dirty(now, wall).is_empty(), "handed out once");
+        let (_, state) = &stored[0];
+        assert_eq!(state.under_way.len(), 1);
+        assert_eq!(
+            state.under_way[0].deadline,
+            Some(wall + chrono::Duration::seconds(60))
+        );
+        assert_eq!(state.replacements.len(), 1);
+
+        // A new controller, ten seconds later by both clocks.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let (later, later_wall) = (Instant::now(), wall + chrono::Duration::seconds(10));
+        let restored = Disruptions::default();
+        restored.restore(stored, later, later_wall);
+        let taken = restored.get(&a).expect("still under way");
+        assert_eq!(taken.deadline, Some(now + Duration::from_secs(60)));
+        assert!(
+            restored.dirty(later, later_wall).is_empty(),
+            "nothing changed yet"
+        );
+        // The gate judges as the old controller would have: m0 is under way, so m1 waits.
+        let refused = restored
+            .take(&c, &b, REPAIR, (&|_| true, &|_| true), later, false)
+            .unwrap_err();
+        assert_eq!(refused.rule(), "group-concurrency");
+        // And the window still counts m0's repair: one more, then the cap.
+        restored.release(&a);
+        assert_eq!(restored.dirty(later, later_wall).len(), 1);
+        assert_eq!(
+            restored.take(&c, &b, REPAIR, (&|_| true, &|_| true), later, false),
+            Ok(true)
+        );
+        restored.release(&b);
+        assert!(
+            restored
+                .take(&c, &a, REPAIR, (&|_| true, &|_| true), later, false)
+                .unwrap_err()
+                .escalates()
+        );
     }
 
     #[tokio::test(start_paused = true)]

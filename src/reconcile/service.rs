@@ -299,6 +299,9 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
     *lock(&run.stored) = Some(before);
     let outcome = run.reconcile(cluster, service, &mut budget, event_at).await;
     run.save_budget(&budget).await;
+    if let Err(e) = shared.persist_gate().await {
+        error!(service = %key, error = %e, "cannot save the quorum gate's state; will try again");
+    }
     outcome
 }
 
@@ -1102,6 +1105,15 @@ impl KeyRun<'_> {
                     None => return self.gated(&a, refusal).await,
                 },
             };
+            // Durable before acting, like the attempt: a controller killed during the action
+            // comes back with the member under way and the window counting it.
+            if taken && let Err(e) = shared.persist_gate().await {
+                shared.disruptions.release(key);
+                self.retry_soon();
+                return Outcome::Unrecorded {
+                    error: format!("the quorum gate's state could not be recorded: {e}"),
+                };
+            }
         }
         lock(&shared.gated).remove(key);
 

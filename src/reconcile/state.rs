@@ -89,14 +89,14 @@ pub fn agent_gate(
 
 /// Maps a wall-clock time onto the monotonic clock, given one moment known on both.
 /// `None` when it falls before the monotonic clock's origin.
-fn to_instant(t: DateTime<Utc>, now: Instant, wall: DateTime<Utc>) -> Option<Instant> {
+pub(super) fn to_instant(t: DateTime<Utc>, now: Instant, wall: DateTime<Utc>) -> Option<Instant> {
     match (t - wall).to_std() {
         Ok(ahead) => Some(now + ahead),
         Err(_) => now.checked_sub((wall - t).to_std().unwrap_or_default()),
     }
 }
 
-fn to_wall(t: Instant, now: Instant, wall: DateTime<Utc>) -> DateTime<Utc> {
+pub(super) fn to_wall(t: Instant, now: Instant, wall: DateTime<Utc>) -> DateTime<Utc> {
     if t >= now {
         wall + chrono::Duration::from_std(t - now).unwrap_or_default()
     } else {

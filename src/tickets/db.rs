@@ -204,6 +204,10 @@ pub const MIGRATIONS: &[Migration] = &[
         adds: "the record of containers adopted by name (started by compose or by hand)",
         sql: super::adoptions::MIGRATION,
     },
+    Migration {
+        adds: "the quorum gate's state: members under way and each group's replacement window",
+        sql: super::gate::MIGRATION,
+    },
 ];
 
 /// `$HOME/.operator/tickets.db`.

@@ -226,6 +226,21 @@ impl Journal {
             .await
     }
 
+    /// Replaces what is stored of `cluster`'s quorum gate.
+    pub async fn save_gate(
+        &self,
+        cluster: &str,
+        state: super::GateState,
+    ) -> Result<(), TicketError> {
+        let cluster = cluster.to_string();
+        self.write(move |st| st.save_gate(&cluster, &state)).await
+    }
+
+    /// The quorum gate's stored state, by cluster.
+    pub async fn load_gates(&self) -> Result<Vec<(String, super::GateState)>, TicketError> {
+        self.call(|st| st.load_gates()).await
+    }
+
     pub async fn data_version(&self) -> Result<i64, TicketError> {
         self.call(|s| s.data_version()).await
     }

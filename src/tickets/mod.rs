@@ -24,6 +24,7 @@ mod audit;
 mod budget;
 mod chaos;
 mod db;
+mod gate;
 mod journal;
 mod model;
 mod owner;
@@ -40,6 +41,7 @@ pub use audit::{
 pub use budget::Budget;
 pub use chaos::{ChaosRun, FaultRow, FaultState, NewFault};
 pub use db::{DEFAULT_DB, MIGRATIONS, Migration, default_path, require_existing};
+pub use gate::{GateState, UnderWay};
 pub use journal::{Journal, Recheck};
 pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
 pub use owner::{Ownership, host as host_name, lock_path};
