@@ -233,6 +233,68 @@ fn a_pause_is_undone_by_an_unpause_never_by_a_restart() {
 }
 
 #[test]
+fn an_unhealthy_verdict_that_outlasts_an_unpause_is_repaired_by_the_probes_after_it() {
+    // Broken while paused: after the unpause the engine keeps saying `unhealthy` with newer
+    // probes and sends no `health_status` event (nothing changed), only the probes' `exec_*`.
+    // The controller must see those newer probes, not wait for a re-list (`--relist 1h`).
+    let f = Fixture::builder("pausebad")
+        .manifest("cluster.yaml", |c| {
+            cluster_yaml(
+                c,
+                &format!(
+                    r#"    - name: {c}-web
+      image: {BUSYBOX_IMAGE}
+      networkMode: host
+      command: ["sh", "-c", "rm -f /tmp/bad; trap 'exit 0' TERM; while true; do sleep 1; done"]
+      healthcheck:
+        test: ["CMD-SHELL", "test ! -e /tmp/bad"]
+        interval: 1s
+        timeout: 5s
+        retries: 1
+      remediation:
+        backoff: {{initial: 200ms, max: 1s}}
+"#
+                ),
+            )
+        })
+        .args(&["--relist", "1h"])
+        .resync("1s")
+        .start();
+    let name = f.name("web");
+    let health = || {
+        inspect(&name, None).map(|c| {
+            c["State"]["Health"]["Status"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || health().as_deref()
+            == Some("healthy")),
+        "never healthy"
+    );
+    docker_ok(&["exec", &name, "touch", "/tmp/bad"]);
+    docker_ok(&["pause", &name]);
+    // Repaired: the unhealthy episode is ticketed and ends on a re-check that saw it healthy
+    // (a restart runs the command again, which removes the flag).
+    assert!(
+        wait_until(Duration::from_secs(60), || f
+            .ticket("unhealthy", &name)
+            .is_some_and(|t| t["status"] == "resolved")),
+        "the unhealthy container was not repaired after its unpause: {:#?}; log:\n{}",
+        f.tickets(),
+        f.operator.log()
+    );
+    assert_eq!(
+        f.operator
+            .counter(r#"operator_watch_relists_total{reason="interval"}"#),
+        0.0,
+        "found by a re-list, not by the probes"
+    );
+}
+
+#[test]
 fn a_restarted_container_ends_its_ticket_only_once_its_healthcheck_passes() {
     let f = Fixture::builder("starting")
         .manifest("cluster.yaml", |c| {

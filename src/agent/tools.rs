@@ -158,7 +158,7 @@ impl ToolContext {
             clusters: vec![cluster],
         };
         let reports =
-            crate::reconcile::report(self.docker.clone(), &only, Some(&self.journal)).await;
+            crate::reconcile::report(self.docker.clone(), &only, Some(&self.journal), true).await;
         let rows: Vec<Value> = reports
             .iter()
             .map(|r| {

@@ -89,7 +89,7 @@ impl Steady {
             .clone()
             .map(|s| Journal::new(s, Arc::new(Metrics::new())));
         for report in
-            crate::reconcile::report(self.docker.clone(), &desired, journal.as_ref()).await
+            crate::reconcile::report(self.docker.clone(), &desired, journal.as_ref(), false).await
         {
             if let Some(e) = &report.error {
                 problems.push(format!("service {}: not observed: {e}", report.service));

@@ -123,7 +123,10 @@ async fn reports(desired: manifest::DesiredState, db: &super::DbArgs) -> Result<
     };
     let docker = crate::docker::connect(CONNECT_TIMEOUT).await?;
     let undeclared = crate::reconcile::undeclared(&docker, &desired).await?;
-    let services = crate::reconcile::report(docker, &desired, journal.as_ref()).await;
+    // An agent serves `policy: agent` where the controller has a key, as `run` decides it
+    // (the key's presence only: it is not read here).
+    let agent_serves = std::env::var_os("ANTHROPIC_API_KEY").is_some_and(|v| !v.is_empty());
+    let services = crate::reconcile::report(docker, &desired, journal.as_ref(), agent_serves).await;
     Ok(Reports {
         services,
         undeclared,
@@ -162,6 +165,7 @@ fn plan_step(r: &ServiceReport) -> serde_json::Value {
         "waiting_for": r.waiting_for,
         "gated": r.gated,
         "tickets": r.tickets,
+        "outcome": r.outcome,
     })
 }
 
@@ -623,6 +627,13 @@ mod tests {
             waiting_for: None,
             error: None,
             gated: None,
+            outcome: if escalated {
+                "escalated"
+            } else if held {
+                "held"
+            } else {
+                "acted"
+            },
         }
     }
 

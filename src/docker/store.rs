@@ -246,17 +246,24 @@ impl Store {
     }
 
     /// The container realising `key`. Names are unique in Docker, so when an old container
-    /// is mid-removal beside a new one, the one named after the service wins.
+    /// is mid-removal beside a new one, the one named after the service wins; among others
+    /// (compose's, not named after the service, while compose replaces one), a running one,
+    /// then the one started last.
     pub fn get(&self, key: &ServiceKey) -> Option<ObservedContainer> {
         let s = self.read();
         let ids = s.by_key.get(key)?;
-        let mut found: Option<&ObservedContainer> = None;
-        for c in ids.iter().filter_map(|id| s.by_id.get(id)) {
-            if found.is_none() || c.name == key.service {
-                found = Some(c);
-            }
-        }
-        found.cloned()
+        ids.iter()
+            .filter_map(|id| s.by_id.get(id))
+            .enumerate()
+            .max_by_key(|(i, c)| {
+                (
+                    c.name == key.service,
+                    c.status == super::ContainerStatus::Running,
+                    c.started_at,
+                    *i,
+                )
+            })
+            .map(|(_, c)| c.clone())
     }
 
     pub fn by_id(&self, id: &str) -> Option<ObservedContainer> {
@@ -384,6 +391,18 @@ mod tests {
         assert_eq!(store.get(&key).map(|c| c.id), Some("new".into()));
         w.remove("new");
         assert_eq!(store.get(&key).map(|c| c.id), Some("old".into()));
+        // None named after the service (compose's, mid-replacement): the running one, then
+        // the one started last, whatever the order they were seen in.
+        let mut later = container("later", &key, "p_s_2");
+        later.started_at = Some(chrono::Utc::now());
+        let mut stopped = container("stopped", &key, "p_s_3");
+        stopped.status = ContainerStatus::Exited;
+        stopped.started_at = Some(chrono::Utc::now() + chrono::Duration::seconds(1));
+        w.upsert(later);
+        w.upsert(stopped);
+        assert_eq!(store.get(&key).map(|c| c.id), Some("later".into()));
+        w.remove("later");
+        w.remove("stopped");
         w.remove("old");
         assert!(store.get(&key).is_none());
         assert!(store.by_id("old").is_none());

@@ -76,14 +76,6 @@ pub struct Watcher {
     relist: Duration,
 }
 
-/// Why a session of the watcher ended without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    Cancelled,
-    /// List again: the adoption set changed, or the relist interval passed.
-    Relist(&'static str),
-}
-
 /// Container event actions that say nothing about the container's state. Health probes
 /// alone produce an `exec_*` pair per interval.
 fn is_noise(action: &str) -> bool {
@@ -141,11 +133,7 @@ impl Watcher {
         loop {
             let up_since = Instant::now();
             match self.session(&cancel).await {
-                Ok(Ended::Cancelled) => return,
-                Ok(Ended::Relist(reason)) => {
-                    debug!(reason, "listing the engine again");
-                    self.metrics.relisted(reason);
-                }
+                Ok(()) => return,
                 Err(e) => {
                     self.store.set_connected(false);
                     self.metrics.relisted("error");
@@ -161,28 +149,132 @@ impl Watcher {
         }
     }
 
-    /// One connection: subscribe, list, then apply events until the stream fails, the
-    /// adoption set changes or it is time to list again.
-    async fn session(&mut self, cancel: &CancellationToken) -> Result<Ended, DockerError> {
-        // Subscribe from a moment before the list so that nothing between the two is lost
-        // (the margin also covers an engine clock a little ahead of ours).
+    /// Follows the event stream in a task of its own from before the list, so that the
+    /// subscription is made at once (a stream is only sent for when first polled) and what
+    /// happens while the engine is listed waits in the channel, not in the engine's replay of
+    /// its last 256 events, which health probes fill in moments. The task ends with the
+    /// stream or when the receiver is dropped.
+    fn subscribe(&self) -> mpsc::UnboundedReceiver<Result<EventMessage, bollard::errors::Error>> {
+        // From a moment before now: what happened between a failed stream and this one is
+        // replayed (the margin also covers an engine clock a little ahead of ours).
         let since = SystemTime::now()
             .checked_sub(Duration::from_secs(5))
             .unwrap_or(UNIX_EPOCH)
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let since = format!("{}.{:09}", since.as_secs(), since.subsec_nanos());
-        let filters = HashMap::from([("type", vec!["container", "network"])]);
-        let options = EventsOptionsBuilder::default()
-            .since(&since)
-            .filters(&filters)
-            .build();
-        crate::metrics::engine_request("events");
-        let mut stream = self.docker.events(Some(options));
+        let docker = self.docker.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let filters = HashMap::from([("type", vec!["container", "network"])]);
+            let options = EventsOptionsBuilder::default()
+                .since(&since)
+                .filters(&filters)
+                .build();
+            crate::metrics::engine_request("events");
+            let mut stream = std::pin::pin!(docker.events(Some(options)));
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    next = stream.next() => match next {
+                        Some(event) => {
+                            if tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                }
+            }
+        });
+        rx
+    }
 
+    /// One connection: subscribe, list, then apply events until the stream fails; lists
+    /// again in place when the adoption set changes and every `relist`.
+    async fn session(&mut self, cancel: &CancellationToken) -> Result<(), DockerError> {
+        let mut events = self.subscribe();
+        let mut watch = Watch::default();
+        if !self.relist(cancel, &mut watch, &mut events).await? {
+            return Ok(());
+        }
+        let mut relist_at = tokio::time::Instant::now() + self.relist;
+        loop {
+            let reason = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                changed = self.adoption.changed() => {
+                    // The sender lives with the controller, which outlives its watcher.
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    "adoption"
+                }
+                _ = tokio::time::sleep_until(relist_at) => "interval",
+                Some((id, result)) = watch.inspects.next() => {
+                    self.inspected(&mut watch, id, result)?;
+                    continue;
+                }
+                next = events.recv() => {
+                    self.received(&mut watch, next)?;
+                    continue;
+                }
+            };
+            debug!(reason, "listing the engine again");
+            self.metrics.relisted(reason);
+            if !self.relist(cancel, &mut watch, &mut events).await? {
+                return Ok(());
+            }
+            relist_at = tokio::time::Instant::now() + self.relist;
+        }
+    }
+
+    /// An event from the stream (or its end): applied, its inspect started or queued.
+    fn received(
+        &self,
+        watch: &mut Watch,
+        next: Option<Result<EventMessage, bollard::errors::Error>>,
+    ) -> Result<(), DockerError> {
+        match next {
+            Some(Ok(event)) => {
+                if let Some(id) = self.apply(&mut watch.in_flight, event) {
+                    watch.start(self, id);
+                }
+                Ok(())
+            }
+            Some(Err(source)) => Err(DockerError::api("follow docker events", source)),
+            None => Err(DockerError::api(
+                "follow docker events",
+                bollard::errors::Error::IOError {
+                    err: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the engine closed the event stream",
+                    ),
+                },
+            )),
+        }
+    }
+
+    /// Lists the engine into the store while the stream stays subscribed: the looks under
+    /// way land first (the list is newer than they are), then the list replaces everything,
+    /// then what the stream brought meanwhile is applied (its looks are newer than the list)
+    /// before the controller is told to look at every key. False when cancelled.
+    async fn relist(
+        &mut self,
+        cancel: &CancellationToken,
+        watch: &mut Watch,
+        events: &mut mpsc::UnboundedReceiver<Result<EventMessage, bollard::errors::Error>>,
+    ) -> Result<bool, DockerError> {
+        while let Some((id, result)) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(false),
+            done = watch.inspects.next() => done,
+        } {
+            // Not applied: the list that follows is newer. An error is only this look's.
+            let _ = (id, result);
+        }
+        *watch = Watch::default();
         let adoption = self.adoption.borrow_and_update().clone();
         let listed = tokio::select! {
-            _ = cancel.cancelled() => return Ok(Ended::Cancelled),
+            _ = cancel.cancelled() => return Ok(false),
             listed = list_owned(&self.docker, &adoption.names) => listed?,
         };
         info!(
@@ -191,50 +283,11 @@ impl Watcher {
         );
         self.store.replace_all(listed, adoption.generation);
         self.store.set_connected(true);
-        let _ = self.events.send(WatchEvent::Relisted);
-
-        let relist_at = tokio::time::Instant::now() + self.relist;
-        let mut in_flight = InFlight::default();
-        let mut inspects = FuturesUnordered::new();
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => return Ok(Ended::Cancelled),
-                changed = self.adoption.changed() => {
-                    // The sender lives with the controller, which outlives its watcher.
-                    if changed.is_err() {
-                        return Ok(Ended::Cancelled);
-                    }
-                    return Ok(Ended::Relist("adoption"));
-                }
-                _ = tokio::time::sleep_until(relist_at) => return Ok(Ended::Relist("interval")),
-                Some((id, result)) = inspects.next() => {
-                    if let Some(again) = self.inspected(&mut in_flight, id, result)? {
-                        inspects.push(self.inspect(again));
-                    }
-                    continue;
-                }
-                next = stream.next(), if in_flight.len() < INSPECTS_IN_FLIGHT => next,
-            };
-            match next {
-                Some(Ok(event)) => {
-                    if let Some(id) = self.apply(&mut in_flight, event) {
-                        inspects.push(self.inspect(id));
-                    }
-                }
-                Some(Err(source)) => return Err(DockerError::api("follow docker events", source)),
-                None => {
-                    return Err(DockerError::api(
-                        "follow docker events",
-                        bollard::errors::Error::IOError {
-                            err: std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                "the engine closed the event stream",
-                            ),
-                        },
-                    ));
-                }
-            }
+        while let Ok(next) = events.try_recv() {
+            self.received(watch, Some(next))?;
         }
+        let _ = self.events.send(WatchEvent::Relisted);
+        Ok(true)
     }
 
     fn inspect(&self, id: String) -> BoxFuture<'static, Inspected> {
@@ -262,12 +315,13 @@ impl Watcher {
     /// about the key; returns the container to inspect again when events came meanwhile.
     fn inspected(
         &self,
-        in_flight: &mut InFlight,
+        watch: &mut Watch,
         id: String,
         result: Result<ContainerInspectResponse, bollard::errors::Error>,
-    ) -> Result<Option<String>, DockerError> {
-        let Some(done) = in_flight.finished(&id) else {
-            return Ok(None);
+    ) -> Result<(), DockerError> {
+        let Some(done) = watch.in_flight.finished(&id) else {
+            watch.next(self);
+            return Ok(());
         };
         let key = match result {
             Ok(c) => ObservedContainer::recognise(&c, |name| self.adopted(name)).map(|observed| {
@@ -293,7 +347,11 @@ impl Watcher {
         if let Some(key) = key {
             let _ = self.events.send(WatchEvent::Changed { key, at: done.at });
         }
-        Ok(done.again.then_some(id))
+        if done.again {
+            watch.start(self, id);
+        }
+        watch.next(self);
+        Ok(())
     }
 
     /// Applies an event: a destroy to the store at once, any other marks its key not fresh;
@@ -306,7 +364,17 @@ impl Watcher {
         let reader = self.store.reader();
         let (id, key) = match event.typ {
             Some(EventMessageTypeEnum::CONTAINER) => {
-                if is_noise(&action) {
+                // A probe that ended on a container not (yet) healthy: its verdict may have
+                // changed without an event (an `unhealthy` that outlasts an unpause stays
+                // `unhealthy`, with newer probes the reconcile waits for). Healthy ones need
+                // no look: a change of verdict comes as `health_status`.
+                let probed = action == "exec_die"
+                    && actor.id.as_deref().is_some_and(|id| {
+                        reader.by_id(id).is_some_and(|c| {
+                            c.health.is_some_and(|h| h != super::HealthState::Healthy)
+                        })
+                    });
+                if is_noise(&action) && !probed {
                     return None;
                 }
                 let labels: BTreeMap<String, String> = attributes.clone().into_iter().collect();
@@ -367,6 +435,42 @@ impl Watcher {
     }
 }
 
+/// What one session has under way: the containers to look at, the inspects running (at
+/// most [`INSPECTS_IN_FLIGHT`]) and those waiting for a slot. The stream is read whatever
+/// the inspects do, so every event marks its key not fresh as soon as it is read.
+#[derive(Default)]
+struct Watch {
+    in_flight: InFlight,
+    inspects: FuturesUnordered<BoxFuture<'static, Inspected>>,
+    backlog: std::collections::VecDeque<String>,
+}
+
+impl Watch {
+    /// Starts the inspect of `id`, or queues it while every slot is taken.
+    fn start(&mut self, watcher: &Watcher, id: String) {
+        if self.inspects.len() < INSPECTS_IN_FLIGHT {
+            self.inspects.push(watcher.inspect(id));
+        } else {
+            self.backlog.push_back(id);
+        }
+    }
+
+    /// Starts queued inspects while slots are free (one destroyed meanwhile is dropped).
+    fn next(&mut self, watcher: &Watcher) {
+        while self.inspects.len() < INSPECTS_IN_FLIGHT {
+            let Some(id) = self.backlog.pop_front() else {
+                return;
+            };
+            if self.in_flight.is_destroyed(&id) {
+                self.in_flight.finished(&id);
+                watcher.store.looked(&id);
+                continue;
+            }
+            self.inspects.push(watcher.inspect(id));
+        }
+    }
+}
+
 /// An inspect that finished: the container and what the engine answered.
 type Inspected = (
     String,
@@ -393,12 +497,12 @@ struct Pending {
 }
 
 impl InFlight {
-    fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
     fn contains(&self, id: &str) -> bool {
         self.by_id.contains_key(id)
+    }
+
+    fn is_destroyed(&self, id: &str) -> bool {
+        self.by_id.get(id).is_some_and(|p| p.destroyed)
     }
 
     /// An event for `id`: true when an inspect must start now (none is under way).
@@ -548,7 +652,7 @@ mod tests {
         assert_eq!(again.at, at(2), "answers the earliest of them");
         assert!(!again.again);
         assert!(!f.contains("a"));
-        assert_eq!(f.len(), 1);
+        assert_eq!(f.by_id.len(), 1);
     }
 
     #[test]

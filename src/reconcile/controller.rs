@@ -363,6 +363,9 @@ pub(super) struct Shared {
     /// The store revision each quiet, clean key had at its last reconcile, so a resync need
     /// not reconcile it while the store shows it unchanged.
     pub quiet: Mutex<Quiet>,
+    /// The effect each key's last action must show in the store before it is read again
+    /// (see [`super::expect`]).
+    pub expectations: Mutex<HashMap<ServiceKey, super::expect::Expectation>>,
 }
 
 /// Drops the series of checks (and of clusters' observability) that `before` declared and
@@ -445,8 +448,21 @@ impl Shared {
         if self.store.adoption() != self.adoption.borrow().generation {
             return Some("the watcher is listing the engine again for the changed adopt".into());
         }
-        (!self.store.fresh(key))
-            .then(|| "the watcher is looking at its container after an event".into())
+        if !self.store.fresh(key) {
+            return Some("the watcher is looking at its container after an event".into());
+        }
+        let mut expectations = lock(&self.expectations);
+        let expectation = expectations.get(key)?;
+        if expectation.met(self.store.get(key).as_ref()) {
+            expectations.remove(key);
+            return None;
+        }
+        if expectation.expired(Instant::now()) {
+            debug!(service = %key, "the store never showed the last action's effect; reading it as it is");
+            expectations.remove(key);
+            return None;
+        }
+        Some("the engine has not yet shown the effect of the controller's last action".into())
     }
 
     pub fn desired(&self) -> Arc<DesiredState> {
@@ -574,6 +590,7 @@ impl ControllerBuilder {
                 desired_changed: tokio::sync::Notify::new(),
                 passes: Mutex::new(Passes::new()),
                 quiet: Mutex::new(Quiet::default()),
+                expectations: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -645,6 +662,7 @@ impl Controller {
         lock(&shared.adopted).retain(|k, _| declared(k));
         lock(&shared.escalations_told).retain(|k| declared(k));
         lock(&shared.waiting_on).retain(|k, _| declared(k));
+        lock(&shared.expectations).retain(|k, _| declared(k));
         lock(&shared.last_runs).retain(|k, _| declared(k));
         shared.disruptions.retain(declared);
         let done = lock(&shared.passes).retain(declared, std::time::Instant::now());

@@ -23,6 +23,23 @@ use crate::tickets::{Journal, Selector, TicketError};
 #[derive(Debug, Default)]
 pub struct LiveCheckFailures(HashSet<(String, String)>);
 
+/// The one rule of who runs and who is live, for the gate (the controller's and `plan`'s):
+/// live when its container runs (not paused), has settled (started at or before
+/// `settled_before`: a member crash-looping under the engine's restart policy runs for
+/// moments), is not unhealthy, and none of its groups' live checks fails on it.
+pub fn member_state(
+    container: Option<&crate::docker::ObservedContainer>,
+    settled_before: chrono::DateTime<chrono::Utc>,
+    failing: bool,
+) -> (bool, bool) {
+    let running = container.is_some_and(|c| c.status == crate::docker::ContainerStatus::Running);
+    let sound = container.is_some_and(|c| {
+        c.started_at.is_some_and(|t| t <= settled_before)
+            && c.health != Some(crate::docker::HealthState::Unhealthy)
+    });
+    (running, running && sound && !failing)
+}
+
 impl LiveCheckFailures {
     /// Reads the unresolved tickets of every live check of the cluster's groups.
     pub async fn read(journal: &Journal, cluster: &Cluster) -> Result<Self, TicketError> {

@@ -1,5 +1,8 @@
-//! Desired against observed for `plan` and `status`: the same observation and diff a
-//! reconcile makes, changing nothing in Docker or in the ticket store.
+//! Desired against observed for `plan` and `status`: the same observation, diff,
+//! [`decide`](super::decide) and [`planner`](super::planner) a reconcile runs, with what they
+//! read (the store's budgets, tickets and the quorum gate's state), changing nothing in Docker
+//! or in the ticket store. `outcome` is the label a reconcile of the service would report
+//! now (`run --once --json`'s `result.outcome`): `tests/plan_matches_run.rs` holds them to it.
 
 use serde::Serialize;
 
@@ -10,8 +13,11 @@ use crate::manifest::{Cluster, DesiredState, Policy};
 use crate::remediation::Action;
 use crate::tickets::{Journal, Selector};
 
+use super::decide::{Decision, Holds, decide};
 use super::diff::{action_for, diff};
-use super::quorum::{Disruption, LiveCheckFailures, Snapshot, judge};
+use super::disruption::Disruptions;
+use super::planner::{self, QuorumStep, Step};
+use super::quorum::{self, Disruption, LiveCheckFailures};
 use super::service::observe;
 use super::state::{Clock, RepairBudget};
 
@@ -40,6 +46,10 @@ pub struct ServiceReport {
     /// The quorum gate would hold the action back: why (`would leave pd with 1 of 3 live;
     /// needs 2`).
     pub gated: Option<String>,
+    /// What a reconcile of the service would report now: `clean`, `settling`, `acted`,
+    /// `dispatched`, `waiting`, `backoff`, `escalated`, `observed`, `held`, `blocked`,
+    /// `gated`, or `unknown` when it could not be observed.
+    pub outcome: &'static str,
 }
 
 /// Every service, observed fresh, in dependency order. `journal` adds what the ticket store
@@ -49,7 +59,10 @@ pub async fn report(
     docker: bollard::Docker,
     desired: &DesiredState,
     journal: Option<&Journal>,
+    agent_serves: bool,
 ) -> Vec<ServiceReport> {
+    let settle = super::controller::ControllerConfig::default().settle;
+    let serves = |p: Policy| p == Policy::Restart || (p == Policy::Agent && agent_serves);
     // One list of the engine into a store of its own, read as the controller reads its own.
     let observed = crate::docker::store::Writer::new();
     let listed =
@@ -103,33 +116,81 @@ pub async fn report(
                     .await
                     .map_err(|e| e.to_string()),
             };
-            let (drifts, action, container) = match looked {
-                Ok(observed) => {
-                    let drifts = diff(cluster, service, &observed);
-                    let action = action_for(&drifts, &observed);
-                    (drifts, action, observed.container)
-                }
-                Err(e) => {
-                    error = Some(e);
-                    (Vec::new(), None, None)
-                }
-            };
             // Dependencies come first in this order: their reports say whether they run.
-            let waiting_for = action
-                .as_ref()
-                .filter(|a| a.starts_container())
-                .and_then(|_| {
-                    service.depends_on.iter().find(|dep| {
-                        !reports.iter().any(|r: &ServiceReport| {
-                            r.cluster == cluster.name
-                                && &r.service == *dep
-                                && r.container
-                                    .as_ref()
-                                    .is_some_and(|c| c.status == ContainerStatus::Running)
-                        })
+            let dependency_down = service
+                .depends_on
+                .iter()
+                .find(|dep| {
+                    !reports.iter().any(|r: &ServiceReport| {
+                        r.cluster == cluster.name
+                            && &r.service == *dep
+                            && r.container
+                                .as_ref()
+                                .is_some_and(|c| c.status == ContainerStatus::Running)
                     })
                 })
                 .cloned();
+            let mut waiting_for = None;
+            let (drifts, action, container, outcome) = match looked {
+                Ok(mut observed) => {
+                    observed.settling = super::service::settling(&observed, clock.wall, settle);
+                    let drifts = diff(cluster, service, &observed);
+                    let action = action_for(&drifts, &observed);
+                    let r = &service.remediation;
+                    if !drifts.is_empty() {
+                        budget.saw_drift(clock.now, r);
+                    }
+                    let holds = Holds { held, leased: None };
+                    let decision = decide(&drifts, &observed, &budget, r, &holds, serves);
+                    let outcome = match decision {
+                        Decision::Leased { .. } => "leased",
+                        Decision::Clean { .. } => "clean",
+                        Decision::Settling => "settling",
+                        Decision::Held { .. } => "held",
+                        Decision::Observe { .. } => "observed",
+                        Decision::Blocked { .. } => "blocked",
+                        Decision::Remediate {
+                            policy,
+                            action: ref planned,
+                            deliberate,
+                        } => {
+                            let step = planner::first(
+                                &planner::Attempt {
+                                    policy,
+                                    action: planned.as_ref(),
+                                    budgeted: !deliberate,
+                                    ticketed: !deliberate && journal.is_some(),
+                                },
+                                &planner::Context {
+                                    observe_only: false,
+                                    remediation: r,
+                                    budget: &budget,
+                                    now: clock.now,
+                                    serves: &serves,
+                                    dependency_down: dependency_down.as_deref(),
+                                },
+                            );
+                            match step {
+                                Step::Act {
+                                    policy: Policy::Agent,
+                                    ..
+                                } => "dispatched",
+                                Step::Act { .. } => "acted",
+                                Step::WaitFor { dependency } => {
+                                    waiting_for = Some(dependency);
+                                    "waiting"
+                                }
+                                other => other.label(),
+                            }
+                        }
+                    };
+                    (drifts, action, observed.container, outcome)
+                }
+                Err(e) => {
+                    error = Some(e);
+                    (Vec::new(), None, None, "unknown")
+                }
+            };
             reports.push(ServiceReport {
                 cluster: cluster.name.clone(),
                 service: service.name.clone(),
@@ -145,67 +206,89 @@ pub async fn report(
                 waiting_for,
                 error,
                 gated: None,
+                outcome,
             });
         }
-        gate(cluster, journal, &mut reports).await;
+        gate(cluster, journal, clock, settle, &mut reports).await;
     }
     reports
 }
 
-/// What the quorum gate would hold back now, from the fresh observations of the cluster's
-/// services and its unresolved check tickets (as the controller judges it).
-async fn gate(cluster: &Cluster, journal: Option<&Journal>, reports: &mut [ServiceReport]) {
+/// What the quorum gate would hold back now, judged as the controller judges it: the same
+/// rule of who is live ([`quorum::member_state`]), what its stored state has under way and
+/// counts in each group's window, and the same registry taking each member in turn (on a
+/// copy: nothing is stored).
+async fn gate(
+    cluster: &Cluster,
+    journal: Option<&Journal>,
+    clock: Clock,
+    settle: std::time::Duration,
+    reports: &mut [ServiceReport],
+) {
     if cluster.groups.is_empty() && cluster.max_concurrent_disruptions.is_none() {
         return;
     }
     // A store that cannot be read shows every member by its container alone: `plan` says
     // what it can see rather than nothing.
-    let failing = match journal {
-        Some(journal) => LiveCheckFailures::read(journal, cluster)
-            .await
-            .unwrap_or_default(),
-        None => LiveCheckFailures::default(),
+    let (failing, stored) = match journal {
+        Some(journal) => (
+            LiveCheckFailures::read(journal, cluster)
+                .await
+                .unwrap_or_default(),
+            journal.load_gates().await.unwrap_or_default(),
+        ),
+        None => (LiveCheckFailures::default(), Vec::new()),
     };
-    let ours = |r: &ServiceReport| r.cluster == cluster.name;
-    let running: std::collections::HashSet<String> = reports
+    let disruptions = Disruptions::default();
+    disruptions.restore(
+        stored
+            .into_iter()
+            .filter(|(c, _)| *c == cluster.name)
+            .collect(),
+        clock.now,
+        clock.wall,
+    );
+    let settled_before = clock.wall - chrono::Duration::from_std(settle).unwrap_or_default();
+    let states: std::collections::HashMap<String, (bool, bool)> = reports
         .iter()
-        .filter(|r| ours(r))
-        .filter(|r| {
-            r.container
-                .as_ref()
-                .is_some_and(|c| c.status == ContainerStatus::Running)
+        .filter(|r| r.cluster == cluster.name)
+        .map(|r| {
+            let failing = failing.fail(cluster, &r.service);
+            (
+                r.service.clone(),
+                quorum::member_state(r.container.as_ref(), settled_before, failing),
+            )
         })
-        .map(|r| r.service.clone())
         .collect();
-    let runs = |m: &str| running.contains(m);
-    let live = |m: &str| running.contains(m) && !failing.fail(cluster, m);
-    // Taken in turn, as the controller would: the first that may go is under way when the
-    // next is judged (a rollout goes one member at a time).
-    let mut taken = std::collections::BTreeSet::new();
+    let runs = |m: &str| states.get(m).is_some_and(|&(running, _)| running);
+    let live = |m: &str| states.get(m).is_some_and(|&(_, live)| live);
     for r in reports.iter_mut().filter(|r| r.cluster == cluster.name) {
-        let rollout = r.drifts.iter().any(|d| d.kind == DriftKind::SpecChanged);
-        // What the controller would carry out: a rollout under any policy that acts, a
-        // repair under `restart`.
-        if !matches!(r.action, Some(Action::Restart) | Some(Action::Recreate))
-            || r.policy == Policy::Observe
-            || (r.policy != Policy::Restart && !rollout)
+        // What the controller would carry out and gate: a restart or recreate by the
+        // built-in executor (a repair under `restart`, a rollout under any policy that acts).
+        if r.outcome != "acted"
+            || !matches!(r.action, Some(Action::Restart) | Some(Action::Recreate))
         {
             continue;
         }
+        let rollout = r.drifts.iter().any(|d| d.kind == DriftKind::SpecChanged);
         let what = Disruption {
             rollout,
             repair: !rollout,
         };
-        let now = Snapshot {
-            taken: &taken,
-            ..Snapshot::nothing_under_way(&runs, &live)
-        };
-        match judge(cluster, &r.service, what, &now) {
-            Ok(()) if running.contains(&r.service) => {
-                taken.insert(r.service.clone());
+        let key = ServiceKey::new(&cluster.name, &r.service);
+        let verdict = disruptions
+            .take(cluster, &key, what, (&runs, &live), clock.now, false)
+            .map(|_| ());
+        match planner::quorum(verdict.clone(), false) {
+            QuorumStep::Go { .. } => {}
+            QuorumStep::Gated(refusal) => {
+                r.gated = Some(refusal.to_string());
+                r.outcome = "gated";
             }
-            Ok(()) => {}
-            Err(refusal) => r.gated = Some(refusal.to_string()),
+            QuorumStep::Escalate(_) => {
+                r.gated = verdict.err().map(|e| e.to_string());
+                r.outcome = "escalated";
+            }
         }
     }
 }

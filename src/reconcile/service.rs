@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::docker::actions::Actions;
 use crate::docker::{ContainerStatus, DockerError, ObservedContainer, ServiceKey};
 use crate::drift::{Drift, DriftKind, Fingerprint};
-use crate::manifest::{Cluster, EscalateTo, Policy, Remediation, Service};
+use crate::manifest::{Cluster, Policy, Remediation, Service};
 use crate::remediation::{Action, Actor, Dispatch, RemediationError, RemediationRequest};
 use crate::tickets::{
     DriftSighting, EntryKind, Journal, Selector, Sighting, Status, Ticket, TicketError,
@@ -32,8 +32,9 @@ use crate::tickets::{
 use super::controller::{CheckRestart, Lease, Outcome, Shared, lock};
 use super::decide::{Decision, Holds, decide};
 use super::diff::{Observation, diff};
+use super::planner::{self, BackOffUntil, Escalation, QuorumStep, Step};
 use super::quorum;
-use super::state::{AgentGate, Clock, Gate, RepairBudget, agent_gate};
+use super::state::{Clock, RepairBudget, agent_gate};
 
 /// How soon an action the quorum gate held back is looked at again.
 const GATE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -130,7 +131,11 @@ pub(super) async fn find_container(
 
 /// Whether a running container started less than `settle` ago (by the engine's clock, which
 /// is this host's).
-fn settling(observed: &Observation, wall: DateTime<Utc>, settle: std::time::Duration) -> bool {
+pub(super) fn settling(
+    observed: &Observation,
+    wall: DateTime<Utc>,
+    settle: std::time::Duration,
+) -> bool {
     observed.container.as_ref().is_some_and(|c| {
         c.status == ContainerStatus::Running
             && c.started_at.is_some_and(|started| {
@@ -672,26 +677,6 @@ impl KeyRun<'_> {
                 action,
                 deliberate,
             } => {
-                if action.as_ref().is_some_and(Action::starts_container) {
-                    for dependency in &service.depends_on {
-                        if !self.dependency_running(cluster, dependency) {
-                            // Said once per wait (not per look): `status` and `plan` show it
-                            // too, as "waiting for <dependency>".
-                            let told =
-                                lock(&shared.waiting_on).insert(key.clone(), dependency.clone());
-                            if told.as_ref() != Some(dependency) {
-                                info!(service = %key, ticket = ticket_id, %dependency, "waiting for dependency {dependency} to run before starting this service");
-                            }
-                            shared
-                                .queue
-                                .schedule(key.clone(), now + shared.config.dependency_poll);
-                            return Outcome::Waiting {
-                                dependency: dependency.clone(),
-                            };
-                        }
-                    }
-                    lock(&shared.waiting_on).remove(key);
-                }
                 self.attempt(
                     Attempt {
                         cluster,
@@ -734,16 +719,12 @@ impl KeyRun<'_> {
                     .shared
                     .store
                     .get(&ServiceKey::new(cluster.name.clone(), s.name.clone()));
-                let running = container
-                    .as_ref()
-                    .is_some_and(|c| c.status == ContainerStatus::Running);
-                // A member crash-looping under the engine's restart policy runs for moments.
-                let sound = container.as_ref().is_some_and(|c| {
-                    c.started_at.is_some_and(|t| t <= settled_before)
-                        && c.health != Some(crate::docker::HealthState::Unhealthy)
-                });
-                let failing = failing.fail(cluster, &s.name);
-                (s.name.clone(), (running, running && sound && !failing))
+                let state = quorum::member_state(
+                    container.as_ref(),
+                    settled_before,
+                    failing.fail(cluster, &s.name),
+                );
+                (s.name.clone(), state)
             })
             .collect())
     }
@@ -942,102 +923,139 @@ impl KeyRun<'_> {
         Outcome::Escalated
     }
 
+    /// Carries out a step of the planner that ends the attempt without acting: a wait, a
+    /// backoff, an escalation, or only observing.
+    async fn carry_out(&self, a: &Attempt<'_>, step: Step, budget: &mut RepairBudget) -> Outcome {
+        let (shared, key, clock) = (self.shared, self.key, self.clock);
+        match step {
+            Step::Act { .. } => unreachable!("the caller acts"),
+            Step::Observe => Outcome::Observed,
+            Step::WaitFor { dependency } => {
+                // Said once per wait (not per look): `status` and `plan` show it too, as
+                // "waiting for <dependency>".
+                let told = lock(&shared.waiting_on).insert(key.clone(), dependency.clone());
+                if told.as_ref() != Some(&dependency) {
+                    info!(service = %key, ticket = a.ticket, %dependency, "waiting for dependency {dependency} to run before starting this service");
+                }
+                shared
+                    .queue
+                    .schedule(key.clone(), clock.now + shared.config.dependency_poll);
+                Outcome::Waiting { dependency }
+            }
+            Step::BackOff { until } => {
+                let wait = match until {
+                    BackOffUntil::Instant(at) => at.saturating_duration_since(clock.now),
+                    BackOffUntil::Wall(at) => (at - clock.wall).to_std().unwrap_or_default(),
+                };
+                shared.queue.schedule(key.clone(), clock.now + wait);
+                Outcome::BackingOff {
+                    retry_in_ms: wait.as_millis() as u64,
+                }
+            }
+            Step::Escalate { why } => {
+                budget.escalated = true;
+                let drift = a.reason.labels().into_iter().next();
+                let reason = why.as_str();
+                let detail = match &why {
+                    Escalation::RestartBudgetSpent => serde_json::json!({
+                        "reason": reason,
+                        "max_restarts": a.remediation.max_restarts,
+                        "window_s": a.remediation.window.as_secs(),
+                        "drift": drift,
+                    }),
+                    Escalation::AgentSessionsSpent {
+                        sessions,
+                        last_error,
+                    } => serde_json::json!({
+                        "reason": reason,
+                        "sessions": sessions,
+                        "last_session": last_error.clone().unwrap_or_else(|| "ended, and the re-check still found the drift".into()),
+                        "drift": drift,
+                    }),
+                    Escalation::AgentTokenBudgetSpent { detail } => serde_json::json!({
+                        "reason": reason,
+                        "detail": detail,
+                        "drift": drift,
+                    }),
+                    Escalation::GroupReplacementsSpent { group, detail } => serde_json::json!({
+                        "reason": reason,
+                        "group": group,
+                        "detail": detail,
+                        "drift": drift,
+                    }),
+                };
+                self.escalate(a, detail, reason).await
+            }
+        }
+    }
+
     /// Applies the budget and backoff to an attempt, records it durably in the remediator's
     /// name, hands it to the remediator and records what came of it.
     async fn attempt(&self, mut a: Attempt<'_>, budget: &mut RepairBudget) -> Outcome {
         let (shared, key, clock) = (self.shared, self.key, self.clock);
         let now = clock.now;
         let labels = a.reason.labels();
-        if shared.config.observe_only {
-            // Before the budget's gate: an observer's look must not spend or escalate it.
-            return Outcome::Observed;
+        let dependency_down = a
+            .service
+            .depends_on
+            .iter()
+            .find(|d| !self.dependency_running(a.cluster, d))
+            .cloned();
+        let planned = planner::first(
+            &planner::Attempt {
+                policy: a.policy,
+                action: a.action.as_ref(),
+                budgeted: a.budgeted,
+                ticketed: a.ticket.is_some(),
+            },
+            &planner::Context {
+                observe_only: shared.config.observe_only,
+                remediation: a.remediation,
+                budget,
+                now,
+                serves: &|p| shared.remediator(p).is_some(),
+                dependency_down: dependency_down.as_deref(),
+            },
+        );
+        if !matches!(planned, Step::WaitFor { .. }) {
+            lock(&shared.waiting_on).remove(key);
         }
-        // `escalateTo: agent`: when the restart budget runs out (not when a person's
-        // escalation is still in force), the agent is paged instead of a person. The restart
-        // budget stays spent, so no built-in repair runs meanwhile.
-        let agent_takes_over = a.policy == Policy::Restart
-            && a.remediation.escalate_to == EscalateTo::Agent
-            && a.ticket.is_some()
-            && !budget.escalated
-            && shared.remediator(Policy::Agent).is_some();
-        let mut gate = budget.gate(now, a.budgeted, a.remediation);
-        if gate == Gate::Escalate && agent_takes_over {
-            budget.escalated = false;
-            a.policy = Policy::Agent;
-            a.budgeted = false;
-            gate = Gate::Act;
+        match planned {
+            Step::Act { policy, budgeted } => {
+                a.policy = policy;
+                a.budgeted = budgeted;
+            }
+            step => return self.carry_out(&a, step, budget).await,
         }
         let Some(remediator) = shared.remediator(a.policy) else {
             return Outcome::Observed;
         };
-        match gate {
-            Gate::Act => {}
-            Gate::WaitUntil(at) => {
-                shared.queue.schedule(key.clone(), at);
-                return Outcome::BackingOff {
-                    retry_in_ms: at.saturating_duration_since(now).as_millis() as u64,
-                };
-            }
-            Gate::Escalate => {
-                let why = serde_json::json!({
-                    "reason": "restart budget spent",
-                    "max_restarts": a.remediation.max_restarts,
-                    "window_s": a.remediation.window.as_secs(),
-                    "drift": labels.first(),
-                });
-                return self.escalate(&a, why, "restart budget spent").await;
-            }
-        }
-        if a.policy == Policy::Agent
-            && let (Some(journal), Some(id)) = (self.journal(), a.ticket)
-        {
-            let gate = async {
-                let ticket = journal.get(id).await?;
-                let timeline = journal.timeline(id).await?;
-                Ok::<_, TicketError>(
-                    ticket
-                        .map(|t| agent_gate(&timeline, t.episode_at, &a.cluster.agent, clock.wall)),
-                )
+        if a.policy == Policy::Agent {
+            let sessions = match (self.journal(), a.ticket) {
+                (Some(journal), Some(id)) => {
+                    let gate = async {
+                        let ticket = journal.get(id).await?;
+                        let timeline = journal.timeline(id).await?;
+                        Ok::<_, TicketError>(ticket.map(|t| {
+                            agent_gate(&timeline, t.episode_at, &a.cluster.agent, clock.wall)
+                        }))
+                    };
+                    match gate.await {
+                        Ok(gate) => gate,
+                        Err(e) => {
+                            self.retry_soon();
+                            return Outcome::Unknown {
+                                error: format!("cannot read the ticket's sessions: {e}"),
+                            };
+                        }
+                    }
+                }
+                _ => None,
             };
-            match gate.await {
-                Ok(Some(AgentGate::Page)) | Ok(None) => {}
-                Ok(Some(AgentGate::WaitUntil(at))) => {
-                    let wait = (at - clock.wall).to_std().unwrap_or_default();
-                    shared.queue.schedule(key.clone(), now + wait);
-                    return Outcome::BackingOff {
-                        retry_in_ms: wait.as_millis() as u64,
-                    };
-                }
-                Ok(Some(AgentGate::Spent {
-                    sessions,
-                    last_error,
-                })) => {
-                    budget.escalated = true;
-                    let why = serde_json::json!({
-                        "reason": "agent sessions spent",
-                        "sessions": sessions,
-                        "last_session": last_error.unwrap_or_else(|| "ended, and the re-check still found the drift".into()),
-                        "drift": labels.first(),
-                    });
-                    return self.escalate(&a, why, "agent sessions spent").await;
-                }
-                Err(e) => {
-                    self.retry_soon();
-                    return Outcome::Unknown {
-                        error: format!("cannot read the ticket's sessions: {e}"),
-                    };
-                }
-            }
-            // The controller-wide token budget: a session could not run, so none is started
-            // and a person is told why now, not after the ticket's sessions fail one by one.
-            if let Some(spent) = remediator.exhausted().await {
-                budget.escalated = true;
-                let why = serde_json::json!({
-                    "reason": "agent token budget spent",
-                    "detail": spent,
-                    "drift": labels.first(),
-                });
-                return self.escalate(&a, why, "agent token budget spent").await;
+            let tokens_spent = remediator.exhausted().await;
+            match planner::agent(sessions, tokens_spent) {
+                Step::Act { .. } => {}
+                step => return self.carry_out(&a, step, budget).await,
             }
         }
 
@@ -1069,42 +1087,42 @@ impl KeyRun<'_> {
             let disruptions = &shared.disruptions;
             // A statement of its own: the view (not `Sync`) must not live across an await.
             let first = disruptions.take(a.cluster, key, what, (&running, &live), now, false);
-            taken = match first {
-                Ok(taken) => taken,
-                Err(refusal) => match self.forced(a.ticket).await {
-                    Some(by) => {
-                        warn!(service = %key, ticket = a.ticket, %refusal, "the gate is overridden by a person (tickets retry --force)");
-                        if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
-                            && let Err(e) = journal
-                                .note(
-                                    id,
-                                    EntryKind::Note,
-                                    serde_json::json!({
-                                        "note": format!("gate overridden (tickets retry --force): {refusal}"),
-                                        "override": by,
-                                    }),
-                                )
-                                .await
-                        {
-                            error!(service = %key, error = %e, "cannot note on the ticket");
-                        }
-                        disruptions
-                            .take(a.cluster, key, what, (&running, &live), now, true)
-                            .unwrap_or(false)
-                    }
-                    None if refusal.escalates() => {
-                        budget.escalated = true;
-                        let why = serde_json::json!({
-                            "reason": "group replacements spent",
-                            "group": refusal.group(),
-                            "detail": refusal.to_string(),
-                            "drift": labels.first(),
-                        });
-                        return self.escalate(&a, why, "group replacements spent").await;
-                    }
-                    None => return self.gated(&a, refusal).await,
-                },
+            let refused = first.as_ref().err().map(ToString::to_string);
+            let verdict = first.map(|t| {
+                taken = t;
+            });
+            let forced = match &verdict {
+                Ok(()) => None,
+                Err(_) => self.forced(a.ticket).await,
             };
+            match planner::quorum(verdict, forced.is_some()) {
+                QuorumStep::Go { forced: false } => {}
+                QuorumStep::Go { forced: true } => {
+                    let refusal = refused.unwrap_or_default();
+                    warn!(service = %key, ticket = a.ticket, %refusal, "the gate is overridden by a person (tickets retry --force)");
+                    if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
+                        && let Err(e) = journal
+                            .note(
+                                id,
+                                EntryKind::Note,
+                                serde_json::json!({
+                                    "note": format!("gate overridden (tickets retry --force): {refusal}"),
+                                    "override": forced,
+                                }),
+                            )
+                            .await
+                    {
+                        error!(service = %key, error = %e, "cannot note on the ticket");
+                    }
+                    taken = disruptions
+                        .take(a.cluster, key, what, (&running, &live), now, true)
+                        .unwrap_or(false);
+                }
+                QuorumStep::Gated(refusal) => return self.gated(&a, refusal).await,
+                QuorumStep::Escalate(why) => {
+                    return self.carry_out(&a, Step::Escalate { why }, budget).await;
+                }
+            }
             // Durable before acting, like the attempt: a controller killed during the action
             // comes back with the member under way and the window counting it.
             if taken && let Err(e) = shared.persist_gate().await {
@@ -1240,6 +1258,17 @@ impl KeyRun<'_> {
             Ok(()) => {
                 shared.metrics.action(kind, "ok");
                 budget.created_before = true;
+                if actor == Actor::Controller
+                    && let Some(expectation) = a.action.as_ref().and_then(|action| {
+                        super::expect::Expectation::of(
+                            action,
+                            a.container,
+                            tokio::time::Instant::now(),
+                        )
+                    })
+                {
+                    lock(&shared.expectations).insert(key.clone(), expectation);
+                }
                 if !a.budgeted {
                     // A deliberate change that was applied leaves no backoff behind: the next
                     // edit (a network option flipped back, say) is deliberate again.

@@ -231,13 +231,20 @@ impl RepairBudget {
         }
     }
 
-    /// Whether a repair may run now.
-    pub fn gate(&mut self, now: Instant, budgeted: bool, r: &Remediation) -> Gate {
-        if self.escalated {
-            return Gate::Escalate;
-        }
-        if budgeted && self.recent_repairs(now, r) >= r.max_restarts {
-            self.escalated = true;
+    /// Budgeted repairs within the window now, without forgetting older ones.
+    pub fn repairs_in_window(&self, now: Instant, r: &Remediation) -> u32 {
+        let recent = self
+            .repairs
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) < r.window)
+            .count();
+        u32::try_from(recent).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a repair may run now. Changes nothing: whoever escalates marks the budget so
+    /// (see [`super::planner`]).
+    pub fn gate(&self, now: Instant, budgeted: bool, r: &Remediation) -> Gate {
+        if self.escalated || (budgeted && self.repairs_in_window(now, r) >= r.max_restarts) {
             return Gate::Escalate;
         }
         match self.next_attempt_at {
@@ -312,6 +319,8 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(s.gate(Instant::now(), true, &r), Gate::Escalate);
+        // The executor escalates (the gate itself changes nothing).
+        s.escalated = true;
         // Even once the window has passed, a person (or a new spec) must act.
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert_eq!(s.gate(Instant::now(), true, &r), Gate::Escalate);
