@@ -387,6 +387,15 @@ impl Watcher {
                 if action != "connect" && action != "disconnect" {
                     return None;
                 }
+                // `host` and `none` are attached at start and detached at the end of a run
+                // only, and cannot be detached from a running container: the container's own
+                // `start` and `die` say all they do (one inspect each instead of two).
+                if matches!(
+                    attributes.get("name").map(String::as_str),
+                    Some("host" | "none")
+                ) {
+                    return None;
+                }
                 // Network events carry the container id; only ours are of interest (one
                 // being inspected for its create event is ours too).
                 let id = attributes.get("container").cloned().unwrap_or_default();

@@ -247,6 +247,8 @@ struct KeyRun<'a> {
     looks_generation: u64,
     /// The store's revision of the key when this reconcile began.
     revision: u64,
+    /// The service's unresolved tickets, read with the budget (taken by the look).
+    tickets: std::sync::Mutex<Option<Vec<Ticket>>>,
 }
 
 /// Reconciles one key: observe, diff, decide, and (policy, budget and backoff permitting)
@@ -289,6 +291,7 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
         stored: std::sync::Mutex::new(None),
         looks_generation,
         revision,
+        tickets: std::sync::Mutex::new(None),
     };
     let mut budget = match run.load_budget().await {
         Ok(budget) => budget,
@@ -423,7 +426,9 @@ impl KeyRun<'_> {
         }
         observed.settling = settling(&observed, self.clock.wall, shared.config.settle);
         let drifts = diff(cluster, service, &observed);
-        if let Some(stop) = self.unseen_stop(observed.container.as_ref()) {
+        let unseen = self.unseen_stop(observed.container.as_ref());
+        let recorded_unseen = unseen.is_some();
+        if let Some(stop) = unseen {
             // Recorded before the service's tickets are read: this look's re-check may end it
             // (self-healed) once the container has settled.
             if let Err(e) = self
@@ -437,25 +442,17 @@ impl KeyRun<'_> {
             }
             info!(service = %key, detail = %stop.detail, "a stop between two looks");
         }
-        // The service's tickets, read once: who holds them, and which this look shows over.
-        let tickets = match self.journal() {
-            None => Vec::new(),
-            Some(journal) => match journal
-                .unresolved(Selector::Target {
-                    cluster: key.cluster.clone(),
-                    target: key.service.clone(),
-                })
-                .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    // Never act on (or resolve) what cannot be read.
-                    self.retry_soon();
-                    return Outcome::Unknown {
-                        error: e.to_string(),
-                    };
-                }
-            },
+        // The service's tickets: who holds them, and which this look shows over (read with
+        // the budget, unless a stop between looks was just recorded on one).
+        let tickets = match self.tickets(recorded_unseen).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Never act on (or resolve) what cannot be read.
+                self.retry_soon();
+                return Outcome::Unknown {
+                    error: e.to_string(),
+                };
+            }
         };
         let holds = Holds {
             held: tickets.iter().any(|t| t.held),
@@ -1391,6 +1388,8 @@ impl KeyRun<'_> {
 
     /// The key's repair budget: from the ticket store when there is one (the truth, which a
     /// person may have changed with `tickets retry`), else from memory.
+    /// Also keeps the service's unresolved tickets, read in the same round trip, for this
+    /// reconcile's look ([`KeyRun::tickets`]).
     async fn load_budget(&self) -> Result<RepairBudget, TicketError> {
         let Some(journal) = self.journal() else {
             return Ok(lock(&self.shared.budgets)
@@ -1398,12 +1397,30 @@ impl KeyRun<'_> {
                 .cloned()
                 .unwrap_or_default());
         };
-        let stored = journal
-            .load_budget(&self.key.cluster, &self.key.service)
+        let (stored, tickets) = journal
+            .service_state(&self.key.cluster, &self.key.service)
             .await?;
+        *lock(&self.tickets) = Some(tickets);
         Ok(stored
             .map(|b| RepairBudget::from_stored(&b, self.clock))
             .unwrap_or_default())
+    }
+
+    /// The service's unresolved tickets: as read with the budget when this reconcile began,
+    /// or read again when this reconcile recorded a sighting since (`fresh`).
+    async fn tickets(&self, fresh: bool) -> Result<Vec<Ticket>, TicketError> {
+        let Some(journal) = self.journal() else {
+            return Ok(Vec::new());
+        };
+        if !fresh && let Some(tickets) = lock(&self.tickets).take() {
+            return Ok(tickets);
+        }
+        journal
+            .unresolved(Selector::Target {
+                cluster: self.key.cluster.clone(),
+                target: self.key.service.clone(),
+            })
+            .await
     }
 
     /// Keeps the budget in memory and, when it differs from what the store holds, in the

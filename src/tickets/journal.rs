@@ -86,6 +86,25 @@ impl Journal {
         self.call(move |s| s.unresolved(&selector)).await
     }
 
+    /// What a reconcile of one service reads from the store, in one round trip: its repair
+    /// budget and its unresolved tickets.
+    pub async fn service_state(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<(Option<super::Budget>, Vec<Ticket>), TicketError> {
+        let (c, s) = (cluster.to_string(), service.to_string());
+        self.call(move |st| {
+            let budget = st.load_budget(&c, &s)?;
+            let tickets = st.unresolved(&Selector::Target {
+                cluster: c,
+                target: s,
+            })?;
+            Ok((budget, tickets))
+        })
+        .await
+    }
+
     pub async fn get(&self, id: i64) -> Result<Option<Ticket>, TicketError> {
         self.call(move |s| s.get(id)).await
     }
