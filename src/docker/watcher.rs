@@ -312,7 +312,8 @@ impl Watcher {
     }
 
     /// Brings the store up to date with an inspect that finished and tells the controller
-    /// about the key; returns the container to inspect again when events came meanwhile.
+    /// about the key; inspects the container again when events came meanwhile, and starts
+    /// what waited for a slot.
     fn inspected(
         &self,
         watch: &mut Watch,
