@@ -161,15 +161,17 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    #[tokio::test]
-    async fn healthz_is_degraded_while_the_ticket_store_cannot_be_written() {
-        let (metrics, writer) = (
-            Arc::new(Metrics::new()),
-            crate::docker::store::Writer::new(),
-        );
-        let store = writer.reader();
+    /// A store after its first list, with the event stream attached: ready.
+    fn listed_and_connected() -> Store {
+        let writer = crate::docker::store::Writer::new();
         writer.replace_all(Vec::new(), 0);
         writer.set_connected(true);
+        writer.reader()
+    }
+
+    #[tokio::test]
+    async fn healthz_is_degraded_while_the_ticket_store_cannot_be_written() {
+        let (metrics, store) = (Arc::new(Metrics::new()), listed_and_connected());
         assert_eq!(healthz(&metrics, &store).await.0, StatusCode::OK);
         metrics.store_writable.set(0);
         let (status, body) = healthz(&metrics, &store).await;
@@ -179,13 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_stays_ok_but_says_degraded_while_a_clusters_prometheus_is_lost() {
-        let (metrics, writer) = (
-            Arc::new(Metrics::new()),
-            crate::docker::store::Writer::new(),
-        );
-        let store = writer.reader();
-        writer.replace_all(Vec::new(), 0);
-        writer.set_connected(true);
+        let (metrics, store) = (Arc::new(Metrics::new()), listed_and_connected());
         let up = |cluster: &str| {
             metrics
                 .observability_up

@@ -127,24 +127,6 @@ impl Actions {
         .found()
     }
 
-    /// The engine's list line of every container of ours (of every container when
-    /// `adopting`): one call, for a periodic resync, bounded by `limit` (shorter than
-    /// other calls': a resync without it looks at everything in full instead).
-    pub async fn list(
-        &self,
-        adopting: bool,
-        limit: Duration,
-    ) -> Result<Vec<ContainerSummary>, DockerError> {
-        call(
-            "list",
-            "list containers",
-            limit,
-            super::watcher::list_lines(&self.docker, adopting),
-        )
-        .await?
-        .required()
-    }
-
     /// Inspects the container compose started for `compose`'s service, found by its
     /// labels whatever its name (`imp_worker_1`); `None` when there is none. A one-off
     /// (`docker-compose run`) container is not the service's.

@@ -264,13 +264,14 @@ impl Watcher {
         watch: &mut Watch,
         events: &mut mpsc::UnboundedReceiver<Result<EventMessage, bollard::errors::Error>>,
     ) -> Result<bool, DockerError> {
-        while let Some((id, result)) = tokio::select! {
+        // Their answers are not applied: the list that follows is newer. An error is only
+        // that look's.
+        while tokio::select! {
             _ = cancel.cancelled() => return Ok(false),
             done = watch.inspects.next() => done,
-        } {
-            // Not applied: the list that follows is newer. An error is only this look's.
-            let _ = (id, result);
         }
+        .is_some()
+        {}
         *watch = Watch::default();
         let adoption = self.adoption.borrow_and_update().clone();
         let listed = tokio::select! {
@@ -567,7 +568,7 @@ impl InFlight {
 
 /// The engine's list line of every container carrying our label, stopped ones too; of every
 /// container when `adopting` (adopted containers carry no label to filter on).
-pub async fn list_lines(
+async fn list_lines(
     docker: &Docker,
     adopting: bool,
 ) -> Result<Vec<ContainerSummary>, bollard::errors::Error> {
