@@ -26,7 +26,11 @@ pub const EXPECT_TTL: Duration = Duration::from_secs(10);
 enum Effect {
     /// A run that began after `after` (a start or restart; it may have ended since).
     Started { after: Option<DateTime<Utc>> },
-    /// A container other than `old` (a recreate), or any container (a create).
+    /// A container other than `old` (a recreate), or any container (a create), that has
+    /// started: both actions create and then start, and the create's event can reach the
+    /// store before the start's. A store showing the new container created but not yet
+    /// started is the state from the middle of the action, and a reconcile reading it would
+    /// open a `stopped` ticket for the controller's own create.
     Replaced { old: Option<String> },
     /// No longer paused.
     Unpaused,
@@ -73,7 +77,7 @@ impl Expectation {
             Effect::Started { after } => c
                 .started_at
                 .is_some_and(|started| after.is_none_or(|after| started > after)),
-            Effect::Replaced { old } => old.as_ref() != Some(&c.id),
+            Effect::Replaced { old } => old.as_ref() != Some(&c.id) && c.started_at.is_some(),
             Effect::Unpaused => c.status != ContainerStatus::Paused,
             Effect::Attached { network } => c.networks.contains(network),
         }
@@ -133,9 +137,16 @@ mod tests {
         let old = container("old", ContainerStatus::Running, 100);
         let e = Expectation::of(&Action::Recreate, Some(&old), now).unwrap();
         assert!(!e.met(Some(&old)));
-        assert!(e.met(Some(&container("new", ContainerStatus::Created, 0))));
+        let mut not_started = container("new", ContainerStatus::Created, 0);
+        not_started.started_at = None;
+        assert!(
+            !e.met(Some(&not_started)),
+            "created, its start not yet seen: the middle of the action"
+        );
+        assert!(e.met(Some(&container("new", ContainerStatus::Exited, 101))));
         let created = Expectation::of(&Action::Create, None, now).unwrap();
         assert!(!created.met(None));
+        assert!(!created.met(Some(&not_started)));
         assert!(created.met(Some(&old)));
         let paused = container("a", ContainerStatus::Paused, 100);
         let e = Expectation::of(&Action::Unpause, Some(&paused), now).unwrap();
