@@ -889,3 +889,34 @@ fn tickets_list_and_show_read_a_database_in_a_read_only_folder_or_on_a_full_disk
         "reading changed the database file"
     );
 }
+
+#[test]
+fn a_first_deploy_of_many_services_opens_no_ticket() {
+    // Each create is a create and then a start; the engine's events for the two can reach the
+    // store apart. A reconcile that ran between them read "created, never started" and opened
+    // a `stopped` ticket for the controller's own create (seen in CI). Many services at once
+    // make the window likely on a busy machine.
+    const SERVICES: usize = 16;
+    let f = Fixture::builder("firstdeploy")
+        .manifest("cluster.yaml", |c| {
+            let services: String = (0..SERVICES)
+                .map(|i| {
+                    format!(
+                        "    - name: {c}-s{i}\n      image: {BUSYBOX_IMAGE}\n      networkMode: host\n      command: [\"sleep\", \"3600\"]\n"
+                    )
+                })
+                .collect();
+            cluster_yaml(c, &services)
+        })
+        .resync("1s")
+        .start();
+    for i in 0..SERVICES {
+        f.wait_running(&f.name(&format!("s{i}")), "the first deploy");
+    }
+    // Two whole resyncs after the last start: every key was looked at again since.
+    f.operator.wait_resyncs(2);
+    let tickets = f.tickets();
+    let log = f.operator.log();
+    drop(f);
+    assert!(tickets.is_empty(), "tickets {tickets:#?}; log:\n{log}");
+}
