@@ -1,54 +1,29 @@
 //! The built-in remediator: the controller's own actions on the engine (today's repairs).
 //! Finishes inside the reconcile; acts only on containers it owns.
 
+use std::sync::Arc;
+
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::docker::DockerError;
-use crate::docker::actions::Actions;
-use crate::remediation::{
-    Action, Actor, Dispatch, RemediationError, RemediationRequest, Remediator,
-};
+use super::engine::Engine;
+use crate::remediation::{Actor, Dispatch, RemediationError, RemediationRequest, Remediator};
 
 pub struct BuiltIn {
-    actions: Actions,
+    engine: Arc<dyn Engine>,
 }
 
 impl BuiltIn {
-    pub fn new(actions: Actions) -> Self {
-        BuiltIn { actions }
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        BuiltIn { engine }
     }
 
     async fn perform(&self, req: RemediationRequest<'_>) -> Result<(), RemediationError> {
-        let actions = &self.actions;
-        let (cluster, service) = (req.cluster, req.service);
         let action = req.action.ok_or(RemediationError::NoAction)?;
-        // Every action but a create needs the container this service owns.
-        let id = || {
-            req.container
-                .map(|c| c.id.as_str())
-                .ok_or_else(|| DockerError::NotOwned {
-                    name: service.name.clone(),
-                })
-        };
-        Ok(match action {
-            Action::Create => actions.create(cluster, service).await,
-            Action::Start => actions.start(id()?).await,
-            Action::Unpause => actions.unpause(id()?).await,
-            Action::Restart => actions.restart(id()?, service).await,
-            Action::Recreate => actions.recreate(cluster, service, id()?).await,
-            Action::Connect { network } => {
-                actions
-                    .connect(
-                        cluster,
-                        id()?,
-                        network,
-                        crate::docker::spec::network_aliases(service),
-                    )
-                    .await
-            }
-            Action::RecreateNetwork { .. } => actions.recreate_network(cluster).await,
-        }?)
+        Ok(self
+            .engine
+            .act(req.cluster, req.service, action, req.container)
+            .await?)
     }
 }
 

@@ -561,7 +561,7 @@ impl ControllerBuilder {
         };
         Controller {
             shared: Arc::new(Shared {
-                builtin: Arc::new(BuiltIn::new(actions.clone())),
+                builtin: Arc::new(BuiltIn::new(Arc::new(actions.clone()))),
                 actions,
                 store: writer.reader(),
                 writer: Mutex::new(Some(writer)),

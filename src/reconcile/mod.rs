@@ -12,6 +12,7 @@ pub mod controller;
 pub mod decide;
 pub mod diff;
 mod disruption;
+pub mod engine;
 mod expect;
 pub mod passes;
 pub mod planner;

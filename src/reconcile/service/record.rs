@@ -1,0 +1,233 @@
+//! One reconcile's records in the ticket store: the repair budget read once and saved once,
+//! the service's unresolved tickets, the sightings of its drifts, the resolutions a fresh
+//! look shows, and the adoption of a container the manifest takes over.
+
+use std::collections::HashSet;
+
+use tracing::{error, info, warn};
+
+use crate::docker::{ContainerStatus, ObservedContainer};
+use crate::drift::{Drift, Fingerprint};
+use crate::manifest::Service;
+use crate::tickets::{DriftSighting, Selector, Sighting, Status, Ticket, TicketError};
+
+use super::super::controller::lock;
+use super::super::state::RepairBudget;
+use super::KeyRun;
+
+impl KeyRun<'_> {
+    /// Records, once per container, that the manifest's `adopt` took `c` over, and says so
+    /// in the log.
+    pub(super) async fn record_adoption(
+        &self,
+        service: &Service,
+        c: &ObservedContainer,
+    ) -> Result<(), TicketError> {
+        let (shared, key) = (self.shared, self.key);
+        if lock(&shared.adopted).get(key) == Some(&c.id) {
+            return Ok(());
+        }
+        if let Some(journal) = self.journal() {
+            let first = journal
+                .record_adoption(crate::tickets::Adoption {
+                    cluster: key.cluster.clone(),
+                    service: key.service.clone(),
+                    container_id: c.id.clone(),
+                    name: c.name.clone(),
+                    adopted_at: self.clock.wall,
+                })
+                .await?;
+            if first {
+                info!(
+                    cluster = %key.cluster,
+                    service = %key.service,
+                    container = %c.id.get(..12).unwrap_or(&c.id),
+                    spec = service.adopt.map_or("observed", |a| a.as_str()),
+                    "adopted container {} ({})",
+                    c.name,
+                    match &service.compose {
+                        Some(compose) if c.name != service.name => format!(
+                            "found by its compose labels: project {}, service {}",
+                            compose.project, compose.service
+                        ),
+                        _ => "named by the manifest's adopt".to_string(),
+                    }
+                );
+            }
+        }
+        lock(&shared.adopted).insert(key.clone(), c.id.clone());
+        Ok(())
+    }
+
+    /// The key's repair budget: from the ticket store when there is one (the truth, which a
+    /// person may have changed with `tickets retry`), else from memory.
+    /// Also keeps the service's unresolved tickets, read in the same round trip, for this
+    /// reconcile's look ([`KeyRun::tickets`]).
+    pub(super) async fn load_budget(&self) -> Result<RepairBudget, TicketError> {
+        let Some(journal) = self.journal() else {
+            return Ok(lock(&self.shared.budgets)
+                .get(self.key)
+                .cloned()
+                .unwrap_or_default());
+        };
+        let (stored, tickets) = journal
+            .service_state(&self.key.cluster, &self.key.service)
+            .await?;
+        *lock(&self.tickets) = Some(tickets);
+        Ok(stored
+            .map(|b| RepairBudget::from_stored(&b, self.clock))
+            .unwrap_or_default())
+    }
+
+    /// The service's unresolved tickets: as read with the budget when this reconcile began,
+    /// or read again when this reconcile recorded a sighting since (`fresh`).
+    pub(super) async fn tickets(&self, fresh: bool) -> Result<Vec<Ticket>, TicketError> {
+        let Some(journal) = self.journal() else {
+            return Ok(Vec::new());
+        };
+        if !fresh && let Some(tickets) = lock(&self.tickets).take() {
+            return Ok(tickets);
+        }
+        journal
+            .unresolved(Selector::Target {
+                cluster: self.key.cluster.clone(),
+                target: self.key.service.clone(),
+            })
+            .await
+    }
+
+    /// Keeps the budget in memory and, when it differs from what the store holds, in the
+    /// store.
+    pub(super) async fn save_budget(&self, budget: &RepairBudget) {
+        if self.shared.config.observe_only {
+            // An observer repairs nothing, so it spends and escalates nothing either: the
+            // budget is the acting controller's, whatever an observer's look concluded.
+            return;
+        }
+        {
+            let mut budgets = lock(&self.shared.budgets);
+            budgets.insert(self.key.clone(), budget.clone());
+            let escalated = budgets.values().filter(|s| s.escalated).count();
+            self.shared.metrics.escalated.set(escalated as i64);
+        }
+        let Some(journal) = self.journal() else {
+            return;
+        };
+        let stored = budget.to_stored(self.clock);
+        if lock(&self.stored).as_ref() == Some(&stored) {
+            return;
+        }
+        if let Err(e) = journal
+            .save_budget(&self.key.cluster, &self.key.service, stored)
+            .await
+        {
+            error!(service = %self.key, error = %e, "cannot save the repair budget");
+        }
+    }
+
+    /// Records every drift on its ticket. Returns the ticket of the first (primary) drift and
+    /// whether this sighting began a new episode (opened or reopened a ticket).
+    pub(super) async fn record_drifts(
+        &self,
+        drifts: &[Drift],
+        cooldown: std::time::Duration,
+    ) -> Result<(Option<Ticket>, bool), TicketError> {
+        let Some(journal) = self.journal() else {
+            return Ok((None, true));
+        };
+        let key = self.key;
+        let mut primary = None;
+        let mut new_episode = false;
+        let mut seen = HashSet::new();
+        for d in drifts {
+            let fingerprint = Fingerprint::service(&key.cluster, &key.service, d.kind);
+            if !seen.insert(fingerprint.clone()) {
+                continue;
+            }
+            let (ticket, sighting) = journal
+                .sighting(
+                    DriftSighting {
+                        fingerprint,
+                        drift: d.kind,
+                        detail: d.detail.clone(),
+                        cooldown,
+                        evidence: None,
+                    },
+                    self.clock.wall,
+                )
+                .await?;
+            if sighting != Sighting::Seen {
+                info!(service = %key, ticket = ticket.id, drift = %d.kind, detail = %d.detail, flaps = ticket.flaps,
+                      "ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
+                new_episode = true;
+            }
+            primary.get_or_insert(ticket);
+        }
+        Ok((primary, new_episode))
+    }
+
+    /// A fresh observation shows the drift of these tickets gone: resolves every unresolved
+    /// container ticket of the service whose fingerprint is not in `still`. True when an
+    /// escalated one was among them (the service's escalation ends with it).
+    pub(super) async fn resolve_over(
+        &self,
+        tickets: Vec<Ticket>,
+        still: &HashSet<Fingerprint>,
+        service_drifts: bool,
+        container: Option<&ObservedContainer>,
+    ) -> bool {
+        let Some(journal) = self.journal() else {
+            return false;
+        };
+        // Check tickets are the check evaluations' to resolve: a running container says
+        // nothing about whether its checks pass. A held ticket is a person's: while the
+        // service still drifts in any way it stays open (and held), even if its own kind of
+        // drift changed.
+        let (kept, over): (Vec<Ticket>, Vec<Ticket>) = tickets.into_iter().partition(|t| {
+            still.contains(&t.fingerprint) || t.fingerprint.is_check() || (service_drifts && t.held)
+        });
+        if over.is_empty() {
+            return false;
+        }
+        let escalated = |ts: &[Ticket]| ts.iter().any(|t| t.status == Status::Escalated);
+        let ends_escalation = escalated(&over) && !escalated(&kept);
+        // "desired state" only when it is: running, and healthy by its healthcheck if it has
+        // one, with no drift of another kind. Otherwise only the ended episodes are over.
+        let desired = still.is_empty()
+            && container.is_some_and(|c| {
+                c.status == ContainerStatus::Running
+                    && c.health
+                        .is_none_or(|h| h == crate::docker::HealthState::Healthy)
+            });
+        let mut now_drifting: Vec<&str> = still
+            .iter()
+            .filter_map(|f| match &f.subject {
+                crate::drift::Subject::Drift(family) => Some(family.as_str()),
+                crate::drift::Subject::Check(_) => None,
+            })
+            .collect();
+        now_drifting.sort_unstable();
+        let result = if desired {
+            "desired state".to_string()
+        } else {
+            format!(
+                "episode over; the service now shows {}",
+                now_drifting.join(", ")
+            )
+        };
+        let seen = serde_json::json!({
+            "result": result,
+            "container": container.map(|c| &c.id),
+            "status": container.map(|c| c.status.as_str()),
+            "health": container.and_then(|c| c.health),
+        });
+        match journal.resolve_rechecked(over, seen, self.clock.wall).await {
+            Ok(()) => ends_escalation,
+            Err(e) => {
+                warn!(service = %self.key, error = %e, "cannot resolve tickets; will re-check");
+                self.retry_soon();
+                false
+            }
+        }
+    }
+}

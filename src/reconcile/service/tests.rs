@@ -1,0 +1,1 @@
+//! Unit tests of one key's reconcile against an in-memory engine.
