@@ -515,7 +515,7 @@ pub struct RunArgs {
     pub db: DbArgs,
     /// Services reconciled in parallel (never the same service twice): repairs of
     /// different services wait on the engine side by side up to this many.
-    #[arg(long, default_value_t = crate::reconcile::controller::DEFAULT_WORKERS, value_parser = parse_workers, value_name = "N")]
+    #[arg(long, default_value_t = crate::reconcile::config::DEFAULT_WORKERS, value_parser = parse_workers, value_name = "N")]
     pub workers: usize,
     /// A repaired container must stay running this long (and healthy, if it has a
     /// healthcheck) before its ticket resolves; `--once` waits for it before its last look.

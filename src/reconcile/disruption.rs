@@ -21,8 +21,8 @@ use crate::docker::ServiceKey;
 use crate::manifest::Cluster;
 use crate::tickets::{GateState, UnderWay};
 
-use super::controller::lock;
 use super::quorum::{Disruption, Refusal, Snapshot, judge};
+use super::shared::lock;
 use super::state::{to_instant, to_wall};
 
 /// The caller's view of the cluster's services: whether each runs, and whether it is live.

@@ -6,14 +6,19 @@
 //! [`crate::drift`], the seam for remediators [`crate::remediation`], the tickets
 //! [`crate::tickets`].
 
+pub mod builder;
 mod builtin;
 mod checks;
+pub mod config;
 pub mod controller;
 pub mod decide;
 pub mod diff;
 mod disruption;
 pub mod engine;
 mod expect;
+mod leases;
+mod once;
+pub mod outcome;
 pub mod passes;
 pub mod planner;
 pub mod queue;
@@ -22,11 +27,15 @@ mod removed;
 pub mod report;
 pub mod resync;
 mod service;
+mod shared;
 pub mod state;
 
-pub use controller::{Controller, ControllerBuilder, ControllerConfig, ControllerError, Outcome};
+pub use builder::ControllerBuilder;
+pub use config::ControllerConfig;
+pub use controller::{Controller, ControllerError};
 pub use decide::{Decision, Holds, decide};
 pub use diff::{Observation, action_for, diff};
+pub use outcome::Outcome;
 pub use queue::WorkQueue;
 pub use report::{ServiceReport, report, undeclared};
 

@@ -61,7 +61,7 @@ pub async fn report(
     journal: Option<&Journal>,
     agent_serves: bool,
 ) -> Vec<ServiceReport> {
-    let settle = super::controller::ControllerConfig::default().settle;
+    let settle = super::config::ControllerConfig::default().settle;
     let serves = |p: Policy| p == Policy::Restart || (p == Policy::Agent && agent_serves);
     // One list of the engine into a store of its own, read as the controller reads its own.
     let observed = crate::docker::store::Writer::new();

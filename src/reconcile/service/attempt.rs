@@ -10,8 +10,10 @@ use crate::manifest::Policy;
 use crate::remediation::{Action, Actor, Dispatch, RemediationError, RemediationRequest};
 use crate::tickets::{EntryKind, TicketError};
 
-use super::super::controller::{Lease, Outcome, lock};
+use super::super::leases::Lease;
+use super::super::outcome::Outcome;
 use super::super::planner::{self, BackOffUntil, Escalation, Step};
+use super::super::shared::lock;
 use super::super::state::{RepairBudget, agent_gate};
 use super::{Attempt, KeyRun};
 

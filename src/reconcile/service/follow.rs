@@ -8,8 +8,10 @@ use crate::manifest::{Cluster, Policy, Service};
 use crate::remediation::Action;
 use crate::tickets::Status;
 
-use super::super::controller::{CheckRestart, Outcome, lock};
+use super::super::checks::CheckRestart;
 use super::super::diff::Observation;
+use super::super::outcome::Outcome;
+use super::super::shared::lock;
 use super::super::state::RepairBudget;
 use super::{Attempt, KeyRun, Reason};
 

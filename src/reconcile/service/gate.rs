@@ -10,9 +10,10 @@ use crate::manifest::{Cluster, Policy, Service};
 use crate::remediation::Action;
 use crate::tickets::{EntryKind, TicketError};
 
-use super::super::controller::{Outcome, lock};
+use super::super::outcome::Outcome;
 use super::super::planner::{self, QuorumStep, Step};
 use super::super::quorum;
+use super::super::shared::lock;
 use super::super::state::RepairBudget;
 use super::{Attempt, GATE_RETRY, KeyRun, LIVE_POLL};
 

@@ -14,9 +14,10 @@ use crate::manifest::{Cluster, Policy, Remediation, Service};
 use crate::remediation::Action;
 use crate::tickets::{EntryKind, Ticket};
 
-use super::super::controller::{Outcome, lock};
 use super::super::decide::{Decision, Holds, decide};
 use super::super::diff::{Observation, diff};
+use super::super::outcome::Outcome;
+use super::super::shared::lock;
 use super::super::state::RepairBudget;
 use super::{Attempt, KeyRun, Reason, observe, settling};
 
@@ -33,15 +34,22 @@ impl KeyRun<'_> {
         let r = &service.remediation;
         budget.track_spec(&service.spec_hash());
         let recent = budget.recent_repairs(now, r);
-        let mut observed =
-            match observe(&shared.store, &shared.actions, cluster, service, recent).await {
-                Ok(o) => o,
-                Err(e) => {
-                    return Outcome::Unknown {
-                        error: e.to_string(),
-                    };
-                }
-            };
+        let mut observed = match observe(
+            &shared.store,
+            shared.engine.as_ref(),
+            cluster,
+            service,
+            recent,
+        )
+        .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                return Outcome::Unknown {
+                    error: e.to_string(),
+                };
+            }
+        };
         if let Some(c) = observed.container.as_ref().filter(|c| c.adopted) {
             if let Err(e) = self.record_adoption(service, c).await {
                 // Nothing is done to a container whose adoption could not be recorded.

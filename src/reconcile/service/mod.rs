@@ -45,7 +45,8 @@ use crate::manifest::{Cluster, Policy, Remediation, Service};
 use crate::remediation::Action;
 use crate::tickets::{Journal, Ticket};
 
-use super::controller::{Outcome, Shared, lock};
+use super::outcome::Outcome;
+use super::shared::{Shared, lock};
 use super::state::Clock;
 
 /// How soon an action the quorum gate held back is looked at again.

@@ -7,10 +7,11 @@ use chrono::{DateTime, Utc};
 use crate::docker::{ContainerStatus, DockerError, ObservedContainer, ServiceKey};
 use crate::manifest::{Cluster, Service};
 
-use super::super::controller::{Outcome, Shared};
 use super::super::decide::{Decision, Holds, decide};
 use super::super::diff::{Observation, diff};
 use super::super::engine::Engine;
+use super::super::outcome::Outcome;
+use super::super::shared::Shared;
 use super::super::state::RepairBudget;
 
 /// Observes one service: its container as the observed store has it (the store is fresh for
@@ -98,14 +99,15 @@ pub(in crate::reconcile) async fn last_look(shared: &Shared, key: &ServiceKey) -
     let Some(service) = cluster.service(&key.service) else {
         return Outcome::Undeclared;
     };
-    let mut observed = match observe(&shared.store, &shared.actions, cluster, service, 0).await {
-        Ok(o) => o,
-        Err(e) => {
-            return Outcome::Unknown {
-                error: e.to_string(),
-            };
-        }
-    };
+    let mut observed =
+        match observe(&shared.store, shared.engine.as_ref(), cluster, service, 0).await {
+            Ok(o) => o,
+            Err(e) => {
+                return Outcome::Unknown {
+                    error: e.to_string(),
+                };
+            }
+        };
     observed.settling = settling(&observed, Utc::now(), shared.config.settle);
     let drifts = diff(cluster, service, &observed);
     if let Some(first) = drifts.first() {

@@ -11,7 +11,7 @@ use crate::drift::{Drift, Fingerprint};
 use crate::manifest::Service;
 use crate::tickets::{DriftSighting, Selector, Sighting, Status, Ticket, TicketError};
 
-use super::super::controller::lock;
+use super::super::shared::lock;
 use super::super::state::RepairBudget;
 use super::KeyRun;
 
