@@ -81,7 +81,7 @@ impl Controller {
     /// Looks at `key`'s container in the engine and puts what it shows in the store (`run
     /// --once`, whose pass is the store's writer: no watcher runs). A failed look leaves the
     /// store as it was; the last look then judges what it last knew.
-    async fn refresh(&self, key: &ServiceKey) {
+    pub(super) async fn refresh(&self, key: &ServiceKey) {
         let shared = &self.shared;
         let desired = self.desired();
         let Some((cluster, service)) = desired

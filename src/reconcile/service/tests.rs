@@ -1,1 +1,351 @@
-//! Unit tests of one key's reconcile against an in-memory engine.
+//! Unit tests of one key's reconcile against an in-memory engine
+//! ([`crate::reconcile::engine::memory::MemoryEngine`]) and a real SQLite ticket store in a
+//! temporary folder: each branch of the decision and of the executor, what it did to the
+//! engine, what it recorded, and when it asked to look again. The integration tests drive
+//! the same code against the real engine.
+//!
+//! Each look is a `run --once` look: the key's container is read from the engine into the
+//! observed store ([`Controller::refresh`]), then reconciled. Time is tokio's paused clock,
+//! moved on by hand past a backoff.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::docker::store::Writer;
+use crate::docker::{ContainerStatus, ServiceKey};
+use crate::manifest::{Cluster, DesiredState, Service};
+use crate::metrics::Metrics;
+use crate::reconcile::controller::Controller;
+use crate::reconcile::engine::memory::MemoryEngine;
+use crate::reconcile::{ControllerConfig, Outcome};
+use crate::remediation::Action;
+use crate::tickets::{Journal, Status, Store, Ticket};
+
+const IMAGE: &str = "busybox:test";
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A controller of cluster `c` (the services in `services`, YAML list items) over an
+/// in-memory engine and a ticket store of its own.
+struct Harness {
+    controller: Controller,
+    engine: Arc<MemoryEngine>,
+    journal: Journal,
+    desired: DesiredState,
+    _dir: Dir,
+}
+
+fn harness(services: &str) -> Harness {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "operator-service-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Dir(dir);
+    let manifests = dir.0.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("c.yaml"),
+        format!(
+            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  services:\n{services}"
+        ),
+    )
+    .unwrap();
+    let desired = crate::manifest::load(std::slice::from_ref(&manifests)).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(&dir.0.join("tickets.db")).unwrap();
+    let journal = Journal::new(Arc::new(store), metrics.clone());
+    let engine = Arc::new(MemoryEngine::new().with_image(IMAGE));
+    // No watcher: the looks below are the store's only writer, as under `run --once`.
+    let writer = Writer::new();
+    writer.replace_all(Vec::new(), 0);
+    writer.set_connected(true);
+    // Never dialled: every engine call of the reconcile goes to the in-memory engine.
+    let docker =
+        bollard::Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+            .unwrap();
+    let controller = Controller::builder(docker, desired.clone())
+        .metrics(metrics)
+        .config(ControllerConfig::default().settle(Duration::ZERO))
+        .journal(journal.clone())
+        .store(writer)
+        .engine(engine.clone())
+        .build();
+    Harness {
+        controller,
+        engine,
+        journal,
+        desired,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    fn cluster(&self) -> &Cluster {
+        self.desired.cluster("c").unwrap()
+    }
+
+    fn service(&self, name: &str) -> &Service {
+        self.cluster().service(name).unwrap()
+    }
+
+    /// Puts a container of `service` in `status` into the engine.
+    fn put(&self, service: &str, status: ContainerStatus) {
+        self.engine
+            .put(self.cluster(), self.service(service), status);
+    }
+
+    /// One look at `service`: read the engine into the store, then reconcile.
+    async fn look(&self, service: &str) -> Outcome {
+        let key = ServiceKey::new("c", service);
+        self.controller.refresh(&key).await;
+        self.controller.reconcile(&key).await
+    }
+
+    /// The service's tickets, newest first.
+    async fn tickets(&self, service: &str) -> Vec<Ticket> {
+        let service = service.to_string();
+        let all = self.journal.call(|s| s.list(None)).await.unwrap();
+        all.into_iter()
+            .filter(|t| t.cluster == "c" && t.service == service)
+            .collect()
+    }
+
+    async fn timeline_kinds(&self, id: i64) -> Vec<String> {
+        self.journal
+            .timeline(id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.kind.as_str().to_string())
+            .collect()
+    }
+}
+
+fn busybox(name: &str, extra: &str) -> String {
+    format!("    - name: {name}\n      image: {IMAGE}\n      networkMode: host\n{extra}")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_deploy_creates_without_a_ticket_and_is_clean_on_the_next_look() {
+    let h = harness(&busybox("aa", ""));
+    assert_eq!(
+        h.look("aa").await,
+        Outcome::Acted {
+            action: Action::Create
+        }
+    );
+    assert_eq!(h.engine.actions(), vec!["create aa"]);
+    assert!(
+        h.tickets("aa").await.is_empty(),
+        "a first creation is no drift"
+    );
+    assert_eq!(h.look("aa").await, Outcome::Clean);
+    assert_eq!(h.engine.actions(), vec!["create aa"], "nothing more to do");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exited_container_is_started_on_a_ticket_that_the_next_clean_look_resolves() {
+    let h = harness(&busybox("aa", ""));
+    h.put("aa", ContainerStatus::Exited);
+    assert_eq!(
+        h.look("aa").await,
+        Outcome::Acted {
+            action: Action::Start
+        }
+    );
+    let tickets = h.tickets("aa").await;
+    assert_eq!(tickets.len(), 1);
+    assert_eq!(tickets[0].status, Status::Remediating);
+    assert_eq!(h.look("aa").await, Outcome::Clean);
+    let ticket = &h.tickets("aa").await[0];
+    assert_eq!(ticket.status, Status::Resolved);
+    assert_eq!(
+        h.timeline_kinds(ticket.id).await,
+        vec![
+            "detected",
+            "action-started",
+            "action-result",
+            "recheck",
+            "resolved"
+        ]
+    );
+    let timeline = h.journal.timeline(ticket.id).await.unwrap();
+    assert_eq!(timeline[3].detail["result"], "desired state");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_look_before_the_store_shows_the_action_concludes_nothing() {
+    let h = harness(&busybox("aa", ""));
+    h.put("aa", ContainerStatus::Exited);
+    h.look("aa").await;
+    // Reconciled again without reading the engine: the store still shows it exited, as it
+    // would before the start's event reaches the watcher.
+    let outcome = h.controller.reconcile(&ServiceKey::new("c", "aa")).await;
+    assert!(matches!(outcome, Outcome::Pending { .. }), "{outcome:?}");
+    assert_eq!(h.engine.actions(), vec!["start aa"], "no second start");
+    assert_eq!(h.tickets("aa").await[0].status, Status::Remediating);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_container_is_unpaused_and_a_changed_spec_recreated_without_spending_budget() {
+    let h = harness(&format!("{}{}", busybox("aa", ""), busybox("bb", "")));
+    h.put("aa", ContainerStatus::Paused);
+    assert_eq!(
+        h.look("aa").await,
+        Outcome::Acted {
+            action: Action::Unpause
+        }
+    );
+    h.put("bb", ContainerStatus::Running);
+    h.engine
+        .change("bb", |c| c.spec_hash = "an older spec".into());
+    assert_eq!(
+        h.look("bb").await,
+        Outcome::Acted {
+            action: Action::Recreate
+        }
+    );
+    assert_eq!(h.look("bb").await, Outcome::Clean);
+    assert_eq!(h.engine.actions(), vec!["unpause aa", "recreate bb"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn repairs_back_off_and_past_max_restarts_the_ticket_escalates() {
+    // The budget is kept with the tickets in wall-clock time, so the backoff is waited out
+    // in real time (tokio's paused clock does not move it).
+    let h = harness(&busybox(
+        "aa",
+        "      remediation:\n        maxRestarts: 2\n        window: 10m\n        backoff: {initial: 2s, max: 2s}\n",
+    ));
+    h.put("aa", ContainerStatus::Exited);
+    assert!(matches!(h.look("aa").await, Outcome::Acted { .. }));
+    // It crashes again at once: the same episode, the second repair waits out the backoff.
+    h.engine
+        .change("aa", |c| c.status = ContainerStatus::Exited);
+    let outcome = h.look("aa").await;
+    assert!(matches!(outcome, Outcome::BackingOff { .. }), "{outcome:?}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let outcome = h.look("aa").await;
+    assert!(matches!(outcome, Outcome::Acted { .. }), "{outcome:?}");
+    h.engine
+        .change("aa", |c| c.status = ContainerStatus::Exited);
+    // A third repair would be one more than `maxRestarts` in the window: escalated at once,
+    // backoff or not.
+    assert_eq!(h.look("aa").await, Outcome::Escalated);
+    assert_eq!(h.engine.actions(), vec!["start aa", "start aa"]);
+    let ticket = &h.tickets("aa").await[0];
+    assert_eq!(ticket.status, Status::Escalated);
+    // Escalated: left alone.
+    assert_eq!(h.look("aa").await, Outcome::Escalated);
+    assert_eq!(h.engine.actions().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn observe_and_an_absent_agent_record_the_drift_and_touch_nothing() {
+    let h = harness(&format!(
+        "{}{}",
+        busybox("aa", "      remediation: {policy: observe}\n"),
+        busybox("bb", "      remediation: {policy: agent}\n")
+    ));
+    h.put("aa", ContainerStatus::Exited);
+    h.put("bb", ContainerStatus::Exited);
+    assert_eq!(h.look("aa").await, Outcome::Observed);
+    assert_eq!(h.look("bb").await, Outcome::Observed);
+    assert!(h.engine.actions().is_empty());
+    assert_eq!(h.tickets("aa").await[0].status, Status::Open);
+    let b = &h.tickets("bb").await[0];
+    assert_eq!(
+        h.timeline_kinds(b.id).await,
+        vec!["detected", "note"],
+        "the ticket says why no one acts"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_held_by_a_container_not_ours_blocks_the_create() {
+    let h = harness(&busybox("aa", ""));
+    h.engine.put_foreign("aa");
+    assert_eq!(h.look("aa").await, Outcome::Blocked);
+    assert!(
+        h.engine.actions().is_empty(),
+        "never touches what it does not own"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_waits_for_its_dependency_to_run_before_it_starts() {
+    let h = harness(&format!(
+        "{}{}",
+        busybox("db", "      remediation: {policy: observe}\n"),
+        busybox("api", "      dependsOn: [db]\n")
+    ));
+    h.put("db", ContainerStatus::Exited);
+    h.look("db").await;
+    assert_eq!(
+        h.look("api").await,
+        Outcome::Waiting {
+            dependency: "db".into()
+        }
+    );
+    assert!(h.engine.actions().is_empty());
+    h.engine
+        .change("db", |c| c.status = ContainerStatus::Running);
+    h.look("db").await;
+    assert_eq!(
+        h.look("api").await,
+        Outcome::Acted {
+            action: Action::Create
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_action_is_recorded_on_its_ticket_and_one_the_engine_cannot_answer_concludes_nothing()
+ {
+    let h = harness(&busybox("aa", ""));
+    h.put("aa", ContainerStatus::Exited);
+    h.engine.fail("start", "the engine timed out");
+    let outcome = h.look("aa").await;
+    assert!(
+        matches!(&outcome, Outcome::Failed { action: Action::Start, error } if error.contains("the engine timed out")),
+        "{outcome:?}"
+    );
+    let ticket = &h.tickets("aa").await[0];
+    let timeline = h.journal.timeline(ticket.id).await.unwrap();
+    let result = timeline.last().unwrap();
+    assert_eq!(result.kind.as_str(), "action-result");
+    assert_eq!(result.detail["result"], "error");
+
+    // The engine cannot say who holds the name: nothing is concluded, nothing recorded.
+    let h = harness(&busybox("bb", ""));
+    h.engine.fail("find", "the engine timed out");
+    let outcome = h.look("bb").await;
+    assert!(matches!(outcome, Outcome::Unknown { .. }), "{outcome:?}");
+    assert!(h.tickets("bb").await.is_empty());
+    assert!(h.engine.actions().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_ticket_keeps_the_controller_hands_off() {
+    let h = harness(&busybox("aa", "      remediation: {policy: observe}\n"));
+    h.put("aa", ContainerStatus::Exited);
+    assert_eq!(h.look("aa").await, Outcome::Observed);
+    let id = h.tickets("aa").await[0].id;
+    h.journal
+        .call(move |s| s.set_held(id, true, chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(h.look("aa").await, Outcome::Held);
+    assert!(h.engine.actions().is_empty());
+}
