@@ -349,3 +349,65 @@ async fn a_held_ticket_keeps_the_controller_hands_off() {
     assert_eq!(h.look("aa").await, Outcome::Held);
     assert!(h.engine.actions().is_empty());
 }
+
+impl Harness {
+    /// Reads `services`' containers from the engine into the store (what the watcher would
+    /// have shown of them), without reconciling them.
+    async fn see(&self, services: &[&str]) {
+        for s in services {
+            self.controller.refresh(&ServiceKey::new("c", *s)).await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_quorum_gate_holds_a_rollout_while_a_member_is_down_and_lets_one_member_go_at_a_time() {
+    let members: String = ["p0", "p1", "p2"]
+        .iter()
+        .map(|m| busybox(m, "      remediation: {policy: restart}\n"))
+        .collect();
+    let h = harness(&format!(
+        "{members}  groups:\n    - name: pd\n      members: [p0, p1, p2]\n      quorum: majority\n"
+    ));
+    for m in ["p0", "p1", "p2"] {
+        h.put(m, ContainerStatus::Running);
+    }
+    // A changed spec for p0 and p2 (their containers run an older one); p1 is down.
+    h.engine.change("p0", |c| c.spec_hash = "older".into());
+    h.engine.change("p2", |c| c.spec_hash = "older".into());
+    h.engine
+        .change("p1", |c| c.status = ContainerStatus::Exited);
+    h.see(&["p0", "p1", "p2"]).await;
+    let outcome = h.look("p0").await;
+    assert!(matches!(outcome, Outcome::Gated { .. }), "{outcome:?}");
+    assert!(h.engine.actions().is_empty());
+
+    // p1 is repaired (a start only adds a live member: never held back).
+    assert_eq!(
+        h.look("p1").await,
+        Outcome::Acted {
+            action: Action::Start
+        }
+    );
+    h.see(&["p1"]).await;
+    assert_eq!(
+        h.look("p0").await,
+        Outcome::Acted {
+            action: Action::Recreate
+        }
+    );
+    // p0 is under way until a look sees it live again: p2 waits its turn.
+    let outcome = h.look("p2").await;
+    assert!(matches!(outcome, Outcome::Gated { .. }), "{outcome:?}");
+    assert_eq!(h.look("p0").await, Outcome::Clean);
+    assert_eq!(
+        h.look("p2").await,
+        Outcome::Acted {
+            action: Action::Recreate
+        }
+    );
+    assert_eq!(
+        h.engine.actions(),
+        vec!["start p1", "recreate p0", "recreate p2"]
+    );
+}
