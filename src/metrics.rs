@@ -61,6 +61,9 @@ pub struct Metrics {
     /// (the event stream failed), `adoption` (the manifests adopt other containers),
     /// `interval` (the periodic bound on what the stream may have missed).
     pub relists: Family<Labels, Counter>,
+    /// What the reconcile did or saw, by event (see `reconcile::events`): tickets opened,
+    /// repairs, escalations, holds of the quorum gate...
+    pub reconcile_events: Family<Labels, Counter>,
     /// Round trips to the ticket store (each a blocking call of its own).
     pub store_round_trips: Counter,
 }
@@ -275,12 +278,22 @@ impl Metrics {
             // Served at 0 from the start: a dashboard (and a test) can tell none from unknown.
             let _ = relists.get_or_create(&vec![("reason", reason.to_string())]);
         }
+        let reconcile_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "reconcile_events",
+            "What the reconcile did or saw, by event: ticket-opened, ticket-reopened, stop-between-looks, adopted, repairing, deliberate-change, dispatched, escalated, still-escalated, waiting, gated, gate-overridden, live-again, not-live-in-time, rollout-stopped, drift-held, drift-observed, drift-blocked",
+            reconcile_events.clone(),
+        );
+        for event in crate::reconcile::events::Event::NAMES {
+            let _ = reconcile_events.get_or_create(&vec![("event", event.to_string())]);
+        }
         Metrics {
             registry,
             first_reconcile,
             resync_seconds,
             resync_unchanged,
             relists,
+            reconcile_events,
             store_round_trips,
             check_failing,
             check_no_data,

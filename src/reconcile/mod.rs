@@ -15,6 +15,7 @@ pub mod decide;
 pub mod diff;
 mod disruption;
 pub mod engine;
+pub mod events;
 mod expect;
 mod leases;
 mod once;

@@ -3,13 +3,14 @@
 //! Steps that end the attempt without acting (a wait, a backoff, an escalation) are carried
 //! out here too.
 
-use tracing::{error, info, warn};
+use tracing::error;
 
 use crate::docker::DockerError;
 use crate::manifest::Policy;
 use crate::remediation::{Action, Actor, Dispatch, RemediationError, RemediationRequest};
 use crate::tickets::{EntryKind, TicketError};
 
+use super::super::events::Event;
 use super::super::leases::Lease;
 use super::super::outcome::Outcome;
 use super::super::planner::{self, BackOffUntil, Escalation, Step};
@@ -48,19 +49,24 @@ impl KeyRun<'_> {
         let told = !lock(&self.shared.escalations_told).insert(key.clone());
         if newly {
             // Every escalated ticket has its ERROR line, whoever escalated the service first.
-            error!(
-                service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail,
-                max_restarts = a.remediation.max_restarts, window_s = a.remediation.window.as_secs(),
-                "{what}: escalated, no more repairs for this service"
-            );
+            self.emit(Event::Escalated {
+                key,
+                ticket: a.ticket,
+                drifts: &labels,
+                detail: &a.detail,
+                max_restarts: a.remediation.max_restarts,
+                window_s: a.remediation.window.as_secs(),
+                what,
+            });
         } else if !told {
             // Escalated before this process looked (by an earlier run): a service left down
             // must not be silent after a restart of the controller.
-            warn!(
-                service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail,
-                "escalated earlier and still drifting: no repairs until `operator tickets retry {}`",
-                a.ticket.map_or_else(|| "ID".to_string(), |id| id.to_string())
-            );
+            self.emit(Event::StillEscalated {
+                key,
+                ticket: a.ticket,
+                drifts: &labels,
+                detail: &a.detail,
+            });
         }
         Outcome::Escalated
     }
@@ -82,7 +88,11 @@ impl KeyRun<'_> {
                 // "waiting for <dependency>".
                 let told = lock(&shared.waiting_on).insert(key.clone(), dependency.clone());
                 if told.as_ref() != Some(&dependency) {
-                    info!(service = %key, ticket = a.ticket, %dependency, "waiting for dependency {dependency} to run before starting this service");
+                    self.emit(Event::Waiting {
+                        key,
+                        ticket: a.ticket,
+                        dependency: &dependency,
+                    });
                 }
                 self.again_at(clock.now + shared.config.dependency_poll);
                 Outcome::Waiting { dependency }
@@ -272,13 +282,17 @@ impl KeyRun<'_> {
                 }
             }
         }
-        // A first creation or rollout is a deliberate change, not a repair.
-        let doing = if a.ticket.is_none() && !a.budgeted {
-            "applying a deliberate change"
-        } else {
-            "repairing"
-        };
-        info!(service = %key, ticket = a.ticket, drifts = %labels.join(","), detail = %a.detail, action = kind, %actor, attempt = budget.attempts, budgeted = a.budgeted, retry_after_ms, "{doing}");
+        self.emit(Event::Repairing {
+            key,
+            ticket: a.ticket,
+            drifts: &labels,
+            detail: &a.detail,
+            action: kind,
+            actor,
+            attempt: budget.attempts,
+            budgeted: a.budgeted,
+            retry_after_ms,
+        });
         let dispatch = remediator
             .remediate(RemediationRequest {
                 ticket: a.ticket,
@@ -321,7 +335,12 @@ impl KeyRun<'_> {
                     // It finished before its lease was recorded: deliver it again now.
                     let _ = shared.completions.send(done);
                 }
-                info!(service = %key, ticket = a.ticket, %session, %actor, "remediation dispatched; the service is leased until it reports back");
+                self.emit(Event::Dispatched {
+                    key,
+                    ticket: a.ticket,
+                    session: &session.0,
+                    actor,
+                });
                 return Outcome::Dispatched { session };
             }
             Dispatch::Done(result) => result,

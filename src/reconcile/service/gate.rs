@@ -2,7 +2,7 @@
 //! followed until it is live again (or its rollout stopped), a person's override, and an
 //! action held back.
 
-use tracing::{error, info, warn};
+use tracing::error;
 
 use crate::docker::ServiceKey;
 use crate::drift::DriftKind;
@@ -10,6 +10,7 @@ use crate::manifest::{Cluster, Policy, Service};
 use crate::remediation::Action;
 use crate::tickets::{EntryKind, TicketError};
 
+use super::super::events::Event;
 use super::super::outcome::Outcome;
 use super::super::planner::{self, QuorumStep, Step};
 use super::super::quorum;
@@ -88,7 +89,10 @@ impl KeyRun<'_> {
                     .is_ok_and(|live| live.get(&service.name).is_some_and(|&(_, live)| live))
             {
                 shared.disruptions.release(key);
-                info!(service = %key, rollout = taken.rollout, "live again after the controller took it down; the rest of its group may go");
+                self.emit(Event::LiveAgain {
+                    key,
+                    rollout: taken.rollout,
+                });
                 for member in groups.iter().flat_map(|g| &g.members) {
                     if member != &service.name {
                         shared.queue.schedule_why(
@@ -117,7 +121,7 @@ impl KeyRun<'_> {
         }
         if !taken.rollout {
             shared.disruptions.release(key);
-            warn!(service = %key, "not live again within its group's live.timeout after the controller restarted it; no longer waiting for it");
+            self.emit(Event::NotLiveInTime { key });
             return false;
         }
         if taken.gave_up {
@@ -137,7 +141,11 @@ impl KeyRun<'_> {
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-        error!(service = %key, ticket, %reason, "rollout stopped");
+        self.emit(Event::RolloutStopped {
+            key,
+            ticket,
+            reason: &reason,
+        });
         self.again_at(now + LIVE_POLL * 4);
         // Escalated on the ticket that shows why it is not live (its drift, or a failing live
         // check): a budget marked escalated with no ticket to end it would never end.
@@ -183,7 +191,12 @@ impl KeyRun<'_> {
                     ("reason", refusal.rule().to_string()),
                 ])
                 .inc();
-            warn!(service = %key, ticket = a.ticket, action = a.action.as_ref().map(|x| x.as_str()), %reason, "held back by the quorum gate");
+            self.emit(Event::Gated {
+                key,
+                ticket: a.ticket,
+                action: a.action.as_ref().map(|x| x.as_str()),
+                reason: &reason,
+            });
             if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
                 && let Err(e) = journal
                     .note(
@@ -249,7 +262,11 @@ impl KeyRun<'_> {
             QuorumStep::Go { forced: false } => {}
             QuorumStep::Go { forced: true } => {
                 let refusal = refused.unwrap_or_default();
-                warn!(service = %key, ticket = a.ticket, %refusal, "the gate is overridden by a person (tickets retry --force)");
+                self.emit(Event::GateOverridden {
+                    key,
+                    ticket: a.ticket,
+                    refusal: &refusal,
+                });
                 if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
                     && let Err(e) = journal
                         .note(

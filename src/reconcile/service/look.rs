@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error};
 
 use crate::docker::{ContainerStatus, ServiceKey};
 use crate::drift::Drift;
@@ -16,6 +16,7 @@ use crate::tickets::{EntryKind, Ticket};
 
 use super::super::decide::{Decision, Holds, decide};
 use super::super::diff::{Observation, diff};
+use super::super::events::Event;
 use super::super::outcome::Outcome;
 use super::super::shared::lock;
 use super::super::state::RepairBudget;
@@ -97,7 +98,10 @@ impl KeyRun<'_> {
                     error: e.to_string(),
                 };
             }
-            info!(service = %key, detail = %stop.detail, "a stop between two looks");
+            self.emit(Event::StopBetweenLooks {
+                key,
+                detail: &stop.detail,
+            });
         }
         // The service's tickets: who holds them, and which this look shows over (read with
         // the budget, unless a stop between looks was just recorded on one).
@@ -342,13 +346,24 @@ impl KeyRun<'_> {
             }
             Decision::Held { .. } => {
                 if new_episode {
-                    info!(service = %key, ticket = ticket_id, drifts = %kinds.join(","), %detail, "drift on a held ticket; hands off");
+                    self.emit(Event::DriftHeld {
+                        key,
+                        ticket: ticket_id,
+                        drifts: &kinds.join(","),
+                        detail: &detail,
+                    });
                 }
                 Outcome::Held
             }
             Decision::Observe { .. } => {
                 if new_episode {
-                    info!(service = %key, ticket = ticket_id, drifts = %kinds.join(","), %detail, policy = r.policy.as_str(), "drift observed; policy forbids repair");
+                    self.emit(Event::DriftObserved {
+                        key,
+                        ticket: ticket_id,
+                        drifts: &kinds.join(","),
+                        detail: &detail,
+                        policy: r.policy.as_str(),
+                    });
                     if r.policy == Policy::Agent
                         && let (Some(journal), Some(id)) = (self.journal(), ticket_id)
                     {
@@ -369,11 +384,13 @@ impl KeyRun<'_> {
             }
             Decision::Blocked { name_conflict } => {
                 if new_episode {
-                    if name_conflict {
-                        warn!(service = %key, ticket = ticket_id, %detail, "cannot create: the container name is held by a container this service does not own; leaving it alone");
-                    } else {
-                        info!(service = %key, ticket = ticket_id, drifts = %kinds.join(","), %detail, "drift has no built-in repair");
-                    }
+                    self.emit(Event::DriftBlocked {
+                        key,
+                        ticket: ticket_id,
+                        drifts: &kinds.join(","),
+                        detail: &detail,
+                        name_conflict,
+                    });
                 }
                 Outcome::Blocked
             }

@@ -45,6 +45,7 @@ use crate::manifest::{Cluster, Policy, Remediation, Service};
 use crate::remediation::Action;
 use crate::tickets::{Journal, Ticket};
 
+use super::events::Event;
 use super::outcome::Outcome;
 use super::shared::{Shared, lock};
 use super::state::Clock;
@@ -207,6 +208,11 @@ impl KeyRun<'_> {
     /// Asks for a look after `observe_retry`: something could not be read or recorded.
     fn retry_soon(&self) {
         self.again_at(self.clock.now + self.shared.config.observe_retry);
+    }
+
+    /// Says what happened: its log line and its count (see [`super::events`]).
+    fn emit(&self, event: Event<'_>) {
+        event.emit(&self.shared.metrics);
     }
 
     fn journal(&self) -> Option<&Journal> {

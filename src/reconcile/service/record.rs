@@ -4,13 +4,14 @@
 
 use std::collections::HashSet;
 
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::docker::{ContainerStatus, ObservedContainer};
 use crate::drift::{Drift, Fingerprint};
 use crate::manifest::Service;
 use crate::tickets::{DriftSighting, Selector, Sighting, Status, Ticket, TicketError};
 
+use super::super::events::Event;
 use super::super::shared::lock;
 use super::super::state::RepairBudget;
 use super::KeyRun;
@@ -38,21 +39,19 @@ impl KeyRun<'_> {
                 })
                 .await?;
             if first {
-                info!(
-                    cluster = %key.cluster,
-                    service = %key.service,
-                    container = %c.id.get(..12).unwrap_or(&c.id),
-                    spec = service.adopt.map_or("observed", |a| a.as_str()),
-                    "adopted container {} ({})",
-                    c.name,
-                    match &service.compose {
+                self.emit(Event::Adopted {
+                    key,
+                    container: &c.id,
+                    name: &c.name,
+                    spec: service.adopt.map_or("observed", |a| a.as_str()),
+                    how: match &service.compose {
                         Some(compose) if c.name != service.name => format!(
                             "found by its compose labels: project {}, service {}",
                             compose.project, compose.service
                         ),
                         _ => "named by the manifest's adopt".to_string(),
-                    }
-                );
+                    },
+                });
             }
         }
         lock(&shared.adopted).insert(key.clone(), c.id.clone());
@@ -157,8 +156,14 @@ impl KeyRun<'_> {
                 )
                 .await?;
             if sighting != Sighting::Seen {
-                info!(service = %key, ticket = ticket.id, drift = %d.kind, detail = %d.detail, flaps = ticket.flaps,
-                      "ticket {}", if sighting == Sighting::Opened { "opened" } else { "reopened" });
+                self.emit(Event::TicketOpened {
+                    key,
+                    ticket: ticket.id,
+                    drift: d.kind.as_str(),
+                    detail: &d.detail,
+                    flaps: ticket.flaps,
+                    reopened: sighting != Sighting::Opened,
+                });
                 new_episode = true;
             }
             primary.get_or_insert(ticket);
