@@ -132,9 +132,11 @@ fn an_adopted_container_is_healed_in_place_and_only_what_the_manifest_names_is_t
         .start();
 
     assert!(
-        f.operator
-            .wait_for_log("adopted container", Duration::from_secs(30)),
-        "no adoption logged; log:\n{}",
+        wait_until(Duration::from_secs(30), || f
+            .operator
+            .counter(r#"operator_reconcile_events_total{event="adopted"}"#)
+            >= 1.0),
+        "no adoption said; log:\n{}",
         f.operator.log()
     );
     let recorded = adoptions(f.db());

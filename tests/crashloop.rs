@@ -189,7 +189,8 @@ fn an_escalation_ends_with_its_ticket_but_its_repairs_still_count_until_a_person
     // One more crash within the window: its two repairs still count (at most maxRestarts in
     // any window, whoever ended the episode), so it is escalated at once, with its own
     // error line, and left down.
-    let errors_before = operator.count_log(&["\"level\":\"ERROR\"", "escalated"]);
+    let escalations = || operator.counter(ESCALATED);
+    let escalations_before = escalations();
     docker_ok(&["kill", &name]);
     assert!(
         wait_until(Duration::from_secs(30), || f.tickets().iter().any(
@@ -200,9 +201,9 @@ fn an_escalation_ends_with_its_ticket_but_its_repairs_still_count_until_a_person
         operator.log()
     );
     assert_eq!(
-        operator.count_log(&["\"level\":\"ERROR\"", "escalated"]),
-        errors_before + 1,
-        "one error line for the escalated ticket; log:\n{}",
+        escalations(),
+        escalations_before + 1.0,
+        "one escalation (and its error line) for the escalated ticket; log:\n{}",
         operator.log()
     );
     escalated_looks(operator, 2);
@@ -232,6 +233,11 @@ fn an_escalation_ends_with_its_ticket_but_its_repairs_still_count_until_a_person
 }
 
 /// Waits (60 s) until the controller has looked at an escalated service `n` more times:
+/// The reconcile's escalations (each with its ERROR line), and its warnings that a service
+/// found escalated is still down (see `reconcile::events`).
+const ESCALATED: &str = r#"operator_reconcile_events_total{event="escalated"}"#;
+const STILL_ESCALATED: &str = r#"operator_reconcile_events_total{event="still-escalated"}"#;
+
 /// what a test asserts did not happen then had the chance to (a stalled loop fails here).
 fn escalated_looks(operator: &OperatorProcess, n: u32) {
     let looks = || {
@@ -362,27 +368,26 @@ fn an_observer_never_escalates_and_a_later_controller_says_why_a_service_stays_d
         f.operator.log()
     );
     assert!(
-        f.operator
-            .wait_for_log("restart budget spent: escalated", Duration::from_secs(10)),
-        "no error line for the escalation; log:\n{}",
+        wait_until(Duration::from_secs(10), || f.operator.counter(ESCALATED)
+            >= 1.0),
+        "no escalation said (its error line); log:\n{}",
         f.operator.log()
     );
     assert_eq!(escalated_budget(f.db()), 1, "the budget follows its ticket");
     // A controller that starts with it escalated and down warns, once.
     f.restart_operator();
     assert!(
-        f.operator.wait_for_log(
-            "escalated earlier and still drifting",
-            Duration::from_secs(20)
-        ),
+        wait_until(Duration::from_secs(20), || f
+            .operator
+            .counter(STILL_ESCALATED)
+            >= 1.0),
         "a restarted controller left the escalated service down silently; log:\n{}",
         f.operator.log()
     );
     escalated_looks(&f.operator, 3);
     assert_eq!(
-        f.operator
-            .count_log(&["escalated earlier and still drifting"]),
-        1,
+        f.operator.counter(STILL_ESCALATED),
+        1.0,
         "once, not per look; log:\n{}",
         f.operator.log()
     );

@@ -129,12 +129,18 @@ fn a_spec_change_rolls_out_one_member_at_a_time_and_the_group_keeps_its_quorum()
             "{name} was never seen down, though it was recreated: {samples:?}"
         );
     }
-    // One at a time: the log names each member held back while another was under way.
-    let held = f
-        .operator
-        .count_log(&["held back by the quorum gate", "under way"]);
+    // One at a time: a member was held back while another was under way.
+    let held: f64 = ["rollout", "group-concurrency"]
+        .iter()
+        .map(|reason| {
+            f.operator.counter(&format!(
+                r#"operator_actions_gated_total{{cluster="{}",group="members",reason="{reason}"}}"#,
+                f.cluster
+            ))
+        })
+        .sum();
     assert!(
-        held >= 1,
+        held >= 1.0,
         "no member waited for another; log:\n{}",
         f.operator.log()
     );
