@@ -2,7 +2,6 @@
 //! desired state, [`ControllerBuilder`] everything optional, and `build` makes the state the
 //! loop and the workers share. Apart from the loop, which only runs what was built.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use bollard::Docker;
@@ -20,6 +19,7 @@ use super::config::ControllerConfig;
 use super::controller::Controller;
 use super::disruption::Disruptions;
 use super::engine::Engine;
+use super::keys::Keys;
 use super::leases::Leases;
 use super::passes::Passes;
 use super::queue::WorkQueue;
@@ -101,20 +101,11 @@ impl ControllerBuilder {
                 adoption: tokio::sync::watch::Sender::new(Arc::new(adoption)),
                 desired: RwLock::new(Arc::new(self.desired)),
                 queue: WorkQueue::new(),
-                budgets: Mutex::new(HashMap::new()),
-                pending_events: Mutex::new(HashMap::new()),
+                keys: Keys::default(),
                 metrics: self.metrics,
                 config: self.config,
                 journal: self.journal,
-                check_restarts: Mutex::new(HashMap::new()),
-                check_restarted_at: Mutex::new(HashMap::new()),
                 leases: Mutex::new(Leases::default()),
-                paused_at: Mutex::new(HashMap::new()),
-                gated: Mutex::new(HashMap::new()),
-                escalations_told: Mutex::new(std::collections::HashSet::new()),
-                waiting_on: Mutex::new(HashMap::new()),
-                last_runs: Mutex::new(HashMap::new()),
-                adopted: Mutex::new(HashMap::new()),
                 disruptions: Disruptions::default(),
                 check_views: Arc::default(),
                 remediators: self.remediators,
@@ -123,7 +114,6 @@ impl ControllerBuilder {
                 desired_changed: tokio::sync::Notify::new(),
                 passes: Mutex::new(Passes::new()),
                 quiet: Mutex::new(Quiet::default()),
-                expectations: Mutex::new(HashMap::new()),
             }),
         }
     }

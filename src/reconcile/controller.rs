@@ -19,8 +19,7 @@
 //! ([`super::leases`]), what a reconcile returns ([`super::outcome`]) and `run --once`
 //! ([`super::once`]).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -35,7 +34,7 @@ use crate::docker::{DockerError, ServiceKey, Store};
 use crate::manifest::DesiredState;
 use crate::metrics::Metrics;
 
-use super::checks::{CheckRecorder, CheckRestart, CheckRestartMessage};
+use super::checks::{CheckRecorder, CheckRestartMessage};
 use super::outcome::Outcome;
 use super::passes::{Finished, PassKind};
 use super::queue::Why;
@@ -90,28 +89,10 @@ impl Controller {
                 .is_some_and(|c| c.service(&k.service).is_some())
         };
         let shared = &self.shared;
-        {
-            let mut budgets = lock(&shared.budgets);
-            budgets.retain(|k, _| declared(k));
-            let escalated = budgets.values().filter(|b| b.escalated).count();
-            shared.metrics.escalated.set(escalated as i64);
-        }
-        lock(&shared.check_restarts).retain(|k, r| {
-            declared(k)
-                && desired
-                    .cluster(&k.cluster)
-                    .is_some_and(|c| c.check(&r.check).is_some())
-        });
+        shared.keys.prune(&desired);
+        shared.metrics.escalated.set(shared.keys.escalated() as i64);
         forget_check_series(&shared.metrics, &self.desired(), &desired);
-        lock(&shared.check_restarted_at).retain(|k, _| declared(k));
         lock(&shared.leases).active.retain(|k, _| declared(k));
-        lock(&shared.paused_at).retain(|k, _| declared(k));
-        lock(&shared.gated).retain(|k, _| declared(k));
-        lock(&shared.adopted).retain(|k, _| declared(k));
-        lock(&shared.escalations_told).retain(|k| declared(k));
-        lock(&shared.waiting_on).retain(|k, _| declared(k));
-        lock(&shared.expectations).retain(|k, _| declared(k));
-        lock(&shared.last_runs).retain(|k, _| declared(k));
         shared.disruptions.retain(declared);
         let done = lock(&shared.passes).retain(declared, std::time::Instant::now());
         self.passes_done(done);
@@ -344,7 +325,9 @@ impl Controller {
                 event = rx.recv() => match event {
                     Some(WatchEvent::Relisted) => self.enqueue_all(Why::Relist),
                     Some(WatchEvent::Changed { key, at }) => {
-                        lock(&shared.pending_events).entry(key.clone()).or_insert(at);
+                        shared.keys.with(&key, |state| {
+                            state.pending_event.get_or_insert(at);
+                        });
                         self.enqueue(key, Why::Event);
                     }
                     // The watcher only ends when cancelled; anything else is a bug to surface,
@@ -434,14 +417,18 @@ impl Controller {
         let shared = &self.shared;
         match message {
             CheckRestartMessage::Request { key, repair } => {
-                lock(&shared.check_restarts).insert(key.clone(), repair);
+                shared
+                    .keys
+                    .with(&key, |state| state.check_restart = Some(repair));
                 self.enqueue(key, Why::Check);
             }
             CheckRestartMessage::Withdraw {
                 cluster,
                 check,
                 keep,
-            } => withdraw(&shared.check_restarts, &cluster, check.as_deref(), &keep),
+            } => shared
+                .keys
+                .withdraw_check_restarts(&cluster, check.as_deref(), &keep),
         }
     }
 
@@ -496,19 +483,4 @@ fn forget_check_series(metrics: &Metrics, before: &DesiredState, after: &Desired
                 .remove(&vec![("cluster", cluster.name.clone())]);
         }
     }
-}
-
-/// Withdraws check repairs of a cluster: all of them (`check` none), or one check's except
-/// on the services in `keep`.
-fn withdraw(
-    repairs: &Mutex<HashMap<ServiceKey, CheckRestart>>,
-    cluster: &str,
-    check: Option<&str>,
-    keep: &HashSet<String>,
-) {
-    lock(repairs).retain(|key, r| {
-        key.cluster != cluster
-            || check.is_some_and(|c| c != r.check)
-            || (check.is_some() && keep.contains(&key.service))
-    });
 }

@@ -17,6 +17,7 @@ mod disruption;
 pub mod engine;
 pub mod events;
 mod expect;
+mod keys;
 mod leases;
 mod once;
 pub mod outcome;

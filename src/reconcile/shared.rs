@@ -3,9 +3,7 @@
 //! reconcile is looked at again, not the end of the controller). Apart from the loop because
 //! every reconcile reads it: the loop (`controller`) only builds and drives it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -20,15 +18,15 @@ use crate::remediation::{Completed, Completions, Remediator};
 use crate::tickets::Journal;
 
 use super::builtin::BuiltIn;
-use super::checks::{CheckRestart, CheckViews};
+use super::checks::CheckViews;
 use super::config::ControllerConfig;
 use super::disruption::Disruptions;
 use super::engine::Engine;
+use super::keys::Keys;
 use super::leases::Leases;
 use super::passes::Passes;
 use super::queue::WorkQueue;
 use super::resync::Quiet;
-use super::state::RepairBudget;
 
 /// What the loop, the workers and the check recorder share.
 pub(super) struct Shared {
@@ -43,36 +41,13 @@ pub(super) struct Shared {
     pub(super) adoption: tokio::sync::watch::Sender<Arc<Adoption>>,
     pub(super) desired: RwLock<Arc<DesiredState>>,
     pub queue: WorkQueue<ServiceKey>,
-    /// Each key's repair budget as last saved (the store is the truth when there is one).
-    pub budgets: Mutex<HashMap<ServiceKey, RepairBudget>>,
-    /// Engine time of the earliest event not yet looked at, per key.
-    pub pending_events: Mutex<HashMap<ServiceKey, SystemTime>>,
+    /// What the controller remembers of each key (see [`super::keys`]).
+    pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub config: ControllerConfig,
     pub journal: Option<Journal>,
-    /// Restarts asked for by failing checks with `policy: restart`, per service.
-    pub check_restarts: Mutex<HashMap<ServiceKey, CheckRestart>>,
-    /// When a check last had a service restarted, so the next one waits for a fresh verdict.
-    pub check_restarted_at: Mutex<HashMap<ServiceKey, Instant>>,
     /// Keys a long-running remediator is at work on.
     pub leases: Mutex<Leases>,
-    /// When each service was last seen paused or unpaused by the controller: healthcheck
-    /// verdicts from probes begun before then are stale.
-    pub paused_at: Mutex<HashMap<ServiceKey, chrono::DateTime<chrono::Utc>>>,
-    /// Why the quorum gate holds each key's action back (noted on its ticket once per reason).
-    pub gated: Mutex<HashMap<ServiceKey, String>>,
-    /// Services whose escalation this process has already told the log about (an ERROR when
-    /// it escalated a ticket, a WARN for one it found escalated): once each, not per look.
-    pub escalations_told: Mutex<std::collections::HashSet<ServiceKey>>,
-    /// The dependency each key waits for before its container may start (logged once per
-    /// wait).
-    pub waiting_on: Mutex<HashMap<ServiceKey, String>>,
-    /// The container and start time each key's last look saw (a start the controller did
-    /// not make and no look saw stopping is a stop between looks).
-    pub last_runs: Mutex<HashMap<ServiceKey, SeenRun>>,
-    /// The adopted container recorded for each key by this process (see
-    /// [`crate::tickets::Adoption`]), so the record is written once per container.
-    pub adopted: Mutex<HashMap<ServiceKey, String>>,
     /// What the controller has taken down and not yet seen live again (the gate's state).
     pub disruptions: Disruptions,
     /// The last verdict of each check, for telling when a member is live again.
@@ -89,9 +64,6 @@ pub(super) struct Shared {
     /// The store revision each quiet, clean key had at its last reconcile, so a resync need
     /// not reconcile it while the store shows it unchanged.
     pub quiet: Mutex<Quiet>,
-    /// The effect each key's last action must show in the store before it is read again
-    /// (see [`super::expect`]).
-    pub expectations: Mutex<HashMap<ServiceKey, super::expect::Expectation>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,18 +125,20 @@ impl Shared {
         if !self.store.fresh(key) {
             return Some("the watcher is looking at its container after an event".into());
         }
-        let mut expectations = lock(&self.expectations);
-        let expectation = expectations.get(key)?;
-        if expectation.met(self.store.get(key).as_ref()) {
-            expectations.remove(key);
-            return None;
-        }
-        if expectation.expired(Instant::now()) {
-            debug!(service = %key, "the store never showed the last action's effect; reading it as it is");
-            expectations.remove(key);
-            return None;
-        }
-        Some("the engine has not yet shown the effect of the controller's last action".into())
+        let seen = self.store.get(key);
+        self.keys.with(key, |state| {
+            let expectation = state.expectation.as_ref()?;
+            if expectation.met(seen.as_ref()) {
+                state.expectation = None;
+                return None;
+            }
+            if expectation.expired(Instant::now()) {
+                debug!(service = %key, "the store never showed the last action's effect; reading it as it is");
+                state.expectation = None;
+                return None;
+            }
+            Some("the engine has not yet shown the effect of the controller's last action".into())
+        })
     }
 
     pub fn desired(&self) -> Arc<DesiredState> {

@@ -46,7 +46,9 @@ impl KeyRun<'_> {
             },
             _ => !self.escalated_before,
         };
-        let told = !lock(&self.shared.escalations_told).insert(key.clone());
+        let told = self.shared.keys.with(key, |state| {
+            std::mem::replace(&mut state.escalation_told, true)
+        });
         if newly {
             // Every escalated ticket has its ERROR line, whoever escalated the service first.
             self.emit(Event::Escalated {
@@ -86,7 +88,9 @@ impl KeyRun<'_> {
             Step::WaitFor { dependency } => {
                 // Said once per wait (not per look): `status` and `plan` show it too, as
                 // "waiting for <dependency>".
-                let told = lock(&shared.waiting_on).insert(key.clone(), dependency.clone());
+                let told = shared
+                    .keys
+                    .with(key, |state| state.waiting_on.replace(dependency.clone()));
                 if told.as_ref() != Some(&dependency) {
                     self.emit(Event::Waiting {
                         key,
@@ -172,7 +176,7 @@ impl KeyRun<'_> {
             },
         );
         if !matches!(planned, Step::WaitFor { .. }) {
-            lock(&shared.waiting_on).remove(key);
+            shared.keys.with(key, |state| state.waiting_on = None);
         }
         match planned {
             Step::Act { policy, budgeted } => {
@@ -216,7 +220,7 @@ impl KeyRun<'_> {
             Ok(taken) => taken,
             Err(outcome) => return outcome,
         };
-        lock(&shared.gated).remove(key);
+        shared.keys.with(key, |state| state.gated = None);
         self.act(a, budget, remediator, taken).await
     }
 
@@ -233,7 +237,7 @@ impl KeyRun<'_> {
         let now = clock.now;
         let labels = a.reason.labels();
         // The controller's own start is no stop between looks (see `unseen_stop`).
-        lock(&shared.last_runs).remove(key);
+        shared.keys.with(key, |state| state.last_run = None);
         // Kept to undo the attempt if it cannot be recorded: an attempt that never ran must
         // not be saved as spent.
         let unspent = budget.clone();
@@ -372,7 +376,9 @@ impl KeyRun<'_> {
                         )
                     })
                 {
-                    lock(&shared.expectations).insert(key.clone(), expectation);
+                    shared
+                        .keys
+                        .with(key, |state| state.expectation = Some(expectation));
                 }
                 if !a.budgeted {
                     // A deliberate change that was applied leaves no backoff behind: the next
@@ -382,7 +388,8 @@ impl KeyRun<'_> {
                 }
                 if a.action == Some(Action::Unpause) {
                     // Its health verdicts so far were drawn while it was frozen.
-                    lock(&shared.paused_at).insert(key.clone(), chrono::Utc::now());
+                    let now = chrono::Utc::now();
+                    shared.keys.with(key, |state| state.paused_at = Some(now));
                 }
                 let outcome = match &a.action {
                     Some(action) if actor == Actor::Controller => Outcome::Acted {

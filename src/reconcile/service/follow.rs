@@ -44,18 +44,18 @@ impl KeyRun<'_> {
             .as_ref()
             .is_some_and(|t| t.status != Status::Resolved && !t.held);
         if policy.is_none() || !live {
-            lock(&shared.check_restarts).remove(key);
+            shared.keys.with(key, |state| state.check_restart = None);
             return None;
         }
         // The last restart for a check must have had time to show in a fresh verdict.
-        if let Some(at) = lock(&shared.check_restarted_at).get(key).copied()
+        if let Some(at) = shared.keys.with(key, |state| state.check_restarted_at)
             && now < at + repair.settle
         {
             self.again_at(at + repair.settle);
             return None;
         }
         // Withdrawn by the check recorder meanwhile (the check passes, Prometheus is gone...)?
-        lock(&shared.check_restarts).remove(key)?;
+        shared.keys.with(key, |state| state.check_restart.take())?;
         let r = &service.remediation;
         budget.saw_drift(now, r);
         let outcome = self
@@ -77,7 +77,10 @@ impl KeyRun<'_> {
             .await;
         if matches!(outcome, Outcome::Acted { .. } | Outcome::Failed { .. }) {
             // From when the restart finished: a restart may take the whole stop grace.
-            lock(&shared.check_restarted_at).insert(key.clone(), tokio::time::Instant::now());
+            let now = tokio::time::Instant::now();
+            shared
+                .keys
+                .with(key, |state| state.check_restarted_at = Some(now));
         }
         Some(outcome)
     }
@@ -117,14 +120,15 @@ impl KeyRun<'_> {
     pub(super) fn unseen_stop(&self, container: Option<&ObservedContainer>) -> Option<Drift> {
         let c = container?;
         let leased = lock(&self.shared.leases).session(self.key).is_some();
-        let mut runs = lock(&self.shared.last_runs);
-        if c.status != ContainerStatus::Running || leased {
-            // Seen not running: whatever start follows, this stop was seen. Leased: a
-            // session at work on it may restart it, and that is its repair, not a drift.
-            runs.remove(self.key);
-            return None;
-        }
-        let before = runs.insert(self.key.clone(), (c.id.clone(), c.started_at))?;
+        let before = self.shared.keys.with(self.key, |state| {
+            if c.status != ContainerStatus::Running || leased {
+                // Seen not running: whatever start follows, this stop was seen. Leased: a
+                // session at work on it may restart it, and that is its repair, not a drift.
+                state.last_run = None;
+                return None;
+            }
+            state.last_run.replace((c.id.clone(), c.started_at))
+        })?;
         let (id, Some(seen_start)) = before else {
             return None;
         };

@@ -14,7 +14,6 @@ use super::super::events::Event;
 use super::super::outcome::Outcome;
 use super::super::planner::{self, QuorumStep, Step};
 use super::super::quorum;
-use super::super::shared::lock;
 use super::super::state::RepairBudget;
 use super::{Attempt, GATE_RETRY, KeyRun, LIVE_POLL};
 
@@ -179,7 +178,10 @@ impl KeyRun<'_> {
     pub(super) async fn gated(&self, a: &Attempt<'_>, refusal: quorum::Refusal) -> Outcome {
         let (shared, key) = (self.shared, self.key);
         let reason = refusal.to_string();
-        let new = lock(&shared.gated).insert(key.clone(), reason.clone()) != Some(reason.clone());
+        let new = shared
+            .keys
+            .with(key, |state| state.gated.replace(reason.clone()))
+            != Some(reason.clone());
         if new {
             // Once per hold (and per changed reason), not per look every 2 s.
             shared

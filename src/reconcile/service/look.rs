@@ -62,17 +62,16 @@ impl KeyRun<'_> {
             // ticket whoever created it, not the first creation of a new service.
             budget.created_before = true;
         }
-        observed.health_trusted_after = {
-            let mut paused_at = lock(&shared.paused_at);
-            if observed
-                .container
-                .as_ref()
-                .is_some_and(|c| c.status == ContainerStatus::Paused)
-            {
-                paused_at.insert(key.clone(), self.clock.wall);
+        let paused = observed
+            .container
+            .as_ref()
+            .is_some_and(|c| c.status == ContainerStatus::Paused);
+        observed.health_trusted_after = shared.keys.with(key, |state| {
+            if paused {
+                state.paused_at = Some(self.clock.wall);
             }
-            paused_at.get(key).copied()
-        };
+            state.paused_at
+        });
         if observed
             .container
             .as_ref()
@@ -190,14 +189,20 @@ impl KeyRun<'_> {
         let mut quiet = verified
             && tickets.is_empty()
             && service.restart_with.is_empty()
-            && !lock(&shared.check_restarts).contains_key(key);
+            && shared
+                .keys
+                .read(key, |state| state.check_restart.is_none())
+                .unwrap_or(true);
         let why_not_live = tickets
             .iter()
             .find(|t| t.fingerprint.is_check())
             .map(|t| t.id);
         self.follow_taken(cluster, service, verified, why_not_live, budget)
             .await;
-        let check_restart = lock(&shared.check_restarts).get(key).cloned();
+        let check_restart = shared
+            .keys
+            .read(key, |state| state.check_restart.clone())
+            .flatten();
         if let Some(repair) = check_restart
             && let Some(outcome) = self
                 .restart_for_check(cluster, service, &observed, repair, budget)

@@ -151,7 +151,7 @@ pub(super) async fn reconcile(shared: &Shared, key: &ServiceKey) -> Outcome {
     }
     // Taken only now: a pending look leaves the event's time for the reconcile that finds
     // the drift.
-    let event_at = lock(&shared.pending_events).remove(key);
+    let event_at = shared.keys.with(key, |state| state.pending_event.take());
     let revision = shared.store.revision(key);
     let mut run = KeyRun {
         shared,

@@ -25,7 +25,11 @@ impl KeyRun<'_> {
         c: &ObservedContainer,
     ) -> Result<(), TicketError> {
         let (shared, key) = (self.shared, self.key);
-        if lock(&shared.adopted).get(key) == Some(&c.id) {
+        if shared
+            .keys
+            .read(key, |state| state.adopted.as_ref() == Some(&c.id))
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         if let Some(journal) = self.journal() {
@@ -54,7 +58,9 @@ impl KeyRun<'_> {
                 });
             }
         }
-        lock(&shared.adopted).insert(key.clone(), c.id.clone());
+        shared
+            .keys
+            .with(key, |state| state.adopted = Some(c.id.clone()));
         Ok(())
     }
 
@@ -64,9 +70,11 @@ impl KeyRun<'_> {
     /// reconcile's look ([`KeyRun::tickets`]).
     pub(super) async fn load_budget(&self) -> Result<RepairBudget, TicketError> {
         let Some(journal) = self.journal() else {
-            return Ok(lock(&self.shared.budgets)
-                .get(self.key)
-                .cloned()
+            return Ok(self
+                .shared
+                .keys
+                .read(self.key, |state| state.budget.clone())
+                .flatten()
                 .unwrap_or_default());
         };
         let (stored, tickets) = journal
@@ -103,12 +111,11 @@ impl KeyRun<'_> {
             // budget is the acting controller's, whatever an observer's look concluded.
             return;
         }
-        {
-            let mut budgets = lock(&self.shared.budgets);
-            budgets.insert(self.key.clone(), budget.clone());
-            let escalated = budgets.values().filter(|s| s.escalated).count();
-            self.shared.metrics.escalated.set(escalated as i64);
-        }
+        self.shared
+            .keys
+            .with(self.key, |state| state.budget = Some(budget.clone()));
+        let escalated = self.shared.keys.escalated();
+        self.shared.metrics.escalated.set(escalated as i64);
         let Some(journal) = self.journal() else {
             return;
         };
