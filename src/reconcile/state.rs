@@ -120,6 +120,9 @@ pub struct RepairBudget {
     /// The service has had a container before: one the controller created, or one it
     /// adopted. Its disappearance is then a drift, not the first creation.
     pub created_before: bool,
+    /// When the service was last seen paused, or unpaused by the controller (wall time, as
+    /// the engine dates a probe): healthcheck verdicts from probes begun before are stale.
+    pub paused_at: Option<DateTime<Utc>>,
 }
 
 /// What the budget and backoff allow now.
@@ -149,6 +152,7 @@ impl RepairBudget {
             healthy_since: b.healthy_since.and_then(|t| to_instant(t, now, wall)),
             spec_hash: b.spec_hash.clone(),
             created_before: b.created_before,
+            paused_at: b.paused_at,
         }
     }
 
@@ -167,16 +171,19 @@ impl RepairBudget {
             healthy_since: self.healthy_since.map(|t| to_wall(t, now, wall)),
             spec_hash: self.spec_hash.clone(),
             created_before: self.created_before,
+            paused_at: self.paused_at,
         }
     }
 
     /// Starts afresh when the desired spec changed (the budget belonged to the old spec).
     pub fn track_spec(&mut self, hash: &str) {
         if self.spec_hash.as_deref() != Some(hash) {
-            let created_before = self.created_before;
+            // What the service's container went through is not the spec's.
+            let (created_before, paused_at) = (self.created_before, self.paused_at);
             *self = RepairBudget {
                 spec_hash: Some(hash.to_string()),
                 created_before,
+                paused_at,
                 ..Default::default()
             };
         }

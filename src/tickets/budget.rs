@@ -17,4 +17,6 @@ pub struct Budget {
     pub healthy_since: Option<DateTime<Utc>>,
     pub spec_hash: Option<String>,
     pub created_before: bool,
+    /// When the service was last seen paused, or unpaused by the controller.
+    pub paused_at: Option<DateTime<Utc>>,
 }

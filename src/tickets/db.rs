@@ -208,6 +208,11 @@ pub const MIGRATIONS: &[Migration] = &[
         adds: "the quorum gate's state: members under way and each group's replacement window",
         sql: super::gate::MIGRATION,
     },
+    Migration {
+        adds: "when each service was last paused, with its budget: healthcheck verdicts from \
+               before then are stale, also for a controller started after the unpause",
+        sql: "ALTER TABLE budgets ADD COLUMN paused_at TEXT;",
+    },
 ];
 
 /// `$HOME/.operator/tickets.db`.

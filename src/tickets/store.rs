@@ -878,11 +878,12 @@ impl Store {
             Option<String>,
             Option<String>,
             bool,
+            Option<String>,
         );
         let raw: Option<Raw> = self
             .conn()
             .query_row(
-                "SELECT rowid, attempts, next_attempt_at, repairs, escalated, healthy_since, spec_hash, created_before \
+                "SELECT rowid, attempts, next_attempt_at, repairs, escalated, healthy_since, spec_hash, created_before, paused_at \
                  FROM budgets WHERE cluster = ?1 AND service = ?2",
                 params![cluster, service],
                 |r| {
@@ -895,13 +896,23 @@ impl Store {
                         r.get(5)?,
                         r.get(6)?,
                         r.get::<_, i64>(7)? != 0,
+                        r.get(8)?,
                     ))
                 },
             )
             .optional()
             .map_err(self.err("read a budget"))?;
-        let Some((row, attempts, next, repairs, escalated, healthy, spec_hash, created_before)) =
-            raw
+        let Some((
+            row,
+            attempts,
+            next,
+            repairs,
+            escalated,
+            healthy,
+            spec_hash,
+            created_before,
+            paused,
+        )) = raw
         else {
             return Ok(None);
         };
@@ -924,6 +935,7 @@ impl Store {
             healthy_since: here.opt_time("healthy_since", healthy.as_deref())?,
             spec_hash,
             created_before,
+            paused_at: here.opt_time("paused_at", paused.as_deref())?,
         }))
     }
 
@@ -939,13 +951,14 @@ impl Store {
             // `escalated` is never taken from the caller: it is whether the service has an
             // escalated ticket (see `escalate` and `end_escalation_tx`), so a budget can never
             // say escalated without one, nor an escalation be lost by an older budget's save.
-            "INSERT INTO budgets (cluster, service, attempts, next_attempt_at, repairs, escalated, healthy_since, spec_hash, created_before) \
+            "INSERT INTO budgets (cluster, service, attempts, next_attempt_at, repairs, escalated, healthy_since, spec_hash, created_before, paused_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, \
                EXISTS (SELECT 1 FROM tickets WHERE cluster = ?1 AND service = ?2 AND status = 'escalated'), \
-               ?6, ?7, ?8) \
+               ?6, ?7, ?8, ?9) \
              ON CONFLICT (cluster, service) DO UPDATE SET attempts = excluded.attempts, \
              next_attempt_at = excluded.next_attempt_at, repairs = excluded.repairs, escalated = excluded.escalated, \
-             healthy_since = excluded.healthy_since, spec_hash = excluded.spec_hash, created_before = excluded.created_before",
+             healthy_since = excluded.healthy_since, spec_hash = excluded.spec_hash, created_before = excluded.created_before, \
+             paused_at = excluded.paused_at",
             params![
                 cluster,
                 service,
@@ -955,6 +968,7 @@ impl Store {
                 b.healthy_since.map(ts),
                 b.spec_hash,
                 b.created_before as i64,
+                b.paused_at.map(ts),
             ],
         )
         .map_err(self.err("save a budget"))?;

@@ -66,12 +66,18 @@ impl KeyRun<'_> {
             .container
             .as_ref()
             .is_some_and(|c| c.status == ContainerStatus::Paused);
-        observed.health_trusted_after = shared.keys.with(key, |state| {
+        if paused {
+            // Kept with the budget (a controller started after the unpause knows it too)
+            // and in memory (an observer saves no budget).
+            budget.paused_at = Some(self.clock.wall);
+        }
+        let remembered = shared.keys.with(key, |state| {
             if paused {
                 state.paused_at = Some(self.clock.wall);
             }
             state.paused_at
         });
+        observed.health_trusted_after = remembered.max(budget.paused_at);
         if observed
             .container
             .as_ref()

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::docker::store::Writer;
-use crate::docker::{ContainerStatus, ServiceKey};
+use crate::docker::{ContainerStatus, HealthState, ServiceKey};
 use crate::manifest::{Cluster, DesiredState, Service};
 use crate::metrics::Metrics;
 use crate::reconcile::controller::Controller;
@@ -64,23 +64,9 @@ fn harness(services: &str) -> Harness {
     let desired = crate::manifest::load(std::slice::from_ref(&manifests)).unwrap();
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&dir.0.join("tickets.db")).unwrap();
-    let journal = Journal::new(Arc::new(store), metrics.clone());
+    let journal = Journal::new(Arc::new(store), metrics);
     let engine = Arc::new(MemoryEngine::new().with_image(IMAGE));
-    // No watcher: the looks below are the store's only writer, as under `run --once`.
-    let writer = Writer::new();
-    writer.replace_all(Vec::new(), 0);
-    writer.set_connected(true);
-    // Never dialled: every engine call of the reconcile goes to the in-memory engine.
-    let docker =
-        bollard::Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
-            .unwrap();
-    let controller = Controller::builder(docker, desired.clone())
-        .metrics(metrics)
-        .config(ControllerConfig::default().settle(Duration::ZERO))
-        .journal(journal.clone())
-        .store(writer)
-        .engine(engine.clone())
-        .build();
+    let controller = controller(&desired, &journal, &engine);
     Harness {
         controller,
         engine,
@@ -90,7 +76,32 @@ fn harness(services: &str) -> Harness {
     }
 }
 
+/// A controller of `desired` over `engine` and `journal`, as a process starting now would
+/// build it (everything it keeps in memory is new).
+fn controller(desired: &DesiredState, journal: &Journal, engine: &Arc<MemoryEngine>) -> Controller {
+    // No watcher: the looks below are the store's only writer, as under `run --once`.
+    let writer = Writer::new();
+    writer.replace_all(Vec::new(), 0);
+    writer.set_connected(true);
+    // Never dialled: every engine call of the reconcile goes to the in-memory engine.
+    let docker =
+        bollard::Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+            .unwrap();
+    Controller::builder(docker, desired.clone())
+        .config(ControllerConfig::default().settle(Duration::ZERO))
+        .journal(journal.clone())
+        .store(writer)
+        .engine(engine.clone())
+        .build()
+}
+
 impl Harness {
+    /// The controller killed and started again: a new process over the same ticket store
+    /// and engine.
+    fn restart_controller(&mut self) {
+        self.controller = controller(&self.desired, &self.journal, &self.engine);
+    }
+
     fn cluster(&self) -> &Cluster {
         self.desired.cluster("c").unwrap()
     }
@@ -410,4 +421,55 @@ async fn the_quorum_gate_holds_a_rollout_while_a_member_is_down_and_lets_one_mem
         h.engine.actions(),
         vec!["start p1", "recreate p0", "recreate p2"]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_controller_started_after_an_unpause_still_knows_the_verdict_before_it_is_stale() {
+    let mut h = harness(&busybox(
+        "aa",
+        "      healthcheck:\n        test: [\"CMD\", \"true\"]\n",
+    ));
+    h.put("aa", ContainerStatus::Running);
+    // Its last probe, from before the pause, said unhealthy.
+    let probed = chrono::Utc::now() - chrono::Duration::seconds(5);
+    h.engine.change("aa", |c| {
+        c.status = ContainerStatus::Paused;
+        c.health = Some(HealthState::Unhealthy);
+        c.health_probed_at = Some(probed);
+    });
+    assert_eq!(
+        h.look("aa").await,
+        Outcome::Acted {
+            action: Action::Unpause
+        }
+    );
+    h.restart_controller();
+    // Running again, its verdict still the one from before the pause (the engine sends
+    // nothing until the next probe): a new controller must not restart it for that.
+    let outcome = h.look("aa").await;
+    assert_eq!(
+        outcome,
+        Outcome::Clean,
+        "judged on a verdict from before the pause; engine {:?}",
+        h.engine.actions()
+    );
+    assert_eq!(h.engine.actions(), vec!["unpause aa"]);
+    let unhealthy = |tickets: Vec<Ticket>| tickets.iter().any(|t| t.drift.as_str() == "unhealthy");
+    assert!(!unhealthy(h.tickets("aa").await));
+    // A probe after the unpause that fails is believed.
+    h.engine.change("aa", |c| {
+        c.health_probed_at = Some(chrono::Utc::now() + chrono::Duration::seconds(1));
+    });
+    let outcome = h.look("aa").await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::BackingOff { .. }
+                | Outcome::Acted {
+                    action: Action::Restart
+                }
+        ),
+        "{outcome:?}"
+    );
+    assert!(unhealthy(h.tickets("aa").await));
 }
