@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use crate::docker::store::Writer;
 use crate::docker::{ContainerStatus, HealthState, ServiceKey};
-use crate::manifest::{Cluster, DesiredState, Service};
+use crate::manifest::{Cluster, DesiredState, Policy, Service};
 use crate::metrics::Metrics;
 use crate::reconcile::controller::Controller;
 use crate::reconcile::engine::memory::MemoryEngine;
 use crate::reconcile::{ControllerConfig, Outcome};
-use crate::remediation::Action;
+use crate::remediation::{Action, Actor, Dispatch, RemediationRequest, Remediator, SessionId};
 use crate::tickets::{Journal, Status, Store, Ticket};
 
 const IMAGE: &str = "busybox:test";
@@ -79,6 +79,16 @@ fn harness(services: &str) -> Harness {
 /// A controller of `desired` over `engine` and `journal`, as a process starting now would
 /// build it (everything it keeps in memory is new).
 fn controller(desired: &DesiredState, journal: &Journal, engine: &Arc<MemoryEngine>) -> Controller {
+    controller_with(desired, journal, engine, None)
+}
+
+/// [`controller`], with `agent` serving `policy: agent`.
+fn controller_with(
+    desired: &DesiredState,
+    journal: &Journal,
+    engine: &Arc<MemoryEngine>,
+    agent: Option<Arc<dyn Remediator>>,
+) -> Controller {
     // No watcher: the looks below are the store's only writer, as under `run --once`.
     let writer = Writer::new();
     writer.replace_all(Vec::new(), 0);
@@ -87,12 +97,15 @@ fn controller(desired: &DesiredState, journal: &Journal, engine: &Arc<MemoryEngi
     let docker =
         bollard::Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
             .unwrap();
-    Controller::builder(docker, desired.clone())
+    let mut builder = Controller::builder(docker, desired.clone())
         .config(ControllerConfig::default().settle(Duration::ZERO))
         .journal(journal.clone())
         .store(writer)
-        .engine(engine.clone())
-        .build()
+        .engine(engine.clone());
+    if let Some(agent) = agent {
+        builder = builder.remediator(Policy::Agent, agent);
+    }
+    builder.build()
 }
 
 impl Harness {
@@ -472,4 +485,71 @@ async fn a_controller_started_after_an_unpause_still_knows_the_verdict_before_it
         "{outcome:?}"
     );
     assert!(unhealthy(h.tickets("aa").await));
+}
+
+/// An agent that takes every request as a session that reports back later.
+struct Sessions;
+
+impl Remediator for Sessions {
+    fn actor(&self) -> Actor {
+        Actor::Agent
+    }
+
+    fn remediate<'a>(
+        &'a self,
+        request: RemediationRequest<'a>,
+    ) -> futures::future::BoxFuture<'a, Dispatch> {
+        let session = SessionId(format!("s-{}", request.attempt));
+        Box::pin(async move { Dispatch::Started { session } })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_session_leases_the_service_until_it_reports_back() {
+    let mut h = harness(&busybox("aa", "      remediation: {policy: agent}\n"));
+    h.controller = controller_with(&h.desired, &h.journal, &h.engine, Some(Arc::new(Sessions)));
+    h.put("aa", ContainerStatus::Exited);
+    let session = SessionId("s-1".into());
+    assert_eq!(
+        h.look("aa").await,
+        Outcome::Dispatched {
+            session: session.clone()
+        }
+    );
+    // Leased: not looked at, not acted on, whatever it shows, until the session reports.
+    assert_eq!(h.look("aa").await, Outcome::Leased { session });
+    assert!(
+        h.engine.actions().is_empty(),
+        "the session acts, not the controller"
+    );
+    let ticket = &h.tickets("aa").await[0];
+    assert_eq!(
+        h.timeline_kinds(ticket.id).await,
+        vec!["detected", "action-started", "agent-dispatched"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_is_restarted_once_its_restart_with_dependency_started_after_it() {
+    let h = harness(&format!(
+        "{}{}",
+        busybox("db", ""),
+        busybox("api", "      dependsOn: [db]\n      restartWith: [db]\n")
+    ));
+    h.put("api", ContainerStatus::Running);
+    h.put("db", ContainerStatus::Running);
+    h.see(&["db"]).await;
+    // db's container started after api's: api still talks to the db before it.
+    assert_eq!(
+        h.look("api").await,
+        Outcome::Acted {
+            action: Action::Restart
+        }
+    );
+    assert_eq!(h.look("api").await, Outcome::Clean, "once, not per look");
+    assert_eq!(h.engine.actions(), vec!["restart api"]);
+    assert!(
+        h.tickets("api").await.is_empty(),
+        "a deliberate step, not an incident"
+    );
 }
