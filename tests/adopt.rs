@@ -220,11 +220,19 @@ fn an_adopted_container_whose_spec_the_manifest_owns_is_recreated_from_it() {
     );
     f.wait_running(&web, "the recreate");
     assert_ne!(id_of(&web), web_id);
-    // A deliberate change (no ticket, as for any manifest edit), and the log says why.
+    // A deliberate change, as for any manifest edit: no ticket. (Why it says, `adopt.spec:
+    // owned`, is the drift's detail: `reconcile::diff`'s unit tests.)
     assert!(
-        f.operator.log().contains("adopt.spec: owned"),
-        "the recreate does not say why; log:\n{}",
+        f.operator
+            .counter(r#"operator_reconcile_events_total{event="deliberate-change"}"#)
+            >= 1.0,
+        "the recreate was not a deliberate change; log:\n{}",
         f.operator.log()
+    );
+    let tickets = f.tickets();
+    assert!(
+        tickets.iter().all(|t| t["service"] != web.as_str()),
+        "{tickets:#?}"
     );
 }
 
