@@ -129,10 +129,12 @@ fn main() {
                 .unwrap_or(0.0),
         ]
     };
-    // The quiet seconds before the first kill give the controller's idle rate (the ticket
-    // store's change poll every second, resyncs), subtracted below to leave a repair's own.
-    let quiet_from = (costs(&f), Instant::now());
+    // Past the start's settle and stable windows, quiet seconds give the controller's idle
+    // rate (the ticket store's change poll every second, resyncs), subtracted below to leave
+    // a repair's own.
     std::thread::sleep(Duration::from_secs(11));
+    let quiet_from = (costs(&f), Instant::now());
+    std::thread::sleep(Duration::from_secs(10));
     let quiet = (costs(&f), quiet_from.1.elapsed().as_secs_f64());
     let idle_rate: Vec<f64> = (0..3)
         .map(|i| (quiet.0[i] - quiet_from.0[i]) / quiet.1)

@@ -281,7 +281,10 @@ impl Metrics {
         let reconcile_events = Family::<Labels, Counter>::default();
         registry.register(
             "reconcile_events",
-            "What the reconcile did or saw, by event: ticket-opened, ticket-reopened, stop-between-looks, adopted, repairing, deliberate-change, dispatched, escalated, still-escalated, waiting, gated, gate-overridden, live-again, not-live-in-time, rollout-stopped, drift-held, drift-observed, drift-blocked",
+            format!(
+                "What the reconcile did or saw, by event: {}",
+                crate::reconcile::events::Event::NAMES.join(", ")
+            ),
             reconcile_events.clone(),
         );
         for event in crate::reconcile::events::Event::NAMES {

@@ -89,8 +89,8 @@ impl Controller {
                 .is_some_and(|c| c.service(&k.service).is_some())
         };
         let shared = &self.shared;
-        shared.keys.prune(&desired);
-        shared.metrics.escalated.set(shared.keys.escalated() as i64);
+        let escalated = shared.keys.prune(&desired);
+        shared.metrics.escalated.set(escalated as i64);
         forget_check_series(&shared.metrics, &self.desired(), &desired);
         lock(&shared.leases).active.retain(|k, _| declared(k));
         shared.disruptions.retain(declared);

@@ -199,11 +199,11 @@ impl Event<'_> {
                 flaps,
                 reopened,
             } => {
-                info!(service = %key, ticket, drift, detail, flaps,
+                info!(service = %key, ticket, %drift, %detail, flaps,
                       "ticket {}", if reopened { "reopened" } else { "opened" });
             }
             Event::StopBetweenLooks { key, detail } => {
-                info!(service = %key, detail, "a stop between two looks");
+                info!(service = %key, %detail, "a stop between two looks");
             }
             Event::Adopted {
                 key,
@@ -215,7 +215,7 @@ impl Event<'_> {
                 info!(
                     cluster = %key.cluster,
                     service = %key.service,
-                    container = container.get(..12).unwrap_or(container),
+                    container = %container.get(..12).unwrap_or(container),
                     spec,
                     "adopted container {name} ({how})"
                 );
@@ -237,7 +237,7 @@ impl Event<'_> {
                 } else {
                     "repairing"
                 };
-                info!(service = %key, ticket, drifts = %drifts.join(","), detail, action, %actor, attempt, budgeted, retry_after_ms, "{doing}");
+                info!(service = %key, ticket, drifts = %drifts.join(","), %detail, action, %actor, attempt, budgeted, retry_after_ms, "{doing}");
             }
             Event::Dispatched {
                 key,
@@ -245,7 +245,7 @@ impl Event<'_> {
                 session,
                 actor,
             } => {
-                info!(service = %key, ticket, session, %actor, "remediation dispatched; the service is leased until it reports back");
+                info!(service = %key, ticket, %session, %actor, "remediation dispatched; the service is leased until it reports back");
             }
             Event::Escalated {
                 key,
@@ -257,7 +257,7 @@ impl Event<'_> {
                 what,
             } => {
                 error!(
-                    service = %key, ticket, drifts = %drifts.join(","), detail,
+                    service = %key, ticket, drifts = %drifts.join(","), %detail,
                     max_restarts, window_s,
                     "{what}: escalated, no more repairs for this service"
                 );
@@ -269,7 +269,7 @@ impl Event<'_> {
                 detail,
             } => {
                 warn!(
-                    service = %key, ticket, drifts = %drifts.join(","), detail,
+                    service = %key, ticket, drifts = %drifts.join(","), %detail,
                     "escalated earlier and still drifting: no repairs until `operator tickets retry {}`",
                     ticket.map_or_else(|| "ID".to_string(), |id| id.to_string())
                 );
@@ -279,7 +279,7 @@ impl Event<'_> {
                 ticket,
                 dependency,
             } => {
-                info!(service = %key, ticket, dependency, "waiting for dependency {dependency} to run before starting this service");
+                info!(service = %key, ticket, %dependency, "waiting for dependency {dependency} to run before starting this service");
             }
             Event::Gated {
                 key,
@@ -287,14 +287,14 @@ impl Event<'_> {
                 action,
                 reason,
             } => {
-                warn!(service = %key, ticket, action, reason, "held back by the quorum gate");
+                warn!(service = %key, ticket, action, %reason, "held back by the quorum gate");
             }
             Event::GateOverridden {
                 key,
                 ticket,
                 refusal,
             } => {
-                warn!(service = %key, ticket, refusal, "the gate is overridden by a person (tickets retry --force)");
+                warn!(service = %key, ticket, %refusal, "the gate is overridden by a person (tickets retry --force)");
             }
             Event::LiveAgain { key, rollout } => {
                 info!(service = %key, rollout, "live again after the controller took it down; the rest of its group may go");
@@ -307,7 +307,7 @@ impl Event<'_> {
                 ticket,
                 reason,
             } => {
-                error!(service = %key, ticket, reason, "rollout stopped");
+                error!(service = %key, ticket, %reason, "rollout stopped");
             }
             Event::DriftHeld {
                 key,
@@ -315,7 +315,7 @@ impl Event<'_> {
                 drifts,
                 detail,
             } => {
-                info!(service = %key, ticket, drifts, detail, "drift on a held ticket; hands off");
+                info!(service = %key, ticket, %drifts, %detail, "drift on a held ticket; hands off");
             }
             Event::DriftObserved {
                 key,
@@ -324,7 +324,7 @@ impl Event<'_> {
                 detail,
                 policy,
             } => {
-                info!(service = %key, ticket, drifts, detail, policy, "drift observed; policy forbids repair");
+                info!(service = %key, ticket, %drifts, %detail, policy, "drift observed; policy forbids repair");
             }
             Event::DriftBlocked {
                 key,
@@ -334,9 +334,9 @@ impl Event<'_> {
                 name_conflict,
             } => {
                 if name_conflict {
-                    warn!(service = %key, ticket, detail, "cannot create: the container name is held by a container this service does not own; leaving it alone");
+                    warn!(service = %key, ticket, %detail, "cannot create: the container name is held by a container this service does not own; leaving it alone");
                 } else {
-                    info!(service = %key, ticket, drifts, detail, "drift has no built-in repair");
+                    info!(service = %key, ticket, %drifts, %detail, "drift has no built-in repair");
                 }
             }
         }

@@ -71,9 +71,11 @@ impl Keys {
     }
 
     /// Forgets every key `desired` no longer declares, and check restarts asked for by a
-    /// check it no longer declares. The one place key state is pruned.
-    pub fn prune(&self, desired: &DesiredState) {
-        lock(&self.states).retain(|k, state| {
+    /// check it no longer declares. The one place key state is pruned. Returns how many of
+    /// the services left are escalated.
+    pub fn prune(&self, desired: &DesiredState) -> usize {
+        let mut states = lock(&self.states);
+        states.retain(|k, state| {
             let Some(cluster) = desired.cluster(&k.cluster) else {
                 return false;
             };
@@ -89,16 +91,27 @@ impl Keys {
             }
             true
         });
+        escalated(&states)
     }
 
-    /// How many services are escalated, by their budgets as last saved.
-    pub fn escalated(&self) -> usize {
-        lock(&self.states)
-            .values()
-            .filter(|s| s.budget.as_ref().is_some_and(|b| b.escalated))
-            .count()
+    /// Keeps `key`'s budget as last saved; returns how many services are escalated now
+    /// (counted under the same lock, so two reconciles cannot leave a stale count).
+    pub fn save_budget(&self, key: &ServiceKey, budget: RepairBudget) -> usize {
+        let mut states = lock(&self.states);
+        states.entry(key.clone()).or_default().budget = Some(budget);
+        escalated(&states)
     }
+}
 
+/// How many services are escalated, by their budgets as last saved.
+fn escalated(states: &HashMap<ServiceKey, KeyState>) -> usize {
+    states
+        .values()
+        .filter(|s| s.budget.as_ref().is_some_and(|b| b.escalated))
+        .count()
+}
+
+impl Keys {
     /// Withdraws the check restarts of `cluster`: all of them (`check` none), or one check's
     /// except on the services in `keep`.
     pub fn withdraw_check_restarts(
@@ -167,11 +180,11 @@ mod tests {
         let keys = Keys::default();
         let mut escalated = RepairBudget::default();
         escalated.escalated = true;
-        keys.with(&ServiceKey::new("c", "a"), |s| s.budget = Some(escalated));
-        keys.with(&ServiceKey::new("c", "b"), |s| {
-            s.budget = Some(RepairBudget::default())
-        });
+        assert_eq!(keys.save_budget(&ServiceKey::new("c", "a"), escalated), 1);
         keys.with(&ServiceKey::new("c", "x"), |_| {});
-        assert_eq!(keys.escalated(), 1);
+        assert_eq!(
+            keys.save_budget(&ServiceKey::new("c", "b"), RepairBudget::default()),
+            1
+        );
     }
 }

@@ -133,6 +133,9 @@ pub async fn report(
             let mut waiting_for = None;
             let (drifts, action, container, outcome) = match looked {
                 Ok(mut observed) => {
+                    // As the controller judges it: a verdict from before the last pause it
+                    // recorded is stale.
+                    observed.health_trusted_after = budget.paused_at;
                     observed.settling = super::service::settling(&observed, clock.wall, settle);
                     let drifts = diff(cluster, service, &observed);
                     let action = action_for(&drifts, &observed);

@@ -238,7 +238,17 @@ impl Journal {
         self.write(move |st| st.save_budget(&c, &s, &budget)).await
     }
 
-    /// A number that changes when another process commits to the store.
+    /// See [`Store::save_paused_at`].
+    pub async fn save_paused_at(
+        &self,
+        cluster: &str,
+        service: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), TicketError> {
+        let (c, s) = (cluster.to_string(), service.to_string());
+        self.write(move |st| st.save_paused_at(&c, &s, at)).await
+    }
+
     /// Records an adopted container; true when it was not recorded before.
     pub async fn record_adoption(&self, adoption: super::Adoption) -> Result<bool, TicketError> {
         self.write(move |store| store.record_adoption(&adoption))
@@ -260,6 +270,7 @@ impl Journal {
         self.call(|st| st.load_gates()).await
     }
 
+    /// A number that changes when another process commits to the store.
     pub async fn data_version(&self) -> Result<i64, TicketError> {
         self.call(|s| s.data_version()).await
     }

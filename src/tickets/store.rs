@@ -957,8 +957,7 @@ impl Store {
                ?6, ?7, ?8, ?9) \
              ON CONFLICT (cluster, service) DO UPDATE SET attempts = excluded.attempts, \
              next_attempt_at = excluded.next_attempt_at, repairs = excluded.repairs, escalated = excluded.escalated, \
-             healthy_since = excluded.healthy_since, spec_hash = excluded.spec_hash, created_before = excluded.created_before, \
-             paused_at = excluded.paused_at",
+             healthy_since = excluded.healthy_since, spec_hash = excluded.spec_hash, created_before = excluded.created_before",
             params![
                 cluster,
                 service,
@@ -973,6 +972,29 @@ impl Store {
         )
         .map_err(self.err("save a budget"))?;
         Ok(())
+    }
+
+    /// Records that the service was seen paused (or unpaused by the controller) at `at`,
+    /// unless a later time is recorded already. Apart from the budget's own save, which
+    /// never writes it: a budget saved from an older read must not undo a newer pause, and a
+    /// pause seen must not rewrite a budget a person reset meanwhile (`tickets retry`).
+    pub fn save_paused_at(
+        &self,
+        cluster: &str,
+        service: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), TicketError> {
+        self.write("record a pause", |tx| {
+            // The stored times are all `ts`'s fixed-width UTC form: ordered as text.
+            tx.execute(
+                "INSERT INTO budgets (cluster, service, paused_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (cluster, service) DO UPDATE SET paused_at = excluded.paused_at \
+                 WHERE paused_at IS NULL OR paused_at < excluded.paused_at",
+                params![cluster, service, ts(at)],
+            )
+            .map_err(self.err("record a pause"))?;
+            Ok(())
+        })
     }
 
     pub fn save_budget(&self, cluster: &str, service: &str, b: &Budget) -> Result<(), TicketError> {

@@ -1063,3 +1063,43 @@ fn an_adoption_is_recorded_once_per_container_and_replaced_by_the_next() {
     let store = Store::open(&db.path()).unwrap();
     assert_eq!(store.adoptions().unwrap()[0].container_id, "bbb");
 }
+
+#[test]
+fn a_pause_is_kept_apart_from_the_budget_and_only_a_later_one_replaces_it() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let now = Utc::now();
+    let earlier = now - chrono::Duration::seconds(10);
+    // A pause recorded before the service ever had a budget row.
+    store.save_paused_at("c", "s", now).unwrap();
+    assert_eq!(
+        store.load_budget("c", "s").unwrap().unwrap().paused_at,
+        Some(now.with_nanosecond_micros())
+    );
+    // An older pause (a controller that saw it late) does not move it back.
+    store.save_paused_at("c", "s", earlier).unwrap();
+    let loaded = store.load_budget("c", "s").unwrap().unwrap();
+    assert_eq!(loaded.paused_at, Some(now.with_nanosecond_micros()));
+    // A budget saved from a read without the pause does not erase it.
+    let spent = Budget {
+        attempts: 2,
+        ..Default::default()
+    };
+    store.save_budget("c", "s", &spent).unwrap();
+    let loaded = store.load_budget("c", "s").unwrap().unwrap();
+    assert_eq!(loaded.attempts, 2);
+    assert_eq!(loaded.paused_at, Some(now.with_nanosecond_micros()));
+}
+
+trait Micros {
+    /// The time as the store keeps it (microseconds).
+    fn with_nanosecond_micros(self) -> Self;
+}
+
+impl Micros for chrono::DateTime<Utc> {
+    fn with_nanosecond_micros(self) -> Self {
+        use chrono::Timelike;
+        self.with_nanosecond(self.nanosecond() / 1000 * 1000)
+            .unwrap()
+    }
+}

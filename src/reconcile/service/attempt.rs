@@ -389,8 +389,8 @@ impl KeyRun<'_> {
                 if a.action == Some(Action::Unpause) {
                     // Its health verdicts so far were drawn while it was frozen.
                     let now = chrono::Utc::now();
-                    budget.paused_at = Some(now);
                     shared.keys.with(key, |state| state.paused_at = Some(now));
+                    self.save_paused_at(Some(now)).await;
                 }
                 let outcome = match &a.action {
                     Some(action) if actor == Actor::Controller => Outcome::Acted {

@@ -66,17 +66,17 @@ impl KeyRun<'_> {
             .container
             .as_ref()
             .is_some_and(|c| c.status == ContainerStatus::Paused);
-        if paused {
-            // Kept with the budget (a controller started after the unpause knows it too)
-            // and in memory (an observer saves no budget).
-            budget.paused_at = Some(self.clock.wall);
-        }
         let remembered = shared.keys.with(key, |state| {
             if paused {
                 state.paused_at = Some(self.clock.wall);
             }
             state.paused_at
         });
+        if !paused && remembered > budget.paused_at {
+            // A pause this process saw has ended: kept in the ticket store too (once per
+            // pause), so a controller started after it still knows the verdicts before it.
+            self.save_paused_at(remembered).await;
+        }
         observed.health_trusted_after = remembered.max(budget.paused_at);
         if observed
             .container

@@ -15,7 +15,7 @@ use super::super::shared::Shared;
 use super::super::state::RepairBudget;
 
 /// Observes one service: its container as the observed store has it (the store is fresh for
-/// the key: see [`reconcile`]); when the store has none, who holds the name, asked of the
+/// the key: see [`super::reconcile`]); when the store has none, who holds the name, asked of the
 /// engine (the precondition of a create); whether its image is present when it must be
 /// created; and the cluster network's options while it runs on it.
 pub(in crate::reconcile) async fn observe(

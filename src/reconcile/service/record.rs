@@ -111,10 +111,7 @@ impl KeyRun<'_> {
             // budget is the acting controller's, whatever an observer's look concluded.
             return;
         }
-        self.shared
-            .keys
-            .with(self.key, |state| state.budget = Some(budget.clone()));
-        let escalated = self.shared.keys.escalated();
+        let escalated = self.shared.keys.save_budget(self.key, budget.clone());
         self.shared.metrics.escalated.set(escalated as i64);
         let Some(journal) = self.journal() else {
             return;
@@ -128,6 +125,21 @@ impl KeyRun<'_> {
             .await
         {
             error!(service = %self.key, error = %e, "cannot save the repair budget");
+        }
+    }
+
+    /// Keeps when the service was last seen paused in the ticket store (see
+    /// [`crate::tickets::Store::save_paused_at`]). A failure only costs a controller started
+    /// later that knowledge: said, not retried.
+    pub(super) async fn save_paused_at(&self, at: Option<chrono::DateTime<chrono::Utc>>) {
+        let (Some(journal), Some(at)) = (self.journal(), at) else {
+            return;
+        };
+        if let Err(e) = journal
+            .save_paused_at(&self.key.cluster, &self.key.service, at)
+            .await
+        {
+            error!(service = %self.key, error = %e, "cannot record when the service was paused");
         }
     }
 
