@@ -742,7 +742,12 @@ fn a_fatal_answer_stops_dispatching(prefix: &str, script: Script) {
                 .is_some_and(|n| n.contains("dispatching stopped"))),
         "the ticket does not say why: {shown:#}"
     );
-    assert!(f.operator.log().contains("agent dispatching stopped"));
+    assert_eq!(
+        f.operator.served_metric("operator_agent_dispatching"),
+        0.0,
+        "dispatching did not stop; log:\n{}",
+        f.operator.log()
+    );
 }
 
 #[test]
