@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use crate::docker::store::Writer;
 use crate::docker::{ContainerStatus, HealthState, ServiceKey};
+use crate::drift::{DriftKind, Fingerprint, Target};
 use crate::manifest::{Cluster, DesiredState, Policy, Service};
 use crate::metrics::Metrics;
+use crate::reconcile::checks::CheckRestart;
 use crate::reconcile::controller::Controller;
 use crate::reconcile::engine::memory::MemoryEngine;
 use crate::reconcile::{ControllerConfig, Outcome};
 use crate::remediation::{Action, Actor, Dispatch, RemediationRequest, Remediator, SessionId};
-use crate::tickets::{Journal, Status, Store, Ticket};
+use crate::tickets::{DriftSighting, Journal, Status, Store, Ticket};
 
 const IMAGE: &str = "busybox:test";
 
@@ -44,6 +46,11 @@ struct Harness {
 }
 
 fn harness(services: &str) -> Harness {
+    harness_with(services, "")
+}
+
+/// [`harness`], with `spec` (YAML at the `spec:` level: checks, groups...) after the services.
+fn harness_with(services: &str, spec: &str) -> Harness {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "operator-service-{}-{}",
@@ -57,7 +64,7 @@ fn harness(services: &str) -> Harness {
     std::fs::write(
         manifests.join("c.yaml"),
         format!(
-            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  services:\n{services}"
+            "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  services:\n{services}{spec}"
         ),
     )
     .unwrap();
@@ -552,4 +559,56 @@ async fn a_dependent_is_restarted_once_its_restart_with_dependency_started_after
         h.tickets("api").await.is_empty(),
         "a deliberate step, not an incident"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_check_with_policy_restart_restarts_its_service_once_on_the_checks_ticket() {
+    // Prometheus is never asked: the check's verdict is handed over as the check recorder
+    // would (a ticket, then a restart request).
+    let h = harness_with(
+        &busybox("aa", ""),
+        "  prometheus: {url: \"http://127.0.0.1:9\"}\n  checks:\n    - name: up\n      expr: 'up == 0'\n      service: aa\n      remediation: {policy: restart}\n",
+    );
+    h.put("aa", ContainerStatus::Running);
+    let (ticket, _) = h
+        .journal
+        .sighting(
+            DriftSighting {
+                fingerprint: Fingerprint::check("c", Target::Service("aa".into()), "up"),
+                drift: DriftKind::CheckFailed,
+                detail: "up == 0 for aa".into(),
+                cooldown: Duration::from_secs(600),
+                evidence: None,
+            },
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let key = ServiceKey::new("c", "aa");
+    h.controller.shared.keys.with(&key, |state| {
+        state.check_restart = Some(CheckRestart {
+            check: "up".into(),
+            ticket: ticket.id,
+            detail: "up == 0 for aa".into(),
+            settle: Duration::from_secs(5),
+        })
+    });
+    assert_eq!(
+        h.look("aa").await,
+        Outcome::Acted {
+            action: Action::Restart
+        }
+    );
+    let started = h.journal.timeline(ticket.id).await.unwrap();
+    let started = started
+        .iter()
+        .find(|e| e.kind.as_str() == "action-started")
+        .expect("the restart is on the check's ticket");
+    assert_eq!(started.detail["drifts"][0], "check-failed:up");
+    // Asked once: the next look is the service's own (clean; the check's ticket is the
+    // check's to resolve).
+    assert_eq!(h.look("aa").await, Outcome::Clean);
+    assert_eq!(h.engine.actions(), vec!["restart aa"]);
+    let open = h.journal.get(ticket.id).await.unwrap().unwrap();
+    assert_ne!(open.status, Status::Resolved);
 }
