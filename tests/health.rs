@@ -118,25 +118,32 @@ fn checks_open_and_resolve_tickets_report_no_data_and_defer_to_a_down_container(
     let f = Etcd::start("checks", Some(2));
     let c = &f.cluster;
 
-    // A check on a metric that does not exist is reported, not silently passing.
+    // A check on a metric that does not exist is reported, not silently passing: its
+    // no-data gauge turns 1 (the series appears at the check's first round).
+    let no_data =
+        |check: &str| format!("operator_check_no_data{{cluster=\"{c}\",check=\"{check}\"}}");
     assert!(
-        f.operator
-            .wait_for_log("check returns no data at all", Duration::from_secs(30)),
-        "log:\n{}",
-        f.operator.log()
+        wait_until(Duration::from_secs(30), || f
+            .operator
+            .metric(&no_data("typo"))
+            == Some(1.0)),
+        "{} is {:?}; metrics:\n{}",
+        no_data("typo"),
+        f.operator.metric(&no_data("typo")),
+        f.operator.http_get("/metrics").1
     );
-    assert_eq!(
-        f.operator
-            .count_log(&["no data at all", "\"check\":\"typo\""]),
-        1
-    );
-    let (_, metrics) = f.operator.http_get("/metrics");
-    assert!(
-        metrics.contains(&format!(
-            "operator_check_no_data{{cluster=\"{c}\",check=\"typo\"}} 1"
-        )),
-        "{metrics}"
-    );
+    // It is one steady report, not one that comes and goes round by round; and it is the
+    // misspelled check's alone: the checks that see their series are not "no data".
+    f.operator.wait_check_rounds(2);
+    for (check, want) in [("typo", 1.0), ("member-up", 0.0), ("has-leader", 0.0)] {
+        let series = no_data(check);
+        assert_eq!(
+            f.operator.served_metric(&series),
+            want,
+            "{series}; metrics:\n{}",
+            f.operator.http_get("/metrics").1
+        );
+    }
     let status = operator(
         &[
             "status",
