@@ -325,9 +325,14 @@ impl Controller {
                 event = rx.recv() => match event {
                     Some(WatchEvent::Relisted) => self.enqueue_all(Why::Relist),
                     Some(WatchEvent::Changed { key, at }) => {
-                        shared.keys.with(&key, |state| {
-                            state.pending_event.get_or_insert(at);
-                        });
+                        // Only a declared key keeps state: on a shared engine the watcher
+                        // also sees other clusters' containers (their reconcile is a cheap
+                        // `undeclared`).
+                        if self.desired().cluster(&key.cluster).is_some_and(|c| c.service(&key.service).is_some()) {
+                            shared.keys.with(&key, |state| {
+                                state.pending_event.get_or_insert(at);
+                            });
+                        }
                         self.enqueue(key, Why::Event);
                     }
                     // The watcher only ends when cancelled; anything else is a bug to surface,
