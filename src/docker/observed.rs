@@ -238,6 +238,31 @@ fn name_of(c: &ContainerInspectResponse) -> String {
         .to_string()
 }
 
+#[cfg(test)]
+impl ObservedContainer {
+    /// A container of `key` named after its service, in `status`, everything else empty:
+    /// for unit tests, which set what they are about with `..` or by assignment.
+    pub fn example(id: &str, key: ServiceKey, status: ContainerStatus) -> ObservedContainer {
+        ObservedContainer {
+            id: id.into(),
+            name: key.service.clone(),
+            key,
+            spec_hash: String::new(),
+            image: String::new(),
+            status,
+            health: None,
+            networks: BTreeSet::new(),
+            network_mode: String::new(),
+            exit_code: None,
+            pid: None,
+            started_at: None,
+            finished_at: None,
+            health_probed_at: None,
+            adopted: false,
+        }
+    }
+}
+
 /// Docker reports "0001-01-01T00:00:00Z" for "never"; that is `None` here.
 fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     let t = DateTime::parse_from_rfc3339(s?).ok()?.with_timezone(&Utc);

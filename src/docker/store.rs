@@ -360,21 +360,8 @@ mod tests {
 
     fn container(id: &str, key: &ServiceKey, name: &str) -> ObservedContainer {
         ObservedContainer {
-            id: id.into(),
             name: name.into(),
-            key: key.clone(),
-            spec_hash: "h".into(),
-            image: "busybox".into(),
-            status: ContainerStatus::Running,
-            health: None,
-            networks: Default::default(),
-            network_mode: "none".into(),
-            exit_code: None,
-            pid: Some(1),
-            started_at: None,
-            finished_at: None,
-            health_probed_at: None,
-            adopted: false,
+            ..ObservedContainer::example(id, key.clone(), ContainerStatus::Running)
         }
     }
 

@@ -139,28 +139,15 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
 
     use super::*;
     use crate::docker::{ContainerStatus, HealthState, ObservedContainer, ServiceKey};
 
     fn container(status: ContainerStatus, health: Option<HealthState>) -> ObservedContainer {
         ObservedContainer {
-            id: "id".into(),
-            name: "s".into(),
-            key: ServiceKey::new("c", "s"),
-            spec_hash: "h".into(),
-            image: "i".into(),
-            status,
             health,
-            networks: BTreeSet::new(),
-            network_mode: String::new(),
             exit_code: Some(1),
-            pid: None,
-            started_at: None,
-            finished_at: None,
-            health_probed_at: None,
-            adopted: false,
+            ..ObservedContainer::example("id", ServiceKey::new("c", "s"), status)
         }
     }
 

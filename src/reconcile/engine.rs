@@ -156,7 +156,7 @@ pub mod memory {
     //! present, and a record of every call. Its actions take effect at once, as the real
     //! engine's do by the time the call returns.
 
-    use std::collections::{BTreeSet, HashMap, HashSet};
+    use std::collections::{HashMap, HashSet};
     use std::sync::Mutex;
 
     use chrono::{DateTime, Utc};
@@ -228,21 +228,17 @@ pub mod memory {
             let started = s.tick();
             s.next_id += 1;
             let c = ObservedContainer {
-                id: format!("c{:04}", s.next_id),
-                name: service.name.clone(),
-                key: ServiceKey::new(&cluster.name, &service.name),
                 spec_hash: service.spec_hash(),
                 image: service.image.clone(),
-                status,
-                health: None,
-                networks: BTreeSet::new(),
                 network_mode: "host".into(),
                 exit_code: (status == ContainerStatus::Exited).then_some(1),
-                pid: None,
                 started_at: Some(started),
                 finished_at: (status == ContainerStatus::Exited).then(|| s.tick()),
-                health_probed_at: None,
-                adopted: false,
+                ..ObservedContainer::example(
+                    &format!("c{:04}", s.next_id),
+                    ServiceKey::new(&cluster.name, &service.name),
+                    status,
+                )
             };
             s.containers.insert(service.name.clone(), c);
         }

@@ -96,21 +96,8 @@ mod tests {
 
     fn container(id: &str, status: ContainerStatus, started: i64) -> ObservedContainer {
         ObservedContainer {
-            id: id.into(),
-            name: "s".into(),
-            key: ServiceKey::new("c", "s"),
-            spec_hash: "h".into(),
-            image: "i".into(),
-            status,
-            health: None,
-            networks: Default::default(),
-            network_mode: String::new(),
-            exit_code: None,
-            pid: None,
             started_at: DateTime::from_timestamp(started, 0),
-            finished_at: None,
-            health_probed_at: None,
-            adopted: false,
+            ..ObservedContainer::example(id, ServiceKey::new("c", "s"), status)
         }
     }
 

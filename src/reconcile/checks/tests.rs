@@ -73,23 +73,11 @@ impl Setup {
     fn container(&self, status: ContainerStatus) {
         let observed = &self.observed;
         observed.replace_all(
-            vec![ObservedContainer {
-                id: "id".into(),
-                name: "svc".into(),
-                key: ServiceKey::new("c", "svc"),
-                spec_hash: String::new(),
-                image: "x".into(),
+            vec![ObservedContainer::example(
+                "id",
+                ServiceKey::new("c", "svc"),
                 status,
-                health: None,
-                networks: Default::default(),
-                network_mode: String::new(),
-                exit_code: None,
-                pid: None,
-                started_at: None,
-                finished_at: None,
-                health_probed_at: None,
-                adopted: false,
-            }],
+            )],
             0,
         );
         observed.set_connected(true);
