@@ -125,20 +125,23 @@ impl Shared {
         if !self.store.fresh(key) {
             return Some("the watcher is looking at its container after an event".into());
         }
-        let seen = self.store.get(key);
-        self.keys.with(key, |state| {
-            let expectation = state.expectation.as_ref()?;
-            if expectation.met(seen.as_ref()) {
-                state.expectation = None;
-                return None;
-            }
-            if expectation.expired(Instant::now()) {
-                debug!(service = %key, "the store never showed the last action's effect; reading it as it is");
-                state.expectation = None;
-                return None;
-            }
-            Some("the engine has not yet shown the effect of the controller's last action".into())
-        })
+        // Only this key's reconcile sets or clears its expectation, and it is the caller: the
+        // store is read (a clone) only when there is one, and outside the keys' lock.
+        let expectation = self
+            .keys
+            .read(key, |state| state.expectation.clone())
+            .flatten()?;
+        let met = expectation.met(self.store.get(key).as_ref());
+        if !met && !expectation.expired(Instant::now()) {
+            return Some(
+                "the engine has not yet shown the effect of the controller's last action".into(),
+            );
+        }
+        if !met {
+            debug!(service = %key, "the store never showed the last action's effect; reading it as it is");
+        }
+        self.keys.with(key, |state| state.expectation = None);
+        None
     }
 
     pub fn desired(&self) -> Arc<DesiredState> {
