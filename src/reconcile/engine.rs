@@ -258,10 +258,6 @@ pub mod memory {
             self.state().foreign.insert(name.to_string());
         }
 
-        pub fn get(&self, name: &str) -> Option<ObservedContainer> {
-            self.state().containers.get(name).cloned()
-        }
-
         /// `op` (`create`, `start`, `restart`...) fails with `error` from now on.
         pub fn fail(&self, op: &'static str, error: &str) {
             self.state().failing.insert(op, error.to_string());

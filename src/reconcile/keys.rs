@@ -101,17 +101,7 @@ impl Keys {
         states.entry(key.clone()).or_default().budget = Some(budget);
         escalated(&states)
     }
-}
 
-/// How many services are escalated, by their budgets as last saved.
-fn escalated(states: &HashMap<ServiceKey, KeyState>) -> usize {
-    states
-        .values()
-        .filter(|s| s.budget.as_ref().is_some_and(|b| b.escalated))
-        .count()
-}
-
-impl Keys {
     /// Withdraws the check restarts of `cluster`: all of them (`check` none), or one check's
     /// except on the services in `keep`.
     pub fn withdraw_check_restarts(
@@ -132,6 +122,14 @@ impl Keys {
             }
         }
     }
+}
+
+/// How many services are escalated, by their budgets as last saved.
+fn escalated(states: &HashMap<ServiceKey, KeyState>) -> usize {
+    states
+        .values()
+        .filter(|s| s.budget.as_ref().is_some_and(|b| b.escalated))
+        .count()
 }
 
 #[cfg(test)]
