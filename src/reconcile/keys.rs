@@ -4,7 +4,8 @@
 //! This is the volatile part, lost with the process and rebuilt by the next looks. The
 //! persisted part is written through the ticket store, so a controller killed mid-repair or
 //! mid-rollout resumes with it as it was: the repair budget and when the service was last
-//! paused (`tickets::budget`, read and saved once per reconcile), and what the quorum gate
+//! paused (`tickets::budget`, read at most once per reconcile, and not at all while the
+//! `view` the key's last store call read back is current), and what the quorum gate
 //! has under way with each group's replacement window (`tickets::gate`, see
 //! [`super::disruption`]).
 
@@ -50,6 +51,10 @@ pub(super) struct KeyState {
     pub adopted: Option<String>,
     /// The effect the key's last action must show in the store before it is read again.
     pub expectation: Option<Expectation>,
+    /// The key's budget and tickets as its last reconcile's last store call read them: the
+    /// next reconcile's read while the store's generation is the same (a cache of the
+    /// ticket store, never its truth).
+    pub view: Option<crate::tickets::ServiceView>,
 }
 
 /// Every key's [`KeyState`].

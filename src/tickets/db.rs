@@ -11,6 +11,7 @@
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -426,6 +427,14 @@ pub(crate) struct Db {
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
     read_only: bool,
+    /// Moves on after every commit this process makes ([`Db::write`]), and whenever another
+    /// connection's commit is noticed ([`Db::notice_others`]): what was read at generation
+    /// `g` is still what the database holds while the generation is `g` (see
+    /// [`Db::generation_now`]).
+    generation: AtomicU64,
+    /// The writer's `PRAGMA data_version` when another connection's commits were last
+    /// looked for.
+    seen_version: Mutex<Option<i64>>,
 }
 
 /// Reading connections of a read-write database.
@@ -617,6 +626,8 @@ impl Db {
             readers: Vec::new(),
             next_reader: Default::default(),
             read_only: false,
+            generation: AtomicU64::new(0),
+            seen_version: Mutex::new(None),
         };
         db.migrate()?;
         // Opened after the migrations, so they see the schema as it is now.
@@ -624,8 +635,15 @@ impl Db {
             let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
                 .map_err(open_err)?;
             reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+            // Every write goes through the writer ([`Db::write`]), which is what keeps the
+            // generation honest: the readers are refused any.
+            reader
+                .pragma_update(None, "query_only", "ON")
+                .map_err(open_err)?;
             db.readers.push(Mutex::new(reader));
         }
+        // The generation's baseline: commits of other processes are noticed from now on.
+        db.notice_others(&db.writer())?;
         // WAL side files inherit the process umask; keep them private too.
         for suffix in ["-wal", "-shm"] {
             let side = PathBuf::from(format!("{}{suffix}", path.display()));
@@ -674,6 +692,8 @@ impl Db {
             readers: Vec::new(),
             next_reader: Default::default(),
             read_only: true,
+            generation: AtomicU64::new(0),
+            seen_version: Mutex::new(None),
         })
     }
 
@@ -734,7 +754,43 @@ impl Db {
             .map_err(self.err(doing))?;
         let out = f(&tx)?;
         tx.commit().map_err(self.err(doing))?;
+        // Still under the writer's lock: no other commit of this process comes between.
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(out)
+    }
+
+    /// The generation, read before a read whose result it is to stamp: a commit after it
+    /// moves it on, so a stamped read is never taken for newer than it is.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The generation now, with another process's commits accounted for, or `None` when the
+    /// writer is busy (the caller then reads afresh). Cheap enough for an async thread: it
+    /// never waits for the writer, and `PRAGMA data_version` reads no page.
+    pub(crate) fn generation_now(&self) -> Option<u64> {
+        let conn = self.conn.try_lock().ok()?;
+        // The pragma opens a read transaction, which another process's checkpoint can keep
+        // waiting: refused at once rather than waited for here.
+        conn.busy_timeout(Duration::ZERO).ok()?;
+        let noticed = self.notice_others(&conn);
+        conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+        noticed.ok()?;
+        Some(self.generation())
+    }
+
+    /// Looks for commits by other connections (another process's `tickets retry`) since the
+    /// last look, and moves the generation on if there were; returns the data version.
+    pub(crate) fn notice_others(&self, writer: &Connection) -> Result<i64, TicketError> {
+        let version: i64 = writer
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(self.err("read the data version"))?;
+        let mut seen = self.seen_version.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen != Some(version) {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        *seen = Some(version);
+        Ok(version)
     }
 
     fn migrate(&self) -> Result<(), TicketError> {

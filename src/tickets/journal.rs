@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::model::{Actor, Cause, Sighting, Ticket, TimelineEntry};
 use super::query::{Episode, TicketQuery};
-use super::store::{DriftSighting, Selector, Store};
+use super::store::{DriftSighting, Selector, ServiceView, Store};
 use super::{Budget, EntryKind, TicketError};
 use crate::metrics::Metrics;
 
@@ -51,18 +51,23 @@ impl Journal {
         f: impl FnOnce(&Store) -> Result<T, TicketError> + Send + 'static,
     ) -> Result<T, TicketError> {
         let result = self.call(f).await;
-        match &result {
-            Ok(_) => {
+        self.wrote(result.as_ref().err());
+        result
+    }
+
+    /// Keeps `operator_store_writable` in step with a write's result.
+    fn wrote(&self, failure: Option<&TicketError>) {
+        match failure {
+            None => {
                 self.metrics.store_writable.set(1);
             }
-            Err(TicketError::Query { .. } | TicketError::Task(_)) => {
+            Some(TicketError::Query { .. } | TicketError::Task(_)) => {
                 if self.metrics.store_writable.set(0) != 0 {
                     warn!("the ticket store cannot be written: no repairs until it can");
                 }
             }
-            Err(_) => {}
+            Some(_) => {}
         }
-        result
     }
 
     /// Records one sighting; a new or reopened episode is counted and the gauges refreshed.
@@ -72,11 +77,22 @@ impl Journal {
         now: DateTime<Utc>,
     ) -> Result<(Ticket, Sighting), TicketError> {
         let drift = sighting.drift;
-        let (ticket, seen) = self.write(move |s| s.record_drift(&sighting, now)).await?;
+        // The gauges are counted in the same round trip when an episode begins.
+        let (ticket, seen, counts) = self
+            .write(move |s| {
+                let (ticket, seen) = s.record_drift(&sighting, now)?;
+                let counts = if seen == Sighting::Seen {
+                    None
+                } else {
+                    s.open_counts().ok()
+                };
+                Ok((ticket, seen, counts))
+            })
+            .await?;
         if seen != Sighting::Seen {
             self.metrics.tickets_opened.inc();
             self.metrics.drift(drift.as_str());
-            self.refresh_gauges().await;
+            self.set_gauges(counts).await;
         }
         Ok((ticket, seen))
     }
@@ -87,22 +103,20 @@ impl Journal {
     }
 
     /// What a reconcile of one service reads from the store, in one round trip: its repair
-    /// budget and its unresolved tickets.
-    pub async fn service_state(
+    /// budget and its unresolved tickets, stamped with the store's generation.
+    pub async fn service_view(
         &self,
         cluster: &str,
         service: &str,
-    ) -> Result<(Option<super::Budget>, Vec<Ticket>), TicketError> {
+    ) -> Result<ServiceView, TicketError> {
         let (c, s) = (cluster.to_string(), service.to_string());
-        self.call(move |st| {
-            let budget = st.load_budget(&c, &s)?;
-            let tickets = st.unresolved(&Selector::Target {
-                cluster: c,
-                target: s,
-            })?;
-            Ok((budget, tickets))
-        })
-        .await
+        self.call(move |st| st.service_view(&c, &s)).await
+    }
+
+    /// Whether `view` still holds what the store does, told without a round trip (see
+    /// [`Store::generation_now`]); false when that cannot be told at once.
+    pub fn is_current(&self, view: &ServiceView) -> bool {
+        self.store.generation_now() == Some(view.generation)
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<Ticket>, TicketError> {
@@ -158,6 +172,23 @@ impl Journal {
             .await
     }
 
+    /// [`Journal::finish_action`], then the service's view read afresh in the same round
+    /// trip (what its next reconcile reads, unless the store changes before).
+    pub async fn finish_action_viewed(
+        &self,
+        id: i64,
+        actor: Actor,
+        ok: bool,
+        result: serde_json::Value,
+        (cluster, service): (String, String),
+    ) -> Result<ServiceView, TicketError> {
+        self.write(move |s| {
+            s.action_finished(id, actor, ok, result, Utc::now())?;
+            s.service_view(&cluster, &service)
+        })
+        .await
+    }
+
     pub async fn escalate(
         &self,
         id: i64,
@@ -175,22 +206,77 @@ impl Journal {
         recheck: Recheck,
         now: DateTime<Utc>,
     ) -> Result<(), TicketError> {
-        if tickets.is_empty() {
-            return Ok(());
+        self.resolve_then(tickets, recheck, now, None).await?;
+        Ok(())
+    }
+
+    /// [`Journal::resolve_rechecked`] for one service's tickets, with the service's budget
+    /// saved and its view read afresh in the same round trip: a reconcile's last write.
+    pub async fn resolve_rechecked_saving(
+        &self,
+        tickets: Vec<Ticket>,
+        recheck: Recheck,
+        now: DateTime<Utc>,
+        (cluster, service, budget): (String, String, Option<Budget>),
+    ) -> Result<ServiceView, TicketError> {
+        let view = self
+            .resolve_then(tickets, recheck, now, Some((cluster, service, budget)))
+            .await?;
+        Ok(view.expect("a view is read when asked for"))
+    }
+
+    /// Resolves `tickets`, each in a transaction of its own (one refused leaves the others
+    /// resolved), counts the open tickets, and, for a service, saves its budget and reads
+    /// its view: all in one round trip.
+    async fn resolve_then(
+        &self,
+        tickets: Vec<Ticket>,
+        recheck: Recheck,
+        now: DateTime<Utc>,
+        service: Option<(String, String, Option<Budget>)>,
+    ) -> Result<Option<ServiceView>, TicketError> {
+        if tickets.is_empty() && service.is_none() {
+            return Ok(None);
         }
-        for ticket in tickets {
-            let (id, seen) = (ticket.id, recheck.clone());
-            let resolved: Option<Cause> = self
-                .write(move |s| s.resolve_rechecked(id, &seen, now))
-                .await?;
-            if let Some(cause) = resolved {
+        let ids: Vec<i64> = tickets.iter().map(|t| t.id).collect();
+        // A failure stops the rest, as it would have stopped the caller; the tickets
+        // resolved before it are still counted.
+        let (causes, failed, counts, view) = self
+            .write(move |s| {
+                let mut causes = Vec::with_capacity(ids.len());
+                for id in ids {
+                    match s.resolve_rechecked(id, &recheck, now) {
+                        Ok(cause) => causes.push(cause),
+                        Err(e) => return Ok((causes, Some(e), s.open_counts().ok(), None)),
+                    }
+                }
+                let counts = s.open_counts().ok();
+                let view = match service {
+                    Some((cluster, service, budget)) => {
+                        if let Some(budget) = budget {
+                            s.save_budget(&cluster, &service, &budget)?;
+                        }
+                        Some(s.service_view(&cluster, &service)?)
+                    }
+                    None => None,
+                };
+                Ok((causes, None, counts, view))
+            })
+            .await?;
+        for (ticket, cause) in tickets.iter().zip(causes) {
+            if let Some(cause) = cause {
                 let took = (now - ticket.episode_at).to_std().unwrap_or_default();
                 self.metrics.ticket_resolved(cause.as_str(), took);
-                info!(cluster = %ticket.cluster, target = %ticket.service, ticket = id, drift = %ticket.drift, cause = cause.as_str(), after_ms = took.as_millis() as u64, "ticket resolved");
+                info!(cluster = %ticket.cluster, target = %ticket.service, ticket = ticket.id, drift = %ticket.drift, cause = cause.as_str(), after_ms = took.as_millis() as u64, "ticket resolved");
             }
         }
-        self.refresh_gauges().await;
-        Ok(())
+        if let Some(e) = failed {
+            self.wrote(Some(&e));
+            self.set_gauges(counts).await;
+            return Err(e);
+        }
+        self.set_gauges(counts).await;
+        Ok(view)
     }
 
     /// Closes the tickets of services, checks or clusters no longer declared (cause
@@ -238,6 +324,21 @@ impl Journal {
         self.write(move |st| st.save_budget(&c, &s, &budget)).await
     }
 
+    /// [`Journal::save_budget`], then the service's view read afresh in the same round trip.
+    pub async fn save_budget_viewed(
+        &self,
+        cluster: &str,
+        service: &str,
+        budget: Budget,
+    ) -> Result<ServiceView, TicketError> {
+        let (c, s) = (cluster.to_string(), service.to_string());
+        self.write(move |st| {
+            st.save_budget(&c, &s, &budget)?;
+            st.service_view(&c, &s)
+        })
+        .await
+    }
+
     /// See [`Store::save_paused_at`].
     pub async fn save_paused_at(
         &self,
@@ -278,6 +379,15 @@ impl Journal {
     pub async fn close_interrupted_actions(&self) -> Result<usize, TicketError> {
         self.write(|s| s.close_interrupted_actions(Utc::now()))
             .await
+    }
+
+    /// Sets the open-tickets gauge from counts read with a write, or from the store when
+    /// they could not be.
+    async fn set_gauges(&self, counts: Option<Vec<(String, i64)>>) {
+        match counts {
+            Some(counts) => self.metrics.set_open_tickets(&counts),
+            None => self.refresh_gauges().await,
+        }
     }
 
     /// Sets the open-tickets gauge from the store.

@@ -47,7 +47,7 @@ pub use model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry
 pub use owner::{Ownership, host as host_name, lock_path};
 pub use query::{Episode, TicketQuery};
 pub use requests::AgentRequest;
-pub use store::{DriftSighting, Override, Selector, Store};
+pub use store::{DriftSighting, Override, Selector, ServiceView, Store};
 
 use std::path::PathBuf;
 

@@ -178,6 +178,14 @@ pub struct Override {
 }
 
 /// The ticket database: blocking calls.
+/// A service's budget and unresolved tickets as read at one generation of the store.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    pub generation: u64,
+    pub budget: Option<Budget>,
+    pub tickets: Vec<Ticket>,
+}
+
 pub struct Store {
     db: Db,
 }
@@ -228,10 +236,28 @@ impl Store {
 
     /// A number that changes whenever another connection commits (cheap change detection).
     pub fn data_version(&self) -> Result<i64, TicketError> {
-        self.db
-            .writer()
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(self.err("read the data version"))
+        self.db.notice_others(&self.db.writer())
+    }
+
+    /// The store's generation now, or `None` when it cannot be told without waiting: a
+    /// [`ServiceView`] whose generation it still is holds what a read would (see
+    /// [`super::db::Db::generation_now`]).
+    pub fn generation_now(&self) -> Option<u64> {
+        self.db.generation_now()
+    }
+
+    /// What a reconcile of one service reads: its repair budget and its unresolved tickets,
+    /// stamped with the generation they were read at.
+    pub fn service_view(&self, cluster: &str, service: &str) -> Result<ServiceView, TicketError> {
+        let generation = self.db.generation();
+        Ok(ServiceView {
+            generation,
+            budget: self.load_budget(cluster, service)?,
+            tickets: self.unresolved(&Selector::Target {
+                cluster: cluster.to_string(),
+                target: service.to_string(),
+            })?,
+        })
     }
 
     fn append_tx(

@@ -1103,3 +1103,37 @@ impl Micros for chrono::DateTime<Utc> {
             .unwrap()
     }
 }
+
+#[test]
+fn a_service_view_is_current_until_this_process_or_another_commits() {
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let view = store.service_view("c", "s").unwrap();
+    assert_eq!(
+        store.generation_now(),
+        Some(view.generation),
+        "nothing written"
+    );
+    // A write of this process, to any service, moves the generation on.
+    store.save_budget("c", "other", &Budget::default()).unwrap();
+    assert_ne!(store.generation_now(), Some(view.generation));
+    let view = store.service_view("c", "s").unwrap();
+    assert_eq!(store.generation_now(), Some(view.generation));
+    // So does another process's (here, a connection of its own), once noticed.
+    let other = Store::open(&db.path()).unwrap();
+    other.save_budget("c", "s", &Budget::default()).unwrap();
+    assert_ne!(store.generation_now(), Some(view.generation));
+    let fresh = store.service_view("c", "s").unwrap();
+    assert!(fresh.budget.is_some(), "the other's write is read");
+    assert_eq!(store.generation_now(), Some(fresh.generation));
+}
+
+#[test]
+fn the_reading_connections_refuse_writes() {
+    // Every write goes through the writer, which moves the generation on: a write through a
+    // reader would leave views current that are not.
+    let db = TempDb::new();
+    let store = Store::open(&db.path()).unwrap();
+    let refused = store.conn().execute("DELETE FROM budgets", []);
+    assert!(refused.is_err(), "{refused:?}");
+}

@@ -428,10 +428,20 @@ impl KeyRun<'_> {
                 (outcome, false, entry)
             }
         };
-        if let (Some(journal), Some(id)) = (self.journal(), a.ticket)
-            && let Err(e) = journal.finish_action(id, actor, ok, entry).await
-        {
-            error!(service = %key, error = %e, "cannot record the action's result");
+        if let (Some(journal), Some(id)) = (self.journal(), a.ticket) {
+            match journal
+                .finish_action_viewed(
+                    id,
+                    actor,
+                    ok,
+                    entry,
+                    (key.cluster.clone(), key.service.clone()),
+                )
+                .await
+            {
+                Ok(view) => self.keep_view(view),
+                Err(e) => error!(service = %key, error = %e, "cannot record the action's result"),
+            }
         }
         outcome
     }

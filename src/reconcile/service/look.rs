@@ -222,12 +222,14 @@ impl KeyRun<'_> {
             quiet = false;
         }
         if verified {
-            if self
-                .resolve_over(tickets, &HashSet::new(), false, observed.container.as_ref())
-                .await
-            {
-                budget.end_escalation();
-            }
+            self.resolve_over(
+                tickets,
+                &HashSet::new(),
+                false,
+                observed.container.as_ref(),
+                budget,
+            )
+            .await;
         } else if !tickets.is_empty() {
             // With a healthcheck the desired state is `healthy`: a container still
             // `starting`, or whose `unhealthy` predates its unpause, ends no episode
@@ -331,12 +333,8 @@ impl KeyRun<'_> {
             .iter()
             .map(|d| Fingerprint::service(&key.cluster, &key.service, d.kind))
             .collect();
-        if self
-            .resolve_over(tickets, &still, true, observed.container.as_ref())
-            .await
-        {
-            budget.end_escalation();
-        }
+        self.resolve_over(tickets, &still, true, observed.container.as_ref(), budget)
+            .await;
 
         let ticket_id = ticket.as_ref().map(|t| t.id);
         if !budget.escalated {

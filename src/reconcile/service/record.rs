@@ -9,7 +9,7 @@ use tracing::{error, warn};
 use crate::docker::{ContainerStatus, ObservedContainer};
 use crate::drift::{Drift, Fingerprint};
 use crate::manifest::Service;
-use crate::tickets::{DriftSighting, Selector, Sighting, Status, Ticket, TicketError};
+use crate::tickets::{DriftSighting, Selector, ServiceView, Sighting, Status, Ticket, TicketError};
 
 use super::super::events::Event;
 use super::super::shared::lock;
@@ -68,6 +68,9 @@ impl KeyRun<'_> {
     /// person may have changed with `tickets retry`), else from memory.
     /// Also keeps the service's unresolved tickets, read in the same round trip, for this
     /// reconcile's look ([`KeyRun::tickets`]).
+    ///
+    /// The read is the view the key's last reconcile left (read with its last write) while
+    /// the store has not changed since, which costs no round trip; else it is read afresh.
     pub(super) async fn load_budget(&self) -> Result<RepairBudget, TicketError> {
         let Some(journal) = self.journal() else {
             return Ok(self
@@ -77,13 +80,34 @@ impl KeyRun<'_> {
                 .flatten()
                 .unwrap_or_default());
         };
-        let (stored, tickets) = journal
-            .service_state(&self.key.cluster, &self.key.service)
-            .await?;
-        *lock(&self.tickets) = Some(tickets);
-        Ok(stored
+        let kept = self
+            .shared
+            .keys
+            .read(self.key, |state| state.view.clone())
+            .flatten()
+            .filter(|view| journal.is_current(view));
+        let view = match kept {
+            Some(view) => view,
+            None => {
+                let view = journal
+                    .service_view(&self.key.cluster, &self.key.service)
+                    .await?;
+                self.keep_view(view.clone());
+                view
+            }
+        };
+        *lock(&self.tickets) = Some(view.tickets);
+        Ok(view
+            .budget
             .map(|b| RepairBudget::from_stored(&b, self.clock))
             .unwrap_or_default())
+    }
+
+    /// Keeps the view a write of this reconcile read back, for the key's next reconcile.
+    pub(super) fn keep_view(&self, view: ServiceView) {
+        self.shared
+            .keys
+            .with(self.key, |state| state.view = Some(view));
     }
 
     /// The service's unresolved tickets: as read with the budget when this reconcile began,
@@ -120,11 +144,15 @@ impl KeyRun<'_> {
         if lock(&self.stored).as_ref() == Some(&stored) {
             return;
         }
-        if let Err(e) = journal
-            .save_budget(&self.key.cluster, &self.key.service, stored)
+        match journal
+            .save_budget_viewed(&self.key.cluster, &self.key.service, stored.clone())
             .await
         {
-            error!(service = %self.key, error = %e, "cannot save the repair budget");
+            Ok(view) => {
+                *lock(&self.stored) = Some(stored);
+                self.keep_view(view);
+            }
+            Err(e) => error!(service = %self.key, error = %e, "cannot save the repair budget"),
         }
     }
 
@@ -191,17 +219,19 @@ impl KeyRun<'_> {
     }
 
     /// A fresh observation shows the drift of these tickets gone: resolves every unresolved
-    /// container ticket of the service whose fingerprint is not in `still`. True when an
-    /// escalated one was among them (the service's escalation ends with it).
+    /// container ticket of the service whose fingerprint is not in `still`, ending the
+    /// service's escalation in `budget` when an escalated one was among them. The budget is
+    /// saved, and the key's view read back, in the same round trip.
     pub(super) async fn resolve_over(
         &self,
         tickets: Vec<Ticket>,
         still: &HashSet<Fingerprint>,
         service_drifts: bool,
         container: Option<&ObservedContainer>,
-    ) -> bool {
+        budget: &mut RepairBudget,
+    ) {
         let Some(journal) = self.journal() else {
-            return false;
+            return;
         };
         // Check tickets are the check evaluations' to resolve: a running container says
         // nothing about whether its checks pass. A held ticket is a person's: while the
@@ -211,10 +241,13 @@ impl KeyRun<'_> {
             still.contains(&t.fingerprint) || t.fingerprint.is_check() || (service_drifts && t.held)
         });
         if over.is_empty() {
-            return false;
+            return;
         }
         let escalated = |ts: &[Ticket]| ts.iter().any(|t| t.status == Status::Escalated);
-        let ends_escalation = escalated(&over) && !escalated(&kept);
+        let before = budget.clone();
+        if escalated(&over) && !escalated(&kept) {
+            budget.end_escalation();
+        }
         // "desired state" only when it is: running, and healthy by its healthcheck if it has
         // one, with no drift of another kind. Otherwise only the ended episodes are over.
         let desired = still.is_empty()
@@ -245,12 +278,31 @@ impl KeyRun<'_> {
             "status": container.map(|c| c.status.as_str()),
             "health": container.and_then(|c| c.health),
         });
-        match journal.resolve_rechecked(over, seen, self.clock.wall).await {
-            Ok(()) => ends_escalation,
+        // An observer saves no budget (see `save_budget`); an unchanged one is not saved.
+        let stored = budget.to_stored(self.clock);
+        let save = (!self.shared.config.observe_only
+            && lock(&self.stored).as_ref() != Some(&stored))
+        .then(|| stored.clone());
+        let saving = save.is_some();
+        match journal
+            .resolve_rechecked_saving(
+                over,
+                seen,
+                self.clock.wall,
+                (self.key.cluster.clone(), self.key.service.clone(), save),
+            )
+            .await
+        {
+            Ok(view) => {
+                if saving {
+                    *lock(&self.stored) = Some(stored);
+                }
+                self.keep_view(view);
+            }
             Err(e) => {
+                *budget = before;
                 warn!(service = %self.key, error = %e, "cannot resolve tickets; will re-check");
                 self.retry_soon();
-                false
             }
         }
     }

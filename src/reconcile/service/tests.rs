@@ -41,6 +41,7 @@ struct Harness {
     controller: Controller,
     engine: Arc<MemoryEngine>,
     journal: Journal,
+    metrics: Arc<Metrics>,
     desired: DesiredState,
     _dir: Dir,
 }
@@ -71,13 +72,14 @@ fn harness_with(services: &str, spec: &str) -> Harness {
     let desired = crate::manifest::load(std::slice::from_ref(&manifests)).unwrap();
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&dir.0.join("tickets.db")).unwrap();
-    let journal = Journal::new(Arc::new(store), metrics);
+    let journal = Journal::new(Arc::new(store), metrics.clone());
     let engine = Arc::new(MemoryEngine::new().with_image(IMAGE));
     let controller = controller(&desired, &journal, &engine);
     Harness {
         controller,
         engine,
         journal,
+        metrics,
         desired,
         _dir: dir,
     }
@@ -611,4 +613,76 @@ async fn a_failing_check_with_policy_restart_restarts_its_service_once_on_the_ch
     assert_eq!(h.engine.actions(), vec!["restart aa"]);
     let open = h.journal.get(ticket.id).await.unwrap().unwrap();
     assert_ne!(open.status, Status::Resolved);
+}
+
+impl Harness {
+    /// The ticket store's round trips `f` makes.
+    async fn round_trips<T>(&self, f: impl std::future::Future<Output = T>) -> (T, u64) {
+        let before = self.metrics.store_round_trips.get();
+        let out = f.await;
+        (out, self.metrics.store_round_trips.get() - before)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_costs_at_most_four_store_round_trips_and_a_quiet_look_none() {
+    let h = harness(&busybox("aa", ""));
+    assert_eq!(
+        h.look("aa").await,
+        Outcome::Acted {
+            action: Action::Create
+        }
+    );
+    assert_eq!(h.look("aa").await, Outcome::Clean);
+    let (outcome, quiet) = h.round_trips(h.look("aa")).await;
+    assert_eq!(outcome, Outcome::Clean);
+    assert_eq!(quiet, 0, "the view the last look left is still the store's");
+
+    h.engine
+        .change("aa", |c| c.status = ContainerStatus::Exited);
+    let (outcome, acting) = h.round_trips(h.look("aa")).await;
+    assert_eq!(
+        outcome,
+        Outcome::Acted {
+            action: Action::Start
+        }
+    );
+    let (outcome, resolving) = h.round_trips(h.look("aa")).await;
+    assert_eq!(outcome, Outcome::Clean);
+    assert_eq!(h.tickets("aa").await[0].status, Status::Resolved);
+    // The sighting, the attempt with its budget, the result; the resolution with the budget.
+    assert_eq!((acting, resolving), (3, 1));
+    let (_, after) = h.round_trips(h.look("aa")).await;
+    assert_eq!(after, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_another_process_writes_is_read_by_the_next_look_not_the_kept_view() {
+    let h = harness(&busybox("aa", ""));
+    h.put("aa", ContainerStatus::Running);
+    assert_eq!(h.look("aa").await, Outcome::Clean);
+    let (_, quiet) = h.round_trips(h.look("aa")).await;
+    assert_eq!(quiet, 0, "the look reads the kept view");
+    // Another process (a drill, a second controller's store) opens a ticket on the service
+    // through a connection of its own.
+    let other = Store::open(&h._dir.0.join("tickets.db")).unwrap();
+    let (ticket, _) = other
+        .record_drift(
+            &DriftSighting {
+                fingerprint: Fingerprint::service("c", "aa", DriftKind::Stopped),
+                drift: DriftKind::Stopped,
+                detail: "exited (0)".into(),
+                cooldown: Duration::from_secs(600),
+                evidence: None,
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap();
+    drop(other);
+    // A look that used the kept view would not know the ticket, and leave it open.
+    let (outcome, read) = h.round_trips(h.look("aa")).await;
+    assert_eq!(outcome, Outcome::Clean);
+    assert!(read >= 1, "read afresh");
+    let ticket = h.journal.get(ticket.id).await.unwrap().unwrap();
+    assert_eq!(ticket.status, Status::Resolved, "{ticket:?}");
 }
