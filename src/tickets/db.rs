@@ -808,40 +808,101 @@ impl Db {
         migrated
     }
 
-    fn apply_migrations(&self) -> Result<(), TicketError> {
-        self.write("apply schema migrations", |tx| {
-            let version: i64 = tx
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(self.err("read the schema version"))?;
-            let known = MIGRATIONS.len() as i64;
-            if version > known {
-                return Err(TicketError::TooNew {
-                    path: self.path.clone(),
-                    found: version,
-                    known,
-                });
-            }
-            for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-                tx.execute_batch(step.sql)
-                    .map_err(self.err("apply schema migrations"))?;
-                let dangling: i64 = tx
-                    .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-                        r.get(0)
-                    })
-                    .map_err(self.err("check references after a migration"))?;
-                if dangling > 0 {
-                    return Err(TicketError::Migration {
-                        path: self.path.clone(),
-                        step: i + 1,
-                        reason: format!("{dangling} rows would reference missing rows"),
-                    });
+    /// The file's folder locked against another process's migration, waited for at most
+    /// [`BUSY_TIMEOUT`] (as a write waits for another's); unlocked when dropped.
+    fn lock_for_migration(&self) -> Result<std::fs::File, TicketError> {
+        let folder = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let lock_err = |source| TicketError::Lock {
+            path: folder.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(folder).map_err(lock_err)?;
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                tx.pragma_update(None, "user_version", (i + 1) as i64)
-                    .map_err(self.err("apply schema migrations"))?;
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(lock_err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "another process has been migrating its schema for {} s",
+                            BUSY_TIMEOUT.as_secs()
+                        ),
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
             }
-            tx.pragma_update(None, "application_id", APPLICATION_ID)
-                .map_err(self.err("apply schema migrations"))?;
-            Ok(())
-        })
+        }
+    }
+
+    /// Runs the steps the file has not seen, in one transaction, through
+    /// `rusqlite_migration` (which keeps the version in `PRAGMA user_version`, as this store
+    /// always has), every reference checked after each step.
+    fn apply_migrations(&self) -> Result<(), TicketError> {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+
+        // `rusqlite_migration` reads the version before its transaction: two processes
+        // opening an old file at once would both run its steps. An exclusive `flock` on the
+        // file's folder lets one migrate at a time; the other then finds nothing left to
+        // do. Not on the file itself: closing another descriptor of the database would
+        // drop the `fcntl` locks SQLite holds on it for this process.
+        let _migrating = self.lock_for_migration()?;
+        let mut conn = self.writer();
+        let version = |conn: &Connection| -> Result<i64, TicketError> {
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(self.err("read the schema version"))
+        };
+        let known = MIGRATIONS.len() as i64;
+        let found = version(&conn)?;
+        if found > known {
+            return Err(TicketError::TooNew {
+                path: self.path.clone(),
+                found,
+                known,
+            });
+        }
+        // How many steps are in: the step that failed is the next one.
+        let applied = Arc::new(AtomicUsize::new(found as usize));
+        let steps = rusqlite_migration::Migrations::new(
+            MIGRATIONS
+                .iter()
+                .enumerate()
+                .map(|(i, step)| {
+                    let applied = applied.clone();
+                    rusqlite_migration::M::up_with_hook(
+                        step.sql,
+                        move |_: &rusqlite::Transaction| {
+                            applied.store(i + 1, Ordering::SeqCst);
+                            Ok(())
+                        },
+                    )
+                    .comment(step.adds)
+                    .foreign_key_check()
+                })
+                .collect(),
+        );
+        if let Err(e) = steps.to_latest(&mut conn) {
+            let reason = match e {
+                rusqlite_migration::Error::ForeignKeyCheck(dangling) => {
+                    format!("{} rows would reference missing rows", dangling.len())
+                }
+                rusqlite_migration::Error::RusqliteError { err, .. } => err.to_string(),
+                other => other.to_string(),
+            };
+            return Err(TicketError::Migration {
+                path: self.path.clone(),
+                step: applied.load(Ordering::SeqCst) + 1,
+                reason,
+            });
+        }
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(self.err("apply schema migrations"))
     }
 }

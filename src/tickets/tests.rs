@@ -1137,3 +1137,109 @@ fn the_reading_connections_refuse_writes() {
     let refused = store.conn().execute("DELETE FROM budgets", []);
     assert!(refused.is_err(), "{refused:?}");
 }
+
+/// A database as an operator of schema `version` left it: its steps applied by hand, one
+/// ticket with one timeline entry in it.
+fn database_of_schema(path: &std::path::Path, version: usize) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let raw = rusqlite::Connection::open(path).unwrap();
+    for step in &crate::tickets::MIGRATIONS[..version] {
+        raw.execute_batch(step.sql).unwrap();
+    }
+    raw.execute_batch(&format!(
+        "PRAGMA user_version = {version}; PRAGMA application_id = 1330664523;
+         INSERT INTO tickets (id, fingerprint, cluster, service, drift, status, opened_at, episode_at, last_seen_at)
+           VALUES (5, 'c/s/stopped', 'c', 's', 'stopped', 'open', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z');
+         INSERT INTO timeline (ticket_id, at, kind, detail) VALUES (5, '2026-01-01T00:00:00.000000Z', 'detected', '{{}}');"
+    ))
+    .unwrap();
+}
+
+fn schema_version(path: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_database_of_every_released_schema_is_migrated_in_place() {
+    let latest = crate::tickets::MIGRATIONS.len();
+    for version in 1..=latest {
+        let db = TempDb::new();
+        database_of_schema(&db.path(), version);
+        let store = Store::open(&db.path())
+            .unwrap_or_else(|e| panic!("schema {version} does not migrate: {e}"));
+        let ticket = store.get(5).unwrap().expect("the ticket is kept");
+        assert_eq!(ticket.status, Status::Open, "schema {version}");
+        assert_eq!(store.timeline(5).unwrap().len(), 1, "schema {version}");
+        drop(store);
+        assert_eq!(
+            schema_version(&db.path()),
+            latest as i64,
+            "schema {version}"
+        );
+    }
+}
+
+#[test]
+fn a_database_of_a_newer_operator_is_refused_and_left_alone() {
+    let db = TempDb::new();
+    let latest = crate::tickets::MIGRATIONS.len();
+    database_of_schema(&db.path(), latest);
+    rusqlite::Connection::open(db.path())
+        .unwrap()
+        .pragma_update(None, "user_version", latest as i64 + 1)
+        .unwrap();
+    let refused = Store::open(&db.path());
+    assert!(
+        matches!(refused, Err(TicketError::TooNew { found, .. }) if found == latest as i64 + 1),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(schema_version(&db.path()), latest as i64 + 1);
+}
+
+#[test]
+fn a_migration_that_fails_names_its_step_and_leaves_the_file_as_it_was() {
+    let db = TempDb::new();
+    let latest = crate::tickets::MIGRATIONS.len();
+    database_of_schema(&db.path(), latest - 1);
+    // Whatever the last step adds is there already under its name: the step cannot run.
+    let last = crate::tickets::MIGRATIONS[latest - 1].sql;
+    rusqlite::Connection::open(db.path())
+        .unwrap()
+        .execute_batch(last)
+        .unwrap();
+    let failed = Store::open(&db.path());
+    match failed {
+        Err(TicketError::Migration { step, .. }) => assert_eq!(step, latest),
+        other => panic!("expected a failed migration, got {:?}", other.err()),
+    }
+    assert_eq!(schema_version(&db.path()), latest as i64 - 1);
+    let failed = Store::open(&db.path()).err().unwrap().to_string();
+    assert!(
+        failed.contains(&format!("schema migration {latest} failed")),
+        "{failed}"
+    );
+}
+
+#[test]
+fn processes_opening_an_old_database_at_once_all_get_it_migrated() {
+    let db = TempDb::new();
+    database_of_schema(&db.path(), 1);
+    let path = db.path();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || Store::open(&path).map(|_| ()))
+        })
+        .collect();
+    for open in opens {
+        open.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        schema_version(&path),
+        crate::tickets::MIGRATIONS.len() as i64
+    );
+}
