@@ -22,6 +22,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 
 use super::TicketError;
+use super::row::raw_row;
 use super::store::{At, Store, ts};
 
 /// Declares a closed set of names stored as text, with `as_str`, `parse`, `ALL`, `Display`
@@ -329,51 +330,30 @@ pub fn is_session_id(id: &str) -> bool {
         && NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").is_ok()
 }
 
-const SESSION_COLUMNS: &str = "rowid, id, ticket_id, cluster, service, model, mode, holder, \
-     started_at, ended_at, outcome, stop_reason, verdict, claim, input_tokens, output_tokens, \
-     cache_read_tokens, cache_write_tokens, turns, request_ids";
-
-/// A session row as SQLite holds it.
-struct RawSession {
-    row: i64,
-    id: String,
-    ticket_id: i64,
-    cluster: String,
-    service: String,
-    model: String,
-    mode: String,
-    holder: String,
-    started_at: String,
-    ended_at: Option<String>,
-    outcome: String,
-    stop_reason: Option<String>,
-    verdict: Option<String>,
-    claim: Option<String>,
-    tokens: [i64; 4],
-    turns: i64,
-    request_ids: String,
-}
-
-fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSession> {
-    Ok(RawSession {
-        row: r.get(0)?,
-        id: r.get(1)?,
-        ticket_id: r.get(2)?,
-        cluster: r.get(3)?,
-        service: r.get(4)?,
-        model: r.get(5)?,
-        mode: r.get(6)?,
-        holder: r.get(7)?,
-        started_at: r.get(8)?,
-        ended_at: r.get(9)?,
-        outcome: r.get(10)?,
-        stop_reason: r.get(11)?,
-        verdict: r.get(12)?,
-        claim: r.get(13)?,
-        tokens: [r.get(14)?, r.get(15)?, r.get(16)?, r.get(17)?],
-        turns: r.get(18)?,
-        request_ids: r.get(19)?,
-    })
+raw_row! {
+    /// A session row as SQLite holds it.
+    struct RawSession {
+        row: i64 = "rowid",
+        id: String,
+        ticket_id: i64,
+        cluster: String,
+        service: String,
+        model: String,
+        mode: String,
+        holder: String,
+        started_at: String,
+        ended_at: Option<String>,
+        outcome: String,
+        stop_reason: Option<String>,
+        verdict: Option<String>,
+        claim: Option<String>,
+        input_tokens: i64,
+        output_tokens: i64,
+        cache_read_tokens: i64,
+        cache_write_tokens: i64,
+        turns: i64,
+        request_ids: String,
+    }
 }
 
 fn count(at: &At<'_>, column: &'static str, n: i64) -> Result<u64, TicketError> {
@@ -402,7 +382,6 @@ impl RawSession {
         }
         let request_ids: Vec<String> = serde_json::from_str(&self.request_ids)
             .map_err(|_| at.corrupt("request_ids", &self.request_ids))?;
-        let [input, output, cache_read, cache_write] = self.tokens;
         Ok(AgentSession {
             mode: SafetyMode::parse(&self.mode).ok_or_else(|| at.corrupt("mode", &self.mode))?,
             started_at: at.time("started_at", &self.started_at)?,
@@ -417,10 +396,10 @@ impl RawSession {
             )?,
             verdict: opt_enum(&at, "verdict", self.verdict.as_deref(), Verdict::parse)?,
             tokens: Usage {
-                input: count(&at, "input_tokens", input)?,
-                output: count(&at, "output_tokens", output)?,
-                cache_read: count(&at, "cache_read_tokens", cache_read)?,
-                cache_write: count(&at, "cache_write_tokens", cache_write)?,
+                input: count(&at, "input_tokens", self.input_tokens)?,
+                output: count(&at, "output_tokens", self.output_tokens)?,
+                cache_read: count(&at, "cache_read_tokens", self.cache_read_tokens)?,
+                cache_write: count(&at, "cache_write_tokens", self.cache_write_tokens)?,
             },
             turns: u32::try_from(self.turns)
                 .map_err(|_| at.corrupt("turns", &self.turns.to_string()))?,
@@ -436,64 +415,50 @@ impl RawSession {
     }
 }
 
-const CLAIM_COLUMNS: &str = "ticket_id, holder, session_id, claimed_at, expires_at";
-
-type RawClaim = (i64, String, Option<String>, String, String);
-
-fn claim_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawClaim> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+raw_row! {
+    /// A claim row as SQLite holds it.
+    struct RawClaim {
+        ticket_id: i64,
+        holder: String,
+        session_id: Option<String>,
+        claimed_at: String,
+        expires_at: String,
+    }
 }
 
-const APPROVAL_COLUMNS: &str = "a.id, a.session_id, s.ticket_id, a.tool_use_id, a.command, \
-     a.asked_at, a.decided_at, a.decision, a.decided_by, a.reason";
-
-type RawApproval = (
-    i64,
-    String,
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
-fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-    ))
+raw_row! {
+    /// An approval row, with its session's ticket, as SQLite holds it.
+    struct RawApproval {
+        id: i64 = "a.id",
+        session_id: String = "a.session_id",
+        ticket_id: i64 = "s.ticket_id",
+        tool_use_id: String = "a.tool_use_id",
+        command: String = "a.command",
+        asked_at: String = "a.asked_at",
+        decided_at: Option<String> = "a.decided_at",
+        decision: Option<String> = "a.decision",
+        decided_by: Option<String> = "a.decided_by",
+        reason: Option<String> = "a.reason",
+    }
 }
 
 fn approval_of(store: &Store, raw: RawApproval) -> Result<Approval, TicketError> {
-    let (id, session_id, ticket_id, tool_use_id, command, asked, decided, decision, by, reason) =
-        raw;
     let at = At {
         path: store.path(),
         table: "agent_approvals",
-        row: id,
+        row: raw.id,
     };
     Ok(Approval {
-        asked_at: at.time("asked_at", &asked)?,
-        decided_at: at.opt_time("decided_at", decided.as_deref())?,
-        decision: opt_enum(&at, "decision", decision.as_deref(), Decision::parse)?,
-        id,
-        session_id,
-        ticket_id,
-        tool_use_id,
-        command,
-        decided_by: by,
-        reason,
+        asked_at: at.time("asked_at", &raw.asked_at)?,
+        decided_at: at.opt_time("decided_at", raw.decided_at.as_deref())?,
+        decision: opt_enum(&at, "decision", raw.decision.as_deref(), Decision::parse)?,
+        id: raw.id,
+        session_id: raw.session_id,
+        ticket_id: raw.ticket_id,
+        tool_use_id: raw.tool_use_id,
+        command: raw.command,
+        decided_by: raw.decided_by,
+        reason: raw.reason,
     })
 }
 
@@ -521,8 +486,11 @@ impl Store {
         clause: &str,
         params: impl rusqlite::Params,
     ) -> Result<Vec<AgentSession>, TicketError> {
-        let sql = format!("SELECT {SESSION_COLUMNS} FROM agent_sessions {clause}");
-        rows(self, conn, doing, &sql, params, session_row)?
+        let sql = format!(
+            "SELECT {} FROM agent_sessions {clause}",
+            RawSession::COLUMNS
+        );
+        rows(self, conn, doing, &sql, params, RawSession::read)?
             .into_iter()
             .map(|r| r.parse(self))
             .collect()
@@ -748,37 +716,40 @@ impl Store {
         let Some(session) = self.session_tx(&conn, session_id)? else {
             return Ok(None);
         };
-        type Raw = (
-            i64,
-            i64,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            String,
-        );
-        let raw: Vec<Raw> = rows(
+        raw_row! {
+            struct RawEntry {
+                row: i64 = "rowid",
+                seq: i64,
+                at: String,
+                kind: String,
+                tool_use_id: Option<String>,
+                tool: Option<String>,
+                detail: String,
+            }
+        }
+        let raw = rows(
             self,
             &conn,
             "read a session's entries",
-            "SELECT rowid, seq, at, kind, tool_use_id, tool, detail FROM agent_entries \
-             WHERE session_id = ?1 ORDER BY seq",
+            &format!(
+                "SELECT {} FROM agent_entries WHERE session_id = ?1 ORDER BY seq",
+                RawEntry::COLUMNS
+            ),
             params![session_id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            },
+            RawEntry::read,
         )?;
         let entries = raw
             .into_iter()
-            .map(|(row, seq, at, kind, tool_use_id, tool, detail)| {
+            .map(|e| {
+                let RawEntry {
+                    row,
+                    seq,
+                    at,
+                    kind,
+                    tool_use_id,
+                    tool,
+                    detail,
+                } = e;
                 let here = At {
                     path: self.path(),
                     table: "agent_entries",
@@ -811,18 +782,17 @@ impl Store {
     }
 
     fn claim_of(&self, raw: RawClaim) -> Result<Claim, TicketError> {
-        let (ticket_id, holder, session_id, claimed, expires) = raw;
         let at = At {
             path: self.path(),
             table: "agent_claims",
-            row: ticket_id,
+            row: raw.ticket_id,
         };
         Ok(Claim {
-            claimed_at: at.time("claimed_at", &claimed)?,
-            expires_at: at.time("expires_at", &expires)?,
-            ticket_id,
-            holder,
-            session_id,
+            claimed_at: at.time("claimed_at", &raw.claimed_at)?,
+            expires_at: at.time("expires_at", &raw.expires_at)?,
+            ticket_id: raw.ticket_id,
+            holder: raw.holder,
+            session_id: raw.session_id,
         })
     }
 
@@ -831,14 +801,17 @@ impl Store {
         conn: &rusqlite::Connection,
         ticket_id: i64,
     ) -> Result<Option<Claim>, TicketError> {
-        let sql = format!("SELECT {CLAIM_COLUMNS} FROM agent_claims WHERE ticket_id = ?1");
+        let sql = format!(
+            "SELECT {} FROM agent_claims WHERE ticket_id = ?1",
+            RawClaim::COLUMNS
+        );
         rows(
             self,
             conn,
             "read a claim",
             &sql,
             params![ticket_id],
-            claim_row,
+            RawClaim::read,
         )?
         .into_iter()
         .next()
@@ -943,7 +916,8 @@ impl Store {
     pub fn live_claims(&self, now: DateTime<Utc>) -> Result<Vec<Claim>, TicketError> {
         let conn = self.conn();
         let sql = format!(
-            "SELECT {CLAIM_COLUMNS} FROM agent_claims WHERE expires_at > ?1 ORDER BY ticket_id"
+            "SELECT {} FROM agent_claims WHERE expires_at > ?1 ORDER BY ticket_id",
+            RawClaim::COLUMNS
         );
         rows(
             self,
@@ -951,7 +925,7 @@ impl Store {
             "list claims",
             &sql,
             params![ts(now)],
-            claim_row,
+            RawClaim::read,
         )?
         .into_iter()
         .map(|r| self.claim_of(r))
@@ -966,10 +940,11 @@ impl Store {
         params: impl rusqlite::Params,
     ) -> Result<Vec<Approval>, TicketError> {
         let sql = format!(
-            "SELECT {APPROVAL_COLUMNS} FROM agent_approvals a \
-             JOIN agent_sessions s ON s.id = a.session_id {clause}"
+            "SELECT {} FROM agent_approvals a \
+             JOIN agent_sessions s ON s.id = a.session_id {clause}",
+            RawApproval::COLUMNS
         );
-        rows(self, conn, doing, &sql, params, approval_row)?
+        rows(self, conn, doing, &sql, params, RawApproval::read)?
             .into_iter()
             .map(|r| approval_of(self, r))
             .collect()

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::TicketError;
 use super::audit::rows;
+use super::row::raw_row;
 use super::store::{At, Store, ts};
 
 /// The schema step that adds the ledger (appended to `MIGRATIONS`).
@@ -151,107 +152,74 @@ pub struct FaultRow {
     pub state: FaultState,
 }
 
-const RUN_COLUMNS: &str = "rowid, id, drill, drill_file, cluster, report_dir, holder, holder_pid, \
-     holder_start, started_at, ended_at, status";
-
-type RawRun = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    Option<i64>,
-    String,
-    Option<String>,
-    String,
-);
-
-fn raw_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-        r.get(10)?,
-        r.get(11)?,
-    ))
+raw_row! {
+    /// A drill run's row as SQLite holds it.
+    struct RawRun {
+        row: i64 = "rowid",
+        id: String,
+        drill: String,
+        drill_file: String,
+        cluster: String,
+        report_dir: String,
+        holder: String,
+        holder_pid: i64,
+        holder_start: Option<i64>,
+        started_at: String,
+        ended_at: Option<String>,
+        status: String,
+    }
 }
 
-const FAULT_COLUMNS: &str = "id, run_id, trial, kind, service, container_id, container_name, \
-     params, undo, planned_at, applied_at, apply_error, undone_at, undo_error, state";
+const RUN_COLUMNS: &str = RawRun::COLUMNS;
 
-struct RawFault {
-    id: i64,
-    run_id: String,
-    trial: i64,
-    kind: String,
-    service: String,
-    container_id: String,
-    container_name: String,
-    params: String,
-    undo: String,
-    planned_at: String,
-    applied_at: Option<String>,
-    apply_error: Option<String>,
-    undone_at: Option<String>,
-    undo_error: Option<String>,
-    state: String,
+raw_row! {
+    /// A fault's row as SQLite holds it.
+    struct RawFault {
+        id: i64,
+        run_id: String,
+        trial: i64,
+        kind: String,
+        service: String,
+        container_id: String,
+        container_name: String,
+        params: String,
+        undo: String,
+        planned_at: String,
+        applied_at: Option<String>,
+        apply_error: Option<String>,
+        undone_at: Option<String>,
+        undo_error: Option<String>,
+        state: String,
+    }
 }
 
-fn raw_fault(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawFault> {
-    Ok(RawFault {
-        id: r.get(0)?,
-        run_id: r.get(1)?,
-        trial: r.get(2)?,
-        kind: r.get(3)?,
-        service: r.get(4)?,
-        container_id: r.get(5)?,
-        container_name: r.get(6)?,
-        params: r.get(7)?,
-        undo: r.get(8)?,
-        planned_at: r.get(9)?,
-        applied_at: r.get(10)?,
-        apply_error: r.get(11)?,
-        undone_at: r.get(12)?,
-        undo_error: r.get(13)?,
-        state: r.get(14)?,
-    })
-}
+const FAULT_COLUMNS: &str = RawFault::COLUMNS;
 
 impl Store {
     fn run_of(&self, r: RawRun) -> Result<ChaosRun, TicketError> {
         let at = At {
             path: self.path(),
             table: "chaos_runs",
-            row: r.0,
+            row: r.row,
         };
         Ok(ChaosRun {
-            holder_pid: u32::try_from(r.7)
-                .map_err(|_| at.corrupt("holder_pid", &r.7.to_string()))?,
-            holder_start: match r.8 {
+            holder_pid: u32::try_from(r.holder_pid)
+                .map_err(|_| at.corrupt("holder_pid", &r.holder_pid.to_string()))?,
+            holder_start: match r.holder_start {
                 None => None,
                 Some(v) => {
                     Some(u64::try_from(v).map_err(|_| at.corrupt("holder_start", &v.to_string()))?)
                 }
             },
-            started_at: at.time("started_at", &r.9)?,
-            ended_at: at.opt_time("ended_at", r.10.as_deref())?,
-            id: r.1,
-            drill: r.2,
-            drill_file: PathBuf::from(r.3),
-            cluster: r.4,
-            report_dir: PathBuf::from(r.5),
-            holder: r.6,
-            status: r.11,
+            started_at: at.time("started_at", &r.started_at)?,
+            ended_at: at.opt_time("ended_at", r.ended_at.as_deref())?,
+            id: r.id,
+            drill: r.drill,
+            drill_file: PathBuf::from(r.drill_file),
+            cluster: r.cluster,
+            report_dir: PathBuf::from(r.report_dir),
+            holder: r.holder,
+            status: r.status,
         })
     }
 
@@ -297,7 +265,7 @@ impl Store {
             let sql = format!(
                 "SELECT {RUN_COLUMNS} FROM chaos_runs WHERE ended_at IS NULL AND cluster = ?1 AND id != ?2"
             );
-            let others = rows(self, tx, "list unended chaos runs", &sql, params![run.cluster, run.id], raw_run)?;
+            let others = rows(self, tx, "list unended chaos runs", &sql, params![run.cluster, run.id], RawRun::read)?;
             for other in others {
                 let other = self.run_of(other)?;
                 if live(&other) {
@@ -373,7 +341,7 @@ impl Store {
             "list chaos runs",
             &sql,
             params![limit],
-            raw_run,
+            RawRun::read,
         )?
         .into_iter()
         .map(|r| self.run_of(r))
@@ -386,17 +354,24 @@ impl Store {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM chaos_runs WHERE ended_at IS NULL ORDER BY started_at"
         );
-        rows(self, &conn, "list unended chaos runs", &sql, [], raw_run)?
-            .into_iter()
-            .map(|r| self.run_of(r))
-            .collect()
+        rows(
+            self,
+            &conn,
+            "list unended chaos runs",
+            &sql,
+            [],
+            RawRun::read,
+        )?
+        .into_iter()
+        .map(|r| self.run_of(r))
+        .collect()
     }
 
     pub fn chaos_run(&self, id: &str) -> Result<Option<ChaosRun>, TicketError> {
         let conn = self.conn();
         let sql = format!("SELECT {RUN_COLUMNS} FROM chaos_runs WHERE id = ?1");
         let found = conn
-            .query_row(&sql, params![id], raw_run)
+            .query_row(&sql, params![id], RawRun::read)
             .optional()
             .map_err(self.err("read a chaos run"))?;
         found.map(|r| self.run_of(r)).transpose()
@@ -493,7 +468,7 @@ impl Store {
         let conn = self.conn();
         let sql = format!("SELECT {FAULT_COLUMNS} FROM chaos_faults WHERE id = ?1");
         let found = conn
-            .query_row(&sql, params![id], raw_fault)
+            .query_row(&sql, params![id], RawFault::read)
             .optional()
             .map_err(self.err("read a fault"))?;
         found.map(|r| self.fault_of(r)).transpose()
@@ -505,10 +480,17 @@ impl Store {
         let sql = format!(
             "SELECT {FAULT_COLUMNS} FROM chaos_faults WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id"
         );
-        rows(self, &conn, "list faults", &sql, params![run], raw_fault)?
-            .into_iter()
-            .map(|r| self.fault_of(r))
-            .collect()
+        rows(
+            self,
+            &conn,
+            "list faults",
+            &sql,
+            params![run],
+            RawFault::read,
+        )?
+        .into_iter()
+        .map(|r| self.fault_of(r))
+        .collect()
     }
 
     /// The faults not undone (planned, applied or failed), of one run or of all, oldest
@@ -525,7 +507,7 @@ impl Store {
             "list faults left",
             &sql,
             params![run],
-            raw_fault,
+            RawFault::read,
         )?
         .into_iter()
         .map(|r| self.fault_of(r))

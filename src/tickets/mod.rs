@@ -18,6 +18,7 @@
 //! the async facade everyone else uses; `query` the read-only episode views; `audit` the
 //! agent's sessions, claims and approvals (with its own async facade, `AuditJournal`).
 //! `chaos` the fault ledger of chaos drills (runs, and every fault written before it is applied).
+//! `row` declares each raw row once: its `SELECT` list and its reading by column name.
 
 mod adoptions;
 mod audit;
@@ -30,6 +31,7 @@ mod model;
 mod owner;
 mod query;
 mod requests;
+mod row;
 mod store;
 
 pub use adoptions::Adoption;

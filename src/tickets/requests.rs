@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::TicketError;
 use super::audit::rows;
+use super::row::raw_row;
 use super::store::{At, Store, ts};
 
 /// The schema step that adds the queue (appended to `MIGRATIONS`).
@@ -53,57 +54,44 @@ pub struct AgentRequest {
     pub reason: Option<String>,
 }
 
-const COLUMNS: &str =
-    "rowid, session_id, ticket_id, cluster, service, requested_at, state, holder, ok, reason";
-
-type Raw = (
-    i64,
-    String,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-);
-
-fn raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-    ))
+raw_row! {
+    /// A request's row as SQLite holds it.
+    struct Raw {
+        row: i64 = "rowid",
+        session_id: String,
+        ticket_id: i64,
+        cluster: String,
+        service: String,
+        requested_at: String,
+        state: String,
+        holder: Option<String>,
+        ok: Option<bool>,
+        reason: Option<String>,
+    }
 }
+
+const COLUMNS: &str = Raw::COLUMNS;
 
 impl Store {
     fn request_of(&self, r: Raw) -> Result<AgentRequest, TicketError> {
         let at = At {
             path: self.path(),
             table: "agent_requests",
-            row: r.0,
+            row: r.row,
         };
-        if !["queued", "running", "done"].contains(&r.6.as_str()) {
-            return Err(at.corrupt("state", &r.6));
+        if !["queued", "running", "done"].contains(&r.state.as_str()) {
+            return Err(at.corrupt("state", &r.state));
         }
         Ok(AgentRequest {
-            requested_at: at.time("requested_at", &r.5)?,
-            session_id: r.1,
-            ticket_id: r.2,
-            cluster: r.3,
-            service: r.4,
-            state: r.6,
-            holder: r.7,
-            ok: r.8.map(|v| v != 0),
-            reason: r.9,
+            requested_at: at.time("requested_at", &r.requested_at)?,
+            session_id: r.session_id,
+            ticket_id: r.ticket_id,
+            cluster: r.cluster,
+            service: r.service,
+            state: r.state,
+            holder: r.holder,
+            ok: r.ok,
+            reason: r.reason,
         })
     }
 
@@ -142,7 +130,7 @@ impl Store {
                  ORDER BY ticket_id, requested_at LIMIT 1"
             );
             let found = tx
-                .query_row(&sql, params![ts(now)], raw)
+                .query_row(&sql, params![ts(now)], Raw::read)
                 .optional()
                 .map_err(self.err("take an agent request"))?;
             let Some(found) = found else {
@@ -197,7 +185,7 @@ impl Store {
     ) -> Result<Vec<AgentRequest>, TicketError> {
         self.write("fail queued agent requests", |tx| {
             let sql = format!("SELECT {COLUMNS} FROM agent_requests WHERE state = 'queued'");
-            let found = rows(self, tx, "fail queued agent requests", &sql, [], raw)?;
+            let found = rows(self, tx, "fail queued agent requests", &sql, [], Raw::read)?;
             tx.execute(
                 "UPDATE agent_requests SET state = 'done', ok = 0, reason = ?1, finished_at = ?2 \
                  WHERE state = 'queued'",
@@ -212,7 +200,7 @@ impl Store {
         let conn = self.conn();
         let sql = format!("SELECT {COLUMNS} FROM agent_requests WHERE session_id = ?1");
         let found = conn
-            .query_row(&sql, params![session_id], raw)
+            .query_row(&sql, params![session_id], Raw::read)
             .optional()
             .map_err(self.err("read an agent request"))?;
         found.map(|r| self.request_of(r)).transpose()
@@ -236,7 +224,7 @@ impl Store {
                 "end orphaned agent requests",
                 &sql,
                 params![ts(now)],
-                raw,
+                Raw::read,
             )?;
             let mut out = Vec::new();
             for r in found {

@@ -15,6 +15,7 @@ use super::TicketError;
 use super::budget::Budget;
 use super::db::Db;
 use super::model::{Actor, Cause, EntryKind, Sighting, Status, Ticket, TimelineEntry};
+use super::row::raw_row;
 use crate::drift::{DriftKind, Fingerprint};
 
 /// A time as stored: UTC, RFC 3339 with microseconds.
@@ -59,50 +60,31 @@ impl At<'_> {
     }
 }
 
-pub(super) const TICKET_COLUMNS: &str = "id, fingerprint, cluster, service, drift, status, held, occurrences, flaps, \
-     detail, opened_at, last_seen_at, resolved_at, resolved_by, actions, episode_at";
-
-/// A ticket row as SQLite holds it; [`RawTicket::parse`] makes it a [`Ticket`] or says which
-/// column of which row cannot be read.
-struct RawTicket {
-    id: i64,
-    fingerprint: String,
-    cluster: String,
-    service: String,
-    drift: String,
-    status: String,
-    held: bool,
-    occurrences: i64,
-    flaps: i64,
-    detail: String,
-    opened_at: String,
-    last_seen_at: String,
-    resolved_at: Option<String>,
-    resolved_by: Option<String>,
-    actions: i64,
-    episode_at: String,
+raw_row! {
+    /// A ticket row as SQLite holds it; [`RawTicket::parse`] makes it a [`Ticket`] or says
+    /// which column of which row cannot be read.
+    struct RawTicket {
+        id: i64,
+        fingerprint: String,
+        cluster: String,
+        service: String,
+        drift: String,
+        status: String,
+        held: bool,
+        occurrences: i64,
+        flaps: i64,
+        detail: String,
+        opened_at: String,
+        last_seen_at: String,
+        resolved_at: Option<String>,
+        resolved_by: Option<String>,
+        actions: i64,
+        episode_at: String,
+    }
 }
 
-fn ticket_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawTicket> {
-    Ok(RawTicket {
-        id: row.get(0)?,
-        fingerprint: row.get(1)?,
-        cluster: row.get(2)?,
-        service: row.get(3)?,
-        drift: row.get(4)?,
-        status: row.get(5)?,
-        held: row.get::<_, i64>(6)? != 0,
-        occurrences: row.get(7)?,
-        flaps: row.get(8)?,
-        detail: row.get(9)?,
-        opened_at: row.get(10)?,
-        last_seen_at: row.get(11)?,
-        resolved_at: row.get(12)?,
-        resolved_by: row.get(13)?,
-        actions: row.get(14)?,
-        episode_at: row.get(15)?,
-    })
-}
+/// The `SELECT` list of a ticket (see [`RawTicket`]).
+pub(super) const TICKET_COLUMNS: &str = RawTicket::COLUMNS;
 
 impl RawTicket {
     fn parse(self, path: &Path) -> Result<Ticket, TicketError> {
@@ -394,7 +376,7 @@ impl Store {
     ) -> Result<Vec<Ticket>, TicketError> {
         let mut stmt = conn.prepare(sql).map_err(self.err(doing))?;
         let raw: Vec<RawTicket> = stmt
-            .query_map(params, ticket_row)
+            .query_map(params, RawTicket::read)
             .map_err(self.err(doing))?
             .collect::<Result<_, _>>()
             .map_err(self.err(doing))?;
@@ -479,21 +461,35 @@ impl Store {
 
     pub fn timeline(&self, id: i64) -> Result<Vec<TimelineEntry>, TicketError> {
         let conn = self.conn();
+        raw_row! {
+            struct RawEntry {
+                id: i64,
+                at: String,
+                kind: String,
+                actor: Option<String>,
+                detail: String,
+            }
+        }
         let mut stmt = conn
-            .prepare(
-                "SELECT id, at, kind, actor, detail FROM timeline WHERE ticket_id = ?1 ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT {} FROM timeline WHERE ticket_id = ?1 ORDER BY id",
+                RawEntry::COLUMNS
+            ))
             .map_err(self.err("read a timeline"))?;
-        type Raw = (i64, String, String, Option<String>, String);
-        let raw: Vec<Raw> = stmt
-            .query_map(params![id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
+        let raw: Vec<RawEntry> = stmt
+            .query_map(params![id], RawEntry::read)
             .map_err(self.err("read a timeline"))?
             .collect::<Result<_, _>>()
             .map_err(self.err("read a timeline"))?;
         raw.into_iter()
-            .map(|(row, at, kind, actor, detail)| {
+            .map(|e| {
+                let RawEntry {
+                    id: row,
+                    at,
+                    kind,
+                    actor,
+                    detail,
+                } = e;
                 let here = At {
                     path: self.path(),
                     table: "timeline",
@@ -895,50 +891,42 @@ impl Store {
     }
 
     pub fn load_budget(&self, cluster: &str, service: &str) -> Result<Option<Budget>, TicketError> {
-        type Raw = (
-            i64,
-            i64,
-            Option<String>,
-            String,
-            bool,
-            Option<String>,
-            Option<String>,
-            bool,
-            Option<String>,
-        );
-        let raw: Option<Raw> = self
+        raw_row! {
+            struct RawBudget {
+                row: i64 = "rowid",
+                attempts: i64,
+                next_attempt_at: Option<String>,
+                repairs: String,
+                escalated: bool,
+                healthy_since: Option<String>,
+                spec_hash: Option<String>,
+                created_before: bool,
+                paused_at: Option<String>,
+            }
+        }
+        let raw = self
             .conn()
             .query_row(
-                "SELECT rowid, attempts, next_attempt_at, repairs, escalated, healthy_since, spec_hash, created_before, paused_at \
-                 FROM budgets WHERE cluster = ?1 AND service = ?2",
+                &format!(
+                    "SELECT {} FROM budgets WHERE cluster = ?1 AND service = ?2",
+                    RawBudget::COLUMNS
+                ),
                 params![cluster, service],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get::<_, i64>(4)? != 0,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get::<_, i64>(7)? != 0,
-                        r.get(8)?,
-                    ))
-                },
+                RawBudget::read,
             )
             .optional()
             .map_err(self.err("read a budget"))?;
-        let Some((
+        let Some(RawBudget {
             row,
             attempts,
-            next,
+            next_attempt_at: next,
             repairs,
             escalated,
-            healthy,
+            healthy_since: healthy,
             spec_hash,
             created_before,
-            paused,
-        )) = raw
+            paused_at: paused,
+        }) = raw
         else {
             return Ok(None);
         };
