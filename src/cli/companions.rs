@@ -1,5 +1,6 @@
 //! clap's companions: shell completion scripts and man pages, generated from the same
-//! definitions as the command line itself (so they never drift from `--help`).
+//! definitions as the command line itself (so they never drift from `--help`); and the
+//! editors' companion, the JSON Schema of each file format, generated from its types.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::CommandFactory as _;
 
-use super::{Cli, Failure, outln};
+use super::{Cli, Failure, SchemaFormat, outln};
 
 /// `operator completions SHELL`: the script on standard output.
 pub fn completions(shell: clap_complete::Shell) -> Result<ExitCode, Failure> {
@@ -51,4 +52,16 @@ fn pages(dir: &Path) -> std::io::Result<Vec<String>> {
         }
     }
     Ok(names)
+}
+
+/// `operator schema manifest|drill`: the format's JSON Schema on standard output.
+pub fn schema(format: SchemaFormat) -> Result<ExitCode, Failure> {
+    let schema = match format {
+        SchemaFormat::Manifest => crate::manifest::schema(),
+        SchemaFormat::Drill => crate::chaos::drill::schema(),
+    };
+    // Serializing a `serde_json::Value` cannot fail.
+    let text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    outln!("{text}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -134,6 +134,31 @@ pub enum Command {
   operator healthcheck                                the controller on 127.0.0.1:9464
   operator healthcheck --listen 127.0.0.1:19464 --timeout 2s")]
     Healthcheck(HealthcheckArgs),
+    /// Print the JSON Schema of a file format, for editors: completion, hover and checking.
+    ///
+    /// `manifest` is a cluster manifest (`kind: Cluster`), `drill` a chaos drill file
+    /// (`kind: Drill`). The schema is generated from the types the loader reads the files
+    /// into, so it knows every field, refuses unknown and missing ones, and lists the
+    /// allowed values; it is never stricter than the loader. It cannot check what needs
+    /// the whole file or the cluster (names that must exist, ports, volumes, ranges between
+    /// fields): `operator validate` and `operator chaos validate` still have the last word.
+    ///
+    /// With yaml-language-server (VS Code's YAML extension, Neovim, Helix, ...), save the
+    /// schema to a file and point the editor at it, either per file with a first line
+    /// `# yaml-language-server: $schema=PATH` (a path relative to the YAML file, or a URL),
+    /// or per folder in VS Code's settings.json:
+    /// `"yaml.schemas": {"/abs/path/manifest.schema.json": "manifests/**/*.yaml"}`.
+    /// See docs/manifests.md and docs/chaos.md.
+    #[command(after_help = "Examples:
+  operator schema manifest > manifest.schema.json
+  operator schema drill > drill.schema.json
+  # first line of a manifest, the schema beside it:
+  # yaml-language-server: $schema=./manifest.schema.json")]
+    Schema {
+        /// Which file format.
+        #[arg(value_enum)]
+        format: SchemaFormat,
+    },
     /// Print the man page operator(1), or write one page per command into a folder.
     #[command(after_help = "Examples:
   operator man | man -l -                      read it now
@@ -143,6 +168,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+}
+
+/// The file formats `operator schema` describes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SchemaFormat {
+    /// A cluster manifest (`kind: Cluster`, docs/manifests.md).
+    Manifest,
+    /// A chaos drill file (`kind: Drill`, docs/chaos.md).
+    Drill,
 }
 
 #[derive(Debug, Subcommand)]
@@ -822,6 +856,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Completions { shell } => companions::completions(shell),
             Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Man { dir } => companions::man(dir.as_deref()),
+            Command::Schema { format } => companions::schema(format),
         }
     });
     match result {

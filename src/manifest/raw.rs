@@ -2,20 +2,26 @@
 //!
 //! Every struct refuses unknown fields: `yamldoc::read_all` reports each one against the
 //! field list serde derives from the struct, so a new field is known by being declared here.
+//! The same types give the JSON Schema for editors (`operator schema manifest`, through
+//! `yamldoc::schema`): each field's allowed values are written beside it (`schemars`
+//! attributes, kept no stricter than `validate`), and `///` comments are what an editor
+//! shows on hover, so implementation notes are `//` comments.
 //! Values whose rules are richer than a type (ports, volumes, durations, names) stay text
 //! here and are checked by `validate`, which can report all of them at once with their
 //! lines; a wrong type or unknown field is reported too, and the rest is still checked.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 pub(super) const API_VERSION: &str = "operator/v1";
 pub(super) const KIND: &str = "Cluster";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -23,22 +29,24 @@ pub(super) const KIND: &str = "Cluster";
 )]
 pub(super) struct Document {
     #[serde(deserialize_with = "api_version")]
+    #[schemars(schema_with = "api_version_schema")]
     #[allow(dead_code, reason = "checked while deserializing")]
     pub api_version: (),
     #[serde(deserialize_with = "kind")]
+    #[schemars(schema_with = "kind_schema")]
     #[allow(dead_code, reason = "checked while deserializing")]
     pub kind: (),
     pub metadata: Metadata,
     pub spec: Spec,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with name")]
 pub(super) struct Metadata {
     pub name: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -61,7 +69,7 @@ pub(super) struct Spec {
     pub max_concurrent_disruptions: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -74,6 +82,7 @@ pub(super) struct Group {
     #[serde(default)]
     pub selector: Option<BTreeMap<String, String>>,
     #[serde(default)]
+    #[schemars(schema_with = "quorum")]
     pub quorum: Option<Scalar>,
     #[serde(default)]
     pub live: Option<GroupLive>,
@@ -83,25 +92,27 @@ pub(super) struct Group {
     pub replacements: Option<GroupReplacements>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with checks and timeout")]
 pub(super) struct GroupLive {
     #[serde(default)]
     pub checks: Vec<String>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub timeout: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with max and window")]
 pub(super) struct GroupReplacements {
     #[serde(default)]
     pub max: Option<u32>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub window: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -111,10 +122,12 @@ pub(super) struct Agent {
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]
+    #[schemars(extend("enum" = ["observe", "approve", "execute", null]))]
     pub safety_mode: Option<String>,
     #[serde(default)]
     pub max_turns: Option<u32>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub max_session_time: Option<Scalar>,
     #[serde(default)]
     pub max_input_tokens: Option<u64>,
@@ -123,12 +136,14 @@ pub(super) struct Agent {
     #[serde(default)]
     pub sessions_per_ticket: Option<u32>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub session_backoff: Option<Scalar>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub command_timeout: Option<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -138,12 +153,14 @@ pub(super) struct Prometheus {
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub interval: Option<Scalar>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub timeout: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -158,8 +175,10 @@ pub(super) struct Check {
     #[serde(default)]
     pub http: Option<HttpProbe>,
     #[serde(default, rename = "for")]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub for_duration: Option<Scalar>,
     #[serde(default)]
+    #[schemars(extend("enum" = ["critical", "warning", "info", null]))]
     pub severity: Option<String>,
     #[serde(default)]
     pub service: Option<String>,
@@ -171,7 +190,7 @@ pub(super) struct Check {
     pub remediation: Option<Remediation>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -179,16 +198,18 @@ pub(super) struct Check {
 )]
 pub(super) struct HttpProbe {
     pub url: String,
-    /// Wider than `u16` so that a wrong status is refused with its value by `validate`.
+    // Wider than `u16` so that a wrong status is refused with its value by `validate`.
     #[serde(default)]
+    #[schemars(range(min = 100, max = 599))]
     pub status: Option<i64>,
     #[serde(default)]
     pub json: Option<JsonTest>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub timeout: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with path and equals")]
 pub(super) struct JsonTest {
     pub path: String,
@@ -196,7 +217,7 @@ pub(super) struct JsonTest {
     pub equals: serde_json::Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -211,7 +232,7 @@ pub(super) struct Network {
     pub internal: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -225,6 +246,7 @@ pub(super) struct Service {
     #[serde(default)]
     pub entrypoint: Option<Args>,
     #[serde(default)]
+    #[schemars(schema_with = "string_map")]
     pub env: BTreeMap<String, Scalar>,
     #[serde(default)]
     pub ports: Vec<String>,
@@ -233,6 +255,7 @@ pub(super) struct Service {
     #[serde(default)]
     pub network_mode: Option<String>,
     #[serde(default)]
+    #[schemars(schema_with = "string_map")]
     pub labels: BTreeMap<String, Scalar>,
     #[serde(default)]
     pub healthcheck: Option<Healthcheck>,
@@ -241,11 +264,14 @@ pub(super) struct Service {
     #[serde(default)]
     pub restart_with: Vec<String>,
     #[serde(default)]
+    #[schemars(extend("enum" = ["no", "always", "unless-stopped", "on-failure", false, null]))]
     pub restart_policy: Option<Scalar>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub stop_timeout: Option<Scalar>,
-    /// A scalar, so that a bare number (`stopSignal: 15`) is read too.
+    // A scalar, so that a bare number (`stopSignal: 15`) is read too.
     #[serde(default)]
+    #[schemars(schema_with = "stop_signal")]
     pub stop_signal: Option<Scalar>,
     #[serde(default)]
     pub remediation: Option<Remediation>,
@@ -258,7 +284,7 @@ pub(super) struct Service {
 }
 
 /// `adopt: true` (or `false`), or `adopt: {spec: observed | owned, compose: {project, service}}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     untagged,
     expecting = "true, false, or a mapping with spec (observed or owned) and compose ({project, service})"
@@ -268,10 +294,11 @@ pub(super) enum Adopt {
     With(AdoptWith),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdoptWith {
     #[serde(default)]
+    #[schemars(extend("enum" = ["observed", "owned", null]))]
     pub spec: Option<String>,
     #[serde(default)]
     pub compose: Option<AdoptCompose>,
@@ -279,14 +306,15 @@ pub(super) struct AdoptWith {
 
 /// `adopt.compose`: the container compose started for a service of a project, found by its
 /// labels `com.docker.compose.project` and `com.docker.compose.service`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with project and service (the compose service; default: this service's name)"
 )]
+#[schemars(extend("required" = ["project"]))]
 pub(super) struct AdoptCompose {
-    /// Required; optional here so that `validate` names it when it is missing (an untagged
-    /// `adopt` would only say that nothing matched).
+    // Required; optional here so that `validate` names it when it is missing (an untagged
+    // `adopt` would only say that nothing matched).
     #[serde(default)]
     pub project: Option<String>,
     #[serde(default)]
@@ -294,16 +322,18 @@ pub(super) struct AdoptCompose {
 }
 
 /// `resources`: the container's limits (`docker run --cpus --memory`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with cpus and memory")]
 pub(super) struct Resources {
     #[serde(default)]
+    #[schemars(schema_with = "cpus_or_memory")]
     pub cpus: Option<Scalar>,
     #[serde(default)]
+    #[schemars(schema_with = "cpus_or_memory")]
     pub memory: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -312,16 +342,19 @@ pub(super) struct Resources {
 pub(super) struct Healthcheck {
     pub test: Args,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub interval: Option<Scalar>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub timeout: Option<Scalar>,
     #[serde(default)]
     pub retries: Option<u32>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub start_period: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -329,25 +362,31 @@ pub(super) struct Healthcheck {
 )]
 pub(super) struct Remediation {
     #[serde(default)]
+    #[schemars(extend("enum" = ["restart", "agent", "observe", null]))]
     pub policy: Option<String>,
     #[serde(default)]
+    #[schemars(extend("enum" = ["person", "agent", null]))]
     pub escalate_to: Option<String>,
     #[serde(default)]
     pub max_restarts: Option<u32>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub window: Option<Scalar>,
     #[serde(default)]
     pub backoff: Option<Backoff>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub stable_after: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with initial and max")]
 pub(super) struct Backoff {
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub initial: Option<Scalar>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub max: Option<Scalar>,
 }
 
@@ -431,6 +470,77 @@ impl<'de> Deserialize<'de> for Scalar {
         }
         deserializer.deserialize_any(ScalarVisitor)
     }
+}
+
+/// A string, or a list of words (each a string, or a number or boolean read as written).
+impl JsonSchema for Args {
+    fn schema_name() -> Cow<'static, str> {
+        "Args".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "a command line: a list of words, or one string split with shell rules",
+            "anyOf": [
+                crate::yamldoc::schema::exact_text(&[], "one line, split with shell rules"),
+                {"type": "array", "items": {"type": "string"}},
+            ],
+        })
+    }
+}
+
+/// Any scalar; the fields that take one say which (see the `schema_with` functions below).
+impl JsonSchema for Scalar {
+    fn schema_name() -> Cow<'static, str> {
+        "Scalar".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": ["string", "number", "boolean", "null"]})
+    }
+}
+
+fn api_version_schema(_: &mut SchemaGenerator) -> Schema {
+    crate::yamldoc::schema::constant(API_VERSION)
+}
+
+fn kind_schema(_: &mut SchemaGenerator) -> Schema {
+    crate::yamldoc::schema::constant(KIND)
+}
+
+/// `env` and `labels`: text values; a number or boolean is kept as written, a float or an
+/// empty value is refused (`validate` says why).
+fn string_map(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": crate::yamldoc::schema::exact_text(&["integer", "boolean"], "text; a number or boolean is kept as written (a float is refused: quote it)"),
+    })
+}
+
+/// `stopSignal`: a name (`SIGTERM`, `TERM`) or a number.
+fn stop_signal(_: &mut SchemaGenerator) -> Schema {
+    crate::yamldoc::schema::exact_text(&["number", "null"], super::signal::SIGNAL_FORMAT)
+}
+
+/// `quorum`: `majority`, or how many members must stay live.
+fn quorum(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [
+            {"type": "string", "const": "majority"},
+            {"type": "integer", "minimum": 1},
+            {"type": "null"},
+        ],
+    })
+}
+
+/// `resources.cpus` and `resources.memory`: a number, or text with a unit.
+fn cpus_or_memory(_: &mut SchemaGenerator) -> Schema {
+    let description = format!(
+        "cpus: {}; memory: {}",
+        super::resources::CPUS_FORMAT,
+        super::resources::MEMORY_FORMAT
+    );
+    crate::yamldoc::schema::exact_text(&["number", "null"], &description)
 }
 
 fn api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {

@@ -12,13 +12,15 @@
 //! the checks that run after deserializing.
 //!
 //! `serde_yaml` (unmaintained upstream) is used only by `parse.rs`, so swapping it is a
-//! one-file change.
+//! one-file change. `schema` turns the same serde schema types into a JSON Schema for
+//! editors, with these reading rules added (`operator schema`).
 
 mod diagnostic;
 mod duration;
 mod lines;
 mod literal;
 mod parse;
+pub mod schema;
 
 use std::path::Path;
 

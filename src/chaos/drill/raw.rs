@@ -1,6 +1,8 @@
 //! The drill file schema as written: field names, nesting and YAML types, nothing more.
 //!
-//! Every struct refuses unknown fields (a typo never goes unnoticed). Values whose rules are
+//! Every struct refuses unknown fields (a typo never goes unnoticed). The same types give
+//! the JSON Schema for editors (`operator schema drill`, through `yamldoc::schema`), each
+//! field's allowed values written beside it, no stricter than the validation. Values whose rules are
 //! richer than a type (durations, rates, sizes, names, ranges) stay text or wide integers
 //! here and are checked by the validation, which reports all of them at once with their
 //! lines; a wrong type or an unknown field stops the document.
@@ -9,16 +11,18 @@
 //! as an SRE writes them; which parameter belongs to which kind is a validation rule, so
 //! that a parameter given to the wrong kind is reported by name, with the kinds it belongs to.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 pub(super) const API_VERSION: &str = "operator/v1";
 pub(super) const KIND: &str = "Drill";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -26,9 +30,11 @@ pub(super) const KIND: &str = "Drill";
 )]
 pub(super) struct Document {
     #[serde(deserialize_with = "api_version")]
+    #[schemars(schema_with = "api_version_schema")]
     #[allow(dead_code, reason = "checked while deserializing")]
     pub api_version: (),
     #[serde(deserialize_with = "kind")]
+    #[schemars(schema_with = "kind_schema")]
     #[allow(dead_code, reason = "checked while deserializing")]
     pub kind: (),
     #[serde(default)]
@@ -36,7 +42,7 @@ pub(super) struct Document {
     pub spec: Spec,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with name and description")]
 pub(super) struct Metadata {
     #[serde(default)]
@@ -45,7 +51,7 @@ pub(super) struct Metadata {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -60,18 +66,20 @@ pub(super) struct Spec {
     #[serde(default)]
     pub faults: Vec<Fault>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub recovery_timeout: Option<Text>,
     #[serde(default)]
     pub workload: Option<Workload>,
     #[serde(default)]
     pub trials: Option<i64>,
     #[serde(default)]
+    #[schemars(extend("enum" = ["controller", "agent", "baseline", null]))]
     pub remediation: Option<String>,
     #[serde(default)]
     pub seed: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with controller, hold and probes"
@@ -80,12 +88,13 @@ pub(super) struct SteadyState {
     #[serde(default)]
     pub controller: Option<bool>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub hold: Option<Text>,
     #[serde(default)]
     pub probes: Vec<Probe>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a probe (a mapping with name and one of promql, http or command)"
@@ -102,10 +111,11 @@ pub(super) struct Probe {
     pub command: Option<String>,
     /// The command's bound (an HTTP probe's goes inside `http`).
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub timeout: Option<Text>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with min, max or equals")]
 pub(super) struct Tolerance {
     #[serde(default)]
@@ -116,7 +126,7 @@ pub(super) struct Tolerance {
     pub equals: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with url, status and timeout"
@@ -126,10 +136,11 @@ pub(super) struct Http {
     #[serde(default)]
     pub status: Option<i64>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub timeout: Option<Text>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -137,10 +148,13 @@ pub(super) struct Http {
 )]
 pub(super) struct Fault {
     pub target: Target,
+    #[schemars(schema_with = "fault_kind")]
     pub kind: String,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub start: Option<Text>,
     #[serde(default)]
+    #[schemars(schema_with = "fault_duration")]
     pub duration: Option<Text>,
     // The parameters of every kind; `Params::given` lists them for the per-kind rules.
     #[serde(default)]
@@ -152,10 +166,13 @@ pub(super) struct Fault {
     #[serde(default)]
     pub burst: Option<Text>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub latency: Option<Text>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub delay: Option<Text>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub jitter: Option<Text>,
     #[serde(default)]
     pub from: Option<Vec<String>>,
@@ -194,7 +211,7 @@ impl Fault {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a target (a mapping with one of service, services, selector, random or query)"
@@ -212,7 +229,7 @@ pub(super) struct Target {
     pub query: Option<Query>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with among and count")]
 pub(super) struct Random {
     #[serde(default)]
@@ -221,7 +238,7 @@ pub(super) struct Random {
     pub count: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
@@ -234,7 +251,7 @@ pub(super) struct Query {
     pub services: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a workload (a mapping with canary, or command and timeout)"
@@ -245,15 +262,17 @@ pub(super) struct Workload {
     #[serde(default)]
     pub command: Option<String>,
     #[serde(default)]
+    #[schemars(schema_with = "crate::yamldoc::schema::optional_duration")]
     pub timeout: Option<Text>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with kind, endpoints and rate"
 )]
 pub(super) struct Canary {
+    #[schemars(extend("enum" = ["etcd"]))]
     pub kind: String,
     #[serde(default)]
     pub endpoints: Vec<String>,
@@ -290,6 +309,40 @@ impl<'de> Deserialize<'de> for Text {
         }
         deserializer.deserialize_any(TextVisitor)
     }
+}
+
+/// A string or a number, as written (no boolean, no null).
+impl JsonSchema for Text {
+    fn schema_name() -> Cow<'static, str> {
+        "Text".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        crate::yamldoc::schema::exact_text(&["number"], "a string or a number")
+    }
+}
+
+fn api_version_schema(_: &mut SchemaGenerator) -> Schema {
+    crate::yamldoc::schema::constant(API_VERSION)
+}
+
+fn kind_schema(_: &mut SchemaGenerator) -> Schema {
+    crate::yamldoc::schema::constant(KIND)
+}
+
+/// `kind` of a fault: one of [`super::KINDS`].
+fn fault_kind(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "enum": super::KINDS})
+}
+
+/// `duration` of a fault: a duration, or `trial` (held until the trial ends).
+fn fault_duration(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [
+            crate::yamldoc::schema::optional_duration(generator),
+            {"type": "string", "const": super::HELD_FOR_THE_TRIAL},
+        ],
+    })
 }
 
 fn api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
