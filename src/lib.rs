@@ -5,6 +5,12 @@
 //! both → [`reconcile::diff`] → drifts → [`reconcile::Controller`] → [`docker::actions`].
 //!
 //! The library never prints; the CLI in `main.rs` and [`cli`] does.
+//!
+//! System calls go through `rustix`, safely. `unsafe` is denied but in two places, each
+//! allowed where it stands with its `SAFETY:` comment: the `pre_exec` hook of
+//! `chaos::runner` and the signals rustix has no name for in `chaos::fault::procfs`.
+
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod backoff;

@@ -1,5 +1,7 @@
 //! The `operator` binary: parse the command line, set up logging, run the command.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -268,8 +268,10 @@ fn engine_socket() -> Result<PathBuf, SandboxError> {
 /// (A non-root user keeps its group, even group 0 as some platforms give: the socket folder
 /// can only be given to a group the controller is in.)
 fn toolbox_user() -> (u32, u32) {
-    // SAFETY: getters without side effects.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
     if uid == 0 { (65534, 65534) } else { (uid, gid) }
 }
 

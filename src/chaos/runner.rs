@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rustix::process::{Signal, kill_process, kill_process_group, set_parent_process_death_signal};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -30,7 +31,7 @@ use crate::manifest::{Cluster, DesiredState};
 use crate::tickets::{EntryKind, Ownership, Store, TicketError, TicketQuery};
 
 use super::canary::Canary;
-use super::fault::procfs::liveness;
+use super::fault::procfs::{self, liveness};
 use super::fault::{Applied, FaultTarget, Faults, Holder, Liveness, Peer};
 use super::journal::{
     FaultRecord, Journal, Outcome, RunStatus, TicketRecord, Trial, WorkloadVerdict,
@@ -887,14 +888,15 @@ impl<'a> Runner<'a> {
         if observe_only {
             cmd.arg("--observe-only");
         }
-        // SAFETY: prctl is async-signal-safe; between fork and exec it only asks the kernel
-        // to SIGTERM the controller when the runner dies (even by SIGKILL), so a killed
-        // runner never leaves a controller of its own behind holding the database.
+        // The kernel SIGTERMs the controller when the runner dies (even by SIGKILL), so a
+        // killed runner never leaves a controller of its own behind holding the database.
+        // Set between fork and exec, where std offers no safe hook: `pre_exec` stays unsafe.
+        #[allow(unsafe_code)]
+        // SAFETY: the closure only makes one prctl(2) system call (rustix calls the kernel
+        // directly): async-signal-safe, no allocation, no lock, nothing shared with the parent.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                set_parent_process_death_signal(Some(Signal::TERM))?;
                 Ok(())
             });
         }
@@ -964,9 +966,9 @@ impl<'a> Runner<'a> {
         let Some(mut c) = self.controller.take() else {
             return;
         };
-        if let Some(pid) = c.child.id() {
-            // SAFETY: signalling the child we started and have not reaped.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        // The child we started and have not reaped.
+        if let Some(pid) = c.child.id().and_then(procfs::pid) {
+            let _ = kill_process(pid, Signal::TERM);
         }
         match tokio::time::timeout(CONTROLLER_STOP, c.child.wait()).await {
             Ok(_) => {}
@@ -1443,9 +1445,9 @@ impl CommandWorkload {
             }
             _ = stop.cancelled() => {}
         }
-        if let Some(pid) = pid {
-            // SAFETY: the group this child leads; not reaped yet.
-            unsafe { libc::killpg(pid as i32, libc::SIGTERM) };
+        // The group this child leads; not reaped yet.
+        if let Some(pid) = pid.and_then(procfs::pid) {
+            let _ = kill_process_group(pid, Signal::TERM);
         }
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(s)) if s.success() || s.code().is_none() => Ok(()),

@@ -6,11 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::process::{Signal, kill_process_group};
+
 use crate::health::{CheckState, Monitor, Prometheus};
 use crate::manifest::{Cluster, DesiredState};
 use crate::metrics::Metrics;
 use crate::tickets::{Journal, Status, Store};
 
+use super::fault::procfs;
 use super::spec::{Probe, ProbeKind, SteadyState};
 
 /// One look: empty `problems` means the steady state holds.
@@ -224,10 +227,10 @@ pub async fn run_command(
         )),
         Ok((Err(e), _)) => Err(format!("`{command}`: {e}")),
         Err(_) => {
-            if let Some(pid) = pid {
-                // SAFETY: killpg on the group this child leads; it has not been reaped (we
-                // never saw it exit), so the id is still ours.
-                unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+            // The group this child leads; it has not been reaped (we never saw it exit), so
+            // the id is still ours.
+            if let Some(pid) = pid.and_then(procfs::pid) {
+                let _ = kill_process_group(pid, Signal::KILL);
             }
             Err(format!(
                 "`{command}` did not finish within {} s",

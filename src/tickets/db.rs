@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rustix::fs::{Access, AtFlags, StatVfsMountFlags};
 
 use super::TicketError;
 
@@ -322,9 +323,9 @@ fn diagnose(path: &Path, write: bool) -> Option<(String, String)> {
         ));
     }
     let folder_mode = if write {
-        libc::W_OK | libc::X_OK
+        Access::WRITE_OK | Access::EXEC_OK
     } else {
-        libc::X_OK
+        Access::EXEC_OK
     };
     if !accessible(existing, folder_mode) {
         let what = if write { "writable" } else { "searchable" };
@@ -334,9 +335,9 @@ fn diagnose(path: &Path, write: bool) -> Option<(String, String)> {
         ));
     }
     let file_mode = if write {
-        libc::R_OK | libc::W_OK
+        Access::READ_OK | Access::WRITE_OK
     } else {
-        libc::R_OK
+        Access::READ_OK
     };
     if path.exists() && !accessible(path, file_mode) {
         let what = if write {
@@ -369,25 +370,26 @@ fn diagnose(path: &Path, write: bool) -> Option<(String, String)> {
 fn statvfs(path: &Path) -> Option<(u64, bool)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a zeroed out-parameter the call
-    // fills; nothing is kept past the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
+    let st = rustix::fs::statvfs(c.as_c_str()).ok()?;
     let free = st.f_bavail.saturating_mul(st.f_frsize);
-    Some((free, st.f_flag & libc::ST_RDONLY != 0))
+    Some((free, st.f_flag.contains(StatVfsMountFlags::RDONLY)))
 }
 
 /// Whether this process (its effective ids, as the kernel will judge the open) may use
-/// `path` in `mode` (`libc::R_OK`, `W_OK`, `X_OK`).
-fn accessible(path: &Path, mode: libc::c_int) -> bool {
+/// `path` in `mode`.
+///
+/// # Caveats
+/// Where the kernel cannot say (older than 5.8, without `faccessat2`, in a set-id process:
+/// rustix calls the kernel, it does not emulate as glibc did), the path is not blamed.
+fn accessible(path: &Path, mode: Access) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return true;
     };
-    // SAFETY: `c` is a valid NUL-terminated path; faccessat only reads it.
-    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+    match rustix::fs::accessat(rustix::fs::CWD, c.as_c_str(), mode, AtFlags::EACCESS) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::NOSYS,
+    }
 }
 
 /// The innermost cause of an error: what the system or SQLite said ("No space left on

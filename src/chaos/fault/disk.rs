@@ -14,6 +14,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
 /// A filesystem's size and use, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -28,17 +31,13 @@ pub struct Usage {
 pub fn usage(path: &Path) -> io::Result<Usage> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
-    // SAFETY: `st` is a plain C struct statvfs fills; `c` is a valid NUL-terminated string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
-    let total = st.f_blocks as u64 * frsize;
+    let st = rustix::fs::statvfs(c.as_c_str())?;
+    let frsize = st.f_frsize;
+    let total = st.f_blocks * frsize;
     Ok(Usage {
         total,
-        used: total.saturating_sub(st.f_bfree as u64 * frsize),
-        available: st.f_bavail as u64 * frsize,
+        used: total.saturating_sub(st.f_bfree * frsize),
+        available: st.f_bavail * frsize,
     })
 }
 
@@ -61,7 +60,7 @@ pub fn fill(file: &Path, percent: u8) -> io::Result<u64> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
         .mode(0o600)
         .open(file)?;
     // Real blocks (zeros written), not a sparse file: a sparse one takes no space. 1 MiB at
@@ -74,14 +73,14 @@ pub fn fill(file: &Path, percent: u8) -> io::Result<u64> {
         match f.write(&zeros[..n]) {
             Ok(0) => break,
             Ok(k) => written += k as u64,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) if e.raw_os_error() == Some(Errno::NOSPC.raw_os_error()) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
     // On the disk before the fault counts as applied.
     match f.sync_all() {
-        Err(e) if e.raw_os_error() != Some(libc::ENOSPC) => return Err(e),
+        Err(e) if e.raw_os_error() != Some(Errno::NOSPC.raw_os_error()) => return Err(e),
         _ => {}
     }
     Ok(written)

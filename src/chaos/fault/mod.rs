@@ -815,7 +815,7 @@ impl Faults {
             .required(gone),
             FaultKind::Freeze => {
                 still_in_container(c)?;
-                procfs::signal(c.pid, libc::SIGSTOP).map_err(FaultError::io(format!(
+                procfs::signal(c.pid, procfs::Signal::STOP).map_err(FaultError::io(format!(
                     "send SIGSTOP to pid {} of container {}",
                     c.pid, c.name
                 )))
@@ -1130,8 +1130,10 @@ impl Faults {
                     // Restarted or stopped: the frozen process is gone with its fault.
                     return Ok(());
                 }
-                match procfs::signal(*pid, libc::SIGCONT) {
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                match procfs::signal(*pid, procfs::Signal::CONT) {
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => {
+                        Ok(())
+                    }
                     other => other.map_err(FaultError::io(format!(
                         "send SIGCONT to pid {pid} of container {container_id}"
                     ))),

@@ -74,27 +74,36 @@ pub fn procs_files(cgroup: &str, root: &Path) -> Vec<(PathBuf, bool)> {
         .collect()
 }
 
-/// Sends `signal` to `pid`.
-pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    if unsafe { libc::kill(pid, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+pub use rustix::process::{Pid, Signal};
+
+/// Process `id` as the kernel takes it, if it names one process: not 0 (which `kill(2)`
+/// takes for the caller's own group), nor past `i32::MAX`.
+pub fn pid(id: u32) -> Option<Pid> {
+    Pid::from_raw(i32::try_from(id).ok()?)
 }
 
-/// The number of a signal as a drill writes it: `SIGKILL` (the canonical form the drill
-/// parser produces, `SIG` and upper case), `SIGRTMIN+3`, or a number.
-pub fn signal_number(name: &str) -> Option<libc::c_int> {
-    if let Ok(n) = name.parse::<libc::c_int>() {
-        return (1..=64).contains(&n).then_some(n);
+/// Sends `signal` to `pid`; a pid that names no single process (see [`pid`]) is refused.
+pub fn signal(pid: u32, signal: Signal) -> io::Result<()> {
+    let pid = self::pid(pid)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    Ok(rustix::process::kill_process(pid, signal)?)
+}
+
+/// The signal a drill names: `SIGKILL` (the canonical form the drill parser produces, `SIG`
+/// and upper case), `SIGRTMIN+3`, or a number.
+///
+/// # Caveats
+/// A real-time signal, or 32 or 33 (glibc's own), is for another process: see [`numbered`].
+pub fn signal_number(name: &str) -> Option<Signal> {
+    if let Ok(n) = name.parse::<i32>() {
+        return numbered(n);
     }
     let bare = name.strip_prefix("SIG").unwrap_or(name);
-    let rt = |base: libc::c_int, rest: &str, sign: libc::c_int| {
-        rest.parse::<libc::c_int>().ok().map(|n| base + sign * n)
+    // SIGRTMIN and SIGRTMAX are the C library's (glibc keeps the first two real-time signals
+    // for itself), which rustix does not expose: they are libc's last use here.
+    let rt = |base: i32, rest: &str, sign: i32| {
+        let n = rest.parse::<i32>().ok()?;
+        numbered(base.checked_add(sign.checked_mul(n)?)?)
     };
     if let Some(rest) = bare.strip_prefix("RTMIN+") {
         return rt(libc::SIGRTMIN(), rest, 1);
@@ -103,41 +112,59 @@ pub fn signal_number(name: &str) -> Option<libc::c_int> {
         return rt(libc::SIGRTMAX(), rest, -1);
     }
     Some(match bare {
-        "ABRT" | "IOT" => libc::SIGABRT,
-        "ALRM" => libc::SIGALRM,
-        "BUS" => libc::SIGBUS,
-        "CHLD" | "CLD" => libc::SIGCHLD,
-        "CONT" => libc::SIGCONT,
-        "FPE" => libc::SIGFPE,
-        "HUP" => libc::SIGHUP,
-        "ILL" => libc::SIGILL,
-        "INT" => libc::SIGINT,
-        "IO" | "POLL" => libc::SIGIO,
-        "KILL" => libc::SIGKILL,
-        "PIPE" => libc::SIGPIPE,
-        "PROF" => libc::SIGPROF,
-        "PWR" => libc::SIGPWR,
-        "QUIT" => libc::SIGQUIT,
-        "SEGV" => libc::SIGSEGV,
-        "STKFLT" => libc::SIGSTKFLT,
-        "STOP" => libc::SIGSTOP,
-        "SYS" => libc::SIGSYS,
-        "TERM" => libc::SIGTERM,
-        "TRAP" => libc::SIGTRAP,
-        "TSTP" => libc::SIGTSTP,
-        "TTIN" => libc::SIGTTIN,
-        "TTOU" => libc::SIGTTOU,
-        "URG" => libc::SIGURG,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "VTALRM" => libc::SIGVTALRM,
-        "WINCH" => libc::SIGWINCH,
-        "XCPU" => libc::SIGXCPU,
-        "XFSZ" => libc::SIGXFSZ,
-        "RTMIN" => libc::SIGRTMIN(),
-        "RTMAX" => libc::SIGRTMAX(),
+        "ABRT" | "IOT" => Signal::ABORT,
+        "ALRM" => Signal::ALARM,
+        "BUS" => Signal::BUS,
+        "CHLD" | "CLD" => Signal::CHILD,
+        "CONT" => Signal::CONT,
+        "FPE" => Signal::FPE,
+        "HUP" => Signal::HUP,
+        "ILL" => Signal::ILL,
+        "INT" => Signal::INT,
+        "IO" | "POLL" => Signal::IO,
+        "KILL" => Signal::KILL,
+        "PIPE" => Signal::PIPE,
+        "PROF" => Signal::PROF,
+        "PWR" => Signal::POWER,
+        "QUIT" => Signal::QUIT,
+        "SEGV" => Signal::SEGV,
+        "STKFLT" => Signal::STKFLT,
+        "STOP" => Signal::STOP,
+        "SYS" => Signal::SYS,
+        "TERM" => Signal::TERM,
+        "TRAP" => Signal::TRAP,
+        "TSTP" => Signal::TSTP,
+        "TTIN" => Signal::TTIN,
+        "TTOU" => Signal::TTOU,
+        "URG" => Signal::URG,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        "VTALRM" => Signal::VTALARM,
+        "WINCH" => Signal::WINCH,
+        "XCPU" => Signal::XCPU,
+        "XFSZ" => Signal::XFSZ,
+        "RTMIN" => return numbered(libc::SIGRTMIN()),
+        "RTMAX" => return numbered(libc::SIGRTMAX()),
         _ => return None,
     })
+}
+
+/// Linux signal `n` (1 to 64), whether rustix names it or not.
+///
+/// # Caveats
+/// rustix names only the standard signals; the others (the real-time ones, and 32 and 33,
+/// which glibc keeps for its threads) it builds only unchecked, because this process
+/// blocking, catching or raising one the C library reserves would break it. A signal made
+/// here goes to another process only: [`signal`] sends it to a container's main process.
+#[allow(unsafe_code)]
+fn numbered(n: i32) -> Option<Signal> {
+    if !(1..=64).contains(&n) {
+        return None;
+    }
+    // SAFETY: `n` is a valid, non-zero Linux signal number (checked just above); the
+    // `Signal` is only ever sent to another process (see the caveat above), never blocked,
+    // caught or raised in this one.
+    Some(Signal::from_named_raw(n).unwrap_or_else(|| unsafe { Signal::from_raw_unchecked(n) }))
 }
 
 /// Every pid in `/proc` whose command line contains `marker`.
@@ -221,14 +248,72 @@ mod tests {
 
     #[test]
     fn signal_names_as_the_drill_writes_them_map_to_their_numbers() {
-        assert_eq!(signal_number("SIGKILL"), Some(libc::SIGKILL));
-        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
-        assert_eq!(signal_number("9"), Some(9));
-        assert_eq!(signal_number("SIGRTMIN+3"), Some(libc::SIGRTMIN() + 3));
-        assert_eq!(signal_number("SIGRTMAX-1"), Some(libc::SIGRTMAX() - 1));
+        assert_eq!(signal_number("SIGKILL"), Some(Signal::KILL));
+        assert_eq!(signal_number("SIGTERM"), Some(Signal::TERM));
+        assert_eq!(signal_number("9"), Some(Signal::KILL));
+        let raw = |name| signal_number(name).map(Signal::as_raw);
+        assert_eq!(raw("SIGRTMIN+3"), Some(libc::SIGRTMIN() + 3));
+        assert_eq!(raw("SIGRTMAX-1"), Some(libc::SIGRTMAX() - 1));
+        assert_eq!(raw("SIGRTMIN"), Some(libc::SIGRTMIN()));
+        assert_eq!(raw("SIGRTMAX"), Some(libc::SIGRTMAX()));
+        // Numbers rustix has no name for are still sent as they are.
+        assert_eq!(raw("32"), Some(32));
+        assert_eq!(raw("64"), Some(64));
         assert_eq!(signal_number("SIGNOPE"), None);
         assert_eq!(signal_number("0"), None);
         assert_eq!(signal_number("65"), None);
+        assert_eq!(signal_number("SIGRTMIN+99999999999"), None);
+    }
+
+    #[test]
+    fn every_signal_name_has_the_c_librarys_number() {
+        let names = [
+            ("ABRT", libc::SIGABRT),
+            ("IOT", libc::SIGABRT),
+            ("ALRM", libc::SIGALRM),
+            ("BUS", libc::SIGBUS),
+            ("CHLD", libc::SIGCHLD),
+            ("CLD", libc::SIGCHLD),
+            ("CONT", libc::SIGCONT),
+            ("FPE", libc::SIGFPE),
+            ("HUP", libc::SIGHUP),
+            ("ILL", libc::SIGILL),
+            ("INT", libc::SIGINT),
+            ("IO", libc::SIGIO),
+            ("POLL", libc::SIGIO),
+            ("KILL", libc::SIGKILL),
+            ("PIPE", libc::SIGPIPE),
+            ("PROF", libc::SIGPROF),
+            ("PWR", libc::SIGPWR),
+            ("QUIT", libc::SIGQUIT),
+            ("SEGV", libc::SIGSEGV),
+            ("STKFLT", libc::SIGSTKFLT),
+            ("STOP", libc::SIGSTOP),
+            ("SYS", libc::SIGSYS),
+            ("TERM", libc::SIGTERM),
+            ("TRAP", libc::SIGTRAP),
+            ("TSTP", libc::SIGTSTP),
+            ("TTIN", libc::SIGTTIN),
+            ("TTOU", libc::SIGTTOU),
+            ("URG", libc::SIGURG),
+            ("USR1", libc::SIGUSR1),
+            ("USR2", libc::SIGUSR2),
+            ("VTALRM", libc::SIGVTALRM),
+            ("WINCH", libc::SIGWINCH),
+            ("XCPU", libc::SIGXCPU),
+            ("XFSZ", libc::SIGXFSZ),
+        ];
+        for (name, number) in names {
+            assert_eq!(
+                signal_number(&format!("SIG{name}")).map(Signal::as_raw),
+                Some(number),
+                "{name}"
+            );
+            assert_eq!(
+                signal_number(&number.to_string()).map(Signal::as_raw),
+                Some(number)
+            );
+        }
     }
 
     #[test]
@@ -339,7 +424,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(pids_with_marker(&marker).contains(&pid));
-        signal(pid, libc::SIGKILL).expect("kill");
+        signal(pid, Signal::KILL).expect("kill");
         let _ = child.wait();
         assert!(!pids_with_marker(&marker).contains(&pid));
     }

@@ -91,7 +91,7 @@ pub fn stop(marker: &str) -> io::Result<()> {
         }
         for pid in left {
             // A pid that exited between the scan and now is the outcome we want.
-            let _ = procfs::signal(pid, libc::SIGKILL);
+            let _ = procfs::signal(pid, procfs::Signal::KILL);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
