@@ -55,7 +55,7 @@ const MIN_PATTERN_VALUE_REDACT_LEN: usize = 16;
 /// What replaces a secret value in output.
 pub const REDACTED: &str = "[REDACTED]";
 
-/// Default bound on a command's run time (HolmesGPT uses 60 s; the prototype 120 s).
+/// Default bound on a command's run time.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Default cap on stdout + stderr going back to the model: about 25k tokens of text, the cap

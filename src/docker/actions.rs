@@ -2,8 +2,9 @@
 //! allows it and bounded by a timeout.
 //!
 //! # Guarantees
-//! - A container id handed to these functions comes from the label-filtered cache, so it is
-//!   owned; a name conflict at create time is checked against the labels and reported as
+//! - A container id handed to these functions comes from the observed store, which holds
+//!   only the controller's own containers (by label) and those a manifest adopts; a name
+//!   conflict at create time is checked against the labels and reported as
 //!   [`DockerError::NotOwned`], never resolved by removing the other container.
 //! - [`Actions::recreate`] secures the new image before removing the old container, so a
 //!   typo in an image tag never leaves a service with no container at all.

@@ -1,4 +1,5 @@
-//! The watcher: list the owned containers, then follow the engine's event stream.
+//! The watcher: list the owned and adopted containers, then follow the engine's event
+//! stream.
 //!
 //! # Guarantees
 //! - Nothing is missed across a reconnect: the event subscription starts from a time taken

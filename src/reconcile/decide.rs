@@ -1,11 +1,11 @@
 //! The decision for one key: given what the diff found, what the repair budget remembers,
 //! the service's remediation policy and who else has hands on it, what happens next. A pure
-//! function over plain data (the kube-rs shape: a reconcile returns a typed action), so
-//! every rule is unit-tested without Docker; `service.rs` carries the decision out.
+//! function over plain data, so every rule is unit-tested without Docker; `service/`
+//! carries the decision out.
 //!
 //! Not decided here, because they need a fresh look at the engine or the clock: whether a
-//! dependency runs yet (`service.rs`) and whether the budget and backoff allow the attempt
-//! now (the gate in `state.rs`, shared by every remediator).
+//! dependency runs yet (`service/`) and what an attempt does now, given the budget, the
+//! backoff and the quorum gate (`planner.rs`, shared by every remediator and by `plan`).
 
 use serde::Serialize;
 
