@@ -8,8 +8,10 @@
 //! (`health::check_queries`): it is the judge of what its own version supports.
 
 use std::borrow::Cow;
+use std::sync::Once;
 
-use promql_parser::parser::{self, Expr};
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{self, Expr, Function};
 use promql_parser::util::{ExprVisitor, walk_expr};
 
 /// What `promql-parser` says when its grammar refuses a query without saying why.
@@ -31,8 +33,23 @@ pub fn check(expr: &str) -> Result<(), String> {
     })
 }
 
-/// `promql-parser`'s parse, with raw strings read as Prometheus reads them.
+/// `promql-parser`'s parse, with raw strings read as Prometheus reads them, and Prometheus
+/// 2's functions that the crate (which follows Prometheus 3) no longer knows.
 fn parse(expr: &str) -> Result<Expr, String> {
+    static PROMETHEUS_2: Once = Once::new();
+    PROMETHEUS_2.call_once(|| {
+        // `holt_winters` (Prometheus 2.x, Debian's 2.42 among them) became
+        // `double_exponential_smoothing` in 3.0; a cluster's own Prometheus still judges it.
+        let holt_winters = Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        );
+        // Fails only for a name the crate has built in, which holt_winters is not.
+        let _ = parser::register_extra_functions(vec![holt_winters]);
+    });
     parser::parse(&raw_strings_quoted(expr))
 }
 
@@ -165,6 +182,9 @@ mod tests {
             "up{name=\"a\\\"(b\"}",
             "max(pd_tso_role{job=\"pd\"})\nor on() (max(up{job=\"pd\"}) * 0)",
             "up{job=\"tikv\"} == 0\nand on() (count(up{job=\"tikv\"} == 0) == 1)",
+            // Prometheus 2's name, as well as 3's.
+            "holt_winters(up[10m], 0.5, 0.5) < 0",
+            "double_exponential_smoothing(up[10m], 0.5, 0.5) < 0",
         ] {
             assert_eq!(check(expr), Ok(()), "{expr}");
         }
@@ -243,6 +263,10 @@ mod tests {
         assert_eq!(refused("rat(up[5m])"), "unknown function with name 'rat'");
         assert!(!refused("up{job=~\"(\"}").is_empty(), "a bad regex");
         assert!(!refused("up{job=\"a\"} offset").is_empty());
+        assert_eq!(
+            refused("holt_winters(up, 0.5, 0.5)"),
+            "expected type matrix in call to function 'holt_winters', got vector"
+        );
     }
 
     #[test]
