@@ -1,302 +1,173 @@
-//! Just enough PromQL reading for the two things the operator needs before Prometheus
-//! judges a query: a sanity check of its brackets and strings when a manifest is loaded
-//! ([`check_balanced`]), and its vector selectors when a check sees nothing
-//! ([`selectors`]).
+//! PromQL read offline, by the `promql-parser` crate (this module is its one user): whether
+//! a query parses, when a manifest or a drill is loaded ([`check`]), and its vector
+//! selectors, when a check sees nothing ([`selectors`]).
 //!
-//! Not a parser: the live Prometheus is the judge of PromQL, and its grammar changes
-//! between versions. Both readers share one lexer, so that they agree on what a string, a
-//! comment or a number is.
+//! The parser follows Prometheus's own grammar and type rules (a range vector where a
+//! function wants one, known functions and their arity), so a bad query is refused with no
+//! Prometheus running. The live Prometheus is still asked when it answers
+//! (`health::check_queries`): it is the judge of what its own version supports.
 
-/// What the lexer tells apart. Everything else is [`Token::Other`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Token {
-    /// `(`, `{` or `[`.
-    Open(char),
-    /// `)`, `}` or `]`.
-    Close(char),
-    /// `"..."`, `'...'` (with `\` escapes) or `` `...` `` (raw); `closed` is false when the
-    /// text ends first.
-    Str {
-        quote: char,
-        closed: bool,
-    },
-    /// `#` to the end of its line, the newline included.
-    Comment,
-    /// Digits, or `.` and a digit, then letters, digits and dots: `0.5`, `1e3`, `5m`.
-    Number,
-    /// A metric, label, function or keyword name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-    Ident,
-    /// One whitespace character.
-    Space,
-    Other(char),
+use std::borrow::Cow;
+use std::sync::Once;
+
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{self, Expr, Function};
+use promql_parser::util::{ExprVisitor, walk_expr};
+
+/// What `promql-parser` says when its grammar refuses a query without saying why.
+const UNEXPLAINED: &str = "invalid promql query";
+
+/// Checks that `expr` is a PromQL expression: its brackets, strings, operators, functions
+/// and their argument types.
+///
+/// # Errors
+/// The parser's reason, e.g. `unclosed left parenthesis`, `unterminated quoted string "`,
+/// `expected type range vector in call to function "rate", got vector`.
+pub fn check(expr: &str) -> Result<(), String> {
+    parse(expr).map(drop).map_err(|reason| {
+        if reason == UNEXPLAINED {
+            "a syntax error (the parser names no reason: look for a misplaced operator, keyword, comma or label list)".to_string()
+        } else {
+            reason
+        }
+    })
 }
 
-/// One token and where it is: `start..end` are character (not byte) indices into the
-/// expression, so that messages can count characters as a reader does.
-#[derive(Debug, Clone, Copy)]
-struct Lexeme {
-    token: Token,
-    start: usize,
-    end: usize,
+/// `promql-parser`'s parse, with raw strings read as Prometheus reads them, and Prometheus
+/// 2's functions that the crate (which follows Prometheus 3) no longer knows.
+fn parse(expr: &str) -> Result<Expr, String> {
+    static PROMETHEUS_2: Once = Once::new();
+    PROMETHEUS_2.call_once(|| {
+        // `holt_winters` (Prometheus 2.x, Debian's 2.42 among them) became
+        // `double_exponential_smoothing` in 3.0; a cluster's own Prometheus still judges it.
+        let holt_winters = Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        );
+        // Fails only for a name the crate has built in, which holt_winters is not.
+        let _ = parser::register_extra_functions(vec![holt_winters]);
+    });
+    parser::parse(&raw_strings_quoted(expr))
 }
 
-fn is_ident_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':'
-}
-
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
-
-/// Cuts `chars` into tokens; never fails (an unterminated string is a token too).
-fn lex(chars: &[char]) -> Vec<Lexeme> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let start = i;
-        let c = chars[i];
-        i += 1;
-        let token = match c {
-            '(' | '{' | '[' => Token::Open(c),
-            ')' | '}' | ']' => Token::Close(c),
-            '"' | '\'' | '`' => {
-                let mut closed = false;
-                while i < chars.len() {
-                    match chars[i] {
-                        '\\' if c != '`' => i += 2,
-                        s if s == c => {
-                            i += 1;
-                            closed = true;
-                            break;
-                        }
-                        _ => i += 1,
-                    }
-                }
-                i = i.min(chars.len());
-                Token::Str { quote: c, closed }
-            }
-            '#' => {
-                while i < chars.len() {
-                    i += 1;
-                    if chars[i - 1] == '\n' {
+/// `expr` with each `` `raw` `` string written as the `"..."` string that means the same.
+///
+/// Prometheus processes no escapes in backticks (`` `.*\d+` `` is a regex, `` `a\` `` ends
+/// at its second backtick); `promql-parser` 0.11 reads them as in `"..."`, refusing both.
+/// Quotes and comments are skipped as the parser's lexer skips them, so a backtick inside
+/// them is left alone. An unterminated raw string is left for the parser to report.
+fn raw_strings_quoted(expr: &str) -> Cow<'_, str> {
+    if !expr.contains('`') || !expr.contains('\\') {
+        return Cow::Borrowed(expr);
+    }
+    let mut out = String::with_capacity(expr.len() + 8);
+    let mut chars = expr.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                out.push(c);
+                while let Some(d) = chars.next() {
+                    out.push(d);
+                    if d == '\\' {
+                        out.extend(chars.next());
+                    } else if d == c {
                         break;
                     }
                 }
-                Token::Comment
             }
-            c if c.is_ascii_digit()
-                || (c == '.' && chars.get(i).is_some_and(|d| d.is_ascii_digit())) =>
-            {
-                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                    i += 1;
-                }
-                Token::Number
-            }
-            c if is_ident_start(c) => {
-                while i < chars.len() && is_ident(chars[i]) {
-                    i += 1;
-                }
-                Token::Ident
-            }
-            c if c.is_whitespace() => Token::Space,
-            c => Token::Other(c),
-        };
-        out.push(Lexeme {
-            token,
-            start,
-            end: i,
-        });
-    }
-    out
-}
-
-/// Checks that every `(`, `{` and `[` of `expr` is closed by its own kind of bracket, in
-/// order, and that every string (`"..."`, `'...'` with `\` escapes, `` `...` `` raw) ends.
-/// Brackets inside strings and `#` comments do not count.
-///
-/// This only catches the typos that would otherwise surface as an opaque "parse error"
-/// much later, and points at where they are. Positions in the message are 1-based
-/// character offsets into `expr`.
-pub fn check_balanced(expr: &str) -> Result<(), String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut open: Vec<(char, usize)> = Vec::new();
-    for lexeme in lex(&chars) {
-        let at = lexeme.start + 1;
-        match lexeme.token {
-            Token::Open(c) => open.push((c, at)),
-            Token::Close(c) => {
-                let wanted = opening(c);
-                match open.pop() {
-                    Some((o, _)) if o == wanted => {}
-                    Some((o, o_at)) => {
-                        return Err(format!(
-                            "\"{c}\" at character {at} closes \"{o}\" opened at character {o_at} (expected \"{}\")",
-                            closing(o)
-                        ));
-                    }
-                    None => {
-                        return Err(format!(
-                            "\"{c}\" at character {at} has no matching \"{wanted}\""
-                        ));
+            '#' => {
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '\n' {
+                        break;
                     }
                 }
             }
-            Token::Str {
-                quote,
-                closed: false,
-            } => {
-                return Err(format!(
-                    "unterminated string: the {quote} at character {at} is never closed"
-                ));
+            '`' => {
+                let rest = chars.as_str();
+                let Some(end) = rest.find('`') else {
+                    out.push(c);
+                    out.push_str(rest);
+                    break;
+                };
+                out.push('"');
+                for d in rest[..end].chars() {
+                    match d {
+                        '\\' => out.push_str("\\\\"),
+                        '"' => out.push_str("\\\""),
+                        '\n' => out.push_str("\\n"),
+                        d => out.push(d),
+                    }
+                }
+                out.push('"');
+                chars = rest[end + 1..].chars();
             }
-            _ => {}
+            c => out.push(c),
         }
     }
-    match open.pop() {
-        Some((o, at)) => Err(format!(
-            "\"{o}\" at character {at} is never closed (expected \"{}\")",
-            closing(o)
-        )),
-        None => Ok(()),
-    }
+    Cow::Owned(out)
 }
 
-fn opening(close: char) -> char {
-    match close {
-        ')' => '(',
-        '}' => '{',
-        _ => '[',
-    }
+/// [`check`]'s verdict as a diagnostic's message: `invalid PromQL "QUERY": REASON`, the
+/// query on one line (a `>-` or `|` block spans several). `None` when it parses.
+pub fn refusal(expr: &str) -> Option<String> {
+    let why = check(expr).err()?;
+    let shown = expr.split_whitespace().collect::<Vec<_>>().join(" ");
+    Some(format!("invalid PromQL \"{shown}\": {why}"))
 }
 
-fn closing(open: char) -> char {
-    match open {
-        '(' => ')',
-        '{' => '}',
-        _ => ']',
-    }
-}
-
-const KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "atan2",
-    "inf",
-    "nan",
-    // Aggregations, which may be followed by `by (...)` rather than `(`.
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-];
-
-/// The vector selectors of an expression, in order, without duplicates:
-/// `rate(http_requests_total{job="x"}[5m]) > 0` → `["http_requests_total{job=\"x\"}"]`.
+/// The vector selectors of an expression, in order, without duplicates, without their
+/// `offset` and `@`: `rate(http_requests_total{job="x"}[5m] offset 1m) > 0` →
+/// `["http_requests_total{job=\"x\"}"]`. Matchers are written as the parser prints them
+/// (sorted, comma-separated). Empty for an expression that does not parse.
 ///
 /// So the controller can tell "nothing is wrong" from "this query can never see anything"
-/// (a misspelled metric or label value). Strings, label matchers, durations, numbers,
-/// comments, function names and keywords are skipped; the rest is kept.
+/// (a misspelled metric or label value): each is asked as `count(selector)`.
 pub fn selectors(expr: &str) -> Vec<String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let tokens = lex(&chars);
-    // The text from the `{` at token `open` to its `}` (or to the end), and the index of
-    // the token after it. The first `}` outside a string closes: matchers do not nest.
-    let matchers = |open: usize| -> (String, usize) {
-        let close = (open + 1..tokens.len()).find(|&k| tokens[k].token == Token::Close('}'));
-        let end = close.map_or(chars.len(), |k| tokens[k].end);
-        let text = chars[tokens[open].start..end].iter().collect();
-        (text, close.map_or(tokens.len(), |k| k + 1))
-    };
-    let mut found: Vec<String> = Vec::new();
-    let mut push = |s: String| {
-        if !found.contains(&s) {
-            found.push(s);
-        }
-    };
-    // Inside `by (...)`/`on (...)` label lists, identifiers are labels, not metrics.
-    let mut label_list_depth: Option<usize> = None;
-    let mut depth = 0usize;
-    let mut previous_word = String::new();
-    let mut k = 0;
-    while k < tokens.len() {
-        let lexeme = tokens[k];
-        k += 1;
-        match lexeme.token {
-            Token::Str { .. } | Token::Number | Token::Space | Token::Comment => {}
-            Token::Open('[') => {
-                // Range or subquery duration: skip to the closing bracket.
-                while k < tokens.len() && tokens[k].token != Token::Close(']') {
-                    k += 1;
-                }
-                k += 1;
+    struct Collect(Vec<String>);
+    impl ExprVisitor for Collect {
+        type Error = std::convert::Infallible;
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
+            let selector = match expr {
+                Expr::VectorSelector(vs) => vs,
+                Expr::MatrixSelector(ms) => &ms.vs,
+                _ => return Ok(true),
+            };
+            let mut bare = selector.clone();
+            bare.offset = None;
+            bare.at = None;
+            let text = bare.to_string();
+            if !self.0.contains(&text) {
+                self.0.push(text);
             }
-            Token::Open('(') => {
-                depth += 1;
-                if matches!(
-                    previous_word.as_str(),
-                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
-                ) {
-                    label_list_depth = Some(depth);
-                }
-                previous_word.clear();
-            }
-            Token::Close(')') => {
-                if label_list_depth == Some(depth) {
-                    label_list_depth = None;
-                }
-                depth = depth.saturating_sub(1);
-                previous_word.clear();
-            }
-            Token::Open(_) => {
-                // A selector with no metric name: `{__name__="x", job="y"}`.
-                let (text, next) = matchers(k - 1);
-                push(text);
-                k = next;
-            }
-            Token::Ident => {
-                let word: String = chars[lexeme.start..lexeme.end].iter().collect();
-                let next = (k..tokens.len()).find(|&j| tokens[j].token != Token::Space);
-                let next_token = next.map(|j| tokens[j].token);
-                let is_call = next_token == Some(Token::Open('('));
-                let keyword = KEYWORDS.contains(&word.to_ascii_lowercase().as_str());
-                if label_list_depth.is_none() && !is_call && !keyword {
-                    match next {
-                        Some(j) if next_token == Some(Token::Open('{')) => {
-                            let (text, after) = matchers(j);
-                            push(format!("{word}{text}"));
-                            k = after;
-                        }
-                        _ => push(word.clone()),
-                    }
-                }
-                previous_word = word.to_ascii_lowercase();
-            }
-            Token::Close(_) | Token::Other(_) => previous_word.clear(),
+            Ok(true)
         }
     }
-    found
+    let Ok(parsed) = parse(expr) else {
+        return Vec::new();
+    };
+    let mut found = Collect(Vec::new());
+    match walk_expr(&mut found, &parsed) {
+        Ok(_) => found.0,
+        Err(never) => match never {},
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reason `expr` is refused; panics if it is not.
+    fn refused(expr: &str) -> String {
+        match check(expr) {
+            Ok(()) => panic!("{expr:?} was accepted"),
+            Err(why) => why,
+        }
+    }
 
     #[test]
     fn ordinary_queries_pass() {
@@ -309,51 +180,102 @@ mod tests {
             "label_replace(up, 'x', '$1', 'instance', '(.*):.*')",
             "count(up{job=`raw\\`}) # a comment with ( and \"\nor vector(0)",
             "up{name=\"a\\\"(b\"}",
+            "max(pd_tso_role{job=\"pd\"})\nor on() (max(up{job=\"pd\"}) * 0)",
+            "up{job=\"tikv\"} == 0\nand on() (count(up{job=\"tikv\"} == 0) == 1)",
+            // Prometheus 2's name, as well as 3's.
+            "holt_winters(up[10m], 0.5, 0.5) < 0",
+            "double_exponential_smoothing(up[10m], 0.5, 0.5) < 0",
         ] {
-            assert_eq!(check_balanced(expr), Ok(()), "{expr}");
+            assert_eq!(check(expr), Ok(()), "{expr}");
         }
     }
 
     #[test]
-    fn unclosed_bracket_is_named_with_its_position() {
-        let err = check_balanced("sum(rate(x[5m])").unwrap_err();
-        assert_eq!(err, "\"(\" at character 4 is never closed (expected \")\")");
-        let err = check_balanced("up{job=\"pd\"").unwrap_err();
-        assert!(err.starts_with("\"{\" at character 3"), "{err}");
-    }
-
-    #[test]
-    fn stray_closing_bracket_is_named() {
-        let err = check_balanced("up) > 0").unwrap_err();
-        assert_eq!(err, "\")\" at character 3 has no matching \"(\"");
-    }
-
-    #[test]
-    fn mismatched_brackets_are_named() {
-        let err = check_balanced("rate(x[5m)]").unwrap_err();
+    fn raw_strings_take_no_escapes_as_in_prometheus() {
+        for expr in [
+            "up{instance=~`.*\\d+`}",
+            "count(up{job=`raw\\`})",
+            "up{job=`a\"b`} # `\\x\n",
+            "up{job=\"`\\\\\"} or up{job='\\'`'}",
+        ] {
+            assert_eq!(check(expr), Ok(()), "{expr}");
+        }
         assert_eq!(
-            err,
-            "\")\" at character 10 closes \"[\" opened at character 7 (expected \"]\")"
+            selectors("up{job=`a\\b`}"),
+            vec![r#"up{job="a\\b"}"#],
+            "the same value, double-quoted"
+        );
+        assert_eq!(
+            raw_strings_quoted("x{a=`\\d`} # `\\`\n"),
+            "x{a=\"\\\\d\"} # `\\`\n"
+        );
+        assert!(refused("up{job=`a\\b}").contains("unterminated"));
+    }
+
+    /// Every query the hand-written bracket check refused before this parser, still refused.
+    #[test]
+    fn unclosed_brackets_are_refused() {
+        assert_eq!(refused("sum(rate(x[5m])"), "unclosed left parenthesis");
+        assert_eq!(
+            refused("up{job=\"pd\""),
+            "unexpected end of input inside braces"
         );
     }
 
     #[test]
-    fn unterminated_strings_are_found() {
-        let err = check_balanced("up{job=\"pd}").unwrap_err();
+    fn stray_closing_bracket_is_refused() {
+        assert_eq!(refused("up) > 0"), "unexpected right parenthesis ')'");
+    }
+
+    #[test]
+    fn mismatched_brackets_are_refused() {
         assert_eq!(
-            err,
-            "unterminated string: the \" at character 8 is never closed"
+            refused("rate(x[5m)]"),
+            "unexpected character inside brackets: ')'"
         );
-        assert!(check_balanced("up{job='pd\\'}").is_err());
-        assert!(check_balanced("up{job=`pd}").is_err());
+    }
+
+    #[test]
+    fn unterminated_strings_are_refused() {
+        for expr in ["up{job=\"pd}", "up{job='pd\\'}", "up{job=`pd}"] {
+            let why = refused(expr);
+            assert!(why.contains("unterminated quoted string"), "{expr}: {why}");
+        }
     }
 
     #[test]
     fn brackets_in_strings_and_comments_do_not_count() {
-        assert_eq!(check_balanced("up{x=\"((\"}"), Ok(()));
-        assert_eq!(check_balanced("up # )\n"), Ok(()));
+        assert_eq!(check("up{x=\"((\"}"), Ok(()));
+        assert_eq!(check("up # )\n"), Ok(()));
         // A comment runs to the end of its line only.
-        assert!(check_balanced("up # x\n)").is_err());
+        assert_eq!(refused("up # x\n)"), "unexpected right parenthesis ')'");
+    }
+
+    /// What the bracket check let through and only a live Prometheus refused.
+    #[test]
+    fn grammar_and_type_errors_are_refused_offline() {
+        assert_eq!(
+            refused("rate(up)"),
+            "expected type matrix in call to function 'rate', got vector"
+        );
+        assert!(refused("up ==").contains("syntax error"));
+        assert!(refused("sum some_metric by (instance)").contains("syntax error"));
+        assert_eq!(refused("rat(up[5m])"), "unknown function with name 'rat'");
+        assert!(!refused("up{job=~\"(\"}").is_empty(), "a bad regex");
+        assert!(!refused("up{job=\"a\"} offset").is_empty());
+        assert_eq!(
+            refused("holt_winters(up, 0.5, 0.5)"),
+            "expected type matrix in call to function 'holt_winters', got vector"
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_the_query_on_one_line_and_the_reason() {
+        assert_eq!(refusal("up == 0"), None);
+        assert_eq!(
+            refusal("sum(\n  up\n"),
+            Some("invalid PromQL \"sum( up\": unclosed left parenthesis".into())
+        );
     }
 
     #[test]
@@ -394,9 +316,10 @@ mod tests {
     fn strings_with_braces_and_bare_matchers_are_handled() {
         assert_eq!(
             selectors(r#"{__name__="up", job="a}b"} == 0"#),
-            vec![r#"{__name__="up", job="a}b"}"#]
+            vec![r#"{__name__="up",job="a}b"}"#]
         );
         assert_eq!(selectors("1 + 2"), Vec::<String>::new());
+        assert_eq!(selectors("up{"), Vec::<String>::new(), "does not parse");
     }
 
     #[test]
@@ -408,7 +331,11 @@ mod tests {
     }
 
     #[test]
-    fn comments_hold_no_selectors() {
+    fn comments_and_subqueries() {
         assert_eq!(selectors("up == 0 # was: down_total > 0\n"), vec!["up"]);
+        assert_eq!(
+            selectors("max_over_time(rate(x_total[1m])[5m:30s] @ 100)"),
+            vec!["x_total"]
+        );
     }
 }

@@ -330,74 +330,115 @@ fn prometheus_down_is_one_observability_lost_ticket_and_freezes_check_tickets() 
     );
 }
 
+/// A query that does not parse is refused offline, at its line, whether Prometheus answers or
+/// not; one that parses but the cluster's Prometheus refuses (a function newer than Debian's
+/// 2.42) is refused while it answers, a note while it does not, and an error with --strict.
 #[test]
-fn invalid_promql_is_an_error_when_prometheus_answers_and_a_note_when_it_does_not() {
+fn invalid_promql_is_refused_offline_and_what_prometheus_refuses_while_it_answers() {
     require_docker();
     let cluster = unique("badql");
     let _cleanup = Cleanup::new(format!("operator.cluster={cluster}"));
     let dir = TempDir::new(&cluster);
     let port = free_port();
     let prom = Prometheus::start(dir.path().join("prom"), port, "etcd", &[]);
-    let text = format!(
-        "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  prometheus: {{url: \"http://127.0.0.1:{port}\"}}\n  services:\n    - name: {cluster}-svc\n      image: {}\n      command: [\"sleep\", \"1000\"]\n  checks:\n    - name: wrong-type\n      expr: 'rate(up) > 0'\n    - name: fine\n      expr: up == 2\n    - name: not-parsed\n      healthy: |\n        sum(up)\n          by job\n",
+    let head = format!(
+        "apiVersion: operator/v1\nkind: Cluster\nmetadata:\n  name: {cluster}\nspec:\n  prometheus: {{url: \"http://127.0.0.1:{port}\"}}\n  services:\n    - name: {cluster}-svc\n      image: {}\n      command: [\"sleep\", \"1000\"]\n  checks:\n",
         common::BUSYBOX_IMAGE
     );
-    let file = dir.write("c.yaml", &text);
-    let line = |marker: &str| text.lines().position(|l| l.contains(marker)).unwrap() + 1;
+    let bad = head.clone()
+        + "    - name: wrong-type\n      expr: 'rate(up) > 0'\n    - name: fine\n      expr: up == 2\n    - name: not-parsed\n      healthy: |\n        sum(up)\n          by job\n";
+    let newer = head + "    - name: newer\n      expr: 'sort_by_label(up, \"job\") == 0'\n";
+    let bad_file = dir.write("bad.yaml", &bad);
+    let newer_file = dir.write("newer.yaml", &newer);
+    let line =
+        |text: &str, marker: &str| text.lines().position(|l| l.contains(marker)).unwrap() + 1;
     let db = std::env::temp_dir().join(format!("{cluster}.db"));
-    for args in [
-        vec!["validate", file.to_str().unwrap()],
-        vec![
-            "run",
-            file.to_str().unwrap(),
-            "--once",
-            "--db",
-            db.to_str().unwrap(),
-        ],
-    ] {
+    let commands = |file: &std::path::Path| {
+        [
+            vec!["validate".to_string(), file.display().to_string()],
+            vec![
+                "run".to_string(),
+                file.display().to_string(),
+                "--once".to_string(),
+                "--db".to_string(),
+                db.display().to_string(),
+            ],
+        ]
+    };
+    // `file:line: field: message` for each refused query of bad.yaml, then the count.
+    let refused_offline = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = operator(&args, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        // One line per refused query, `file:line: field: message`, then the count.
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 3, "{args:?}: {stderr}");
-        let at = |marker: &str, field: &str| {
-            format!("{}:{}: {field}: check ", file.display(), line(marker))
-        };
-        assert!(
-            lines[0].starts_with(&format!("error: {}", at("rate(up)", "spec.checks[0].expr")))
-                && lines[0].contains("wrong-type: Prometheus at"),
+        assert_eq!(
+            lines[0],
+            format!(
+                "error: {}:{}: spec.checks[0].expr: invalid PromQL \"rate(up) > 0\": expected type matrix in call to function 'rate', got vector",
+                bad_file.display(),
+                line(&bad, "rate(up)")
+            ),
             "{stderr}"
         );
         assert!(
-            lines[1].starts_with(&at("healthy: |", "spec.checks[2].healthy"))
-                && lines[1].contains("not-parsed: Prometheus at"),
+            lines[1].starts_with(&format!(
+                "{}:{}: spec.checks[2].healthy: invalid PromQL \"sum(up) by job\": ",
+                bad_file.display(),
+                line(&bad, "healthy: |")
+            )) && lines[1].contains("syntax error"),
             "{stderr}"
         );
         assert_eq!(lines[2], "2 errors in the manifests", "{stderr}");
+    };
+    for args in commands(&bad_file) {
+        refused_offline(&args);
+    }
+    for args in commands(&newer_file) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = operator(&args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "error: {}:{}: spec.checks[0].expr: check newer: Prometheus at http://127.0.0.1:{port} refuses the query: ",
+                newer_file.display(),
+                line(&newer, "sort_by_label")
+            )) && lines[0].contains("sort_by_label"),
+            "{stderr}"
+        );
+        assert_eq!(lines[1], "1 error in the manifests", "{stderr}");
     }
     assert!(
         !is_running(&format!("{cluster}-svc"), None),
         "nothing may start"
     );
     drop(prom);
-    // Nobody answers on that port now: not checkable, so not an error yet...
-    let out = operator(&["validate", file.to_str().unwrap()], None);
+    // Nobody answers on that port now: the syntax verdict is the same...
+    refused_offline(&commands(&bad_file)[0]);
+    // ...and what only Prometheus refuses cannot be checked, so is not an error yet...
+    let out = operator(&["validate", newer_file.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("PromQL parsed but not evaluated"),
+        "{stderr}"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PromQL not checked"));
     // ...unless the check must happen (CI).
-    let out = operator(&["validate", "--strict", file.to_str().unwrap()], None);
+    let out = operator(
+        &["validate", "--strict", newer_file.to_str().unwrap()],
+        None,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "{}:{}: spec.prometheus.url: Prometheus at http://127.0.0.1:{port} cannot be asked",
-            file.display(),
-            line("prometheus:")
+            newer_file.display(),
+            line(&newer, "prometheus:")
         )) && stderr.ends_with("1 error in the manifests\n"),
         "{stderr}"
     );

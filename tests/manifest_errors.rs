@@ -293,6 +293,46 @@ fn a_valid_manifest_validates_without_docker() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&cluster));
 }
 
+/// The syntax verdict needs no Prometheus: with none answering, a query that does not parse
+/// is one error naming the file, the query's line, the field and the parser's reason.
+#[test]
+fn validate_refuses_a_bad_query_with_no_prometheus_running() {
+    let cluster = unique("badquery");
+    let dir = TempDir::new(&cluster);
+    let port = free_port();
+    let text = document(&cluster, &service(&format!("{cluster}-a"), "")).replace(
+        "  services:\n",
+        &format!("  prometheus:\n    url: http://127.0.0.1:{port}\n  services:\n"),
+    ) + "  checks:\n    - name: ok\n      healthy: up\n    - name: typo\n      expr: >-\n        sum by (instance)\n        (rate(up{job=\"a\"}[5m]) > 0\n";
+    let file = dir.write("c.yaml", &text);
+    let expr_line = text
+        .lines()
+        .position(|l| l.contains("expr: >-"))
+        .expect("the expr line")
+        + 1;
+    for args in [vec!["validate"], vec!["validate", "--strict"]] {
+        let mut args = args;
+        args.push(file.to_str().unwrap());
+        let out = operator(&args, Some("unix:///nonexistent.sock"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                format!(
+                    "error: {}:{expr_line}: spec.checks[1].expr: invalid PromQL \"sum by (instance) (rate(up{{job=\"a\"}}[5m]) > 0\": unclosed left parenthesis",
+                    file.display()
+                )
+                .as_str(),
+                "1 error in the manifests"
+            ],
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
 #[test]
 fn validate_with_prometheus_down_is_a_note_and_with_strict_an_error_at_its_url() {
     let cluster = unique("promdown");
@@ -314,7 +354,7 @@ fn validate_with_prometheus_down_is_a_note_and_with_strict_an_error_at_its_url()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("note: ") && stderr.contains("PromQL not checked"),
+        stderr.contains("note: ") && stderr.contains("PromQL parsed but not evaluated"),
         "{stderr}"
     );
     // Why it cannot be asked, in the words that say what to fix.

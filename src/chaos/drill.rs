@@ -573,6 +573,10 @@ impl Validator<'_> {
                 self.error(&format!("{field}.promql"), "the query is empty".into());
                 return None;
             }
+            if let Some(why) = crate::promql::refusal(&query) {
+                self.error(&format!("{field}.promql"), why);
+                return None;
+            }
             ProbeKind::Promql {
                 query,
                 tolerance: tolerance?,
@@ -1081,6 +1085,9 @@ impl Validator<'_> {
                 &format!("{field}.query.promql"),
                 "the query is empty".into(),
             );
+            ok = false;
+        } else if let Some(why) = crate::promql::refusal(&query.promql) {
+            self.error(&format!("{field}.query.promql"), why);
             ok = false;
         }
         if query.service_label.trim().is_empty() {

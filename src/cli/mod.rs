@@ -76,9 +76,11 @@ pub enum Command {
     Run(RunArgs),
     /// Check manifests: syntax, fields, durations, ports, volumes, dependencies, checks.
     ///
-    /// Never touches Docker. When a cluster's Prometheus answers, its check expressions are
-    /// also evaluated once so that invalid PromQL is an error now, not at 3 a.m.; when it
-    /// cannot be asked, that is a note (exit 0), or an error with --strict.
+    /// Never touches Docker. Every PromQL query is parsed, offline: one that does not parse
+    /// is an error at its line with no Prometheus running. When a cluster's Prometheus
+    /// answers, its check expressions are also evaluated once, so what that Prometheus
+    /// version refuses is an error now, not at 3 a.m.; when it cannot be asked, that is a
+    /// note (exit 0), or an error with --strict.
     Validate(ValidateArgs),
     /// Show what a reconcile would do now, changing nothing.
     Plan(StatusArgs),
@@ -512,8 +514,8 @@ pub struct PathArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub paths: PathArgs,
-    /// A cluster Prometheus that cannot be asked to parse the checks' PromQL is an error
-    /// (exit 1) instead of a note: for CI, where "not checked" must not pass.
+    /// A cluster Prometheus that cannot be asked to evaluate the checks' PromQL is an error
+    /// (exit 1) instead of a note: for CI, where "not evaluated" must not pass.
     #[arg(long)]
     pub strict: bool,
 }

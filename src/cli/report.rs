@@ -16,17 +16,20 @@ use super::{Failure, StatusArgs, ValidateArgs, outln};
 /// How long connecting to the engine may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A cluster whose Prometheus could not be asked to parse its checks' PromQL.
+/// A cluster whose Prometheus could not be asked to evaluate its checks' PromQL (parsed
+/// already, offline, when the manifests were loaded).
 pub struct Unchecked {
     pub cluster: String,
     pub url: String,
     pub reason: String,
 }
 
-/// Asks each cluster's Prometheus to parse its check queries. Every query it refuses is an
-/// error at the query's line, counted with the others; a Prometheus that cannot be asked is
-/// returned for the caller to note (`validate` prints it, `run` logs it), or with `strict`
-/// an error at `spec.prometheus.url`.
+/// Asks each cluster's Prometheus to evaluate its check queries once. They parse (loading
+/// refused any that does not, with or without a Prometheus); this finds what the cluster's
+/// own Prometheus version refuses besides (a function or syntax newer than it, an
+/// evaluation error). Every query it refuses is an error at the query's line, counted with
+/// the others; a Prometheus that cannot be asked is returned for the caller to note
+/// (`validate` prints it, `run` logs it), or with `strict` an error at `spec.prometheus.url`.
 pub async fn check_promql(
     desired: &manifest::DesiredState,
     positions: &manifest::Positions,
@@ -42,7 +45,7 @@ pub async fn check_promql(
                 c,
                 "spec.prometheus.url",
                 format!(
-                    "Prometheus at {url} cannot be asked ({reason}): the PromQL of the checks is unchecked, which --strict refuses"
+                    "Prometheus at {url} cannot be asked ({reason}): the checks' PromQL parses but was not evaluated by it, which --strict refuses"
                 ),
             )),
             _ => unchecked.push(Unchecked {
@@ -73,8 +76,8 @@ pub async fn validate(args: ValidateArgs) -> Result<ExitCode, Failure> {
     let (desired, positions) = manifest::load_with_positions(&args.paths.paths)?;
     for u in check_promql(&desired, &positions, args.strict).await? {
         eprintln!(
-            "note: cluster {}: PromQL not checked, Prometheus at {} is unreachable ({}); \
-             `operator run` checks it once Prometheus answers (`validate --strict` makes this an error)",
+            "note: cluster {}: PromQL parsed but not evaluated, Prometheus at {} is unreachable ({}); \
+             `operator run` evaluates it once Prometheus answers (`validate --strict` makes this an error)",
             u.cluster, u.url, u.reason
         );
     }

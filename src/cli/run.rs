@@ -32,7 +32,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             cluster = %u.cluster,
             prometheus = %u.url,
             reason = %u.reason,
-            "Prometheus cannot be asked at start: the checks are frozen and their PromQL unchecked until it answers"
+            "Prometheus cannot be asked at start: the checks are frozen (their PromQL parses; it is evaluated once Prometheus answers)"
         );
     }
     // One controller per database, taken before anything is opened or migrated; held until

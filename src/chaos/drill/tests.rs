@@ -757,6 +757,11 @@ fn a_target_has_exactly_one_form_and_its_rules() {
             "spec.faults[0].target.query.serviceLabel",
             "empty",
         ),
+        (
+            "{query: {promql: 'sum(up', serviceLabel: instance}}",
+            "spec.faults[0].target.query.promql",
+            "invalid PromQL \"sum(up\": unclosed left parenthesis",
+        ),
     ];
     for (target, field, words) in cases {
         let d = errors(&drill_text(
@@ -1342,6 +1347,23 @@ fn probes_and_the_canary_aim_only_inside_the_cluster() {
     let canary = "  workload:\n    canary:\n      kind: etcd\n      endpoints: [\"http://127.0.0.1:1\", \"http://10.0.0.1:2379\"]\n";
     let d = against_errors(&drill_text(KILL_DB0, canary));
     assert_one(&d, 14, "spec.workload.canary.endpoints[1]", &["10.0.0.1"]);
+}
+
+#[test]
+fn a_probe_query_that_does_not_parse_is_refused_at_its_line() {
+    let d = errors(&drill_text(
+        KILL_DB0,
+        "  steadyState:\n    probes:\n      - name: p\n        promql: rate(up) > 0\n        tolerance: {min: 1}\n",
+    ));
+    assert_one(
+        &d,
+        14,
+        "spec.steadyState.probes[0].promql",
+        &[
+            "invalid PromQL \"rate(up) > 0\"",
+            "expected type matrix in call to function 'rate', got vector",
+        ],
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `spec.prometheus` and `spec.checks`: what can be wrong while every container runs.
 //!
-//! PromQL is not parsed here (it is checked against the live Prometheus elsewhere); only
-//! emptiness, brackets and quotes are, and that some Prometheus is known.
+//! Every query is parsed here (`crate::promql`), offline: a bad one is refused at its line
+//! whether or not Prometheus answers; and some Prometheus must be known to ask.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -221,16 +221,15 @@ impl Validator<'_, '_> {
         })
     }
 
-    /// `expr` / `healthy`: non-empty, sane brackets and quotes, and a Prometheus to ask.
-    /// PromQL itself is judged by the live Prometheus, not here.
+    /// `expr` / `healthy`: non-empty, PromQL that parses, and a Prometheus to ask.
     fn query(&mut self, field: &str, expr: &str, url_known: bool) -> Option<String> {
         let expr = expr.trim();
         if expr.is_empty() {
             self.error(field, "the query is empty".into());
             return None;
         }
-        if let Err(why) = promql::check_balanced(expr) {
-            self.error(field, format!("invalid query \"{expr}\": {why}"));
+        if let Some(why) = promql::refusal(expr) {
+            self.error(field, why);
             return None;
         }
         if !url_known {
@@ -781,9 +780,9 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_unbalanced_queries_are_refused() {
+    fn empty_and_bad_queries_are_refused_at_their_lines() {
         let text = checks(
-            "    - name: a\n      expr: \"  \"\n    - name: b\n      healthy: sum(rate(x[5m])\n    - name: c\n      expr: up{job=\"pd}\n",
+            "    - name: a\n      expr: \"  \"\n    - name: b\n      healthy: sum(rate(x[5m])\n    - name: c\n      expr: up{job=\"pd}\n    - name: d\n      expr: >-\n        sum by (instance)\n        (rate(up)) > 0\n    - name: e\n      expr: up == 0\n",
         );
         let diags = diagnostics(&text);
         assert_reported(
@@ -796,15 +795,41 @@ mod tests {
             &diags,
             line_of(&text, "healthy:", 0),
             "spec.checks[1].healthy",
-            &["invalid query", "\"(\" at character 4 is never closed"],
+            &[
+                "invalid PromQL \"sum(rate(x[5m])\"",
+                "unclosed left parenthesis",
+            ],
         );
         assert_reported(
             &diags,
             line_of(&text, "expr: up{", 0),
             "spec.checks[2].expr",
-            &["unterminated string"],
+            &["invalid PromQL", "unterminated quoted string"],
         );
-        assert_eq!(diags.len(), 3, "{diags:#?}");
+        // A folded query is shown on one line, at its key's line.
+        assert_reported(
+            &diags,
+            line_of(&text, "expr: >-", 0),
+            "spec.checks[3].expr",
+            &[
+                "invalid PromQL \"sum by (instance) (rate(up)) > 0\"",
+                "expected type matrix in call to function 'rate', got vector",
+            ],
+        );
+        assert_eq!(diags.len(), 4, "{diags:#?}");
+    }
+
+    /// No Prometheus is asked while loading: a bad query is refused with none known at all.
+    #[test]
+    fn a_bad_query_is_refused_without_a_prometheus() {
+        let text = with("", "    - name: a\n      expr: up ==\n");
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "expr: up ==", 0),
+            "spec.checks[0].expr",
+            &["invalid PromQL \"up ==\"", "syntax error"],
+        );
     }
 
     #[test]
