@@ -229,8 +229,10 @@ impl Validator<'_, '_> {
             return None;
         }
         if let Some(why) = promql::refusal(expr) {
+            // The check is still declared (the manifest fails on this error alone): what
+            // names it, such as a group's live checks, is not refused for it as well.
             self.error(field, why);
-            return None;
+            return Some(expr.to_string());
         }
         if !url_known {
             self.error(
@@ -817,6 +819,22 @@ mod tests {
             ],
         );
         assert_eq!(diags.len(), 4, "{diags:#?}");
+    }
+
+    /// The check whose query does not parse is still declared: a group that names it among
+    /// its live checks is not refused for it too (one error, where the user must act).
+    #[test]
+    fn a_check_with_a_bad_query_is_the_only_error_a_group_naming_it_gets() {
+        let text = checks("    - name: a\n      expr: sum(up) by job\n")
+            + "  groups:\n    - name: g\n      members: [etcd0]\n      live: {checks: [a]}\n";
+        let diags = diagnostics(&text);
+        assert_reported(
+            &diags,
+            line_of(&text, "expr: sum", 0),
+            "spec.checks[0].expr",
+            &["invalid PromQL \"sum(up) by job\""],
+        );
+        assert_eq!(diags.len(), 1, "{diags:#?}");
     }
 
     /// No Prometheus is asked while loading: a bad query is refused with none known at all.
