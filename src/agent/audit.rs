@@ -1,5 +1,5 @@
 //! The audit of agent sessions as the session loop writes it: every step goes into the ticket
-//! database (`tickets::AuditJournal`) and into one JSON file per session,
+//! database (`tickets::Journal`) and into one JSON file per session,
 //! `<sessions folder>/{id}.json`, after passing through a [`Redactor`].
 //!
 //! # Guarantees
@@ -33,8 +33,8 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::tickets::{
-    AgentSession, Approval, AuditJournal, AuditKind, NewEntry, NewSession, SessionEnd,
-    SessionEntry, SessionLog, TicketError, Usage, Verdict,
+    AgentSession, Approval, AuditKind, Journal, NewEntry, NewSession, SessionEnd, SessionEntry,
+    SessionLog, TicketError, Usage, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -273,7 +273,7 @@ impl ToolResultDetail {
 pub struct AuditLog {
     id: String,
     path: PathBuf,
-    journal: AuditJournal,
+    journal: Journal,
     redactor: Arc<Redactor>,
     /// The document as last written; held while a step is written, so steps land in both
     /// places in the same order.
@@ -284,7 +284,7 @@ impl AuditLog {
     /// Records a session's start (the id must be new: see [`new_session_id`]) and writes
     /// its file `<folder>/{id}.json`, creating the folder 0700 if missing.
     pub async fn start(
-        journal: AuditJournal,
+        journal: Journal,
         folder: &Path,
         redactor: Redactor,
         new: NewSession,

@@ -36,7 +36,7 @@ use crate::remediation::{
     Completed, Completions, Dispatch, RemediationError, RemediationRequest, Remediator, SessionId,
 };
 use crate::tickets::{
-    Actor, AuditJournal, EntryKind, Journal, NewSession, SafetyMode as StoredMode, Status, Verdict,
+    Actor, EntryKind, Journal, NewSession, SafetyMode as StoredMode, Status, Verdict,
 };
 
 use super::api;
@@ -117,7 +117,8 @@ struct Inner {
     docker: Docker,
     desired: Box<dyn Fn() -> Arc<DesiredState> + Send + Sync>,
     journal: Journal,
-    audit: AuditJournal,
+    /// The same journal, named for the agent's audit calls.
+    audit: Journal,
     metrics: Arc<Metrics>,
     mode: Mode,
     /// Requests this process queued, by session id.
@@ -162,7 +163,6 @@ impl Dispatcher {
         docker: Docker,
         desired: impl Fn() -> Arc<DesiredState> + Send + Sync + 'static,
         journal: Journal,
-        audit: AuditJournal,
         metrics: Arc<Metrics>,
     ) -> Result<Dispatcher, api::ApiError> {
         let client = match (&cfg.key, mode) {
@@ -179,8 +179,8 @@ impl Dispatcher {
                 client,
                 docker,
                 desired: Box::new(desired),
+                audit: journal.clone(),
                 journal,
-                audit,
                 metrics,
                 mode,
                 pending: Mutex::new(HashMap::new()),
@@ -900,7 +900,7 @@ struct Credit {
 /// resolution (the fix was not another's).
 async fn record_verdict(
     journal: Journal,
-    audit: AuditJournal,
+    audit: Journal,
     log: AuditLog,
     ticket: i64,
     credit: Credit,

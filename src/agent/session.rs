@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::tickets::{
-    AuditJournal, AuditKind, Decision, NewEntry, Outcome, SessionEnd, StopReason as EndReason,
+    AuditKind, Decision, Journal, NewEntry, Outcome, SessionEnd, StopReason as EndReason,
     Usage as Tokens,
 };
 
@@ -74,7 +74,7 @@ pub struct SessionDeps {
     pub toolbox: std::sync::Arc<Toolbox>,
     pub audit: AuditLog,
     /// For approvals: a person decides them from another process.
-    pub approvals: AuditJournal,
+    pub approvals: Journal,
 }
 
 /// How a session ended (never whether the ticket is fixed).

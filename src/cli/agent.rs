@@ -13,7 +13,7 @@ use crate::agent::api;
 use crate::agent::dispatcher::{AgentConfig, Dispatcher, Mode};
 use crate::manifest;
 use crate::metrics::Metrics;
-use crate::tickets::{AuditJournal, Journal, Store};
+use crate::tickets::{Journal, Store};
 
 use super::report::CONNECT_TIMEOUT;
 use super::{AgentArgs, AgentCommandArgs, Failure};
@@ -77,8 +77,7 @@ pub async fn run(args: AgentCommandArgs) -> Result<ExitCode, Failure> {
         cfg,
         docker,
         move || current.read().unwrap_or_else(|e| e.into_inner()).clone(),
-        Journal::new(store.clone(), metrics.clone()),
-        AuditJournal::new(store),
+        Journal::new(store, metrics.clone()),
         metrics,
     )
     .map_err(|e| Failure::new(e.to_string()))?;

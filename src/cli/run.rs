@@ -83,7 +83,6 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         &desired,
         controller_cell.clone(),
         journal.clone(),
-        store.clone(),
         metrics.clone(),
     )?;
     let mut builder = Controller::builder(docker, desired)
@@ -140,7 +139,6 @@ fn agent_dispatcher(
     desired: &manifest::DesiredState,
     controller: Arc<std::sync::OnceLock<Controller>>,
     journal: Journal,
-    store: Arc<crate::tickets::Store>,
     metrics: Arc<Metrics>,
 ) -> Result<Option<crate::agent::dispatcher::Dispatcher>, Failure> {
     use crate::agent::dispatcher::{Dispatcher, Mode};
@@ -172,7 +170,6 @@ fn agent_dispatcher(
                 .unwrap_or_else(|| initial.clone())
         },
         journal,
-        crate::tickets::AuditJournal::new(store),
         metrics,
     )
     .map_err(|e| Failure::new(e.to_string()))?;

@@ -1,6 +1,6 @@
 //! The agent's audit in the ticket database: sessions with their ordered entries, the claims
 //! that keep two dispatchers off one ticket, and the approvals a person gives or refuses.
-//! Blocking calls on [`Store`]; [`AuditJournal`] is the async way in.
+//! Blocking calls on [`Store`]; [`super::Journal`] is the async way in, as for tickets.
 //!
 //! # Guarantees
 //! - Entries of a session are numbered 1, 2, 3... in one immediate transaction each, so two
@@ -14,8 +14,6 @@
 //!
 //! # Caveats
 //! Nothing here redacts: callers pass text already cleaned (`agent::audit::AuditLog` does).
-
-use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -1106,39 +1104,16 @@ impl Store {
     }
 }
 
-/// The async way into the audit: every call runs on a blocking thread, like
-/// [`super::Journal`]. Cheap to clone; clones share the store.
-#[derive(Clone)]
-pub struct AuditJournal {
-    store: Arc<Store>,
-}
-
-impl AuditJournal {
-    pub fn new(store: Arc<Store>) -> Self {
-        AuditJournal { store }
-    }
-
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
-    /// Runs a store call on a blocking thread.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T, TicketError> + Send + 'static,
-    ) -> Result<T, TicketError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| TicketError::Task(e.to_string()))?
-    }
-
+/// The audit's part of [`super::Journal`], the one async way into the store: every call
+/// runs on a blocking thread, counts as a round trip, and a write keeps
+/// `operator_store_writable` in step.
+impl super::Journal {
     pub async fn session_started(
         &self,
         new: NewSession,
         now: DateTime<Utc>,
     ) -> Result<AgentSession, TicketError> {
-        self.call(move |s| s.session_started(&new, now)).await
+        self.write(move |s| s.session_started(&new, now)).await
     }
 
     pub async fn append_entry(
@@ -1147,7 +1122,7 @@ impl AuditJournal {
         entry: NewEntry,
         now: DateTime<Utc>,
     ) -> Result<SessionEntry, TicketError> {
-        self.call(move |s| s.append_entry(&session_id, &entry, now))
+        self.write(move |s| s.append_entry(&session_id, &entry, now))
             .await
     }
 
@@ -1157,7 +1132,7 @@ impl AuditJournal {
         request_id: Option<String>,
         tokens: Usage,
     ) -> Result<AgentSession, TicketError> {
-        self.call(move |s| s.record_turn(&session_id, request_id.as_deref(), tokens))
+        self.write(move |s| s.record_turn(&session_id, request_id.as_deref(), tokens))
             .await
     }
 
@@ -1167,7 +1142,7 @@ impl AuditJournal {
         end: SessionEnd,
         now: DateTime<Utc>,
     ) -> Result<Option<AgentSession>, TicketError> {
-        self.call(move |s| s.session_ended(&session_id, &end, now))
+        self.write(move |s| s.session_ended(&session_id, &end, now))
             .await
     }
 
@@ -1176,7 +1151,7 @@ impl AuditJournal {
         session_id: String,
         verdict: Verdict,
     ) -> Result<bool, TicketError> {
-        self.call(move |s| s.set_verdict(&session_id, verdict))
+        self.write(move |s| s.set_verdict(&session_id, verdict))
             .await
     }
 
@@ -1207,7 +1182,7 @@ impl AuditJournal {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<ClaimOutcome, TicketError> {
-        self.call(move |s| s.claim(ticket_id, &holder, session_id.as_deref(), expires_at, now))
+        self.write(move |s| s.claim(ticket_id, &holder, session_id.as_deref(), expires_at, now))
             .await
     }
 
@@ -1217,12 +1192,12 @@ impl AuditJournal {
         holder: String,
         expires_at: DateTime<Utc>,
     ) -> Result<Claim, TicketError> {
-        self.call(move |s| s.renew_claim(ticket_id, &holder, expires_at))
+        self.write(move |s| s.renew_claim(ticket_id, &holder, expires_at))
             .await
     }
 
     pub async fn release_claim(&self, ticket_id: i64, holder: String) -> Result<bool, TicketError> {
-        self.call(move |s| s.release_claim(ticket_id, &holder))
+        self.write(move |s| s.release_claim(ticket_id, &holder))
             .await
     }
 
@@ -1237,7 +1212,7 @@ impl AuditJournal {
         command: String,
         now: DateTime<Utc>,
     ) -> Result<Approval, TicketError> {
-        self.call(move |s| s.request_approval(&session_id, &tool_use_id, &command, now))
+        self.write(move |s| s.request_approval(&session_id, &tool_use_id, &command, now))
             .await
     }
 
@@ -1260,7 +1235,7 @@ impl AuditJournal {
         reason: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Approval, TicketError> {
-        self.call(move |s| s.decide_approval(id, decision, &by, reason.as_deref(), now))
+        self.write(move |s| s.decide_approval(id, decision, &by, reason.as_deref(), now))
             .await
     }
 
@@ -1279,7 +1254,7 @@ impl AuditJournal {
         reason: String,
         now: DateTime<Utc>,
     ) -> Result<bool, TicketError> {
-        self.call(move |s| s.mark_interrupted(&session_id, &reason, now))
+        self.write(move |s| s.mark_interrupted(&session_id, &reason, now))
             .await
     }
 }

@@ -46,7 +46,7 @@ impl Journal {
     /// Runs a store write; keeps `operator_store_writable` saying whether writes succeed.
     /// Only a failure of the database itself counts (a refused change, such as a ticket held
     /// meanwhile, is an answer, not a failure).
-    async fn write<T: Send + 'static>(
+    pub(super) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, TicketError> + Send + 'static,
     ) -> Result<T, TicketError> {

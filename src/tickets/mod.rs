@@ -16,7 +16,7 @@
 //! # Layout
 //! `db` opens the file and owns the migrations; `store` is the blocking SQL; `journal` is
 //! the async facade everyone else uses; `query` the read-only episode views; `audit` the
-//! agent's sessions, claims and approvals (with its own async facade, `AuditJournal`).
+//! agent's sessions, claims and approvals (reached, like the tickets, through `Journal`).
 //! `chaos` the fault ledger of chaos drills (runs, and every fault written before it is applied).
 //! `row` declares each raw row once: its `SELECT` list and its reading by column name.
 
@@ -36,9 +36,9 @@ mod store;
 
 pub use adoptions::Adoption;
 pub use audit::{
-    AgentSession, Approval, AuditJournal, AuditKind, Claim, ClaimOutcome, Decision, NewEntry,
-    NewSession, Outcome, SafetyMode, SessionEnd, SessionEntry, SessionLog, SessionQuery,
-    StopReason, Usage, Verdict, is_session_id,
+    AgentSession, Approval, AuditKind, Claim, ClaimOutcome, Decision, NewEntry, NewSession,
+    Outcome, SafetyMode, SessionEnd, SessionEntry, SessionLog, SessionQuery, StopReason, Usage,
+    Verdict, is_session_id,
 };
 pub use budget::Budget;
 pub use chaos::{ChaosRun, FaultRow, FaultState, NewFault};

@@ -124,7 +124,7 @@ async fn started(dir: &TempDir) -> (Arc<Store>, AuditLog, PathBuf) {
     let folder = default_sessions_dir(&db);
     let now = Utc::now();
     let log = AuditLog::start(
-        AuditJournal::new(store.clone()),
+        Journal::new(store.clone(), Arc::new(crate::metrics::Metrics::new())),
         &folder,
         redactor(),
         NewSession {

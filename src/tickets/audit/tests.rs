@@ -643,7 +643,7 @@ async fn the_audit_journal_runs_the_store_off_the_runtime() {
     let db = TempDb::new();
     let store = Arc::new(Store::open(&db.path()).unwrap());
     let id = ticket(&store, "pd");
-    let journal = AuditJournal::new(store);
+    let journal = super::super::Journal::new(store, Arc::new(crate::metrics::Metrics::new()));
     journal
         .session_started(new_session(S1, id, "h"), t(0))
         .await
