@@ -117,8 +117,6 @@ struct Inner {
     docker: Docker,
     desired: Box<dyn Fn() -> Arc<DesiredState> + Send + Sync>,
     journal: Journal,
-    /// The same journal, named for the agent's audit calls.
-    audit: Journal,
     metrics: Arc<Metrics>,
     mode: Mode,
     /// Requests this process queued, by session id.
@@ -179,7 +177,6 @@ impl Dispatcher {
                 client,
                 docker,
                 desired: Box::new(desired),
-                audit: journal.clone(),
                 journal,
                 metrics,
                 mode,
@@ -204,7 +201,7 @@ impl Dispatcher {
             let why = "withdrawn: queued by an earlier run of the controller";
             match self
                 .inner
-                .audit
+                .journal
                 .call(move |s| s.fail_queued_requests(why, Utc::now()))
                 .await
             {
@@ -283,7 +280,7 @@ impl Dispatcher {
         let id = session.to_string();
         let withdrawn = self
             .inner
-            .audit
+            .journal
             .call(move |s| {
                 s.agent_request(&id)?
                     .filter(|r| r.state == "queued" || (running_too && r.state == "running"))
@@ -326,7 +323,7 @@ impl Dispatcher {
                 return;
             }
         };
-        let claims = match inner.audit.live_claims(Utc::now()).await {
+        let claims = match inner.journal.live_claims(Utc::now()).await {
             Ok(claims) => claims,
             Err(e) => {
                 // Unknown: removing a live session's toolbox would be worse than leaving a
@@ -341,7 +338,7 @@ impl Dispatcher {
             if ours(&toolbox.session) {
                 continue;
             }
-            let session = match inner.audit.session(toolbox.session.clone()).await {
+            let session = match inner.journal.session(toolbox.session.clone()).await {
                 Ok(session) => session,
                 // Unknown is not dead: looked at again at the next sweep.
                 Err(_) => continue,
@@ -363,7 +360,7 @@ impl Dispatcher {
             warn!(session = %toolbox.session, "removed a toolbox left by an earlier run of the controller");
             let why = "interrupted: its controller stopped mid-session; the toolbox was removed at the next start, and a command it had open may have run";
             let marked = inner
-                .audit
+                .journal
                 .mark_interrupted(toolbox.session.clone(), why.to_string(), Utc::now())
                 .await;
             if let Ok(false) = marked {
@@ -372,7 +369,7 @@ impl Dispatcher {
                     json!({"note": why}),
                 );
                 let _ = inner
-                    .audit
+                    .journal
                     .append_entry(toolbox.session.clone(), entry, Utc::now())
                     .await;
             }
@@ -388,7 +385,7 @@ impl Dispatcher {
             if ours(&name) {
                 continue;
             }
-            let Ok(Some(log)) = inner.audit.session(name.clone()).await else {
+            let Ok(Some(log)) = inner.journal.session(name.clone()).await else {
                 continue;
             };
             if log.session.outcome != crate::tickets::Outcome::Running {
@@ -414,7 +411,7 @@ impl Dispatcher {
         let ttl = chrono::Duration::from_std(self.inner.cfg.claim_ttl).unwrap_or_default();
         let taken = self
             .inner
-            .audit
+            .journal
             .call(move |s| {
                 let now = Utc::now();
                 s.take_request(&holder, now + ttl, now)
@@ -433,7 +430,7 @@ impl Dispatcher {
         let sessions: Vec<String> = lock(&self.inner.pending).keys().cloned().collect();
         for session in sessions {
             let id = session.clone();
-            let request = match self.inner.audit.call(move |s| s.agent_request(&id)).await {
+            let request = match self.inner.journal.call(move |s| s.agent_request(&id)).await {
                 Ok(Some(request)) => request,
                 Ok(None) => continue,
                 Err(e) => {
@@ -472,7 +469,7 @@ impl Dispatcher {
     /// interrupted, so the audit does not show them running forever. Their tickets' actions
     /// are closed by the controller, which re-dispatches within the agent's budget.
     async fn close_orphans(&self) {
-        let audit = &self.inner.audit;
+        let audit = &self.inner.journal;
         let now = Utc::now();
         match audit.call(move |s| s.abandon_orphan_requests(now)).await {
             Ok(ended) => {
@@ -510,7 +507,7 @@ impl Dispatcher {
         let reason = result.err();
         if let Err(e) = self
             .inner
-            .audit
+            .journal
             .call(move |s| s.finish_request(&id, ok, reason.as_deref(), Utc::now()))
             .await
         {
@@ -521,7 +518,7 @@ impl Dispatcher {
     async fn release(&self, job: &Job) {
         if let Err(e) = self
             .inner
-            .audit
+            .journal
             .release_claim(job.ticket, self.inner.cfg.holder.clone())
             .await
         {
@@ -545,7 +542,7 @@ impl Dispatcher {
     async fn hourly_budget_spent(&self) -> Option<String> {
         let limit = self.inner.cfg.hourly_tokens?;
         let since = Utc::now() - chrono::Duration::hours(1);
-        match self.inner.audit.usage_since(since).await {
+        match self.inner.journal.usage_since(since).await {
             Ok(used) => {
                 let total = used.input + used.output + used.cache_read + used.cache_write;
                 (total >= limit).then(|| {
@@ -586,7 +583,7 @@ impl Dispatcher {
         let every = inner.cfg.claim_ttl / 3;
         let renewing = cancel.child_token();
         let renew = {
-            let audit = inner.audit.clone();
+            let audit = inner.journal.clone();
             let (ticket, holder, stop) = (job.ticket, inner.cfg.holder.clone(), renewing.clone());
             let session = job.session.clone();
             let lost = cancel.clone();
@@ -626,13 +623,12 @@ impl Dispatcher {
         self.release(&job).await;
         if let Some((log, mutations)) = log {
             let journal = inner.journal.clone();
-            let audit = inner.audit.clone();
             let ticket = job.ticket;
             let credit = Credit {
                 began,
                 mutations: mutations.len(),
             };
-            tokio::spawn(async move { record_verdict(journal, audit, log, ticket, credit).await });
+            tokio::spawn(async move { record_verdict(journal, log, ticket, credit).await });
         }
     }
 
@@ -698,7 +694,7 @@ impl Dispatcher {
         let redactor = Redactor::new(secret_values.iter().cloned());
         let sessions_dir = super::audit::default_sessions_dir(&inner.cfg.db);
         let audit = AuditLog::start(
-            inner.audit.clone(),
+            inner.journal.clone(),
             &sessions_dir,
             redactor,
             NewSession {
@@ -791,7 +787,7 @@ impl Dispatcher {
             env: ChildEnv::from_current(&policy),
             toolbox: sandbox.toolbox.clone(),
             audit,
-            approvals: inner.audit.clone(),
+            approvals: inner.journal.clone(),
         };
         info!(service = %job.key, ticket = job.ticket, session = %job.session, mode = %mode, "agent session started");
         Ok((deps, cfg, incident, sandbox))
@@ -859,7 +855,7 @@ impl Dispatcher {
             // queued it: a controller in another process reads that back).
             let reason = why.clone();
             match inner
-                .audit
+                .journal
                 .call(move |s| s.fail_queued_requests(&reason, Utc::now()))
                 .await
             {
@@ -898,13 +894,7 @@ struct Credit {
 /// name, this session changed something (a session that changed nothing cannot have fixed
 /// it, whatever came after), and no later session of the ticket began before the
 /// resolution (the fix was not another's).
-async fn record_verdict(
-    journal: Journal,
-    audit: Journal,
-    log: AuditLog,
-    ticket: i64,
-    credit: Credit,
-) {
+async fn record_verdict(journal: Journal, log: AuditLog, ticket: i64, credit: Credit) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -923,7 +913,7 @@ async fn record_verdict(
         if done || tokio::time::Instant::now() >= deadline || t.status == Status::Escalated {
             let by_agent = done && t.resolved_by.map(|c| c.as_str()) == Some(Actor::Agent.as_str());
             let resolved_at = t.resolved_at.unwrap_or_else(Utc::now);
-            let later = match audit.sessions_of_ticket(ticket).await {
+            let later = match journal.sessions_of_ticket(ticket).await {
                 Ok(sessions) => sessions.iter().any(|s| {
                     s.id != log.id() && s.started_at > credit.began && s.started_at < resolved_at
                 }),
@@ -1004,7 +994,7 @@ impl Remediator for Dispatcher {
             };
             let (id, key) = (session.clone(), request.key.clone());
             let queued = inner
-                .audit
+                .journal
                 .call(move |s| {
                     s.request_session(&id, ticket, &key.cluster, &key.service, Utc::now())
                 })

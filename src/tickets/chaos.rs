@@ -476,42 +476,31 @@ impl Store {
 
     /// The faults of a run (or of every run), in the order they were planned.
     pub fn faults(&self, run: Option<&str>) -> Result<Vec<FaultRow>, TicketError> {
-        let conn = self.conn();
-        let sql = format!(
-            "SELECT {FAULT_COLUMNS} FROM chaos_faults WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id"
-        );
-        rows(
-            self,
-            &conn,
-            "list faults",
-            &sql,
-            params![run],
-            RawFault::read,
-        )?
-        .into_iter()
-        .map(|r| self.fault_of(r))
-        .collect()
+        self.faults_where("list faults", "", run)
     }
 
     /// The faults not undone (planned, applied or failed), of one run or of all, oldest
     /// first.
     pub fn faults_left(&self, run: Option<&str>) -> Result<Vec<FaultRow>, TicketError> {
+        self.faults_where("list faults left", "state != 'undone' AND", run)
+    }
+
+    /// The faults of `run` (or of every run) that `also` (a condition ending in `AND`, or
+    /// nothing) selects, oldest first.
+    fn faults_where(
+        &self,
+        doing: &'static str,
+        also: &str,
+        run: Option<&str>,
+    ) -> Result<Vec<FaultRow>, TicketError> {
         let conn = self.conn();
         let sql = format!(
-            "SELECT {FAULT_COLUMNS} FROM chaos_faults WHERE state != 'undone' \
-             AND (?1 IS NULL OR run_id = ?1) ORDER BY id"
+            "SELECT {FAULT_COLUMNS} FROM chaos_faults WHERE {also} (?1 IS NULL OR run_id = ?1) ORDER BY id"
         );
-        rows(
-            self,
-            &conn,
-            "list faults left",
-            &sql,
-            params![run],
-            RawFault::read,
-        )?
-        .into_iter()
-        .map(|r| self.fault_of(r))
-        .collect()
+        rows(self, &conn, doing, &sql, params![run], RawFault::read)?
+            .into_iter()
+            .map(|r| self.fault_of(r))
+            .collect()
     }
 }
 
