@@ -850,25 +850,33 @@ impl Db {
         use std::sync::Arc;
         use std::sync::atomic::AtomicUsize;
 
-        // `rusqlite_migration` reads the version before its transaction: two processes
-        // opening an old file at once would both run its steps. An exclusive `flock` on the
-        // file's folder lets one migrate at a time; the other then finds nothing left to
-        // do. Not on the file itself: closing another descriptor of the database would
-        // drop the `fcntl` locks SQLite holds on it for this process.
-        let _migrating = self.lock_for_migration()?;
-        let mut conn = self.writer();
         let version = |conn: &Connection| -> Result<i64, TicketError> {
             conn.query_row("PRAGMA user_version", [], |r| r.get(0))
                 .map_err(self.err("read the schema version"))
         };
         let known = MIGRATIONS.len() as i64;
+        let too_new = |found| TicketError::TooNew {
+            path: self.path.clone(),
+            found,
+            known,
+        };
+        // An up-to-date file (every open but the first after an upgrade) takes no lock.
+        let found = version(&self.writer())?;
+        if found > known {
+            return Err(too_new(found));
+        }
+        // `rusqlite_migration` reads the version before its transaction: two processes
+        // opening an old file at once would both run its steps. An exclusive `flock` on the
+        // file's folder lets one migrate at a time; the other then finds nothing left to
+        // do. Not on the file itself: closing another descriptor of the database would
+        // drop the `fcntl` locks SQLite holds on it for this process.
+        let _migrating = (found < known)
+            .then(|| self.lock_for_migration())
+            .transpose()?;
+        let mut conn = self.writer();
         let found = version(&conn)?;
         if found > known {
-            return Err(TicketError::TooNew {
-                path: self.path.clone(),
-                found,
-                known,
-            });
+            return Err(too_new(found));
         }
         // How many steps are in: the step that failed is the next one.
         let applied = Arc::new(AtomicUsize::new(found as usize));
